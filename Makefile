@@ -1,0 +1,38 @@
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+CONFIG  ?= snakeway.hcl.example
+# Debian packages the test suite drives as real peers.
+TEST_DEBS := curl openssl
+
+.PHONY: serve test check install deps clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(VPY) pyproject.toml
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get install -y $$missing || { apt-get update && apt-get install -y $$missing; }; \
+	fi
+
+serve: $(STAMP)
+	$(VPY) -m snakeway serve --config $(CONFIG)
+
+check: $(STAMP)
+	$(VPY) -m snakeway check --config $(CONFIG)
+
+test: $(STAMP) deps
+	$(VPY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

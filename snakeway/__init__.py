@@ -1,0 +1,3 @@
+"""snakeway: a reverse proxy on trio with automatic HTTPS."""
+
+__version__ = "0.1.0"

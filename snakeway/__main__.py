@@ -1,0 +1,3 @@
+from snakeway.cli import main
+
+raise SystemExit(main())
