@@ -1,0 +1,70 @@
+"""``python -m snakeway``: serve, check and version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from snakeway import __version__
+from snakeway.config.load import load_config
+from snakeway.errors import ConfigError
+
+DEFAULT_CONFIG = "snakeway.hcl"
+
+
+def config_path(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("SNAKEWAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snakeway", description="A reverse proxy on trio.")
+    parser.add_argument("--version", action="version", version=f"snakeway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "run the proxy in the foreground"),
+        ("check", "validate the configuration and exit"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument(
+            "--config",
+            metavar="PATH",
+            help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.command == "check":
+        print(f"{path}: configuration is valid")
+        return 0
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    trio.run(partial(serve, config, partial(load_config, path)))
+    return 0
+
+
+async def serve(config, loader) -> None:  # type: ignore[no-untyped-def]
+    from snakeway.server import Server
+
+    server = Server(config, loader)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_signals)
+        await server.serve()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,124 @@
+"""The configuration as immutable objects.
+
+Only :mod:`snakeway.config.load` builds these from HCL; everything else in
+snakeway receives them ready-made and never sees a raw dict. Defaults live
+here, in one place, and ``docs/configuration.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Strategy(enum.Enum):
+    """How a service picks an upstream for each request."""
+
+    FAILOVER = "failover"
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    endpoint: Endpoint
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request may go: a set of host patterns and a path prefix.
+
+    ``hosts`` are lower-case ASCII patterns: an exact name, ``*.parent`` (one
+    more label) or ``*`` (any host). ``path`` starts with ``/`` and has no
+    trailing slash unless it is ``/`` itself.
+    """
+
+    hosts: tuple[str, ...]
+    path: str
+    enable_websocket: bool = False
+    ws_max_connections: int | None = None
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    routes: tuple[Route, ...]
+    upstreams: tuple[Upstream, ...]
+    strategy: Strategy = Strategy.FAILOVER
+
+
+@dataclass(frozen=True)
+class StaticSite:
+    """A folder served as static files under ``route``."""
+
+    route: Route
+    file_dir: Path
+    index: str | None = "index.html"
+    directory_listing: bool = False
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A listening address. ``interface`` is already an IP literal."""
+
+    interface: str
+    port: int
+
+    @property
+    def url_host(self) -> str:
+        return f"[{self.interface}]" if ":" in self.interface else self.interface
+
+
+@dataclass(frozen=True)
+class Ingress:
+    name: str
+    bind: Bind
+    services: tuple[Service, ...] = ()
+    static_files: tuple[StaticSite, ...] = ()
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    connection_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    connection_pool_size: int = 128
+    pool_idle_seconds: float = 90.0
+    # How long an upstream that refused a connection is skipped.
+    failure_cooldown_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    header_timeout_seconds: float = 15.0
+    idle_timeout_seconds: float = 60.0
+    max_header_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    version: int = 1
+    pid_file: Path | None = None
+    drain_seconds: float = 10.0
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    ingresses: tuple[Ingress, ...] = ()
+    source: Path | None = None

@@ -1,0 +1,60 @@
+"""The exceptions snakeway raises on purpose.
+
+Everything snakeway raises deliberately derives from :class:`SnakewayError`,
+so a caller (the CLI, the admin API's reload) can tell "you gave me something
+wrong" from a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import final
+
+
+class SnakewayError(Exception):
+    """Base class of the errors snakeway raises deliberately."""
+
+
+@final
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, located precisely.
+
+    Attributes:
+        file: The file the problem is in, as the user named it (or as it was
+            found by an include glob).
+        line: 1-based line number. Problems about a whole file use line 1.
+        key_path: Where in the file, e.g. ``ingress.web.bind.port`` or
+            ``services[0].routes[1].path``; empty for the file as a whole.
+        message: What is wrong, for a human.
+    """
+
+    file: Path
+    line: int
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.key_path:
+            return f"{self.file}:{self.line}: {self.key_path}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@final
+class ConfigError(SnakewayError):
+    """The configuration is invalid; :attr:`problems` lists every problem found.
+
+    ``str(error)`` gives one ``FILE:LINE: key.path: message`` line per problem,
+    the format editors and CI annotators understand.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        if not self.problems:
+            raise ValueError("ConfigError needs at least one problem")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)

@@ -1,0 +1,293 @@
+"""One request forwarded to an upstream and its response relayed back.
+
+Theory of operation
+-------------------
+Both hops are h11 connections: the client's (SERVER role, ``down``) and a
+pooled upstream's (CLIENT role, ``up``). Bodies are relayed event by event,
+one read of at most ``READ_SIZE`` bytes at a time, so memory stays bounded
+whatever the body size. Events that h11 can produce without more I/O are
+batched into one write (head plus a small body leave in a single segment).
+
+Failures map to the status a client expects: no upstream accepts a
+connection -> 502; the upstream is silent past ``read_timeout_seconds`` ->
+504; it sends something that is not HTTP -> 502. Once the response head has
+been relayed a failure can only be signalled by closing the connection.
+
+An upstream is tried in the balancer's order while nothing of the request
+has been sent; a refused connect marks it down for a cool-down (passive
+health). A reused keep-alive connection that the upstream closed while it
+sat idle is retried once on a new connection, when the request had no body.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from snakeway.config.model import Route, UpstreamSettings
+from snakeway.proxy import headers as hdr
+from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
+from snakeway.proxy.strict import Target
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+
+
+class ProxyError(Exception):
+    """The exchange failed in a way the client should hear about as ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ClientGone(Exception):
+    """The client hop failed; the connection is to be closed without a reply."""
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """What forwarding needs beyond the request: shared per listener."""
+
+    pool: UpstreamPool
+    health: Health
+    settings: UpstreamSettings
+    client_ip: str
+    scheme: str
+    body_timeout: float
+
+
+def content_length(request: h11.Request) -> int | None:
+    value = hdr.get_header(request.headers, b"content-length")
+    return int(value) if value is not None else None
+
+
+def has_body(request: h11.Request) -> bool:
+    names = {n for n, _ in request.headers}
+    return b"transfer-encoding" in names or (content_length(request) or 0) > 0
+
+
+def upstream_request(request: h11.Request, target: Target, ctx: ForwardContext) -> h11.Request:
+    headers = hdr.upstream_request_headers(
+        request.headers,
+        client_ip=ctx.client_ip,
+        scheme=ctx.scheme,
+        host=target.host,
+        drop=frozenset({b"expect"}),
+    )
+    if hdr.get_header(request.headers, b"transfer-encoding") is not None:
+        headers.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
+    return h11.Request(method=request.method, target=target.target, headers=headers)
+
+
+async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
+    """A connection to the first upstream, in the balancer's order, that accepts one."""
+    reasons = []
+    for upstream in balancer.order(trio.current_time()):
+        try:
+            conn = await ctx.pool.acquire(upstream.endpoint)
+        except UpstreamConnectError as exc:
+            ctx.health.mark_failed(upstream.endpoint, trio.current_time())
+            logger.warning("upstream %s: %s", upstream.endpoint, exc.reason)
+            reasons.append(f"{upstream.endpoint}: {exc.reason}")
+            continue
+        ctx.health.mark_ok(upstream.endpoint)
+        return conn
+    # A connect that timed out is a gateway timeout, as in nginx.
+    status = 504 if reasons and reasons[-1].endswith("timed out") else 502
+    raise ProxyError(status, "no upstream accepted the connection (" + "; ".join(reasons) + ")")
+
+
+async def forward(
+    down: H11Stream,
+    request: h11.Request,
+    target: Target,
+    route: Route,
+    balancer: Balancer,
+    ctx: ForwardContext,
+) -> int:
+    """Forward ``request`` and relay the response; returns the status sent.
+
+    Raises:
+      ProxyError: nothing was sent to the client yet; reply with its status.
+      ClientGone: the client hop broke.
+    """
+    limit = route.max_body_bytes
+    declared = content_length(request)
+    if limit is not None and declared is not None and declared > limit:
+        raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
+    up_request = upstream_request(request, target, ctx)
+    retry_allowed = request.method in IDEMPOTENT and not has_body(request)
+    while True:
+        conn = await connect(balancer, ctx)
+        exchange = Exchange(down, conn, ctx, limit)
+        try:
+            status = await exchange.run(up_request)
+        except _StaleConnection:
+            await ctx.pool.discard(conn)
+            if retry_allowed:
+                retry_allowed = False
+                continue
+            raise ProxyError(502, "upstream closed the connection") from None
+        except BaseException:
+            await ctx.pool.discard(conn)
+            raise
+        await ctx.pool.release(conn)
+        return status
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before any response byte: safe to retry."""
+
+
+class Exchange:
+    def __init__(
+        self, down: H11Stream, conn: UpstreamConnection, ctx: ForwardContext, limit: int | None
+    ) -> None:
+        self.down = down
+        self.conn = conn
+        self.up = conn.h11
+        self.ctx = ctx
+        self.limit = limit
+        self.response_started = False
+
+    async def run(self, up_request: h11.Request) -> int:
+        await self.send_request(up_request)
+        return await self.relay_response()
+
+    # -- request ---------------------------------------------------------
+
+    async def send_request(self, up_request: h11.Request) -> None:
+        events: list[h11.Event] = [up_request]
+        if self.down.conn.they_are_waiting_for_100_continue:
+            await self.to_client(h11.InformationalResponse(status_code=100, headers=[]))
+        received = 0
+        while True:
+            event = self.down.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self.to_upstream(events)
+                events = []
+                await self._read_client()
+                continue
+            if type(event) is h11.Data:
+                received += len(event.data)
+                if self.limit is not None and received > self.limit:
+                    raise ProxyError(413, f"request body over the limit of {self.limit} bytes")
+                events.append(event)
+            elif type(event) is h11.EndOfMessage:
+                events.append(h11.EndOfMessage(headers=hdr.end_to_end(event.headers)))
+                await self.to_upstream(events)
+                return
+            elif type(event) is h11.ConnectionClosed:
+                raise ClientGone("client closed the connection mid-body")
+            else:  # PAUSED and the like cannot happen while a body is open
+                raise ClientGone(f"unexpected event {event!r}")
+
+    async def _read_client(self) -> None:
+        try:
+            with trio.fail_after(self.ctx.body_timeout):
+                data = await self.down.stream.receive_some(READ_SIZE)
+        except trio.TooSlowError:
+            raise ProxyError(408, "client too slow sending the request body") from None
+        except trio.BrokenResourceError as exc:
+            raise ClientGone(str(exc)) from exc
+        try:
+            self.down.conn.receive_data(data)
+        except RuntimeError as exc:
+            raise ClientGone(str(exc)) from exc
+
+    async def to_upstream(self, events: list[h11.Event]) -> None:
+        if not events:
+            return
+        try:
+            await self.up.send(*events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if self.conn.reused and type(events[0]) is h11.Request:
+                raise _StaleConnection from exc
+            raise ProxyError(502, f"upstream connection failed: {exc}") from exc
+
+    # -- response --------------------------------------------------------
+
+    async def next_upstream_event(self, status: int = 0) -> h11.Event:
+        """The next upstream event, reading as needed (used before relaying)."""
+        while True:
+            event = self._parse_upstream()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._read_upstream(status)
+
+    def _parse_upstream(self) -> h11.Event:
+        try:
+            return self.up.conn.next_event()  # type: ignore[return-value]
+        except h11.RemoteProtocolError as exc:
+            raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
+
+    async def relay_response(self, first: h11.Event | None = None) -> int:
+        """Relay the upstream's response; ``first`` is an event already parsed."""
+        status = 0
+        pending: list[h11.Event] = []
+        while True:
+            event, first = (first, None) if first is not None else (self._parse_upstream(), None)
+            if event is h11.NEED_DATA:
+                await self.to_client(*pending)
+                pending = []
+                await self._read_upstream(status)
+                continue
+            kind = type(event)
+            if kind is h11.Response:
+                status = event.status_code
+                pending.append(
+                    h11.Response(
+                        status_code=status,
+                        headers=hdr.downstream_response_headers(event.headers),
+                        reason=event.reason,
+                    )
+                )
+            elif kind is h11.Data:
+                pending.append(event)
+            elif kind is h11.EndOfMessage:
+                pending.append(h11.EndOfMessage())
+                await self.to_client(*pending)
+                return status
+            elif kind is h11.InformationalResponse:
+                continue  # 1xx from the upstream are not relayed
+            elif kind is h11.ConnectionClosed:
+                raise self._upstream_failed("upstream closed the connection")
+            else:
+                raise self._upstream_failed(f"unexpected upstream event {event!r}")
+
+    async def _read_upstream(self, status: int) -> None:
+        try:
+            with trio.fail_after(self.ctx.settings.read_timeout_seconds):
+                data = await self.up.stream.receive_some(READ_SIZE)
+        except trio.TooSlowError:
+            raise self._upstream_failed("upstream timed out", status=504) from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            if not status and self.conn.reused:
+                raise _StaleConnection from exc
+            raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
+        if not data and not status and self.conn.reused:
+            raise _StaleConnection
+        self.up.conn.receive_data(data)
+
+    def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
+        if self.response_started:
+            return ClientGone(f"{reason} after the response began")
+        return ProxyError(status, reason)
+
+    async def to_client(self, *events: h11.Event) -> None:
+        if not events:
+            return
+        if type(events[0]) is h11.Response:
+            self.response_started = True
+        try:
+            await self.down.send(*events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc

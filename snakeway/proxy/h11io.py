@@ -1,0 +1,80 @@
+"""An h11 connection glued to a trio stream, after h11's own trio example.
+
+h11 decides; this module does the I/O. Reads are bounded by ``max_read`` and
+by h11's ``max_incomplete_event_size``; a failed write tells the state
+machine (``send_failed``) before the error propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import h11
+import trio
+
+READ_SIZE = 64 * 1024
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class H11Stream:
+    """One side of an HTTP/1.1 conversation over a trio stream.
+
+    Args:
+      stream: the transport; owned by the caller, who closes it.
+      conn: an ``h11.Connection`` for our role (SERVER downstream, CLIENT upstream).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        self.stream = stream
+        self.conn = conn
+        # Method of the request in flight (server role): a HEAD gets no body.
+        self.request_method = b""
+
+    async def next_event(self) -> h11.Event:
+        """The next event, reading from the stream as h11 needs.
+
+        Raises:
+          h11.RemoteProtocolError: the peer broke the protocol.
+          trio.BrokenResourceError: the transport failed.
+        """
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(READ_SIZE)
+                self.conn.receive_data(data)
+                continue
+            if type(event) is h11.Request:
+                self.request_method = event.method
+            return event  # type: ignore[return-value]
+
+    async def send(self, *events: h11.Event) -> None:
+        """Send events, coalesced into a single write."""
+        await self.send_raw(self.encode(events))
+
+    def encode(self, events: Iterable[h11.Event]) -> bytes:
+        chunks = []
+        for event in events:
+            data = self.conn.send(event)
+            if data:
+                chunks.append(data)
+        return b"".join(chunks)
+
+    async def send_raw(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self.stream.send_all(data)
+        except BaseException:
+            self.conn.send_failed()
+            raise
+
+    async def send_response(
+        self, status: int, headers: Headers, body: bytes = b"", *, reason: bytes = b""
+    ) -> None:
+        """A whole response in one write; the body is dropped for HEAD, 204 and 304."""
+        events: list[h11.Event] = [h11.Response(status_code=status, headers=list(headers), reason=reason)]
+        if body and self.request_method != b"HEAD" and status not in (204, 304):
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        await self.send(*events)

@@ -1,0 +1,95 @@
+"""Header rewriting between the two hops: pure code, no I/O.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection and never
+cross the proxy: ``Connection`` and every header it names, ``Keep-Alive``,
+``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and any ``Proxy-*``.
+h11 hands us lower-case header names, so comparisons are on those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+VIA = b"1.1 snakeway"
+
+
+def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
+    """The lower-case header names listed in ``Connection`` headers."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def is_hop_by_hop(name: bytes, named: set[bytes]) -> bool:
+    name = name.lower()
+    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
+
+
+def end_to_end(headers: Iterable[Header]) -> list[Header]:
+    """The headers that may be forwarded: everything but the hop-by-hop ones."""
+    headers = list(headers)
+    named = connection_tokens(headers)
+    return [(n, v) for n, v in headers if not is_hop_by_hop(n, named)]
+
+
+def upstream_request_headers(
+    headers: Iterable[Header],
+    *,
+    client_ip: str,
+    scheme: str,
+    host: bytes,
+    drop: frozenset[bytes] = frozenset(),
+) -> list[Header]:
+    """Headers for the request sent upstream.
+
+    ``X-Forwarded-For`` gets the client appended to any it already carries;
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set (a client's own
+    values are replaced, never trusted); ``Via`` is appended; ``Host`` is
+    the one the request was routed by.
+    """
+    out: list[Header] = [(b"host", host)]
+    forwarded_for: list[bytes] = []
+    for name, value in end_to_end(headers):
+        if name == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif name not in _REPLACED_ON_REQUEST and name not in drop:
+            out.append((name, value))
+    forwarded_for.append(client_ip.encode("ascii"))
+    out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    out.append((b"x-forwarded-proto", scheme.encode("ascii")))
+    out.append((b"x-forwarded-host", host))
+    out.append((b"via", VIA))
+    return out
+
+
+_REPLACED_ON_REQUEST = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
+def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
+    """Headers for the response relayed to the client, with ``Via`` appended."""
+    out = end_to_end(headers)
+    out.append((b"via", VIA))
+    return out
+
+
+def get_header(headers: Iterable[Header], name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case), or None."""
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def has_token(headers: Iterable[Header], name: bytes, token: bytes) -> bool:
+    """True when a comma-separated header ``name`` lists ``token`` (case-insensitive)."""
+    return any(
+        n == name and token in (t.strip().lower() for t in v.split(b","))
+        for n, v in headers
+    )

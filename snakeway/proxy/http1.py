@@ -1,0 +1,314 @@
+"""The client side of a connection: one HTTP/1.1 request cycle after another.
+
+Theory of operation
+-------------------
+A connection task reads a request head under two clocks: while nothing of
+the next request has arrived, the keep-alive idle timeout (expiry closes the
+connection silently); once its first byte is in, the header timeout (expiry
+answers 408 and closes). The raw head bytes also pass a
+:class:`~snakeway.proxy.strict.HeadScanner`, and the parsed request the
+checks of :mod:`snakeway.proxy.strict`, before anything is routed.
+
+A request is then routed on this listener's router (read once per request,
+so a reload applies to the next request) and handed to static files, the
+forwarder or the WebSocket splice. Errors become short plain-text responses
+and one log line with the reason. After a response the connection is kept
+only when the request was read to its end and h11 agrees it can be reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import h11
+import trio
+
+from snakeway.config.model import Bind, StaticSite
+from snakeway.proxy import strict
+from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
+from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
+from snakeway.proxy.static_io import serve_static
+from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("snakeway.access")
+
+# A response sent before the request body was read drains at most this much.
+DRAIN_LIMIT = 1024 * 1024
+LINGER_SECONDS = 1.0
+# Client states in which the request has been read to its end.
+REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+# What a client is told for server-side failures; the details go to the log.
+PUBLIC_REASONS = {
+    502: "the upstream server could not be reached or sent an invalid response",
+    504: "the upstream server did not answer in time",
+    503: "the service is at its connection limit",
+}
+
+
+class Drain:
+    """Tells connections that the server is shutting down.
+
+    Connections waiting idle between requests are woken and close at once;
+    those in a request finish it and then close.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._idle: set[trio.CancelScope] = set()
+
+    @contextmanager
+    def idle(self) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope()
+        if self.closing:
+            scope.cancel()
+        self._idle.add(scope)
+        try:
+            yield scope
+        finally:
+            self._idle.discard(scope)
+
+    def close(self) -> None:
+        self.closing = True
+        for scope in self._idle:
+            scope.cancel()
+
+
+@dataclass(frozen=True)
+class ListenerContext:
+    """What every connection on one listener shares."""
+
+    bind: Bind
+    scheme: str
+    runtime: Callable[[], Runtime]
+    shared: Shared
+    drain: Drain
+
+
+def error_body(status: int, reason: str) -> bytes:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = PUBLIC_REASONS.get(status, reason) if status >= 500 else reason
+    return f"{status} {phrase}: {detail}\n".encode()
+
+
+class Http1Connection:
+    """Serves one client connection until it closes."""
+
+    def __init__(self, stream: trio.abc.Stream, ctx: ListenerContext, client_ip: str) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.client_ip = client_ip
+        runtime = ctx.runtime()
+        self.client = runtime.config.server.client
+        self.h = H11Stream(
+            stream,
+            h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
+        )
+        self.scanner = strict.HeadScanner(self.client.max_header_bytes)
+        self.requests = 0
+        self._linger = False
+
+    async def run(self) -> None:
+        try:
+            while await self._one_cycle():
+                self.h.conn.start_next_cycle()
+        finally:
+            await self._close()
+
+    async def _one_cycle(self) -> bool:
+        request = await self._read_request()
+        if request is None:
+            return False
+        self.requests += 1
+        started = trio.current_time()
+        status, keep = await self._respond(request)
+        access_log.info(
+            '%s "%s %s HTTP/%s" %d %.1fms',
+            self.client_ip,
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            request.http_version.decode("latin-1"),
+            status,
+            (trio.current_time() - started) * 1000,
+        )
+        return (
+            keep
+            and not self.ctx.drain.closing
+            and self.h.conn.our_state is h11.DONE
+            and self.h.conn.their_state is h11.DONE
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    async def _read_request(self) -> h11.Request | None:
+        conn = self.h.conn
+        self.scanner.reset()
+        head_started = trio.current_time() if self.requests == 0 else None
+        rejection = self.scanner.feed(bytes(conn.trailing_data[0]))
+        while rejection is None:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                rejection = strict.Rejection(exc.error_status_hint, str(exc))
+                break
+            if type(event) is h11.Request:
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed: the client is done
+            if head_started is None and self.scanner.started:
+                head_started = trio.current_time()
+            if head_started is None:
+                data = await self._receive_idle()
+            else:
+                data = await self._receive_head(head_started)
+                if data is None:
+                    rejection = strict.Rejection(408, "client too slow sending the request head")
+                    break
+            if data is None:
+                return None
+            rejection = self.scanner.feed(data)
+            conn.receive_data(data)
+        await self._reject(rejection)
+        return None
+
+    async def _receive_idle(self) -> bytes | None:
+        with self.ctx.drain.idle() as scope:
+            scope.deadline = trio.current_time() + self.client.idle_timeout_seconds
+            return await self._receive()
+        return None
+
+    async def _receive_head(self, since: float) -> bytes | None:
+        with trio.move_on_at(since + self.client.header_timeout_seconds):
+            return await self._receive()
+        return None
+
+    async def _receive(self) -> bytes | None:
+        try:
+            return await self.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    # -- responding ------------------------------------------------------
+
+    async def _respond(self, request: h11.Request) -> tuple[int, bool]:
+        """Dispatch one request; returns (status sent, keep the connection)."""
+        rejection = strict.check_request(request)
+        target = strict.request_target(request)
+        if rejection is None and isinstance(target, strict.Rejection):
+            rejection = target
+        if rejection is not None:
+            await self._reject(rejection)
+            return rejection.status, False
+        assert isinstance(target, strict.Target)
+        match = self.ctx.runtime().router(self.ctx.bind).match(
+            target.host.decode("latin-1"), target.path
+        )
+        try:
+            if match is None:
+                raise ProxyError(404, "no route for this host and path")
+            if isinstance(match.target, StaticSite):
+                status = await serve_static(self.h, match.target, request)
+            else:
+                status = await self._to_service(request, target, match.route, match.target)
+                if status == 101:
+                    return status, False
+        except ProxyError as exc:
+            return exc.status, await self._error(exc.status, exc.reason, request)
+        except h11.RemoteProtocolError as exc:
+            return exc.error_status_hint, await self._error(exc.error_status_hint, str(exc), request)
+        except ClientGone as exc:
+            logger.debug("client %s gone: %s", self.client_ip, exc)
+            return 499, False
+        return status, await self._finish_request_body()
+
+    async def _to_service(
+        self, request: h11.Request, target: strict.Target, route: object, svc: ServiceTarget
+    ) -> int:
+        fctx = ForwardContext(
+            pool=self.ctx.shared.pool,
+            health=self.ctx.shared.health,
+            settings=self.ctx.runtime().config.server.upstream,
+            client_ip=self.client_ip,
+            scheme=self.ctx.scheme,
+            body_timeout=self.client.idle_timeout_seconds,
+        )
+        if wants_websocket(request):
+            if not route.enable_websocket:  # type: ignore[attr-defined]
+                raise ProxyError(426, "WebSocket is not enabled on this route")
+            return await proxy_websocket(
+                self.h, request, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
+            )
+        return await forward(self.h, request, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
+
+    async def _error(self, status: int, reason: str, request: h11.Request | None) -> bool:
+        """Send an error response; returns whether the connection may be kept."""
+        what = f'"{request.method.decode("latin-1")} {request.target.decode("latin-1")}"' if request else "-"
+        logger.warning("%s %s -> %d: %s", self.client_ip, what, status, reason)
+        if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False  # the response had begun: closing is all that is left
+        close = self.h.conn.their_state not in REQUEST_READ and (
+            self.h.conn.they_are_waiting_for_100_continue or status in (408, 413)
+        )
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            await self.h.send_response(status, headers, error_body(status, reason))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            return False
+        return not close and await self._finish_request_body()
+
+    async def _reject(self, rejection: strict.Rejection) -> None:
+        """Answer a request that is not to be served, then close."""
+        self._linger = True
+        logger.warning("%s rejected -> %d: %s", self.client_ip, rejection.status, rejection.reason)
+        if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        try:
+            await self.h.send_response(
+                rejection.status, headers, error_body(rejection.status, rejection.reason)
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    async def _finish_request_body(self) -> bool:
+        """Read and drop what is left of the request body; False to close instead."""
+        conn = self.h.conn
+        if conn.their_state in REQUEST_READ:
+            return True
+        if conn.they_are_waiting_for_100_continue:
+            return False
+        dropped = 0
+        with trio.move_on_after(self.client.header_timeout_seconds):
+            while dropped <= DRAIN_LIMIT:
+                try:
+                    event = await self.h.next_event()
+                except (h11.RemoteProtocolError, trio.BrokenResourceError):
+                    return False
+                if type(event) is h11.Data:
+                    dropped += len(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    return True
+                else:
+                    return False
+        return False
+
+    async def _close(self) -> None:
+        if self._linger and isinstance(self.stream, trio.abc.HalfCloseableStream):
+            # Let the client read our error before the kernel resets the
+            # connection over bytes it sent that we will never read.
+            with trio.move_on_after(LINGER_SECONDS):
+                try:
+                    await self.stream.send_eof()
+                    while await self.stream.receive_some(READ_SIZE):
+                        pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        await trio.aclose_forcefully(self.stream)

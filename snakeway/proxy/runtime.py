@@ -1,0 +1,71 @@
+"""The configuration compiled into what the request path reads.
+
+A :class:`Runtime` is immutable and replaced whole on reload: a request
+reads ``runtime`` once and sees one configuration from start to end. State
+that must outlive a reload (the connection pool, passive health, open
+WebSocket counts, round-robin positions of unchanged services) lives in
+:class:`Shared` or is carried over from the previous runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from snakeway.config.model import Bind, Config, Service, StaticSite
+from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.pool import UpstreamPool
+from snakeway.proxy.routing import Router
+from snakeway.proxy.websocket import WebSocketSlots
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    service: Service
+    balancer: Balancer
+
+
+Target = ServiceTarget | StaticSite
+
+
+@dataclass
+class Shared:
+    """State kept across reloads."""
+
+    pool: UpstreamPool
+    health: Health
+    slots: WebSocketSlots = field(default_factory=WebSocketSlots)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    routers: Mapping[Bind, Router[Target]]
+    balancers: Mapping[str, ServiceTarget]
+
+    def router(self, bind: Bind) -> Router[Target]:
+        return self.routers.get(bind) or Router(())
+
+
+def binds(config: Config) -> list[Bind]:
+    """Distinct listening addresses, in configuration order."""
+    return list(dict.fromkeys(ingress.bind for ingress in config.ingresses))
+
+
+def build_runtime(config: Config, shared: Shared, previous: Runtime | None = None) -> Runtime:
+    """Compile ``config``; services unchanged since ``previous`` keep their balancer."""
+    targets: dict[str, ServiceTarget] = {}
+    per_bind: dict[Bind, list[tuple[object, Target]]] = {b: [] for b in binds(config)}
+    for ingress in config.ingresses:
+        entries = per_bind[ingress.bind]
+        for service in ingress.services:
+            old = previous.balancers.get(service.name) if previous else None
+            if old is not None and old.service == service:
+                target = old
+            else:
+                target = ServiceTarget(service, Balancer(service, shared.health))
+            targets[service.name] = target
+            entries.extend((route, target) for route in service.routes)
+        entries.extend((site.route, site) for site in ingress.static_files)
+    routers = {bind: Router(entries) for bind, entries in per_bind.items()}  # type: ignore[arg-type]
+    return Runtime(config=config, routers=routers, balancers=targets)

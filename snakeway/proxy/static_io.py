@@ -1,0 +1,132 @@
+"""Static files over an :class:`~snakeway.proxy.h11io.H11Stream`: the I/O half.
+
+:func:`snakeway.proxy.static.plan_static` decides; this module carries the plan
+out. Filesystem calls (planning, ``open``, ``pread``) run in worker threads via
+``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
+body is streamed ``CHUNK_SIZE`` bytes at a time, so memory stays bounded
+whatever the file size; the response head goes out in the same write as the
+first chunk (and the end of the message too, when the file fits in it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from functools import partial
+
+import h11
+import trio
+
+from snakeway.config.model import StaticSite
+from snakeway.proxy.h11io import H11Stream
+from snakeway.proxy.static import Reply, SendFile, error_reply, plan_static, split_target
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+
+# O_NOFOLLOW: the plan's path is fully resolved, so a symlink there now is a swap
+# made after planning. O_NONBLOCK: opening a FIFO swapped in must not hang a thread.
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request) -> int:
+    """Answer ``request`` from ``site`` and return the status code sent.
+
+    The caller has read only the ``h11.Request`` event; draining any request
+    body afterwards, and headers such as ``Server`` or ``Date``, are its job.
+
+    Args:
+      h11s: the downstream connection, server role, ready to send a response.
+      site: the static site whose route matched ``request``.
+      request: the request being answered.
+
+    Returns:
+      The status code of the response sent, for the access log.
+
+    Raises:
+      trio.BrokenResourceError: the transport failed, or the file shrank while
+        its body was being sent, so the response is truncated. Either way the
+        connection cannot be reused; h11's state is already ``ERROR``.
+
+    Resource handling:
+      The file is opened and closed here; the stream stays open.
+    """
+    path, query = split_target(request.target)
+    plan = await trio.to_thread.run_sync(
+        partial(plan_static, site, request.method, path, list(request.headers), query=query)
+    )
+    head_only = request.method == b"HEAD"
+    if isinstance(plan, SendFile):
+        return await _send_file(h11s, plan, head_only=head_only)
+    return await _send_reply(h11s, plan, head_only=head_only)
+
+
+async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
+    events: list[h11.Event] = [h11.Response(status_code=reply.status, headers=list(reply.headers))]
+    if reply.body and not head_only:
+        events.append(h11.Data(data=reply.body))
+    events.append(h11.EndOfMessage())
+    await h11s.send(*events)
+    return reply.status
+
+
+async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int:
+    # The file may have changed since planning; nothing is sent until it is open.
+    try:
+        fd, size = await trio.to_thread.run_sync(_open_regular, plan.path)
+    except PermissionError:
+        return await _send_reply(h11s, error_reply(403), head_only=head_only)
+    except OSError as exc:
+        logger.debug("static file %s vanished before it was sent: %s", plan.path, exc)
+        return await _send_reply(h11s, error_reply(404), head_only=head_only)
+    try:
+        if size < plan.start + plan.length:
+            logger.warning("static file %s shrank between stat and open", plan.path)
+            return await _send_reply(h11s, error_reply(500), head_only=head_only)
+        pending: list[h11.Event] = [h11.Response(status_code=plan.status, headers=list(plan.headers))]
+        if head_only or plan.length == 0:
+            await h11s.send(*pending, h11.EndOfMessage())
+            return plan.status
+        offset, remaining = plan.start, plan.length
+        while remaining:
+            chunk = await trio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, remaining), offset)
+            if not chunk:
+                return await _file_shrank(h11s, plan, head_sent=not pending)
+            offset += len(chunk)
+            remaining -= len(chunk)
+            pending.append(h11.Data(data=chunk))
+            if not remaining:
+                pending.append(h11.EndOfMessage())
+            await h11s.send(*pending)
+            pending = []
+        return plan.status
+    finally:
+        os.close(fd)
+
+
+async def _file_shrank(h11s: H11Stream, plan: SendFile, *, head_sent: bool) -> int:
+    logger.warning("static file %s shrank while being sent", plan.path)
+    if not head_sent:
+        return await _send_reply(h11s, error_reply(500), head_only=False)
+    # Content-Length is promised and cannot be kept: the only honest move is to
+    # break the connection, which the caller already does for a failed write.
+    h11s.conn.send_failed()
+    raise trio.BrokenResourceError(f"static file {plan.path} shrank mid-response")
+
+
+def _open_regular(path: str) -> tuple[int, int]:
+    """Open ``path`` read-only if it is still a regular file: (fd, size)."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+

@@ -1,0 +1,142 @@
+"""WebSocket upgrades forwarded to an upstream, then bytes spliced both ways.
+
+The proxy does not parse WebSocket frames: once the upstream has answered
+``101 Switching Protocols`` and the client has been told so, the two
+connections are joined byte for byte until either side closes. Bytes that
+h11 read past either head (``trailing_data``) are delivered first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import h11
+import trio
+
+from snakeway.config.model import Route
+from snakeway.proxy import headers as hdr
+from snakeway.proxy.balance import Balancer
+from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, ProxyError, connect
+from snakeway.proxy.forward import upstream_request as plain_upstream_request
+from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.strict import Target
+
+logger = logging.getLogger(__name__)
+
+UPGRADE_HEADERS = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+
+
+def wants_websocket(request: h11.Request) -> bool:
+    return hdr.has_token(request.headers, b"upgrade", b"websocket") and hdr.has_token(
+        request.headers, b"connection", b"upgrade"
+    )
+
+
+def wants_upgrade(request: h11.Request) -> bool:
+    return hdr.has_token(request.headers, b"connection", b"upgrade")
+
+
+class WebSocketSlots:
+    """Counts open WebSockets per route against ``ws_max_connections``."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, ...], int] = {}
+
+    def open_count(self, route: Route) -> int:
+        return self._open.get(_key(route), 0)
+
+    @contextmanager
+    def take(self, route: Route) -> Iterator[None]:
+        """Hold a slot; raises ProxyError(503) when the route is full."""
+        key = _key(route)
+        count = self._open.get(key, 0)
+        if route.ws_max_connections is not None and count >= route.ws_max_connections:
+            raise ProxyError(503, f"too many WebSocket connections on {route.path}")
+        self._open[key] = count + 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+
+
+def _key(route: Route) -> tuple[str, ...]:
+    # Routes are keyed by what they match, so a reload keeps the count.
+    return (route.path, *route.hosts)
+
+
+async def proxy_websocket(
+    down: H11Stream,
+    request: h11.Request,
+    target: Target,
+    route: Route,
+    balancer: Balancer,
+    ctx: ForwardContext,
+    slots: WebSocketSlots,
+) -> int:
+    """Forward an upgrade request; on 101 splice the connections until one closes.
+
+    Returns the status sent to the client. Raises ProxyError/ClientGone like
+    :func:`snakeway.proxy.forward.forward`.
+    """
+    with slots.take(route):
+        await _finish_upgrade_request(down)
+        up_request = plain_upstream_request(request, target, ctx)
+        up_request = h11.Request(
+            method=up_request.method,
+            target=up_request.target,
+            headers=[*up_request.headers, *UPGRADE_HEADERS],
+        )
+        conn = await connect(balancer, ctx)
+        try:
+            exchange = Exchange(down, conn, ctx, limit=0)
+            await exchange.to_upstream([up_request, h11.EndOfMessage()])
+            event = await exchange.next_upstream_event()
+            while type(event) is h11.InformationalResponse and event.status_code != 101:
+                event = await exchange.next_upstream_event()
+            if type(event) is not h11.InformationalResponse:
+                return await exchange.relay_response(event)
+            switch = h11.InformationalResponse(
+                status_code=101,
+                headers=[*hdr.downstream_response_headers(event.headers), *UPGRADE_HEADERS],
+                reason=event.reason,
+            )
+            await exchange.to_client(switch)
+            await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.h11.stream,
+                         bytes(conn.h11.conn.trailing_data[0]))
+            return 101
+        finally:
+            await ctx.pool.discard(conn)
+
+
+async def _finish_upgrade_request(down: H11Stream) -> None:
+    """Read the rest of the upgrade request up to h11's PAUSED."""
+    while True:
+        event = await down.next_event()
+        if event is h11.PAUSED:
+            return
+        if type(event) is h11.ConnectionClosed:
+            raise ClientGone("client closed during the upgrade")
+        if type(event) is h11.Data and event.data:
+            raise ProxyError(400, "an upgrade request must not carry a body")
+
+
+async def splice(
+    a: trio.abc.Stream, a_pending: bytes, b: trio.abc.Stream, b_pending: bytes
+) -> None:
+    """Copy bytes a->b and b->a until either direction ends, then stop both."""
+    async with trio.open_nursery() as nursery:
+
+        async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, pending: bytes) -> None:
+            try:
+                if pending:
+                    await dst.send_all(pending)
+                while data := await src.receive_some(READ_SIZE):
+                    await dst.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # either side going away ends the tunnel
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(pump, a, b, a_pending)
+        nursery.start_soon(pump, b, a, b_pending)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snakeway.proxy.headers import (
+    HOP_BY_HOP,
+    downstream_response_headers,
+    end_to_end,
+    upstream_request_headers,
+)
+
+H = [(b"host", b"a.test"), (b"accept", b"*/*")]
+
+
+def names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [n for n, _ in headers]
+
+
+def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
+    headers = [
+        *H,
+        (b"connection", b"keep-alive, x-secret"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-secret", b"1"),
+        (b"te", b"trailers"),
+        (b"proxy-authorization", b"Basic x"),
+        (b"upgrade", b"h2c"),
+    ]
+    assert names(end_to_end(headers)) == [b"host", b"accept"]
+
+
+def test_forwarded_headers_set_and_appended() -> None:
+    out = upstream_request_headers(
+        [*H, (b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-proto", b"https")],
+        client_ip="127.0.0.1",
+        scheme="http",
+        host=b"a.test",
+    )
+    d = dict(out)
+    assert d[b"x-forwarded-for"] == b"10.0.0.1, 127.0.0.1"
+    assert d[b"x-forwarded-proto"] == b"http"
+    assert d[b"x-forwarded-host"] == b"a.test"
+    assert d[b"via"] == b"1.1 snakeway"
+    assert d[b"host"] == b"a.test"
+    assert names(out).count(b"x-forwarded-proto") == 1
+
+
+def test_response_gets_via() -> None:
+    out = downstream_response_headers([(b"content-length", b"3"), (b"transfer-encoding", b"chunked")])
+    assert out == [(b"content-length", b"3"), (b"via", b"1.1 snakeway")]
+
+
+token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).map(str.encode)
+hop = st.sampled_from(sorted(HOP_BY_HOP) + [b"proxy-authenticate", b"proxy-connection"])
+
+
+@given(
+    plain=st.lists(st.tuples(token, token), max_size=8),
+    hops=st.lists(st.tuples(hop, token), max_size=5),
+    named=st.lists(token, max_size=3),
+)
+def test_no_hop_by_hop_header_ever_passes(plain, hops, named) -> None:  # type: ignore[no-untyped-def]
+    headers = [*plain, *hops]
+    if named:
+        headers.append((b"connection", b", ".join(named)))
+    out = upstream_request_headers(headers, client_ip="1.2.3.4", scheme="http", host=b"h")
+    for name, _ in out:
+        assert name not in HOP_BY_HOP
+        assert not name.startswith(b"proxy-")
+        assert name not in named or name in (b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via")
