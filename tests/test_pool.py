@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import h11
 import pytest
@@ -11,6 +11,9 @@ import trio.testing
 from snakeway.config.model import Endpoint, UpstreamSettings
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SETTINGS = UpstreamSettings(connection_timeout_seconds=10.0, connection_pool_size=4, pool_idle_seconds=30.0)
 
@@ -135,7 +138,9 @@ async def test_unfinished_exchange_is_closed_on_release(nursery: trio.Nursery) -
     await up.wait_for(lambda u: u.closed == 1)
 
 
-async def test_idle_expiry_opens_a_new_connection(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_idle_expiry_opens_a_new_connection(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     up = await TinyUpstream().start(nursery)
     pool = UpstreamPool(SETTINGS)
     first = await get(pool, up.endpoint)
@@ -149,7 +154,9 @@ async def test_idle_expiry_opens_a_new_connection(nursery: trio.Nursery, autojum
     await up.wait_for(lambda u: u.closed == 1)  # the expired one was closed lazily by acquire
 
 
-async def test_sweeper_closes_expired_connections(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_sweeper_closes_expired_connections(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     up = await TinyUpstream().start(nursery)
     pool = UpstreamPool(SETTINGS)
     await nursery.start(pool.run)

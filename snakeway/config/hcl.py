@@ -33,7 +33,7 @@ from typing import final
 
 import hcl2
 from lark import Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from snakeway.errors import ConfigError, Problem
 
@@ -42,6 +42,8 @@ KeyPath = tuple[str | int, ...]
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.DOTALL)
 _SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+_SIMPLE_QUOTES = {char: "\\" + code for code, char in _SIMPLE_ESCAPES.items()}
+_QUOTE = re.compile(r'[\\"\n\r\t\x00-\x1f\x7f]|[$%]\{')
 _HEREDOC = re.compile(r"<<(-?)([A-Za-z][A-Za-z0-9._-]*)\r?\n(.*?)[ \t]*\2\r?\n?\Z", re.DOTALL)
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{|(?<!%)%\{")
 # Parse-tree nodes that are only layout.
@@ -64,10 +66,34 @@ def format_key_path(path: KeyPath) -> str:
 
 
 def quote(text: str) -> str:
-    """Quote ``text`` as an HCL string literal (the inverse of our decoding)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return '"' + escaped.replace("${", "$${").replace("%{", "%%{") + '"'
+    """Quote ``text`` as an HCL string literal that decodes back to ``text``.
+
+    ``{`` after ``$`` or ``%`` is written ``\\u007b`` rather than as ``$${``:
+    python-hcl2 only accepts ``$${`` when a ``}`` follows.
+    """
+    return '"' + _QUOTE.sub(_quote_char, text) + '"'
+
+
+def _quote_char(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char in _SIMPLE_QUOTES:
+        return _SIMPLE_QUOTES[char]
+    if len(char) == 2:  # "${" or "%{"
+        return char[0] + "\\u007b"
+    return f"\\u{ord(char):04x}"
+
+
+def describe(value: object) -> str:
+    """A plain value as error messages show it, by HCL type: ``string "80"``, ``number 1.5``, ``list``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"bool {'true' if value else 'false'}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string {quote(value if len(value) <= 40 else value[:37] + '...')}"
+    return "list" if isinstance(value, list) else "object"
 
 
 @final
@@ -120,10 +146,11 @@ def parse(text: str, path: Path) -> Document:
     Raises:
         ConfigError: See :func:`load`.
     """
+    text = text.removeprefix("\ufeff")
     try:
-        tree = hcl2.parses_to_tree(text.removeprefix("\ufeff"))
+        tree = hcl2.parses_to_tree(text)
     except UnexpectedInput as exc:
-        raise ConfigError([Problem(path, exc.line if exc.line > 0 else 1, "", _syntax_message(exc))]) from None
+        raise ConfigError([Problem(path, max(exc.line, 1), "", _syntax_message(exc, text))]) from None
     walker = _Walker(path)
     data = walker.body(_child_trees(tree)[0], ())
     if walker.problems:
@@ -131,15 +158,17 @@ def parse(text: str, path: Path) -> Document:
     return Document(path, data, walker.lines)
 
 
-def _syntax_message(exc: UnexpectedInput) -> str:
+def _syntax_message(exc: UnexpectedInput, text: str) -> str:
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         return "syntax error: unexpected end of file (unclosed brace, bracket or string?)"
-    if isinstance(exc, UnexpectedToken):
-        shown = str(exc.token.value).strip().splitlines()
-        return f"syntax error: unexpected {quote(shown[0][:30])}" if shown else "syntax error: unexpected line break"
-    if isinstance(exc, UnexpectedCharacters):
-        return f"syntax error: unexpected character {quote(str(exc.char))}"
-    return "syntax error"
+    # Show the character lark stopped at: its contextual lexer can make tokens
+    # out of odd spans ("= 2" as string characters), which would confuse.
+    lines = text.split("\n")
+    line = lines[exc.line - 1] if 0 < exc.line <= len(lines) else ""
+    char = line[exc.column - 1] if 0 < exc.column <= len(line) else ""
+    if not char.strip():
+        return f"syntax error at column {exc.column}: unexpected end of line"
+    return f"syntax error at column {exc.column}: unexpected {quote(char)}"
 
 
 def _child_trees(node: Tree[Token]) -> list[Tree[Token]]:
@@ -250,12 +279,13 @@ class _Walker:
         return None
 
     def negative(self, node: Tree[Token], children: list[Tree[Token]], path: KeyPath) -> object:
-        sign = node.children[0]
+        sign, before = node.children[0], len(self.problems)
         if isinstance(sign, Token) and sign.value == "-" and len(children) == 1:
             number = self.value(children[0], path)
             if isinstance(number, int | float) and not isinstance(number, bool):
                 return -number
-        self.problem(path, _line(node), "only literal values are supported here (no expressions or references)")
+        if len(self.problems) == before:  # or the operand's problem says it all
+            self.problem(path, _line(node), "only literal values are supported here (no expressions or references)")
         return None
 
     def tuple(self, items: list[Tree[Token]], path: KeyPath) -> list[object]:
@@ -314,7 +344,7 @@ class _Walker:
             code = match.group(1)
             if code in _SIMPLE_ESCAPES:
                 return _SIMPLE_ESCAPES[code]
-            if code[0] in "uU" and len(code) > 1:
+            if len(code) > 1:
                 char = int(code[1:], 16)
                 if char <= 0x10FFFF and not 0xD800 <= char <= 0xDFFF:
                     return chr(char)

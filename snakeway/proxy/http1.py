@@ -70,7 +70,8 @@ class Drain:
             scope.cancel()
         self._idle.add(scope)
         try:
-            yield scope
+            with scope:
+                yield scope
         finally:
             self._idle.discard(scope)
 

@@ -235,21 +235,19 @@ class UpstreamPool:
 
     # --- decisions (synchronous; return what to close) ------------------------------------------
 
-    def _take_idle(
-        self, endpoint: Endpoint, now: float
-    ) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:
+    def _take_idle(self, endpoint: Endpoint, now: float) -> tuple[UpstreamConnection | None, list[UpstreamConnection]]:
         """The newest unexpired idle connection (removed from the pool), and the expired ones."""
         idle = self._idle.get(endpoint)
         if not idle:
             return None, []
-        conn = idle.pop()
-        if conn.expires_at(self.settings.pool_idle_seconds) <= now:
+        newest = idle.pop()
+        conn: UpstreamConnection | None = newest
+        stale: list[UpstreamConnection] = []
+        if newest.expires_at(self.settings.pool_idle_seconds) <= now:
             # The newest has expired, so all older ones have too.
-            stale = [*idle, conn]
+            stale = [*idle, newest]
             idle.clear()
             conn = None
-        else:
-            stale = []
         if not idle:
             del self._idle[endpoint]
         return conn, stale
@@ -257,12 +255,7 @@ class UpstreamPool:
     def _put_back(self, conn: UpstreamConnection, now: float) -> UpstreamConnection | None:
         """Keep ``conn`` idle if it is reusable; returns the connection to close, if any."""
         settings = self.settings
-        if (
-            self._closed
-            or not conn.reusable()
-            or settings.pool_idle_seconds <= 0
-            or settings.connection_pool_size <= 0
-        ):
+        if self._closed or not conn.reusable() or settings.pool_idle_seconds <= 0 or settings.connection_pool_size <= 0:
             return conn
         conn.h11.conn.start_next_cycle()
         conn.idle_since = now
@@ -322,7 +315,7 @@ def _peer_gone(stream: trio.abc.Stream) -> bool:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             return bool(poller.poll(0))
-        readable, _, _ = select.select([fd], [], [], 0)  # Windows; no fd limit there
+        readable, _, _ = select.select([fd], [], [], 0)  # no poll() on Windows
     except (OSError, ValueError):
         return True
     return bool(readable)

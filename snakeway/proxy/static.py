@@ -181,7 +181,8 @@ def plan_static(
       path: the request target's path, percent-encoded, without the query;
         it starts with ``site.route.path``.
       headers: the request headers (any case; repeated fields are joined).
-      query: the raw query, kept only in a trailing-slash redirect.
+      query: the raw query, kept only in a trailing-slash redirect (and
+        only if it is printable ASCII).
 
     Returns:
       A :class:`SendFile`, :class:`Listing`, :class:`Redirect`,
@@ -193,7 +194,7 @@ def plan_static(
     """
     if method not in (b"GET", b"HEAD"):
         return error_reply(405, ((b"allow", b"GET, HEAD"),))
-    if _BAD_CHARS.search(path) or _BAD_CHARS.search(query) or not path.startswith("/"):
+    if _BAD_CHARS.search(path) or not path.startswith("/"):
         return error_reply(400)
     rel = _strip_prefix(site.route.path, path)
     if rel is None:
@@ -203,20 +204,17 @@ def plan_static(
         return names
     root = os.path.realpath(site.file_dir)
     target = _inside(root, os.path.join(root, *names))
-    try:
-        st = os.stat(target) if target is not None else None
-    except OSError:
-        st = None
+    st = _stat(target)
     if target is None or st is None:
         return error_reply(404)
     if stat.S_ISDIR(st.st_mode):
         if not path.endswith("/"):
-            location = "/" + path.lstrip("/") + "/" + (f"?{query}" if query else "")
-            return _redirect(location)
+            keep_query = query and not _BAD_CHARS.search(query)
+            return _redirect("/" + path.lstrip("/") + "/" + (f"?{query}" if keep_query else ""))
         if site.index:
             index = _inside(root, os.path.join(target, site.index))
-            index_st = _regular_stat(index)
-            if index is not None and index_st is not None:
+            index_st = _stat(index)
+            if index is not None and index_st is not None and stat.S_ISREG(index_st.st_mode):
                 return _plan_file(index, index_st, method, _header_map(headers))
         if site.directory_listing:
             return _listing(root, target, path, at_root=not names)
@@ -265,14 +263,13 @@ def _inside(root: str, candidate: str) -> str | None:
         return None
 
 
-def _regular_stat(path: str | None) -> os.stat_result | None:
+def _stat(path: str | None) -> os.stat_result | None:
     if path is None:
         return None
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except OSError:
         return None
-    return st if stat.S_ISREG(st.st_mode) else None
 
 
 # -- files: validators, conditionals, ranges ----------------------------------------------
