@@ -46,7 +46,7 @@ async def echo(request: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes
 
 
 async def start_upstream(
-    nursery: trio.Nursery, handler: Handler = echo, seen: Seen | None = None
+    nursery: trio.Nursery, handler: Handler = echo, seen: Seen | None = None, *, port: int = 0
 ) -> tuple[int, Seen]:
     """An h11 keep-alive HTTP server on 127.0.0.1; returns (port, what it saw)."""
     seen = seen if seen is not None else Seen()
@@ -91,7 +91,7 @@ async def start_upstream(
         finally:
             await trio.aclose_forcefully(stream)
 
-    listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host=LOOPBACK))
+    listeners = await nursery.start(partial(trio.serve_tcp, serve, port, host=LOOPBACK))
     return listeners[0].socket.getsockname()[1], seen
 
 

@@ -458,8 +458,9 @@ def test_includes_are_loaded_in_sorted_order_named_by_file_stem(tmp_path: Path) 
     ]
 
 
-def test_a_glob_matching_the_entry_file_skips_it(tmp_path: Path) -> None:
-    main = write(tmp_path, "main.hcl", SERVER + 'include {\n  ingresses = "*.hcl"\n}\n')
+def test_each_file_is_read_once(tmp_path: Path) -> None:
+    # "*.hcl" matches the entry file itself, and "site.hcl" is matched twice.
+    main = write(tmp_path, "main.hcl", SERVER + 'include {\n  ingresses = ["*.hcl", "site.hcl"]\n}\n')
     write(tmp_path, "site.hcl", "bind = { port = 80 }\n")
     assert [i.name for i in load_config(main).ingresses] == ["site"]
 

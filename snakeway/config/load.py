@@ -164,8 +164,12 @@ class _Loader:
         ingresses: list[model.Ingress | None] = []
         if "ingress" in top and (inline := f.table(top["ingress"], ("ingress",), None)) is not None:
             ingresses.extend(_ingress(f, body, ("ingress", name), name) for name, body in inline.items())
+        seen = {path.resolve()}  # the entry file and each included file are read once
         for pattern in f.get(top, (), "include", _include, ()) or ():
             for included in _expand(f, pattern):
+                if included.resolve() in seen:
+                    continue
+                seen.add(included.resolve())
                 g = self.read(included)
                 ingresses.append(None if g is None else _ingress(g, g.doc.data, (), included.stem))
         if server is None or None in ingresses:
@@ -523,7 +527,6 @@ def _patterns(f: _File, value: object, path: KeyPath) -> tuple[str, ...] | None:
 
 
 def _expand(f: _File, pattern: str) -> list[Path]:
-    """The files ``pattern`` matches relative to ``f``'s directory, sorted; ``f`` itself is skipped."""
+    """The files ``pattern`` matches relative to ``f``'s directory, sorted."""
     matches = sorted(glob.glob(os.path.join(glob.escape(str(f.doc.path.parent)), pattern), recursive=True))
-    own = f.doc.path.resolve()
-    return [Path(m) for m in matches if os.path.isfile(m) and Path(m).resolve() != own]
+    return [Path(m) for m in matches if os.path.isfile(m)]
