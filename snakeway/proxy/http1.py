@@ -150,7 +150,15 @@ class Http1Connection:
     async def _read_request(self) -> h11.Request | None:
         conn = self.h.conn
         self.scanner.reset()
-        head_started = trio.current_time() if self.requests == 0 else None
+        # Before its first byte a request is idle: a new connection gets the
+        # header timeout, a kept-alive one the idle timeout, and shutdown
+        # closes either at once. From the first byte on, the head must be
+        # complete within the header timeout.
+        idle_for = (
+            self.client.header_timeout_seconds if self.requests == 0 else self.client.idle_timeout_seconds
+        )
+        idle_deadline = trio.current_time() + idle_for
+        head_started: float | None = None
         rejection = self.scanner.feed(bytes(conn.trailing_data[0]))
         while rejection is None:
             try:
@@ -165,7 +173,7 @@ class Http1Connection:
             if head_started is None and self.scanner.started:
                 head_started = trio.current_time()
             if head_started is None:
-                data = await self._receive_idle()
+                data = await self._receive_idle(idle_deadline)
             else:
                 data = await self._receive_head(head_started)
                 if data is None:
@@ -178,9 +186,9 @@ class Http1Connection:
         await self._reject(rejection)
         return None
 
-    async def _receive_idle(self) -> bytes | None:
+    async def _receive_idle(self, deadline: float) -> bytes | None:
         with self.ctx.drain.idle() as scope:
-            scope.deadline = trio.current_time() + self.client.idle_timeout_seconds
+            scope.deadline = deadline
             return await self._receive()
         return None
 
