@@ -70,12 +70,59 @@ class StaticSite:
     directory_listing: bool = False
 
 
+class TlsMode(enum.Enum):
+    MANUAL = "manual"      # certificate files named in the configuration
+    INTERNAL = "internal"  # issued by snakeway's own local CA
+    ACME = "acme"          # obtained and renewed from an ACME CA
+
+
+class Challenge(enum.Enum):
+    HTTP_01 = "http-01"
+    TLS_ALPN_01 = "tls-alpn-01"
+
+
+class KeyType(enum.Enum):
+    ECDSA_P256 = "ecdsa-p256"
+    RSA2048 = "rsa2048"
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """A PEM certificate chain and its private key (paths resolved)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Tls:
+    """``bind.tls``: how a listener gets its certificates."""
+
+    mode: TlsMode
+    certs: tuple[CertFiles, ...] = ()      # manual
+    default: str | None = None             # certificate for no or unknown SNI (a host name)
+    domains: tuple[str, ...] = ()          # internal and acme (ASCII, lower case)
+    challenge: Challenge = Challenge.HTTP_01
+    key_type: KeyType = KeyType.ECDSA_P256
+    handshake_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """``bind.redirect_http_to_https``: a plain listener that redirects to the TLS one."""
+
+    port: int
+    status: int = 308
+
+
 @dataclass(frozen=True)
 class Bind:
     """A listening address. ``interface`` is already an IP literal."""
 
     interface: str
     port: int
+    tls: Tls | None = None
+    redirect: Redirect | None = None
 
     @property
     def url_host(self) -> str:
@@ -108,6 +155,41 @@ class ClientSettings:
     max_header_bytes: int = 64 * 1024
 
 
+class StoreType(enum.Enum):
+    FILESYSTEM = "filesystem"
+    MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    contact_email: tuple[str, ...] = ()
+    ca_file: Path | None = None        # trust root for the ACME server itself
+    data_dir: Path | None = None       # ACME state; default <state_dir>/acme
+
+
+@dataclass(frozen=True)
+class CertStoreSettings:
+    type: StoreType = StoreType.FILESYSTEM
+    cert_dir: Path | None = None       # default <state_dir>/certs
+
+
+@dataclass(frozen=True)
+class TlsAutomation:
+    renew_within_days: float = 30.0
+    check_interval_seconds: float = 600.0
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    cert_store: CertStoreSettings = field(default_factory=CertStoreSettings)
+
+
+def default_state_dir() -> Path:
+    """Where snakeway keeps what it creates (local CA, certificates): XDG data home."""
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "snakeway"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     version: int = 1
@@ -115,6 +197,8 @@ class ServerSettings:
     drain_seconds: float = 10.0
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    state_dir: Path = field(default_factory=default_state_dir)
+    tls_automation: TlsAutomation | None = None
 
 
 @dataclass(frozen=True)

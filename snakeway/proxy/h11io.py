@@ -8,6 +8,7 @@ machine (``send_failed``) before the error propagates.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 
 import h11
 import trio
@@ -15,6 +16,13 @@ import trio
 READ_SIZE = 64 * 1024
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 class H11Stream:
@@ -73,6 +81,7 @@ class H11Stream:
         self, status: int, headers: Headers, body: bytes = b"", *, reason: bytes = b""
     ) -> None:
         """A whole response in one write; the body is dropped for HEAD, 204 and 304."""
+        reason = reason or reason_phrase(status)
         events: list[h11.Event] = [h11.Response(status_code=status, headers=list(headers), reason=reason)]
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))
