@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import final
 
@@ -58,3 +59,31 @@ class ConfigError(SnakewayError):
 
     def __str__(self) -> str:
         return "\n".join(str(problem) for problem in self.problems)
+
+
+class IssuanceError(SnakewayError):
+    """Getting a certificate from the ACME CA failed.
+
+    Raised by :mod:`snakeway.acme.backend` for every failure of the CA, the
+    network or the ACME library (the original exception is ``__cause__``).
+
+    Attributes:
+        status: The HTTP status of the CA's answer, if there was one.
+        retry_after: When the CA asked us to come back (``Retry-After`` on a 429
+            or 503), as an aware UTC datetime; ``None`` if it did not say.
+        problem_type: The RFC 7807 problem ``type`` (e.g.
+            ``urn:ietf:params:acme:error:rateLimited``), if the CA sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: datetime | None = None,
+        problem_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.problem_type = problem_type

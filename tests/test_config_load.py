@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.config import (
+from snakeway.config.hcl import quote
+from snakeway.config.load import load_config
+from snakeway.config.model import (
     Bind,
     ClientSettings,
     Config,
@@ -26,9 +28,7 @@ from snakeway.config import (
     Strategy,
     Upstream,
     UpstreamSettings,
-    load_config,
 )
-from snakeway.config.hcl import quote
 from snakeway.errors import ConfigError, SnakewayError
 
 SERVER = "server {\n  version = 1\n}\n"
@@ -226,8 +226,9 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
         ("port = 8080", "port = 65536", "port", "ingress.web.bind.port", "must be between 1 and 65535, got 65536"),
         ('"loopback"', '"eth0"', "interface", "ingress.web.bind.interface",
          'expected "loopback", "all" or an IP address, got "eth0"'),
-        ("port = 8080", "port = 8080, tls = {}", "tls", "ingress.web.bind.tls",
-         'unknown key "tls"; allowed keys: interface, port'),
+        ("port = 8080", "port = 8080, tls = {}", "tls", "ingress.web.bind.tls.mode", "required key is missing"),
+        ("port = 8080", "port = 8080, tlz = {}", "tlz", "ingress.web.bind.tlz",
+         'unknown key "tlz" (did you mean "tls"?); allowed keys: interface, port, tls, redirect_http_to_https'),
         ("port = 9000", "port = 9000, tls = true", "tls",
          "ingress.web.services[0].upstreams[0].endpoint.tls", 'unknown key "tls"; allowed keys: host, port'),
         ("  bind =", "  bind_admin = 1\n  bind =", "bind_admin", "ingress.web.bind_admin",
@@ -366,7 +367,8 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
     main = write(tmp_path, "main.hcl", text)
     assert problems(main) == [
         f"{main}:2: server.version: unsupported version 2; this snakeway reads version 1",
-        f'{main}:5: ingress.web.bind.prot: unknown key "prot" (did you mean "port"?); allowed keys: interface, port',
+        f'{main}:5: ingress.web.bind.prot: unknown key "prot" (did you mean "port"?); allowed keys: interface, port, '
+        "tls, redirect_http_to_https",
         f"{main}:5: ingress.web.bind.port: required key is missing",
         f'{main}:8: ingress.web.services[0].routes[0].hosts[0]: invalid host pattern "a.*.b": expected a host name '
         '(without port), "*.domain" (exactly one more label) or "*"',

@@ -231,7 +231,7 @@ class Http1Connection:
             return exc.status, await self._error(exc.status, exc.reason, request)
         except h11.RemoteProtocolError as exc:
             return exc.error_status_hint, await self._error(exc.error_status_hint, str(exc), request)
-        except ClientGone as exc:
+        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.debug("client %s gone: %s", self.client_ip, exc)
             return 499, False
         return status, await self._finish_request_body()

@@ -1,0 +1,1 @@
+"""Certificates over ACME: renewal schedule, certificate store, issuance."""

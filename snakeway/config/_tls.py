@@ -1,0 +1,224 @@
+"""Converters for the TLS keys: ``bind.tls``, ``bind.redirect_http_to_https`` and ``server.tls_automation``.
+
+Each object is checked on its own here. Rules that need the rest of the
+configuration (who else uses a port, whether any plain listener can answer
+HTTP-01 challenges) are :class:`snakeway.config.load._Loader`'s.
+
+``bind.tls`` is not one schema but one per ``mode``: the mode is read first,
+quietly, and picks the keys that are allowed. A key of another mode is reported
+as not applying to this one rather than as unknown; when the mode itself is
+wrong, the other keys are checked against all modes together and the mode's
+converter reports the mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from snakeway.config import _convert as cv
+from snakeway.config import model
+from snakeway.config._convert import File, Key
+from snakeway.config.hcl import KeyPath, quote
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+REDIRECT_STATUSES = (301, 302, 307, 308)
+# http:// is accepted only for a CA on this machine (a test CA such as pebble).
+LOCAL_ACME_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+_EMAIL = re.compile(r"[^@\s]+@([^@\s]+)\Z")
+_MODES = {m.value: m for m in model.TlsMode}
+_CHALLENGES = {
+    "http-01": model.Challenge.HTTP_01,
+    "http01": model.Challenge.HTTP_01,
+    "tls-alpn-01": model.Challenge.TLS_ALPN_01,
+    "tlsalpn01": model.Challenge.TLS_ALPN_01,
+}
+_KEY_TYPES = {k.value: k for k in model.KeyType}
+_STORE_TYPES = {s.value: s for s in model.StoreType}
+
+
+# --- bind.tls --------------------------------------------------------------------------------------------------
+
+_cert_files = cv.schema(
+    {"cert": Key(cv.existing_file, required=True), "key": Key(cv.existing_file, required=True)}, model.CertFiles
+)
+_COMMON = {
+    "mode": Key(cv.choice(_MODES, "tls mode"), required=True),
+    "handshake_timeout_seconds": Key(cv.seconds(positive=True)),
+}
+_BY_MODE = {
+    model.TlsMode.MANUAL: {
+        **_COMMON,
+        "cert": Key(cv.existing_file),
+        "key": Key(cv.existing_file),
+        "certs": Key(cv.list_of(_cert_files, nonempty=True)),
+        "default": Key(cv.domain),
+    },
+    model.TlsMode.INTERNAL: {
+        **_COMMON,
+        "domains": Key(cv.list_of(cv.domain, nonempty=True), required=True),
+        "default": Key(cv.domain),
+    },
+    model.TlsMode.ACME: {
+        **_COMMON,
+        "domains": Key(cv.list_of(cv.domain, nonempty=True), required=True),
+        "challenge": Key(cv.choice(_CHALLENGES, "challenge")),
+        "key_type": Key(cv.choice(_KEY_TYPES, "key type")),
+    },
+}
+# Checked against when the mode is missing or wrong: any key of any mode is allowed.
+_ANY_MODE = {
+    key: spec if key == "mode" else dataclasses.replace(spec, required=False)
+    for keys in _BY_MODE.values()
+    for key, spec in keys.items()
+}
+
+
+def tls(*, automation: bool) -> cv.Convert[model.Tls]:
+    """``bind.tls``; ``automation`` says whether ``server.tls_automation`` is there (acme needs it)."""
+
+    def convert(f: File, value: object, path: KeyPath) -> model.Tls | None:
+        table = f.table(value, path, None)
+        if table is None:
+            return None
+        before = len(f.problems)
+        written = table.get("mode")
+        mode = _MODES.get(written) if isinstance(written, str) else None
+        keys = _ANY_MODE if mode is None else _BY_MODE[mode]
+        for key in table:
+            if mode is not None and key in _ANY_MODE and key not in keys:
+                f.report((*path, key), f"{quote(key)} does not apply to mode {quote(mode.value)}")
+        if mode is model.TlsMode.MANUAL:
+            _check_manual_shape(f, path, table)
+        fields = f.fields({k: v for k, v in table.items() if k not in _ANY_MODE or k in keys}, path, keys)
+        if fields is None or mode is None or len(f.problems) != before:
+            return None
+        result = _build(fields)
+        _check(f, path, result, automation=automation)
+        return result if len(f.problems) == before else None
+
+    return convert
+
+
+def _build(fields: dict[str, object]) -> model.Tls:
+    """The model from converted fields (each one's type is checked by now); ``cert`` and ``key`` make one pair."""
+    tls: Callable[..., model.Tls] = model.Tls
+    pair: Callable[..., model.CertFiles] = model.CertFiles
+    if "cert" in fields:
+        fields["certs"] = (pair(fields.pop("cert"), fields.pop("key")),)
+    return tls(**fields)
+
+
+def _check_manual_shape(f: File, path: KeyPath, table: dict[str, object]) -> None:
+    """Exactly one of: ``cert`` and ``key``, or ``certs``."""
+    pair = [key for key in ("cert", "key") if key in table]
+    if pair and "certs" in table:
+        f.report((*path, "certs"), "use either cert and key, or certs, not both")
+    elif not pair and "certs" not in table:
+        f.report(path, 'mode "manual" needs cert and key, or certs')
+    elif len(pair) == 1:
+        f.report((*path, "key" if pair == ["cert"] else "cert"), "required key is missing (cert and key go together)")
+
+
+def _check(f: File, path: KeyPath, tls: model.Tls, *, automation: bool) -> None:
+    if tls.mode is model.TlsMode.INTERNAL and tls.default is not None and not covers(tls.domains, tls.default):
+        f.report((*path, "default"), f"{quote(tls.default)} is not covered by domains")
+    if tls.mode is not model.TlsMode.ACME:
+        return
+    if not automation:
+        f.report((*path, "mode"), 'mode "acme" needs server.tls_automation (ACME account and renewal settings)')
+    for index, name in enumerate(tls.domains):
+        if name.startswith("*."):
+            f.report((*path, "domains", index), f"wildcard {quote(name)} cannot be validated with http-01 or "
+                     "tls-alpn-01 (it needs dns-01); list the names instead")
+
+
+def covers(domains: tuple[str, ...], name: str) -> bool:
+    """Whether a certificate for ``domains`` is valid for ``name`` (``*.parent`` covers one more label)."""
+    return name in domains or ("." in name and "*." + name.split(".", 1)[1] in domains)
+
+
+# --- bind.redirect_http_to_https -------------------------------------------------------------------------------
+
+
+def _redirect_status(f: File, value: object, path: KeyPath) -> int | None:
+    status = cv.integer(0)(f, value, path)
+    if status is not None and status not in REDIRECT_STATUSES:
+        f.report(path, f"must be one of {', '.join(map(str, REDIRECT_STATUSES))}, got {status}")
+        return None
+    return status
+
+
+redirect = cv.schema({"port": Key(cv.port, required=True), "status": Key(_redirect_status)}, model.Redirect)
+
+
+# --- server.tls_automation -------------------------------------------------------------------------------------
+
+
+def _directory_url(f: File, value: object, path: KeyPath) -> str | None:
+    url = cv.text(f, value, path)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in LOCAL_ACME_HOSTS:
+        return url
+    if parts.scheme == "http" and parts.hostname:
+        f.report(path, f"must be an https:// URL (http:// only for localhost, 127.0.0.1 or [::1]), got {quote(url)}")
+    else:
+        f.report(path, f"expected an https:// URL, got {quote(url)}")
+    return None
+
+
+def _email(f: File, value: object, path: KeyPath) -> str | None:
+    address = cv.text(f, value, path)
+    if address is None:
+        return None
+    if address.lower().startswith("mailto:"):
+        f.report(path, f"write the address without mailto:, got {quote(address)}")
+        return None
+    match = _EMAIL.match(address)
+    if match is None or "." not in match.group(1) or cv.dns_name(match.group(1)) is None:
+        f.report(path, f"expected an email address, got {quote(address)}")
+        return None
+    return address
+
+
+def _check_store(f: File, path: KeyPath, store: model.CertStoreSettings) -> None:
+    if store.cert_dir is not None and store.type is not model.StoreType.FILESYSTEM:
+        f.report((*path, "cert_dir"), f'only applies with type = "filesystem", not {quote(store.type.value)}')
+
+
+_acme = cv.schema(
+    {
+        "directory_url": Key(_directory_url),
+        "contact_email": Key(cv.one_or_list(_email, "an email address or a list of them")),
+        "ca_file": Key(cv.existing_file),
+        "data_dir": Key(cv.file_path),
+    },
+    model.AcmeSettings,
+)
+_cert_store = cv.schema(
+    {"type": Key(cv.choice(_STORE_TYPES, "store type")), "cert_dir": Key(cv.file_path)},
+    model.CertStoreSettings,
+    _check_store,
+)
+tls_automation = cv.schema(
+    {
+        "renew_within_days": Key(cv.number("days", positive=True)),
+        "check_interval_seconds": Key(cv.seconds(positive=True)),
+        "acme": Key(_acme),
+        "cert_store": Key(_cert_store),
+    },
+    model.TlsAutomation,
+)

@@ -1,0 +1,153 @@
+"""What a PEM certificate chain and key pair contain, and whether they are usable: pure, no I/O.
+
+:func:`validate_pair` is the one check every certificate goes through before it is served (manual files, the
+local CA, ACME): the chain parses, the key belongs to the leaf, the leaf has not expired. What it returns,
+:class:`CertInfo`, is what the rest of snakeway needs to know about a certificate (its names for the cert map,
+its validity for renewal, its fingerprint for the admin API).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from snakeway.errors import SnakewayError
+from snakeway.tls import names as _names
+
+logger = logging.getLogger(__name__)
+
+
+@final
+class CertificateError(SnakewayError):
+    """A certificate or key cannot be served; the message names the source and says why.
+
+    Not to be confused with :class:`ssl.CertificateError` (a verification failure on the client side).
+    """
+
+
+@final
+@dataclass(frozen=True)
+class CertInfo:
+    """The facts about a leaf certificate that snakeway uses.
+
+    Attributes:
+        names: The subjectAltName entries, canonical (see :mod:`snakeway.tls.names`): DNS names and wildcards in
+            lower-case ASCII, IP addresses as strings. In certificate order, without duplicates.
+        not_before: Start of validity (aware, UTC).
+        not_after: End of validity (aware, UTC).
+        serial: The serial number.
+        issuer: The issuer's distinguished name (RFC 4514).
+        fingerprint: SHA-256 of the leaf's DER encoding, lower-case hex without separators.
+    """
+
+    names: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    serial: int
+    issuer: str
+    fingerprint: str
+
+
+def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str = "certificate") -> CertInfo:
+    """Check that a PEM chain (leaf first) and an unencrypted PEM private key can be served together.
+
+    Args:
+        cert_pem: The certificate chain, leaf first, then intermediates.
+        key_pem: The leaf's private key.
+        now: The current wall-clock time, timezone-aware.
+        source: How to name the pair in error messages, e.g. the certificate's file name.
+
+    Returns:
+        The leaf's :class:`CertInfo`.
+
+    Raises:
+        CertificateError: No certificate in ``cert_pem``; the key cannot be read or does not match the leaf; the
+            leaf has expired; the leaf names no host.
+        ValueError: ``now`` is naive.
+    """
+    if now.tzinfo is None:
+        raise ValueError("validate_pair needs a timezone-aware 'now'")
+    chain = load_chain(cert_pem, source)
+    leaf = chain[0]
+    key_spki = _public_key_der(_load_key(key_pem, source))
+    if _spki(leaf) != key_spki:
+        hint = ""
+        if any(_spki(other) == key_spki for other in chain[1:]):
+            hint = " (the key matches a later certificate: put the leaf certificate first)"
+        raise CertificateError(f"{source}: the private key does not match the certificate{hint}")
+    info = cert_info(leaf)
+    if info.not_after <= now:
+        raise CertificateError(f"{source}: the certificate expired on {info.not_after:%Y-%m-%d %H:%M:%S} UTC")
+    if not info.names:
+        raise CertificateError(
+            f"{source}: the certificate names no host (no subjectAltName DNS or IP entry); clients would reject it"
+        )
+    return info
+
+
+def cert_info(cert: x509.Certificate) -> CertInfo:
+    """The :class:`CertInfo` of one parsed certificate, without any validity check."""
+    return CertInfo(
+        names=san_names(cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=cert.serial_number,
+        issuer=cert.issuer.rfc4514_string(),
+        fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    )
+
+
+def san_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The canonical DNS and IP subjectAltName entries of ``cert``; names that do not normalise are skipped."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    raw = [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+    found: dict[str, None] = {}
+    for name in raw:
+        try:
+            found[_names.normalize_pattern(name)] = None
+        except ValueError:
+            logger.warning("ignoring the unusable subjectAltName %r of certificate %x", name, cert.serial_number)
+    return tuple(found)
+
+
+def load_chain(cert_pem: bytes, source: str = "certificate") -> list[x509.Certificate]:
+    """Parse every certificate of a PEM chain (leaf first).
+
+    Raises:
+        CertificateError: ``cert_pem`` holds no readable certificate.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError as exc:  # also raised for "no PEM certificate found"
+        raise CertificateError(f"{source}: cannot read the certificate chain ({exc})") from exc
+    if not chain:
+        raise CertificateError(f"{source}: no PEM certificate found")
+    return chain
+
+
+def _load_key(key_pem: bytes, source: str) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError as exc:  # encrypted key, no password
+        raise CertificateError(f"{source}: the private key is encrypted; snakeway needs an unencrypted key") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"{source}: cannot read the private key ({exc})") from exc
+
+
+def _public_key_der(key: PrivateKeyTypes) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
