@@ -143,3 +143,13 @@ def ari_cert_id(cert_pem: bytes) -> str:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def csr_names(csr_pem: bytes) -> tuple[str, ...]:
+    """The DNS names in a PEM CSR's subjectAltName extension (empty if it has none)."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    try:
+        san = csr.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName))

@@ -307,24 +307,35 @@ def host_pattern(f: File, value: object, path: KeyPath) -> str | None:
     return f"*.{encoded}" if wildcard else encoded
 
 
-def domain(f: File, value: object, path: KeyPath) -> str | None:
-    """A name a certificate can be for: ``name`` or ``*.name``, normalised like a host pattern; no IP address."""
-    name = text(f, value, path)
-    if name is None:
-        return None
-    try:
-        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        pass
-    else:
-        f.report(path, f"expected a domain name, got the IP address {quote(name)}")
-        return None
-    wildcard = name.startswith("*.")
-    encoded = dns_name(name[2:] if wildcard else name)
-    if encoded is None:
-        f.report(path, f'invalid domain {quote(name)}: expected a host name (without port) or "*.domain"')
-        return None
-    return f"*.{encoded}" if wildcard else encoded
+def cert_name(*, ip: bool) -> Convert[str]:
+    """A name a certificate is for: ``name`` or ``*.name``, normalised like a host pattern.
+
+    With ``ip``, also an IP address (without brackets in the result, as :mod:`snakeway.tls.names` has them).
+    """
+
+    def convert(f: File, value: object, path: KeyPath) -> str | None:
+        name = text(f, value, path)
+        if name is None:
+            return None
+        try:
+            address = str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            pass
+        else:
+            if ip:
+                return address
+            f.report(path, f"expected a domain name, got the IP address {quote(name)}")
+            return None
+        wildcard = name.startswith("*.")
+        encoded = dns_name(name[2:] if wildcard else name)
+        if encoded is None:
+            expected = 'a host name (without port), "*.domain" or an IP address' if ip else \
+                'a host name (without port) or "*.domain"'
+            f.report(path, f"invalid domain {quote(name)}: expected {expected}")
+            return None
+        return f"*.{encoded}" if wildcard else encoded
+
+    return convert
 
 
 def dns_name(name: str) -> str | None:

@@ -14,6 +14,7 @@ converter reports the mistake.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -57,16 +58,16 @@ _BY_MODE = {
         "cert": Key(cv.existing_file),
         "key": Key(cv.existing_file),
         "certs": Key(cv.list_of(_cert_files, nonempty=True)),
-        "default": Key(cv.domain),
+        "default": Key(cv.cert_name(ip=True)),
     },
-    model.TlsMode.INTERNAL: {
+    model.TlsMode.INTERNAL: {  # snakeway's own CA also certifies IP addresses
         **_COMMON,
-        "domains": Key(cv.list_of(cv.domain, nonempty=True), required=True),
-        "default": Key(cv.domain),
+        "domains": Key(cv.list_of(cv.cert_name(ip=True), nonempty=True), required=True),
+        "default": Key(cv.cert_name(ip=True)),
     },
     model.TlsMode.ACME: {
         **_COMMON,
-        "domains": Key(cv.list_of(cv.domain, nonempty=True), required=True),
+        "domains": Key(cv.list_of(cv.cert_name(ip=False), nonempty=True), required=True),
         "challenge": Key(cv.choice(_CHALLENGES, "challenge")),
         "key_type": Key(cv.choice(_KEY_TYPES, "key type")),
     },
@@ -126,7 +127,7 @@ def _check_manual_shape(f: File, path: KeyPath, table: dict[str, object]) -> Non
 
 
 def _check(f: File, path: KeyPath, tls: model.Tls, *, automation: bool) -> None:
-    if tls.mode is model.TlsMode.INTERNAL and tls.default is not None and not covers(tls.domains, tls.default):
+    if tls.mode is model.TlsMode.INTERNAL and tls.default is not None and not _covers(tls.domains, tls.default):
         f.report((*path, "default"), f"{quote(tls.default)} is not covered by domains")
     if tls.mode is not model.TlsMode.ACME:
         return
@@ -138,9 +139,16 @@ def _check(f: File, path: KeyPath, tls: model.Tls, *, automation: bool) -> None:
                      "tls-alpn-01 (it needs dns-01); list the names instead")
 
 
-def covers(domains: tuple[str, ...], name: str) -> bool:
+def _covers(domains: tuple[str, ...], name: str) -> bool:
     """Whether a certificate for ``domains`` is valid for ``name`` (``*.parent`` covers one more label)."""
-    return name in domains or ("." in name and "*." + name.split(".", 1)[1] in domains)
+    if name in domains:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        parent = name.partition(".")[2]
+        return bool(parent) and f"*.{parent}" in domains
+    return False
 
 
 # --- bind.redirect_http_to_https -------------------------------------------------------------------------------
@@ -166,14 +174,15 @@ def _directory_url(f: File, value: object, path: KeyPath) -> str | None:
         return None
     parts = urlsplit(url)
     try:
-        parts.port  # noqa: B018 (raises on a bad port)
+        _ = parts.port  # raises ValueError unless the port is a number 0-65535
+        host = parts.hostname
     except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme == "https" and parts.hostname:
+        host = None
+    if parts.scheme == "https" and host:
         return url
-    if parts.scheme == "http" and parts.hostname in LOCAL_ACME_HOSTS:
+    if parts.scheme == "http" and host in LOCAL_ACME_HOSTS:
         return url
-    if parts.scheme == "http" and parts.hostname:
+    if parts.scheme == "http" and host:
         f.report(path, f"must be an https:// URL (http:// only for localhost, 127.0.0.1 or [::1]), got {quote(url)}")
     else:
         f.report(path, f"expected an https:// URL, got {quote(url)}")

@@ -23,6 +23,7 @@ def write_config(path: Path, listen: int, upstream: int, route: str = "/", drain
         f"""
 server {{
   version  = 1
+  pid_file = "{path.parent / 'snakeway.pid'}"
   shutdown = {{ drain_seconds = {drain} }}
 }}
 ingress "web" {{
@@ -129,8 +130,10 @@ async def test_sighup_reloads_routes_without_dropping_connections(
     config = tmp_path / "snakeway.hcl"
     write_config(config, listen, upstream, route="/old")
     async with snakeway(config) as proc:
+        assert (tmp_path / "snakeway.pid").read_text().strip() == str(proc.process.pid)
         client = await Client.connect(listen)
         assert (await client.request(target="/old")).status == 200
+        await proc.wait_for(b'127.0.0.1 "GET /old HTTP/1.1" 200 ')  # the access log
         assert (await client.request(target="/new")).status == 404
 
         write_config(config, listen, upstream, route="/new")
@@ -186,3 +189,4 @@ async def test_sigterm_drains_in_flight_requests(nursery: trio.Nursery, tmp_path
         assert answer == [b"finished"]
         with trio.fail_after(10):
             assert await proc.process.wait() == 0
+        assert not (tmp_path / "snakeway.pid").exists()

@@ -146,3 +146,30 @@ async def test_upstream_down_is_502_with_a_clear_body(nursery: trio.Nursery) -> 
     assert resp.status == 502
     assert resp.body.startswith(b"502 Bad Gateway: ")
     assert resp.header(b"content-type") == b"text/plain; charset=utf-8"
+
+
+async def test_large_upload_is_streamed_with_backpressure(nursery: trio.Nursery) -> None:
+    async def stalled(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)  # the head, then it stops reading
+        await trio.sleep_forever()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, stalled, 0, host="127.0.0.1"))
+    _, proxy = await start_snakeway(nursery, service_config([listener.socket.getsockname()[1]]))
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy)
+    size = 256 * 1024 * 1024
+    await stream.send_all(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % size)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        chunk = b"u" * 65536
+        while sent < size:
+            await stream.send_all(chunk)
+            sent += len(chunk)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(upload)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+        assert 0 < sent < 32 * 1024 * 1024
+        inner.cancel_scope.cancel()
+    await trio.aclose_forcefully(stream)

@@ -1,0 +1,455 @@
+"""The one thread boundary to the blocking ``acme`` library (conventions §2.8).
+
+Theory of operation
+-------------------
+``acme.client.ClientV2`` speaks ACME (RFC 8555) with ``requests`` and
+``time.sleep``. :class:`ClientV2Backend` keeps it at arm's length:
+
+* Every blocking call runs in ``trio.to_thread.run_sync(..., limiter=...)``
+  with a ``CapacityLimiter(1)`` per backend (one account), because
+  ``ClientNetwork`` keeps a set of nonces and is not thread-safe.
+* Only single-step library calls are used (``new_account``, ``new_order``,
+  ``poll``, ``answer_challenge``, ``ClientNetwork.post``). Every wait happens
+  in trio between polls (0.05 s, doubling, capped at ``POLL_MAX``, or the
+  server's ``Retry-After``), so waits are cancellable. The library's own
+  sleepers (``poll_and_finalize``, ``poll_authorizations``,
+  ``finalize_order``, which also compares a naive ``datetime.now()``) are
+  never called.
+* ``badNonce`` is retried per request (a rejected nonce means the CA did not
+  act on the request, so a retry is always safe); the library alone retries
+  only once.
+* acme, josepy and requests errors become :class:`~snakeway.errors.IssuanceError`
+  (``from`` the original) inside the worker thread, where the HTTP response
+  that caused them is still at hand for ``status`` and ``Retry-After``.
+* tls-alpn-01 (RFC 8737) is unknown to acme 5.x and arrives as an
+  ``UnrecognizedChallenge``: the key authorization is computed here for every
+  challenge type (RFC 8555 §8.1) and the answer is the empty JSON object.
+
+Only this module imports ``acme.client``, ``acme.messages`` and ``josepy``;
+the certificate manager sees the :class:`AcmeBackend` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, final
+
+import josepy as jose
+from josepy import errors as jose_errors
+import requests
+import trio
+from acme import challenges as acme_challenges
+from acme import client as acme_client
+from acme import errors as acme_errors
+from acme import messages
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from snakeway import __version__
+from snakeway.acme import crypto
+from snakeway.config.model import Challenge, KeyType
+from snakeway.errors import IssuanceError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+USER_AGENT = f"snakeway/{__version__}"
+NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
+POLL_FIRST = 0.05
+POLL_MAX = 3.0
+BAD_NONCE_ROUNDS = 8  # ClientNetwork.post tries twice per round: 16 tries in all
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")  # base64url, >= 128 bits (RFC 8555 §8.1)
+
+
+@final
+@dataclass(frozen=True)
+class AccountInfo:
+    """An ACME account: store both, so the next start finds the same account."""
+
+    key_pem: bytes
+    uri: str
+
+
+@final
+@dataclass(frozen=True)
+class OrderHandle:
+    """An open order. ``url`` identifies it; the rest is the backend's business."""
+
+    url: str
+    domains: tuple[str, ...]
+    resource: object = field(repr=False, compare=False)
+
+
+@final
+@dataclass(frozen=True)
+class ChallengeTask:
+    """One challenge to satisfy before :meth:`AcmeBackend.answer`.
+
+    http-01: serve ``key_authorization`` at ``/.well-known/acme-challenge/<token>``
+    for ``domain``. tls-alpn-01: serve, for SNI ``domain`` and ALPN
+    ``acme-tls/1``, a certificate for ``domain`` whose acmeIdentifier extension
+    holds ``sha256(key_authorization)`` (RFC 8737 §3).
+    """
+
+    domain: str
+    kind: Challenge
+    token: str
+    key_authorization: str
+    url: str
+    body: object = field(repr=False, compare=False)
+
+
+class AcmeBackend(Protocol):
+    """What :mod:`snakeway.acme.manager` needs from an ACME CA (``FakeCA`` in tests).
+
+    Deadlines are absolute ``trio.current_time()`` values. Every failure is an
+    :class:`~snakeway.errors.IssuanceError`.
+    """
+
+    async def ensure_account(self, account_key_pem: bytes | None, contact: tuple[str, ...]) -> AccountInfo: ...
+    async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle: ...
+    def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]: ...
+    async def answer(self, task: ChallengeTask) -> None: ...
+    async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None: ...
+    async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str: ...
+    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None: ...
+    async def aclose(self) -> None: ...
+
+
+class _Network(acme_client.ClientNetwork):
+    """``ClientNetwork`` that retries ``badNonce`` until it gets through."""
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for round_ in range(1, BAD_NONCE_ROUNDS + 1):
+            try:
+                return super().post(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or round_ == BAD_NONCE_ROUNDS:
+                    raise
+                logger.debug("badNonce twice in a row, retrying (round %d)", round_)
+        raise AssertionError("unreachable")
+
+
+@final
+class ClientV2Backend:
+    """:class:`AcmeBackend` over ``acme.client.ClientV2`` (one account).
+
+    Args:
+        directory_url: The CA's ACME directory.
+        ca_file: PEM trust root for the CA's API; ``None`` uses the system store.
+        user_agent: Sent with every request.
+        timeout: Seconds per HTTP request.
+
+    Resource handling:
+        Call :meth:`aclose` to close the HTTP session.
+
+    .. warning::
+       A cancelled call returns only when the HTTP request in its thread ends
+       (at most ``timeout`` seconds): abandoning the thread would let the next
+       call share the non-thread-safe nonce set.
+    """
+
+    def __init__(
+        self,
+        directory_url: str,
+        *,
+        ca_file: Path | None = None,
+        user_agent: str = USER_AGENT,
+        timeout: int = NETWORK_TIMEOUT,
+    ) -> None:
+        self._directory_url = directory_url
+        self._verify: str | bool = str(ca_file) if ca_file is not None else True
+        self._user_agent = user_agent
+        self._timeout = timeout
+        self._limiter = trio.CapacityLimiter(1)
+        self._client: acme_client.ClientV2 | None = None
+        self._net: _Network | None = None
+        self._jwk: jose.JWK | None = None
+        self._last_response: requests.Response | None = None  # of the call in progress
+
+    # -- the thread boundary ------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
+
+    def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` (in the worker thread) and translate library errors."""
+        self._last_response = None
+        try:
+            return fn(*args)
+        except (acme_errors.Error, jose_errors.Error, requests.RequestException) as exc:
+            raise self._translate(exc) from exc
+        finally:
+            self._last_response = None
+
+    def _remember(self, response: requests.Response, *_args: object, **_kwargs: object) -> None:
+        """requests response hook: the response an error in :meth:`_call` is about."""
+        self._last_response = response
+
+    def _translate(self, exc: Exception) -> IssuanceError:
+        response = exc.response if isinstance(exc, requests.RequestException) else None
+        if response is None:
+            response = self._last_response
+        status = response.status_code if response is not None else None
+        retry_after = None
+        if response is not None and status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        problem_type = exc.typ if isinstance(exc, messages.Error) else None
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
+
+    def _require(self) -> tuple[acme_client.ClientV2, _Network]:
+        if self._client is None or self._net is None:
+            raise RuntimeError("call ensure_account() first")
+        return self._client, self._net
+
+    def _post(self, url: str, obj: jose.JSONDeSerializable | None) -> requests.Response:
+        """A signed POST, or POST-as-GET when ``obj`` is None (in the worker thread)."""
+        client, net = self._require()
+        return net.post(url, obj, new_nonce_url=client.directory["newNonce"])
+
+    # -- account ------------------------------------------------------------
+
+    async def ensure_account(self, account_key_pem: bytes | None, contact: tuple[str, ...]) -> AccountInfo:
+        """Register the account for ``account_key_pem`` (new key if None), or find it.
+
+        Agrees to the CA's terms of service. An existing account keeps its
+        contacts.
+        """
+        if account_key_pem is None:
+            account_key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
+        jwk, alg = _jwk_for(account_key_pem)
+        uri = await self._run(self._register, jwk, alg, contact)
+        return AccountInfo(key_pem=account_key_pem, uri=uri)
+
+    def _register(self, jwk: jose.JWK, alg: jose.JWASignature, contact: tuple[str, ...]) -> str:
+        net = _Network(
+            key=jwk,
+            alg=alg,
+            verify_ssl=self._verify,  # requests takes a CA bundle path here too
+            user_agent=self._user_agent,
+            timeout=self._timeout,
+        )
+        net.session.hooks["response"].append(self._remember)
+        try:
+            directory = acme_client.ClientV2.get_directory(self._directory_url, net)
+            client = acme_client.ClientV2(directory, net)
+            if client.external_account_required():
+                raise IssuanceError("the CA requires external account binding, which snakeway does not support")
+            registration = messages.NewRegistration.from_data(contact=contact, terms_of_service_agreed=True)
+            try:
+                regr = client.new_account(registration)
+            except acme_errors.ConflictError as exists:  # 200 + Location: the key has an account
+                regr = messages.RegistrationResource(uri=exists.location, body=messages.Registration())
+                net.account = regr
+        except BaseException:
+            net.session.close()
+            raise
+        if self._net is not None:
+            self._net.session.close()
+        self._client, self._net, self._jwk = client, net, jwk
+        return str(regr.uri)
+
+    # -- order and challenges -----------------------------------------------
+
+    async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle:
+        """Open an order for the names in ``csr_pem``, which must be ``domains``."""
+        if set(crypto.csr_names(csr_pem)) != set(domains):
+            raise ValueError(f"CSR names {crypto.csr_names(csr_pem)} differ from {tuple(domains)}")
+        client, _ = self._require()
+        orderr = await self._run(client.new_order, csr_pem)
+        return OrderHandle(url=str(orderr.uri), domains=tuple(domains), resource=orderr)
+
+    def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]:
+        """The ``kind`` challenges still to answer (already valid authorizations are skipped).
+
+        Raises:
+            IssuanceError: An authorization is not pending, or does not offer ``kind``.
+        """
+        if self._jwk is None:
+            raise RuntimeError("call ensure_account() first")
+        thumbprint = jose.b64encode(self._jwk.public_key().thumbprint()).decode("ascii")
+        tasks = []
+        for authzr in _order(order).authorizations:
+            authz = authzr.body
+            domain = authz.identifier.value
+            if authz.status == messages.STATUS_VALID:
+                continue
+            if authz.status != messages.STATUS_PENDING:
+                raise IssuanceError(f"authorization for {domain} is {authz.status.name}")
+            for challb in authz.challenges:
+                jobj = challb.chall.to_partial_json()
+                if jobj.get("type") != kind.value:
+                    continue
+                token = jobj.get("token")
+                if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+                    raise IssuanceError(f"{kind.value} challenge for {domain} has a malformed token")
+                tasks.append(
+                    ChallengeTask(
+                        domain=domain, kind=kind, token=token,
+                        key_authorization=f"{token}.{thumbprint}", url=challb.uri, body=challb,
+                    )
+                )
+                break
+            else:
+                raise IssuanceError(f"the CA offers no {kind.value} challenge for {domain}")
+        return tasks
+
+    async def answer(self, task: ChallengeTask) -> None:
+        """Tell the CA that ``task`` is ready to be validated (POST ``{}``)."""
+        client, _ = self._require()
+        response = _EmptyResponse(key_authorization=task.key_authorization)
+        await self._run(client.answer_challenge, task.body, response)
+
+    async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
+        """Poll the order's authorizations until all are valid.
+
+        Raises:
+            IssuanceError: One became invalid (with the CA's reason), or the
+                deadline passed.
+        """
+        client, _ = self._require()
+        pending = list(_order(order).authorizations)
+        delay = POLL_FIRST
+        while True:
+            still: list[messages.AuthorizationResource] = []
+            hint: float | None = None
+            for authzr in pending:
+                authzr, response = await self._run(client.poll, authzr)
+                status = authzr.body.status
+                if status == messages.STATUS_VALID:
+                    continue
+                if status != messages.STATUS_PENDING:
+                    raise IssuanceError(_authz_failure(authzr))
+                still.append(authzr)
+                hint = _retry_after_seconds(response) if hint is None else hint
+            if not still:
+                return
+            pending = still
+            await _nap(deadline, hint if hint is not None else delay, "authorizations")
+            delay = min(delay * 2, POLL_MAX)
+
+    async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
+        """Send the CSR, poll the order until valid, and download the chain.
+
+        Returns:
+            The full chain PEM (leaf first) as the CA serves it.
+
+        Raises:
+            IssuanceError: The order became invalid, or the deadline passed.
+        """
+        self._require()
+        orderr = _order(order)
+        request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem))
+        try:
+            response = await self._run(self._post, orderr.body.finalize, request)
+        except IssuanceError as exc:
+            if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
+                raise
+            response = await self._run(self._post, order.url, None)
+        delay = POLL_FIRST
+        while True:
+            body = messages.Order.from_json(response.json())
+            if body.status == messages.STATUS_VALID and body.certificate is not None:
+                chain = await self._run(self._post, body.certificate, None)
+                return str(chain.text)
+            if body.status == messages.STATUS_INVALID:
+                error = body.error
+                detail = f": {error}" if error is not None else ""
+                problem = error.typ if error is not None else None
+                raise IssuanceError(f"order {order.url} is invalid{detail}", problem_type=problem)
+            if body.status == messages.STATUS_READY:  # after orderNotReady: finalize now
+                response = await self._run(self._post, body.finalize, request)
+                continue
+            hint = _retry_after_seconds(response)
+            await _nap(deadline, hint if hint is not None else delay, "the order")
+            delay = min(delay * 2, POLL_MAX)
+            response = await self._run(self._post, order.url, None)
+
+    # -- renewal information and closing ------------------------------------
+
+    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None:
+        """The CA's suggested renewal window (ARI, RFC 9773), or None if it has no ARI."""
+        client, net = self._require()
+        try:
+            base = client.directory["renewalInfo"]
+        except KeyError:
+            return None
+        url = f"{str(base).rstrip('/')}/{crypto.ari_cert_id(cert_pem)}"
+        response = await self._run(net.get, url)
+        window = messages.RenewalInfo.from_json(response.json()).suggested_window
+        return window.start.astimezone(UTC), window.end.astimezone(UTC)
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (waits for a call in flight)."""
+        async with self._limiter:
+            if self._net is not None:
+                self._net.session.close()
+            self._client = self._net = None
+
+
+class _EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):
+    """Serializes to ``{}``: the answer to any key-authorization challenge (RFC 8555 §7.5.1)."""
+
+    typ = "snakeway-generic"
+
+
+def _order(order: OrderHandle) -> messages.OrderResource:
+    resource = order.resource
+    if not isinstance(resource, messages.OrderResource):
+        raise TypeError(f"not an order from ClientV2Backend: {order!r}")
+    return resource
+
+
+def _jwk_for(key_pem: bytes) -> tuple[jose.JWK, jose.JWASignature]:
+    key = crypto.load_private_key(key_pem)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algs = {"secp256r1": jose.ES256, "secp384r1": jose.ES384, "secp521r1": jose.ES512}
+        if key.curve.name not in algs:
+            raise ValueError(f"unsupported account key curve {key.curve.name}")
+        return jose.JWKEC(key=key), algs[key.curve.name]
+    return jose.JWKRSA(key=key), jose.RS256
+
+
+def _authz_failure(authzr: messages.AuthorizationResource) -> str:
+    authz = authzr.body
+    errors = [f"{c.chall.to_partial_json().get('type')}: {c.error}" for c in authz.challenges if c.error]
+    reason = "; ".join(errors) if errors else "no reason given"
+    return f"authorization for {authz.identifier.value} is {authz.status.name}: {reason}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> datetime | None:
+    """``Retry-After`` (delta-seconds or HTTP-date, RFC 9110 §10.2.3) as aware UTC, or None."""
+    if not value:
+        return None
+    now = now or datetime.now(UTC)
+    value = value.strip()
+    if value.isdigit():
+        return datetime.fromtimestamp(now.timestamp() + int(value), UTC)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    now = datetime.now(UTC)
+    when = parse_retry_after(response.headers.get("Retry-After"), now)
+    return None if when is None else max(0.0, (when - now).total_seconds())
+
+
+async def _nap(deadline: float, delay: float, what: str) -> None:
+    """Sleep ``delay`` (but not past ``deadline``); raise if the deadline has passed."""
+    remaining = deadline - trio.current_time()
+    if remaining <= 0:
+        raise IssuanceError(f"timed out waiting for {what}")
+    await trio.sleep(min(delay, remaining))

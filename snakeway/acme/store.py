@@ -1,0 +1,314 @@
+"""Where certificates, renewal state, ACME accounts and orders in flight are kept.
+
+The :class:`CertStore` protocol is small, async and deals in frozen
+dataclasses. Two implementations share one contract-test suite:
+
+* :class:`MemoryStore` keeps everything in dicts (tests, ``--dry-run``, and
+  ``cert_store { type = "memory" }``).
+* :class:`snakeway.acme.filestore.FileStore` keeps everything on disk,
+  atomically and with private keys mode 0600.
+
+Use :func:`open_store` to build the one the configuration asks for.
+
+Names
+-----
+A certificate is keyed by its *name*: its first domain, lower-case ASCII
+(IDNA A-labels), LDH labels only, optionally with a leading ``*.`` for a
+wildcard. :func:`check_name` enforces this; a name that passes is safe as a
+file name once :func:`name_to_path_part` has replaced ``*`` (``*.a.test`` ->
+``_wildcard_.a.test``; no LDH label contains ``_``, so this cannot collide).
+
+Validation
+----------
+Both stores refuse to save a bundle that could not be served: the PEMs must
+parse, the key must match the leaf certificate, every domain must be among
+the leaf's names, and the dates must agree with the leaf. ``load`` returns the
+bundle as parsed from its PEM, so ``issuer`` and ``serial`` are always filled.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, final
+
+from cryptography.hazmat.primitives import serialization
+
+from snakeway.acme import crypto
+from snakeway.acme.schedule import RenewalState
+from snakeway.config.model import CertStoreSettings, StoreType
+from snakeway.errors import SnakewayError
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+MAX_NAME_LENGTH = 253
+WILDCARD_PATH_PREFIX = "_wildcard_."
+
+
+class StoreError(SnakewayError):
+    """The store could not write (or read) its medium: disk full, permissions, ...
+
+    Raised ``from`` the underlying ``OSError``. A *corrupt* entry is not an
+    error: it is logged and treated as missing.
+    """
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid certificate name, else raise ``ValueError``.
+
+    Valid: lower-case ASCII LDH labels joined by single dots, at most 253
+    characters, optionally prefixed by ``*.``. No ``/``, no ``..``, no
+    upper case, no trailing dot.
+    """
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
+        raise ValueError(f"invalid certificate name {name!r}: expected a lower-case ASCII DNS name")
+    return name
+
+
+def name_to_path_part(name: str) -> str:
+    """The file-system form of a (valid) name: ``*.a.test`` -> ``_wildcard_.a.test``."""
+    check_name(name)
+    if name.startswith("*."):
+        return WILDCARD_PATH_PREFIX + name[2:]
+    return name
+
+
+def path_part_to_name(part: str) -> str:
+    """Inverse of :func:`name_to_path_part`; raises ``ValueError`` for anything else."""
+    name = "*." + part[len(WILDCARD_PATH_PREFIX) :] if part.startswith(WILDCARD_PATH_PREFIX) else part
+    return check_name(name)
+
+
+def _require_aware(label: str, value: datetime) -> None:
+    if value.tzinfo is None:
+        raise ValueError(f"{label} must be timezone-aware, got {value!r}")
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True)
+class CertBundle:
+    """A certificate chain with its private key, ready to serve.
+
+    Attributes:
+        name: The key of the certificate: its first domain (see :func:`check_name`).
+        domains: Every name it was obtained for, ``name`` first.
+        cert_pem: The full chain, leaf first.
+        key_pem: The leaf's private key (unencrypted PEM).
+        not_before: Start of validity (aware UTC).
+        not_after: End of validity (aware UTC).
+        issuer: The leaf's issuer DN (RFC 4514), or "" if unknown.
+        serial: The leaf's serial number in lower-case hex, or "" if unknown.
+
+    Construct with :meth:`from_pem`, which fills the dates from the PEM and
+    checks the key; the plain constructor only checks the names and dates.
+    """
+
+    name: str
+    domains: tuple[str, ...]
+    cert_pem: bytes
+    key_pem: bytes
+    not_before: datetime
+    not_after: datetime
+    issuer: str = ""
+    serial: str = ""
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if not self.domains or self.domains[0] != self.name:
+            raise ValueError(f"domains of {self.name!r} must start with the name, got {self.domains!r}")
+        for domain in self.domains:
+            check_name(domain)
+        _require_aware("not_before", self.not_before)
+        _require_aware("not_after", self.not_after)
+
+    @classmethod
+    def from_pem(cls, name: str, domains: tuple[str, ...], cert_pem: bytes, key_pem: bytes) -> CertBundle:
+        """Build a bundle from PEM, reading dates, issuer and serial from the leaf.
+
+        Raises:
+            ValueError: invalid names, unparsable PEM, a key that does not
+                match the leaf, or a domain the leaf does not cover.
+        """
+        domains = tuple(domains)
+        try:
+            leaf = crypto.load_chain(cert_pem)[0]
+            key = crypto.load_private_key(key_pem)
+            covered = set(crypto.cert_names(cert_pem))
+        except ValueError as exc:
+            raise ValueError(f"certificate {name!r}: {exc}") from exc
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            raise ValueError(f"certificate {name!r}: the private key does not match the certificate")
+        missing = [d for d in domains if d not in covered]
+        if missing:
+            raise ValueError(f"certificate {name!r} does not cover {', '.join(missing)}")
+        return cls(
+            name=name,
+            domains=domains,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            issuer=leaf.issuer.rfc4514_string(),
+            serial=format(leaf.serial_number, "x"),
+        )
+
+    def verified(self) -> CertBundle:
+        """This bundle re-parsed from its PEM (:meth:`from_pem`), if the fields agree.
+
+        Raises:
+            ValueError: the PEM is unusable, or the dates (or a non-empty
+                issuer/serial) disagree with the leaf.
+        """
+        parsed = CertBundle.from_pem(self.name, self.domains, self.cert_pem, self.key_pem)
+        if (parsed.not_before, parsed.not_after) != (self.not_before, self.not_after):
+            raise ValueError(f"certificate {self.name!r}: dates disagree with the PEM")
+        if self.issuer and self.issuer != parsed.issuer:
+            raise ValueError(f"certificate {self.name!r}: issuer disagrees with the PEM")
+        if self.serial and self.serial != parsed.serial:
+            raise ValueError(f"certificate {self.name!r}: serial disagrees with the PEM")
+        return parsed
+
+
+@final
+@dataclass(frozen=True)
+class AccountRecord:
+    """An ACME account at one CA (``directory_url``).
+
+    Attributes:
+        directory_url: The CA's directory; one account is kept per directory.
+        key_pem: The account's private key (the JWS signing key).
+        uri: The account URL once registered, else None.
+        contact: ``mailto:`` URIs given at registration.
+    """
+
+    directory_url: str
+    key_pem: bytes
+    uri: str | None
+    contact: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True)
+class OrderRecord:
+    """An order in flight, kept so a restart can finish it instead of ordering again.
+
+    Attributes:
+        name: The certificate name the order is for.
+        order_url: The order's URL at the CA.
+        key_pem: The certificate key generated for this order (its CSR's key).
+        created: When the order was created (aware).
+    """
+
+    name: str
+    order_url: str
+    key_pem: bytes
+    created: datetime
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        _require_aware("created", self.created)
+
+
+# --- the protocol --------------------------------------------------------------------------------
+
+
+class CertStore(Protocol):
+    """Persistent storage for everything certificate management needs.
+
+    Names are validated (``ValueError`` for an invalid one). ``load*``
+    return None for an entry that is absent *or* unusable (corrupt, half
+    written: logged as a warning), never a bundle that cannot be served.
+    ``save*`` replace atomically and raise :class:`StoreError` if the medium
+    fails; ``delete*`` of an absent entry is a no-op.
+    """
+
+    async def load(self, name: str) -> CertBundle | None: ...
+    async def save(self, bundle: CertBundle) -> None: ...
+    async def delete(self, name: str) -> None: ...
+    async def list(self) -> builtins.list[str]: ...
+    async def load_state(self, name: str) -> RenewalState | None: ...
+    async def save_state(self, state: RenewalState) -> None: ...
+    async def load_account(self, directory_url: str) -> AccountRecord | None: ...
+    async def save_account(self, account: AccountRecord) -> None: ...
+    async def load_order(self, name: str) -> OrderRecord | None: ...
+    async def save_order(self, order: OrderRecord) -> None: ...
+    async def delete_order(self, name: str) -> None: ...
+
+
+@final
+class MemoryStore:
+    """A :class:`CertStore` in dicts: nothing survives the process.
+
+    It validates exactly as :class:`~snakeway.acme.filestore.FileStore`
+    does, so code tested against it behaves the same on disk.
+    """
+
+    def __init__(self) -> None:
+        self._bundles: dict[str, CertBundle] = {}
+        self._states: dict[str, RenewalState] = {}
+        self._accounts: dict[str, AccountRecord] = {}
+        self._orders: dict[str, OrderRecord] = {}
+
+    async def load(self, name: str) -> CertBundle | None:
+        return self._bundles.get(check_name(name))
+
+    async def save(self, bundle: CertBundle) -> None:
+        self._bundles[bundle.name] = bundle.verified()
+
+    async def delete(self, name: str) -> None:
+        self._bundles.pop(check_name(name), None)
+
+    async def list(self) -> builtins.list[str]:
+        return sorted(self._bundles)
+
+    async def load_state(self, name: str) -> RenewalState | None:
+        return self._states.get(check_name(name))
+
+    async def save_state(self, state: RenewalState) -> None:
+        self._states[check_name(state.name)] = state
+
+    async def load_account(self, directory_url: str) -> AccountRecord | None:
+        return self._accounts.get(directory_url)
+
+    async def save_account(self, account: AccountRecord) -> None:
+        crypto.load_private_key(account.key_pem)  # same check as FileStore
+        self._accounts[account.directory_url] = replace(account, contact=tuple(account.contact))
+
+    async def load_order(self, name: str) -> OrderRecord | None:
+        return self._orders.get(check_name(name))
+
+    async def save_order(self, order: OrderRecord) -> None:
+        crypto.load_private_key(order.key_pem)
+        self._orders[order.name] = order
+
+    async def delete_order(self, name: str) -> None:
+        self._orders.pop(check_name(name), None)
+
+
+def open_store(settings: CertStoreSettings, data_dir: Path | None, state_dir: Path) -> CertStore:
+    """The store the configuration asks for. No I/O happens until first use.
+
+    Args:
+        settings: ``tls_automation.cert_store``.
+        data_dir: ``tls_automation.acme.data_dir`` (state, accounts, orders),
+            or None for ``<state_dir>/acme``.
+        state_dir: ``server.state_dir``; certificates default to
+            ``<state_dir>/certs``.
+    """
+    if settings.type is StoreType.MEMORY:
+        return MemoryStore()
+    # Imported here: filestore builds on the records above, so a top-level
+    # import would be circular.
+    from snakeway.acme import filestore
+
+    return filestore.FileStore(
+        cert_dir=settings.cert_dir if settings.cert_dir is not None else state_dir / "certs",
+        data_dir=data_dir if data_dir is not None else state_dir / "acme",
+    )

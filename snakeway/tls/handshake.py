@@ -1,0 +1,189 @@
+"""Accepting a TLS connection: sniff, handshake under a deadline, and remember what was negotiated.
+
+Theory of operation
+-------------------
+:func:`accept_tls` runs in the connection's own task, before any HTTP is read. Under one ``fail_after`` (the
+listener's handshake timeout) it
+
+1. reads the first bytes itself and classifies them (:mod:`snakeway.tls.sniff`): a plain HTTP request line gets
+   a clear-text ``400`` ("this port speaks HTTPS") and the connection is closed; a client that sends nothing is
+   dropped when the deadline passes;
+2. replays those bytes to a ``trio.SSLStream`` through a :class:`~snakeway.tls.prefixed.PrefixedStream` and
+   runs the handshake, during which the SNI callback (:mod:`snakeway.tls.sni`) picks the certificate and
+   records its choice in the task's context;
+3. sets :data:`HANDSHAKE` to a :class:`HandshakeInfo` in the current task's context, where the HTTP layer (in
+   the same task, or tasks it starts later, which inherit a copy) reads it: for logs, ``X-Forwarded-Proto``,
+   and the ``421 Misdirected Request`` check with :func:`covers`.
+
+Every failure (timeout, TLS error, peer gone) closes the connection quietly and returns ``None``: a failed
+handshake is the client's problem, logged at debug level only.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import final
+
+import trio
+
+from snakeway.tls import names as _names
+from snakeway.tls import sni, sniff
+from snakeway.tls.prefixed import PrefixedStream
+
+logger = logging.getLogger(__name__)
+
+# Enough for any ClientHello in one read; PrefixedStream replays it whatever its size.
+FIRST_READ_BYTES = 16384
+# After the clear-text 400: how much of the request to read and discard, so that closing does not reset the
+# connection (and destroy the response) while the client's request is still unread.
+DRAIN_BYTES = 65536
+DRAIN_SECONDS = 2.0
+ALERT_RECORD = 21  # TLS record content type "alert"
+FATAL = 2  # alert level
+
+
+@final
+@dataclass(frozen=True)
+class HandshakeInfo:
+    """What was negotiated on a TLS connection.
+
+    Attributes:
+        client: Who connected (e.g. ``"203.0.113.9:51234"``), as the caller described it.
+        tls_version: ``"TLSv1.3"`` or ``"TLSv1.2"``.
+        cipher: The OpenSSL cipher suite name.
+        sni: The server name the client sent (canonical when it normalises), ``None`` without SNI.
+        alpn: The protocol chosen by ALPN, ``None`` if the client offered none.
+        cert_names: The names of the certificate served (canonical; wildcards as ``*.parent``), ``None`` if
+            unknown (the handshake did not go through snakeway's SNI callback, or the default was a bare context).
+    """
+
+    client: str
+    tls_version: str
+    cipher: str
+    sni: str | None = None
+    alpn: str | None = None
+    cert_names: tuple[str, ...] | None = None
+
+
+HANDSHAKE: contextvars.ContextVar[HandshakeInfo | None] = contextvars.ContextVar("snakeway_tls_handshake", default=None)
+
+
+def covers(served: HandshakeInfo | Iterable[str], host: object) -> bool:
+    """Whether the certificate served on this connection covers ``host`` (a ``Host`` value without port).
+
+    ``False`` means the request is misdirected (answer ``421``): the client reused a connection, or sent an SNI,
+    for another name than the one it now asks for. Pure and total in ``host``.
+
+    Args:
+        served: The connection's :class:`HandshakeInfo`, or a certificate's names. A ``HandshakeInfo`` whose
+            ``cert_names`` is unknown covers every host: without knowing the certificate, refusing would be a guess.
+        host: The requested host name or IP address (IPv6 in brackets or not); untrusted.
+    """
+    if isinstance(served, HandshakeInfo):
+        if served.cert_names is None:
+            return True
+        return _names.covers(served.cert_names, host)
+    return _names.covers(served, host)
+
+
+async def accept_tls(
+    stream: trio.abc.Stream, base_ctx: ssl.SSLContext, *, timeout: float, client: str
+) -> trio.SSLStream[trio.abc.Stream] | None:
+    """Run the server side of a TLS handshake on a fresh connection.
+
+    Args:
+        stream: The accepted connection (e.g. a ``trio.SocketStream``).
+        base_ctx: The listener's context, from :func:`snakeway.tls.sni.listener_context`.
+        timeout: Seconds (trio time) for everything up to the end of the handshake.
+        client: How to name the peer in :class:`HandshakeInfo` and logs.
+
+    Returns:
+        The ready ``trio.SSLStream`` (``https_compatible``), with :data:`HANDSHAKE` set in the calling task's
+        context; or ``None`` if the connection was not a usable TLS connection.
+
+    Resource handling:
+        On ``None``, ``stream`` has been closed. Otherwise the caller owns the returned stream (closing it
+        closes ``stream``).
+
+    Error handling:
+        Timeouts, TLS errors and broken connections give ``None`` (logged at debug level). Cancellation
+        propagates, with ``stream`` left to the caller.
+    """
+    transport: trio.abc.Stream = stream
+    try:
+        with trio.fail_after(timeout):
+            prefix = await _read_first_bytes(stream)
+            verdict = sniff.classify(prefix)
+            if verdict is sniff.FirstBytes.PLAIN_HTTP:
+                logger.debug("TLS: plain HTTP from %s on a TLS port; answering 400", client)
+                await _refuse_plain_http(stream)
+                return None
+            if not prefix:
+                logger.debug("TLS: %s closed before sending anything", client)
+                await trio.aclose_forcefully(stream)
+                return None
+            ssl_stream = trio.SSLStream(
+                PrefixedStream(stream, prefix), base_ctx, server_side=True, https_compatible=True
+            )
+            transport = ssl_stream
+            with sni.recording_choice() as choice:
+                try:
+                    await ssl_stream.do_handshake()
+                except trio.BrokenResourceError:
+                    if choice.alert is not None:
+                        # Nothing was sent yet (the callback runs before the ServerHello): a plaintext alert is
+                        # what OpenSSL queued and trio.SSLStream dropped.
+                        await stream.send_all(fatal_alert_record(choice.alert))
+                    raise
+    except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+        logger.debug("TLS: handshake with %s failed: %r", client, exc.__cause__ or exc)
+        await trio.aclose_forcefully(transport)
+        return None
+    cipher = ssl_stream.cipher()
+    info = HandshakeInfo(
+        client=client,
+        tls_version=ssl_stream.version() or "",
+        cipher=cipher[0] if cipher else "",
+        sni=choice.sni,
+        alpn=ssl_stream.selected_alpn_protocol(),
+        cert_names=choice.cert_names,
+    )
+    HANDSHAKE.set(info)
+    return ssl_stream
+
+
+def fatal_alert_record(description: int) -> bytes:
+    """A plaintext TLS record carrying a fatal alert (RFC 8446 §6), as OpenSSL sends before the ServerHello."""
+    return bytes((ALERT_RECORD, 3, 3, 0, 2, FATAL, description))
+
+
+async def _read_first_bytes(stream: trio.abc.Stream) -> bytes:
+    """Read until :func:`sniff.classify` can tell (bounded by sniff's rules); ``b""`` on immediate EOF."""
+    prefix = b""
+    while sniff.classify(prefix) is sniff.FirstBytes.NEED_MORE:
+        data = await stream.receive_some(FIRST_READ_BYTES)
+        if not data:
+            break
+        prefix += data
+    return prefix
+
+
+async def _refuse_plain_http(stream: trio.abc.Stream) -> None:
+    """Send the clear-text 400, then close without resetting the connection under the client's feet."""
+    try:
+        await stream.send_all(sniff.HTTPS_REQUIRED_RESPONSE)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        drained = 0
+        with trio.move_on_after(DRAIN_SECONDS):  # and by the caller's fail_after
+            while drained < DRAIN_BYTES:
+                data = await stream.receive_some(FIRST_READ_BYTES)
+                if not data:
+                    break
+                drained += len(data)
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,296 @@
+"""ClientV2Backend against a real Pebble (see tests/pebble.py).
+
+The tests answer the challenges themselves: a tiny HTTP server on Pebble's
+``httpPort`` for http-01 and a TLS server with ALPN ``acme-tls/1`` on its
+``tlsPort`` for tls-alpn-01. Pebble runs with ``PEBBLE_VA_NOSLEEP=1``, so one
+issuance takes a fraction of a second; the timings are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ssl
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from snakeway.acme import crypto
+from snakeway.acme.backend import AcmeBackend, ChallengeTask, ClientV2Backend
+from snakeway.config.model import Challenge, KeyType
+from snakeway.errors import IssuanceError
+from tests.pebble import LOOPBACK, Pebble
+
+DOMAINS = ("a.example.test", "b.example.test")
+ISSUANCE_TIMEOUT = 30.0
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # RFC 8737 §3
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+# -- challenge responders -----------------------------------------------------
+
+
+async def serve_http01(port: int, answers: Mapping[str, ChallengeTask], *, task_status: trio.TaskStatus[None]) -> None:
+    """Answer ``GET /.well-known/acme-challenge/<token>`` from ``answers`` on 127.0.0.1:port."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(5):
+                while b"\r\n\r\n" not in request and len(request) < 16384:
+                    chunk = await stream.receive_some()
+                    if not chunk:
+                        return
+                    request += chunk
+            parts = request.split(b"\r\n", 1)[0].split(b" ")
+            path = parts[1].decode("ascii", "replace") if len(parts) == 3 else ""
+            token = path.removeprefix(CHALLENGE_PREFIX) if path.startswith(CHALLENGE_PREFIX) else None
+            task = answers.get(token or "")
+            body = task.key_authorization if task is not None else None
+            status = b"200 OK" if body is not None else b"404 Not Found"
+            payload = (body or "").encode()
+            head = b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            await stream.send_all(head % (status, len(payload)) + payload)
+
+    listeners = await trio.open_tcp_listeners(port, host=LOOPBACK)
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+def tls_alpn_context(domain: str, key_authorization: str, workdir: Path) -> ssl.SSLContext:
+    """A server context with the RFC 8737 challenge certificate for ``domain``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = datetime.datetime.now(datetime.UTC)
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        # extnValue is the DER OCTET STRING of the digest: tag 0x04, length 32
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = workdir / f"{domain}.crt", workdir / f"{domain}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["acme-tls/1"])
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def serve_tls_alpn01(
+    port: int, contexts: dict[str, ssl.SSLContext], *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Complete acme-tls/1 handshakes on 127.0.0.1:port with the context chosen by SNI."""
+
+    def on_sni(ssl_obj: ssl.SSLObject, name: str | None, _default: ssl.SSLContext) -> int | None:
+        context = contexts.get(name or "")
+        if context is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        ssl_obj.context = context
+        return None
+
+    base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    base.set_alpn_protocols(["acme-tls/1"])
+    base.sni_callback = on_sni
+
+    async def handle(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, base, server_side=True)
+        try:
+            with trio.move_on_after(5):
+                await tls.do_handshake()
+                await tls.receive_some()  # until the validator hangs up
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    listeners = await trio.open_tcp_listeners(port, host=LOOPBACK)
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+# -- the issuance flow ----------------------------------------------------------
+
+
+async def issue(
+    backend: AcmeBackend, domains: Sequence[str], kind: Challenge, provision: dict[str, ChallengeTask]
+) -> tuple[str, list[ChallengeTask], float]:
+    """One order from new-order to downloaded chain; returns chain, tasks and seconds."""
+    started = time.perf_counter()
+    key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
+    csr_pem = crypto.make_csr(key_pem, domains)
+    deadline = trio.current_time() + ISSUANCE_TIMEOUT
+    order = await backend.new_order(domains, csr_pem)
+    tasks = backend.challenges(order, kind)
+    for task in tasks:
+        provision[task.token if kind is Challenge.HTTP_01 else task.domain] = task
+    for task in tasks:
+        await backend.answer(task)
+    await backend.wait_authorizations(order, deadline)
+    chain = await backend.finalize(order, csr_pem, deadline)
+    return chain, tasks, time.perf_counter() - started
+
+
+def verify_chain(chain_pem: str, root_pem: bytes, domains: Sequence[str]) -> None:
+    """The leaf covers ``domains`` and chains to ``root_pem`` (cryptography's RFC 5280 verifier)."""
+    certs = crypto.load_chain(chain_pem.encode())
+    assert set(crypto.cert_names(chain_pem.encode())) == set(domains)
+    root = x509.load_pem_x509_certificate(root_pem)
+    store = x509.verification.Store([root])
+    for domain in domains:
+        verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(domain))
+        built = verifier.verify(certs[0], certs[1:])
+        assert built[-1] == root
+    not_before, not_after = crypto.cert_dates(chain_pem.encode())
+    assert not_before.tzinfo is datetime.UTC
+    assert not_before <= datetime.datetime.now(datetime.UTC) < not_after
+
+
+async def start_http01(nursery: trio.Nursery, pebble: Pebble) -> dict[str, ChallengeTask]:
+    """Serve http-01 on Pebble's httpPort; returns the token -> task dict it answers from."""
+    provision: dict[str, ChallengeTask] = {}
+    await nursery.start(serve_http01, pebble.http_port, provision)
+    return provision
+
+
+async def new_backend(pebble: Pebble) -> ClientV2Backend:
+    backend = ClientV2Backend(pebble.directory_url, ca_file=pebble.ca_file)
+    account = await backend.ensure_account(None, ("mailto:admin@example.test",))
+    assert account.uri.startswith("https://127.0.0.1:")
+    assert b"PRIVATE KEY" in account.key_pem
+    return backend
+
+
+# -- tests --------------------------------------------------------------------------
+
+
+async def test_http01_issues_a_chain_to_pebbles_root(pebble: Pebble, nursery: trio.Nursery) -> None:
+    provision = await start_http01(nursery, pebble)
+    started = time.perf_counter()
+    backend = await new_backend(pebble)
+    account_s = time.perf_counter() - started
+    try:
+        chain, tasks, seconds = await issue(backend, DOMAINS, Challenge.HTTP_01, provision)
+        verify_chain(chain, await pebble.roots(), DOMAINS)
+        assert {t.domain for t in tasks} <= set(DOMAINS)
+        for task in tasks:
+            assert task.key_authorization.startswith(task.token + ".")
+        assert await backend.renewal_info(chain.encode()) is None  # Pebble 2.4 has no ARI
+        print(f"\nhttp-01: account {account_s:.3f} s, issuance of {len(DOMAINS)} names {seconds:.3f} s")
+    finally:
+        await backend.aclose()
+
+
+async def test_tls_alpn01_issues_a_chain_to_pebbles_root(pebble: Pebble, nursery: trio.Nursery) -> None:
+    contexts: dict[str, ssl.SSLContext] = {}
+    await nursery.start(serve_tls_alpn01, pebble.tls_port, contexts)
+    backend = await new_backend(pebble)
+    try:
+        started = time.perf_counter()
+        key_pem = crypto.generate_key(KeyType.RSA2048)
+        csr_pem = crypto.make_csr(key_pem, DOMAINS)
+        deadline = trio.current_time() + ISSUANCE_TIMEOUT
+        order = await backend.new_order(DOMAINS, csr_pem)
+        with tempfile.TemporaryDirectory() as workdir:
+            for task in backend.challenges(order, Challenge.TLS_ALPN_01):
+                assert task.kind is Challenge.TLS_ALPN_01
+                contexts[task.domain] = tls_alpn_context(task.domain, task.key_authorization, Path(workdir))
+                await backend.answer(task)
+            await backend.wait_authorizations(order, deadline)
+        chain = await backend.finalize(order, csr_pem, deadline)
+        seconds = time.perf_counter() - started
+        verify_chain(chain, await pebble.roots(), DOMAINS)
+        print(f"\ntls-alpn-01: issuance of {len(DOMAINS)} names (RSA 2048 key) {seconds:.3f} s")
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("pebble", [{"nonce_reject": 50, "authz_reuse": 0}], indirect=True)
+async def test_survives_bad_nonces_and_answers_every_authorization(pebble: Pebble, nursery: trio.Nursery) -> None:
+    provision = await start_http01(nursery, pebble)
+    backend = await new_backend(pebble)
+    try:
+        root = await pebble.roots()
+        times = []
+        for _ in range(3):
+            chain, tasks, seconds = await issue(backend, DOMAINS, Challenge.HTTP_01, provision)
+            assert sorted(t.domain for t in tasks) == sorted(DOMAINS)  # no reuse: all pending
+            verify_chain(chain, root, DOMAINS)
+            times.append(seconds)
+        print("\nnonce_reject=50 authz_reuse=0: " + ", ".join(f"{t:.3f} s" for t in times))
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("pebble", [{"authz_reuse": 100}], indirect=True)
+async def test_reused_authorizations_need_no_challenge(pebble: Pebble, nursery: trio.Nursery) -> None:
+    provision = await start_http01(nursery, pebble)
+    backend = await new_backend(pebble)
+    try:
+        _, first, _ = await issue(backend, DOMAINS, Challenge.HTTP_01, provision)
+        assert len(first) == len(DOMAINS)
+        chain, second, seconds = await issue(backend, DOMAINS, Challenge.HTTP_01, provision)
+        assert second == []
+        verify_chain(chain, await pebble.roots(), DOMAINS)
+        print(f"\nreused authorizations: issuance {seconds:.3f} s")
+    finally:
+        await backend.aclose()
+
+
+async def test_existing_account_is_found_by_its_key(pebble: Pebble) -> None:
+    first = ClientV2Backend(pebble.directory_url, ca_file=pebble.ca_file)
+    second = ClientV2Backend(pebble.directory_url, ca_file=pebble.ca_file)
+    try:
+        account = await first.ensure_account(None, ())
+        again = await second.ensure_account(account.key_pem, ())
+        assert again == account
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.parametrize("pebble", [{"authz_reuse": 0}], indirect=True)
+async def test_failed_validation_is_an_issuance_error(pebble: Pebble, nursery: trio.Nursery) -> None:
+    await nursery.start(serve_http01, pebble.http_port, {})  # knows no token: 404
+    backend = await new_backend(pebble)
+    try:
+        csr_pem = crypto.make_csr(crypto.generate_key(KeyType.ECDSA_P256), DOMAINS[:1])
+        order = await backend.new_order(DOMAINS[:1], csr_pem)
+        (task,) = backend.challenges(order, Challenge.HTTP_01)
+        await backend.answer(task)
+        with pytest.raises(IssuanceError, match=r"a\.example\.test is invalid.*unauthorized"):
+            await backend.wait_authorizations(order, trio.current_time() + ISSUANCE_TIMEOUT)
+        # Pebble answers the finalize with 403 orderNotReady; polling finds the order invalid
+        with pytest.raises(IssuanceError, match="is invalid") as caught:
+            await backend.finalize(order, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+        assert caught.value.problem_type == "urn:ietf:params:acme:error:unauthorized"
+    finally:
+        await backend.aclose()
+
+
+async def test_untrusted_ca_is_an_issuance_error(pebble: Pebble) -> None:
+    backend = ClientV2Backend(pebble.directory_url)  # system trust store: Pebble's API cert fails
+    with pytest.raises(IssuanceError, match="SSL"):
+        await backend.ensure_account(None, ())
+    await backend.aclose()
