@@ -1,32 +1,25 @@
 """The one thread boundary to the blocking ``acme`` library (conventions §2.8).
 
-Theory of operation
--------------------
-``acme.client.ClientV2`` speaks ACME (RFC 8555) with ``requests`` and
-``time.sleep``. :class:`ClientV2Backend` keeps it at arm's length:
+Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
+``requests`` and ``time.sleep``; :class:`ClientV2Backend` keeps it at arm's length.
 
-* Every blocking call runs in ``trio.to_thread.run_sync(..., limiter=...)``
-  with a ``CapacityLimiter(1)`` per backend (one account), because
-  ``ClientNetwork`` keeps a set of nonces and is not thread-safe.
-* Only single-step library calls are used (``new_account``, ``new_order``,
-  ``poll``, ``answer_challenge``, ``ClientNetwork.post``). Every wait happens
-  in trio between polls (0.05 s, doubling, capped at ``POLL_MAX``, or the
-  server's ``Retry-After``), so waits are cancellable. The library's own
-  sleepers (``poll_and_finalize``, ``poll_authorizations``,
-  ``finalize_order``, which also compares a naive ``datetime.now()``) are
-  never called.
-* ``badNonce`` is retried per request (a rejected nonce means the CA did not
-  act on the request, so a retry is always safe); the library alone retries
-  only once.
+* Every blocking call runs in ``trio.to_thread.run_sync`` under one
+  ``CapacityLimiter(1)`` per backend (one account): ``ClientNetwork`` keeps a
+  nonce set and is not thread-safe.
+* Only single-step calls are used (``new_account``, ``new_order``, ``poll``,
+  ``answer_challenge``, ``ClientNetwork.post``), never the library's sleepers
+  (``poll_and_finalize``, ``poll_authorizations``, ``finalize_order`` with its
+  naive ``datetime.now()`` deadline). Waits happen in trio between polls
+  (0.05 s doubling to ``POLL_MAX``, or the CA's ``Retry-After``): cancellable.
+* ``badNonce`` is retried per request (the CA did not act on it, so a retry is
+  safe); the library alone retries only once.
 * acme, josepy and requests errors become :class:`~snakeway.errors.IssuanceError`
-  (``from`` the original) inside the worker thread, where the HTTP response
-  that caused them is still at hand for ``status`` and ``Retry-After``.
-* tls-alpn-01 (RFC 8737) is unknown to acme 5.x and arrives as an
-  ``UnrecognizedChallenge``: the key authorization is computed here for every
-  challenge type (RFC 8555 §8.1) and the answer is the empty JSON object.
+  in the worker thread, where the failed response (status, ``Retry-After``) is at hand.
+* tls-alpn-01 (RFC 8737) is unknown to acme 5.x (an ``UnrecognizedChallenge``), so
+  key authorizations are computed here for every type (RFC 8555 §8.1) and the
+  answer is always the empty JSON object.
 
-Only this module imports ``acme.client``, ``acme.messages`` and ``josepy``;
-the certificate manager sees the :class:`AcmeBackend` protocol.
+Only this module imports ``acme.client``, ``acme.messages`` and ``josepy``.
 """
 
 from __future__ import annotations
@@ -39,10 +32,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, final
+from typing import Protocol, TypeVar, TypeVarTuple, final
 
-import josepy as jose
-from josepy import errors as jose_errors
 import requests
 import trio
 from acme import challenges as acme_challenges
@@ -51,6 +42,11 @@ from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy import errors as jose_errors
+from josepy.b64 import b64encode
+from josepy.interfaces import JSONDeSerializable
+from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from snakeway import __version__
 from snakeway.acme import crypto
@@ -60,6 +56,7 @@ from snakeway.errors import IssuanceError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 USER_AGENT = f"snakeway/{__version__}"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
@@ -127,7 +124,7 @@ class AcmeBackend(Protocol):
 class _Network(acme_client.ClientNetwork):
     """``ClientNetwork`` that retries ``badNonce`` until it gets through."""
 
-    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+    def post(self, *args: object, **kwargs: object) -> requests.Response:
         for round_ in range(1, BAD_NONCE_ROUNDS + 1):
             try:
                 return super().post(*args, **kwargs)
@@ -172,15 +169,13 @@ class ClientV2Backend:
         self._limiter = trio.CapacityLimiter(1)
         self._client: acme_client.ClientV2 | None = None
         self._net: _Network | None = None
-        self._jwk: jose.JWK | None = None
+        self._jwk: JWK | None = None
         self._last_response: requests.Response | None = None  # of the call in progress
 
-    # -- the thread boundary ------------------------------------------------
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
 
-    def _call(self, fn: Callable[..., T], *args: object) -> T:
+    def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run ``fn`` (in the worker thread) and translate library errors."""
         self._last_response = None
         try:
@@ -196,8 +191,8 @@ class ClientV2Backend:
 
     def _translate(self, exc: Exception) -> IssuanceError:
         response = exc.response if isinstance(exc, requests.RequestException) else None
-        if response is None:
-            response = self._last_response
+        if response is None and self._last_response is not None and not self._last_response.ok:
+            response = self._last_response  # the CA's error answer (not an earlier success)
         status = response.status_code if response is not None else None
         retry_after = None
         if response is not None and status in (429, 503):
@@ -211,18 +206,19 @@ class ClientV2Backend:
             raise RuntimeError("call ensure_account() first")
         return self._client, self._net
 
-    def _post(self, url: str, obj: jose.JSONDeSerializable | None) -> requests.Response:
+    def _post(self, url: str, obj: JSONDeSerializable | None) -> requests.Response:
         """A signed POST, or POST-as-GET when ``obj`` is None (in the worker thread)."""
         client, net = self._require()
         return net.post(url, obj, new_nonce_url=client.directory["newNonce"])
 
-    # -- account ------------------------------------------------------------
-
     async def ensure_account(self, account_key_pem: bytes | None, contact: tuple[str, ...]) -> AccountInfo:
         """Register the account for ``account_key_pem`` (new key if None), or find it.
 
-        Agrees to the CA's terms of service. An existing account keeps its
-        contacts.
+        Agrees to the CA's terms of service; an existing account keeps its contacts.
+
+        Raises:
+            ValueError: ``account_key_pem`` is not an RSA or P-256/384/521 key.
+            IssuanceError: The CA could not be reached or refused.
         """
         if account_key_pem is None:
             account_key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
@@ -230,11 +226,11 @@ class ClientV2Backend:
         uri = await self._run(self._register, jwk, alg, contact)
         return AccountInfo(key_pem=account_key_pem, uri=uri)
 
-    def _register(self, jwk: jose.JWK, alg: jose.JWASignature, contact: tuple[str, ...]) -> str:
+    def _register(self, jwk: JWK, alg: JWASignature, contact: tuple[str, ...]) -> str:
         net = _Network(
             key=jwk,
             alg=alg,
-            verify_ssl=self._verify,  # requests takes a CA bundle path here too
+            verify_ssl=self._verify,  # type: ignore[arg-type]  # requests' verify= takes a CA path too
             user_agent=self._user_agent,
             timeout=self._timeout,
         )
@@ -258,8 +254,6 @@ class ClientV2Backend:
         self._client, self._net, self._jwk = client, net, jwk
         return str(regr.uri)
 
-    # -- order and challenges -----------------------------------------------
-
     async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle:
         """Open an order for the names in ``csr_pem``, which must be ``domains``."""
         if set(crypto.csr_names(csr_pem)) != set(domains):
@@ -276,7 +270,7 @@ class ClientV2Backend:
         """
         if self._jwk is None:
             raise RuntimeError("call ensure_account() first")
-        thumbprint = jose.b64encode(self._jwk.public_key().thumbprint()).decode("ascii")
+        thumbprint = b64encode(self._jwk.public_key().thumbprint()).decode("ascii")
         tasks = []
         for authzr in _order(order).authorizations:
             authz = authzr.body
@@ -307,7 +301,7 @@ class ClientV2Backend:
         """Tell the CA that ``task`` is ready to be validated (POST ``{}``)."""
         client, _ = self._require()
         response = _EmptyResponse(key_authorization=task.key_authorization)
-        await self._run(client.answer_challenge, task.body, response)
+        await self._run(client.answer_challenge, _challenge_body(task), response)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
         """Poll the order's authorizations until all are valid.
@@ -323,13 +317,13 @@ class ClientV2Backend:
             still: list[messages.AuthorizationResource] = []
             hint: float | None = None
             for authzr in pending:
-                authzr, response = await self._run(client.poll, authzr)
-                status = authzr.body.status
+                fresh, response = await self._run(client.poll, authzr)
+                status = fresh.body.status
                 if status == messages.STATUS_VALID:
                     continue
                 if status != messages.STATUS_PENDING:
-                    raise IssuanceError(_authz_failure(authzr))
-                still.append(authzr)
+                    raise IssuanceError(_authz_failure(fresh))
+                still.append(fresh)
                 hint = _retry_after_seconds(response) if hint is None else hint
             if not still:
                 return
@@ -347,17 +341,16 @@ class ClientV2Backend:
             IssuanceError: The order became invalid, or the deadline passed.
         """
         self._require()
-        orderr = _order(order)
         request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem))
+        finalize_url = _order(order).body.finalize
         try:
-            response = await self._run(self._post, orderr.body.finalize, request)
+            body, hint = await self._run(self._order_step, finalize_url, request)
         except IssuanceError as exc:
             if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
                 raise
-            response = await self._run(self._post, order.url, None)
+            body, hint = await self._run(self._order_step, order.url, None)
         delay = POLL_FIRST
         while True:
-            body = messages.Order.from_json(response.json())
             if body.status == messages.STATUS_VALID and body.certificate is not None:
                 chain = await self._run(self._post, body.certificate, None)
                 return str(chain.text)
@@ -366,15 +359,16 @@ class ClientV2Backend:
                 detail = f": {error}" if error is not None else ""
                 problem = error.typ if error is not None else None
                 raise IssuanceError(f"order {order.url} is invalid{detail}", problem_type=problem)
-            if body.status == messages.STATUS_READY:  # after orderNotReady: finalize now
-                response = await self._run(self._post, body.finalize, request)
-                continue
-            hint = _retry_after_seconds(response)
             await _nap(deadline, hint if hint is not None else delay, "the order")
             delay = min(delay * 2, POLL_MAX)
-            response = await self._run(self._post, order.url, None)
+            body, hint = await self._run(self._order_step, order.url, None)
+            if body.status == messages.STATUS_READY:  # we polled after orderNotReady
+                body, hint = await self._run(self._order_step, finalize_url, request)
 
-    # -- renewal information and closing ------------------------------------
+    def _order_step(self, url: str, obj: JSONDeSerializable | None) -> tuple[messages.Order, float | None]:
+        """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
+        response = self._post(url, obj)
+        return messages.Order.from_json(response.json()), _retry_after_seconds(response)
 
     async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None:
         """The CA's suggested renewal window (ARI, RFC 9773), or None if it has no ARI."""
@@ -384,8 +378,7 @@ class ClientV2Backend:
         except KeyError:
             return None
         url = f"{str(base).rstrip('/')}/{crypto.ari_cert_id(cert_pem)}"
-        response = await self._run(net.get, url)
-        window = messages.RenewalInfo.from_json(response.json()).suggested_window
+        window = await self._run(_fetch_window, net, url)
         return window.start.astimezone(UTC), window.end.astimezone(UTC)
 
     async def aclose(self) -> None:
@@ -403,20 +396,32 @@ class _EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):
 
 
 def _order(order: OrderHandle) -> messages.OrderResource:
-    resource = order.resource
-    if not isinstance(resource, messages.OrderResource):
-        raise TypeError(f"not an order from ClientV2Backend: {order!r}")
-    return resource
+    return _unwrap(order.resource, messages.OrderResource)
 
 
-def _jwk_for(key_pem: bytes) -> tuple[jose.JWK, jose.JWASignature]:
+def _challenge_body(task: ChallengeTask) -> messages.ChallengeBody:
+    return _unwrap(task.body, messages.ChallengeBody)
+
+
+def _unwrap(value: object, cls: type[T]) -> T:
+    if not isinstance(value, cls):
+        raise TypeError(f"expected {cls.__name__} from ClientV2Backend, got {type(value).__name__}")
+    return value
+
+
+def _jwk_for(key_pem: bytes) -> tuple[JWK, JWASignature]:
     key = crypto.load_private_key(key_pem)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        algs = {"secp256r1": jose.ES256, "secp384r1": jose.ES384, "secp521r1": jose.ES512}
+        algs = {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}
         if key.curve.name not in algs:
             raise ValueError(f"unsupported account key curve {key.curve.name}")
-        return jose.JWKEC(key=key), algs[key.curve.name]
-    return jose.JWKRSA(key=key), jose.RS256
+        return JWKEC(key=key), algs[key.curve.name]
+    return JWKRSA(key=key), RS256
+
+
+def _fetch_window(net: _Network, url: str) -> messages.RenewalInfo.SuggestedWindow:
+    info: messages.RenewalInfo = messages.RenewalInfo.from_json(net.get(url).json())
+    return info.suggested_window
 
 
 def _authz_failure(authzr: messages.AuthorizationResource) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from snakeway.config.model import KeyType
 
@@ -106,7 +106,7 @@ def cert_names(cert_pem: bytes) -> tuple[str, ...]:
     """
     cert = load_chain(cert_pem)[0]
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return tuple(
             str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -131,7 +131,7 @@ def ari_cert_id(cert_pem: bytes) -> str:
     """
     cert = load_chain(cert_pem)[0]
     try:
-        aki = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     except x509.ExtensionNotFound as exc:
         raise ValueError("certificate has no authority key identifier") from exc
     if aki.key_identifier is None:
@@ -149,7 +149,7 @@ def csr_names(csr_pem: bytes) -> tuple[str, ...]:
     """The DNS names in a PEM CSR's subjectAltName extension (empty if it has none)."""
     csr = x509.load_pem_x509_csr(csr_pem)
     try:
-        san = csr.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
     return tuple(san.get_values_for_type(x509.DNSName))

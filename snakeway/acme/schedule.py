@@ -30,10 +30,12 @@ and it round-trips through JSON for the store.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import final
+from typing import TYPE_CHECKING, final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # Back-off after the n-th consecutive failure (n = 1, 2, 3), then the cap.
 BACKOFF_STEPS = (timedelta(minutes=1), timedelta(minutes=10), timedelta(minutes=100))
@@ -180,18 +182,18 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
 # --- Retry-After (RFC 9110 section 10.2.3) -----------------------------------------------------
 
 _DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-_MONTH = r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_MONTH = rf"(?P<month>{'|'.join(_MONTH_NAMES)})"
+_DAY_NAME = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY_NAME = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
 _TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
 # IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-_IMF_FIXDATE = re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII)
+_IMF_FIXDATE = re.compile(rf"{_DAY_NAME}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII)
 # obsolete rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT
-_RFC850 = re.compile(
-    rf"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT",
-    re.ASCII,
-)
+_RFC850 = re.compile(rf"{_LONG_DAY_NAME}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT", re.ASCII)
 # obsolete asctime-date: Sun Nov  6 08:49:37 1994
-_ASCTIME = re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} (?P<day>[ 0-9][0-9]) {_TIME} (?P<year>[0-9]{{4}})", re.ASCII)
+_ASCTIME = re.compile(rf"{_DAY_NAME} {_MONTH} (?P<day>[ 0-9][0-9]) {_TIME} (?P<year>[0-9]{{4}})", re.ASCII)
 
 
 def _parse_http_date(value: str, now: datetime) -> datetime | None:
@@ -297,9 +299,7 @@ class RenewalState:
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
             raise ValueError(f"failures must be a non-negative int, got {self.failures!r}")
-        _require_aware(
-            last_attempt=self.last_attempt, next_attempt=self.next_attempt, last_success=self.last_success
-        )
+        _require_aware(last_attempt=self.last_attempt, next_attempt=self.next_attempt, last_success=self.last_success)
 
     def may_attempt(self, now: datetime) -> bool:
         """Whether the back-off (and any Retry-After) has passed at ``now``."""

@@ -28,19 +28,22 @@ bundle as parsed from its PEM, so ``issuer`` and ``serial`` are always filled.
 
 from __future__ import annotations
 
-import builtins
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
-from pathlib import Path
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 from cryptography.hazmat.primitives import serialization
 
 from snakeway.acme import crypto
-from snakeway.acme.schedule import RenewalState
 from snakeway.config.model import CertStoreSettings, StoreType
 from snakeway.errors import SnakewayError
+
+if TYPE_CHECKING:
+    import builtins
+    from datetime import datetime
+    from pathlib import Path
+
+    from snakeway.acme.schedule import RenewalState
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*", re.ASCII)

@@ -20,9 +20,8 @@ carries no application data (RFC 8737 §4): the listener closes it once the hand
 from __future__ import annotations
 
 import hashlib
-import ssl
-from datetime import datetime, timedelta, timezone
-from typing import Final, final
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,7 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from snakeway.tls import contexts, names
-from snakeway.tls.clienthello import ClientHello
+
+if TYPE_CHECKING:
+    import ssl
+
+    from snakeway.tls.clienthello import ClientHello
 
 __all__ = [
     "ACME_IDENTIFIER_OID",
@@ -56,9 +59,7 @@ def acme_identifier_value(key_authorization: str) -> bytes:
     return b"\x04" + len(digest).to_bytes(1, "big") + digest
 
 
-def challenge_certificate(
-    domain: str, key_authorization: str, *, now: datetime | None = None
-) -> tuple[bytes, bytes]:
+def challenge_certificate(domain: str, key_authorization: str, *, now: datetime | None = None) -> tuple[bytes, bytes]:
     """Build the self-signed TLS-ALPN-01 certificate for ``domain``.
 
     Args:
@@ -76,7 +77,7 @@ def challenge_certificate(
     """
     name = _dns_name(domain)
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()

@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from snakeway.errors import SnakewayError
 from snakeway.tls import names as _names
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,15 @@ is turned into the host-name form, so it follows renewals too.
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from snakeway.tls import names as _names
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable, Mapping
 
 
 @final

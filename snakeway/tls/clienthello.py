@@ -14,7 +14,8 @@ The parsing is sans-IO, after h11: :class:`ClientHelloParser` takes bytes as the
 * :class:`ClientHello`: the message is complete; its server name and ALPN list;
 * :class:`NeedMore`: what arrived so far is a valid prefix of a ClientHello;
 * :class:`NotTLS`: these bytes can never become a ClientHello we accept (plain HTTP on the TLS port, another
-  record type, a malformed or oversized message). The reason is for logs only.
+  record type, a malformed or oversized message). The reason is for logs only; telling a plain HTTP client
+  that the port speaks HTTPS is :mod:`snakeway.tls.sniff`'s job, on the same bytes.
 
 A verdict other than :class:`NeedMore` is final: more bytes never change it, and how the bytes were split between
 calls never matters. :func:`parse_client_hello` is the one-shot form. Both are *total*: no input whatsoever
@@ -127,7 +128,7 @@ class ClientHelloParser:
         self._message = bytearray()  # handshake bytes of the complete records so far
         self._verdict: ClientHello | NotTLS | None = None
 
-    def feed(self, data: bytes) -> Verdict:
+    def feed(self, data: bytes | bytearray | memoryview) -> Verdict:
         """Add ``data`` (possibly empty) and return the verdict on everything fed so far.
 
         Never raises. Once the verdict is :class:`ClientHello` or :class:`NotTLS` it stays so.
@@ -176,7 +177,7 @@ class ClientHelloParser:
                     return _parse_body(bytes(self._message[_HANDSHAKE_HEADER:total]))
 
 
-def parse_client_hello(data: bytes, *, max_bytes: int = MAX_CLIENT_HELLO_BYTES) -> Verdict:
+def parse_client_hello(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_CLIENT_HELLO_BYTES) -> Verdict:
     """The verdict on the first bytes a client sent; total (never raises).
 
     Args:

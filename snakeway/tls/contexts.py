@@ -23,12 +23,15 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snakeway.tls.certinfo import CertificateError as CertificateError
 from snakeway.tls.certinfo import CertInfo as CertInfo
 from snakeway.tls.certinfo import validate_pair as validate_pair
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_ALPN: tuple[str, ...] = ("http/1.1",)
 

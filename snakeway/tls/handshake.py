@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import trio
 
 from snakeway.tls import names as _names
 from snakeway.tls import sni, sniff
 from snakeway.tls.prefixed import PrefixedStream
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +93,20 @@ def covers(served: HandshakeInfo | Iterable[str], host: object) -> bool:
 
 
 async def accept_tls(
-    stream: trio.abc.Stream, base_ctx: ssl.SSLContext, *, timeout: float, client: str
+    stream: trio.abc.Stream,
+    base_ctx: ssl.SSLContext,
+    *,
+    timeout: float,  # noqa: ASYNC109 - a timeout here ends in a quiet close that only we can do (see Args)
+    client: str,
 ) -> trio.SSLStream[trio.abc.Stream] | None:
     """Run the server side of a TLS handshake on a fresh connection.
 
     Args:
         stream: The accepted connection (e.g. a ``trio.SocketStream``).
         base_ctx: The listener's context, from :func:`snakeway.tls.sni.listener_context`.
-        timeout: Seconds (trio time) for everything up to the end of the handshake.
+        timeout: Seconds (trio time) for everything up to the end of the handshake (``Tls.handshake_timeout_seconds``).
+            A parameter rather than the caller's cancel scope because a timeout here is not an error to
+            propagate: it ends in a quiet close, and only this function knows which stream to close.
         client: How to name the peer in :class:`HandshakeInfo` and logs.
 
     Returns:
@@ -111,7 +119,7 @@ async def accept_tls(
 
     Error handling:
         Timeouts, TLS errors and broken connections give ``None`` (logged at debug level). Cancellation
-        propagates, with ``stream`` left to the caller.
+        propagates; ``stream`` may then be closed or not, and the caller closes it (closing twice is harmless).
     """
     transport: trio.abc.Stream = stream
     try:
@@ -126,7 +134,7 @@ async def accept_tls(
                 logger.debug("TLS: %s closed before sending anything", client)
                 await trio.aclose_forcefully(stream)
                 return None
-            ssl_stream = trio.SSLStream(
+            ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
                 PrefixedStream(stream, prefix), base_ctx, server_side=True, https_compatible=True
             )
             transport = ssl_stream

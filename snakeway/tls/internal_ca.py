@@ -17,10 +17,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import final
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +27,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snakeway.tls import names as _names
 from snakeway.tls.certinfo import CertificateError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
 
 ROOT_COMMON_NAME = "snakeway Local CA"
 ROOT_LIFETIME = timedelta(days=3650)
@@ -101,7 +103,7 @@ class LocalCA:
             cert, key = _parse_root(cert_path.read_bytes(), key_path.read_bytes(), str(cert_path))
             return cls(cert, key, cert_path)
         # No certificate: nothing was ever trusted. A key alone is a crash's leftover and is replaced.
-        cert, key = create_root(now=now if now is not None else datetime.now(timezone.utc))
+        cert, key = create_root(now=now if now is not None else datetime.now(UTC))
         write_atomic(key_path, _key_pem(key), 0o600)
         write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(cert, key, cert_path)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Longer input is rejected before any work: a DNS name has at most 253 characters, and an SNI at most 255 bytes.
 MAX_INPUT_CHARS = 1024

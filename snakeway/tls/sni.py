@@ -32,11 +32,13 @@ import logging
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 from snakeway.tls import contexts
 from snakeway.tls import names as _names
-from snakeway.tls.certmap import CertMap
+
+if TYPE_CHECKING:
+    from snakeway.tls.certmap import CertMap
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,6 @@ def make_sni_callback(holder: CertSource) -> SniCallback:
     """
 
     def on_sni(ssl_obj: ssl.SSLObject, name: str | None, _base: ssl.SSLContext) -> int | None:
-        try:
         slot = _CHOICE.get()
         try:
             if slot is not None:

@@ -9,29 +9,23 @@ issuance takes a fraction of a second; the timings are printed (``-s``).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ssl
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pytest
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, ClientV2Backend
+from snakeway.acme.tlsalpn import ACME_TLS_ALPN, TlsAlpnChallenges
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 from tests.pebble import LOOPBACK, Pebble
 
 DOMAINS = ("a.example.test", "b.example.test")
 ISSUANCE_TIMEOUT = 30.0
-ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # RFC 8737 §3
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
 
@@ -65,53 +59,20 @@ async def serve_http01(port: int, answers: Mapping[str, ChallengeTask], *, task_
     await trio.serve_listeners(handle, listeners)
 
 
-def tls_alpn_context(domain: str, key_authorization: str, workdir: Path) -> ssl.SSLContext:
-    """A server context with the RFC 8737 challenge certificate for ``domain``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-    now = datetime.datetime.now(datetime.UTC)
-    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        # extnValue is the DER OCTET STRING of the digest: tag 0x04, length 32
-        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = workdir / f"{domain}.crt", workdir / f"{domain}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["acme-tls/1"])
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
 async def serve_tls_alpn01(
-    port: int, contexts: dict[str, ssl.SSLContext], *, task_status: trio.TaskStatus[None]
+    port: int, challenges: TlsAlpnChallenges, *, task_status: trio.TaskStatus[None]
 ) -> None:
-    """Complete acme-tls/1 handshakes on 127.0.0.1:port with the context chosen by SNI."""
+    """Complete acme-tls/1 handshakes on 127.0.0.1:port with the challenge context chosen by SNI."""
 
     def on_sni(ssl_obj: ssl.SSLObject, name: str | None, _default: ssl.SSLContext) -> int | None:
-        context = contexts.get(name or "")
+        context = challenges.lookup(name)
         if context is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         ssl_obj.context = context
         return None
 
     base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    base.set_alpn_protocols(["acme-tls/1"])
+    base.set_alpn_protocols([ACME_TLS_ALPN])
     base.sni_callback = on_sni
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -203,8 +164,8 @@ async def test_http01_issues_a_chain_to_pebbles_root(pebble: Pebble, nursery: tr
 
 
 async def test_tls_alpn01_issues_a_chain_to_pebbles_root(pebble: Pebble, nursery: trio.Nursery) -> None:
-    contexts: dict[str, ssl.SSLContext] = {}
-    await nursery.start(serve_tls_alpn01, pebble.tls_port, contexts)
+    challenges = TlsAlpnChallenges()  # snakeway.acme.tlsalpn builds the RFC 8737 certificates
+    await nursery.start(serve_tls_alpn01, pebble.tls_port, challenges)
     backend = await new_backend(pebble)
     try:
         started = time.perf_counter()
@@ -212,12 +173,14 @@ async def test_tls_alpn01_issues_a_chain_to_pebbles_root(pebble: Pebble, nursery
         csr_pem = crypto.make_csr(key_pem, DOMAINS)
         deadline = trio.current_time() + ISSUANCE_TIMEOUT
         order = await backend.new_order(DOMAINS, csr_pem)
-        with tempfile.TemporaryDirectory() as workdir:
-            for task in backend.challenges(order, Challenge.TLS_ALPN_01):
-                assert task.kind is Challenge.TLS_ALPN_01
-                contexts[task.domain] = tls_alpn_context(task.domain, task.key_authorization, Path(workdir))
-                await backend.answer(task)
-            await backend.wait_authorizations(order, deadline)
+        tasks = backend.challenges(order, Challenge.TLS_ALPN_01)
+        for task in tasks:
+            assert task.kind is Challenge.TLS_ALPN_01
+            challenges.add(task.domain, task.key_authorization)
+            await backend.answer(task)
+        await backend.wait_authorizations(order, deadline)
+        for task in tasks:
+            challenges.remove(task.domain)
         chain = await backend.finalize(order, csr_pem, deadline)
         seconds = time.perf_counter() - started
         verify_chain(chain, await pebble.roots(), DOMAINS)

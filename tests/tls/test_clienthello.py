@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -18,6 +18,9 @@ from snakeway.tls.clienthello import (
     parse_client_hello,
     read_client_hello,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # --- ClientHellos: real ones from OpenSSL, synthetic ones for properties -----------------------------------------
 
@@ -316,22 +319,19 @@ def test_total_on_any_handshake_payload(payload: bytes) -> None:
     assert isinstance(parse_client_hello(frame(message)), VERDICT_TYPES)
 
 
+SEEDS = [
+    HELLO,
+    real_hello(None),
+    real_hello("bücher.example", ["h2", "http/1.1"]),
+    frame(unframe(HELLO), [7, 50, 1]),
+    frame(hello_message(sni_ext(b"a.test") + alpn_ext(b"acme-tls/1"))),
+]
+
+
 @st.composite
 def mutated_hellos(draw: st.DrawFn) -> bytes:
     """A real or synthetic ClientHello with bytes replaced, inserted or deleted, then maybe truncated."""
-    data = bytearray(
-        draw(
-            st.sampled_from(
-                [
-                    HELLO,
-                    real_hello(None),
-                    real_hello("bücher.example", ["h2", "http/1.1"]),
-                    frame(unframe(HELLO), [7, 50, 1]),
-                    frame(hello_message(sni_ext(b"a.test") + alpn_ext(b"acme-tls/1"))),
-                ]
-            )
-        )
-    )
+    data = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(min_value=0, max_value=6))):
         pos = draw(st.integers(min_value=0, max_value=max(len(data) - 1, 0)))
         action = draw(st.sampled_from(["replace", "insert", "delete"]))

@@ -1,0 +1,460 @@
+"""A :class:`~snakeway.acme.store.CertStore` on the local file system.
+
+Theory of operation
+-------------------
+Layout (every directory 0700, every private key 0600)::
+
+    cert_dir/
+      a.test -> .a.test@3f2a...           symlink to the current version
+      .a.test@3f2a.../cert.pem            full chain, leaf first
+                     /key.pem             0600
+                     /meta.json           name, domains, dates, issuer, serial, saved_at
+      _wildcard_.b.test -> .…             "*.b.test"
+    data_dir/
+      state/<name>.json                   RenewalState
+      accounts/<sha256(directory)[:16]>/account.json + account.key
+      orders/<name>.json + <name>.key
+
+**Atomic bundles.** A certificate and its key must change together: a crash
+must never leave a new certificate beside an old key. Linux cannot rename a
+directory over a non-empty one, so each save writes a fresh *version*
+directory ``.<name>@<random>`` (all three files fsynced, then the directory),
+points a temporary symlink at it and ``os.replace``-s that over ``<name>``:
+one atomic step. Old versions (and any left by a crash) are deleted after
+the swap. Entries starting with ``.`` are never names (names have no leading
+dot, and ``@`` never occurs in a name), so ``list()`` ignores them.
+``cert_dir/<name>/cert.pem`` and ``key.pem`` are stable paths for tools that
+want files.
+
+**Atomic single files.** Everything else is one file written as: temporary
+file in the same directory (created ``O_EXCL`` with its final mode, so a key
+is never readable by others, even briefly), write, flush, ``fsync``,
+``os.replace``, ``fsync`` of the directory. Where two files belong together
+(an account's JSON and key, an order's JSON and key) the JSON is written last
+and records the key's SHA-256, so a crash between the two is detected.
+
+**Distrust on load.** Every load re-validates: all files present, PEMs parse,
+the key matches the certificate, meta.json agrees with the certificate. A bad
+entry is logged with ``logger.warning`` and reported as missing, so it is
+never served; the manager simply obtains a new certificate. Unreadable files
+(permissions) and failed writes raise :class:`~snakeway.acme.store.StoreError`.
+
+**Threads and concurrency.** All blocking I/O runs in
+``trio.to_thread.run_sync``; cancellation waits for the thread, so a write is
+never half-abandoned. A ``trio.Lock`` serialises the operations of one
+``FileStore``, so a reader never sees a version being garbage-collected. One
+process should own a directory pair; the layout is POSIX-only (symlinks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, final
+
+import trio
+
+from snakeway.acme import crypto
+from snakeway.acme.schedule import RenewalState
+from snakeway.acme.store import (
+    AccountRecord,
+    CertBundle,
+    OrderRecord,
+    StoreError,
+    name_to_path_part,
+    path_part_to_name,
+)
+from snakeway.clock import SystemClock
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Callable
+
+    from snakeway.clock import WallClock
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DIR_MODE = 0o700
+KEY_MODE = 0o600
+PUBLIC_MODE = 0o644
+META_VERSION = 1
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+class _Corrupt(Exception):
+    """An entry exists but is unusable; logged and treated as missing."""
+
+
+# --- durable file primitives (blocking; call from a worker thread) ------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(directory, DIR_MODE)  # exactly 0700 whatever the umask
+        _fsync_dir(directory.parent)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (must not exist) with ``mode`` from the start, write, fsync."""
+    fd = os.open(path, _OPEN_FLAGS, mode)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Atomically make ``path`` contain ``data``: temp file, fsync, rename, fsync dir."""
+    _ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+    try:
+        _write_new(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _read(path: Path) -> bytes:
+    """Read a file of an entry that exists; a missing file means a corrupt entry."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise _Corrupt(f"{path.name} is missing") from exc
+
+
+def _json(data: bytes, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise _Corrupt(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise _Corrupt(f"{what} is not a JSON object")
+    return value
+
+
+def _dump(value: dict[str, object]) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _field(data: dict[str, object], key: str, kind: type[T], what: str) -> T:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise _Corrupt(f"{what}: {key} should be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _save_keyed(json_path: Path, key_path: Path, meta: dict[str, object], key_pem: bytes) -> None:
+    """Write a private key and the JSON that goes with it; the JSON last, as it vouches for the key."""
+    _replace(key_path, key_pem, KEY_MODE)
+    _replace(json_path, _dump({**meta, "key_sha256": _sha256(key_pem)}), KEY_MODE)
+
+
+def _load_keyed(json_path: Path, key_path: Path) -> tuple[dict[str, object], bytes]:
+    """Read what :func:`_save_keyed` wrote; a key that is not the one the JSON names is corrupt."""
+    meta = _json(_read(json_path), json_path.name)
+    key_pem = _read(key_path)
+    if meta.get("key_sha256") != _sha256(key_pem):
+        raise _Corrupt(f"{key_path.name} does not belong to {json_path.name} (interrupted save?)")
+    crypto.load_private_key(key_pem)
+    return meta, key_pem
+
+
+def _remove_tree(path: Path) -> None:
+    """Best-effort removal of garbage (an old or abandoned version): failure is only logged."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        logger.warning("could not remove %s", path, exc_info=True)
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+@final
+class FileStore:
+    """Certificates under ``cert_dir``; renewal state, accounts and orders under ``data_dir``.
+
+    Args:
+        cert_dir: Certificate bundles (created 0700 when first written).
+        data_dir: ACME state (created 0700 when first written).
+        clock: Source of ``saved_at`` in meta.json.
+
+    Construction does no I/O. See the module docstring for the layout and
+    guarantees.
+    """
+
+    def __init__(self, cert_dir: Path, data_dir: Path, *, clock: WallClock | None = None) -> None:
+        self.cert_dir = Path(cert_dir)
+        self.data_dir = Path(data_dir)
+        self._clock: WallClock = clock if clock is not None else SystemClock()
+        self._lock = trio.Lock()
+
+    async def _run(self, action: str, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            try:
+                return await trio.to_thread.run_sync(fn)
+            except OSError as exc:
+                raise StoreError(f"cannot {action}: {exc}") from exc
+
+    def _loaded(self, what: str, path: Path, fn: Callable[[], T]) -> T | None:
+        """Run a blocking loader; a corrupt entry becomes a warning and None."""
+        try:
+            return fn()
+        except (_Corrupt, ValueError) as exc:
+            logger.warning("ignoring unusable %s in %s: %s", what, path, exc)
+            return None
+
+    # --- certificate bundles ---------------------------------------------------------------------
+
+    async def load(self, name: str) -> CertBundle | None:
+        part = name_to_path_part(name)
+        return await self._run(f"load certificate {name!r}", lambda: self._load_bundle(name, part))
+
+    async def save(self, bundle: CertBundle) -> None:
+        saved_at = self._clock.now()
+        await self._run(f"save certificate {bundle.name!r}", lambda: self._save_bundle(bundle, saved_at))
+
+    async def delete(self, name: str) -> None:
+        part = name_to_path_part(name)
+        await self._run(f"delete certificate {name!r}", lambda: self._delete_bundle(part))
+
+    async def list(self) -> builtins.list[str]:
+        return await self._run("list certificates", self._list_bundles)
+
+    def _load_bundle(self, name: str, part: str) -> CertBundle | None:
+        entry = self.cert_dir / part
+        if not os.path.lexists(entry):
+            return None
+        # Resolve once, so all three files come from the same version.
+        version = Path(os.path.realpath(entry))
+        return self._loaded(f"certificate {name!r}", entry, lambda: self._parse_bundle(name, version))
+
+    def _parse_bundle(self, name: str, version: Path) -> CertBundle:
+        if not version.is_dir():
+            raise _Corrupt("not a directory (dangling link?)")
+        meta = _json(_read(version / "meta.json"), "meta.json")
+        cert_pem = _read(version / "cert.pem")
+        key_pem = _read(version / "key.pem")
+        if meta.get("version") != META_VERSION or meta.get("name") != name:
+            raise _Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+        domains = _field(meta, "domains", list, "meta.json")
+        if not all(isinstance(d, str) for d in domains):
+            raise _Corrupt("meta.json: domains should be strings")
+        bundle = CertBundle.from_pem(name, tuple(domains), cert_pem, key_pem)
+        recorded = (
+            datetime.fromisoformat(_field(meta, "not_before", str, "meta.json")),
+            datetime.fromisoformat(_field(meta, "not_after", str, "meta.json")),
+            _field(meta, "issuer", str, "meta.json"),
+            _field(meta, "serial", str, "meta.json"),
+        )
+        if recorded != (bundle.not_before, bundle.not_after, bundle.issuer, bundle.serial):
+            raise _Corrupt("meta.json disagrees with cert.pem")
+        return bundle
+
+    def _save_bundle(self, bundle: CertBundle, saved_at: datetime) -> None:
+        bundle = bundle.verified()  # raises ValueError: never persist what cannot be served
+        part = name_to_path_part(bundle.name)
+        meta: dict[str, object] = {
+            "version": META_VERSION,
+            "name": bundle.name,
+            "domains": list(bundle.domains),
+            "not_before": bundle.not_before.isoformat(),
+            "not_after": bundle.not_after.isoformat(),
+            "issuer": bundle.issuer,
+            "serial": bundle.serial,
+            "saved_at": saved_at.isoformat(),
+        }
+        _ensure_dir(self.cert_dir)
+        token = secrets.token_hex(8)
+        version = self.cert_dir / f".{part}@{token}"
+        link_tmp = self.cert_dir / f".{part}@link-{token}"
+        entry = self.cert_dir / part
+        try:
+            os.mkdir(version, DIR_MODE)
+            _write_new(version / "key.pem", bundle.key_pem, KEY_MODE)
+            _write_new(version / "cert.pem", bundle.cert_pem, PUBLIC_MODE)
+            _write_new(version / "meta.json", _dump(meta), PUBLIC_MODE)
+            _fsync_dir(version)
+            os.symlink(version.name, link_tmp)
+            if entry.is_dir() and not entry.is_symlink():
+                # A plain directory (placed by hand): move it aside first. Not
+                # atomic, but only ever happens once for such an entry.
+                os.rename(entry, self.cert_dir / f".{part}@old-{token}")
+            os.replace(link_tmp, entry)
+        except BaseException:
+            link_tmp.unlink(missing_ok=True)
+            _remove_tree(version)
+            raise
+        _fsync_dir(self.cert_dir)
+        self._collect_garbage(part, keep=version.name)
+
+    def _collect_garbage(self, part: str, *, keep: str | None) -> None:
+        """Remove old and crash-leftover versions of ``part``."""
+        prefix = f".{part}@"
+        with os.scandir(self.cert_dir) as entries:
+            stale = [e.path for e in entries if e.name.startswith(prefix) and e.name != keep]
+        for path in stale:
+            if os.path.islink(path):
+                os.unlink(path)
+            else:
+                _remove_tree(Path(path))
+
+    def _delete_bundle(self, part: str) -> None:
+        entry = self.cert_dir / part
+        if entry.is_symlink():
+            os.unlink(entry)
+        elif entry.is_dir():
+            os.rename(entry, self.cert_dir / f".{part}@old-{secrets.token_hex(8)}")
+        elif os.path.lexists(entry):
+            os.unlink(entry)
+        else:
+            return
+        _fsync_dir(self.cert_dir)
+        self._collect_garbage(part, keep=None)
+
+    def _list_bundles(self) -> builtins.list[str]:
+        try:
+            with os.scandir(self.cert_dir) as entries:
+                parts = sorted(e.name for e in entries if not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+        names = []
+        for part in parts:
+            try:
+                name = path_part_to_name(part)
+            except ValueError:
+                logger.warning("ignoring %s: not a certificate name", self.cert_dir / part)
+                continue
+            if self._load_bundle(name, part) is not None:
+                names.append(name)
+        return sorted(names)
+
+    # --- renewal state, accounts, orders: small JSON files -------------------------------------
+
+    def _load_entry(self, what: str, path: Path, parse: Callable[[], T]) -> T | None:
+        """None if ``path`` is absent, else ``parse()`` with corruption logged as missing."""
+        if not path.exists():
+            return None
+        return self._loaded(what, path, parse)
+
+    def _state_path(self, name: str) -> Path:
+        return self.data_dir / "state" / f"{name_to_path_part(name)}.json"
+
+    async def load_state(self, name: str) -> RenewalState | None:
+        path = self._state_path(name)
+
+        def parse() -> RenewalState:
+            state = RenewalState.from_json(_json(_read(path), path.name))
+            if state.name != name:
+                raise _Corrupt(f"state is for {state.name!r}")
+            return state
+
+        what = f"renewal state of {name!r}"
+        return await self._run(f"load {what}", lambda: self._load_entry(what, path, parse))
+
+    async def save_state(self, state: RenewalState) -> None:
+        path = self._state_path(state.name)
+        data = _dump(state.to_json())
+        await self._run(f"save renewal state of {state.name!r}", lambda: _replace(path, data, KEY_MODE))
+
+    async def load_account(self, directory_url: str) -> AccountRecord | None:
+        folder = self.data_dir / "accounts" / _sha256(directory_url.encode())[:16]
+        json_path, key_path = folder / "account.json", folder / "account.key"
+
+        def parse() -> AccountRecord:
+            meta, key_pem = _load_keyed(json_path, key_path)
+            if meta.get("directory_url") != directory_url:
+                raise _Corrupt(f"account.json is for {meta.get('directory_url')!r}")
+            uri = meta.get("uri")
+            if uri is not None and not isinstance(uri, str):
+                raise _Corrupt(f"account.json: bad uri {uri!r}")
+            contact = _field(meta, "contact", list, "account.json")
+            if not all(isinstance(c, str) for c in contact):
+                raise _Corrupt("account.json: contact should be strings")
+            return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
+
+        what = f"ACME account for {directory_url}"
+        return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
+
+    async def save_account(self, account: AccountRecord) -> None:
+        crypto.load_private_key(account.key_pem)  # ValueError before touching the disk
+        folder = self.data_dir / "accounts" / _sha256(account.directory_url.encode())[:16]
+        meta: dict[str, object] = {
+            "directory_url": account.directory_url,
+            "uri": account.uri,
+            "contact": list(account.contact),
+        }
+        write = lambda: _save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem)  # noqa: E731
+        await self._run(f"save ACME account for {account.directory_url}", write)
+
+    def _order_paths(self, name: str) -> tuple[Path, Path]:
+        base = self.data_dir / "orders" / name_to_path_part(name)
+        return base.with_name(base.name + ".json"), base.with_name(base.name + ".key")
+
+    async def load_order(self, name: str) -> OrderRecord | None:
+        json_path, key_path = self._order_paths(name)
+
+        def parse() -> OrderRecord:
+            meta, key_pem = _load_keyed(json_path, key_path)
+            if meta.get("name") != name:
+                raise _Corrupt(f"order is for {meta.get('name')!r}")
+            created = datetime.fromisoformat(_field(meta, "created", str, json_path.name))
+            order_url = _field(meta, "order_url", str, json_path.name)
+            return OrderRecord(name=name, order_url=order_url, key_pem=key_pem, created=created)
+
+        what = f"order for {name!r}"
+        return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
+
+    async def save_order(self, order: OrderRecord) -> None:
+        crypto.load_private_key(order.key_pem)
+        json_path, key_path = self._order_paths(order.name)
+        meta: dict[str, object] = {
+            "name": order.name,
+            "order_url": order.order_url,
+            "created": order.created.isoformat(),
+        }
+        await self._run(f"save order for {order.name!r}", lambda: _save_keyed(json_path, key_path, meta, order.key_pem))
+
+    async def delete_order(self, name: str) -> None:
+        json_path, key_path = self._order_paths(name)
+
+        def remove() -> None:
+            for path in (json_path, key_path):  # the JSON first: without it the key is ignored
+                path.unlink(missing_ok=True)
+            if json_path.parent.exists():
+                _fsync_dir(json_path.parent)
+
+        await self._run(f"delete order for {name!r}", remove)

@@ -1,0 +1,271 @@
+"""The renewal schedule (pure, with hypothesis) and the wall-clock seam it is driven by."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snakeway.acme.schedule import (
+    BACKOFF_CAP,
+    RETRY_AFTER_CAP,
+    RenewalState,
+    backoff_delay,
+    next_attempt,
+    next_check,
+    parse_retry_after,
+    renewal_due,
+    renewal_time,
+)
+from snakeway.clock import SystemClock, TrioLinkedClock, sleep_until
+
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
+
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
+    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+    timezones=st.just(timezone.utc),
+)
+spans = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=800))
+jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+
+
+# --- renewal_due / renewal_time ----------------------------------------------------------------
+
+
+def test_90_day_cert_with_30_day_window_is_due_at_day_60_exactly() -> None:
+    not_before = NOW
+    not_after = NOW + 90 * DAY
+    window = 30 * DAY
+    assert renewal_time(not_before, not_after, renew_within=window) == NOW + 60 * DAY
+    assert renewal_due(not_before, not_after, NOW + 60 * DAY, renew_within=window)
+    assert not renewal_due(not_before, not_after, NOW + 60 * DAY - timedelta(microseconds=1), renew_within=window)
+    assert not renewal_due(not_before, not_after, NOW, renew_within=window)
+    assert renewal_due(not_before, not_after, NOW + 100 * DAY, renew_within=window)  # expired
+
+
+def test_window_longer_than_lifetime_is_always_due() -> None:
+    not_before, not_after = NOW, NOW + 6 * DAY  # a short-lived certificate
+    assert renewal_due(not_before, not_after, NOW, renew_within=30 * DAY)
+    assert renewal_due(not_before, not_after, NOW - DAY, renew_within=30 * DAY)
+    assert renewal_time(not_before, not_after, renew_within=30 * DAY) <= not_before
+
+
+def test_ari_window_brings_renewal_forward() -> None:
+    not_before, not_after = NOW, NOW + 90 * DAY
+    window = (NOW + 10 * DAY, NOW + 12 * DAY)
+    assert renewal_time(not_before, not_after, renew_within=30 * DAY, ari_window=window) == window[0]
+    assert not renewal_due(not_before, not_after, NOW + 9 * DAY, renew_within=30 * DAY, ari_window=window)
+    assert renewal_due(not_before, not_after, NOW + 10 * DAY, renew_within=30 * DAY, ari_window=window)
+    late = (NOW + 80 * DAY, NOW + 85 * DAY)  # a later window never delays our own threshold
+    assert renewal_due(not_before, not_after, NOW + 60 * DAY, renew_within=30 * DAY, ari_window=late)
+
+
+def test_naive_datetimes_and_bad_arguments_are_rejected() -> None:
+    naive = datetime(2030, 1, 1)  # noqa: DTZ001
+    with pytest.raises(ValueError, match="timezone-aware"):
+        renewal_due(naive, naive, NOW, renew_within=DAY)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        renewal_due(NOW, NOW + 90 * DAY, naive, renew_within=DAY)
+    with pytest.raises(ValueError, match="negative"):
+        renewal_time(NOW, NOW + DAY, renew_within=-DAY)
+    with pytest.raises(ValueError, match="jitter"):
+        next_attempt(NOW, 1, None, jitter=1.0)
+    with pytest.raises(ValueError, match="negative"):
+        backoff_delay(-1)
+    with pytest.raises(ValueError, match="positive"):
+        next_check(NOW, 0, jitter=0.0)
+
+
+@given(moments, spans, spans, moments, moments, st.none() | st.tuples(moments, moments))
+def test_renewal_due_is_monotone_in_now(
+    not_before: datetime,
+    lifetime: timedelta,
+    renew_within: timedelta,
+    t1: datetime,
+    t2: datetime,
+    window: tuple[datetime, datetime] | None,
+) -> None:
+    early, late = sorted((t1, t2))
+    not_after = not_before + lifetime
+    if renewal_due(not_before, not_after, early, renew_within=renew_within, ari_window=window):
+        assert renewal_due(not_before, not_after, late, renew_within=renew_within, ari_window=window)
+
+
+@given(moments, spans, spans, moments)
+def test_renewal_due_agrees_with_renewal_time(
+    not_before: datetime, lifetime: timedelta, renew_within: timedelta, now: datetime
+) -> None:
+    not_after = not_before + lifetime
+    due = renewal_due(not_before, not_after, now, renew_within=renew_within)
+    when = renewal_time(not_before, not_after, renew_within=renew_within)
+    if now >= not_before:
+        assert due == (now >= when)
+    assert when <= not_after
+
+
+# --- back-off ----------------------------------------------------------------------------------
+
+
+def test_backoff_steps() -> None:
+    minutes = [backoff_delay(n) / timedelta(minutes=1) for n in range(7)]
+    assert minutes == [0, 1, 10, 100, 360, 360, 360]
+
+
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_backoff_is_monotone_and_capped(a: int, b: int) -> None:
+    low, high = sorted((a, b))
+    assert backoff_delay(low) <= backoff_delay(high) <= BACKOFF_CAP
+
+
+@given(moments, st.integers(1, 100), st.none() | moments, jitters)
+def test_next_attempt_respects_now_backoff_and_retry_after(
+    now: datetime, failures: int, retry_after: datetime | None, jitter: float
+) -> None:
+    when = next_attempt(now, failures, retry_after, jitter=jitter)
+    assert when >= now + backoff_delay(failures)
+    assert when <= max(now + backoff_delay(failures) * 1.1, retry_after or now)
+    if retry_after is not None:
+        assert when >= retry_after
+
+
+@given(moments, st.floats(min_value=1.0, max_value=86_400.0), jitters)
+def test_next_check_jitter_is_ten_percent(now: datetime, interval: float, jitter: float) -> None:
+    delay = (next_check(now, interval, jitter=jitter) - now).total_seconds()
+    assert interval * 0.9 - 1e-6 <= delay <= interval * 1.1 + 1e-6
+
+
+# --- Retry-After -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", NOW + timedelta(seconds=120)),
+        (" 30\t", NOW + timedelta(seconds=30)),
+        ("9" * 5000, NOW + RETRY_AFTER_CAP),
+        ("86400000", NOW + RETRY_AFTER_CAP),
+        ("Wed, 01 May 2030 13:00:00 GMT", NOW + timedelta(hours=1)),
+        ("Wednesday, 01-May-30 13:00:00 GMT", NOW + timedelta(hours=1)),
+        ("Wed May  1 13:00:00 2030", NOW + timedelta(hours=1)),
+        ("Wed, 01 May 2099 13:00:00 GMT", NOW + RETRY_AFTER_CAP),
+        (None, None),
+        ("", None),
+        ("0", None),
+        ("-5", None),
+        ("+5", None),
+        ("1.5", None),
+        ("\u0661\u0662", None),  # Arabic-Indic digits are not DIGIT
+        ("soon", None),
+        ("Wed, 01 May 2030 11:00:00 GMT", None),  # in the past
+        ("Wed, 31 Feb 2030 13:00:00 GMT", None),
+        ("Wed, 01 May 2030 13:00:00 UTC", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: datetime | None) -> None:
+    assert parse_retry_after(value, NOW) == expected
+
+
+def test_rfc850_two_digit_year_is_never_far_in_the_future() -> None:
+    # Seen in 2030, "99" is 1999 (past), not 2099.
+    assert parse_retry_after("Friday, 01-Jan-99 00:00:00 GMT", NOW) is None
+
+
+@given(st.text() | st.from_regex(r"[0-9 ]{0,30}", fullmatch=True), moments)
+def test_parse_retry_after_is_total(value: str, now: datetime) -> None:
+    result = parse_retry_after(value, now)
+    assert result is None or now < result <= now + RETRY_AFTER_CAP
+
+
+# --- RenewalState ------------------------------------------------------------------------------
+
+
+def test_state_transitions() -> None:
+    state = RenewalState("a.test")
+    assert state.may_attempt(NOW)
+    once = state.failed(NOW, "connection refused")
+    assert (once.failures, once.last_error, once.last_attempt) == (1, "connection refused", NOW)
+    assert once.next_attempt == NOW + timedelta(minutes=1)
+    assert not once.may_attempt(NOW + timedelta(seconds=59))
+    twice = once.failed(NOW, "boom", NOW + timedelta(hours=2), jitter=0.5)
+    assert (twice.failures, twice.next_attempt) == (2, NOW + timedelta(hours=2))
+    ok = twice.succeeded(NOW + 3 * DAY)
+    assert ok == RenewalState("a.test", 0, None, NOW + 3 * DAY, None, NOW + 3 * DAY)
+    assert len(state.failed(NOW, "x" * 5000).last_error or "") == 1000
+
+
+@given(
+    st.builds(
+        RenewalState,
+        name=st.sampled_from(["a.test", "*.b.test"]),
+        failures=st.integers(0, 50),
+        last_error=st.none() | st.text(),
+        last_attempt=st.none() | moments,
+        next_attempt=st.none() | moments,
+        last_success=st.none() | moments,
+    )
+)
+def test_state_json_round_trip(state: RenewalState) -> None:
+    assert RenewalState.from_json(state.to_json()) == state
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"name": 1},
+        {"name": "a.test", "failures": "1"},
+        {"name": "a.test", "failures": True},
+        {"name": "a.test", "failures": -1},
+        {"name": "a.test", "last_attempt": "yesterday"},
+        {"name": "a.test", "last_attempt": "2030-01-01T00:00:00"},
+        {"name": "a.test", "last_error": 5},
+    ],
+)
+def test_state_from_bad_json(data: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        RenewalState.from_json(data)
+
+
+# --- the clock seam ----------------------------------------------------------------------------
+
+
+def test_system_clock_is_aware_utc() -> None:
+    assert SystemClock().now().utcoffset() == timedelta(0)
+
+
+def test_linked_clock_needs_aware_epoch() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        TrioLinkedClock(datetime(2030, 1, 1))  # noqa: DTZ001
+
+
+async def test_sleep_until_covers_60_days_under_autojump(autojump_clock: trio.testing.MockClock) -> None:
+    clock = TrioLinkedClock(NOW - timedelta(seconds=trio.current_time()))
+    target = NOW + 60 * DAY
+    await sleep_until(clock, target)
+    assert target <= clock.now() < target + timedelta(seconds=1)
+
+
+async def test_sleep_until_past_moment_only_checkpoints(autojump_clock: trio.testing.MockClock) -> None:
+    clock = TrioLinkedClock(NOW)
+    start = trio.current_time()
+    await sleep_until(clock, NOW - DAY)
+    assert trio.current_time() == start
+
+
+async def test_sleep_until_notices_a_wall_clock_jump(autojump_clock: trio.testing.MockClock) -> None:
+    class JumpyClock:
+        """Wall time that jumps a day ahead after the first hour (a resumed laptop)."""
+
+        def now(self) -> datetime:
+            elapsed = trio.current_time()
+            return NOW + timedelta(seconds=elapsed) + (DAY if elapsed >= 3600 else timedelta(0))
+
+    start = trio.current_time()
+    await sleep_until(JumpyClock(), NOW + DAY, max_nap=600)
+    assert trio.current_time() - start == pytest.approx(3600)

@@ -1,0 +1,435 @@
+"""The CertStore contract, run against every implementation, plus FileStore's disk guarantees."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trustme
+
+from snakeway.acme import filestore
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.schedule import RenewalState
+from snakeway.acme.store import (
+    AccountRecord,
+    CertBundle,
+    CertStore,
+    MemoryStore,
+    OrderRecord,
+    StoreError,
+    check_name,
+    name_to_path_part,
+    open_store,
+    path_part_to_name,
+)
+from snakeway.clock import SystemClock
+from snakeway.config.model import CertStoreSettings, StoreType
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
+DIRECTORY = "https://acme.test/directory"
+OTHER_DIRECTORY = "https://staging.acme.test/directory"
+
+
+class FixedClock:
+    def now(self) -> datetime:
+        return NOW
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def make_bundle(ca: trustme.CA, *domains: str, days: int = 90) -> CertBundle:
+    start = NOW - timedelta(hours=1)
+    leaf = ca.issue_cert(*domains, not_before=start, not_after=start + timedelta(days=days))
+    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+    return CertBundle.from_pem(domains[0], tuple(domains), chain, leaf.private_key_pem.bytes())
+
+
+def key_pem(ca: trustme.CA) -> bytes:
+    return ca.issue_cert("key.test").private_key_pem.bytes()
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> CertStore:
+    if request.param == "memory":
+        return MemoryStore()
+    return FileStore(tmp_path / "certs", tmp_path / "acme", clock=FixedClock())
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "state" / "certs", tmp_path / "state" / "acme", clock=FixedClock())
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+
+async def test_empty_store(store: CertStore) -> None:
+    assert await store.load("a.test") is None
+    assert await store.list() == []
+    assert await store.load_state("a.test") is None
+    assert await store.load_account(DIRECTORY) is None
+    assert await store.load_order("a.test") is None
+
+
+async def test_save_load_round_trip(store: CertStore, ca: trustme.CA) -> None:
+    bundle = make_bundle(ca, "a.test", "www.a.test")
+    await store.save(bundle)
+    assert await store.load("a.test") == bundle
+    assert await store.list() == ["a.test"]
+
+
+async def test_wildcard_name(store: CertStore, ca: trustme.CA) -> None:
+    bundle = make_bundle(ca, "*.b.test", "b.test")
+    await store.save(bundle)
+    assert await store.load("*.b.test") == bundle
+    assert await store.list() == ["*.b.test"]
+
+
+async def test_list_is_sorted(store: CertStore, ca: trustme.CA) -> None:
+    for name in ("c.test", "a.test", "b.test"):
+        await store.save(make_bundle(ca, name))
+    assert await store.list() == ["a.test", "b.test", "c.test"]
+
+
+async def test_overwrite_replaces(store: CertStore, ca: trustme.CA) -> None:
+    old, new = make_bundle(ca, "a.test"), make_bundle(ca, "a.test", days=30)
+    await store.save(old)
+    await store.save(new)
+    assert await store.load("a.test") == new
+    assert await store.list() == ["a.test"]
+
+
+async def test_delete(store: CertStore, ca: trustme.CA) -> None:
+    await store.save(make_bundle(ca, "a.test"))
+    await store.save(make_bundle(ca, "b.test"))
+    await store.delete("a.test")
+    assert await store.load("a.test") is None
+    assert await store.list() == ["b.test"]
+    await store.delete("a.test")  # absent: no-op
+
+
+async def test_save_fills_issuer_and_serial(store: CertStore, ca: trustme.CA) -> None:
+    parsed = make_bundle(ca, "a.test")
+    bare = CertBundle("a.test", ("a.test",), parsed.cert_pem, parsed.key_pem, parsed.not_before, parsed.not_after)
+    await store.save(bare)
+    assert await store.load("a.test") == parsed
+
+
+async def test_refuses_unservable_bundles(store: CertStore, ca: trustme.CA) -> None:
+    good = make_bundle(ca, "a.test")
+    await store.save(good)
+    other = make_bundle(ca, "a.test")
+    mismatched = CertBundle("a.test", ("a.test",), good.cert_pem, other.key_pem, good.not_before, good.not_after)
+    with pytest.raises(ValueError, match="does not match"):
+        await store.save(mismatched)
+    wrong_dates = CertBundle("a.test", ("a.test",), good.cert_pem, good.key_pem, NOW, NOW + timedelta(days=1))
+    with pytest.raises(ValueError, match="dates"):
+        await store.save(wrong_dates)
+    assert await store.load("a.test") == good
+
+
+@pytest.mark.parametrize("name", ["A.test", "../etc", "a/b", "a..test", ".a.test", "a.test.", "", "é.test", "a.*.test"])
+async def test_rejects_invalid_names(store: CertStore, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid certificate name"):
+        await store.load(name)
+    with pytest.raises(ValueError, match="invalid certificate name"):
+        await store.load_state(name)
+
+
+async def test_state_round_trip(store: CertStore) -> None:
+    state = RenewalState("a.test").failed(NOW, "rate limited", NOW + timedelta(hours=1), jitter=0.5)
+    await store.save_state(state)
+    assert await store.load_state("a.test") == state
+    later = state.succeeded(NOW + timedelta(hours=2))
+    await store.save_state(later)
+    assert await store.load_state("a.test") == later
+    assert await store.load_state("b.test") is None
+
+
+async def test_account_per_directory(store: CertStore, ca: trustme.CA) -> None:
+    first = AccountRecord(DIRECTORY, key_pem(ca), None, ("mailto:ops@a.test",))
+    other = AccountRecord(OTHER_DIRECTORY, key_pem(ca), "https://staging.acme.test/acct/7")
+    await store.save_account(first)
+    await store.save_account(other)
+    assert await store.load_account(DIRECTORY) == first
+    assert await store.load_account(OTHER_DIRECTORY) == other
+    registered = AccountRecord(DIRECTORY, first.key_pem, "https://acme.test/acct/1", first.contact)
+    await store.save_account(registered)
+    assert await store.load_account(DIRECTORY) == registered
+
+
+async def test_order_save_load_delete(store: CertStore, ca: trustme.CA) -> None:
+    order = OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW)
+    await store.save_order(order)
+    assert await store.load_order("a.test") == order
+    assert await store.load_order("b.test") is None
+    await store.delete_order("a.test")
+    assert await store.load_order("a.test") is None
+    await store.delete_order("a.test")
+
+
+async def test_records_validate() -> None:
+    with pytest.raises(ValueError, match="start with the name"):
+        CertBundle("a.test", ("b.test",), b"", b"", NOW, NOW)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        OrderRecord("a.test", "https://acme.test/order/1", b"", datetime(2030, 1, 1))  # noqa: DTZ001
+
+
+async def test_from_pem_checks_coverage(ca: trustme.CA) -> None:
+    bundle = make_bundle(ca, "a.test")
+    with pytest.raises(ValueError, match=re.escape("does not cover www.a.test")):
+        CertBundle.from_pem("a.test", ("a.test", "www.a.test"), bundle.cert_pem, bundle.key_pem)
+    with pytest.raises(ValueError, match=r"certificate 'a\.test'"):
+        CertBundle.from_pem("a.test", ("a.test",), b"not a pem", bundle.key_pem)
+
+
+def test_name_codec() -> None:
+    assert name_to_path_part("*.a.test") == "_wildcard_.a.test"
+    assert path_part_to_name("_wildcard_.a.test") == "*.a.test"
+    assert path_part_to_name("xn--bcher-kva.test") == "xn--bcher-kva.test"
+    with pytest.raises(ValueError, match="invalid"):
+        path_part_to_name("_other_.a.test")
+    with pytest.raises(ValueError, match="invalid"):
+        check_name("a" * 64 + ".test")
+
+
+# --- FileStore on disk -------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """Prove the modes do not depend on a restrictive umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_private_files_and_dirs_are_private(files: FileStore, ca: trustme.CA) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    await files.save_state(RenewalState("a.test"))
+    await files.save_account(AccountRecord(DIRECTORY, key_pem(ca), None))
+    await files.save_order(OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW))
+    keys = [files.cert_dir / "a.test" / "key.pem", *files.data_dir.glob("accounts/*/account.key")]
+    keys.append(files.data_dir / "orders" / "a.test.key")
+    assert len(keys) == 3
+    for key in keys:
+        assert mode(key) == 0o600, key
+    for json_file in files.data_dir.rglob("*.json"):
+        assert mode(json_file) == 0o600, json_file
+    dirs = [files.cert_dir.parent, files.cert_dir, files.data_dir, (files.cert_dir / "a.test").resolve()]
+    dirs += [p for p in files.data_dir.rglob("*") if p.is_dir()]
+    for directory in dirs:
+        assert mode(directory) == 0o700, directory
+    assert mode(files.cert_dir / "a.test" / "cert.pem") == 0o644
+
+
+async def test_layout_and_meta(files: FileStore, ca: trustme.CA) -> None:
+    bundle = make_bundle(ca, "*.a.test", "a.test")
+    await files.save(bundle)
+    entry = files.cert_dir / "_wildcard_.a.test"
+    assert entry.is_symlink()
+    assert (entry / "cert.pem").read_bytes() == bundle.cert_pem
+    assert (entry / "key.pem").read_bytes() == bundle.key_pem
+    meta = (entry / "meta.json").read_text()
+    for fragment in ('"saved_at": "2030-05-01T12:00:00+00:00"', f'"serial": "{bundle.serial}"', '"*.a.test"'):
+        assert fragment in meta
+
+
+async def test_persists_across_instances(files: FileStore, ca: trustme.CA) -> None:
+    bundle = make_bundle(ca, "a.test")
+    state = RenewalState("a.test").succeeded(NOW)
+    account = AccountRecord(DIRECTORY, key_pem(ca), "https://acme.test/acct/1", ("mailto:a@a.test",))
+    order = OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW)
+    await files.save(bundle)
+    await files.save_state(state)
+    await files.save_account(account)
+    await files.save_order(order)
+    again = FileStore(files.cert_dir, files.data_dir)
+    assert await again.list() == ["a.test"]
+    assert await again.load("a.test") == bundle
+    assert await again.load_state("a.test") == state
+    assert await again.load_account(DIRECTORY) == account
+    assert await again.load_order("a.test") == order
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d, other: _truncate(d / "cert.pem"), "a.test"),
+        (lambda d, other: (d / "meta.json").write_bytes(b"{not json"), "not valid JSON"),
+        (lambda d, other: (d / "meta.json").write_bytes(b"[]"), "not a JSON object"),
+        (lambda d, other: (d / "key.pem").write_bytes(other.key_pem), "does not match"),
+        (lambda d, other: (d / "key.pem").unlink(), "key.pem is missing"),
+        (lambda d, other: (d / "cert.pem").write_bytes(other.cert_pem), "does not match"),
+    ],
+    ids=["truncated-cert", "garbage-meta", "meta-not-object", "mismatched-key", "missing-key", "swapped-cert"],
+)
+async def test_corrupt_entry_is_never_served(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture, damage: object, reason: str
+) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    await files.save(make_bundle(ca, "b.test"))
+    assert callable(damage)
+    damage((files.cert_dir / "a.test").resolve(), make_bundle(ca, "a.test"))
+    with caplog.at_level(logging.WARNING, logger="snakeway.acme.filestore"):
+        assert await files.load("a.test") is None
+        assert await files.list() == ["b.test"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert all("a.test" in w and reason in w for w in warnings)
+
+
+async def test_meta_disagreeing_with_cert_is_corrupt(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    meta = files.cert_dir / "a.test" / "meta.json"
+    meta.write_text(meta.read_text().replace('"serial": "', '"serial": "ff'))
+    assert await files.load("a.test") is None
+    assert "disagrees" in caplog.text
+
+
+async def test_dangling_link_and_stray_entries(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    await files.save(make_bundle(ca, "b.test"))
+    os.symlink(".a.test@gone", files.cert_dir / "a.test")
+    (files.cert_dir / "README").write_text("hello")
+    assert await files.load("a.test") is None
+    assert await files.list() == ["b.test"]
+    assert "dangling" in caplog.text
+    assert "README: not a certificate name" in caplog.text
+
+
+async def test_crash_leftovers_are_ignored_and_collected(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = make_bundle(ca, "a.test")
+    await files.save(bundle)
+    # A version directory abandoned mid-write, and one in the "<name>.tmp-xxxx" style.
+    for leftover in (files.cert_dir / ".a.test@deadbeef", files.cert_dir / "a.test.tmp-1234"):
+        leftover.mkdir()
+        (leftover / "cert.pem").write_bytes(bundle.cert_pem[:40])
+    (files.cert_dir / ".a.test@link-deadbeef").symlink_to(".a.test@deadbeef")
+    assert await files.load("a.test") == bundle
+    assert await files.list() == ["a.test"]
+    await files.save(make_bundle(ca, "a.test"))
+    hidden = sorted(p.name for p in files.cert_dir.iterdir() if p.name.startswith(".a.test@"))
+    assert hidden == [os.readlink(files.cert_dir / "a.test")]
+
+
+async def test_failed_save_keeps_previous_version(
+    files: FileStore, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = make_bundle(ca, "a.test")
+    await files.save(old)
+    real_write_new = filestore._write_new
+
+    def disk_full_at_meta(path: Path, data: bytes, file_mode: int) -> None:
+        if path.name == "meta.json":
+            raise OSError(28, "No space left on device")
+        real_write_new(path, data, file_mode)
+
+    monkeypatch.setattr(filestore, "_write_new", disk_full_at_meta)
+    with pytest.raises(StoreError, match="No space left"):
+        await files.save(make_bundle(ca, "a.test", days=30))
+    assert await files.load("a.test") == old
+    assert [p.name for p in files.cert_dir.iterdir() if p.name.startswith(".")] == [
+        os.readlink(files.cert_dir / "a.test")
+    ]
+
+
+async def test_plain_directory_entry_is_replaced(files: FileStore, ca: trustme.CA) -> None:
+    files.cert_dir.mkdir(parents=True)
+    (files.cert_dir / "a.test").mkdir()
+    new = make_bundle(ca, "a.test")
+    await files.save(new)
+    assert await files.load("a.test") == new
+    await files.delete("a.test")
+    assert list(files.cert_dir.iterdir()) == []
+
+
+async def test_interrupted_account_save_is_detected(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    await files.save_account(AccountRecord(DIRECTORY, key_pem(ca), "https://acme.test/acct/1"))
+    (key_file,) = files.data_dir.glob("accounts/*/account.key")
+    key_file.write_bytes(key_pem(ca))  # the new key landed, its JSON did not
+    assert await files.load_account(DIRECTORY) is None
+    assert "interrupted save" in caplog.text
+
+
+async def test_corrupt_state_and_order(files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
+    await files.save_state(RenewalState("a.test"))
+    await files.save_order(OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW))
+    (files.data_dir / "state" / "a.test.json").write_text('{"name": "a.test", "failures": -1}')
+    (files.data_dir / "orders" / "a.test.key").write_bytes(key_pem(ca))
+    assert await files.load_state("a.test") is None
+    assert await files.load_order("a.test") is None
+    assert "renewal state of 'a.test'" in caplog.text
+    assert "order for 'a.test'" in caplog.text
+
+
+async def test_unreadable_entry_raises_store_error(
+    files: FileStore, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    real_read_bytes = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path.name == "key.pem":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 0 does not stop root
+    with pytest.raises(StoreError, match=r"load certificate 'a\.test': .*Permission denied"):
+        await files.load("a.test")
+
+
+# --- open_store --------------------------------------------------------------------------------
+
+
+def test_open_store_memory(tmp_path: Path) -> None:
+    assert isinstance(open_store(CertStoreSettings(type=StoreType.MEMORY), None, tmp_path), MemoryStore)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_store_filesystem_defaults(tmp_path: Path) -> None:
+    store = open_store(CertStoreSettings(), None, tmp_path)
+    assert isinstance(store, FileStore)
+    assert (store.cert_dir, store.data_dir) == (tmp_path / "certs", tmp_path / "acme")
+    assert list(tmp_path.iterdir()) == []  # no I/O until first use
+
+
+def test_open_store_filesystem_explicit(tmp_path: Path) -> None:
+    store = open_store(CertStoreSettings(cert_dir=tmp_path / "c"), tmp_path / "d", tmp_path / "s")
+    assert isinstance(store, FileStore)
+    assert (store.cert_dir, store.data_dir) == (tmp_path / "c", tmp_path / "d")
+
+
+def test_system_clock_is_default(tmp_path: Path) -> None:
+    assert isinstance(FileStore(tmp_path, tmp_path)._clock, SystemClock)
