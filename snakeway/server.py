@@ -1,31 +1,41 @@
-"""The root of a running snakeway: listeners, reloads and graceful shutdown.
+"""The root of a running snakeway: certificates, listeners, reloads and graceful shutdown.
 
-One nursery supervises everything. The accept loops run in a nursery of
-their own so that shutdown can stop accepting first; connection handlers
-run in a third, which gets ``drain_seconds`` to finish the requests in
-flight before it is cancelled. Idle keep-alive connections close at once.
+One nursery supervises everything. Certificates are ready before any
+listener opens: manual ones are read and checked, internal ones issued, so
+the first handshake already has what it needs. The accept loops run in a
+nursery of their own so that shutdown can stop accepting first; connection
+handlers run in a third, which gets ``drain_seconds`` to finish the requests
+in flight before it is cancelled. Idle keep-alive connections close at once.
 
 A reload swaps the :class:`~snakeway.proxy.runtime.Runtime` reference: the
 next request on any connection, old or new, sees the new routes, services
-and upstreams. Listeners for addresses that appear are opened, and those
-for addresses that disappear stop accepting.
+and upstreams; certificate files are re-read and each TLS listener's
+certificate map is replaced in one reference swap. Anything wrong in the new
+configuration or certificates leaves the running one in place.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from functools import partial
 
 import trio
 
-from snakeway.config.model import Bind, Config
-from snakeway.errors import ConfigError
+from snakeway.clock import SystemClock, WallClock
+from snakeway.config.model import Config
+from snakeway.errors import ConfigError, SnakewayError
+from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.balance import Health
-from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
+from snakeway.proxy.http1 import ChallengeAnswers, Drain, Http1Connection, ListenerContext, NoChallenges
 from snakeway.proxy.pool import UpstreamPool
-from snakeway.proxy.runtime import Runtime, Shared, binds, build_runtime
+from snakeway.proxy.runtime import Runtime, Shared, build_runtime
+from snakeway.tls.handshake import accept_tls
+from snakeway.tls.registry import CertRegistry, Served
+from snakeway.tls.sni import listener_context
+from snakeway.tls.sources import InternalIssuer, load_manual
 
 logger = logging.getLogger("snakeway")
 
@@ -36,19 +46,29 @@ class Server:
     Args:
       config: the validated configuration.
       loader: re-reads the configuration on reload (raises ConfigError).
+      clock: wall time for certificate validity.
     """
 
-    def __init__(self, config: Config, loader: Callable[[], Config] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loader: Callable[[], Config] | None = None,
+        *,
+        clock: WallClock | None = None,
+        challenges: ChallengeAnswers | None = None,
+    ) -> None:
         self._loader = loader
+        self.clock = clock or SystemClock()
         upstream = config.server.upstream
-        self.shared = Shared(
-            pool=UpstreamPool(upstream), health=Health(upstream.failure_cooldown_seconds)
-        )
+        self.shared = Shared(pool=UpstreamPool(upstream), health=Health(upstream.failure_cooldown_seconds))
         self.runtime: Runtime = build_runtime(config, self.shared)
+        self.certs = CertRegistry()
+        self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
+        self.challenges: ChallengeAnswers = challenges or NoChallenges()
         self.drain = Drain()
         self._stop = trio.Event()
-        self._listeners: dict[Bind, trio.CancelScope] = {}
-        self.addresses: dict[Bind, tuple[str, int]] = {}
+        self._listeners: dict[ListenerKey, trio.CancelScope] = {}
+        self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
 
@@ -59,49 +79,51 @@ class Server:
         self._stop.set()
 
     async def reload(self) -> bool:
-        """Re-read the configuration; on any problem keep the running one."""
+        """Re-read the configuration and certificates; on any problem keep the running ones."""
         if self._loader is None:
             return False
         try:
             config = await trio.to_thread.run_sync(self._loader)
-        except ConfigError as exc:
+            runtime = build_runtime(config, self.shared, self.runtime)
+            await self._prepare_certificates(runtime)
+            for key, spec in runtime.listeners.items():
+                if key not in self._listeners:
+                    await self._open(spec)
+        except (ConfigError, SnakewayError, OSError) as exc:
             logger.error("reload failed, the running configuration stays:\n%s", exc)
             return False
-        except OSError as exc:
-            logger.error("reload failed, the running configuration stays: %s", exc)
-            return False
-        try:
-            for bind in binds(config):
-                if bind not in self._listeners:
-                    await self._open(bind)
-        except OSError as exc:
-            logger.error("reload failed, the running configuration stays: %s", exc)
-            return False
-        for bind in list(self._listeners):
-            if bind not in binds(config):
-                self._listeners.pop(bind).cancel()
-                self.addresses.pop(bind, None)
-                logger.info("stopped listening on %s:%d", bind.url_host, bind.port)
-        self.runtime = build_runtime(config, self.shared, self.runtime)
+        for key in list(self._listeners):
+            if key not in runtime.listeners:
+                self._listeners.pop(key).cancel()
+                self.addresses.pop(key, None)
+                logger.info("stopped listening on %s:%d", *key)
+        self.runtime = runtime
         logger.info("configuration reloaded")
         return True
 
     # -- running ---------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until :meth:`shutdown`; ``started()`` once every listener is open."""
+        """Serve until :meth:`shutdown`; ``started()`` once every listener is open.
+
+        Raises:
+          SnakewayError: a certificate cannot be loaded or issued.
+          OSError: a listener cannot be opened.
+        """
+        await self._prepare_certificates(self.runtime)
         pid_file = self.runtime.config.server.pid_file
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         try:
             async with trio.open_nursery() as root:
                 root.start_soon(self.shared.pool.run)
+                await root.start(self.internal.run)
                 async with trio.open_nursery() as handlers:
                     self._handlers = handlers
                     async with trio.open_nursery() as accept:
                         self._accept = accept
-                        for bind in binds(self.runtime.config):
-                            await self._open(bind)
+                        for spec in self.runtime.listeners.values():
+                            await self._open(spec)
                         task_status.started()
                         await self._stop.wait()
                         accept.cancel_scope.cancel()
@@ -129,39 +151,73 @@ class Server:
                     self.shutdown()
                     return
 
-    async def _open(self, bind: Bind) -> None:
-        assert self._accept is not None
-        listeners = await trio.open_tcp_listeners(bind.port, host=bind.interface)
-        sockname = listeners[0].socket.getsockname()
-        self.addresses[bind] = (sockname[0], sockname[1])
-        ctx = ListenerContext(
-            bind=bind, scheme="http", runtime=lambda: self.runtime, shared=self.shared, drain=self.drain
+    async def _prepare_certificates(self, runtime: Runtime) -> None:
+        """Load manual certificates and issue internal ones for ``runtime``'s TLS listeners."""
+        tls_blocks = [tls for spec in runtime.listeners.values() for tls in spec.tls]
+        manual = await load_manual(tls_blocks, now=self.clock.now())
+        self.certs.configure(
+            {
+                key: Served(tuple(i for tls in spec.tls for i in cert_ids(tls)), default_name(spec))
+                for key, spec in runtime.listeners.items()
+                if spec.role is Role.HTTPS
+            }
         )
+        self.certs.update(manual)
+        await self.internal.configure(tls_blocks)
+
+    async def _open(self, spec: ListenerSpec) -> None:
+        assert self._accept is not None
+        listeners = await trio.open_tcp_listeners(spec.port, host=spec.interface)
+        sockname = listeners[0].socket.getsockname()
+        self.addresses[spec.key] = (sockname[0], sockname[1])
+        ctx = ListenerContext(
+            key=spec.key,
+            runtime=lambda: self.runtime,
+            shared=self.shared,
+            drain=self.drain,
+            challenges=self.challenges,
+        )
+        tls_context = listener_context(self.certs.holder(spec.key)) if spec.role is Role.HTTPS else None
         scope = trio.CancelScope()
-        self._listeners[bind] = scope
-        self._accept.start_soon(self._accept_loop, scope, listeners, ctx)
-        host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
-        logger.info("listening on %s://%s:%d", ctx.scheme, host, sockname[1])
+        self._listeners[spec.key] = scope
+        self._accept.start_soon(self._accept_loop, scope, listeners, ctx, tls_context)
+        logger.info("listening on %s", spec.url(sockname[1]))
 
     async def _accept_loop(
-        self, scope: trio.CancelScope, listeners: list[trio.SocketListener], ctx: ListenerContext
+        self,
+        scope: trio.CancelScope,
+        listeners: list[trio.SocketListener],
+        ctx: ListenerContext,
+        tls_context: ssl.SSLContext | None,
     ) -> None:
         assert self._handlers is not None
         with scope:
             await trio.serve_listeners(
-                partial(self._handle, ctx=ctx), listeners, handler_nursery=self._handlers
+                partial(self._handle, ctx=ctx, tls_context=tls_context),
+                listeners,
+                handler_nursery=self._handlers,
             )
         for listener in listeners:
             await listener.aclose()
 
-    async def _handle(self, stream: trio.SocketStream, *, ctx: ListenerContext) -> None:
+    async def _handle(
+        self, stream: trio.SocketStream, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
+    ) -> None:
         try:
             try:
                 peer = stream.socket.getpeername()
-                client_ip = peer[0] if isinstance(peer, tuple) else str(peer)
+                client_ip, client_port = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
             except OSError:
-                client_ip = "-"
-            await Http1Connection(stream, ctx, client_ip).run()
+                client_ip, client_port = "-", 0
+            transport: trio.abc.Stream = stream
+            if tls_context is not None:
+                spec = ctx.spec
+                tls_stream = await accept_tls(
+                    stream, tls_context, timeout=spec.handshake_timeout, client=f"{client_ip}:{client_port}"
+                )
+                if tls_stream is None:
+                    return
+                transport = tls_stream
+            await Http1Connection(transport, ctx, client_ip).run()
         except Exception:  # the per-connection error boundary; Cancelled passes
             logger.exception("connection handler crashed")
-

@@ -120,7 +120,7 @@ async def start_snakeway(
 ) -> tuple[Server, int]:
     server = Server(config, loader)
     await nursery.start(server.serve)
-    (address,) = server.addresses.values()
+    (address, *_) = server.addresses.values()
     return server, address[1]
 
 

@@ -176,6 +176,7 @@ def _sha256(data: bytes) -> str:
 
 def _save_keyed(json_path: Path, key_path: Path, meta: dict[str, object], key_pem: bytes) -> None:
     """Write a private key and the JSON that goes with it; the JSON last, as it vouches for the key."""
+    crypto.load_private_key(key_pem)  # ValueError before touching the disk
     _replace(key_path, key_pem, KEY_MODE)
     _replace(json_path, _dump({**meta, "key_sha256": _sha256(key_pem)}), KEY_MODE)
 
@@ -410,15 +411,16 @@ class FileStore:
         return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
 
     async def save_account(self, account: AccountRecord) -> None:
-        crypto.load_private_key(account.key_pem)  # ValueError before touching the disk
         folder = self.data_dir / "accounts" / _sha256(account.directory_url.encode())[:16]
         meta: dict[str, object] = {
             "directory_url": account.directory_url,
             "uri": account.uri,
             "contact": list(account.contact),
         }
-        write = lambda: _save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem)  # noqa: E731
-        await self._run(f"save ACME account for {account.directory_url}", write)
+        await self._run(
+            f"save ACME account for {account.directory_url}",
+            lambda: _save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem),
+        )
 
     def _order_paths(self, name: str) -> tuple[Path, Path]:
         base = self.data_dir / "orders" / name_to_path_part(name)
@@ -439,7 +441,6 @@ class FileStore:
         return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
 
     async def save_order(self, order: OrderRecord) -> None:
-        crypto.load_private_key(order.key_pem)
         json_path, key_path = self._order_paths(order.name)
         meta: dict[str, object] = {
             "name": order.name,

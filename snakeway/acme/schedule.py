@@ -243,13 +243,12 @@ def parse_retry_after(value: str | None, now: datetime) -> datetime | None:
     value = value.strip(" \t")
     cap = now + RETRY_AFTER_CAP
     if _DELTA_SECONDS.fullmatch(value):
-        # Compare as text length first: int() of a huge digit string is slow or refused.
-        if len(value) > 12:
+        # Cap before any arithmetic: int() of a huge digit string is slow or refused,
+        # and now + a huge delay overflows datetime.
+        if len(value.lstrip("0")) > 12 or int(value) >= RETRY_AFTER_CAP.total_seconds():
             return cap
         seconds = int(value)
-        if seconds == 0:
-            return None
-        return min(now + timedelta(seconds=seconds), cap)
+        return now + timedelta(seconds=seconds) if seconds > 0 else None
     when = _parse_http_date(value, now)
     if when is None or when <= now:
         return None

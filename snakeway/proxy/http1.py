@@ -21,19 +21,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 import trio
 
-from snakeway.config.model import Bind, StaticSite
+from snakeway.config.model import StaticSite
+from snakeway.listeners import ListenerKey, ListenerSpec, Role, redirect_location
 from snakeway.proxy import strict
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+from snakeway.tls.handshake import HANDSHAKE, covers
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("snakeway.access")
@@ -81,15 +86,30 @@ class Drain:
             scope.cancel()
 
 
+class ChallengeAnswers(Protocol):
+    """ACME HTTP-01: the key authorization for a token of an order in flight."""
+
+    def key_authorization(self, token: str) -> str | None: ...
+
+
+class NoChallenges:
+    def key_authorization(self, token: str) -> str | None:
+        return None
+
+
 @dataclass(frozen=True)
 class ListenerContext:
     """What every connection on one listener shares."""
 
-    bind: Bind
-    scheme: str
+    key: ListenerKey
     runtime: Callable[[], Runtime]
     shared: Shared
     drain: Drain
+    challenges: ChallengeAnswers = field(default_factory=NoChallenges)
+
+    @property
+    def spec(self) -> ListenerSpec:
+        return self.runtime().listeners[self.key]
 
 
 def error_body(status: int, reason: str) -> bytes:
@@ -215,9 +235,21 @@ class Http1Connection:
             await self._reject(rejection)
             return rejection.status, False
         assert isinstance(target, strict.Target)
-        match = self.ctx.runtime().router(self.ctx.bind).match(
-            target.host.decode("latin-1"), target.path
-        )
+        spec = self.ctx.spec
+        host = target.host.decode("latin-1")
+        if target.path.startswith(ACME_CHALLENGE_PREFIX) and spec.role is not Role.HTTPS:
+            answered = await self._acme_challenge(
+                target.path[len(ACME_CHALLENGE_PREFIX) :], known_only=spec.role is Role.HTTP
+            )
+            if answered is not None:
+                return answered
+        if spec.role is Role.REDIRECT:
+            return await self._redirect(spec, host, target)
+        handshake = HANDSHAKE.get()
+        if handshake is not None and not covers(handshake, host):
+            await self._error(421, f"this connection's certificate does not cover {host!r}", request)
+            return 421, False
+        match = self.ctx.runtime().router(self.ctx.key).match(host, target.path)
         try:
             if match is None:
                 raise ProxyError(404, "no route for this host and path")
@@ -244,7 +276,7 @@ class Http1Connection:
             health=self.ctx.shared.health,
             settings=self.ctx.runtime().config.server.upstream,
             client_ip=self.client_ip,
-            scheme=self.ctx.scheme,
+            scheme=self.ctx.spec.scheme,
             body_timeout=self.client.idle_timeout_seconds,
         )
         if wants_websocket(request):
@@ -254,6 +286,32 @@ class Http1Connection:
                 self.h, request, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
             )
         return await forward(self.h, request, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
+
+    async def _acme_challenge(self, token: str, *, known_only: bool) -> tuple[int, bool] | None:
+        """ACME HTTP-01 (RFC 8555 section 8.3): the key authorization for a pending token.
+
+        On a listener with routes, an unknown token is left to the routes
+        (None), so a site may serve its own ``/.well-known/acme-challenge/``.
+        """
+        answer = self.ctx.challenges.key_authorization(token)
+        if answer is None and known_only:
+            return None
+        if answer is None:
+            await self.h.send_response(404, [(b"content-type", b"text/plain")], b"404 Not Found\n")
+            return 404, await self._finish_request_body()
+        logger.info("answered the ACME HTTP-01 challenge for token %s", token)
+        await self.h.send_response(200, [(b"content-type", b"application/octet-stream")], answer.encode("ascii"))
+        return 200, await self._finish_request_body()
+
+    async def _redirect(self, spec: ListenerSpec, host: str, target: strict.Target) -> tuple[int, bool]:
+        assert spec.redirect_port is not None
+        if not host:
+            await self._error(400, "a redirect needs a Host header", None)
+            return 400, False
+        location = redirect_location(host, target.target.decode("latin-1"), spec.redirect_port)
+        headers = [(b"location", location.encode("latin-1")), (b"content-type", b"text/plain")]
+        await self.h.send_response(spec.redirect_status, headers, f"Redirecting to {location}\n".encode("latin-1"))
+        return spec.redirect_status, await self._finish_request_body()
 
     async def _error(self, status: int, reason: str, request: h11.Request | None) -> bool:
         """Send an error response; returns whether the connection may be kept."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from snakeway.config.model import Bind, Config, Service, StaticSite
+from snakeway.config.model import Config, Service, StaticSite
+from snakeway.listeners import ListenerKey, ListenerSpec, listener_specs
 from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.routing import Router
@@ -40,24 +41,21 @@ class Shared:
 @dataclass(frozen=True)
 class Runtime:
     config: Config
-    routers: Mapping[Bind, Router[Target]]
+    listeners: Mapping[ListenerKey, ListenerSpec]
+    routers: Mapping[ListenerKey, Router[Target]]
     balancers: Mapping[str, ServiceTarget]
 
-    def router(self, bind: Bind) -> Router[Target]:
-        return self.routers.get(bind) or Router(())
-
-
-def binds(config: Config) -> list[Bind]:
-    """Distinct listening addresses, in configuration order."""
-    return list(dict.fromkeys(ingress.bind for ingress in config.ingresses))
+    def router(self, key: ListenerKey) -> Router[Target]:
+        return self.routers.get(key) or Router(())
 
 
 def build_runtime(config: Config, shared: Shared, previous: Runtime | None = None) -> Runtime:
     """Compile ``config``; services unchanged since ``previous`` keep their balancer."""
     targets: dict[str, ServiceTarget] = {}
-    per_bind: dict[Bind, list[tuple[object, Target]]] = {b: [] for b in binds(config)}
+    listeners = listener_specs(config)
+    per_key: dict[ListenerKey, list[tuple[object, Target]]] = {key: [] for key in listeners}
     for ingress in config.ingresses:
-        entries = per_bind[ingress.bind]
+        entries = per_key[(ingress.bind.interface, ingress.bind.port)]
         for service in ingress.services:
             old = previous.balancers.get(service.name) if previous else None
             if old is not None and old.service == service:
@@ -67,5 +65,5 @@ def build_runtime(config: Config, shared: Shared, previous: Runtime | None = Non
             targets[service.name] = target
             entries.extend((route, target) for route in service.routes)
         entries.extend((site.route, site) for site in ingress.static_files)
-    routers = {bind: Router(entries) for bind, entries in per_bind.items()}  # type: ignore[arg-type]
-    return Runtime(config=config, routers=routers, balancers=targets)
+    routers = {key: Router(entries) for key, entries in per_key.items()}  # type: ignore[arg-type]
+    return Runtime(config=config, listeners=listeners, routers=routers, balancers=targets)

@@ -180,6 +180,15 @@ async def test_order_save_load_delete(store: CertStore, ca: trustme.CA) -> None:
     await store.delete_order("a.test")
 
 
+async def test_refuses_unusable_keys(store: CertStore) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - cryptography's message
+        await store.save_account(AccountRecord(DIRECTORY, b"not a key", None))
+    with pytest.raises(ValueError):  # noqa: PT011
+        await store.save_order(OrderRecord("a.test", "https://acme.test/order/1", b"not a key", NOW))
+    assert await store.load_account(DIRECTORY) is None
+    assert await store.load_order("a.test") is None
+
+
 async def test_records_validate() -> None:
     with pytest.raises(ValueError, match="start with the name"):
         CertBundle("a.test", ("b.test",), b"", b"", NOW, NOW)

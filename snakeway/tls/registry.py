@@ -1,0 +1,92 @@
+"""Every certificate snakeway serves, by source, and the listeners that serve them.
+
+Certificates come from three places: files named in the configuration
+(``manual``), snakeway's local CA (``internal``) and an ACME CA (``acme``).
+Each is known by an id (see :func:`snakeway.listeners.cert_ids`). A TLS
+listener serves the certificates of the ids its ``tls`` blocks ask for.
+
+Whoever obtains a certificate hands the ready :class:`CertEntry` (its context
+built off the handshake path) to :meth:`CertRegistry.update`; every listener
+that serves that id gets a new :class:`CertMap` in one reference swap. Pure
+bookkeeping, no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder
+
+logger = logging.getLogger(__name__)
+
+# A listener's default given as this means "its only certificate".
+ONLY_CERTIFICATE = "*"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one TLS listener serves: certificate ids and the default name."""
+
+    ids: tuple[str, ...]
+    default: str | None = None
+
+
+class CertRegistry:
+    def __init__(self) -> None:
+        self._entries: dict[str, CertEntry] = {}
+        self._listeners: dict[object, tuple[Served, CertMapHolder]] = {}
+
+    def holder(self, key: object) -> CertMapHolder:
+        """The holder a listener's SNI callback reads (created empty if new)."""
+        if key not in self._listeners:
+            self._listeners[key] = (Served(()), CertMapHolder(CertMap.empty()))
+        return self._listeners[key][1]
+
+    def entry(self, cert_id: str) -> CertEntry | None:
+        return self._entries.get(cert_id)
+
+    def configure(self, listeners: Mapping[object, Served]) -> None:
+        """Set what each listener serves (on start-up and reload); republishes all."""
+        for key in list(self._listeners):
+            if key not in listeners:
+                del self._listeners[key]
+        for key, served in listeners.items():
+            holder = self.holder(key)
+            self._listeners[key] = (served, holder)
+        wanted = {i for served in listeners.values() for i in served.ids}
+        for cert_id in list(self._entries):
+            if cert_id not in wanted:
+                del self._entries[cert_id]
+        self._publish(lambda served: True)
+
+    def update(self, entries: Mapping[str, CertEntry]) -> None:
+        """Install new or renewed certificates; listeners serving them see them next handshake."""
+        self._entries.update(entries)
+        self._publish(lambda served: any(i in entries for i in served.ids))
+
+    def missing(self) -> list[str]:
+        """Ids some listener asks for that have no certificate yet."""
+        wanted = {i for served, _ in self._listeners.values() for i in served.ids}
+        return sorted(wanted - self._entries.keys())
+
+    def _publish(self, affected) -> None:  # type: ignore[no-untyped-def]
+        for served, holder in self._listeners.values():
+            if affected(served):
+                holder.publish(self._build(served))
+
+    def _build(self, served: Served) -> CertMap:
+        entries = [self._entries[i] for i in served.ids if i in self._entries]
+        default: str | None = served.default
+        if default == ONLY_CERTIFICATE:
+            default = entries[0].names[0] if len(entries) == 1 and entries[0].names else None
+        if default is not None and not any(_covers(e, default) for e in entries):
+            default = None  # its certificate is not there (yet): refuse rather than guess
+        return CertMap.build(((e.names, e.context) for e in entries), default=default)
+
+
+def _covers(entry: CertEntry, name: str) -> bool:
+    from snakeway.tls.names import covers
+
+    return covers(entry.names, name)

@@ -1,0 +1,156 @@
+"""Certificates from files (``mode = "manual"``) and from the local CA (``mode = "internal"``).
+
+Both build their contexts in worker threads, off the handshake path, and hand
+ready :class:`~snakeway.tls.certmap.CertEntry` objects to the
+:class:`~snakeway.tls.registry.CertRegistry`.
+
+Internal certificates are short-lived (7 days): :class:`InternalIssuer` issues
+those that are missing at start-up, before any listener opens, and then
+re-issues each one when a third of its lifetime is left. It waits on the
+injected wall clock, so tests run weeks of renewals on trio's MockClock.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import trio
+
+from snakeway.clock import WallClock, sleep_until
+from snakeway.config.model import Tls, TlsMode
+from snakeway.listeners import cert_ids
+from snakeway.tls.certinfo import CertInfo, validate_pair
+from snakeway.tls.certmap import CertEntry
+from snakeway.tls.contexts import context_from_pem
+from snakeway.tls.internal_ca import LocalCA, renewal_time
+from snakeway.tls.registry import CertRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def _entry_from_pem(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str) -> tuple[CertEntry, CertInfo]:
+    info = validate_pair(cert_pem, key_pem, now=now, source=source)
+    return CertEntry(info.names, context_from_pem(cert_pem, key_pem)), info
+
+
+async def entry_from_pem(
+    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
+) -> tuple[CertEntry, CertInfo]:
+    """Validate a pair and build its context in a thread.
+
+    Raises:
+      CertificateError: the pair cannot be served (see ``validate_pair``).
+    """
+    return await trio.to_thread.run_sync(
+        lambda: _entry_from_pem(cert_pem, key_pem, now=now, source=source)
+    )
+
+
+async def load_manual(tls_blocks: list[Tls], *, now: datetime) -> dict[str, CertEntry]:
+    """Read, check and load every manual certificate named by ``tls_blocks``.
+
+    Raises:
+      CertificateError: a pair does not match, has expired or does not parse.
+      OSError: a file cannot be read.
+    """
+    entries: dict[str, CertEntry] = {}
+    for tls in tls_blocks:
+        if tls.mode is not TlsMode.MANUAL:
+            continue
+        for files, cert_id in zip(tls.certs, cert_ids(tls), strict=True):
+            cert_pem, key_pem = await trio.to_thread.run_sync(_read_pair, files.cert, files.key)
+            entries[cert_id], _ = await entry_from_pem(cert_pem, key_pem, now=now, source=str(files.cert))
+    return entries
+
+
+def _read_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
+    return cert.read_bytes(), key.read_bytes()
+
+
+@dataclass(frozen=True)
+class _Issued:
+    domains: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+
+
+class InternalIssuer:
+    """Issues and renews the certificates of ``mode = "internal"`` blocks.
+
+    Args:
+      registry: where issued certificates are published.
+      state_dir: holds the local CA (created on first use).
+      clock: wall time, for validity and renewal.
+    """
+
+    def __init__(self, registry: CertRegistry, state_dir: Path, clock: WallClock) -> None:
+        self._registry = registry
+        self._state_dir = state_dir
+        self._clock = clock
+        self._ca: LocalCA | None = None
+        self._wanted: dict[str, tuple[str, ...]] = {}
+        self._issued: dict[str, _Issued] = {}
+        self._changed = trio.Event()
+
+    @property
+    def ca(self) -> LocalCA | None:
+        return self._ca
+
+    async def configure(self, tls_blocks: list[Tls]) -> None:
+        """Set the internal certificates wanted and issue the missing ones now."""
+        self._wanted = {
+            cert_ids(tls)[0]: tls.domains for tls in tls_blocks if tls.mode is TlsMode.INTERNAL
+        }
+        for cert_id in list(self._issued):
+            if cert_id not in self._wanted:
+                del self._issued[cert_id]
+        if self._wanted and self._ca is None:
+            self._ca = await trio.to_thread.run_sync(LocalCA.load_or_create, self._state_dir)
+            logger.info("local CA: %s (python -m snakeway trust)", self._ca.root_path)
+        await self._issue([i for i in self._wanted if i not in self._issued])
+        self._changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew each certificate when a third of its lifetime is left. Runs until cancelled."""
+        task_status.started()
+        while True:
+            self._changed = trio.Event()
+            due_at = min(
+                (renewal_time(i.not_before, i.not_after) for i in self._issued.values()), default=None
+            )
+            async with trio.open_nursery() as nursery:
+
+                async def wake_on_change() -> None:
+                    await self._changed.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wake_on_change)
+                if due_at is not None:
+                    await sleep_until(self._clock, due_at)
+                    now = self._clock.now()
+                    await self._issue(
+                        [c for c, i in self._issued.items() if renewal_time(i.not_before, i.not_after) <= now]
+                    )
+                    nursery.cancel_scope.cancel()
+
+    def not_after(self, cert_id: str) -> datetime | None:
+        issued = self._issued.get(cert_id)
+        return issued.not_after if issued else None
+
+    async def _issue(self, ids: list[str]) -> None:
+        assert self._ca is not None or not ids
+        for cert_id in ids:
+            domains = self._wanted[cert_id]
+            now = self._clock.now()
+            chain, key = await trio.to_thread.run_sync(
+                lambda domains=domains, now=now: self._ca.issue(domains, now=now)  # type: ignore[union-attr]
+            )
+            entry, info = await entry_from_pem(chain, key, now=now, source=f"internal certificate {cert_id}")
+            self._issued[cert_id] = _Issued(domains, info.not_before, info.not_after)
+            self._registry.update({cert_id: entry})
+            logger.info(
+                "internal certificate for %s issued, valid until %s", ", ".join(domains), f"{info.not_after:%Y-%m-%d %H:%M} UTC"
+            )
