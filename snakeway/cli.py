@@ -13,7 +13,8 @@ import trio
 
 from snakeway import __version__
 from snakeway.config.load import load_config
-from snakeway.errors import ConfigError
+from snakeway.config.model import Config
+from snakeway.errors import ConfigError, SnakewayError
 
 DEFAULT_CONFIG = "snakeway.hcl"
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "run the proxy in the foreground"),
         ("check", "validate the configuration and exit"),
+        ("trust", "print the path of the local CA's root certificate (mode = \"internal\")"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
@@ -53,10 +55,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{path}: configuration is valid")
         return 0
+    if args.command == "trust":
+        return trust(config)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    trio.run(partial(serve, config, partial(load_config, path)))
+    try:
+        trio.run(partial(serve, config, partial(load_config, path)))
+    except SnakewayError as exc:
+        print(f"snakeway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"snakeway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def trust(config: Config) -> int:
+    """Create the local CA if needed and print where its root certificate is."""
+    from snakeway.tls.internal_ca import LocalCA
+
+    ca = LocalCA.load_or_create(config.server.state_dir)
+    print(ca.root_path)
+    print(
+        "Add this certificate to your trust store to trust snakeway's internal certificates, e.g.\n"
+        f"  curl --cacert {ca.root_path} https://localhost:8443/",
+        file=sys.stderr,
+    )
     return 0
 
 

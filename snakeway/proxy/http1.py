@@ -33,6 +33,7 @@ from snakeway.listeners import ListenerKey, ListenerSpec, Role, redirect_locatio
 from snakeway.proxy import strict
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
@@ -149,14 +150,16 @@ class Http1Connection:
         self.requests += 1
         started = trio.current_time()
         status, keep = await self._respond(request)
+        handshake = HANDSHAKE.get()
         access_log.info(
-            '%s "%s %s HTTP/%s" %d %.1fms',
+            '%s "%s %s HTTP/%s" %d %.1fms%s',
             self.client_ip,
             request.method.decode("latin-1"),
             request.target.decode("latin-1"),
             request.http_version.decode("latin-1"),
             status,
             (trio.current_time() - started) * 1000,
+            f" sni={handshake.sni or '-'} {handshake.tls_version}" if handshake else "",
         )
         return (
             keep
@@ -246,7 +249,7 @@ class Http1Connection:
         if spec.role is Role.REDIRECT:
             return await self._redirect(spec, host, target)
         handshake = HANDSHAKE.get()
-        if handshake is not None and not covers(handshake, host):
+        if handshake is not None and not covers(handshake, normalize_host(host)):
             await self._error(421, f"this connection's certificate does not cover {host!r}", request)
             return 421, False
         match = self.ctx.runtime().router(self.ctx.key).match(host, target.path)
