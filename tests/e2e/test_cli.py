@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from snakeway import __version__
 from tests.helpers import Client, closed_port, get, start_upstream
+from tests.proc import snakeway
 
 PYTHON = sys.executable
 
@@ -36,43 +35,6 @@ ingress "web" {{
 }}
 """
     )
-
-
-class Running:
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.log = bytearray()
-
-    async def wait_for(self, text: bytes, timeout: float = 10) -> None:
-        assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while text not in self.log:
-                chunk = await self.process.stderr.receive_some(65536)
-                assert chunk, f"process exited; log:\n{self.log.decode()}"
-                self.log += chunk
-
-    async def drain_log(self) -> None:
-        assert self.process.stderr is not None
-        with trio.move_on_after(5):
-            while chunk := await self.process.stderr.receive_some(65536):
-                self.log += chunk
-
-
-@asynccontextmanager
-async def snakeway(config: Path) -> AsyncIterator[Running]:
-    process = await trio.lowlevel.open_process(
-        [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    running = Running(process)
-    try:
-        await running.wait_for(b"listening on http://127.0.0.1:")
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
