@@ -24,12 +24,17 @@ from functools import partial
 
 import trio
 
+from snakeway.acme.backend import AcmeBackend
+from snakeway.acme.challenges import Http01Tokens
+from snakeway.acme.manager import CertManager, managed_certs
+from snakeway.acme.store import CertStore, open_store
+from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.balance import Health
-from snakeway.proxy.http1 import ChallengeAnswers, Drain, Http1Connection, ListenerContext, NoChallenges
+from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
 from snakeway.tls.handshake import accept_tls
@@ -55,7 +60,8 @@ class Server:
         loader: Callable[[], Config] | None = None,
         *,
         clock: WallClock | None = None,
-        challenges: ChallengeAnswers | None = None,
+        acme_backend: AcmeBackend | None = None,
+        cert_store: CertStore | None = None,
     ) -> None:
         self._loader = loader
         self.clock = clock or SystemClock()
@@ -64,13 +70,39 @@ class Server:
         self.runtime: Runtime = build_runtime(config, self.shared)
         self.certs = CertRegistry()
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
-        self.challenges: ChallengeAnswers = challenges or NoChallenges()
+        self.http01 = Http01Tokens()
+        self.tlsalpn = TlsAlpnChallenges()
+        self.manager = self._cert_manager(config, acme_backend, cert_store)
         self.drain = Drain()
         self._stop = trio.Event()
         self._listeners: dict[ListenerKey, trio.CancelScope] = {}
         self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+
+    def _cert_manager(
+        self, config: Config, backend: AcmeBackend | None, store: CertStore | None
+    ) -> CertManager | None:
+        automation = config.server.tls_automation
+        if automation is None:
+            return None
+        acme = automation.acme
+        if store is None:
+            store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
+        if backend is None:
+            from snakeway.acme.backend import ClientV2Backend
+
+            backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file)
+        return CertManager(
+            settings=automation,
+            certs=managed_certs(config),
+            store=store,
+            backend=backend,
+            registry=self.certs,
+            http01=self.http01,
+            tlsalpn=self.tlsalpn,
+            clock=self.clock,
+        )
 
     # -- control ---------------------------------------------------------
 
@@ -86,6 +118,10 @@ class Server:
             config = await trio.to_thread.run_sync(self._loader)
             runtime = build_runtime(config, self.shared, self.runtime)
             await self._prepare_certificates(runtime)
+            if self.manager is not None:
+                await self.manager.configure(managed_certs(config))
+            elif config.server.tls_automation is not None:
+                logger.warning("tls_automation was added: restart snakeway to start managing certificates")
             for key, spec in runtime.listeners.items():
                 if key not in self._listeners:
                     await self._open(spec)
@@ -118,6 +154,8 @@ class Server:
             async with trio.open_nursery() as root:
                 root.start_soon(self.shared.pool.run)
                 await root.start(self.internal.run)
+                if self.manager is not None:
+                    await root.start(self.manager.run)
                 async with trio.open_nursery() as handlers:
                     self._handlers = handlers
                     async with trio.open_nursery() as accept:
@@ -133,6 +171,9 @@ class Server:
                 root.cancel_scope.cancel()
         finally:
             await self.shared.pool.aclose()
+            if self.manager is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.manager.backend.aclose()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
 
@@ -175,7 +216,7 @@ class Server:
             runtime=lambda: self.runtime,
             shared=self.shared,
             drain=self.drain,
-            challenges=self.challenges,
+            challenges=self.http01,
         )
         tls_context = listener_context(self.certs.holder(spec.key)) if spec.role is Role.HTTPS else None
         scope = trio.CancelScope()
@@ -213,7 +254,11 @@ class Server:
             if tls_context is not None:
                 spec = ctx.spec
                 tls_stream = await accept_tls(
-                    stream, tls_context, timeout=spec.handshake_timeout, client=f"{client_ip}:{client_port}"
+                    stream,
+                    tls_context,
+                    timeout=spec.handshake_timeout,
+                    client=f"{client_ip}:{client_port}",
+                    challenges=self.tlsalpn,
                 )
                 if tls_stream is None:
                     return

@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextvars
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 
 from snakeway.tls import names as _names
 from snakeway.tls import sni, sniff
+from snakeway.tls.clienthello import ClientHello, ClientHelloParser, NeedMore
 from snakeway.tls.prefixed import PrefixedStream
 
 if TYPE_CHECKING:
@@ -92,12 +93,20 @@ def covers(served: HandshakeInfo | Iterable[str], host: object) -> bool:
     return _names.covers(served, host)
 
 
+class AlpnChallenges(Protocol):
+    """Pending TLS-ALPN-01 challenges (see :class:`snakeway.acme.tlsalpn.TlsAlpnChallenges`)."""
+
+    def __len__(self) -> int: ...
+    def for_hello(self, hello: ClientHello) -> ssl.SSLContext | None: ...
+
+
 async def accept_tls(
     stream: trio.abc.Stream,
     base_ctx: ssl.SSLContext,
     *,
     timeout: float,  # noqa: ASYNC109 - a timeout here ends in a quiet close that only we can do (see Args)
     client: str,
+    challenges: AlpnChallenges | None = None,
 ) -> trio.SSLStream[trio.abc.Stream] | None:
     """Run the server side of a TLS handshake on a fresh connection.
 
@@ -108,6 +117,9 @@ async def accept_tls(
             A parameter rather than the caller's cancel scope because a timeout here is not an error to
             propagate: it ends in a quiet close, and only this function knows which stream to close.
         client: How to name the peer in :class:`HandshakeInfo` and logs.
+        challenges: While any TLS-ALPN-01 challenge is pending, the ClientHello is parsed here (the SNI
+            callback cannot see the ALPN offer); a validation connection (ALPN ``acme-tls/1`` for a pending
+            name) is answered with the challenge certificate and closed, and ``None`` is returned.
 
     Returns:
         The ready ``trio.SSLStream`` (``https_compatible``), with :data:`HANDSHAKE` set in the calling task's
@@ -134,6 +146,14 @@ async def accept_tls(
                 logger.debug("TLS: %s closed before sending anything", client)
                 await trio.aclose_forcefully(stream)
                 return None
+            if challenges is not None and len(challenges):
+                prefix, challenge_ctx = await _alpn_challenge(stream, prefix, challenges)
+                if challenge_ctx is not None:
+                    transport = trio.SSLStream(PrefixedStream(stream, prefix), challenge_ctx, server_side=True)
+                    await transport.do_handshake()
+                    logger.info("TLS: answered a TLS-ALPN-01 validation from %s", client)
+                    await trio.aclose_forcefully(transport)
+                    return None
             ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
                 PrefixedStream(stream, prefix), base_ctx, server_side=True, https_compatible=True
             )
@@ -162,6 +182,23 @@ async def accept_tls(
     )
     HANDSHAKE.set(info)
     return ssl_stream
+
+
+async def _alpn_challenge(
+    stream: trio.abc.Stream, prefix: bytes, challenges: AlpnChallenges
+) -> tuple[bytes, ssl.SSLContext | None]:
+    """Read the whole ClientHello; the challenge context if it is a TLS-ALPN-01 validation."""
+    parser = ClientHelloParser()
+    verdict = parser.feed(prefix)
+    while isinstance(verdict, NeedMore):
+        data = await stream.receive_some(FIRST_READ_BYTES)
+        if not data:
+            break
+        prefix += data
+        verdict = parser.feed(data)
+    if isinstance(verdict, ClientHello):
+        return prefix, challenges.for_hello(verdict)
+    return prefix, None
 
 
 def fatal_alert_record(description: int) -> bytes:

@@ -1,0 +1,304 @@
+"""The CertManager: keeps every ACME-managed certificate present and fresh.
+
+Theory of operation
+-------------------
+``run`` is started with ``nursery.start``. Before it reports ``started()`` it
+loads every stored certificate into the cert map, so the first handshake after
+start-up already has it. Then one task per certificate loops:
+
+1. *check*: load the bundle and its renewal state from the store. A bundle
+   that is missing, does not cover the configured names, or is due (less than
+   ``renew_within_days`` left, or inside the CA's ARI window) needs issuance,
+   unless a failure back-off (or a CA's Retry-After) is still running;
+2. *issue* (under one deadline): new key, new order, prove control of each
+   name (HTTP-01 tokens or TLS-ALPN-01 certificates, provisioned before the
+   challenge is answered and removed afterwards), finalize with a CSR,
+   download the chain, save it to the store, publish it to the cert map;
+3. *sleep* on the wall clock until the next check: the renewal time, the
+   periodic ``check_interval_seconds`` (jittered), or the back-off's end.
+
+Each certificate has its own error boundary: a failure is logged loudly with
+the time of the next attempt, recorded in the store (so a restart does not
+reset the back-off), and the certificate that was being served stays served.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import trio
+
+from snakeway.acme import crypto
+from snakeway.acme.backend import AcmeBackend, ChallengeTask
+from snakeway.acme.challenges import Http01Tokens
+from snakeway.acme.schedule import RenewalState, next_check, renewal_due, renewal_time
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore
+from snakeway.acme.tlsalpn import TlsAlpnChallenges
+from snakeway.clock import WallClock, sleep_until
+from snakeway.config.model import Challenge, Config, KeyType, TlsAutomation, TlsMode
+from snakeway.errors import IssuanceError
+from snakeway.listeners import cert_ids
+from snakeway.tls.registry import CertRegistry
+from snakeway.tls.sources import entry_from_pem
+
+logger = logging.getLogger(__name__)
+
+# One issuance, from new order to saved certificate, must finish within this.
+ISSUANCE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class ManagedCert:
+    """One certificate the configuration asks an ACME CA for."""
+
+    cert_id: str
+    domains: tuple[str, ...]
+    challenge: Challenge = Challenge.HTTP_01
+    key_type: KeyType = KeyType.ECDSA_P256
+
+    @property
+    def name(self) -> str:
+        return self.domains[0]
+
+
+def managed_certs(config: Config) -> list[ManagedCert]:
+    """Every ACME certificate of ``config``, once each (listeners may share one)."""
+    found: dict[str, ManagedCert] = {}
+    for ingress in config.ingresses:
+        tls = ingress.bind.tls
+        if tls is not None and tls.mode is TlsMode.ACME:
+            cert_id = cert_ids(tls)[0]
+            found.setdefault(cert_id, ManagedCert(cert_id, tls.domains, tls.challenge, tls.key_type))
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``python -m snakeway certs`` shows for one certificate."""
+
+    cert: ManagedCert
+    bundle: CertBundle | None
+    state: RenewalState | None
+    next_check: datetime | None
+
+
+class CertManager:
+    """Obtains and renews ACME certificates and publishes them to the cert map.
+
+    Args:
+      settings: ``server.tls_automation``.
+      certs: what to manage.
+      store: where bundles, renewal state and the account live.
+      backend: the ACME CA (``ClientV2Backend``, or ``FakeCA`` in tests).
+      registry: the cert map owner; issued certificates are published there.
+      http01: tokens answered on plain listeners.
+      tlsalpn: challenge certificates answered on TLS listeners.
+      clock: wall time.
+      rng: jitter source.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: TlsAutomation,
+        certs: Iterable[ManagedCert],
+        store: CertStore,
+        backend: AcmeBackend,
+        registry: CertRegistry,
+        http01: Http01Tokens,
+        tlsalpn: TlsAlpnChallenges,
+        clock: WallClock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.certs = {c.cert_id: c for c in certs}
+        self.store = store
+        self.backend = backend
+        self.registry = registry
+        self.http01 = http01
+        self.tlsalpn = tlsalpn
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.next_checks: dict[str, datetime] = {}
+        self._tasks: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._account_lock = trio.Lock()
+        self._account_ready = False
+
+    # -- running ---------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load stored certificates, report started, then keep every certificate fresh."""
+        await self._load_stored(self.certs.values())
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for cert in self.certs.values():
+                self._start(cert)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def configure(self, certs: Iterable[ManagedCert]) -> None:
+        """Apply a reloaded configuration: new certificates are loaded and checked now."""
+        wanted = {c.cert_id: c for c in certs}
+        for cert_id in list(self._tasks):
+            if cert_id not in wanted or wanted[cert_id] != self.certs.get(cert_id):
+                self._tasks.pop(cert_id).cancel()
+        added = [c for i, c in wanted.items() if i not in self._tasks]
+        self.certs = wanted
+        await self._load_stored(added)
+        for cert in added:
+            self._start(cert)
+
+    def _start(self, cert: ManagedCert) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._tasks[cert.cert_id] = scope
+        self._nursery.start_soon(self._keep_fresh, cert, scope)
+
+    async def _load_stored(self, certs: Iterable[ManagedCert]) -> None:
+        now = self.clock.now()
+        for cert in certs:
+            bundle = await self.store.load(cert.name)
+            if bundle is None or bundle.not_after <= now:
+                continue
+            try:
+                entry, _ = await entry_from_pem(bundle.cert_pem, bundle.key_pem, now=now, source=cert.name)
+            except Exception as exc:  # a stored bundle we cannot serve is reported, never fatal
+                logger.warning("stored certificate for %s cannot be served: %s", cert.name, exc)
+                continue
+            self.registry.update({cert.cert_id: entry})
+            logger.info("loaded stored certificate for %s (valid until %s)", ", ".join(bundle.domains), _day(bundle.not_after))
+
+    async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                try:
+                    wake = await self.check(cert)
+                except Exception:  # the per-certificate error boundary
+                    logger.exception("certificate %s: unexpected error; checking again later", cert.name)
+                    wake = next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random())
+                self.next_checks[cert.cert_id] = wake
+                await sleep_until(self.clock, wake)
+
+    # -- one check -------------------------------------------------------
+
+    async def check(self, cert: ManagedCert) -> datetime:
+        """Issue ``cert`` if needed now; returns when to check it next."""
+        now = self.clock.now()
+        state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
+        bundle = await self.store.load(cert.name)
+        periodic = next_check(now, self.settings.check_interval_seconds, jitter=self.rng.random())
+        if bundle is not None and set(cert.domains) <= set(bundle.domains):
+            window = await self._renewal_window(bundle)
+            renew_within = _days(self.settings.renew_within_days)
+            if not renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within, ari_window=window):
+                due = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within, ari_window=window)
+                return min(due, periodic)
+        if not state.may_attempt(now):
+            assert state.next_attempt is not None
+            return state.next_attempt
+        try:
+            with trio.fail_after(ISSUANCE_TIMEOUT):
+                bundle = await self.issue(cert)
+        except (IssuanceError, trio.TooSlowError) as exc:
+            retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
+            reason = str(exc) or "issuance timed out"
+            state = state.failed(self.clock.now(), reason, retry_after, self.rng.random())
+            await self.store.save_state(state)
+            assert state.next_attempt is not None
+            serving = "the current certificate stays in service" if self.registry.entry(cert.cert_id) else "no certificate is served for it yet"
+            logger.error(
+                "certificate for %s: issuance failed (attempt %d): %s; %s; next attempt at %s",
+                ", ".join(cert.domains), state.failures, reason, serving, state.next_attempt.isoformat(timespec="seconds"),
+            )
+            return state.next_attempt
+        await self.store.save_state(state.succeeded(self.clock.now()))
+        due = renewal_time(bundle.not_before, bundle.not_after, renew_within=_days(self.settings.renew_within_days))
+        return min(due, next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random()))
+
+    async def issue(self, cert: ManagedCert) -> CertBundle:
+        """The five steps: key, order, challenges, finalize, download; then store and publish."""
+        started = trio.current_time()
+        deadline = started + ISSUANCE_TIMEOUT
+        await self._ensure_account()
+        key_pem = await trio.to_thread.run_sync(crypto.generate_key, cert.key_type)
+        csr_pem = await trio.to_thread.run_sync(crypto.make_csr, key_pem, cert.domains)
+        order = await self.backend.new_order(cert.domains, csr_pem)
+        tasks = self.backend.challenges(order, cert.challenge)
+        self._provision(tasks)
+        try:
+            for task in tasks:
+                await self.backend.answer(task)
+            await self.backend.wait_authorizations(order, deadline)
+        finally:
+            self._cleanup(tasks)
+        chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+        bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
+        await self.store.save(bundle)
+        entry, _ = await entry_from_pem(bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name)
+        self.registry.update({cert.cert_id: entry})
+        logger.info(
+            "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
+            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started, _day(bundle.not_after),
+        )
+        return bundle
+
+    # -- helpers ---------------------------------------------------------
+
+    async def _ensure_account(self) -> None:
+        async with self._account_lock:
+            if self._account_ready:
+                return
+            acme = self.settings.acme
+            record = await self.store.load_account(acme.directory_url)
+            contact = tuple(f"mailto:{e}" for e in acme.contact_email)
+            info = await self.backend.ensure_account(record.key_pem if record else None, contact)
+            if record is None or record.uri != info.uri:
+                await self.store.save_account(AccountRecord(acme.directory_url, info.key_pem, info.uri, contact))
+            self._account_ready = True
+
+    async def _renewal_window(self, bundle: CertBundle) -> tuple[datetime, datetime] | None:
+        try:
+            return await self.backend.renewal_info(bundle.cert_pem)
+        except IssuanceError as exc:
+            logger.debug("renewal information for %s unavailable: %s", bundle.name, exc)
+            return None
+
+    def _provision(self, tasks: list[ChallengeTask]) -> None:
+        for task in tasks:
+            if task.kind is Challenge.HTTP_01:
+                self.http01.add(task.token, task.key_authorization)
+            else:
+                self.tlsalpn.add(task.domain, task.key_authorization)
+
+    def _cleanup(self, tasks: list[ChallengeTask]) -> None:
+        for task in tasks:
+            if task.kind is Challenge.HTTP_01:
+                self.http01.remove(task.token)
+            else:
+                self.tlsalpn.remove(task.domain)
+
+    async def status(self) -> list[Status]:
+        out = []
+        for cert in self.certs.values():
+            out.append(
+                Status(
+                    cert,
+                    await self.store.load(cert.name),
+                    await self.store.load_state(cert.name),
+                    self.next_checks.get(cert.cert_id),
+                )
+            )
+        return out
+
+
+def _days(days: float) -> timedelta:
+    return timedelta(days=days)
+
+
+def _day(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
