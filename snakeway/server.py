@@ -120,6 +120,7 @@ class Server:
             await self._prepare_certificates(runtime)
             if self.manager is not None:
                 await self.manager.configure(managed_certs(config))
+                self.manager.retry_now()
             elif config.server.tls_automation is not None:
                 logger.warning("tls_automation was added: restart snakeway to start managing certificates")
             for key, spec in runtime.listeners.items():

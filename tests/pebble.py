@@ -134,6 +134,7 @@ async def run_pebble(
     tls_port: int,
     nonce_reject: int | None = None,
     authz_reuse: int | None = None,
+    api_port: int | None = None,
 ) -> AsyncIterator[Pebble]:
     """Run pebble-challtestsrv and pebble until the block exits.
 
@@ -145,6 +146,8 @@ async def run_pebble(
             Pebble rejects with ``badNonce`` (Pebble's default is 5).
         authz_reuse: ``PEBBLE_AUTHZREUSE``, the percentage of valid
             authorizations Pebble reuses (Pebble's default is 50).
+        api_port: where the ACME API listens (default: a free port), to
+            bring a CA back at the same address after an outage.
 
     Yields:
         The running :class:`Pebble`, once its directory answers.
@@ -161,7 +164,7 @@ async def run_pebble(
     pebble_bin, challtestsrv_bin = _pebble_binaries()
     dns_port = free_port("udp")
     challtestsrv_mgmt_port = free_port()
-    api_port = free_port()
+    api_port = api_port or free_port()
     mgmt_port = free_port()
     config: dict[str, object] = {
         "listenAddress": f"{LOOPBACK}:{api_port}",

@@ -128,6 +128,9 @@ class CertManager:
         self._nursery: trio.Nursery | None = None
         self._account_lock = trio.Lock()
         self._account_ready = False
+        self._forced: set[str] = set()
+        self._retry_after: dict[str, datetime] = {}
+        self._naps: dict[str, trio.CancelScope] = {}
 
     # -- running ---------------------------------------------------------
 
@@ -152,6 +155,14 @@ class CertManager:
         await self._load_stored(added)
         for cert in added:
             self._start(cert)
+
+    def retry_now(self) -> None:
+        """Check every certificate at once, skipping any back-off (not a CA's Retry-After)."""
+        for cert_id in self.certs:
+            self._forced.add(cert_id)
+            nap = self._naps.get(cert_id)
+            if nap is not None:
+                nap.cancel()
 
     def _start(self, cert: ManagedCert) -> None:
         assert self._nursery is not None
@@ -182,7 +193,11 @@ class CertManager:
                     logger.exception("certificate %s: unexpected error; checking again later", cert.name)
                     wake = next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random())
                 self.next_checks[cert.cert_id] = wake
-                await sleep_until(self.clock, wake)
+                with trio.CancelScope() as nap:
+                    self._naps[cert.cert_id] = nap
+                    if cert.cert_id not in self._forced:
+                        await sleep_until(self.clock, wake)
+                self._naps.pop(cert.cert_id, None)
 
     # -- one check -------------------------------------------------------
 
@@ -198,7 +213,13 @@ class CertManager:
             if not renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within, ari_window=window):
                 due = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within, ari_window=window)
                 return min(due, periodic)
-        if not state.may_attempt(now):
+        if cert.cert_id in self._forced:
+            self._forced.discard(cert.cert_id)
+            floor = self._retry_after.get(cert.cert_id)
+            if floor is not None and now < floor:
+                logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner", cert.name, floor.isoformat(timespec="seconds"))
+                return floor
+        elif not state.may_attempt(now):
             assert state.next_attempt is not None
             return state.next_attempt
         try:
@@ -206,6 +227,8 @@ class CertManager:
                 bundle = await self.issue(cert)
         except (IssuanceError, trio.TooSlowError) as exc:
             retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
+            if retry_after is not None:
+                self._retry_after[cert.cert_id] = retry_after
             reason = str(exc) or "issuance timed out"
             state = state.failed(self.clock.now(), reason, retry_after, self.rng.random())
             await self.store.save_state(state)
@@ -217,8 +240,9 @@ class CertManager:
             )
             return state.next_attempt
         await self.store.save_state(state.succeeded(self.clock.now()))
-        due = renewal_time(bundle.not_before, bundle.not_after, renew_within=_days(self.settings.renew_within_days))
-        return min(due, next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random()))
+        # Never sooner than the periodic check, even when the new certificate
+        # is already "due" (renew_within_days longer than the CA's lifetime).
+        return next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random())
 
     async def issue(self, cert: ManagedCert) -> CertBundle:
         """The five steps: key, order, challenges, finalize, download; then store and publish."""
@@ -263,6 +287,7 @@ class CertManager:
 
     async def _renewal_window(self, bundle: CertBundle) -> tuple[datetime, datetime] | None:
         try:
+            await self._ensure_account()
             return await self.backend.renewal_info(bundle.cert_pem)
         except IssuanceError as exc:
             logger.debug("renewal information for %s unavailable: %s", bundle.name, exc)
