@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "run the proxy in the foreground"),
         ("check", "validate the configuration and exit"),
         ("trust", "print the path of the local CA's root certificate (mode = \"internal\")"),
+        ("certs", "list the ACME-managed certificates and their renewal state"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "trust":
         return trust(config)
+    if args.command == "certs":
+        return certs(config)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -68,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"snakeway: cannot start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def certs(config: Config) -> int:
+    """Print the managed certificates, read from the store (the server need not run)."""
+    from datetime import datetime, timezone
+
+    from snakeway.acme import report
+
+    if config.server.tls_automation is None:
+        print("no certificates are managed: this configuration has no server.tls_automation", file=sys.stderr)
+        return 0
+    table = trio.run(report.rows, config, datetime.now(timezone.utc))
+    print(report.render(table))
     return 0
 
 

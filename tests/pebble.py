@@ -135,6 +135,7 @@ async def run_pebble(
     nonce_reject: int | None = None,
     authz_reuse: int | None = None,
     api_port: int | None = None,
+    va_sleep: int | None = None,
 ) -> AsyncIterator[Pebble]:
     """Run pebble-challtestsrv and pebble until the block exits.
 
@@ -146,6 +147,8 @@ async def run_pebble(
             Pebble rejects with ``badNonce`` (Pebble's default is 5).
         authz_reuse: ``PEBBLE_AUTHZREUSE``, the percentage of valid
             authorizations Pebble reuses (Pebble's default is 50).
+        va_sleep: make each validation wait up to this many seconds
+            (``PEBBLE_VA_SLEEPTIME``) instead of ``PEBBLE_VA_NOSLEEP``.
         api_port: where the ACME API listens (default: a free port), to
             bring a CA back at the same address after an outage.
 
@@ -177,7 +180,7 @@ async def run_pebble(
         "externalAccountBindingRequired": False,
     }
     ca_file, config_file = await trio.to_thread.run_sync(_write_files, workdir, config)
-    env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
+    env = dict(os.environ, PEBBLE_VA_NOSLEEP="1") if va_sleep is None else dict(os.environ, PEBBLE_VA_SLEEPTIME=str(va_sleep))
     if nonce_reject is not None:
         env["PEBBLE_WFE_NONCEREJECT"] = str(nonce_reject)
     if authz_reuse is not None:

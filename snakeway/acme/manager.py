@@ -248,6 +248,7 @@ class CertManager:
         """The five steps: key, order, challenges, finalize, download; then store and publish."""
         started = trio.current_time()
         deadline = started + ISSUANCE_TIMEOUT
+        logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         await self._ensure_account()
         key_pem = await trio.to_thread.run_sync(crypto.generate_key, cert.key_type)
         csr_pem = await trio.to_thread.run_sync(crypto.make_csr, key_pem, cert.domains)

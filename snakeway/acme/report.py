@@ -1,0 +1,89 @@
+"""``python -m snakeway certs``: the managed certificates as a table, read from the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from snakeway.acme.manager import managed_certs
+from snakeway.acme.schedule import RenewalState, renewal_due, renewal_time
+from snakeway.acme.store import CertBundle, CertStore, open_store
+from snakeway.config.model import Config
+
+COLUMNS = ("NAMES", "ISSUER", "NOT AFTER", "STATE", "NEXT CHECK", "LAST ERROR")
+
+
+@dataclass(frozen=True)
+class Row:
+    names: str
+    issuer: str
+    not_after: str
+    state: str
+    next_check: str
+    last_error: str
+
+
+def describe(
+    domains: tuple[str, ...],
+    bundle: CertBundle | None,
+    state: RenewalState | None,
+    *,
+    now: datetime,
+    renew_within: timedelta,
+) -> Row:
+    """One row: pure, so every state is easy to test."""
+    failing = state is not None and state.failures > 0
+    if bundle is None:
+        status, next_at = ("failing" if failing else "missing"), None
+    elif bundle.not_after <= now:
+        status, next_at = "expired", None
+    elif renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within):
+        status, next_at = ("renewal failing" if failing else "due"), None
+    else:
+        status = "valid"
+        next_at = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within)
+    if failing and state is not None and state.next_attempt is not None:
+        next_at = state.next_attempt
+        status += f" ({state.failures} failed attempt{'s' if state.failures > 1 else ''})"
+    return Row(
+        names=", ".join(domains),
+        issuer=_short_issuer(bundle.issuer) if bundle else "-",
+        not_after=f"{bundle.not_after:%Y-%m-%d %H:%M}" if bundle else "-",
+        state=status,
+        next_check=f"{next_at:%Y-%m-%d %H:%M}" if next_at else "at the next check",
+        last_error=(state.last_error or "-") if state else "-",
+    )
+
+
+def _short_issuer(issuer: str) -> str:
+    for part in issuer.split(","):
+        key, _, value = part.partition("=")
+        if key.strip().upper() in ("CN", "O"):
+            return value.strip()
+    return issuer or "-"
+
+
+async def rows(config: Config, now: datetime, store: CertStore | None = None) -> list[Row]:
+    automation = config.server.tls_automation
+    if automation is None:
+        return []
+    if store is None:
+        store = open_store(automation.cert_store, automation.acme.data_dir, config.server.state_dir)
+    out = []
+    for cert in managed_certs(config):
+        bundle = await store.load(cert.name)
+        state = await store.load_state(cert.name)
+        out.append(describe(cert.domains, bundle, state, now=now, renew_within=timedelta(days=automation.renew_within_days)))
+    return out
+
+
+def render(table: list[Row]) -> str:
+    """A plain-text table, columns padded to their widest cell."""
+    cells = [list(COLUMNS)] + [
+        [r.names, r.issuer, r.not_after, r.state, r.next_check, r.last_error] for r in table
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for row in cells:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    return "\n".join(line.rstrip() for line in lines)
