@@ -87,6 +87,7 @@ _DEFAULT_PROBLEMS: Final = {
 _ROOT_NOT_BEFORE: Final = datetime(2000, 1, 1, tzinfo=UTC)
 _ROOT_NOT_AFTER: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # RFC 5280 "no expiry"
 _CN_MAX: Final = 64  # ub-common-name
+_JWK_CURVES: Final = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 Validator = Callable[[ChallengeTask], Awaitable[bool]]
 
@@ -257,10 +258,13 @@ class FakeCA:
             ValueError: ``account_key_pem`` is not an ECDSA or RSA key.
             IssuanceError: Unreachable, or a planned failure.
         """
+        self.calls.append("ensure_account")
         await self._enter("ensure_account")
         if account_key_pem is None:
             account_key_pem = crypto.generate_key(KeyType.ECDSA_P256)  # P-256: well under a millisecond
         public = crypto.load_private_key(account_key_pem).public_key()
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in _JWK_CURVES:
+            raise ValueError(f"unsupported account key curve {public.curve.name}")
         der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         known = self._accounts_by_key.get(der)
         if known is None:
@@ -279,6 +283,7 @@ class FakeCA:
             RuntimeError: No account yet.
             IssuanceError: Unreachable, or a planned failure.
         """
+        self.calls.append("new_order")
         if set(crypto.csr_names(csr_pem)) != set(domains):
             raise ValueError(f"CSR names {crypto.csr_names(csr_pem)} differ from {tuple(domains)}")
         account, _ = self._require()
@@ -301,8 +306,8 @@ class FakeCA:
         Raises:
             IssuanceError: An authorization is invalid, or a planned failure.
         """
-        _, thumbprint = self._require()
         self.calls.append("challenges")
+        _, thumbprint = self._require()
         self._inject("challenges")
         state = _unwrap(order)
         tasks = []
@@ -330,6 +335,7 @@ class FakeCA:
         Raises:
             IssuanceError: Unknown challenge, unreachable, or a planned failure.
         """
+        self.calls.append("answer")
         self._require()
         await self._enter("answer")
         if task.url not in self._challenges:
@@ -344,6 +350,7 @@ class FakeCA:
                 a challenge was never answered, the deadline passed,
                 unreachable, or a planned failure.
         """
+        self.calls.append("wait_authorizations")
         self._require()
         await self._enter("wait_authorizations", deadline=deadline, what="authorizations")
         state = _unwrap(order)
@@ -367,6 +374,7 @@ class FakeCA:
                 the CSR is bad (400 badCSR), the deadline passed, unreachable,
                 or a planned failure.
         """
+        self.calls.append("finalize")
         self._require()
         await self._enter("finalize", deadline=deadline, what="the order")
         state = _unwrap(order)
@@ -399,6 +407,7 @@ class FakeCA:
             ValueError: ``cert_pem`` has no authority key identifier (no ARI CertID).
             IssuanceError: Unreachable, or a planned failure.
         """
+        self.calls.append("renewal_info")
         self._require()
         crypto.ari_cert_id(cert_pem)
         await self._enter("renewal_info")
@@ -418,8 +427,7 @@ class FakeCA:
         return self._account
 
     async def _enter(self, step: str, *, deadline: float | None = None, what: str = "") -> None:
-        """Record the call, then: outage, latency (bounded by ``deadline``), planned failure."""
-        self.calls.append(step)
+        """A request to the CA: outage, latency (bounded by ``deadline``), planned failure."""
         if self.unreachable:
             await trio.lowlevel.checkpoint()
             raise IssuanceError("connection refused", status=None)
@@ -540,8 +548,7 @@ def _thumbprint(public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
     if isinstance(public, ec.EllipticCurvePublicKey):
         size = (public.curve.key_size + 7) // 8
         numbers = public.public_numbers()
-        crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[public.curve.name]
-        jwk = {"crv": crv, "kty": "EC", "x": _b64int(numbers.x, size), "y": _b64int(numbers.y, size)}
+        jwk = {"crv": _JWK_CURVES[public.curve.name], "kty": "EC", "x": _b64int(numbers.x, size), "y": _b64int(numbers.y, size)}
     else:
         rsa_numbers = public.public_numbers()
         jwk = {"e": _b64int(rsa_numbers.e), "kty": "RSA", "n": _b64int(rsa_numbers.n)}
