@@ -548,7 +548,8 @@ def _thumbprint(public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
     if isinstance(public, ec.EllipticCurvePublicKey):
         size = (public.curve.key_size + 7) // 8
         numbers = public.public_numbers()
-        jwk = {"crv": _JWK_CURVES[public.curve.name], "kty": "EC", "x": _b64int(numbers.x, size), "y": _b64int(numbers.y, size)}
+        x, y = _b64int(numbers.x, size), _b64int(numbers.y, size)
+        jwk = {"crv": _JWK_CURVES[public.curve.name], "kty": "EC", "x": x, "y": y}
     else:
         rsa_numbers = public.public_numbers()
         jwk = {"e": _b64int(rsa_numbers.e), "kty": "RSA", "n": _b64int(rsa_numbers.n)}

@@ -43,7 +43,7 @@ from snakeway.config.model import Challenge, Config, KeyType, TlsAutomation, Tls
 from snakeway.errors import IssuanceError
 from snakeway.listeners import cert_ids
 from snakeway.tls.registry import CertRegistry
-from snakeway.tls.sources import entry_from_pem
+from snakeway.tls.sources import Offload, entry_from_pem
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class CertManager:
       tlsalpn: challenge certificates answered on TLS listeners.
       clock: wall time.
       rng: jitter source.
+      offload: runs CPU-bound work (keys, contexts); default a worker thread.
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class CertManager:
         tlsalpn: TlsAlpnChallenges,
         clock: WallClock,
         rng: random.Random | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
         self.certs = {c.cert_id: c for c in certs}
@@ -123,6 +125,7 @@ class CertManager:
         self.tlsalpn = tlsalpn
         self.clock = clock
         self.rng = rng or random.Random()
+        self.offload: Offload = offload or trio.to_thread.run_sync
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -177,7 +180,9 @@ class CertManager:
             if bundle is None or bundle.not_after <= now:
                 continue
             try:
-                entry, _ = await entry_from_pem(bundle.cert_pem, bundle.key_pem, now=now, source=cert.name)
+                entry, _ = await entry_from_pem(
+                    bundle.cert_pem, bundle.key_pem, now=now, source=cert.name, offload=self.offload
+                )
             except Exception as exc:  # a stored bundle we cannot serve is reported, never fatal
                 logger.warning("stored certificate for %s cannot be served: %s", cert.name, exc)
                 continue
@@ -250,8 +255,8 @@ class CertManager:
         deadline = started + ISSUANCE_TIMEOUT
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         await self._ensure_account()
-        key_pem = await trio.to_thread.run_sync(crypto.generate_key, cert.key_type)
-        csr_pem = await trio.to_thread.run_sync(crypto.make_csr, key_pem, cert.domains)
+        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)  # type: ignore[assignment]
+        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)  # type: ignore[assignment]
         order = await self.backend.new_order(cert.domains, csr_pem)
         tasks = self.backend.challenges(order, cert.challenge)
         self._provision(tasks)
@@ -264,7 +269,9 @@ class CertManager:
         chain_pem = await self.backend.finalize(order, csr_pem, deadline)
         bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
         await self.store.save(bundle)
-        entry, _ = await entry_from_pem(bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name)
+        entry, _ = await entry_from_pem(
+            bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name, offload=self.offload
+        )
         self.registry.update({cert.cert_id: entry})
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",

@@ -13,9 +13,11 @@ injected wall clock, so tests run weeks of renewals on trio's MockClock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -30,6 +32,9 @@ from snakeway.tls.registry import CertRegistry
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Offload = Callable[..., Awaitable[object]]
+
 
 def _entry_from_pem(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str) -> tuple[CertEntry, CertInfo]:
     info = validate_pair(cert_pem, key_pem, now=now, source=source)
@@ -37,16 +42,27 @@ def _entry_from_pem(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: s
 
 
 async def entry_from_pem(
-    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
+    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str, offload: Offload | None = None
 ) -> tuple[CertEntry, CertInfo]:
-    """Validate a pair and build its context in a thread.
+    """Validate a pair and build its context in a worker thread.
+
+    Args:
+      offload: runs the blocking work (default ``trio.to_thread.run_sync``);
+        tests on MockClock pass :func:`inline`, since the clock would jump
+        while a thread works.
 
     Raises:
       CertificateError: the pair cannot be served (see ``validate_pair``).
     """
-    return await trio.to_thread.run_sync(
+    return await (offload or trio.to_thread.run_sync)(
         lambda: _entry_from_pem(cert_pem, key_pem, now=now, source=source)
     )
+
+
+async def inline(fn: Callable[..., T], *args: object) -> T:
+    """An ``offload`` that runs in the calling task (tests on MockClock)."""
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
 
 
 async def load_manual(tls_blocks: list[Tls], *, now: datetime) -> dict[str, CertEntry]:
