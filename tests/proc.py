@@ -18,13 +18,18 @@ class Running:
         self.process = process
         self.log = bytearray()
 
-    async def wait_for(self, text: bytes, timeout: float = 10) -> None:
+    async def wait_for(self, *texts: bytes, timeout: float = 10) -> bytes:
+        """Read the log until one of ``texts`` appears; returns the one found."""
         assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while text not in self.log:
+        with trio.move_on_after(timeout):
+            while True:
+                for text in texts:
+                    if text in self.log:
+                        return text
                 chunk = await self.process.stderr.receive_some(65536)
                 assert chunk, f"process exited; log:\n{self.log.decode()}"
                 self.log += chunk
+        raise AssertionError(f"none of {texts!r} logged within {timeout}s; log:\n{self.log.decode()[-4000:]}")
 
     async def drain_log(self) -> None:
         assert self.process.stderr is not None
