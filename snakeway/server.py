@@ -38,6 +38,7 @@ from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
 from snakeway.tls.handshake import accept_tls
+from snakeway.tls.certmap import CertEntry
 from snakeway.tls.registry import CertRegistry, Served
 from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer, load_manual
@@ -114,27 +115,37 @@ class Server:
         """Re-read the configuration and certificates; on any problem keep the running ones."""
         if self._loader is None:
             return False
+        bound: dict[ListenerKey, list[trio.SocketListener]] = {}
         try:
             config = await trio.to_thread.run_sync(self._loader)
             runtime = build_runtime(config, self.shared, self.runtime)
-            await self._prepare_certificates(runtime)
-            if self.manager is not None:
-                await self.manager.configure(managed_certs(config))
-                self.manager.retry_now()
-            elif config.server.tls_automation is not None:
-                logger.warning("tls_automation was added: restart snakeway to start managing certificates")
+            manual = await self._load_manual(runtime)
             for key, spec in runtime.listeners.items():
                 if key not in self._listeners:
-                    await self._open(spec)
+                    bound[key] = await self._bind(spec)
+            # Nothing below can fail: the new configuration is applied whole.
+            await self._apply_certificates(runtime, manual)
         except (ConfigError, SnakewayError, OSError) as exc:
+            for listeners in bound.values():
+                for listener in listeners:
+                    await listener.aclose()
             logger.error("reload failed, the running configuration stays:\n%s", exc)
             return False
+        self.shared.pool.settings = config.server.upstream
+        self.shared.health.cooldown = config.server.upstream.failure_cooldown_seconds
+        self.runtime = runtime
+        for key, listeners in bound.items():
+            self._serve_listener(runtime.listeners[key], listeners)
         for key in list(self._listeners):
             if key not in runtime.listeners:
                 self._listeners.pop(key).cancel()
                 self.addresses.pop(key, None)
                 logger.info("stopped listening on %s:%d", *key)
-        self.runtime = runtime
+        if self.manager is not None:
+            await self.manager.configure(managed_certs(config))
+            self.manager.retry_now()
+        elif config.server.tls_automation is not None:
+            logger.warning("tls_automation was added: restart snakeway to start managing certificates")
         logger.info("configuration reloaded")
         return True
 
@@ -147,7 +158,7 @@ class Server:
           SnakewayError: a certificate cannot be loaded or issued.
           OSError: a listener cannot be opened.
         """
-        await self._prepare_certificates(self.runtime)
+        await self._apply_certificates(self.runtime, await self._load_manual(self.runtime))
         pid_file = self.runtime.config.server.pid_file
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
@@ -162,7 +173,7 @@ class Server:
                     async with trio.open_nursery() as accept:
                         self._accept = accept
                         for spec in self.runtime.listeners.values():
-                            await self._open(spec)
+                            self._serve_listener(spec, await self._bind(spec))
                         task_status.started()
                         await self._stop.wait()
                         accept.cancel_scope.cancel()
@@ -193,10 +204,12 @@ class Server:
                     self.shutdown()
                     return
 
-    async def _prepare_certificates(self, runtime: Runtime) -> None:
-        """Load manual certificates and issue internal ones for ``runtime``'s TLS listeners."""
+    async def _load_manual(self, runtime: Runtime) -> dict[str, CertEntry]:
         tls_blocks = [tls for spec in runtime.listeners.values() for tls in spec.tls]
-        manual = await load_manual(tls_blocks, now=self.clock.now())
+        return await load_manual(tls_blocks, now=self.clock.now())
+
+    async def _apply_certificates(self, runtime: Runtime, manual: dict[str, CertEntry]) -> None:
+        """Publish ``runtime``'s certificates: manual ones loaded, internal ones issued."""
         self.certs.configure(
             {
                 key: Served(tuple(i for tls in spec.tls for i in cert_ids(tls)), default_name(spec))
@@ -205,11 +218,16 @@ class Server:
             }
         )
         self.certs.update(manual)
-        await self.internal.configure(tls_blocks)
+        await self.internal.configure([tls for spec in runtime.listeners.values() for tls in spec.tls])
 
-    async def _open(self, spec: ListenerSpec) -> None:
+    async def _bind(self, spec: ListenerSpec) -> list[trio.SocketListener]:
+        try:
+            return await trio.open_tcp_listeners(spec.port, host=spec.interface)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {spec.url()}: {exc.strerror or exc}") from exc
+
+    def _serve_listener(self, spec: ListenerSpec, listeners: list[trio.SocketListener]) -> None:
         assert self._accept is not None
-        listeners = await trio.open_tcp_listeners(spec.port, host=spec.interface)
         sockname = listeners[0].socket.getsockname()
         self.addresses[spec.key] = (sockname[0], sockname[1])
         ctx = ListenerContext(

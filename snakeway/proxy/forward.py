@@ -42,10 +42,11 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 class ProxyError(Exception):
     """The exchange failed in a way the client should hear about as ``status``."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 class ClientGone(Exception):
@@ -100,9 +101,7 @@ async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection
             continue
         ctx.health.mark_ok(upstream.endpoint)
         return conn
-    # A connect that timed out is a gateway timeout, as in nginx.
-    status = 504 if reasons and reasons[-1].endswith("timed out") else 502
-    raise ProxyError(status, "no upstream accepted the connection (" + "; ".join(reasons) + ")")
+    raise ProxyError(502, "no upstream accepted the connection (" + "; ".join(reasons) + ")")
 
 
 async def forward(
@@ -125,15 +124,21 @@ async def forward(
         raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
     up_request = upstream_request(request, target, ctx)
     retry_allowed = request.method in IDEMPOTENT and not has_body(request)
+    retrying = False
     while True:
         conn = await connect(balancer, ctx)
         exchange = Exchange(down, conn, ctx, limit)
         try:
-            status = await exchange.run(up_request)
-        except _StaleConnection:
+            if retrying:
+                # The client's (empty) request was read the first time round.
+                await exchange.to_upstream([up_request, h11.EndOfMessage()])
+                status = await exchange.relay_response()
+            else:
+                status = await exchange.run(up_request)
+        except StaleConnection:
             await ctx.pool.discard(conn)
-            if retry_allowed:
-                retry_allowed = False
+            if retry_allowed and not retrying:
+                retrying = True
                 continue
             raise ProxyError(502, "upstream closed the connection") from None
         except BaseException:
@@ -143,8 +148,19 @@ async def forward(
         return status
 
 
-class _StaleConnection(Exception):
-    """A reused connection died before any response byte: safe to retry."""
+def _ambiguous_framing(headers: hdr.Iterable[hdr.Header]) -> bool:
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+class StaleConnection(ProxyError):
+    """A reused connection died before any response byte: safe to retry.
+
+    Where no retry is made, it is the 502 it derives from.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(502, "the upstream closed a kept-alive connection")
 
 
 class Exchange:
@@ -167,7 +183,7 @@ class Exchange:
     async def send_request(self, up_request: h11.Request) -> None:
         events: list[h11.Event] = [up_request]
         if self.down.conn.they_are_waiting_for_100_continue:
-            await self.to_client(h11.InformationalResponse(status_code=100, headers=[]))
+            await self.to_client(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         received = 0
         while True:
             event = self.down.conn.next_event()
@@ -182,7 +198,9 @@ class Exchange:
                     raise ProxyError(413, f"request body over the limit of {self.limit} bytes")
                 events.append(event)
             elif type(event) is h11.EndOfMessage:
-                events.append(h11.EndOfMessage(headers=hdr.end_to_end(event.headers)))
+                # Request trailers are dropped, as nginx does: a trailer could
+                # carry framing or routing fields the head was checked for.
+                events.append(h11.EndOfMessage())
                 await self.to_upstream(events)
                 return
             elif type(event) is h11.ConnectionClosed:
@@ -207,10 +225,13 @@ class Exchange:
         if not events:
             return
         try:
-            await self.up.send(*events)
+            with trio.fail_after(self.ctx.settings.read_timeout_seconds):
+                await self.up.send(*events)
+        except trio.TooSlowError:
+            raise ProxyError(504, "upstream stopped reading the request") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self.conn.reused and type(events[0]) is h11.Request:
-                raise _StaleConnection from exc
+                raise StaleConnection() from exc
             raise ProxyError(502, f"upstream connection failed: {exc}") from exc
 
     # -- response --------------------------------------------------------
@@ -242,6 +263,8 @@ class Exchange:
                 continue
             kind = type(event)
             if kind is h11.Response:
+                if _ambiguous_framing(event.headers):
+                    raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = event.status_code
                 pending.append(
                     h11.Response(
@@ -271,10 +294,10 @@ class Exchange:
             raise self._upstream_failed("upstream timed out", status=504) from None
         except (trio.BrokenResourceError, OSError) as exc:
             if not status and self.conn.reused:
-                raise _StaleConnection from exc
+                raise StaleConnection() from exc
             raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
         if not data and not status and self.conn.reused:
-            raise _StaleConnection
+            raise StaleConnection()
         self.up.conn.receive_data(data)
 
     def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
@@ -288,6 +311,12 @@ class Exchange:
         if type(events[0]) is h11.Response:
             self.response_started = True
         try:
-            await self.down.send(*events)
+            with trio.fail_after(self.ctx.body_timeout):
+                await self.down.send(*events)
+        except trio.TooSlowError:
+            raise ClientGone("client stopped reading the response") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
+        except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up
+            logger.warning("response from %s cannot be relayed: %s", self.conn.endpoint, exc)
+            raise ClientGone(f"invalid upstream response: {exc}") from exc

@@ -18,13 +18,18 @@ HOP_BY_HOP = frozenset(
 VIA = b"1.1 snakeway"
 
 
+# A client may not make these disappear by naming them in Connection: they
+# frame or route the message, and the proxy checked them as they are.
+NEVER_CONNECTION_SCOPED = frozenset({b"content-length", b"host"})
+
+
 def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
     """The lower-case header names listed in ``Connection`` headers."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
+    return tokens - NEVER_CONNECTION_SCOPED
 
 
 def is_hop_by_hop(name: bytes, named: set[bytes]) -> bool:

@@ -19,6 +19,7 @@ only when the request was read to its end and h11 agrees it can be reused.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from snakeway.proxy.websocket import proxy_websocket, wants_websocket
 from snakeway.tls.handshake import HANDSHAKE, covers
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+# A Host a redirect may repeat: a name or IP literal and an optional port.
+_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("snakeway.access")
@@ -190,6 +193,7 @@ class Http1Connection:
                 rejection = strict.Rejection(exc.error_status_hint, str(exc))
                 break
             if type(event) is h11.Request:
+                self.h.request_method = event.method  # a HEAD gets no body, whoever answers
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed: the client is done
@@ -249,7 +253,7 @@ class Http1Connection:
         if spec.role is Role.REDIRECT:
             return await self._redirect(spec, host, target)
         handshake = HANDSHAKE.get()
-        if handshake is not None and not covers(handshake, normalize_host(host)):
+        if handshake is not None and host and not covers(handshake, normalize_host(host)):
             await self._error(421, f"this connection's certificate does not cover {host!r}", request)
             return 421, False
         match = self.ctx.runtime().router(self.ctx.key).match(host, target.path)
@@ -263,7 +267,7 @@ class Http1Connection:
                 if status == 101:
                     return status, False
         except ProxyError as exc:
-            return exc.status, await self._error(exc.status, exc.reason, request)
+            return exc.status, await self._error(exc.status, exc.reason, request, exc.headers)
         except h11.RemoteProtocolError as exc:
             return exc.error_status_hint, await self._error(exc.error_status_hint, str(exc), request)
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -284,7 +288,7 @@ class Http1Connection:
         )
         if wants_websocket(request):
             if not route.enable_websocket:  # type: ignore[attr-defined]
-                raise ProxyError(426, "WebSocket is not enabled on this route")
+                raise ProxyError(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
             return await proxy_websocket(
                 self.h, request, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
             )
@@ -308,15 +312,17 @@ class Http1Connection:
 
     async def _redirect(self, spec: ListenerSpec, host: str, target: strict.Target) -> tuple[int, bool]:
         assert spec.redirect_port is not None
-        if not host:
-            await self._error(400, "a redirect needs a Host header", None)
+        if not _HOST_HEADER.fullmatch(host):
+            await self._error(400, "a redirect needs a valid Host header", None)
             return 400, False
         location = redirect_location(host, target.target.decode("latin-1"), spec.redirect_port)
         headers = [(b"location", location.encode("latin-1")), (b"content-type", b"text/plain")]
         await self.h.send_response(spec.redirect_status, headers, f"Redirecting to {location}\n".encode("latin-1"))
         return spec.redirect_status, await self._finish_request_body()
 
-    async def _error(self, status: int, reason: str, request: h11.Request | None) -> bool:
+    async def _error(
+        self, status: int, reason: str, request: h11.Request | None, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> bool:
         """Send an error response; returns whether the connection may be kept."""
         what = f'"{request.method.decode("latin-1")} {request.target.decode("latin-1")}"' if request else "-"
         logger.warning("%s %s -> %d: %s", self.client_ip, what, status, reason)
@@ -325,7 +331,7 @@ class Http1Connection:
         close = self.h.conn.their_state not in REQUEST_READ and (
             self.h.conn.they_are_waiting_for_100_continue or status in (408, 413)
         )
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), *extra]
         if close:
             headers.append((b"connection", b"close"))
         try:

@@ -53,9 +53,12 @@ class HeadScanner:
     def feed(self, data: bytes) -> Rejection | None:
         if self.complete:
             return None
+        seen = len(self._buf)
         self._buf += data
         lead = len(self._buf) - len(self._buf.lstrip(b"\r\n"))
-        match = _HEAD_END.search(self._buf, lead)
+        # Only the new bytes (and the 3 before them) can complete the end of
+        # the head: a head trickled in byte by byte is scanned once, not N times.
+        match = _HEAD_END.search(self._buf, max(lead, seen - 3))
         end = match.end() if match else None
         size = (end if end is not None else len(self._buf)) - lead
         if size > self._max:
