@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
         )
+        if name == "serve":
+            # Internal: run as one of several workers started by the supervisor.
+            cmd.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -60,11 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         return trust(config)
     if args.command == "certs":
         return certs(config)
+    workers = config.server.workers
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+        if workers > 1
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
-        trio.run(partial(serve, config, partial(load_config, path)))
+        if workers > 1 and not args.worker:
+            from snakeway.supervisor import Supervisor
+
+            return trio.run(Supervisor(path, config).run)
+        trio.run(partial(serve, config, partial(load_config, path), args.worker))
     except SnakewayError as exc:
         print(f"snakeway: {exc}", file=sys.stderr)
         return 1
@@ -88,6 +101,15 @@ def certs(config: Config) -> int:
     return 0
 
 
+async def _exit_with_parent(server: object) -> None:
+    """A worker whose supervisor died (even by SIGKILL) shuts down too."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await trio.sleep(0.5)
+    logging.getLogger("snakeway").warning("the supervisor is gone; shutting down")
+    server.shutdown()  # type: ignore[attr-defined]
+
+
 def trust(config: Config) -> int:
     """Create the local CA if needed and print where its root certificate is."""
     from snakeway.tls.internal_ca import LocalCA
@@ -102,11 +124,13 @@ def trust(config: Config) -> int:
     return 0
 
 
-async def serve(config, loader) -> None:  # type: ignore[no-untyped-def]
+async def serve(config: Config, loader: Callable[[], Config], worker: bool = False) -> None:
     from snakeway.server import Server
 
-    server = Server(config, loader)
+    server = Server(config, loader, worker=worker)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_signals)
+        if worker:
+            nursery.start_soon(_exit_with_parent, server)
         await server.serve()
         nursery.cancel_scope.cancel()

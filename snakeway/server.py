@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -26,11 +27,12 @@ import trio
 
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
+from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
 from snakeway.acme.manager import CertManager, managed_certs
 from snakeway.acme.store import CertStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock
-from snakeway.config.model import Config
+from snakeway.config.model import Config, StoreType
 from snakeway.errors import ConfigError, SnakewayError
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.balance import Health
@@ -44,6 +46,27 @@ from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer, load_manual
 
 logger = logging.getLogger("snakeway")
+
+# With several workers: how often each looks for certificates another saved.
+WATCH_INTERVAL = 0.5
+
+
+async def _reuse_port_listener(interface: str, port: int) -> trio.SocketListener:
+    """A listening socket that other worker processes bind too (SO_REUSEPORT):
+    the kernel spreads new connections across them."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind((interface, port))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 class Server:
@@ -63,16 +86,21 @@ class Server:
         clock: WallClock | None = None,
         acme_backend: AcmeBackend | None = None,
         cert_store: CertStore | None = None,
+        worker: bool = False,
     ) -> None:
         self._loader = loader
+        # One of several worker processes sharing the ports (see supervisor.py).
+        self.worker = worker
         self.clock = clock or SystemClock()
         upstream = config.server.upstream
         self.shared = Shared(pool=UpstreamPool(upstream), health=Health(upstream.failure_cooldown_seconds))
         self.runtime: Runtime = build_runtime(config, self.shared)
         self.certs = CertRegistry()
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
-        self.http01 = Http01Tokens()
-        self.tlsalpn = TlsAlpnChallenges()
+        self.coordinator = self._coordinator(config)
+        shared = self.coordinator if self.worker else None
+        self.http01 = Http01Tokens(shared)
+        self.tlsalpn = TlsAlpnChallenges(shared)
         self.manager = self._cert_manager(config, acme_backend, cert_store)
         self.drain = Drain()
         self._stop = trio.Event()
@@ -103,7 +131,17 @@ class Server:
             http01=self.http01,
             tlsalpn=self.tlsalpn,
             clock=self.clock,
+            coordinator=self.coordinator,
+            watch_interval=WATCH_INTERVAL if self.worker else None,
         )
+
+    def _coordinator(self, config: Config) -> Coordinator:
+        automation = config.server.tls_automation
+        if not self.worker or automation is None or automation.cert_store.type is not StoreType.FILESYSTEM:
+            return LocalCoordinator()
+        state_dir = config.server.state_dir
+        cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
+        return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")
 
     # -- control ---------------------------------------------------------
 
@@ -159,7 +197,7 @@ class Server:
           OSError: a listener cannot be opened.
         """
         await self._apply_certificates(self.runtime, await self._load_manual(self.runtime))
-        pid_file = self.runtime.config.server.pid_file
+        pid_file = None if self.worker else self.runtime.config.server.pid_file
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         try:
@@ -222,6 +260,8 @@ class Server:
 
     async def _bind(self, spec: ListenerSpec) -> list[trio.SocketListener]:
         try:
+            if self.worker:
+                return [await _reuse_port_listener(spec.interface, spec.port)]
             return await trio.open_tcp_listeners(spec.port, host=spec.interface)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {spec.url()}: {exc.strerror or exc}") from exc

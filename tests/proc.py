@@ -31,6 +31,13 @@ class Running:
                 self.log += chunk
         raise AssertionError(f"none of {texts!r} logged within {timeout}s; log:\n{self.log.decode()[-4000:]}")
 
+    async def read_more(self) -> None:
+        """Wait for the next chunk of log."""
+        assert self.process.stderr is not None
+        chunk = await self.process.stderr.receive_some(65536)
+        assert chunk, f"process exited; log:\n{self.log.decode()}"
+        self.log += chunk
+
     async def drain_log(self) -> None:
         assert self.process.stderr is not None
         with trio.move_on_after(5):

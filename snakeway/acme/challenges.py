@@ -9,10 +9,24 @@ section 8.3). TLS-ALPN-01's counterpart is
 
 from __future__ import annotations
 
+from snakeway.acme.coordination import Coordinator
+
+
+def http01_key(token: str) -> str:
+    return f"http-01:{token}"
+
 
 class Http01Tokens:
-    def __init__(self) -> None:
+    """Tokens of this process's orders, and (with workers) those of the others.
+
+    Args:
+      shared: where other worker processes publish their tokens; None when
+        this process is the only one.
+    """
+
+    def __init__(self, shared: Coordinator | None = None) -> None:
         self._tokens: dict[str, str] = {}
+        self.shared = shared
 
     def add(self, token: str, key_authorization: str) -> None:
         self._tokens[token] = key_authorization
@@ -20,8 +34,11 @@ class Http01Tokens:
     def remove(self, token: str) -> None:
         self._tokens.pop(token, None)
 
-    def key_authorization(self, token: str) -> str | None:
-        return self._tokens.get(token)
+    async def key_authorization(self, token: str) -> str | None:
+        answer = self._tokens.get(token)
+        if answer is None and self.shared is not None:
+            answer = await self.shared.get_challenge(http01_key(token))
+        return answer
 
     def __len__(self) -> int:
         return len(self._tokens)

@@ -34,10 +34,11 @@ import trio
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend, ChallengeTask
-from snakeway.acme.challenges import Http01Tokens
+from snakeway.acme.challenges import Http01Tokens, http01_key
+from snakeway.acme.coordination import Coordinator, LocalCoordinator
 from snakeway.acme.schedule import RenewalState, next_check, renewal_due, renewal_time
 from snakeway.acme.store import AccountRecord, CertBundle, CertStore
-from snakeway.acme.tlsalpn import TlsAlpnChallenges
+from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Challenge, Config, KeyType, TlsAutomation, TlsMode
 from snakeway.errors import IssuanceError
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 # One issuance, from new order to saved certificate, must finish within this.
 ISSUANCE_TIMEOUT = 300.0
+# When another worker holds a certificate's lock, look again this soon.
+LOCKED_RECHECK_SECONDS = 30.0
+# The lock name under which the ACME account is registered (not a valid host name).
+ACCOUNT_LOCK = "acme-account.lock"
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,10 @@ class CertManager:
       clock: wall time.
       rng: jitter source.
       offload: runs CPU-bound work (keys, contexts); default a worker thread.
+      coordinator: locks and shared challenges between worker processes
+        (default: this process only).
+      watch_interval: with several workers, how often to look for
+        certificates another worker saved (seconds); None: never.
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class CertManager:
         clock: WallClock,
         rng: random.Random | None = None,
         offload: Offload | None = None,
+        coordinator: Coordinator | None = None,
+        watch_interval: float | None = None,
     ) -> None:
         self.settings = settings
         self.certs = {c.cert_id: c for c in certs}
@@ -126,6 +137,10 @@ class CertManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.offload: Offload = offload or trio.to_thread.run_sync
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
+        self.watch_interval = watch_interval
+        self._stamps: dict[str, str | None] = {}
+        self._published: dict[str, str] = {}  # cert id -> serial in this process's map
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -144,6 +159,8 @@ class CertManager:
             self._nursery = nursery
             for cert in self.certs.values():
                 self._start(cert)
+            if self.watch_interval is not None:
+                nursery.start_soon(self._watch_store, self.watch_interval)
             task_status.started()
             await trio.sleep_forever()
 
@@ -187,6 +204,7 @@ class CertManager:
                 logger.warning("stored certificate for %s cannot be served: %s", cert.name, exc)
                 continue
             self.registry.update({cert.cert_id: entry})
+            self._published[cert.cert_id] = bundle.serial
             logger.info("loaded stored certificate for %s (valid until %s)", ", ".join(bundle.domains), _day(bundle.not_after))
 
     async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
@@ -228,8 +246,18 @@ class CertManager:
             assert state.next_attempt is not None
             return state.next_attempt
         try:
-            with trio.fail_after(ISSUANCE_TIMEOUT):
-                bundle = await self.issue(cert)
+            async with self.coordinator.lock(cert.name) as mine:
+                if not mine:
+                    # Another worker is ordering it; its result arrives through the store.
+                    logger.info("certificate for %s: another worker is ordering it", cert.name)
+                    return min(periodic, now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
+                fresh = await self.store.load(cert.name)
+                if fresh is not None and fresh != bundle and set(cert.domains) <= set(fresh.domains):
+                    await self._publish(cert, fresh)
+                    logger.info("certificate for %s: another worker just issued it; picked up from the store", cert.name)
+                    return periodic
+                with trio.fail_after(ISSUANCE_TIMEOUT):
+                    bundle = await self.issue(cert)
         except (IssuanceError, trio.TooSlowError) as exc:
             retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
             if retry_after is not None:
@@ -259,20 +287,17 @@ class CertManager:
         csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)  # type: ignore[assignment]
         order = await self.backend.new_order(cert.domains, csr_pem)
         tasks = self.backend.challenges(order, cert.challenge)
-        self._provision(tasks)
         try:
+            await self._provision(tasks)
             for task in tasks:
                 await self.backend.answer(task)
             await self.backend.wait_authorizations(order, deadline)
         finally:
-            self._cleanup(tasks)
+            await self._cleanup(tasks)
         chain_pem = await self.backend.finalize(order, csr_pem, deadline)
         bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
         await self.store.save(bundle)
-        entry, _ = await entry_from_pem(
-            bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name, offload=self.offload
-        )
-        self.registry.update({cert.cert_id: entry})
+        await self._publish(cert, bundle)
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started, _day(bundle.not_after),
@@ -281,17 +306,46 @@ class CertManager:
 
     # -- helpers ---------------------------------------------------------
 
+    async def _publish(self, cert: ManagedCert, bundle: CertBundle) -> None:
+        entry, _ = await entry_from_pem(
+            bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name, offload=self.offload
+        )
+        self.registry.update({cert.cert_id: entry})
+        self._published[cert.cert_id] = bundle.serial
+
+    async def _watch_store(self, interval: float) -> None:
+        """Load certificates that another worker saved (several workers share one store)."""
+        self._stamps = await self.coordinator.stamps(c.name for c in self.certs.values())
+        while True:
+            await trio.sleep(interval)
+            certs = list(self.certs.values())
+            stamps = await self.coordinator.stamps(c.name for c in certs)
+            for cert in certs:
+                if stamps.get(cert.name) != self._stamps.get(cert.name) and stamps.get(cert.name) is not None:
+                    bundle = await self.store.load(cert.name)
+                    if bundle is None or bundle.serial == self._published.get(cert.cert_id):
+                        continue  # gone, or the one this worker saved itself
+                    if bundle.not_after > self.clock.now():
+                        await self._publish(cert, bundle)
+                        logger.info("certificate for %s picked up from the store", cert.name)
+            self._stamps = stamps
+
     async def _ensure_account(self) -> None:
         async with self._account_lock:
             if self._account_ready:
                 return
             acme = self.settings.acme
-            record = await self.store.load_account(acme.directory_url)
             contact = tuple(f"mailto:{e}" for e in acme.contact_email)
-            info = await self.backend.ensure_account(record.key_pem if record else None, contact)
-            if record is None or record.uri != info.uri:
-                await self.store.save_account(AccountRecord(acme.directory_url, info.key_pem, info.uri, contact))
-            self._account_ready = True
+            while True:  # with several workers, one registers and the others reuse its account
+                async with self.coordinator.lock(ACCOUNT_LOCK) as mine:
+                    if mine:
+                        record = await self.store.load_account(acme.directory_url)
+                        info = await self.backend.ensure_account(record.key_pem if record else None, contact)
+                        if record is None or record.uri != info.uri:
+                            await self.store.save_account(AccountRecord(acme.directory_url, info.key_pem, info.uri, contact))
+                        self._account_ready = True
+                        return
+                await trio.sleep(0.1)
 
     async def _renewal_window(self, bundle: CertBundle) -> tuple[datetime, datetime] | None:
         try:
@@ -301,19 +355,24 @@ class CertManager:
             logger.debug("renewal information for %s unavailable: %s", bundle.name, exc)
             return None
 
-    def _provision(self, tasks: list[ChallengeTask]) -> None:
+    async def _provision(self, tasks: list[ChallengeTask]) -> None:
         for task in tasks:
             if task.kind is Challenge.HTTP_01:
                 self.http01.add(task.token, task.key_authorization)
             else:
                 self.tlsalpn.add(task.domain, task.key_authorization)
+            if self.watch_interval is not None:  # other workers may get the CA's connection
+                await self.coordinator.put_challenge(_challenge_key(task), task.key_authorization)
 
-    def _cleanup(self, tasks: list[ChallengeTask]) -> None:
+    async def _cleanup(self, tasks: list[ChallengeTask]) -> None:
         for task in tasks:
             if task.kind is Challenge.HTTP_01:
                 self.http01.remove(task.token)
             else:
                 self.tlsalpn.remove(task.domain)
+            if self.watch_interval is not None:
+                with trio.CancelScope(shield=True):
+                    await self.coordinator.delete_challenge(_challenge_key(task))
 
     async def status(self) -> list[Status]:
         out = []
@@ -327,6 +386,10 @@ class CertManager:
                 )
             )
         return out
+
+
+def _challenge_key(task: ChallengeTask) -> str:
+    return http01_key(task.token) if task.kind is Challenge.HTTP_01 else tls_alpn_key(task.domain)
 
 
 def _days(days: float) -> timedelta:

@@ -28,9 +28,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import trio
+
 from snakeway.tls import contexts, names
 
 if TYPE_CHECKING:
+    from snakeway.acme.coordination import Coordinator
     import ssl
 
     from snakeway.tls.clienthello import ClientHello
@@ -130,8 +133,9 @@ class TlsAlpnChallenges:
     few milliseconds on a key, a signature and a temporary file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Coordinator | None = None) -> None:
         self._contexts: dict[str, ssl.SSLContext] = {}
+        self.shared = shared
 
     def add(self, domain: str, key_authorization: str) -> None:
         """Serve the challenge certificate for ``domain`` to ``acme-tls/1`` clients from now on.
@@ -163,11 +167,34 @@ class TlsAlpnChallenges:
             return None
         return self.lookup(hello.server_name)
 
+    def wants_hello(self) -> bool:
+        """Whether listeners must read ClientHellos now: a challenge is pending here, or may be in another worker."""
+        return bool(self._contexts) or self.shared is not None
+
+    async def context_for(self, hello: ClientHello) -> ssl.SSLContext | None:
+        """:meth:`for_hello`, also for challenges of other worker processes."""
+        context = self.for_hello(hello)
+        if context is not None or self.shared is None or ACME_TLS_ALPN not in hello.alpn:
+            return context
+        name = names.normalize_host(hello.server_name)
+        if name is None:
+            return None
+        key_authorization = await self.shared.get_challenge(tls_alpn_key(name))
+        if key_authorization is None:
+            return None
+        return await trio.to_thread.run_sync(
+            lambda: challenge_context(*challenge_certificate(name, key_authorization))
+        )
+
     def __len__(self) -> int:
         return len(self._contexts)
 
     def __contains__(self, domain: object) -> bool:
         return self.lookup(domain) is not None
+
+
+def tls_alpn_key(domain: str) -> str:
+    return f"tls-alpn-01:{names.normalize_host(domain) or domain}"
 
 
 def _dns_name(domain: str) -> str:

@@ -306,6 +306,7 @@ _server = cv.schema(
         "upstream": Key(cv.schema(_UPSTREAM_SETTINGS, model.UpstreamSettings)),
         "client": Key(cv.schema(_CLIENT_SETTINGS, model.ClientSettings)),
         "tls_automation": Key(cv.nullable(_tls.tls_automation)),
+        "workers": Key(cv.integer(1, 256)),
     },
     model.ServerSettings,
 )

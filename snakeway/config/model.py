@@ -199,6 +199,14 @@ class ServerSettings:
     client: ClientSettings = field(default_factory=ClientSettings)
     state_dir: Path = field(default_factory=default_state_dir)
     tls_automation: TlsAutomation | None = None
+    # Processes sharing the listening ports (SO_REUSEPORT); default: one per core.
+    workers: int = field(default_factory=lambda: _cpu_count())
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,11 @@ class Drain:
 class ChallengeAnswers(Protocol):
     """ACME HTTP-01: the key authorization for a token of an order in flight."""
 
-    def key_authorization(self, token: str) -> str | None: ...
+    async def key_authorization(self, token: str) -> str | None: ...
 
 
 class NoChallenges:
-    def key_authorization(self, token: str) -> str | None:
+    async def key_authorization(self, token: str) -> str | None:
         return None
 
 
@@ -153,6 +153,18 @@ class Http1Connection:
         self.requests += 1
         started = trio.current_time()
         status, keep = await self._respond(request)
+        # Checked here because logging's %-formatting is lazy only for a
+        # disabled level: with the access log off, a request pays nothing.
+        if access_log.isEnabledFor(logging.INFO):
+            self._log_access(request, status, trio.current_time() - started)
+        return (
+            keep
+            and not self.ctx.drain.closing
+            and self.h.conn.our_state is h11.DONE
+            and self.h.conn.their_state is h11.DONE
+        )
+
+    def _log_access(self, request: h11.Request, status: int, seconds: float) -> None:
         handshake = HANDSHAKE.get()
         access_log.info(
             '%s "%s %s HTTP/%s" %d %.1fms%s',
@@ -161,14 +173,8 @@ class Http1Connection:
             request.target.decode("latin-1"),
             request.http_version.decode("latin-1"),
             status,
-            (trio.current_time() - started) * 1000,
+            seconds * 1000,
             f" sni={handshake.sni or '-'} {handshake.tls_version}" if handshake else "",
-        )
-        return (
-            keep
-            and not self.ctx.drain.closing
-            and self.h.conn.our_state is h11.DONE
-            and self.h.conn.their_state is h11.DONE
         )
 
     # -- reading ---------------------------------------------------------
@@ -300,7 +306,7 @@ class Http1Connection:
         On a listener with routes, an unknown token is left to the routes
         (None), so a site may serve its own ``/.well-known/acme-challenge/``.
         """
-        answer = self.ctx.challenges.key_authorization(token)
+        answer = await self.ctx.challenges.key_authorization(token)
         if answer is None and known_only:
             return None
         if answer is None:

@@ -96,8 +96,8 @@ def covers(served: HandshakeInfo | Iterable[str], host: object) -> bool:
 class AlpnChallenges(Protocol):
     """Pending TLS-ALPN-01 challenges (see :class:`snakeway.acme.tlsalpn.TlsAlpnChallenges`)."""
 
-    def __len__(self) -> int: ...
-    def for_hello(self, hello: ClientHello) -> ssl.SSLContext | None: ...
+    def wants_hello(self) -> bool: ...
+    async def context_for(self, hello: ClientHello) -> ssl.SSLContext | None: ...
 
 
 async def accept_tls(
@@ -146,7 +146,7 @@ async def accept_tls(
                 logger.debug("TLS: %s closed before sending anything", client)
                 await trio.aclose_forcefully(stream)
                 return None
-            if challenges is not None and len(challenges):
+            if challenges is not None and challenges.wants_hello():
                 prefix, challenge_ctx = await _alpn_challenge(stream, prefix, challenges)
                 if challenge_ctx is not None:
                     transport = trio.SSLStream(PrefixedStream(stream, prefix), challenge_ctx, server_side=True)
@@ -197,7 +197,7 @@ async def _alpn_challenge(
         prefix += data
         verdict = parser.feed(data)
     if isinstance(verdict, ClientHello):
-        return prefix, challenges.for_hello(verdict)
+        return prefix, await challenges.context_for(verdict)
     return prefix, None
 
 

@@ -23,6 +23,7 @@ def write_config(path: Path, pebble, upstream: int) -> None:  # type: ignore[no-
         f"""
 server {{
   version   = 1
+  workers   = 1
   state_dir = "{state}"
   tls_automation = {{
     renew_within_days      = 30

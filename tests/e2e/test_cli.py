@@ -22,6 +22,7 @@ def write_config(path: Path, listen: int, upstream: int, route: str = "/", drain
         f"""
 server {{
   version  = 1
+  workers  = 1
   pid_file = "{path.parent / 'snakeway.pid'}"
   shutdown = {{ drain_seconds = {drain} }}
 }}

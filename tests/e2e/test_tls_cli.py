@@ -19,6 +19,7 @@ def write_config(path: Path, tls_port: int, plain_port: int, upstream: int, a: P
         f"""
 server {{
   version   = 1
+  workers   = 1
   state_dir = "{path.parent / 'state'}"
 }}
 ingress "site" {{

@@ -1,0 +1,220 @@
+"""The load generators and probes: wrk, a WebSocket echo client, an HTTPS poller, idle connections."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from benchmarks.deps import which
+from benchmarks.procs import LOOPBACK
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+_SIZES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    bytes_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    non_2xx: int
+    raw: str = field(repr=False, default="")
+
+
+def _latency_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"unexpected latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB|TB)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    total = re.search(r"(\d+) requests in", out)
+    if not (rps and transfer and p50 and p99 and total):
+        raise ValueError(f"cannot parse wrk output: {out[-600:]!r}")
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors = sum(int(x) for x in sock.groups())
+    non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        bytes_per_s=float(transfer.group(1)) * _SIZES[transfer.group(2)],
+        p50_ms=_latency_ms(p50.group(1)),
+        p99_ms=_latency_ms(p99.group(1)),
+        requests=int(total.group(1)),
+        errors=errors,
+        non_2xx=int(non.group(1)) if non else 0,
+        raw=out,
+    )
+
+
+def wrk(url: str, seconds: float, *, connections: int = 32, close: bool = False) -> WrkResult:
+    binary = which("wrk")
+    if binary is None:
+        raise RuntimeError("wrk not installed")
+    argv = [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {(out.stderr or out.stdout)[-300:]}")
+    result = parse_wrk(out.stdout)
+    if result.requests == 0:
+        raise RuntimeError(f"wrk got no responses: {out.stdout[-300:]}")
+    return result
+
+
+# --- a plain GET, for sanity checks and readiness probes ----------------------------------------
+
+
+def get(port: int, path: str = "/", *, host: str = "localhost", tls: ssl.SSLContext | None = None,
+        sni: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of one ``GET`` over a fresh connection (HTTP/1.1, ``Connection: close``)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as raw:
+        sock: socket.socket = tls.wrap_socket(raw, server_hostname=sni) if tls else raw
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = bytearray()
+        while chunk := sock.recv(65536):
+            data += chunk
+        if tls:
+            sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body
+
+
+def client_context(ca_file: Path | None = None, *, cadata: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None, cadata=cadata)
+    return context
+
+
+def wait_https(port: int, names: list[str], context: ssl.SSLContext, deadline: float, *,
+               interval: float = 0.02) -> dict[str, float]:
+    """Poll until every name answers 200 over HTTPS with a certificate ``context`` trusts.
+
+    Returns {name: monotonic time it first answered}; names still failing at
+    ``deadline`` are absent.
+    """
+    pending, served = list(names), {}
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            try:
+                status, _ = get(port, "/", host=name, tls=context, sni=name, timeout=2.0)
+            except (OSError, ValueError, IndexError):
+                continue
+            if status == 200:
+                served[name] = time.monotonic()
+                pending.remove(name)
+        if pending:
+            time.sleep(interval)
+    return served
+
+
+# --- WebSocket echo -----------------------------------------------------------------------------
+
+
+async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tuple[int, int]:
+    from trio_websocket import open_websocket_url
+
+    payload = "x" * size
+    counts, errors = [0] * connections, [0]
+
+    async def one(index: int, ready: trio.Event, go: trio.Event) -> None:
+        try:
+            async with open_websocket_url(url) as ws:
+                ready.set()
+                await go.wait()
+                with trio.move_on_at(end[0]):
+                    while True:
+                        await ws.send_message(payload)
+                        if await ws.get_message() != payload:
+                            errors[0] += 1
+                            return
+                        counts[index] += 1
+        except Exception:  # noqa: BLE001 - counted, reported by the caller
+            ready.set()
+            errors[0] += 1
+
+    end = [0.0]
+    go = trio.Event()
+    async with trio.open_nursery() as nursery:
+        readies = []
+        for i in range(connections):
+            ready = trio.Event()
+            readies.append(ready)
+            nursery.start_soon(one, i, ready, go)
+        with trio.move_on_after(10):
+            for ready in readies:
+                await ready.wait()
+        end[0] = trio.current_time() + seconds
+        go.set()
+    return sum(counts), errors[0]
+
+
+def ws_echo(url: str, seconds: float, *, connections: int = 8, size: int = 64) -> tuple[float, int]:
+    """(echoed messages per second, errors) over ``connections`` WebSockets sending ``size``-byte messages."""
+    total, errors = trio.run(_ws_echo, url, seconds, connections, size)
+    return total / seconds, errors
+
+
+# --- idle keep-alive connections ----------------------------------------------------------------
+
+
+async def _hold_idle(port: int, count: int, measure, hold_timeout: float) -> tuple[int, object]:
+    streams: list[trio.SocketStream] = []
+    failures = [0]
+    limiter = trio.CapacityLimiter(200)
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+    async def open_one() -> None:
+        async with limiter:
+            try:
+                stream = await trio.open_tcp_stream(LOOPBACK, port)
+            except OSError:
+                failures[0] += 1
+                return
+            try:
+                await stream.send_all(request)
+                data = b""
+                while b"hello" not in data:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        raise OSError("closed")
+                    data += chunk
+            except (OSError, trio.BrokenResourceError):
+                failures[0] += 1
+                await stream.aclose()
+                return
+            streams.append(stream)
+
+    try:
+        with trio.move_on_after(hold_timeout):
+            async with trio.open_nursery() as nursery:
+                for _ in range(count):
+                    nursery.start_soon(open_one)
+        await trio.sleep(1.0)  # let the server settle
+        alive = len(streams)
+        return alive, measure()
+    finally:
+        for stream in streams:
+            stream.socket.close()
+
+
+def hold_idle(port: int, count: int, measure, timeout: float) -> tuple[int, object]:
+    """Open ``count`` keep-alive connections (one request each), call ``measure()`` while all are held."""
+    return trio.run(_hold_idle, port, count, measure, timeout)

@@ -1,0 +1,160 @@
+"""Coordination between processes that share one certificate store.
+
+With ``server.workers`` above 1, every worker process runs a CertManager over
+the same store. Three things keep them in step:
+
+* **one order per certificate**: issuance happens under :meth:`lock`, an
+  exclusive, non-blocking lock per certificate name. A worker that does not
+  get it leaves the order to the one that did. The filesystem lock is
+  ``flock(2)``, which the kernel releases when its holder dies, so a crashed
+  worker never leaves a certificate locked;
+* **a new certificate reaches every worker**: :meth:`stamps` are cheap
+  version marks of stored certificates, polled by each worker, which loads
+  the ones that changed;
+* **any worker answers a challenge**: the CA's validation connection may
+  land on any worker, so key authorizations are shared through
+  :meth:`put_challenge` / :meth:`get_challenge`.
+
+:class:`LocalCoordinator` does the same within one process (``workers = 1``
+or the memory store). A networked store for several machines implements the
+same protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from snakeway.acme.store import name_to_path_part
+
+LOCK_DIR = "locks"
+CHALLENGE_DIR = "challenges"
+
+
+class Coordinator(Protocol):
+    def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
+    async def stamps(self, names: Iterable[str]) -> dict[str, str | None]: ...
+    async def put_challenge(self, key: str, value: str) -> None: ...
+    async def get_challenge(self, key: str) -> str | None: ...
+    async def delete_challenge(self, key: str) -> None: ...
+
+
+class LocalCoordinator:
+    """Coordination inside one process."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._challenges: dict[str, str] = {}
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[bool]:
+        await trio.lowlevel.checkpoint()
+        if name in self._held:
+            yield False
+            return
+        self._held.add(name)
+        try:
+            yield True
+        finally:
+            self._held.discard(name)
+
+    async def stamps(self, names: Iterable[str]) -> dict[str, str | None]:
+        await trio.lowlevel.checkpoint()
+        return dict.fromkeys(names)  # one process: the manager publishes directly
+
+    async def put_challenge(self, key: str, value: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._challenges[key] = value
+
+    async def get_challenge(self, key: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self._challenges.get(key)
+
+    async def delete_challenge(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._challenges.pop(key, None)
+
+
+class FileCoordinator:
+    """Coordination between processes through the filesystem store's directories.
+
+    Args:
+      cert_dir: the FileStore's certificate directory (each name is a symlink
+        to its current version, so the link target is a version stamp).
+      data_dir: where lock files and shared challenges live.
+    """
+
+    def __init__(self, cert_dir: Path, data_dir: Path) -> None:
+        self._cert_dir = cert_dir
+        self._locks = data_dir / LOCK_DIR
+        self._challenges = data_dir / CHALLENGE_DIR
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[bool]:
+        path = self._locks / f"{name_to_path_part(name)}.lock"
+        fd = await trio.to_thread.run_sync(_try_lock, path)
+        if fd is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            os.close(fd)  # releases the flock
+
+    async def stamps(self, names: Iterable[str]) -> dict[str, str | None]:
+        names = list(names)
+        return await trio.to_thread.run_sync(lambda: {n: self._stamp(n) for n in names})
+
+    def _stamp(self, name: str) -> str | None:
+        try:
+            return os.readlink(self._cert_dir / name_to_path_part(name))
+        except OSError:
+            return None
+
+    async def put_challenge(self, key: str, value: str) -> None:
+        await trio.to_thread.run_sync(_write_atomic, self._challenge_path(key), value.encode())
+
+    async def get_challenge(self, key: str) -> str | None:
+        path = self._challenge_path(key)
+
+        def read() -> str | None:
+            try:
+                return path.read_text()
+            except OSError:
+                return None
+
+        return await trio.to_thread.run_sync(read)
+
+    async def delete_challenge(self, key: str) -> None:
+        await trio.to_thread.run_sync(lambda: self._challenge_path(key).unlink(missing_ok=True))
+
+    def _challenge_path(self, key: str) -> Path:
+        return self._challenges / hashlib.sha256(key.encode()).hexdigest()
+
+
+def _try_lock(path: Path) -> int | None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
