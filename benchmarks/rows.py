@@ -97,8 +97,8 @@ def measure(row: Row, name: str, round_no: int, fn: Callable[[], tuple[float, di
 # --- rows 1-5: throughput, all contenders running, in alternation ------------------------------
 
 
-def throughput_rows(seconds: float) -> list[Row]:
-    budget = 20 * (seconds + 15)
+def throughput_rows(seconds: float, rounds: int) -> list[Row]:
+    budget = (rounds + 1) * len(NAMES) * (seconds + 10) + 60  # every round of every contender, with slack
     return [
         Row(1, "HTTP/1.1 keep-alive, 32 connections", "req/s", True, budget),
         Row(2, "HTTPS keep-alive, 32 connections", "req/s", True, budget),

@@ -1,0 +1,192 @@
+"""The results as a markdown table, ``benchmarks/results/latest.json``, ``docs/benchmarks.png`` and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from benchmarks.contenders import NAMES, ROOT
+from benchmarks.rows import Row
+
+HEADERS = {"upstream": "upstream direct", "snakeway": "snakeway", "caddy": "Caddy", "nginx": "nginx"}
+RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+CHART = ROOT / "docs" / "benchmarks.png"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+
+
+def _m(row: Row, name: str, key: str) -> float:
+    value = row.cells[name].median(key)
+    return float("nan") if value is None else value
+
+
+def cell_text(row: Row, name: str) -> str:
+    cell = row.cells[name]
+    value = cell.median()
+    if value is None:
+        text = cell.na or "n/a: no result"
+        if cell.notes and not cell.na:
+            text += f" ({cell.notes[0]})"
+        return text.replace("|", "/")
+    n = row.number
+    if n in (1, 2):
+        text = f"{value:,.0f} req/s · p50 {_m(row, name, 'p50_ms'):.2f} ms · p99 {_m(row, name, 'p99_ms'):.1f} ms"
+    elif n == 3:
+        text = f"{value:,.0f}/s · p99 {_m(row, name, 'p99_ms'):.1f} ms"
+    elif n == 4:
+        text = f"{value:,.0f} MiB/s"
+    elif n == 5:
+        text = f"{value:,.0f} msg/s"
+    elif n == 6:
+        text = f"{value:.2f} s"
+    elif n == 7:
+        text = f"{value:.1f} s (first name after {_m(row, name, 'first_s'):.1f} s)"
+    elif n == 8:
+        text = (f"{value:.1f} s, RSS {_m(row, name, 'rss_mib'):.0f} MiB (with 1 cert: {_m(row, name, 'one_cert_s'):.1f} s, "
+                f"{_m(row, name, 'one_cert_rss_mib'):.0f} MiB); SNI lookup {_m(row, name, 'sni_hit_us'):.2f} µs "
+                f"(miss {_m(row, name, 'sni_miss_us'):.2f} µs, 1-entry map {_m(row, name, 'sni_one_entry_us'):.2f} µs)")
+    else:
+        text = (f"RSS {value:,.0f} MiB (idle {_m(row, name, 'base_rss_mib'):,.0f} MiB, "
+                f"+{_m(row, name, 'kib_per_conn'):.1f} KiB/conn, {_m(row, name, 'held'):,.0f} held; "
+                f"PSS {_m(row, name, 'pss_mib'):,.0f} MiB)")
+    failed = [note for note in cell.notes if note.startswith("round")]
+    if failed:
+        text += f" ⚠ {len(cell.by_round)} round(s) measured; {failed[0]}"
+    return text.replace("|", "/")
+
+
+def ratio_text(row: Row, other: str) -> str:
+    ratio = row.ratio(other)
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| # | measure | " + " | ".join(HEADERS[n] for n in NAMES) + " | snakeway/Caddy | snakeway/nginx |",
+        "|---|---|" + "---|" * len(NAMES) + "---|---|",
+    ]
+    for row in rows:
+        cells = " | ".join(cell_text(row, name) for name in NAMES)
+        direction = "higher is better" if row.higher_is_better else "lower is better"
+        lines.append(f"| {row.number} | {row.title} ({row.unit}, {direction}) | {cells} | "
+                     f"{ratio_text(row, 'caddy')} | {ratio_text(row, 'nginx')} |")
+    return "\n".join(lines)
+
+
+def row_notes(rows: list[Row]) -> list[str]:
+    notes = []
+    for row in rows:
+        if row.note:
+            notes.append(f"row {row.number}: {row.note}")
+        for name in NAMES:
+            for note in row.cells[name].notes:
+                notes.append(f"row {row.number}, {HEADERS[name]}: {note}")
+    return notes
+
+
+def to_json(rows: list[Row], meta: dict[str, object]) -> dict[str, object]:
+    out_rows = []
+    for row in rows:
+        cells = {}
+        for name in NAMES:
+            cell = row.cells[name]
+            cells[name] = {
+                "median": cell.median(),
+                "by_round": {str(k + 1): v for k, v in sorted(cell.by_round.items())},
+                "extra_median": {key: cell.median(key) for key in cell.extra},
+                "extra_by_round": {key: {str(k + 1): v for k, v in sorted(vals.items())} for key, vals in cell.extra.items()},
+                "na": cell.na,
+                "notes": cell.notes,
+                "text": cell_text(row, name),
+            }
+        out_rows.append({
+            "row": row.number, "title": row.title, "unit": row.unit, "higher_is_better": row.higher_is_better,
+            "note": row.note, "cells": cells,
+            "ratio_snakeway_over_caddy": row.ratio("caddy"), "ratio_snakeway_over_nginx": row.ratio("nginx"),
+        })
+    return {**meta, "rows": out_rows}
+
+
+def write_json(data: dict[str, object], path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str | None:
+    """A PNG with one bar panel per row; None if matplotlib is missing (the `bench` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
+    panels = [row for row in rows if any(row.cells[n].median() is not None for n in NAMES)]
+    if not panels:
+        return "nothing to plot"
+    colors = {"upstream": "#9e9e9e", "snakeway": "#2e7d32", "caddy": "#1565c0", "nginx": "#ef6c00"}
+    cols = 2
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(12, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, panels):
+        labels, values, fills = [], [], []
+        for name in NAMES:
+            value = row.cells[name].median()
+            if value is not None:
+                labels.append(HEADERS[name])
+                values.append(value)
+                fills.append(colors[name])
+        bars = ax.barh(labels, values, color=fills)
+        ax.invert_yaxis()
+        for bar, value in zip(bars, values):
+            text = f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
+        ax.set_xlim(0, max(values) * 1.25)
+        better = "higher is better" if row.higher_is_better else "lower is better"
+        ax.set_title(f"{row.number}. {row.title}\n{row.unit}, {better}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    machine = meta.get("machine", {})
+    fig.suptitle(f"snakeway benchmarks — {machine.get('cpu_model')}, {machine.get('cores')} cores, "
+                 f"{meta.get('settings', {}).get('rounds')} rounds × {meta.get('settings', {}).get('seconds')} s, "
+                 f"{meta.get('finished', '')}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def doc_section(rows: list[Row], meta: dict[str, object], chart_note: str | None) -> str:
+    machine, versions, settings = meta["machine"], meta["versions"], meta["settings"]
+    assert isinstance(machine, dict) and isinstance(versions, dict) and isinstance(settings, dict)
+    lines = [
+        BEGIN,
+        f"Run finished {meta['finished']} (`make bench`, {settings['rounds']} rounds of {settings['seconds']} s; "
+        f"ACME and scale rows: {settings['slow_rounds']} round(s)).",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"Linux {machine['kernel']}, {machine['os']}.  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
+        "",
+        table(rows),
+        "",
+    ]
+    notes = row_notes(rows)
+    if notes:
+        lines += ["Notes from this run:", ""] + [f"- {note}" for note in notes] + [""]
+    lines.append(f"*{chart_note}*" if chart_note else "![benchmark chart](benchmarks.png)")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def update_doc(section: str, path: Path = DOC) -> None:
+    """Replace the results section of docs/benchmarks.md (the rest of the page is hand-written)."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n## Latest results\n\n{BEGIN}\n{END}\n"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    path.write_text(pattern.sub(lambda _: section, text, count=1))
