@@ -29,7 +29,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar, TypeVarTuple, final
@@ -50,6 +49,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from snakeway import __version__
 from snakeway.acme import crypto
+from snakeway.acme.schedule import parse_retry_after
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 
@@ -196,7 +196,7 @@ class ClientV2Backend:
         status = response.status_code if response is not None else None
         retry_after = None
         if response is not None and status in (429, 503):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
         problem_type = exc.typ if isinstance(exc, messages.Error) else None
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
@@ -429,21 +429,6 @@ def _authz_failure(authzr: messages.AuthorizationResource) -> str:
     errors = [f"{c.chall.to_partial_json().get('type')}: {c.error}" for c in authz.challenges if c.error]
     reason = "; ".join(errors) if errors else "no reason given"
     return f"authorization for {authz.identifier.value} is {authz.status.name}: {reason}"
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> datetime | None:
-    """``Retry-After`` (delta-seconds or HTTP-date, RFC 9110 §10.2.3) as aware UTC, or None."""
-    if not value:
-        return None
-    now = now or datetime.now(UTC)
-    value = value.strip()
-    if value.isdigit():
-        return datetime.fromtimestamp(now.timestamp() + int(value), UTC)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
