@@ -6,7 +6,7 @@ CONFIG  ?= snakeway.hcl.example
 # Debian packages the test suite drives as real peers.
 TEST_DEBS := curl openssl pebble
 
-.PHONY: serve test check install deps clean
+.PHONY: serve test check install deps clean bench
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ check: $(STAMP)
 
 test: $(STAMP) deps
 	$(VPY) -m pytest -q
+
+# Side-by-side benchmarks against Caddy and nginx (docs/benchmarks.md); installs wrk, caddy, nginx and
+# pebble when missing. BENCH_ROUNDS, BENCH_SECONDS and friends: see benchmarks/run.py.
+bench: $(STAMP)
+	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -98,6 +98,25 @@ def get(port: int, path: str = "/", *, host: str = "localhost", tls: ssl.SSLCont
     return status, body
 
 
+def resumes_tls(port: int) -> bool:
+    """Whether the server at ``port`` resumes a TLS session, as wrk tries on each new connection.
+
+    With TLS 1.3 the session ticket arrives after the handshake: the response is read in full first.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    session = None
+    for _ in range(2):
+        with socket.create_connection((LOOPBACK, port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost", session=session) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                while sock.recv(65536):
+                    pass
+                reused, session = sock.session_reused, sock.session
+    return bool(reused)
+
+
 def client_context(ca_file: Path | None = None, *, cadata: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None, cadata=cadata)
     return context
@@ -123,6 +142,16 @@ def wait_https(port: int, names: list[str], context: ssl.SSLContext, deadline: f
         if pending:
             time.sleep(interval)
     return served
+
+
+def run_trio(fn, *args):  # noqa: ANN001, ANN201
+    """``trio.run``, with a Ctrl-C that surfaced inside a nursery's exception group unwrapped."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
 
 
 # --- WebSocket echo -----------------------------------------------------------------------------
@@ -168,7 +197,7 @@ async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tup
 
 def ws_echo(url: str, seconds: float, *, connections: int = 8, size: int = 64) -> tuple[float, int]:
     """(echoed messages per second, errors) over ``connections`` WebSockets sending ``size``-byte messages."""
-    total, errors = trio.run(_ws_echo, url, seconds, connections, size)
+    total, errors = run_trio(_ws_echo, url, seconds, connections, size)
     return total / seconds, errors
 
 
@@ -217,4 +246,4 @@ async def _hold_idle(port: int, count: int, measure, hold_timeout: float) -> tup
 
 def hold_idle(port: int, count: int, measure, timeout: float) -> tuple[int, object]:
     """Open ``count`` keep-alive connections (one request each), call ``measure()`` while all are held."""
-    return trio.run(_hold_idle, port, count, measure, timeout)
+    return run_trio(_hold_idle, port, count, measure, timeout)

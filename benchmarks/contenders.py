@@ -278,6 +278,7 @@ def start_nginx(group: Group, setup: Setup, tag: str = "") -> Running:
 {locations}  }}
   server {{
     listen {LOOPBACK}:{https} ssl backlog=4096;
+    ssl_protocols TLSv1.2 TLSv1.3;  # nginx 1.22's default lacks TLSv1.3, which snakeway and Caddy offer
     ssl_certificate {setup.cert};
     ssl_certificate_key {setup.key};
 {locations}  }}

@@ -49,10 +49,14 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.monotonic()
-        self.popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            self._log.close()
+            raise
         self.pid = self.popen.pid
         _running.append(self)
 
@@ -169,12 +173,14 @@ class Group:
             proc.stop()
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    # Re-sent as SIGINT so that whoever handles Ctrl-C right now handles it: Python's default
+    # handler, or trio's inside trio.run (which delivers KeyboardInterrupt to the main task cleanly).
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def install_handlers() -> None:
     """SIGTERM and SIGHUP unwind like Ctrl-C, so every ``finally`` stops its processes."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
+    signal.signal(signal.SIGHUP, _as_ctrl_c)
     atexit.register(stop_all)

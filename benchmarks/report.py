@@ -21,9 +21,30 @@ def _m(row: Row, name: str, key: str) -> float:
     return float("nan") if value is None else value
 
 
+def _stored_text(row: Row, name: str) -> str:
+    """Row 8: the full start-up, or why it did not finish, then the smaller stores and the SNI lookup."""
+    cell = row.cells[name]
+    value = cell.median()
+    if value is not None:
+        parts = [f"{value:.1f} s, RSS {_m(row, name, 'rss_mib'):.0f} MiB"]
+    else:
+        parts = [cell.na or "n/a: no result"]
+    if cell.median("one_cert_s") is not None:
+        parts.append(f"with 1 cert: {_m(row, name, 'one_cert_s'):.1f} s, {_m(row, name, 'one_cert_rss_mib'):.0f} MiB")
+    if cell.median("mid_s") is not None:
+        parts.append(f"with {_m(row, name, 'mid_count'):,.0f}: {_m(row, name, 'mid_s'):.1f} s, "
+                     f"{_m(row, name, 'mid_rss_mib'):.0f} MiB")
+    if cell.median("sni_hit_us") is not None:
+        parts.append(f"SNI lookup {_m(row, name, 'sni_hit_us'):.2f} µs (miss {_m(row, name, 'sni_miss_us'):.2f} µs, "
+                     f"1-entry map {_m(row, name, 'sni_one_entry_us'):.2f} µs)")
+    return "; ".join(parts).replace("|", "/")
+
+
 def cell_text(row: Row, name: str) -> str:
     cell = row.cells[name]
     value = cell.median()
+    if row.number == 8 and name == "snakeway":
+        return _stored_text(row, name)
     if value is None:
         text = cell.na or "n/a: no result"
         if cell.notes and not cell.na:
@@ -33,7 +54,9 @@ def cell_text(row: Row, name: str) -> str:
     if n in (1, 2):
         text = f"{value:,.0f} req/s · p50 {_m(row, name, 'p50_ms'):.2f} ms · p99 {_m(row, name, 'p99_ms'):.1f} ms"
     elif n == 3:
-        text = f"{value:,.0f}/s · p99 {_m(row, name, 'p99_ms'):.1f} ms"
+        resumed = cell.median("tls_resumed")
+        kind = "" if resumed is None else (" · resumes sessions" if resumed >= 0.5 else " · full handshakes")
+        text = f"{value:,.0f}/s · p99 {_m(row, name, 'p99_ms'):.1f} ms{kind}"
     elif n == 4:
         text = f"{value:,.0f} MiB/s"
     elif n == 5:
@@ -42,10 +65,6 @@ def cell_text(row: Row, name: str) -> str:
         text = f"{value:.2f} s"
     elif n == 7:
         text = f"{value:.1f} s (first name after {_m(row, name, 'first_s'):.1f} s)"
-    elif n == 8:
-        text = (f"{value:.1f} s, RSS {_m(row, name, 'rss_mib'):.0f} MiB (with 1 cert: {_m(row, name, 'one_cert_s'):.1f} s, "
-                f"{_m(row, name, 'one_cert_rss_mib'):.0f} MiB); SNI lookup {_m(row, name, 'sni_hit_us'):.2f} µs "
-                f"(miss {_m(row, name, 'sni_miss_us'):.2f} µs, 1-entry map {_m(row, name, 'sni_one_entry_us'):.2f} µs)")
     else:
         text = (f"RSS {value:,.0f} MiB (idle {_m(row, name, 'base_rss_mib'):,.0f} MiB, "
                 f"+{_m(row, name, 'kib_per_conn'):.1f} KiB/conn, {_m(row, name, 'held'):,.0f} held; "
@@ -122,7 +141,8 @@ def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str |
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
-    panels = [row for row in rows if any(row.cells[n].median() is not None for n in NAMES)]
+    panels = [row for row in rows if any(row.cells[n].median() is not None for n in NAMES)
+              or (row.number == 8 and row.cells["snakeway"].median("one_cert_s") is not None)]
     if not panels:
         return "nothing to plot"
     colors = {"upstream": "#9e9e9e", "snakeway": "#2e7d32", "caddy": "#1565c0", "nginx": "#ef6c00"}
@@ -132,6 +152,9 @@ def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str |
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, row in zip(axes.flat, panels):
+        if row.number == 8:
+            _stored_panel(ax, row, colors["snakeway"])
+            continue
         labels, values, fills = [], [], []
         for name in NAMES:
             value = row.cells[name].median()
@@ -157,6 +180,32 @@ def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str |
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return None
+
+
+def _stored_panel(ax, row: Row, color: str) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """Row 8: snakeway's start-up time by number of stored certificates; a hatched bar if it gave up."""
+    cell = row.cells["snakeway"]
+    points = [("1 cert", cell.median("one_cert_s"), False)]
+    if cell.median("mid_s") is not None:
+        points.append((f"{cell.median('mid_count'):,.0f} certs", cell.median("mid_s"), False))
+    total = row.title.split(" stored")[0].split()[-1]
+    if cell.median() is not None:
+        points.append((f"{total} certs", cell.median(), False))
+    elif cell.median("gave_up_s") is not None:
+        points.append((f"{total} certs", cell.median("gave_up_s"), True))
+    labels = [p[0] for p in points]
+    values = [p[1] or 0.0 for p in points]
+    bars = ax.barh(labels, values, color=color)
+    ax.invert_yaxis()
+    for bar, (_, value, gave_up) in zip(bars, points):
+        if gave_up:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+        text = f" > {value:,.0f} s: not serving yet, gave up" if gave_up else f" {value:,.1f} s"
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
+    ax.set_xlim(0, max(values) * 1.6)
+    ax.set_title(f"8. snakeway start-up to first response, by stored certificates\ns, lower is better", fontsize=9)
+    ax.tick_params(labelsize=8)
 
 
 def doc_section(rows: list[Row], meta: dict[str, object], chart_note: str | None) -> str:

@@ -31,6 +31,10 @@ class Cell:
 
     def add(self, round_no: int, value: float, **extra: float) -> None:
         self.by_round[round_no] = value
+        self.add_extra(round_no, **extra)
+
+    def add_extra(self, round_no: int, **extra: float) -> None:
+        """Secondary figures, kept even when the main measurement of the round fails."""
         for key, number in extra.items():
             self.extra.setdefault(key, {})[round_no] = number
 
@@ -155,7 +159,10 @@ def _plan(row: Row, run: Running, setup: Setup, seconds: float) -> Callable[[], 
     if row.number == 2:
         return lambda: _wrk_value(f"{https}/", seconds)
     if row.number == 3:
-        return lambda: _wrk_value(f"{https}/", seconds, close=True)
+        def handshakes() -> tuple[float, dict[str, float]]:
+            value, extra = _wrk_value(f"{https}/", seconds, close=True)
+            return value, {**extra, "tls_resumed": float(clients.resumes_tls(run.https_port or 0))}
+        return handshakes
     if row.number == 4:
         return lambda: _wrk_value(http + "/big", seconds, big=True)
     ws = f"ws://127.0.0.1:{setup.ws_port}/ws" if run.name == "upstream" else f"ws://127.0.0.1:{run.http_port}/ws"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 import ssl
 import time
@@ -66,6 +67,14 @@ def _stored_config(workdir, cert_dir, names: list[str], port: int, upstream: int
     return "\n".join(parts)
 
 
+def _loaded_counts(log_text: str) -> str:
+    """How far snakeway got: "loaded stored certificate" lines per process (its log format)."""
+    per_pid: dict[str, int] = {}
+    for match in re.finditer(r"(?:\[(\d+)\] )?snakeway\.acme\.manager: loaded stored certificate", log_text):
+        per_pid[match.group(1) or "-"] = per_pid.get(match.group(1) or "-", 0) + 1
+    return " and ".join(f"{n:,}" for n in sorted(per_pid.values())) or "0"
+
+
 def _start_with_store(setup, tag: str, cert_dir, names: list[str], ca_file, timeout: float) -> tuple[float, float, float]:
     """(seconds to first response for the last name, RSS MiB, PSS MiB) of snakeway with ``names`` stored."""
     workdir = setup.tmp / f"stored-{tag}"
@@ -76,8 +85,12 @@ def _start_with_store(setup, tag: str, cert_dir, names: list[str], ca_file, time
         proc = contenders.run_snakeway(group, workdir, config, port, wait=False)
         served = clients.wait_https(port, [names[-1]], context, time.monotonic() + timeout, interval=0.05)
         if not served:
-            state = "still running" if proc.alive() else f"exited ({proc.popen.returncode}): {proc.log_tail(400)}"
-            raise RuntimeError(f"no response within {timeout:.0f} s; snakeway {state}")
+            if not proc.alive():
+                raise RuntimeError(f"snakeway exited ({proc.popen.returncode}): {proc.log_tail(300)}")
+            rss, _ = proc.memory_mib()
+            loaded = _loaded_counts(proc.log_path.read_text(errors="replace"))
+            raise RuntimeError(f"not serving after {timeout:.0f} s: {loaded} of {len(names):,} certificates loaded "
+                               f"(per process), RSS {rss:.0f} MiB by then")
         elapsed = served[names[-1]] - proc.started
         for name in random.sample(names, min(20, len(names))):  # every certificate is really there
             status, _ = clients.get(port, "/", host=name, tls=context, sni=name)
@@ -121,15 +134,26 @@ def run_stored(row: Row, setup, count: int, rounds: int) -> None:
     print(f"row 8: writing {count:,} certificates into a snakeway store", flush=True)
     fill_store(cert_dir, names, ca)
     print(f"    written in {time.monotonic() - started:.1f} s", flush=True)
-    timeout = float(os.environ.get("BENCH_STORE_TIMEOUT", "300"))
+    timeout = float(os.environ.get("BENCH_STORE_TIMEOUT", "240"))
+
+    mid = max(1, count // 10)
 
     def once(round_no: int) -> tuple[float, dict[str, float]]:
-        floor, floor_rss, _ = _start_with_store(setup, f"one-{round_no}", cert_dir, names[:1], ca_file, 60)
-        elapsed, rss, pss = _start_with_store(setup, f"all-{round_no}", cert_dir, names, ca_file,
-                                              min(timeout, max(10.0, row.left() - 10)))
+        cell = row.cells["snakeway"]
         hit, miss, small = sni_lookup_us(names)
-        return elapsed, {"rss_mib": rss, "pss_mib": pss, "one_cert_s": floor, "one_cert_rss_mib": floor_rss,
-                         "sni_hit_us": hit, "sni_miss_us": miss, "sni_one_entry_us": small}
+        cell.add_extra(round_no, sni_hit_us=hit, sni_miss_us=miss, sni_one_entry_us=small)
+        floor, floor_rss, _ = _start_with_store(setup, f"one-{round_no}", cert_dir, names[:1], ca_file, 60)
+        cell.add_extra(round_no, one_cert_s=floor, one_cert_rss_mib=floor_rss)
+        if 1 < mid < count:
+            mid_s, mid_rss, _ = _start_with_store(setup, f"mid-{round_no}", cert_dir, names[:mid], ca_file, timeout)
+            cell.add_extra(round_no, mid_count=float(mid), mid_s=mid_s, mid_rss_mib=mid_rss)
+        limit = min(timeout, max(10.0, row.left() - 10))
+        try:
+            elapsed, rss, pss = _start_with_store(setup, f"all-{round_no}", cert_dir, names, ca_file, limit)
+        except RuntimeError:
+            cell.add_extra(round_no, gave_up_s=limit)
+            raise
+        return elapsed, {"rss_mib": rss, "pss_mib": pss}
 
     for round_no in range(rounds):
         print(f"round {round_no + 1}, row 8: {row.title}", flush=True)

@@ -6,10 +6,13 @@ Environment (all optional):
 - ``BENCH_SLOW_ROUNDS`` (1): rounds of rows 7-9 (50 names, 10,000 certificates, 10,000 connections).
 - ``BENCH_ROWS`` ("1-9"): which rows, e.g. ``1,2,6`` or ``1-5``.
 - ``BENCH_NAMES`` (50), ``BENCH_STORED_CERTS`` (10000), ``BENCH_IDLE_CONNECTIONS`` (10000).
+- ``BENCH_ACME_TIMEOUT`` (240 s; ×5 for the many-names row), ``BENCH_STORE_TIMEOUT`` (240 s),
+  ``BENCH_WS_CONNECTIONS`` (8). ``BENCH_DEBUG``: print tracebacks of failed cells.
 - ``SNAKEWAY_WORKERS``: write ``workers = N`` into snakeway's server block (default: snakeway's own).
 - ``BENCH_NGINX_WORKERS`` ("auto"), ``BENCH_ACCESS_LOG`` (off for nginx and Caddy; snakeway always logs).
 - ``BENCH_NO_INSTALL``: never run apt-get. ``BENCH_KEEP_TMP``: keep the temp dir (configs, logs).
-- ``BENCH_NO_WRITE``: print only; do not touch results/latest.json or docs/.
+- ``BENCH_NO_WRITE``: print only. A subset of rows writes results/partial.{json,png}, never
+  results/latest.json, docs/benchmarks.png or docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -143,15 +146,20 @@ def report_and_exit(table: list[rows.Row], meta: dict[str, object], started: flo
     if os.environ.get("BENCH_NO_WRITE"):
         return 0
     data = report.to_json(table, meta)
-    report.write_json(data)
-    chart_note = report.chart(table, meta)
+    results_dir = report.RESULTS.parent
     if set(meta["settings"]["rows"]) == set(range(1, 10)):  # type: ignore[index]
+        json_path, chart_path = report.RESULTS, report.CHART
+    else:  # a subset of rows must not replace the published results
+        json_path, chart_path = results_dir / "partial.json", results_dir / "partial.png"
+    report.write_json(data, json_path)
+    chart_note = report.chart(table, meta, chart_path)
+    if json_path == report.RESULTS:
         report.update_doc(report.doc_section(table, meta, chart_note))
         print(f"updated {report.DOC.relative_to(contenders.ROOT)}")
     else:
-        print("a subset of rows: docs/benchmarks.md left as it is")
-    print(f"wrote {report.RESULTS.relative_to(contenders.ROOT)}" + (f"; {chart_note}" if chart_note else
-                                                                  f" and {report.CHART.relative_to(contenders.ROOT)}"))
+        print("a subset of rows: docs/benchmarks.md and benchmarks/results/latest.json left as they are")
+    written = [json_path] + ([] if chart_note else [chart_path])
+    print("wrote " + " and ".join(str(p.relative_to(contenders.ROOT)) for p in written) + (f"; {chart_note}" if chart_note else ""))
     return 0
 
 

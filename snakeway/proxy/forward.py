@@ -21,7 +21,10 @@ sat idle is retried once on a new connection, when the request had no body.
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import h11
@@ -65,27 +68,31 @@ class ForwardContext:
     body_timeout: float
 
 
-def content_length(request: h11.Request) -> int | None:
-    value = hdr.get_header(request.headers, b"content-length")
+# Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
+DROPPED_REQUEST_HEADERS = frozenset({b"expect"})
+
+
+def content_length(headers: hdr.Headers) -> int | None:
+    value = hdr.get_header(headers, b"content-length")
     return int(value) if value is not None else None
 
 
-def has_body(request: h11.Request) -> bool:
-    names = {n for n, _ in request.headers}
-    return b"transfer-encoding" in names or (content_length(request) or 0) > 0
+def has_body(headers: hdr.Headers) -> bool:
+    return hdr.get_header(headers, b"transfer-encoding") is not None or (content_length(headers) or 0) > 0
 
 
-def upstream_request(request: h11.Request, target: Target, ctx: ForwardContext) -> h11.Request:
-    headers = hdr.upstream_request_headers(
-        request.headers,
+def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext) -> h11.Request:
+    """The request for the upstream; ``headers`` are ``request.headers`` as a list."""
+    out = hdr.upstream_request_headers(
+        headers,
         client_ip=ctx.client_ip,
         scheme=ctx.scheme,
         host=target.host,
-        drop=frozenset({b"expect"}),
+        drop=DROPPED_REQUEST_HEADERS,
     )
-    if hdr.get_header(request.headers, b"transfer-encoding") is not None:
-        headers.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
-    return h11.Request(method=request.method, target=target.target, headers=headers)
+    if hdr.get_header(headers, b"transfer-encoding") is not None:
+        out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
+    return h11.Request(method=request.method, target=target.target, headers=out)
 
 
 async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
@@ -107,6 +114,7 @@ async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection
 async def forward(
     down: H11Stream,
     request: h11.Request,
+    headers: hdr.Headers,
     target: Target,
     route: Route,
     balancer: Balancer,
@@ -114,27 +122,25 @@ async def forward(
 ) -> int:
     """Forward ``request`` and relay the response; returns the status sent.
 
+    ``headers`` are the request's, as a list (see :func:`~snakeway.proxy.headers.header_list`).
+
     Raises:
       ProxyError: nothing was sent to the client yet; reply with its status.
       ClientGone: the client hop broke.
     """
     limit = route.max_body_bytes
-    declared = content_length(request)
+    declared = content_length(headers)
     if limit is not None and declared is not None and declared > limit:
         raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
-    up_request = upstream_request(request, target, ctx)
-    retry_allowed = request.method in IDEMPOTENT and not has_body(request)
+    up_request = upstream_request(request, headers, target, ctx)
+    retry_allowed = request.method in IDEMPOTENT and not has_body(headers)
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
         exchange = Exchange(down, conn, ctx, limit)
         try:
-            if retrying:
-                # The client's (empty) request was read the first time round.
-                await exchange.to_upstream([up_request, h11.EndOfMessage()])
-                status = await exchange.relay_response()
-            else:
-                status = await exchange.run(up_request)
+            # A retry resends a request without a body, read the first time round.
+            status = await exchange.run(up_request, request_read=retrying)
         except StaleConnection:
             await ctx.pool.discard(conn)
             if retry_allowed and not retrying:
@@ -163,7 +169,28 @@ class StaleConnection(ProxyError):
         super().__init__(502, "the upstream closed a kept-alive connection")
 
 
+class Wait(enum.Enum):
+    """What an exchange waits for; each has its own timeout and error."""
+
+    CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
+    CLIENT_WRITE = enum.auto()  # the client taking the response: body timeout, close
+    UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
+    UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
+
+
 class Exchange:
+    """One request and its response between a client and an upstream connection.
+
+    Timeouts: every wait (a read or a write on either hop) has a time limit of
+    its own, as if each ran under its own ``trio.fail_after``. But entering and
+    leaving a cancel scope costs far more than moving the deadline of one
+    already entered, and even a small exchange waits four times; so the waits
+    of an exchange share one scope, opened by :meth:`timeouts`, and each wait
+    first re-arms it (:meth:`_arm`) with its own deadline and the
+    :class:`Wait` that names the error should that deadline pass. Every wait
+    inside :meth:`timeouts` must be armed.
+    """
+
     def __init__(
         self, down: H11Stream, conn: UpstreamConnection, ctx: ForwardContext, limit: int | None
     ) -> None:
@@ -173,10 +200,61 @@ class Exchange:
         self.ctx = ctx
         self.limit = limit
         self.response_started = False
+        self._scope: trio.CancelScope | None = None
+        self._waiting = Wait.UPSTREAM_WRITE
 
-    async def run(self, up_request: h11.Request) -> int:
-        await self.send_request(up_request)
-        return await self.relay_response()
+    async def run(self, up_request: h11.Request, *, request_read: bool = False) -> int:
+        """Send the request, then relay the response; returns the status.
+
+        With ``request_read`` the client's request (which had no body) was
+        read already: only the head and its end are sent.
+        """
+        with self.timeouts():
+            if request_read:
+                await self.to_upstream([up_request, h11.EndOfMessage()])
+            else:
+                await self.send_request(up_request)
+            return await self.relay_response()
+        raise AssertionError("unreachable: timeouts() raises when it stops the exchange")
+
+    # -- timeouts --------------------------------------------------------
+
+    @contextmanager
+    def timeouts(self) -> Iterator[None]:
+        """Run a stretch of the exchange whose waits are timed.
+
+        Raises:
+          ProxyError, ClientGone: a wait ran out of time (which one depends on the wait).
+        """
+        scope = self._scope = trio.CancelScope()
+        try:
+            with scope:
+                yield
+        finally:
+            self._scope = None
+        if scope.cancelled_caught:
+            raise self._timeout_error()
+
+    def _arm(self, wait: Wait, seconds: float) -> None:
+        """Give the wait about to start ``seconds`` from now."""
+        scope = self._scope
+        assert scope is not None, "a wait outside Exchange.timeouts()"
+        if scope.cancel_called:
+            # The last wait's deadline passed just as it ended: its error
+            # stands, raised at the next checkpoint.
+            return
+        self._waiting = wait
+        scope.deadline = trio.current_time() + seconds
+
+    def _timeout_error(self) -> Exception:
+        wait = self._waiting
+        if wait is Wait.CLIENT_READ:
+            return ProxyError(408, "client too slow sending the request body")
+        if wait is Wait.CLIENT_WRITE:
+            return ClientGone("client stopped reading the response")
+        if wait is Wait.UPSTREAM_WRITE:
+            return ProxyError(504, "upstream stopped reading the request")
+        return self._upstream_failed("upstream timed out", status=504)
 
     # -- request ---------------------------------------------------------
 
@@ -209,11 +287,9 @@ class Exchange:
                 raise ClientGone(f"unexpected event {event!r}")
 
     async def _read_client(self) -> None:
+        self._arm(Wait.CLIENT_READ, self.ctx.body_timeout)
         try:
-            with trio.fail_after(self.ctx.body_timeout):
-                data = await self.down.stream.receive_some(READ_SIZE)
-        except trio.TooSlowError:
-            raise ProxyError(408, "client too slow sending the request body") from None
+            data = await self.down.stream.receive_some(READ_SIZE)
         except trio.BrokenResourceError as exc:
             raise ClientGone(str(exc)) from exc
         try:
@@ -224,11 +300,9 @@ class Exchange:
     async def to_upstream(self, events: list[h11.Event]) -> None:
         if not events:
             return
+        self._arm(Wait.UPSTREAM_WRITE, self.ctx.settings.read_timeout_seconds)
         try:
-            with trio.fail_after(self.ctx.settings.read_timeout_seconds):
-                await self.up.send(*events)
-        except trio.TooSlowError:
-            raise ProxyError(504, "upstream stopped reading the request") from None
+            await self.up.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self.conn.reused and type(events[0]) is h11.Request:
                 raise StaleConnection() from exc
@@ -263,13 +337,14 @@ class Exchange:
                 continue
             kind = type(event)
             if kind is h11.Response:
-                if _ambiguous_framing(event.headers):
+                headers = hdr.header_list(event.headers)
+                if _ambiguous_framing(headers):
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = event.status_code
                 pending.append(
                     h11.Response(
                         status_code=status,
-                        headers=hdr.downstream_response_headers(event.headers),
+                        headers=hdr.downstream_response_headers(headers),
                         reason=event.reason,
                     )
                 )
@@ -287,11 +362,9 @@ class Exchange:
                 raise self._upstream_failed(f"unexpected upstream event {event!r}")
 
     async def _read_upstream(self, status: int) -> None:
+        self._arm(Wait.UPSTREAM_READ, self.ctx.settings.read_timeout_seconds)
         try:
-            with trio.fail_after(self.ctx.settings.read_timeout_seconds):
-                data = await self.up.stream.receive_some(READ_SIZE)
-        except trio.TooSlowError:
-            raise self._upstream_failed("upstream timed out", status=504) from None
+            data = await self.up.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, OSError) as exc:
             if not status and self.conn.reused:
                 raise StaleConnection() from exc
@@ -310,11 +383,9 @@ class Exchange:
             return
         if type(events[0]) is h11.Response:
             self.response_started = True
+        self._arm(Wait.CLIENT_WRITE, self.ctx.body_timeout)
         try:
-            with trio.fail_after(self.ctx.body_timeout):
-                await self.down.send(*events)
-        except trio.TooSlowError:
-            raise ClientGone("client stopped reading the response") from None
+            await self.down.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
         except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up

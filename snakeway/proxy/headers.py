@@ -8,9 +8,10 @@ h11 hands us lower-case header names, so comparisons are on those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
+Headers = Sequence[Header]
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
@@ -82,6 +83,16 @@ def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
     out = end_to_end(headers)
     out.append((b"via", VIA))
     return out
+
+
+def header_list(headers: Iterable[Header]) -> list[Header]:
+    """``headers`` as a plain list, for code that looks at them more than once.
+
+    An h11 event's ``headers`` is a ``Sequence`` whose iterator calls a Python
+    ``__getitem__`` per item and stops on an ``IndexError``: walking it is
+    several times slower than walking a list, so the proxy walks it once.
+    """
+    return list(headers)
 
 
 def get_header(headers: Iterable[Header], name: bytes) -> bytes | None:

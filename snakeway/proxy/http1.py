@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
@@ -31,6 +30,7 @@ import trio
 
 from snakeway.config.model import StaticSite
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, redirect_location
+from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
@@ -72,17 +72,19 @@ class Drain:
         self.closing = False
         self._idle: set[trio.CancelScope] = set()
 
-    @contextmanager
-    def idle(self) -> Iterator[trio.CancelScope]:
-        scope = trio.CancelScope()
+    def add_idle(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` on shutdown (at once if it has begun) until :meth:`remove_idle`.
+
+        A pair of calls rather than a context manager: a connection waits
+        idle once per request, and a generator-based context manager would
+        cost more than the bookkeeping it wraps.
+        """
         if self.closing:
             scope.cancel()
         self._idle.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._idle.discard(scope)
+
+    def remove_idle(self, scope: trio.CancelScope) -> None:
+        self._idle.discard(scope)
 
     def close(self) -> None:
         self.closing = True
@@ -138,6 +140,8 @@ class Http1Connection:
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
         self.requests = 0
         self._linger = False
+        self._fctx: ForwardContext | None = None
+        self._fctx_runtime: Runtime | None = None
 
     async def run(self) -> None:
         try:
@@ -220,9 +224,13 @@ class Http1Connection:
         return None
 
     async def _receive_idle(self, deadline: float) -> bytes | None:
-        with self.ctx.drain.idle() as scope:
-            scope.deadline = deadline
-            return await self._receive()
+        drain = self.ctx.drain
+        with trio.CancelScope(deadline=deadline) as scope:
+            drain.add_idle(scope)
+            try:
+                return await self._receive()
+            finally:
+                drain.remove_idle(scope)
         return None
 
     async def _receive_head(self, since: float) -> bytes | None:
@@ -248,7 +256,8 @@ class Http1Connection:
             await self._reject(rejection)
             return rejection.status, False
         assert isinstance(target, strict.Target)
-        spec = self.ctx.spec
+        runtime = self.ctx.runtime()  # once: the whole request sees one configuration
+        spec = runtime.listeners[self.ctx.key]
         host = target.host.decode("latin-1")
         if target.path.startswith(ACME_CHALLENGE_PREFIX) and spec.role is not Role.HTTPS:
             answered = await self._acme_challenge(
@@ -262,14 +271,15 @@ class Http1Connection:
         if handshake is not None and host and not covers(handshake, normalize_host(host)):
             await self._error(421, f"this connection's certificate does not cover {host!r}", request)
             return 421, False
-        match = self.ctx.runtime().router(self.ctx.key).match(host, target.path)
+        match = runtime.router(self.ctx.key).match(host, target.path)
         try:
             if match is None:
                 raise ProxyError(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
                 status = await serve_static(self.h, match.target, request)
             else:
-                status = await self._to_service(request, target, match.route, match.target)
+                fctx = self._forward_context(runtime, spec)
+                status = await self._to_service(request, target, match.route, match.target, fctx)
                 if status == 101:
                     return status, False
         except ProxyError as exc:
@@ -281,24 +291,31 @@ class Http1Connection:
             return 499, False
         return status, await self._finish_request_body()
 
+    def _forward_context(self, runtime: Runtime, spec: ListenerSpec) -> ForwardContext:
+        """The connection's ForwardContext, made again only after a reload."""
+        if self._fctx is None or self._fctx_runtime is not runtime:
+            self._fctx_runtime = runtime
+            self._fctx = ForwardContext(
+                pool=self.ctx.shared.pool,
+                health=self.ctx.shared.health,
+                settings=runtime.config.server.upstream,
+                client_ip=self.client_ip,
+                scheme=spec.scheme,
+                body_timeout=self.client.idle_timeout_seconds,
+            )
+        return self._fctx
+
     async def _to_service(
-        self, request: h11.Request, target: strict.Target, route: object, svc: ServiceTarget
+        self, request: h11.Request, target: strict.Target, route: object, svc: ServiceTarget, fctx: ForwardContext
     ) -> int:
-        fctx = ForwardContext(
-            pool=self.ctx.shared.pool,
-            health=self.ctx.shared.health,
-            settings=self.ctx.runtime().config.server.upstream,
-            client_ip=self.client_ip,
-            scheme=self.ctx.spec.scheme,
-            body_timeout=self.client.idle_timeout_seconds,
-        )
-        if wants_websocket(request):
+        headers = hdr.header_list(request.headers)
+        if wants_websocket(headers):
             if not route.enable_websocket:  # type: ignore[attr-defined]
                 raise ProxyError(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
             return await proxy_websocket(
-                self.h, request, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
+                self.h, request, headers, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
             )
-        return await forward(self.h, request, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
+        return await forward(self.h, request, headers, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
 
     async def _acme_challenge(self, token: str, *, known_only: bool) -> tuple[int, bool] | None:
         """ACME HTTP-01 (RFC 8555 section 8.3): the key authorization for a pending token.

@@ -101,6 +101,8 @@ class UpstreamConnection:
         self.h11 = H11Stream(stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size))
         self.idle_since = now
         self.reused = False
+        # Made once: acquire() asks it on every reuse (see _peer_gone).
+        self.readable_poll = _readable_poll(stream)
 
     def reusable(self) -> bool:
         """True when the exchange finished cleanly and the connection may carry another.
@@ -166,12 +168,15 @@ class UpstreamPool:
             ``connection_timeout_seconds`` (``reason == "timed out"``).
           trio.ClosedResourceError: the pool was closed.
         """
-        await trio.lowlevel.checkpoint()  # before any state change: a cancel here leaks nothing
+        # A cancel point before any state change: a cancel here leaks nothing.
+        # Not a full checkpoint (a trip through the scheduler costs about ten
+        # times more): the caller's next step, a send on the connection, is one.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("upstream pool is closed")
             conn, stale = self._take_idle(endpoint, trio.current_time())
-            gone = conn is not None and _peer_gone(conn.stream)
+            gone = conn is not None and _peer_gone(conn)
             if conn is not None and gone:
                 stale.append(conn)
                 conn = None
@@ -301,24 +306,35 @@ async def _close_all(conns: Iterable[UpstreamConnection]) -> None:
                 logger.debug("error closing upstream connection %r", conn, exc_info=True)
 
 
-def _peer_gone(stream: trio.abc.Stream) -> bool:
+def _readable_poll(stream: trio.abc.Stream) -> Callable[[], bool] | None:
+    """A zero-timeout readability check for a TCP stream; None for other streams (TLS, memory).
+
+    The poll object is registered once per connection, so a check is one
+    ``poll(0)`` system call. The connection owns the socket and is dropped
+    once it is closed, so the registered descriptor cannot be reused under it.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    fd = stream.socket.fileno()
+    if not hasattr(select, "poll"):  # Windows
+        return lambda: bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return lambda: bool(poller.poll(0))
+
+
+def _peer_gone(conn: UpstreamConnection) -> bool:
     """True if an idle TCP connection is readable: the peer closed it or sent unsolicited bytes.
 
     Either way it cannot carry a new exchange. A zero-timeout poll never
     blocks. Other stream types (TLS, memory) are not checked.
     """
-    if not isinstance(stream, trio.SocketStream):
+    if conn.readable_poll is None:
         return False
     try:
-        fd = stream.socket.fileno()
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([fd], [], [], 0)  # no poll() on Windows
+        return conn.readable_poll()
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _describe(exc: OSError) -> str:

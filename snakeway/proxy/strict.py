@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import h11
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+# A header line that begins with whitespace continues the previous one.
+_OBS_FOLD = re.compile(rb"\n[ \t]")
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,14 @@ class HeadScanner:
 
     @property
     def started(self) -> bool:
-        return bool(self._buf.lstrip(b"\r\n"))
+        return _leading_newlines(self._buf) < len(self._buf)
 
     def feed(self, data: bytes) -> Rejection | None:
         if self.complete:
             return None
         seen = len(self._buf)
         self._buf += data
-        lead = len(self._buf) - len(self._buf.lstrip(b"\r\n"))
+        lead = _leading_newlines(self._buf)
         # Only the new bytes (and the 3 before them) can complete the end of
         # the head: a head trickled in byte by byte is scanned once, not N times.
         match = _HEAD_END.search(self._buf, max(lead, seen - 3))
@@ -66,15 +68,22 @@ class HeadScanner:
         if end is None:
             return None
         self.complete = True
-        return check_head(bytes(self._buf[lead:end]))
+        return check_head(self._buf[lead:end])
 
 
-def check_head(head: bytes) -> Rejection | None:
+def _leading_newlines(buf: bytearray) -> int:
+    """How many CR/LF bytes lead ``buf`` (RFC 9112 lets a server skip them before a request)."""
+    if buf[:1] not in (b"\r", b"\n"):
+        return 0  # the usual case; spares lstrip() a copy of the whole buffer
+    return len(buf) - len(buf.lstrip(b"\r\n"))
+
+
+def check_head(head: bytes | bytearray) -> Rejection | None:
     """Checks on the raw bytes of a complete head that h11 would accept."""
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            return Rejection(400, "obsolete line folding in header")
+    # Obs-fold: a line after the first that starts with a space or a tab. The
+    # character after each LF is the same whether or not a CR precedes it.
+    if _OBS_FOLD.search(head):
+        return Rejection(400, "obsolete line folding in header")
     return None
 
 

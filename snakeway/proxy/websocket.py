@@ -28,10 +28,9 @@ logger = logging.getLogger(__name__)
 UPGRADE_HEADERS = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 
-def wants_websocket(request: h11.Request) -> bool:
-    return hdr.has_token(request.headers, b"upgrade", b"websocket") and hdr.has_token(
-        request.headers, b"connection", b"upgrade"
-    )
+def wants_websocket(headers: hdr.Headers) -> bool:
+    """``headers`` (a request's) ask for a WebSocket upgrade."""
+    return hdr.has_token(headers, b"upgrade", b"websocket") and hdr.has_token(headers, b"connection", b"upgrade")
 
 
 def wants_upgrade(request: h11.Request) -> bool:
@@ -69,6 +68,7 @@ def _key(route: Route) -> tuple[str, ...]:
 async def proxy_websocket(
     down: H11Stream,
     request: h11.Request,
+    headers: hdr.Headers,
     target: Target,
     route: Route,
     balancer: Balancer,
@@ -82,7 +82,7 @@ async def proxy_websocket(
     """
     with slots.take(route):
         await _finish_upgrade_request(down)
-        up_request = plain_upstream_request(request, target, ctx)
+        up_request = plain_upstream_request(request, headers, target, ctx)
         up_request = h11.Request(
             method=up_request.method,
             target=up_request.target,
@@ -91,18 +91,19 @@ async def proxy_websocket(
         conn = await connect(balancer, ctx)
         try:
             exchange = Exchange(down, conn, ctx, limit=0)
-            await exchange.to_upstream([up_request, h11.EndOfMessage()])
-            event = await exchange.next_upstream_event()
-            while type(event) is h11.InformationalResponse and event.status_code != 101:
+            with exchange.timeouts():  # the handshake is timed, the tunnel is not
+                await exchange.to_upstream([up_request, h11.EndOfMessage()])
                 event = await exchange.next_upstream_event()
-            if type(event) is not h11.InformationalResponse:
-                return await exchange.relay_response(event)
-            switch = h11.InformationalResponse(
-                status_code=101,
-                headers=[*hdr.downstream_response_headers(event.headers), *UPGRADE_HEADERS],
-                reason=event.reason,
-            )
-            await exchange.to_client(switch)
+                while type(event) is h11.InformationalResponse and event.status_code != 101:
+                    event = await exchange.next_upstream_event()
+                if type(event) is not h11.InformationalResponse:
+                    return await exchange.relay_response(event)
+                switch = h11.InformationalResponse(
+                    status_code=101,
+                    headers=[*hdr.downstream_response_headers(event.headers), *UPGRADE_HEADERS],
+                    reason=event.reason,
+                )
+                await exchange.to_client(switch)
             await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.h11.stream,
                          bytes(conn.h11.conn.trailing_data[0]))
             return 101
