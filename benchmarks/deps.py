@@ -86,9 +86,20 @@ def versions() -> dict[str, str]:
     ):
         binary = which(argv[0])
         found[name] = _first_line([binary, *argv[1:]]) if binary else "not installed"
-    found["wrk"] = re.sub(r"\s*\[.*", "", found["wrk"])  # "wrk 4.1.0 [epoll] Copyright ..."
-    found["nginx"] = found["nginx"].replace("nginx version: ", "")
+    found["wrk"] = re.sub(r"\s*\[.*", "", found["wrk"]).removeprefix("wrk ")  # "wrk 4.1.0 [epoll] Copyright ..."
+    found["nginx"] = found["nginx"].replace("nginx version: ", "").removeprefix("nginx/")
+    found["caddy"] = found["caddy"].split()[0] if found["caddy"].strip() else found["caddy"]
+    found["openssl"] = " ".join(found["openssl"].split()[1:2]) or found["openssl"]  # "OpenSSL 3.0.19 27 Jan ..."
     return found
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the machine was (other work skews every figure)."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return " ".join(loadavg.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def machine() -> dict[str, object]:

@@ -55,7 +55,7 @@ def cell_text(row: Row, name: str) -> str:
         text = f"{value:,.0f} req/s · p50 {_m(row, name, 'p50_ms'):.2f} ms · p99 {_m(row, name, 'p99_ms'):.1f} ms"
     elif n == 3:
         resumed = cell.median("tls_resumed")
-        kind = "" if resumed is None else (" · resumes sessions" if resumed >= 0.5 else " · full handshakes")
+        kind = "" if resumed is None else f" · {resumed:.0%} of sessions resumed"
         text = f"{value:,.0f}/s · p99 {_m(row, name, 'p99_ms'):.1f} ms{kind}"
     elif n == 4:
         text = f"{value:,.0f} MiB/s"
@@ -219,7 +219,9 @@ def doc_section(rows: list[Row], meta: dict[str, object], chart_note: str | None
         f"Machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"Linux {machine['kernel']}, {machine['os']}.  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".  ",
+        f"Load average (1, 5, 15 min) at start: {meta.get('load_average_at_start')}, at end: "
+        f"{meta.get('load_average_at_end')}; the run took {float(str(meta.get('duration_s', 0))) / 60:.0f} min.",
         "",
         table(rows),
         "",

@@ -161,7 +161,7 @@ def _plan(row: Row, run: Running, setup: Setup, seconds: float) -> Callable[[], 
     if row.number == 3:
         def handshakes() -> tuple[float, dict[str, float]]:
             value, extra = _wrk_value(f"{https}/", seconds, close=True)
-            return value, {**extra, "tls_resumed": float(clients.resumes_tls(run.https_port or 0))}
+            return value, {**extra, "tls_resumed": clients.resumed_share(run.https_port or 0)}
         return handshakes
     if row.number == 4:
         return lambda: _wrk_value(http + "/big", seconds, big=True)

@@ -85,7 +85,12 @@ def main() -> int:
                      "access_log_nginx_caddy": contenders.access_log(),
                      "ws_connections": _int("BENCH_WS_CONNECTIONS", 8), "rows": sorted(chosen)},
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": deps.load_average(),
     }
+    busy = float(str(meta["load_average_at_start"]).split()[0] or 0) if meta["load_average_at_start"] != "unknown" else 0
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(f"note: the machine is already busy (load average {meta['load_average_at_start']}): "
+              "absolute figures will be low; the per-round ratios suffer less", flush=True)
     print(f"machine: {meta['machine']}\nversions: {meta['versions']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="snakeway-bench-"))
     table = [*rows.throughput_rows(seconds, rounds), *rows_acme.acme_rows(names), *rows_scale.scale_rows(stored, idle)]
@@ -135,6 +140,7 @@ def report_and_exit(table: list[rows.Row], meta: dict[str, object], started: flo
                     interrupted: bool = False) -> int:
     meta["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta["duration_s"] = round(time.monotonic() - started, 1)
+    meta["load_average_at_end"] = deps.load_average()
     print("\n" + report.table(table) + "\n")
     for note in report.row_notes(table):
         print(f"- {note}")

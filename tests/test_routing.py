@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.config.model import Route
-from snakeway.proxy.routing import Router, normalize_host, remove_dot_segments
+from snakeway.proxy.routing import HOST_CACHE_SIZE, Router, normalize_host, remove_dot_segments
 
 
 def route(path: str, *hosts: str) -> Route:
@@ -79,3 +79,26 @@ def test_longest_matching_prefix_always_wins(prefixes: list[str], request_path: 
 def test_match_is_total(host: str, path: str) -> None:
     router = Router([(route("/a", "*.b.test"), 1), (route("/", "*"), 2)])
     assert router.match(host, path) is not None
+
+
+hosts = st.sampled_from(["a.test", "A.test:8080", "x.a.test", "b.test", "[::1]:80", "", "a.test."])
+
+
+@given(requests=st.lists(st.tuples(hosts, paths), max_size=12))
+def test_remembered_hosts_route_as_the_first_time(requests: list[tuple[str, str]]) -> None:
+    table = [
+        (route("/api", "a.test"), 1),
+        (route("/api", "*.a.test"), 2),
+        (route("/", "b.test", "a.test"), 3),
+        (route("/v1", "*"), 4),
+    ]
+    remembering = Router(table)
+    for host, path in requests:
+        assert remembering.match(host, path) == Router(table).match(host, path)
+
+
+def test_host_memo_is_bounded() -> None:
+    router = Router([(route("/", "*"), 1)])
+    for i in range(3 * HOST_CACHE_SIZE):  # a client making up a Host per request
+        assert router.match(f"h{i}.test", "/") is not None
+    assert len(router._host_cache) <= HOST_CACHE_SIZE

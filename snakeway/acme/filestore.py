@@ -39,6 +39,16 @@ entry is logged with ``logger.warning`` and reported as missing, so it is
 never served; the manager simply obtains a new certificate. Unreadable files
 (permissions) and failed writes raise :class:`~snakeway.acme.store.StoreError`.
 
+**The index.** ``index()`` reads only meta.json (and checks that cert.pem and
+key.pem exist) for every entry, in one worker-thread call: about 30 µs a
+certificate instead of a full load's ~500 µs. Each :class:`StoredMeta` carries
+the paths of the *resolved* version directory, so a context built from them
+later reads a certificate and key that belong together even if a save swaps
+the symlink meanwhile. A save garbage-collects the old version, after which
+those paths are gone: whoever saves publishes the new certificate (the
+manager does, and other workers pick it up through the coordinator's stamps),
+so the old paths are not used after that.
+
 **Threads and concurrency.** All blocking I/O runs in
 ``trio.to_thread.run_sync``; cancellation waits for the thread, so a write is
 never half-abandoned. A ``trio.Lock`` serialises the operations of one
@@ -66,7 +76,9 @@ from snakeway.acme.store import (
     AccountRecord,
     CertBundle,
     OrderRecord,
+    StoredMeta,
     StoreError,
+    check_name,
     name_to_path_part,
     path_part_to_name,
 )
@@ -74,7 +86,7 @@ from snakeway.clock import SystemClock
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from snakeway.clock import WallClock
 
@@ -255,6 +267,76 @@ class FileStore:
     async def list(self) -> builtins.list[str]:
         return await self._run("list certificates", self._list_bundles)
 
+    async def index(self, names: Iterable[str] | None = None) -> dict[str, StoredMeta]:
+        """See :class:`~snakeway.acme.store.CertIndex`: meta.json only, one thread call for all."""
+        wanted = None if names is None else [(check_name(name), name_to_path_part(name)) for name in names]
+        return await self._run("index certificates", lambda: self._index(wanted))
+
+    def _index(self, wanted: builtins.list[tuple[str, str]] | None) -> dict[str, StoredMeta]:
+        # Hot at start-up (10,000 entries): plain strings and few system calls per entry (readlink, open,
+        # two stats), no pathlib until the result.
+        if wanted is None:
+            wanted = []
+            for part in self._entry_parts():
+                try:
+                    wanted.append((path_part_to_name(part), part))
+                except ValueError:
+                    logger.warning("ignoring %s: not a certificate name", self.cert_dir / part)
+        cert_dir = os.fspath(self.cert_dir)
+        found: dict[str, StoredMeta] = {}
+        for name, part in wanted:
+            entry = os.path.join(cert_dir, part)
+            try:
+                target = os.readlink(entry)
+            except FileNotFoundError:
+                continue  # absent
+            except OSError:  # not a symlink: a plain directory placed by hand (or a stray file)
+                target = part
+            # Resolved once, so both paths name one version (as _load_bundle does).
+            version = os.path.join(cert_dir, target) if os.sep not in target else os.path.realpath(entry)
+            try:
+                found[name] = self._parse_meta(name, version)
+            except (_Corrupt, ValueError) as exc:  # as _loaded, without a Path per entry
+                logger.warning("ignoring unusable %s in %s: %s", f"certificate {name!r}", entry, exc)
+        return found
+
+    def _parse_meta(self, name: str, version: str) -> StoredMeta:
+        """meta.json of ``version`` as a :class:`StoredMeta`; the same checks as :meth:`_parse_bundle` short of PEM."""
+        try:
+            with open(os.path.join(version, "meta.json"), "rb") as file:
+                data = file.read()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if not os.path.isdir(version):
+                raise _Corrupt("not a directory (dangling link?)") from exc
+            raise _Corrupt("meta.json is missing") from exc
+        meta = _json(data, "meta.json")
+        if meta.get("version") != META_VERSION or meta.get("name") != name:
+            raise _Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+        domains = _field(meta, "domains", list, "meta.json")
+        if not all(isinstance(d, str) for d in domains):
+            raise _Corrupt("meta.json: domains should be strings")
+        cert_path, key_path = os.path.join(version, "cert.pem"), os.path.join(version, "key.pem")
+        for path in (cert_path, key_path):
+            if not os.path.isfile(path):
+                raise _Corrupt(f"{os.path.basename(path)} is missing")
+        return StoredMeta(
+            name=name,
+            domains=tuple(domains),
+            not_before=datetime.fromisoformat(_field(meta, "not_before", str, "meta.json")),
+            not_after=datetime.fromisoformat(_field(meta, "not_after", str, "meta.json")),
+            serial=_field(meta, "serial", str, "meta.json"),
+            cert_path=cert_path,
+            key_path=key_path,
+        )
+
+    def _entry_parts(self) -> builtins.list[str]:
+        """The file names of ``cert_dir`` that may be certificates (not hidden), sorted."""
+        try:
+            with os.scandir(self.cert_dir) as entries:
+                return sorted(e.name for e in entries if not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
     def _load_bundle(self, name: str, part: str) -> CertBundle | None:
         entry = self.cert_dir / part
         if not os.path.lexists(entry):
@@ -347,13 +429,8 @@ class FileStore:
         self._collect_garbage(part, keep=None)
 
     def _list_bundles(self) -> builtins.list[str]:
-        try:
-            with os.scandir(self.cert_dir) as entries:
-                parts = sorted(e.name for e in entries if not e.name.startswith("."))
-        except FileNotFoundError:
-            return []
         names = []
-        for part in parts:
+        for part in self._entry_parts():
             try:
                 name = path_part_to_name(part)
             except ValueError:

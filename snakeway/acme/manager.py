@@ -20,11 +20,35 @@ start-up already has it. Then one task per certificate loops:
 Each certificate has its own error boundary: a failure is logged loudly with
 the time of the next attempt, recorded in the store (so a restart does not
 reset the back-off), and the certificate that was being served stays served.
+
+Many certificates
+-----------------
+With a store that offers ``index`` (see :class:`~snakeway.acme.store.CertIndex`:
+both of ours do), loading before ``started()`` reads only metadata, in one
+call, and registers each unexpired certificate with a context built on its
+first handshake from the store's own files (see :mod:`snakeway.tls.certmap`),
+all in one registry update: 10,000 certificates take well under a second.
+Validation waits for that first handshake (OpenSSL checks the key) and for
+the certificate's first *check*, which loads the full bundle; a pair that
+cannot be built is refused, never served, and the next check that finds the
+stored bundle sound publishes it again, built and validated in a thread.
+
+So that 10,000 first checks do not all load their bundle at once, when more
+than ``SPREAD_FIRST_CHECKS_ABOVE`` certificates are managed the first check of
+each one loaded from the store and not due by its metadata waits a random
+delay of up to ``min(check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)``.
+Missing and due certificates are checked at once. Such a certificate's task is
+only started when its first check is due (one task, ``_start_deferred``,
+starts them): 10,000 tasks starting together would hold up the first
+handshakes for most of a second. ``retry_now`` starts them all at once.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,14 +61,16 @@ from snakeway.acme.backend import AcmeBackend, ChallengeTask
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator, LocalCoordinator
 from snakeway.acme.schedule import RenewalState, next_check, renewal_due, renewal_time
-from snakeway.acme.store import AccountRecord, CertBundle, CertStore
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore, StoredMeta
 from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Challenge, Config, KeyType, TlsAutomation, TlsMode
 from snakeway.errors import IssuanceError
 from snakeway.listeners import cert_ids
+from snakeway.tls.certinfo import CertificateError
+from snakeway.tls.certmap import CertEntry
 from snakeway.tls.registry import CertRegistry
-from snakeway.tls.sources import Offload, entry_from_pem
+from snakeway.tls.sources import Offload, entry_from_pem, lazy_entry_from_files, lazy_entry_from_pem
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +80,10 @@ ISSUANCE_TIMEOUT = 300.0
 LOCKED_RECHECK_SECONDS = 30.0
 # The lock name under which the ACME account is registered (not a valid host name).
 ACCOUNT_LOCK = "acme-account.lock"
+# With more certificates than this, the first checks of stored ones are spread out (see the module docstring) ...
+SPREAD_FIRST_CHECKS_ABOVE = 100
+# ... over at most this many seconds (or the check interval, if shorter).
+FIRST_CHECK_SPREAD_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +179,13 @@ class CertManager:
         self._forced: set[str] = set()
         self._retry_after: dict[str, datetime] = {}
         self._naps: dict[str, trio.CancelScope] = {}
+        self._first_checks: dict[str, datetime] = {}  # cert id -> spread-out first check (see _load_stored)
+        # Certificates whose task starts at their spread-out first check: a heap of (when, order, cert, scope).
+        self._deferred: list[tuple[datetime, int, ManagedCert, trio.CancelScope]] = []
+        self._deferred_order = itertools.count()
+        self._starter_running = False
+        self._starter_nap: trio.CancelScope | None = None
+        self._start_all = False
 
     # -- running ---------------------------------------------------------
 
@@ -183,15 +220,94 @@ class CertManager:
             nap = self._naps.get(cert_id)
             if nap is not None:
                 nap.cancel()
+        if self._deferred:  # certificates whose first check was spread out: start them all now
+            self._start_all = True
+            if self._starter_nap is not None:
+                self._starter_nap.cancel()
 
     def _start(self, cert: ManagedCert) -> None:
+        """Start ``cert``'s task now or, if its first check was spread out (see :meth:`_load_stored`), then."""
         assert self._nursery is not None
         scope = trio.CancelScope()
         self._tasks[cert.cert_id] = scope
-        self._nursery.start_soon(self._keep_fresh, cert, scope)
+        first = self._first_checks.pop(cert.cert_id, None)
+        if first is None:
+            self._nursery.start_soon(self._keep_fresh, cert, scope)
+            return
+        # No task until then: 10,000 tasks starting at once would hold up the first handshakes.
+        self.next_checks[cert.cert_id] = first
+        heapq.heappush(self._deferred, (first, next(self._deferred_order), cert, scope))
+        if not self._starter_running:
+            self._starter_running = True
+            self._nursery.start_soon(self._start_deferred)
+
+    async def _start_deferred(self) -> None:
+        """Start the tasks of spread-out certificates as their first checks come due."""
+        assert self._nursery is not None
+        try:
+            while self._deferred:
+                if not self._start_all:
+                    with trio.CancelScope() as nap:
+                        self._starter_nap = nap
+                        await sleep_until(self.clock, self._deferred[0][0])
+                    self._starter_nap = None
+                now = self.clock.now()
+                while self._deferred and (self._start_all or self._deferred[0][0] <= now):
+                    _, _, cert, scope = heapq.heappop(self._deferred)
+                    if self._tasks.get(cert.cert_id) is scope:  # not dropped or replaced by configure()
+                        self._nursery.start_soon(self._keep_fresh, cert, scope)
+        finally:
+            self._starter_running = self._start_all = False
+            self._starter_nap = None
 
     async def _load_stored(self, certs: Iterable[ManagedCert]) -> None:
+        """Put every unexpired stored certificate of ``certs`` into the cert map, in one registry update."""
+        certs = list(certs)
+        index = getattr(self.store, "index", None)  # the optional CertIndex
+        if index is None:
+            entries = await self._load_stored_bundles(certs)
+        else:
+            entries = await self._load_stored_index(certs, await index([c.name for c in certs]))
+        if entries:
+            self.registry.update(entries)
+
+    async def _load_stored_index(self, certs: list[ManagedCert], index: dict[str, StoredMeta]) -> dict[str, CertEntry]:
+        """Lazy entries from the store's metadata: no PEM parsed, no context built (see the module docstring)."""
         now = self.clock.now()
+        spread = len(self.certs) > SPREAD_FIRST_CHECKS_ABOVE
+        # One line per certificate, unless there are very many: then one line for all (and the rest at debug).
+        level = logging.DEBUG if len(certs) > SPREAD_FIRST_CHECKS_ABOVE else logging.INFO
+        window = min(self.settings.check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)
+        renew_within = _days(self.settings.renew_within_days)
+        entries: dict[str, CertEntry] = {}
+        for cert in certs:
+            meta = index.get(cert.name)
+            if meta is None or meta.not_after <= now:
+                continue
+            if meta.cert_path is not None and meta.key_path is not None:
+                entry = lazy_entry_from_files(meta.domains, meta.cert_path, meta.key_path, source=f"for {cert.name} ({os.path.dirname(meta.cert_path)})")
+            else:  # a store not on disk (MemoryStore): loading is cheap, the context is still built on first use
+                bundle = await self.store.load(cert.name)
+                if bundle is None or bundle.not_after <= now:
+                    continue
+                meta = StoredMeta.of(bundle)
+                entry = lazy_entry_from_pem(bundle.domains, bundle.cert_pem, bundle.key_pem, source=f"for {cert.name}")
+            entries[cert.cert_id] = entry
+            self._published[cert.cert_id] = meta.serial
+            logger.log(level, "loaded stored certificate for %s (valid until %s)", ", ".join(meta.domains), _day(meta.not_after))
+            if spread and set(cert.domains) <= set(meta.domains) and not renewal_due(meta.not_before, meta.not_after, now, renew_within=renew_within):
+                self._first_checks[cert.cert_id] = now + timedelta(seconds=window * self.rng.random())
+        if level == logging.DEBUG:
+            logger.info(
+                "loaded stored certificates: %d of %d, contexts built on first use; first checks spread over %.0f s",
+                len(entries), len(certs), window if spread else 0,
+            )
+        return entries
+
+    async def _load_stored_bundles(self, certs: list[ManagedCert]) -> dict[str, CertEntry]:
+        """Eager entries, each bundle loaded and its context built in a thread (stores without an index)."""
+        now = self.clock.now()
+        entries: dict[str, CertEntry] = {}
         for cert in certs:
             bundle = await self.store.load(cert.name)
             if bundle is None or bundle.not_after <= now:
@@ -203,9 +319,10 @@ class CertManager:
             except Exception as exc:  # a stored bundle we cannot serve is reported, never fatal
                 logger.warning("stored certificate for %s cannot be served: %s", cert.name, exc)
                 continue
-            self.registry.update({cert.cert_id: entry})
+            entries[cert.cert_id] = entry
             self._published[cert.cert_id] = bundle.serial
             logger.info("loaded stored certificate for %s (valid until %s)", ", ".join(bundle.domains), _day(bundle.not_after))
+        return entries
 
     async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
         with scope:
@@ -215,18 +332,26 @@ class CertManager:
                 except Exception:  # the per-certificate error boundary
                     logger.exception("certificate %s: unexpected error; checking again later", cert.name)
                     wake = next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random())
-                self.next_checks[cert.cert_id] = wake
-                with trio.CancelScope() as nap:
-                    self._naps[cert.cert_id] = nap
-                    if cert.cert_id not in self._forced:
-                        await sleep_until(self.clock, wake)
-                self._naps.pop(cert.cert_id, None)
+                await self._nap(cert, wake)
+
+    async def _nap(self, cert: ManagedCert, wake: datetime) -> None:
+        """Sleep until ``wake``, or until :meth:`retry_now`."""
+        self.next_checks[cert.cert_id] = wake
+        with trio.CancelScope() as nap:
+            self._naps[cert.cert_id] = nap
+            if cert.cert_id not in self._forced:
+                await sleep_until(self.clock, wake)
+        self._naps.pop(cert.cert_id, None)
 
     # -- one check -------------------------------------------------------
 
     async def check(self, cert: ManagedCert) -> datetime:
         """Issue ``cert`` if needed now; returns when to check it next."""
         now = self.clock.now()
+        # A forced check (retry_now) is this one, whatever it finds: healthy certificates included, or their
+        # task would check again and again without napping.
+        forced = cert.cert_id in self._forced
+        self._forced.discard(cert.cert_id)
         state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
         bundle = await self.store.load(cert.name)
         periodic = next_check(now, self.settings.check_interval_seconds, jitter=self.rng.random())
@@ -234,10 +359,10 @@ class CertManager:
             window = await self._renewal_window(bundle)
             renew_within = _days(self.settings.renew_within_days)
             if not renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within, ari_window=window):
+                await self._rebuild_if_unservable(cert, bundle)
                 due = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within, ari_window=window)
                 return min(due, periodic)
-        if cert.cert_id in self._forced:
-            self._forced.discard(cert.cert_id)
+        if forced:
             floor = self._retry_after.get(cert.cert_id)
             if floor is not None and now < floor:
                 logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner", cert.name, floor.isoformat(timespec="seconds"))
@@ -312,6 +437,24 @@ class CertManager:
         )
         self.registry.update({cert.cert_id: entry})
         self._published[cert.cert_id] = bundle.serial
+
+    async def _rebuild_if_unservable(self, cert: ManagedCert, bundle: CertBundle) -> None:
+        """Publish ``bundle`` again if the served entry's lazy context failed to build.
+
+        A lazy build fails for good (until replaced) so that a handshake never retries it; but the failure may
+        have been passing (out of file descriptors, a save racing the build). The store has just vouched for
+        ``bundle`` in full, so build it again here, validated, in a thread: once per check at most.
+        """
+        entry = self.registry.entry(cert.cert_id)
+        lazy = entry.lazy if entry is not None else None
+        if lazy is None or lazy.error is None:
+            return
+        try:
+            await self._publish(cert, bundle)
+        except CertificateError as exc:
+            logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
+            return
+        logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, lazy.error)
 
     async def _watch_store(self, interval: float) -> None:
         """Load certificates that another worker saved (several workers share one store)."""

@@ -24,6 +24,19 @@ Both stores refuse to save a bundle that could not be served: the PEMs must
 parse, the key must match the leaf certificate, every domain must be among
 the leaf's names, and the dates must agree with the leaf. ``load`` returns the
 bundle as parsed from its PEM, so ``issuer`` and ``serial`` are always filled.
+
+Index
+-----
+Besides the :class:`CertStore` protocol, both stores offer ``index`` (the
+optional :class:`CertIndex` protocol): every stored certificate's
+:class:`StoredMeta` (names, dates, serial and, on disk, the paths of its
+current ``cert.pem`` and ``key.pem``) without parsing a PEM, in one call. It is
+what lets the CertManager start with thousands of certificates in well under a
+second: it registers each one with a context built on first use from those
+files, and leaves the full validation of ``load`` to its checks. The index
+trusts the metadata, so it skips what is visibly corrupt (missing files,
+unreadable or inconsistent meta.json) but cannot notice a key that does not
+match its certificate; building the context does (``load_cert_chain``).
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from snakeway.errors import SnakewayError
 
 if TYPE_CHECKING:
     import builtins
+    from collections.abc import Iterable
     from datetime import datetime
     from pathlib import Path
 
@@ -219,6 +233,48 @@ class OrderRecord:
         _require_aware("created", self.created)
 
 
+@final
+@dataclass(frozen=True)
+class StoredMeta:
+    """What a store knows about a stored certificate without parsing its PEM (see "Index" above).
+
+    Attributes:
+        name: The certificate's name (see :func:`check_name`).
+        domains: Every name it was obtained for, ``name`` first.
+        not_before: Start of validity (aware UTC), as recorded at save.
+        not_after: End of validity (aware UTC), as recorded at save.
+        serial: The leaf's serial number in lower-case hex, or "" if unknown.
+        cert_path: The path of the current version's full chain on disk; ``None`` for a store that is not on
+            disk. A ``str``, not a ``Path``: an index of 10,000 certificates is built faster without pathlib.
+        key_path: The path of the current version's private key on disk; ``None`` likewise.
+
+    Raises:
+        ValueError: Invalid names or naive dates (as :class:`CertBundle`).
+    """
+
+    name: str
+    domains: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    serial: str = ""
+    cert_path: str | None = None
+    key_path: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if not self.domains or self.domains[0] != self.name:
+            raise ValueError(f"domains of {self.name!r} must start with the name, got {self.domains!r}")
+        for domain in self.domains:
+            check_name(domain)
+        _require_aware("not_before", self.not_before)
+        _require_aware("not_after", self.not_after)
+
+    @classmethod
+    def of(cls, bundle: CertBundle) -> StoredMeta:
+        """The metadata of ``bundle`` (no paths)."""
+        return cls(bundle.name, bundle.domains, bundle.not_before, bundle.not_after, bundle.serial)
+
+
 # --- the protocol --------------------------------------------------------------------------------
 
 
@@ -243,6 +299,25 @@ class CertStore(Protocol):
     async def load_order(self, name: str) -> OrderRecord | None: ...
     async def save_order(self, order: OrderRecord) -> None: ...
     async def delete_order(self, name: str) -> None: ...
+
+
+class CertIndex(Protocol):
+    """Optional, beside :class:`CertStore`: list stored certificates cheaply (see "Index" above).
+
+    Callers detect it with ``getattr(store, "index", None)``.
+    """
+
+    async def index(self, names: Iterable[str] | None = None) -> dict[str, StoredMeta]:
+        """The metadata of every stored certificate (of ``names`` only, if given), by name.
+
+        One call for all: no PEM is parsed. Absent names are left out, and so are visibly corrupt entries
+        (logged, as ``load`` does). An entry listed here may still fail ``load``'s full validation.
+
+        Raises:
+            ValueError: A name in ``names`` is invalid.
+            StoreError: The medium cannot be read.
+        """
+        ...
 
 
 @final
@@ -270,6 +345,11 @@ class MemoryStore:
 
     async def list(self) -> builtins.list[str]:
         return sorted(self._bundles)
+
+    async def index(self, names: Iterable[str] | None = None) -> dict[str, StoredMeta]:
+        """See :class:`CertIndex`; no paths (nothing is on disk), so callers build from ``load``'s PEM."""
+        wanted = sorted(self._bundles) if names is None else [check_name(name) for name in names]
+        return {name: StoredMeta.of(self._bundles[name]) for name in wanted if name in self._bundles}
 
     async def load_state(self, name: str) -> RenewalState | None:
         return self._states.get(check_name(name))

@@ -182,13 +182,14 @@ class Exchange:
     """One request and its response between a client and an upstream connection.
 
     Timeouts: every wait (a read or a write on either hop) has a time limit of
-    its own, as if each ran under its own ``trio.fail_after``. But entering and
-    leaving a cancel scope costs far more than moving the deadline of one
-    already entered, and even a small exchange waits four times; so the waits
-    of an exchange share one scope, opened by :meth:`timeouts`, and each wait
-    first re-arms it (:meth:`_arm`) with its own deadline and the
-    :class:`Wait` that names the error should that deadline pass. Every wait
-    inside :meth:`timeouts` must be armed.
+    its own, as if each ran under its own ``trio.fail_after``. But a
+    ``fail_after`` costs about three times as much as moving the deadline of a
+    scope already entered (some 70 000 CPU instructions against 20 000; a
+    small proxied request takes 1.5 million), and even a small exchange waits
+    three times. So the waits of an exchange share one scope, opened by
+    :meth:`timeouts`, and each wait first re-arms it (:meth:`_arm`) with its
+    own deadline and the :class:`Wait` that names the error should that
+    deadline pass. Every wait inside :meth:`timeouts` must be armed.
     """
 
     def __init__(

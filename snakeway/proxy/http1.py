@@ -38,7 +38,7 @@ from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
-from snakeway.tls.handshake import HANDSHAKE, covers
+from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # A Host a redirect may repeat: a name or IP literal and an optional port.
@@ -141,6 +141,8 @@ class Http1Connection:
         self.requests = 0
         self._linger = False
         self._fctx: ForwardContext | None = None
+        self._covered_host: str | None = None
+        self._covered = False
         self._fctx_runtime: Runtime | None = None
 
     async def run(self) -> None:
@@ -268,7 +270,7 @@ class Http1Connection:
         if spec.role is Role.REDIRECT:
             return await self._redirect(spec, host, target)
         handshake = HANDSHAKE.get()
-        if handshake is not None and host and not covers(handshake, normalize_host(host)):
+        if handshake is not None and host and not self._certificate_covers(handshake, host):
             await self._error(421, f"this connection's certificate does not cover {host!r}", request)
             return 421, False
         match = runtime.router(self.ctx.key).match(host, target.path)
@@ -290,6 +292,19 @@ class Http1Connection:
             logger.debug("client %s gone: %s", self.client_ip, exc)
             return 499, False
         return status, await self._finish_request_body()
+
+    def _certificate_covers(self, handshake: HandshakeInfo, host: str) -> bool:
+        """Whether this connection's certificate covers ``host`` (else 421).
+
+        Remembered for the last host asked: the certificate is the
+        connection's, a client sends the same Host on all its requests, and
+        matching it against the certificate's names is costly (they are
+        normalised on every call): about 6 % of a small HTTPS request.
+        """
+        if host != self._covered_host:
+            self._covered = covers(handshake, normalize_host(host))
+            self._covered_host = host
+        return self._covered
 
     def _forward_context(self, runtime: Runtime, spec: ListenerSpec) -> ForwardContext:
         """The connection's ForwardContext, made again only after a reload."""

@@ -20,6 +20,8 @@ from snakeway.config.model import Route
 T = TypeVar("T")
 
 EXACT, WILDCARD, ANY = 0, 1, 2
+# Host values whose candidate routes a Router remembers (see Router._for_host).
+HOST_CACHE_SIZE = 1024
 
 
 def host_rank(pattern: str) -> int:
@@ -106,12 +108,30 @@ class Router(Generic[T]):
         ]
         entries.sort(key=lambda e: (-len(e[1].route.path), host_rank(e[1].pattern), e[0]))
         self._entries = tuple(entry for _, entry in entries)
+        self._host_cache: dict[str, tuple[_Entry[T], ...]] = {}
 
     def match(self, host: str, path: str) -> Match[T] | None:
         """The best route for a request, or None (a 404)."""
-        host = normalize_host(host)
         path = remove_dot_segments(path or "/")
-        for entry in self._entries:
-            if path_matches(entry.route.path, path) and host_matches(entry.pattern, host):
+        for entry in self._for_host(host):
+            if path_matches(entry.route.path, path):
                 return Match(entry.route, entry.target)
         return None
+
+    def _for_host(self, host: str) -> tuple[_Entry[T], ...]:
+        """The entries whose host pattern matches ``host`` (as sent), in match order.
+
+        Remembered per Host value: requests repeat a few hosts while their
+        paths vary. Clients choose the value, so the memo is bounded: it is
+        emptied when full, and a flood of made-up names costs only the
+        filtering that an uncached lookup does anyway. A cache of derived
+        data: the table itself stays immutable.
+        """
+        entries = self._host_cache.get(host)
+        if entries is None:
+            name = normalize_host(host)
+            entries = tuple(entry for entry in self._entries if host_matches(entry.pattern, name))
+            if len(self._host_cache) >= HOST_CACHE_SIZE:
+                self._host_cache.clear()
+            self._host_cache[host] = entries
+        return entries

@@ -84,8 +84,11 @@ def server_context(
             context.load_cert_chain(cert_path, key_path)
         except ssl.SSLError as exc:
             raise CertificateError(f"{os.fspath(cert_path)}: cannot load the certificate and key ({exc})") from exc
-        except OSError as exc:
-            raise CertificateError(f"{exc.filename or os.fspath(cert_path)}: {exc.strerror or exc}") from exc
+        except OSError as exc:  # load_cert_chain does not say which file: name the one that is missing
+            culprit = exc.filename or next(
+                (p for p in (cert_path, key_path) if p is not None and not os.path.exists(p)), cert_path
+            )
+            raise CertificateError(f"{os.fspath(culprit)}: {exc.strerror or exc}") from exc
     return context
 
 

@@ -5,10 +5,19 @@ Certificates come from three places: files named in the configuration
 Each is known by an id (see :func:`snakeway.listeners.cert_ids`). A TLS
 listener serves the certificates of the ids its ``tls`` blocks ask for.
 
-Whoever obtains a certificate hands the ready :class:`CertEntry` (its context
-built off the handshake path) to :meth:`CertRegistry.update`; every listener
-that serves that id gets a new :class:`CertMap` in one reference swap. Pure
-bookkeeping, no I/O.
+Whoever obtains a certificate hands its :class:`CertEntry` to
+:meth:`CertRegistry.update`; every listener that serves that id gets a new
+:class:`CertMap` in one reference swap. An entry's context is either ready
+(built off the handshake path) or lazy, built on its first handshake (see
+:mod:`snakeway.tls.certmap`); the registry passes the entry objects themselves
+into every map, so a lazy context is built once however many listeners serve
+it and however often the maps are rebuilt. Pure bookkeeping, no I/O.
+
+Cost: a publish rebuilds the map of each affected listener, linear in the
+number of certificates it serves (names are canonicalised once, in
+:meth:`CertRegistry.update`, not at every rebuild). Hand many certificates
+over in one :meth:`CertRegistry.update` call: one rebuild, not one per
+certificate.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder
+from snakeway.tls import names as _names
+from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder, canonical_entry
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +72,12 @@ class CertRegistry:
         self._publish(lambda served: True)
 
     def update(self, entries: Mapping[str, CertEntry]) -> None:
-        """Install new or renewed certificates; listeners serving them see them next handshake."""
+        """Install new or renewed certificates; listeners serving them see them next handshake.
+
+        Raises:
+            ValueError: An entry has an invalid name or none; nothing is installed then.
+        """
+        entries = {cert_id: canonical_entry(entry) for cert_id, entry in entries.items()}
         self._entries.update(entries)
         self._publish(lambda served: any(i in entries for i in served.ids))
 
@@ -81,12 +96,12 @@ class CertRegistry:
         default: str | None = served.default
         if default == ONLY_CERTIFICATE:
             default = entries[0].names[0] if len(entries) == 1 and entries[0].names else None
-        if default is not None and not any(_covers(e, default) for e in entries):
+        if default is not None and not _any_covers(entries, default):
             default = None  # its certificate is not there (yet): refuse rather than guess
-        return CertMap.build(((e.names, e.context) for e in entries), default=default)
+        return CertMap.build(entries, default=default)
 
 
-def _covers(entry: CertEntry, name: str) -> bool:
-    from snakeway.tls.names import covers
-
-    return covers(entry.names, name)
+def _any_covers(entries: list[CertEntry], name: str) -> bool:
+    """Whether one of ``entries`` (canonical names, see :meth:`CertRegistry.update`) covers ``name``."""
+    host = _names.normalize_host(name)
+    return host is not None and any(_names.matches(pattern, host) for e in entries for pattern in e.names)

@@ -10,10 +10,15 @@ switch the handshake to another context by assigning ``ssl_obj.context``, and ab
 number. An exception escaping it also aborts the handshake (after Python prints it as "unraisable"), so the
 callback catches everything and logs at debug level.
 
-The callback never blocks and does no I/O: it reads ``holder.current`` once, asks the map (:meth:`CertMap.choose`:
-exact name, wildcard, then the default) and switches contexts. Without an answer it returns
-``ALERT_DESCRIPTION_UNRECOGNIZED_NAME``, which ends the handshake with a fatal alert the client can report
+The callback never blocks on the network and does no I/O of its own: it reads ``holder.current`` once, asks the
+map (:meth:`CertMap.choose`: exact name, wildcard, then the default) and switches contexts. Without an answer it
+returns ``ALERT_DESCRIPTION_UNRECOGNIZED_NAME``, which ends the handshake with a fatal alert the client can report
 (once sent: ``trio.SSLStream`` drops it, so :func:`~snakeway.tls.handshake.accept_tls` sends it itself).
+
+The one exception is a *lazy* entry's first handshake (see :mod:`snakeway.tls.certmap`): reading its context
+builds it, here, from the certificate store's files (``load_cert_chain``: two small local files, about a
+millisecond), once per certificate. A build that fails is refused with ``ALERT_DESCRIPTION_INTERNAL_ERROR``, and
+stays refused (without rebuilding) until a new certificate is published.
 
 The server never learns the SNI otherwise (Python has no server-side getter), so the callback also records its
 choice for whoever asked: :func:`recording_choice` puts a :class:`SniChoice` slot in a context variable of the
@@ -95,7 +100,8 @@ def make_sni_callback(holder: CertSource) -> SniCallback:
 
     Returns:
         A callback for :attr:`ssl.SSLContext.sni_callback`. It never raises: an unknown name without a default
-        gives ``ALERT_DESCRIPTION_UNRECOGNIZED_NAME``, an internal failure ``ALERT_DESCRIPTION_INTERNAL_ERROR``.
+        gives ``ALERT_DESCRIPTION_UNRECOGNIZED_NAME``, an internal failure or a certificate whose lazy context
+        could not be built ``ALERT_DESCRIPTION_INTERNAL_ERROR``.
     """
 
     def on_sni(ssl_obj: ssl.SSLObject, name: str | None, _base: ssl.SSLContext) -> int | None:
@@ -108,8 +114,12 @@ def make_sni_callback(holder: CertSource) -> SniCallback:
             if entry is None:
                 logger.debug("TLS: no certificate for server name %r; refusing the handshake", name)
                 return _refuse(slot, ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME)
-            if ssl_obj.context is not entry.context:
-                ssl_obj.context = entry.context
+            context = entry.context  # a lazy entry is built here, on its first handshake (see certmap)
+            if context is None:  # its build failed (logged once by the entry): refuse, as for a broken map
+                logger.debug("TLS: the certificate for server name %r cannot be served; refusing the handshake", name)
+                return _refuse(slot, ssl.ALERT_DESCRIPTION_INTERNAL_ERROR)
+            if ssl_obj.context is not context:
+                ssl_obj.context = context
             if slot is not None:
                 slot.cert_names = entry.names or None
             return None

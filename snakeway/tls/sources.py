@@ -4,6 +4,11 @@ Both build their contexts in worker threads, off the handshake path, and hand
 ready :class:`~snakeway.tls.certmap.CertEntry` objects to the
 :class:`~snakeway.tls.registry.CertRegistry`.
 
+:func:`lazy_entry_from_files` and :func:`lazy_entry_from_pem` make entries
+whose context is built on first use instead (see :mod:`snakeway.tls.certmap`):
+the CertManager registers thousands of stored certificates that way at
+start-up.
+
 Internal certificates are short-lived (7 days): :class:`InternalIssuer` issues
 those that are missing at start-up, before any listener opens, and then
 re-issues each one when a third of its lifetime is left. It waits on the
@@ -13,8 +18,10 @@ injected wall clock, so tests run weeks of renewals on trio's MockClock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -25,8 +32,8 @@ from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Tls, TlsMode
 from snakeway.listeners import cert_ids
 from snakeway.tls.certinfo import CertInfo, validate_pair
-from snakeway.tls.certmap import CertEntry
-from snakeway.tls.contexts import context_from_pem
+from snakeway.tls.certmap import CertEntry, LazyContext
+from snakeway.tls.contexts import context_from_pem, server_context
 from snakeway.tls.internal_ca import LocalCA, renewal_time
 from snakeway.tls.registry import CertRegistry
 
@@ -57,6 +64,25 @@ async def entry_from_pem(
     return await (offload or trio.to_thread.run_sync)(
         lambda: _entry_from_pem(cert_pem, key_pem, now=now, source=source)
     )
+
+
+def lazy_entry_from_files(
+    names: Iterable[str], cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], *, source: str
+) -> CertEntry:
+    """An entry for ``names`` whose context is built on first use by ``load_cert_chain(cert_path, key_path)``.
+
+    No file is read now. The first handshake that needs the certificate reads both files (in the SNI callback:
+    two small local files) and OpenSSL checks that the key matches; a failure is logged once and the certificate
+    refused from then on (see :class:`~snakeway.tls.certmap.LazyContext`). The files must stay in place until
+    then: the certificate store's version directories do (see :mod:`snakeway.acme.filestore`).
+    """
+    build = partial(server_context, os.fspath(cert_path), os.fspath(key_path))
+    return CertEntry(tuple(names), LazyContext(build, source=source))
+
+
+def lazy_entry_from_pem(names: Iterable[str], cert_pem: bytes, key_pem: bytes, *, source: str) -> CertEntry:
+    """Like :func:`lazy_entry_from_files`, for a chain and key held in memory (built through temporary files)."""
+    return CertEntry(tuple(names), LazyContext(partial(context_from_pem, cert_pem, key_pem), source=source))
 
 
 async def inline(fn: Callable[..., T], *args: object) -> T:

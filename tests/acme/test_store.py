@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import json
 import stat
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ from snakeway.acme.store import (
     CertStore,
     MemoryStore,
     OrderRecord,
+    StoredMeta,
     StoreError,
     check_name,
     name_to_path_part,
@@ -280,6 +283,12 @@ async def test_persists_across_instances(files: FileStore, ca: trustme.CA) -> No
     assert await again.load_order("a.test") == order
 
 
+def _edit_meta(version: Path, key: str, value: object) -> None:
+    meta = json.loads((version / "meta.json").read_text())
+    meta[key] = value
+    (version / "meta.json").write_text(json.dumps(meta))
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -442,3 +451,109 @@ def test_open_store_filesystem_explicit(tmp_path: Path) -> None:
 
 def test_system_clock_is_default(tmp_path: Path) -> None:
     assert isinstance(FileStore(tmp_path, tmp_path)._clock, SystemClock)
+
+
+# --- the index (CertIndex, both stores) ---------------------------------------------------------
+
+
+async def test_index_lists_metadata_without_pem(store: CertStore, ca: trustme.CA) -> None:
+    index = getattr(store, "index", None)
+    assert index is not None
+    assert await index() == {}
+    bundles = [make_bundle(ca, "a.test", "www.a.test"), make_bundle(ca, "*.b.test", "b.test"), make_bundle(ca, "c.test")]
+    for bundle in bundles:
+        await store.save(bundle)
+    found = await index()
+    assert sorted(found) == ["*.b.test", "a.test", "c.test"]
+    for bundle in bundles:
+        meta = found[bundle.name]
+        assert (meta.name, meta.domains, meta.not_before, meta.not_after, meta.serial) == (
+            bundle.name, bundle.domains, bundle.not_before, bundle.not_after, bundle.serial,
+        )
+        assert StoredMeta.of(bundle) == replace(meta, cert_path=None, key_path=None)
+    assert sorted(await index(["c.test", "absent.test", "*.b.test"])) == ["*.b.test", "c.test"]
+    with pytest.raises(ValueError, match="invalid certificate name"):
+        await index(["../etc"])
+
+
+async def test_index_paths_are_the_current_version(files: FileStore, ca: trustme.CA) -> None:
+    old, new = make_bundle(ca, "a.test"), make_bundle(ca, "a.test", days=30)
+    await files.save(old)
+    await files.save(new)
+    meta = (await files.index())["a.test"]
+    assert meta.serial == new.serial
+    assert meta.cert_path is not None
+    assert meta.key_path is not None
+    cert_path, key_path = Path(meta.cert_path), Path(meta.key_path)
+    assert cert_path.read_bytes() == new.cert_pem
+    assert key_path.read_bytes() == new.key_pem
+    # The resolved version directory, not the symlink: both files are of one version whatever a save does next.
+    assert cert_path.parent == key_path.parent == (files.cert_dir / "a.test").resolve()
+    assert cert_path.parent.name.startswith(".a.test@")
+
+
+async def test_index_reads_plain_directory_entries(files: FileStore, ca: trustme.CA) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    version = (files.cert_dir / "a.test").resolve()
+    (files.cert_dir / "a.test").unlink()
+    version.rename(files.cert_dir / "a.test")  # placed by hand (or by a tool) as a plain directory
+    meta = (await files.index())["a.test"]
+    assert meta.cert_path == str(files.cert_dir / "a.test" / "cert.pem")
+    assert await files.load("a.test") is not None
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: (d / "meta.json").write_bytes(b"{not json"), "not valid JSON"),
+        (lambda d: (d / "meta.json").write_bytes(b"[]"), "not a JSON object"),
+        (lambda d: (d / "meta.json").unlink(), "meta.json is missing"),
+        (lambda d: (d / "key.pem").unlink(), "key.pem is missing"),
+        (lambda d: (d / "cert.pem").unlink(), "cert.pem is missing"),
+        (lambda d: _edit_meta(d, "name", "b.test"), "meta.json is for 'b.test'"),
+        (lambda d: _edit_meta(d, "domains", "a.test"), "domains should be a list"),
+        (lambda d: _edit_meta(d, "domains", ["www.a.test"]), "must start with the name"),
+        (lambda d: _edit_meta(d, "not_after", "2030-13-01"), "a.test"),
+        (lambda d: _edit_meta(d, "not_after", "2030-08-01T00:00:00"), "timezone-aware"),
+    ],
+    ids=["garbage-meta", "meta-not-object", "missing-meta", "missing-key", "missing-cert", "other-name",
+         "domains-not-list", "domains-without-name", "bad-date", "naive-date"],
+)
+async def test_index_skips_corrupt_entries_like_load(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture, damage: object, reason: str
+) -> None:
+    await files.save(make_bundle(ca, "a.test"))
+    await files.save(make_bundle(ca, "b.test"))
+    assert callable(damage)
+    damage((files.cert_dir / "a.test").resolve())
+    with caplog.at_level(logging.WARNING, logger="snakeway.acme.filestore"):
+        assert sorted(await files.index()) == ["b.test"]
+        assert sorted(await files.index(["a.test", "b.test"])) == ["b.test"]
+        assert await files.load("a.test") is None  # load agrees
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert all("a.test" in w and reason in w for w in warnings[:2]), warnings
+
+
+async def test_index_skips_dangling_links_and_stray_entries(
+    files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    await files.save(make_bundle(ca, "b.test"))
+    os.symlink(".a.test@gone", files.cert_dir / "a.test")
+    (files.cert_dir / "README").write_text("hello")
+    assert sorted(await files.index()) == ["b.test"]
+    assert "dangling" in caplog.text
+    assert "README: not a certificate name" in caplog.text
+
+
+async def test_index_trusts_the_metadata_for_what_only_pem_parsing_shows(files: FileStore, ca: trustme.CA) -> None:
+    # A key that does not match its certificate is listed (no PEM is parsed); building the context refuses it
+    # (tests/tls/test_sni.py) and load, which the manager's checks use, does not return it.
+    await files.save(make_bundle(ca, "a.test"))
+    ((files.cert_dir / "a.test").resolve() / "key.pem").write_bytes(key_pem(ca))
+    assert sorted(await files.index()) == ["a.test"]
+    assert await files.load("a.test") is None
+
+
+async def test_index_of_an_empty_or_absent_directory(tmp_path: Path) -> None:
+    assert await FileStore(tmp_path / "nowhere", tmp_path / "acme").index() == {}

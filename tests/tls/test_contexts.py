@@ -71,6 +71,12 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
         server_context(tmp_path / "nope.pem", tmp_path / "key.pem")
 
 
+def test_missing_key_names_the_key(ca: trustme.CA, tmp_path: Path) -> None:
+    ca.issue_cert("a.test").cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    with pytest.raises(CertificateError, match=r"key\.pem: No such file"):
+        server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+
 def test_mismatched_pem_in_memory(ca: trustme.CA) -> None:
     one, other = ca.issue_cert("a.test"), ca.issue_cert("a.test")
     with pytest.raises(CertificateError, match="in-memory certificate") as info:

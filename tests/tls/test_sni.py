@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +13,7 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
+from snakeway.tls import sources
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import server_context
 from snakeway.tls.sni import SniChoice, listener_context, make_sni_callback, recording_choice
@@ -272,3 +275,84 @@ def test_recording_choice_is_scoped() -> None:
         with recording_choice() as inner:
             assert inner is not outer
         assert isinstance(outer, SniChoice)
+
+
+# --- lazy entries: built on the first handshake, from files -------------------------------------------------
+
+
+def write_pair(folder: Path, site: Site) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cert.pem").write_bytes(site.chain_pem)
+    (folder / "key.pem").write_bytes(site.key_pem)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+async def test_lazy_entry_is_built_by_the_first_handshake_then_reused(
+    ca: trustme.CA, sites: dict[str, Site], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    real = sources.server_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(str(args[0]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sources, "server_context", counting)
+    site = make_site(ca, "lazy.test")
+    cert, key = write_pair(tmp_path / "lazy", site)
+    entry = sources.lazy_entry_from_files(site.names, cert, key, source="lazy.test")
+    holder = CertMapHolder(CertMap.build([entry, (sites["a"].names, sites["a"].context)]))
+    base = listener_context(holder)
+    assert built == []
+    for _ in range(3):
+        outcome = await handshake(base, client_context(ca), "lazy.test")
+        assert outcome.ok, outcome.client_error
+        assert outcome.peer_serial == site.serial
+        assert outcome.info is not None
+        assert outcome.info.cert_names == ("lazy.test",)
+    assert built == [str(cert)]
+    # The files may go now: the context holds the certificate.
+    cert.unlink()
+    key.unlink()
+    assert (await handshake(base, client_context(ca), "lazy.test")).ok
+
+
+@pytest.mark.parametrize("damage", ["missing-key", "mismatched-key", "garbage-cert"])
+async def test_lazy_entry_with_broken_files_is_refused_quietly_and_logged_once(
+    ca: trustme.CA, sites: dict[str, Site], tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    site = make_site(ca, "broken.test")
+    cert, key = write_pair(tmp_path / "broken", site)
+    if damage == "missing-key":
+        key.unlink()
+    elif damage == "mismatched-key":
+        key.write_bytes(sites["a"].key_pem)
+    else:
+        cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    entry = sources.lazy_entry_from_files(site.names, cert, key, source="for broken.test")
+    base = listener_context(CertMapHolder(CertMap.build([entry, (sites["a"].names, sites["a"].context)])))
+    with caplog.at_level(logging.DEBUG, logger="snakeway.tls"):
+        for _ in range(3):
+            outcome = await handshake(base, client_context(ca), "broken.test")
+            assert outcome.server is None
+            error = outcome.client_ssl_error
+            assert error is not None, outcome.client_error
+            assert error.reason == "TLSV1_ALERT_INTERNAL_ERROR"
+        assert (await handshake(base, client_context(ca), "a.test")).ok  # the others are served
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "broken.test" in warnings[0]
+    assert "SNI callback failed" not in caplog.text  # refused by design, not by an exception
+    assert entry.lazy is not None
+    assert entry.lazy.error is not None
+
+
+async def test_lazy_entry_from_pem_uses_temporary_files(ca: trustme.CA) -> None:
+    site = make_site(ca, "mem.test")
+    entry = sources.lazy_entry_from_pem(site.names, site.chain_pem, site.key_pem, source="mem.test")
+    base = listener_context(CertMapHolder(CertMap.build([entry])))
+    assert entry.built is None
+    outcome = await handshake(base, client_context(ca), "mem.test")
+    assert outcome.ok, outcome.client_error
+    assert outcome.peer_serial == site.serial
+    assert entry.built is not None
