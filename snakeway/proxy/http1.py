@@ -328,7 +328,8 @@ class Http1Connection:
             if not route.enable_websocket:  # type: ignore[attr-defined]
                 raise ProxyError(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
             return await proxy_websocket(
-                self.h, request, headers, target, route, svc.balancer, fctx, self.ctx.shared.slots  # type: ignore[arg-type]
+                self.h, request, headers, target, route, svc.balancer, fctx,  # type: ignore[arg-type]
+                self.ctx.shared.slots,
             )
         return await forward(self.h, request, headers, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
 
