@@ -33,6 +33,7 @@ from typing import Protocol
 import trio
 
 from snakeway.acme.store import name_to_path_part
+from snakeway.files import write_atomic
 
 LOCK_DIR = "locks"
 CHALLENGE_DIR = "challenges"
@@ -119,7 +120,7 @@ class FileCoordinator:
             return None
 
     async def put_challenge(self, key: str, value: str) -> None:
-        await trio.to_thread.run_sync(_write_atomic, self._challenge_path(key), value.encode())
+        await trio.to_thread.run_sync(write_atomic, self._challenge_path(key), value.encode(), 0o600)
 
     async def get_challenge(self, key: str) -> str | None:
         path = self._challenge_path(key)
@@ -148,13 +149,3 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

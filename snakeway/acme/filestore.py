@@ -58,19 +58,27 @@ process should own a directory pair; the layout is POSIX-only (symlinks).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import secrets
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
-from snakeway.acme import crypto
+from snakeway.acme.entries import (
+    KEY_MODE,
+    Corrupt,
+    dump_json,
+    field,
+    load_keyed,
+    parse_json,
+    read_existing,
+    remove_tree,
+    save_keyed,
+    sha256_hex,
+)
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import (
     AccountRecord,
@@ -83,6 +91,7 @@ from snakeway.acme.store import (
     path_part_to_name,
 )
 from snakeway.clock import SystemClock
+from snakeway.files import DIR_MODE, ensure_dir, fsync_dir, write_atomic, write_new
 
 if TYPE_CHECKING:
     import builtins
@@ -94,123 +103,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DIR_MODE = 0o700
-KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 META_VERSION = 1
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
-class _Corrupt(Exception):
-    """An entry exists but is unusable; logged and treated as missing."""
-
-
-# --- durable file primitives (blocking; call from a worker thread) ------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _ensure_dir(path: Path) -> None:
-    """Create ``path`` and missing parents with mode 0700 (existing ones are left alone)."""
-    missing: list[Path] = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(directory, DIR_MODE)  # exactly 0700 whatever the umask
-        _fsync_dir(directory.parent)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (must not exist) with ``mode`` from the start, write, fsync."""
-    fd = os.open(path, _OPEN_FLAGS, mode)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Atomically make ``path`` contain ``data``: temp file, fsync, rename, fsync dir."""
-    _ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    try:
-        _write_new(tmp, data, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _read(path: Path) -> bytes:
-    """Read a file of an entry that exists; a missing file means a corrupt entry."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise _Corrupt(f"{path.name} is missing") from exc
-
-
-def _json(data: bytes, what: str) -> dict[str, object]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Corrupt(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise _Corrupt(f"{what} is not a JSON object")
-    return value
-
-
-def _dump(value: dict[str, object]) -> bytes:
-    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
-
-
-def _field(data: dict[str, object], key: str, kind: type[T], what: str) -> T:
-    value = data.get(key)
-    if not isinstance(value, kind):
-        raise _Corrupt(f"{what}: {key} should be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _save_keyed(json_path: Path, key_path: Path, meta: dict[str, object], key_pem: bytes) -> None:
-    """Write a private key and the JSON that goes with it; the JSON last, as it vouches for the key."""
-    crypto.load_private_key(key_pem)  # ValueError before touching the disk
-    _replace(key_path, key_pem, KEY_MODE)
-    _replace(json_path, _dump({**meta, "key_sha256": _sha256(key_pem)}), KEY_MODE)
-
-
-def _load_keyed(json_path: Path, key_path: Path) -> tuple[dict[str, object], bytes]:
-    """Read what :func:`_save_keyed` wrote; a key that is not the one the JSON names is corrupt."""
-    meta = _json(_read(json_path), json_path.name)
-    key_pem = _read(key_path)
-    if meta.get("key_sha256") != _sha256(key_pem):
-        raise _Corrupt(f"{key_path.name} does not belong to {json_path.name} (interrupted save?)")
-    crypto.load_private_key(key_pem)
-    return meta, key_pem
-
-
-def _remove_tree(path: Path) -> None:
-    """Best-effort removal of garbage (an old or abandoned version): failure is only logged."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        logger.warning("could not remove %s", path, exc_info=True)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -246,7 +142,7 @@ class FileStore:
         """Run a blocking loader; a corrupt entry becomes a warning and None."""
         try:
             return fn()
-        except (_Corrupt, ValueError) as exc:
+        except (Corrupt, ValueError) as exc:
             logger.warning("ignoring unusable %s in %s: %s", what, path, exc)
             return None
 
@@ -296,7 +192,7 @@ class FileStore:
             version = os.path.join(cert_dir, target) if os.sep not in target else os.path.realpath(entry)
             try:
                 found[name] = self._parse_meta(name, version)
-            except (_Corrupt, ValueError) as exc:  # as _loaded, without a Path per entry
+            except (Corrupt, ValueError) as exc:  # as _loaded, without a Path per entry
                 logger.warning("ignoring unusable %s in %s: %s", f"certificate {name!r}", entry, exc)
         return found
 
@@ -307,24 +203,24 @@ class FileStore:
                 data = file.read()
         except (FileNotFoundError, NotADirectoryError) as exc:
             if not os.path.isdir(version):
-                raise _Corrupt("not a directory (dangling link?)") from exc
-            raise _Corrupt("meta.json is missing") from exc
-        meta = _json(data, "meta.json")
+                raise Corrupt("not a directory (dangling link?)") from exc
+            raise Corrupt("meta.json is missing") from exc
+        meta = parse_json(data, "meta.json")
         if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise _Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
-        domains = _field(meta, "domains", list, "meta.json")
+            raise Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+        domains = field(meta, "domains", list, "meta.json")
         if not all(isinstance(d, str) for d in domains):
-            raise _Corrupt("meta.json: domains should be strings")
+            raise Corrupt("meta.json: domains should be strings")
         cert_path, key_path = os.path.join(version, "cert.pem"), os.path.join(version, "key.pem")
         for path in (cert_path, key_path):
             if not os.path.isfile(path):
-                raise _Corrupt(f"{os.path.basename(path)} is missing")
+                raise Corrupt(f"{os.path.basename(path)} is missing")
         return StoredMeta(
             name=name,
             domains=tuple(domains),
-            not_before=datetime.fromisoformat(_field(meta, "not_before", str, "meta.json")),
-            not_after=datetime.fromisoformat(_field(meta, "not_after", str, "meta.json")),
-            serial=_field(meta, "serial", str, "meta.json"),
+            not_before=datetime.fromisoformat(field(meta, "not_before", str, "meta.json")),
+            not_after=datetime.fromisoformat(field(meta, "not_after", str, "meta.json")),
+            serial=field(meta, "serial", str, "meta.json"),
             cert_path=cert_path,
             key_path=key_path,
         )
@@ -347,24 +243,24 @@ class FileStore:
 
     def _parse_bundle(self, name: str, version: Path) -> CertBundle:
         if not version.is_dir():
-            raise _Corrupt("not a directory (dangling link?)")
-        meta = _json(_read(version / "meta.json"), "meta.json")
-        cert_pem = _read(version / "cert.pem")
-        key_pem = _read(version / "key.pem")
+            raise Corrupt("not a directory (dangling link?)")
+        meta = parse_json(read_existing(version / "meta.json"), "meta.json")
+        cert_pem = read_existing(version / "cert.pem")
+        key_pem = read_existing(version / "key.pem")
         if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise _Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
-        domains = _field(meta, "domains", list, "meta.json")
+            raise Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+        domains = field(meta, "domains", list, "meta.json")
         if not all(isinstance(d, str) for d in domains):
-            raise _Corrupt("meta.json: domains should be strings")
+            raise Corrupt("meta.json: domains should be strings")
         bundle = CertBundle.from_pem(name, tuple(domains), cert_pem, key_pem)
         recorded = (
-            datetime.fromisoformat(_field(meta, "not_before", str, "meta.json")),
-            datetime.fromisoformat(_field(meta, "not_after", str, "meta.json")),
-            _field(meta, "issuer", str, "meta.json"),
-            _field(meta, "serial", str, "meta.json"),
+            datetime.fromisoformat(field(meta, "not_before", str, "meta.json")),
+            datetime.fromisoformat(field(meta, "not_after", str, "meta.json")),
+            field(meta, "issuer", str, "meta.json"),
+            field(meta, "serial", str, "meta.json"),
         )
         if recorded != (bundle.not_before, bundle.not_after, bundle.issuer, bundle.serial):
-            raise _Corrupt("meta.json disagrees with cert.pem")
+            raise Corrupt("meta.json disagrees with cert.pem")
         return bundle
 
     def _save_bundle(self, bundle: CertBundle, saved_at: datetime) -> None:
@@ -380,17 +276,17 @@ class FileStore:
             "serial": bundle.serial,
             "saved_at": saved_at.isoformat(),
         }
-        _ensure_dir(self.cert_dir)
+        ensure_dir(self.cert_dir)
         token = secrets.token_hex(8)
         version = self.cert_dir / f".{part}@{token}"
         link_tmp = self.cert_dir / f".{part}@link-{token}"
         entry = self.cert_dir / part
         try:
             os.mkdir(version, DIR_MODE)
-            _write_new(version / "key.pem", bundle.key_pem, KEY_MODE)
-            _write_new(version / "cert.pem", bundle.cert_pem, PUBLIC_MODE)
-            _write_new(version / "meta.json", _dump(meta), PUBLIC_MODE)
-            _fsync_dir(version)
+            write_new(version / "key.pem", bundle.key_pem, KEY_MODE)
+            write_new(version / "cert.pem", bundle.cert_pem, PUBLIC_MODE)
+            write_new(version / "meta.json", dump_json(meta), PUBLIC_MODE)
+            fsync_dir(version)
             os.symlink(version.name, link_tmp)
             if entry.is_dir() and not entry.is_symlink():
                 # A plain directory (placed by hand): move it aside first. Not
@@ -399,9 +295,9 @@ class FileStore:
             os.replace(link_tmp, entry)
         except BaseException:
             link_tmp.unlink(missing_ok=True)
-            _remove_tree(version)
+            remove_tree(version)
             raise
-        _fsync_dir(self.cert_dir)
+        fsync_dir(self.cert_dir)
         self._collect_garbage(part, keep=version.name)
 
     def _collect_garbage(self, part: str, *, keep: str | None) -> None:
@@ -413,7 +309,7 @@ class FileStore:
             if os.path.islink(path):
                 os.unlink(path)
             else:
-                _remove_tree(Path(path))
+                remove_tree(Path(path))
 
     def _delete_bundle(self, part: str) -> None:
         entry = self.cert_dir / part
@@ -425,7 +321,7 @@ class FileStore:
             os.unlink(entry)
         else:
             return
-        _fsync_dir(self.cert_dir)
+        fsync_dir(self.cert_dir)
         self._collect_garbage(part, keep=None)
 
     def _list_bundles(self) -> builtins.list[str]:
@@ -455,9 +351,9 @@ class FileStore:
         path = self._state_path(name)
 
         def parse() -> RenewalState:
-            state = RenewalState.from_json(_json(_read(path), path.name))
+            state = RenewalState.from_json(parse_json(read_existing(path), path.name))
             if state.name != name:
-                raise _Corrupt(f"state is for {state.name!r}")
+                raise Corrupt(f"state is for {state.name!r}")
             return state
 
         what = f"renewal state of {name!r}"
@@ -465,30 +361,30 @@ class FileStore:
 
     async def save_state(self, state: RenewalState) -> None:
         path = self._state_path(state.name)
-        data = _dump(state.to_json())
-        await self._run(f"save renewal state of {state.name!r}", lambda: _replace(path, data, KEY_MODE))
+        data = dump_json(state.to_json())
+        await self._run(f"save renewal state of {state.name!r}", lambda: write_atomic(path, data, KEY_MODE))
 
     async def load_account(self, directory_url: str) -> AccountRecord | None:
-        folder = self.data_dir / "accounts" / _sha256(directory_url.encode())[:16]
+        folder = self.data_dir / "accounts" / sha256_hex(directory_url.encode())[:16]
         json_path, key_path = folder / "account.json", folder / "account.key"
 
         def parse() -> AccountRecord:
-            meta, key_pem = _load_keyed(json_path, key_path)
+            meta, key_pem = load_keyed(json_path, key_path)
             if meta.get("directory_url") != directory_url:
-                raise _Corrupt(f"account.json is for {meta.get('directory_url')!r}")
+                raise Corrupt(f"account.json is for {meta.get('directory_url')!r}")
             uri = meta.get("uri")
             if uri is not None and not isinstance(uri, str):
-                raise _Corrupt(f"account.json: bad uri {uri!r}")
-            contact = _field(meta, "contact", list, "account.json")
+                raise Corrupt(f"account.json: bad uri {uri!r}")
+            contact = field(meta, "contact", list, "account.json")
             if not all(isinstance(c, str) for c in contact):
-                raise _Corrupt("account.json: contact should be strings")
+                raise Corrupt("account.json: contact should be strings")
             return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
 
         what = f"ACME account for {directory_url}"
         return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
 
     async def save_account(self, account: AccountRecord) -> None:
-        folder = self.data_dir / "accounts" / _sha256(account.directory_url.encode())[:16]
+        folder = self.data_dir / "accounts" / sha256_hex(account.directory_url.encode())[:16]
         meta: dict[str, object] = {
             "directory_url": account.directory_url,
             "uri": account.uri,
@@ -496,7 +392,7 @@ class FileStore:
         }
         await self._run(
             f"save ACME account for {account.directory_url}",
-            lambda: _save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem),
+            lambda: save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem),
         )
 
     def _order_paths(self, name: str) -> tuple[Path, Path]:
@@ -507,11 +403,11 @@ class FileStore:
         json_path, key_path = self._order_paths(name)
 
         def parse() -> OrderRecord:
-            meta, key_pem = _load_keyed(json_path, key_path)
+            meta, key_pem = load_keyed(json_path, key_path)
             if meta.get("name") != name:
-                raise _Corrupt(f"order is for {meta.get('name')!r}")
-            created = datetime.fromisoformat(_field(meta, "created", str, json_path.name))
-            order_url = _field(meta, "order_url", str, json_path.name)
+                raise Corrupt(f"order is for {meta.get('name')!r}")
+            created = datetime.fromisoformat(field(meta, "created", str, json_path.name))
+            order_url = field(meta, "order_url", str, json_path.name)
             return OrderRecord(name=name, order_url=order_url, key_pem=key_pem, created=created)
 
         what = f"order for {name!r}"
@@ -524,7 +420,7 @@ class FileStore:
             "order_url": order.order_url,
             "created": order.created.isoformat(),
         }
-        await self._run(f"save order for {order.name!r}", lambda: _save_keyed(json_path, key_path, meta, order.key_pem))
+        await self._run(f"save order for {order.name!r}", lambda: save_keyed(json_path, key_path, meta, order.key_pem))
 
     async def delete_order(self, name: str) -> None:
         json_path, key_path = self._order_paths(name)
@@ -533,6 +429,6 @@ class FileStore:
             for path in (json_path, key_path):  # the JSON first: without it the key is ignored
                 path.unlink(missing_ok=True)
             if json_path.parent.exists():
-                _fsync_dir(json_path.parent)
+                fsync_dir(json_path.parent)
 
         await self._run(f"delete order for {name!r}", remove)

@@ -15,7 +15,6 @@ complete pair.
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, final
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from snakeway.files import write_atomic
 from snakeway.tls import names as _names
 from snakeway.tls.certinfo import CertificateError
 
@@ -253,36 +253,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-# --- files (blocking I/O) ----------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` atomically: temporary file (created with ``mode``), fsync, rename, fsync dir.
-
-    Readers see the old content or the new, never a mix; after a crash, at most a stray temporary file remains.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_private_dir(directory: Path, *, chmod_existing: bool) -> None:

@@ -365,14 +365,14 @@ async def test_failed_save_keeps_previous_version(
 ) -> None:
     old = make_bundle(ca, "a.test")
     await files.save(old)
-    real_write_new = filestore._write_new
+    real_write_new = filestore.write_new
 
     def disk_full_at_meta(path: Path, data: bytes, file_mode: int) -> None:
         if path.name == "meta.json":
             raise OSError(28, "No space left on device")
         real_write_new(path, data, file_mode)
 
-    monkeypatch.setattr(filestore, "_write_new", disk_full_at_meta)
+    monkeypatch.setattr(filestore, "write_new", disk_full_at_meta)
     with pytest.raises(StoreError, match="No space left"):
         await files.save(make_bundle(ca, "a.test", days=30))
     assert await files.load("a.test") == old

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from snakeway.tls.certinfo import CertificateError, validate_pair
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import context_from_pem
-from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, due, renewal_time, write_atomic
+from snakeway.files import write_atomic
+from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, due, renewal_time
 from snakeway.tls.sni import listener_context
 from tests.tls.helpers import handshake
 
