@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -40,9 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
         )
-        if name == "serve":
-            # Internal: run as one of several workers started by the supervisor.
-            cmd.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -72,19 +70,32 @@ def main(argv: list[str] | None = None) -> int:
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        if workers > 1 and not args.worker:
-            from snakeway.supervisor import Supervisor
+    if workers > 1:
+        from snakeway.supervisor import Supervisor
 
-            return trio.run(Supervisor(path, config).run)
-        trio.run(partial(serve, config, partial(load_config, path), args.worker))
+        # Import what the workers run before forking them, so each starts with it loaded.
+        importlib.import_module("snakeway.server")
+        if config.server.tls_automation is not None:
+            importlib.import_module("snakeway.acme.backend")
+
+        run_worker = partial(_run_server, config, partial(load_config, path), worker=True)
+        return _reporting_errors(Supervisor(config, run_worker).run)
+    return _run_server(config, partial(load_config, path))
+
+
+def _run_server(config: Config, loader: Callable[[], Config], *, worker: bool = False) -> int:
+    return _reporting_errors(lambda: trio.run(partial(serve, config, loader, worker)) or 0)
+
+
+def _reporting_errors(run: Callable[[], int]) -> int:
+    try:
+        return run()
     except SnakewayError as exc:
         print(f"snakeway: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"snakeway: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def certs(config: Config) -> int:

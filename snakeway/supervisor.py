@@ -1,33 +1,42 @@
 """Several worker processes behind the same ports, supervised by one parent.
 
 With ``server.workers = N`` above 1, ``python -m snakeway serve`` becomes a
-small supervisor: it starts N copies of itself (``serve --worker``), each
-with its own trio loop, each binding every listening port with
-``SO_REUSEPORT`` so the kernel spreads new connections across them. The
-parent
+small supervisor. It imports everything a worker needs and loads the
+configuration once, then *forks* N workers: a worker starts in milliseconds
+(no second interpreter start-up, no second parse of the configuration) and
+shares the parent's pages until it writes them. Each worker runs its own trio
+loop and binds every listening port with ``SO_REUSEPORT``, so the kernel
+spreads new connections across them. The parent
 
 * forwards SIGHUP (reload) to every worker, and SIGINT/SIGTERM as SIGTERM
-  (graceful shutdown), then waits for them and exits 0;
+  (graceful shutdown), then waits for them and exits 0; a worker that is
+  still running ``drain_seconds`` + 5 s later is killed;
 * restarts a worker that dies, unless it keeps dying right after start
   (a broken configuration or a port in use): then it gives up and exits 1;
 * writes the pid file, and creates the local CA before any worker starts,
   so workers never race to create two different roots.
 
-Workers share certificates through the store: see
+The parent never runs trio and never starts a thread, so forking is safe: it
+blocks the signals it handles and takes them one at a time with
+``sigtimedwait``. Workers notice a parent that died (even by SIGKILL) and
+shut down. Workers share certificates through the store: see
 :mod:`snakeway.acme.coordination`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
-
-import trio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 logger = logging.getLogger("snakeway.supervisor")
 
@@ -35,85 +44,148 @@ logger = logging.getLogger("snakeway.supervisor")
 QUICK_EXIT_SECONDS = 2.0
 QUICK_EXITS_TO_GIVE_UP = 3
 STOP_SECONDS_EXTRA = 5.0
+_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+
+
+@dataclass
+class _Slot:
+    pid: int | None = None
+    started: float = 0.0
+    quick_exits: int = 0
+    restart_at: float | None = None
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, config: Config) -> None:
-        self.config_path = config_path
+    """Forks ``config.server.workers`` processes that each call ``run_worker()`` and exit with what it returns."""
+
+    def __init__(self, config: Config, run_worker: Callable[[], int]) -> None:
         self.config = config
-        self.workers: dict[int, trio.Process] = {}
+        self.run_worker = run_worker
+        self.slots = [_Slot() for _ in range(config.server.workers)]
         self.stopping = False
         self.failed = False
+        self.kill_at: float | None = None
 
-    async def run(self) -> int:
+    def run(self) -> int:
         server = self.config.server
         if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
             from snakeway.tls.internal_ca import LocalCA
 
-            await trio.to_thread.run_sync(LocalCA.load_or_create, server.state_dir)
+            LocalCA.load_or_create(server.state_dir)
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
-            server.pid_file.write_text(f"{_pid()}\n")
+            server.pid_file.write_text(f"{os.getpid()}\n")
         try:
-            logger.info("starting %d workers", server.workers)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._signals, nursery)
-                async with trio.open_nursery() as keepers:
-                    for slot in range(server.workers):
-                        keepers.start_soon(self._keep, slot, nursery)
-                nursery.cancel_scope.cancel()
+            logger.info("starting %d workers", len(self.slots))
+            for number in range(len(self.slots)):
+                self._fork(number, previous_mask)
+            while self._running():
+                self._wait_and_handle(previous_mask)
         finally:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return 1 if self.failed else 0
 
-    async def _keep(self, slot: int, nursery: trio.Nursery) -> None:
-        quick_exits = 0
-        while not self.stopping:
-            started = trio.current_time()
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "snakeway", "serve", "--config", str(self.config_path), "--worker"],
-                stdin=subprocess.DEVNULL,
-            )
-            self.workers[slot] = process
-            code = await process.wait()
-            del self.workers[slot]
-            if self.stopping:
-                return
-            quick_exits = quick_exits + 1 if trio.current_time() - started < QUICK_EXIT_SECONDS else 0
-            if quick_exits >= QUICK_EXITS_TO_GIVE_UP:
-                logger.error("worker %d keeps exiting at start (code %s); stopping snakeway", slot, code)
-                self.failed = True
-                self._stop_all()
-                return
-            logger.warning("worker %d (pid %d) exited with code %s; starting a new one", slot, process.pid, code)
-            if quick_exits:
-                await trio.sleep(0.5 * quick_exits)
+    # --- the loop ----------------------------------------------------------------------------------
 
-    async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    logger.info("SIGHUP: reloading every worker")
-                    for process in list(self.workers.values()):
-                        process.send_signal(signal.SIGHUP)
-                else:
-                    logger.info("%s: shutting down the workers", signal.Signals(signum).name)
-                    self._stop_all()
-                    nursery.start_soon(self._kill_stragglers)
+    def _running(self) -> bool:
+        return any(slot.pid is not None for slot in self.slots) or (
+            not self.stopping and any(slot.restart_at is not None for slot in self.slots)
+        )
+
+    def _wait_and_handle(self, previous_mask: set[signal.Signals]) -> None:
+        now = time.monotonic()
+        deadlines = [slot.restart_at for slot in self.slots if slot.restart_at is not None and not self.stopping]
+        if self.kill_at is not None:
+            deadlines.append(self.kill_at)
+        # A timeout at least every second, so a lost SIGCHLD can never leave a dead worker unnoticed.
+        timeout = max(0.0, min([now + 1.0, *deadlines]) - now)
+        info = signal.sigtimedwait(_SIGNALS, timeout)
+        if info is not None and info.si_signo == signal.SIGHUP:
+            logger.info("SIGHUP: reloading every worker")
+            self._signal_all(signal.SIGHUP)
+        elif info is not None and info.si_signo in (signal.SIGINT, signal.SIGTERM):
+            logger.info("%s: shutting down the workers", signal.Signals(info.si_signo).name)
+            self._stop_all()
+        self._reap()
+        now = time.monotonic()
+        if self.kill_at is not None and now >= self.kill_at:
+            for slot in self.slots:
+                if slot.pid is not None:
+                    logger.warning("worker pid %d did not stop in time; killing it", slot.pid)
+                    _kill(slot.pid, signal.SIGKILL)
+            self.kill_at = None
+        for number, slot in enumerate(self.slots):
+            if not self.stopping and slot.restart_at is not None and now >= slot.restart_at:
+                self._fork(number, previous_mask)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for number, slot in enumerate(self.slots):
+                if slot.pid == pid:
+                    self._exited(number, slot, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, number: int, slot: _Slot, code: int) -> None:
+        slot.pid = None
+        if self.stopping:
+            return
+        now = time.monotonic()
+        slot.quick_exits = slot.quick_exits + 1 if now - slot.started < QUICK_EXIT_SECONDS else 0
+        if slot.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
+            logger.error("worker %d keeps exiting at start (code %s); stopping snakeway", number, code)
+            self.failed = True
+            self._stop_all()
+            return
+        logger.warning("worker %d exited with code %s; starting a new one", number, code)
+        slot.restart_at = now + 0.5 * slot.quick_exits
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        for slot in self.slots:
+            if slot.pid is not None:
+                _kill(slot.pid, signum)
 
     def _stop_all(self) -> None:
-        self.stopping = True
-        for process in list(self.workers.values()):
-            process.send_signal(signal.SIGTERM)
+        if not self.stopping:
+            self.stopping = True
+            self.kill_at = time.monotonic() + self.config.server.drain_seconds + STOP_SECONDS_EXTRA
+        self._signal_all(signal.SIGTERM)
 
-    async def _kill_stragglers(self) -> None:
-        await trio.sleep(self.config.server.drain_seconds + STOP_SECONDS_EXTRA)
-        for process in list(self.workers.values()):
-            logger.warning("worker pid %d did not stop in time; killing it", process.pid)
-            process.kill()
+    # --- a worker ----------------------------------------------------------------------------------
+
+    def _fork(self, number: int, previous_mask: set[signal.Signals]) -> None:
+        slot = self.slots[number]
+        slot.restart_at = None
+        slot.started = time.monotonic()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            slot.pid = pid
+            return
+        code = 1
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            code = self.run_worker()
+        except BaseException:
+            logger.exception("worker %d failed", number)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
+def _kill(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # exited a moment ago; reaped on the next round

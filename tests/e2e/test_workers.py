@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import trio
 
 from tests.helpers import closed_port, get, start_upstream
 from tests.pebble import free_port, run_pebble
-from tests.proc import Running, snakeway
+from tests.proc import PYTHON, Running, snakeway
 from tests.tlshelpers import client_context, tls_request
 
 PID = re.compile(rb"\[(\d+)\] snakeway")
@@ -125,3 +127,59 @@ ingress "site" {{
             proc.process.send_signal(signal.SIGTERM)
             with trio.fail_after(15):
                 assert await proc.process.wait() == 0
+
+
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return b"zombie" in status.read_bytes().lower()
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery)
+    listen = closed_port()
+    config = tmp_path / "snakeway.hcl"
+    plain_config(config, listen, upstream)
+    async with snakeway(config) as proc:
+        await wait_count(proc, b"listening on", 2)
+        workers = pids(proc.log, b"listening on")
+        proc.process.kill()
+        with trio.fail_after(10):
+            while not all(gone(pid) for pid in workers):
+                await trio.sleep(0.1)
+        assert await closed(listen)
+
+
+async def closed(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
+
+
+async def test_a_port_in_use_stops_snakeway_with_exit_code_1(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery)
+    config = tmp_path / "snakeway.hcl"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        plain_config(config, taken.getsockname()[1], upstream)
+        process = await trio.lowlevel.open_process(
+            [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        proc = Running(process)
+        try:
+            await proc.wait_for(b"keeps exiting at start", timeout=30)
+            with trio.fail_after(10):
+                assert await process.wait() == 1
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    assert b"Address already in use" in proc.log
