@@ -45,16 +45,24 @@ class Running:
                 self.log += chunk
 
 
-@asynccontextmanager
-async def snakeway(config: Path, ready: bytes = b"listening on ") -> AsyncIterator[Running]:
+async def spawn(config: Path) -> Running:
+    """``snakeway serve`` on ``config``, its stderr captured; the caller stops it."""
     process = await trio.lowlevel.open_process(
         [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
-    running = Running(process)
+    return Running(process)
+
+
+@asynccontextmanager
+async def snakeway(config: Path, ready: bytes | None = b"listening on ") -> AsyncIterator[Running]:
+    """Run snakeway until the block ends (killing it then if still running); wait for ``ready`` first."""
+    running = await spawn(config)
+    process = running.process
     try:
-        await running.wait_for(ready)
+        if ready is not None:
+            await running.wait_for(ready)
         yield running
     finally:
         if process.returncode is None:

@@ -6,14 +6,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import trio
 
 from tests.helpers import closed_port, get, start_upstream
 from tests.pebble import free_port, run_pebble
-from tests.proc import PYTHON, Running, snakeway
+from tests.proc import Running, snakeway
 from tests.tlshelpers import client_context, tls_request
 
 PID = re.compile(rb"\[(\d+)\] snakeway")
@@ -47,11 +46,17 @@ ingress "web" {{
     )
 
 
-async def test_workers_share_the_port_reload_restart_and_stop(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def two_workers(nursery: trio.Nursery, tmp_path: Path) -> tuple[Path, int, int]:
+    """A two-worker configuration in front of a fresh upstream: (config, listen port, upstream port)."""
     upstream, _ = await start_upstream(nursery)
     listen = closed_port()
     config = tmp_path / "snakeway.hcl"
     plain_config(config, listen, upstream)
+    return config, listen, upstream
+
+
+async def test_workers_share_the_port_reload_restart_and_stop(nursery: trio.Nursery, tmp_path: Path) -> None:
+    config, listen, upstream = await two_workers(nursery, tmp_path)
     async with snakeway(config) as proc:
         await wait_count(proc, b"listening on", 2)
         workers = pids(proc.log, b"listening on")
@@ -138,10 +143,7 @@ def gone(pid: int) -> bool:
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(nursery: trio.Nursery, tmp_path: Path) -> None:
-    upstream, _ = await start_upstream(nursery)
-    listen = closed_port()
-    config = tmp_path / "snakeway.hcl"
-    plain_config(config, listen, upstream)
+    config, listen, _ = await two_workers(nursery, tmp_path)
     async with snakeway(config) as proc:
         await wait_count(proc, b"listening on", 2)
         workers = pids(proc.log, b"listening on")
@@ -168,18 +170,8 @@ async def test_a_port_in_use_stops_snakeway_with_exit_code_1(nursery: trio.Nurse
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         plain_config(config, taken.getsockname()[1], upstream)
-        process = await trio.lowlevel.open_process(
-            [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        proc = Running(process)
-        try:
+        async with snakeway(config, ready=None) as proc:
             await proc.wait_for(b"keeps exiting at start", timeout=30)
             with trio.fail_after(10):
-                assert await process.wait() == 1
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+                assert await proc.process.wait() == 1
     assert b"Address already in use" in proc.log
