@@ -82,6 +82,8 @@ def cert_ids(tls: Tls) -> tuple[str, ...]:
         return tuple(f"manual:{files.cert}" for files in tls.certs)
     if tls.mode is TlsMode.INTERNAL:
         return ("internal:" + ",".join(tls.domains),)
+    if tls.certificate_per_domain:
+        return tuple(f"acme:{name}" for name in tls.domains)
     return ("acme:" + tls.domains[0],)
 
 

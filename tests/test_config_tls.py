@@ -261,7 +261,7 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
         (_TLS, 'tls = { mode = "acme", domains = ["example.com"], domain = "x" }', "tls =",
          "ingress.site.bind.tls.domain",
          'unknown key "domain" (did you mean "domains"?); allowed keys: mode, handshake_timeout_seconds, domains, '
-         "challenge, key_type"),
+         "challenge, key_type, certificate_per_domain"),
         (_TLS, 'tls = { mode = "acme", domains = ["example.com"], handshake_timeout_seconds = 0 }', "tls =",
          "ingress.site.bind.tls.handshake_timeout_seconds", "must be greater than 0, got 0"),
         # acme
@@ -433,4 +433,41 @@ def test_manual_paths_are_relative_to_the_file_naming_them(tmp_path: Path, pems:
     assert problems(main) == [
         f"{tmp_path / 'd/site.hcl'}:1: bind.tls.cert: file does not exist: {tmp_path.resolve() / 'd/a.pem'}",
         f"{tmp_path / 'd/site.hcl'}:1: bind.tls.key: file does not exist: {tmp_path.resolve() / 'd/a.key'}",
+    ]
+
+
+def test_certificate_per_domain_asks_for_one_certificate_per_name(tmp_path: Path) -> None:
+    from snakeway.acme.manager import managed_certs
+
+    text = BASE.replace('domains = ["example.com"]', 'domains = ["example.com", "www.example.com"], '
+                        'certificate_per_domain = true')
+    config = load_config(write(tmp_path, "main.hcl", text))
+    assert [(c.cert_id, c.domains) for c in managed_certs(config)] == [
+        ("acme:example.com", ("example.com",)),
+        ("acme:www.example.com", ("www.example.com",)),
+    ]
+    shared = load_config(write(tmp_path, "main.hcl", BASE.replace('"example.com"]', '"example.com", "www.example.com"]')))
+    assert [(c.cert_id, c.domains) for c in managed_certs(shared)] == [
+        ("acme:example.com", ("example.com", "www.example.com"))
+    ]
+
+
+def test_two_listeners_cannot_want_different_certificates_under_one_name(tmp_path: Path) -> None:
+    text = BASE + textwrap.dedent(
+        """\
+        ingress "other" {
+          bind = { port = 8443, tls = { mode = "acme", domains = ["www.example.com", "example.com"],
+                                        certificate_per_domain = true } }
+        }
+        ingress "more" {
+          bind = { port = 9443, tls = { mode = "acme", domains = ["example.com", "api.example.com"] } }
+        }
+        """
+    )
+    main = write(tmp_path, "main.hcl", text)
+    first = f"{main}:{line_of(text, 'tls  =')} (ingress.site.bind.tls.domains)"
+    assert problems(main) == [
+        f"{main}:{line_of(text, 'port = 9443')}: ingress.more.bind.tls.domains: the certificate for "
+        f"\"example.com\" is already asked for at {first} with domains ['example.com']; listeners share a "
+        "certificate only with the same domains in the same order"
     ]

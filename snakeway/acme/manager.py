@@ -106,8 +106,9 @@ def managed_certs(config: Config) -> list[ManagedCert]:
     for ingress in config.ingresses:
         tls = ingress.bind.tls
         if tls is not None and tls.mode is TlsMode.ACME:
-            cert_id = cert_ids(tls)[0]
-            found.setdefault(cert_id, ManagedCert(cert_id, tls.domains, tls.challenge, tls.key_type))
+            groups = [(name,) for name in tls.domains] if tls.certificate_per_domain else [tls.domains]
+            for cert_id, domains in zip(cert_ids(tls), groups, strict=True):
+                found.setdefault(cert_id, ManagedCert(cert_id, domains, tls.challenge, tls.key_type))
     return list(found.values())
 
 

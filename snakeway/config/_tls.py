@@ -70,6 +70,7 @@ _BY_MODE = {
         "domains": Key(cv.list_of(cv.cert_name(ip=False), nonempty=True), required=True),
         "challenge": Key(cv.choice(_CHALLENGES, "challenge")),
         "key_type": Key(cv.choice(_KEY_TYPES, "key type")),
+        "certificate_per_domain": Key(cv.boolean),
     },
 }
 # Checked against when the mode is missing or wrong: any key of any mode is allowed.

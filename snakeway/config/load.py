@@ -83,6 +83,7 @@ class _Loader:
         self.plain_listener = False  # a bind without tls, or a redirect, exists
         self.unknown_bind = False  # a bind failed to convert: the listeners are not all known
         self.http01: list[tuple[File, KeyPath]] = []
+        self.acme_certs: dict[str, tuple[tuple[str, ...], str]] = {}  # store name -> (domains, where)
 
     def read(self, path: Path) -> File | None:
         try:
@@ -161,6 +162,19 @@ class _Loader:
             self.plain_listener = True
         elif bind.tls.mode is model.TlsMode.ACME and bind.tls.challenge is model.Challenge.HTTP_01:
             self.http01.append((f, (*path, "tls", "challenge")))
+        if bind.tls is not None and bind.tls.mode is model.TlsMode.ACME:
+            self.claim_acme(f, (*path, "tls", "domains"), bind.tls)
+
+    def claim_acme(self, f: File, here: KeyPath, tls: model.Tls) -> None:
+        """An ACME certificate is stored under its first name: two listeners naming it must want the same one."""
+        groups = [(name,) for name in tls.domains] if tls.certificate_per_domain else [tls.domains]
+        for domains in groups:
+            wanted, where = self.acme_certs.setdefault(domains[0], (domains, f.where(here)))
+            if wanted != domains:
+                f.report(here, f"the certificate for {quote(domains[0])} is already asked for at {where} with "
+                         f"domains {list(wanted)}; listeners share a certificate only with the same domains "
+                         f"in the same order")
+                return
 
     def claim_redirect(self, f: File, here: KeyPath, bind: model.Bind, redirect: model.Redirect) -> None:
         """A redirect port is its own listener, shared only by redirects to the same place with the same status."""

@@ -104,6 +104,7 @@ class Tls:
     domains: tuple[str, ...] = ()          # internal and acme (ASCII, lower case)
     challenge: Challenge = Challenge.HTTP_01
     key_type: KeyType = KeyType.ECDSA_P256
+    certificate_per_domain: bool = False   # acme: one certificate per name instead of one for all
     handshake_timeout_seconds: float = 10.0
 
 

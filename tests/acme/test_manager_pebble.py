@@ -47,6 +47,7 @@ def acme_config(
     renew_within_days: float = 30,
     check_interval_seconds: float = 600,
     directory_url: str | None = None,
+    certificate_per_domain: bool = False,
 ) -> Config:
     automation = TlsAutomation(
         renew_within_days=renew_within_days,
@@ -54,7 +55,7 @@ def acme_config(
         acme=AcmeSettings(directory_url=directory_url or pebble.directory_url, ca_file=pebble.ca_file, data_dir=state / "acme"),
         cert_store=CertStoreSettings(cert_dir=state / "certs"),
     )
-    tls = Tls(mode=TlsMode.ACME, domains=NAMES, challenge=challenge)
+    tls = Tls(mode=TlsMode.ACME, domains=NAMES, challenge=challenge, certificate_per_domain=certificate_per_domain)
     bind = Bind("127.0.0.1", pebble.tls_port, tls=tls, redirect=Redirect(port=pebble.http_port))
     service = Service(
         name="app",
@@ -105,6 +106,26 @@ async def test_certificates_arrive_and_serve_every_name(
     stored = tmp_path / "certs" / NAMES[0]
     assert (stored / "cert.pem").exists() and (stored / "key.pem").stat().st_mode & 0o777 == 0o600
     assert len(server.http01) == 0 and len(server.tlsalpn) == 0  # challenges cleaned up
+
+
+async def test_certificate_per_domain_gives_each_name_its_own(
+    nursery: trio.Nursery, pebble: Pebble, tmp_path: Path
+) -> None:
+    upstream, _ = await start_upstream(nursery)
+    server = Server(acme_config(pebble, tmp_path, upstream, certificate_per_domain=True))
+    await nursery.start(server.serve)
+    with trio.fail_after(30):
+        while any(server.certs.entry(f"acme:{name}") is None for name in NAMES):
+            await trio.sleep(0.02)
+    root = await pebble.roots()
+    serials = set()
+    for name in NAMES:
+        result = await tls_request(pebble.tls_port, client_context(root), name, host=name, target="/hello")
+        assert result.peer_names == (name,)
+        assert result.response is not None and result.response.body == b"GET /hello 0"
+        serials.add(result.serial)
+    assert len(serials) == len(NAMES)
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir() if not p.name.startswith(".")) == sorted(NAMES)
 
 
 async def test_renewal_without_restart_while_clients_handshake(
