@@ -2,7 +2,7 @@
 
 Row 8 fills snakeway's filesystem certificate store with N valid certificates
 from a local CA (one key shared by all leaves), writes a configuration with one
-ACME ingress per name on a shared port and an ACME directory nobody listens at
+ACME listener naming them all (``certificate_per_domain = true``) and an ACME directory nobody listens at
 (nothing is due for renewal, so nothing is ordered), and times process start
 to the first HTTPS response for the last name. The same with one certificate
 gives the floor (interpreter start, imports, config). SNI lookup cost is timed
@@ -58,20 +58,25 @@ def _stored_config(workdir, cert_dir, names: list[str], port: int, upstream: int
     acme = {{ directory_url = "http://127.0.0.1:{dead}/directory" }}
     cert_store = {{ type = "filesystem", cert_dir = {contenders.q(cert_dir)} }}
   }}"""
-    parts = [contenders.server_block(workdir / "state", automation)]
-    bind = f'interface = "127.0.0.1", port = {port}'
-    for i, name in enumerate(names):
-        services = f"\n  services = [{contenders.service('app', ['*'], upstream)}]" if i == 0 else ""
-        parts.append(f'ingress "c{i}" {{\n  bind = {{ {bind}, tls = {{ mode = "acme", domains = [{contenders.q(name)}], '
-                     f'challenge = "tls-alpn-01" }} }}{services}\n}}\n')
-    return "\n".join(parts)
+    domains = ", ".join(contenders.q(name) for name in names)
+    return contenders.server_block(workdir / "state", automation) + f"""
+ingress "stored" {{
+  bind = {{
+    interface = "127.0.0.1", port = {port}
+    tls = {{ mode = "acme", challenge = "tls-alpn-01", certificate_per_domain = true, domains = [{domains}] }}
+  }}
+  services = [{contenders.service('app', ['*'], upstream)}]
+}}
+"""
 
 
 def _loaded_counts(log_text: str) -> str:
-    """How far snakeway got: "loaded stored certificate" lines per process (its log format)."""
+    """How far snakeway got, per process, from its log: one line per certificate, or a summary for many."""
     per_pid: dict[str, int] = {}
-    for match in re.finditer(r"(?:\[(\d+)\] )?snakeway\.acme\.manager: loaded stored certificate", log_text):
-        per_pid[match.group(1) or "-"] = per_pid.get(match.group(1) or "-", 0) + 1
+    for match in re.finditer(r"(?:\[(\d+)\] )?snakeway\.acme\.manager: loaded stored certificate(s: (\d+))?",
+                             log_text):
+        pid = match.group(1) or "-"
+        per_pid[pid] = int(match.group(3)) if match.group(3) else per_pid.get(pid, 0) + 1
     return " and ".join(f"{n:,}" for n in sorted(per_pid.values())) or "0"
 
 
