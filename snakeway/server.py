@@ -47,8 +47,9 @@ from snakeway.tls.sources import InternalIssuer, load_manual
 
 logger = logging.getLogger("snakeway")
 
-# With several workers: how often each looks for certificates another saved.
-WATCH_INTERVAL = 0.5
+# With several workers: how often each compares every certificate's stamp in the store even though the store's
+# generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/manager.py).
+WATCH_INTERVAL = 10.0
 
 
 async def _reuse_port_listener(interface: str, port: int) -> trio.SocketListener:

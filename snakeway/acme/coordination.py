@@ -9,8 +9,10 @@ the same store. Three things keep them in step:
   ``flock(2)``, which the kernel releases when its holder dies, so a crashed
   worker never leaves a certificate locked;
 * **a new certificate reaches every worker**: :meth:`stamps` are cheap
-  version marks of stored certificates, polled by each worker, which loads
-  the ones that changed;
+  version marks of stored certificates, which each worker compares when
+  :meth:`generation` (one ``stat`` of the store, polled every few
+  milliseconds) changes, and at least every ``watch_interval``; it loads the
+  certificates whose stamp changed;
 * **any worker answers a challenge**: the CA's validation connection may
   land on any worker, so key authorizations are shared through
   :meth:`put_challenge` / :meth:`get_challenge`.
@@ -42,6 +44,7 @@ CHALLENGE_DIR = "challenges"
 class Coordinator(Protocol):
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]: ...
+    async def generation(self) -> object: ...
     async def put_challenge(self, key: str, value: str) -> None: ...
     async def get_challenge(self, key: str) -> str | None: ...
     async def delete_challenge(self, key: str) -> None: ...
@@ -69,6 +72,10 @@ class LocalCoordinator:
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]:
         await trio.lowlevel.checkpoint()
         return dict.fromkeys(names)  # one process: the manager publishes directly
+
+    async def generation(self) -> object:
+        await trio.lowlevel.checkpoint()
+        return None
 
     async def put_challenge(self, key: str, value: str) -> None:
         await trio.lowlevel.checkpoint()
@@ -112,6 +119,19 @@ class FileCoordinator:
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]:
         names = list(names)
         return await trio.to_thread.run_sync(lambda: {n: self._stamp(n) for n in names})
+
+    async def generation(self) -> object:
+        """Changes whenever an entry of the certificate directory is added, replaced or removed.
+
+        One ``stat`` of the directory: cheap enough to poll every few milliseconds, where :meth:`stamps` reads one
+        link per certificate. Timestamps are coarse (a clock tick), so a change right after a poll can go unseen
+        until the next one: callers also compare :meth:`stamps` now and then.
+        """
+        try:
+            info = await trio.to_thread.run_sync(os.stat, self._cert_dir)
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_ctime_ns)
 
     def _stamp(self, name: str) -> str | None:
         try:

@@ -76,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 # One issuance, from new order to saved certificate, must finish within this.
 ISSUANCE_TIMEOUT = 300.0
+# With several workers: how often each looks whether the store changed (one stat; see coordination.py).
+GENERATION_POLL_SECONDS = 0.05
 # When another worker holds a certificate's lock, look again this soon.
 LOCKED_RECHECK_SECONDS = 30.0
 # The lock name under which the ACME account is registered (not a valid host name).
@@ -459,9 +461,18 @@ class CertManager:
 
     async def _watch_store(self, interval: float) -> None:
         """Load certificates that another worker saved (several workers share one store)."""
+        generation = await self.coordinator.generation()
         self._stamps = await self.coordinator.stamps(c.name for c in self.certs.values())
+        scanned, changed = trio.current_time(), False
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(GENERATION_POLL_SECONDS)
+            seen = await self.coordinator.generation()
+            # Also scan on the poll after a change: one more change within the same clock tick leaves the
+            # generation as it was.
+            was_changed, changed = changed, seen != generation
+            if not (changed or was_changed or trio.current_time() - scanned >= interval):
+                continue
+            generation, scanned = seen, trio.current_time()
             certs = list(self.certs.values())
             stamps = await self.coordinator.stamps(c.name for c in certs)
             for cert in certs:

@@ -120,7 +120,7 @@ ingress "site" {{
             await wait_count(proc, b"listening on https", 2)
             await proc.wait_for(b"issued by", timeout=30)
             # The other worker picks it up from the store within a second.
-            await wait_count(proc, b"picked up from the store", 1, timeout=1.2)
+            await wait_count(proc, b"picked up from the store", 1, timeout=1.0)
             root = await pebble.roots()
             serials = set()
             for _ in range(30):
