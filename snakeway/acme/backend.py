@@ -10,7 +10,7 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   ``answer_challenge``, ``ClientNetwork.post``), never the library's sleepers
   (``poll_and_finalize``, ``poll_authorizations``, ``finalize_order`` with its
   naive ``datetime.now()`` deadline). Waits happen in trio between polls
-  (0.05 s doubling to ``POLL_MAX``, or the CA's ``Retry-After``): cancellable.
+  (0.01 s doubling to ``POLL_MAX``, or the CA's ``Retry-After``): cancellable.
 * ``badNonce`` is retried per request (the CA did not act on it, so a retry is
   safe); the library alone retries only once.
 * acme, josepy and requests errors become :class:`~snakeway.errors.IssuanceError`
@@ -60,7 +60,7 @@ Ts = TypeVarTuple("Ts")
 
 USER_AGENT = f"snakeway/{__version__}"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
-POLL_FIRST = 0.05
+POLL_FIRST = 0.01  # doubling: a CA that validates at once is seen at once, a slow one costs a few polls more
 POLL_MAX = 3.0
 BAD_NONCE_ROUNDS = 8  # ClientNetwork.post tries twice per round: 16 tries in all
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")  # base64url, >= 128 bits (RFC 8555 §8.1)
