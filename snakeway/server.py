@@ -38,6 +38,7 @@ from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, defaul
 from snakeway.proxy.balance import Health
 from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
+from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
 from snakeway.tls.handshake import accept_tls
 from snakeway.tls.certmap import CertEntry
@@ -155,16 +156,20 @@ class Server:
         if self._loader is None:
             return False
         bound: dict[ListenerKey, list[trio.SocketListener]] = {}
+        access: tuple[int | None, bool] = (None, False)
         try:
             config = await trio.to_thread.run_sync(self._loader)
             runtime = build_runtime(config, self.shared, self.runtime)
             manual = await self._load_manual(runtime)
+            access = AccessLog.open(config.server.access_log)
             for key, spec in runtime.listeners.items():
                 if key not in self._listeners:
                     bound[key] = await self._bind(spec)
             # Nothing below can fail: the new configuration is applied whole.
             await self._apply_certificates(runtime, manual)
         except (ConfigError, SnakewayError, OSError) as exc:
+            if access[1] and access[0] is not None:
+                os.close(access[0])
             for listeners in bound.values():
                 for listener in listeners:
                     await listener.aclose()
@@ -173,6 +178,7 @@ class Server:
         self.shared.pool.settings = config.server.upstream
         self.shared.health.cooldown = config.server.upstream.failure_cooldown_seconds
         self.runtime = runtime
+        self.shared.access.reopen(access, with_pid=config.server.workers > 1)
         for key, listeners in bound.items():
             self._serve_listener(runtime.listeners[key], listeners)
         for key in list(self._listeners):
@@ -198,7 +204,9 @@ class Server:
           OSError: a listener cannot be opened.
         """
         await self._apply_certificates(self.runtime, await self._load_manual(self.runtime))
-        pid_file = None if self.worker else self.runtime.config.server.pid_file
+        server = self.runtime.config.server
+        self.shared.access.reopen(AccessLog.open(server.access_log), with_pid=server.workers > 1)
+        pid_file = None if self.worker else server.pid_file
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         try:
@@ -221,6 +229,7 @@ class Server:
                     handlers.cancel_scope.deadline = trio.current_time() + drain
                 root.cancel_scope.cancel()
         finally:
+            self.shared.access.close()
             await self.shared.pool.aclose()
             if self.manager is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):

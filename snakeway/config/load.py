@@ -308,6 +308,20 @@ _CLIENT_SETTINGS = {
     "idle_timeout_seconds": Key(cv.seconds(positive=True)),
     "max_header_bytes": Key(cv.integer(1)),
 }
+
+
+def _access_log(f: File, value: object, path: KeyPath) -> str | Path | None:
+    """``"stderr"``, ``"off"``, or a file in a directory that exists (``./off`` for a file named off)."""
+    name = cv.text(f, value, path)
+    if name is None or name in ("stderr", "off"):
+        return name
+    resolved = cv.file_path(f, value, path)
+    if resolved is not None and not resolved.parent.is_dir():
+        f.report(path, f"directory {quote(str(resolved.parent))} does not exist (expected \"stderr\", \"off\" or a file)")
+        return None
+    return resolved
+
+
 _shutdown = cv.schema(
     {"drain_seconds": Key(cv.seconds())}, lambda drain_seconds=model.ServerSettings.drain_seconds: float(drain_seconds)
 )
@@ -321,6 +335,7 @@ _server = cv.schema(
         "client": Key(cv.schema(_CLIENT_SETTINGS, model.ClientSettings)),
         "tls_automation": Key(cv.nullable(_tls.tls_automation)),
         "workers": Key(cv.integer(1, 256)),
+        "access_log": Key(_access_log),
     },
     model.ServerSettings,
 )

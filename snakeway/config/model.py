@@ -202,6 +202,8 @@ class ServerSettings:
     tls_automation: TlsAutomation | None = None
     # Processes sharing the listening ports (SO_REUSEPORT); default: one per core.
     workers: int = field(default_factory=lambda: _cpu_count())
+    # "stderr", "off", or a file (appended to; opened again on reload).
+    access_log: str | Path = "stderr"
 
 
 def _cpu_count() -> int:

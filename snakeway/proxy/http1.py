@@ -45,7 +45,6 @@ ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 _HOST_HEADER = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 logger = logging.getLogger(__name__)
-access_log = logging.getLogger("snakeway.access")
 
 # A response sent before the request body was read drains at most this much.
 DRAIN_LIMIT = 1024 * 1024
@@ -159,28 +158,15 @@ class Http1Connection:
         self.requests += 1
         started = trio.current_time()
         status, keep = await self._respond(request)
-        # Checked here because logging's %-formatting is lazy only for a
-        # disabled level: with the access log off, a request pays nothing.
-        if access_log.isEnabledFor(logging.INFO):
-            self._log_access(request, status, trio.current_time() - started)
+        access = self.ctx.shared.access
+        if access.enabled:
+            access.request(self.client_ip, request.method, request.target, request.http_version, status,
+                           trio.current_time() - started, HANDSHAKE.get())
         return (
             keep
             and not self.ctx.drain.closing
             and self.h.conn.our_state is h11.DONE
             and self.h.conn.their_state is h11.DONE
-        )
-
-    def _log_access(self, request: h11.Request, status: int, seconds: float) -> None:
-        handshake = HANDSHAKE.get()
-        access_log.info(
-            '%s "%s %s HTTP/%s" %d %.1fms%s',
-            self.client_ip,
-            request.method.decode("latin-1"),
-            request.target.decode("latin-1"),
-            request.http_version.decode("latin-1"),
-            status,
-            seconds * 1000,
-            f" sni={handshake.sni or '-'} {handshake.tls_version}" if handshake else "",
         )
 
     # -- reading ---------------------------------------------------------

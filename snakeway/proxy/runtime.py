@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from snakeway.config.model import Config, Service, StaticSite
 from snakeway.listeners import ListenerKey, ListenerSpec, listener_specs
+from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.routing import Router
@@ -36,6 +37,7 @@ class Shared:
     pool: UpstreamPool
     health: Health
     slots: WebSocketSlots = field(default_factory=WebSocketSlots)
+    access: AccessLog = field(default_factory=AccessLog)
 
 
 @dataclass(frozen=True)

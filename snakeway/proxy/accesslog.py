@@ -1,0 +1,94 @@
+"""The access log: one line per request, written with one ``write(2)``.
+
+Lines look like the rest of snakeway's log, so the default (stderr) reads as one stream::
+
+    2026-11-28 04:30:36,682 INFO [7698] snakeway.access: 127.0.0.1 "GET / HTTP/1.1" 200 1.6ms sni=a.test TLSv1.3
+
+(``[pid]`` with several workers; ``sni=… version`` on TLS listeners). The line is formatted here rather than by
+:mod:`logging`, which costs several times as much per request, and written straight to the file descriptor: a
+line is one ``write`` (atomic between processes appending to the same file or pipe), nothing is buffered, so
+nothing is lost or delayed when a worker is killed.
+
+``server.access_log`` chooses where: ``"stderr"``, ``"off"``, or a file opened for appending. A reload opens the
+file again, which is how log rotation works: move the file away, then send SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakeway.tls.handshake import HandshakeInfo
+
+STDERR = "stderr"
+OFF = "off"
+FILE_MODE = 0o640
+
+logger = logging.getLogger("snakeway.access")
+
+
+class AccessLog:
+    """Where access lines go; :meth:`reopen` swaps the destination (on start and on every reload)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._owned = False
+        self._pid = ""
+        self._second = -1
+        self._stamp = ""
+        self._failed = False
+
+    @staticmethod
+    def open(target: str | Path) -> tuple[int | None, bool]:
+        """The descriptor for ``target`` and whether it is ours to close; ``OSError`` if a file cannot be opened."""
+        if target == OFF:
+            return None, False
+        if target == STDERR:
+            return sys.stderr.fileno(), False
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        return fd, True
+
+    def reopen(self, opened: tuple[int | None, bool], *, with_pid: bool) -> None:
+        """Write to ``opened`` (from :meth:`open`) from now on; close the previous file."""
+        old_fd, old_owned = self._fd, self._owned
+        self._fd, self._owned = opened
+        self._pid = f" [{os.getpid()}]" if with_pid else ""
+        self._failed = False
+        if old_owned and old_fd is not None and old_fd != self._fd:
+            os.close(old_fd)
+
+    def close(self) -> None:
+        self.reopen((None, False), with_pid=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def request(
+        self, client_ip: str, method: bytes, target: bytes, version: bytes, status: int, seconds: float,
+        handshake: HandshakeInfo | None,
+    ) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # logging's asctime, formatted once a second
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        tls = f" sni={handshake.sni or '-'} {handshake.tls_version}" if handshake else ""
+        line = (
+            f"{self._stamp},{int((now - second) * 1000):03d} INFO{self._pid} snakeway.access: {client_ip} "
+            f'"{method.decode("latin-1")} {target.decode("latin-1")} HTTP/{version.decode("latin-1")}" '
+            f"{status} {seconds * 1000:.1f}ms{tls}\n"
+        )
+        try:
+            os.write(fd, line.encode("utf-8", "backslashreplace"))
+        except OSError as exc:
+            if not self._failed:  # once, not once per request
+                self._failed = True
+                logger.error("cannot write the access log: %s; lines are dropped while this lasts", exc)
