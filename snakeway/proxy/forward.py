@@ -33,7 +33,7 @@ import trio
 from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer, Health
-from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
 from snakeway.proxy.strict import Target
 
@@ -92,7 +92,7 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
     )
     if hdr.get_header(headers, b"transfer-encoding") is not None:
         out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
-    return h11.Request(method=request.method, target=target.target, headers=out)
+    return relayed_request(request.method, target.target, out)
 
 
 async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
@@ -342,13 +342,7 @@ class Exchange:
                 if _ambiguous_framing(headers):
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = event.status_code
-                pending.append(
-                    h11.Response(
-                        status_code=status,
-                        headers=hdr.downstream_response_headers(headers),
-                        reason=event.reason,
-                    )
-                )
+                pending.append(relayed_response(status, hdr.downstream_response_headers(headers), event.reason))
             elif kind is h11.Data:
                 pending.append(event)
             elif kind is h11.EndOfMessage:

@@ -25,6 +25,24 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
+def relayed_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> h11.Request:
+    """The request for the upstream, from a request h11 parsed.
+
+    Every part came out of h11's parser, which checked it against the
+    grammar, or is a header snakeway writes itself from checked values (a
+    host name, an IP address, ``Via``). So the per-header regular expressions
+    that building an event runs are skipped, with the flag h11 uses for the
+    events of its own parser: about 5 % of a proxied request's CPU time.
+    Framing (Content-Length, Transfer-Encoding) is still checked.
+    """
+    return h11.Request(method=method, target=target, headers=headers, _parsed=True)
+
+
+def relayed_response(status: int, headers: list[tuple[bytes, bytes]], reason: bytes) -> h11.Response:
+    """The response for the client, from an upstream response h11 parsed (see :func:`relayed_request`)."""
+    return h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
+
+
 class H11Stream:
     """One side of an HTTP/1.1 conversation over a trio stream.
 
