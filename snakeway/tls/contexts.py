@@ -7,7 +7,8 @@ context, but keeps the protocol versions, ciphers and options the handshake star
 
 Policy: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (Mozilla's "intermediate"
 list without DHE); TLS 1.3 suites are OpenSSL's defaults (all AEAD; Python cannot configure them); no
-compression, no renegotiation; ALPN ``http/1.1`` unless the caller passes other protocols.
+compression, no renegotiation; ALPN ``http/1.1`` unless the caller passes other protocols; session tickets
+sealed with keys every worker shares (:mod:`snakeway.tls.tickets`).
 
 :func:`context_from_pem` loads a certificate held in memory. ``SSLContext.load_cert_chain`` only reads files, so
 the PEM goes to a fresh private directory (0700, files 0600) that is deleted before the function returns.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 from snakeway.tls.certinfo import CertificateError as CertificateError
 from snakeway.tls.certinfo import CertInfo as CertInfo
 from snakeway.tls.certinfo import validate_pair as validate_pair
+from snakeway.tls.tickets import share_ticket_keys
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -79,6 +81,7 @@ def server_context(
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     if alpn:
         context.set_alpn_protocols(list(alpn))
+    share_ticket_keys(context)
     if cert_path is not None:
         try:
             context.load_cert_chain(cert_path, key_path)

@@ -6,14 +6,16 @@ import os
 import re
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 import trio
+import trustme
 
 from tests.helpers import closed_port, get, start_upstream
 from tests.pebble import free_port, run_pebble
 from tests.proc import Running, snakeway
-from tests.tlshelpers import client_context, tls_request
+from tests.tlshelpers import client_context, tls_request, write_leaf
 
 PID = re.compile(rb"\[(\d+)\] snakeway")
 
@@ -175,3 +177,38 @@ async def test_a_port_in_use_stops_snakeway_with_exit_code_1(nursery: trio.Nurse
             with trio.fail_after(10):
                 assert await proc.process.wait() == 1
     assert b"Address already in use" in proc.log
+
+
+def resuming_requests(port: int, context: ssl.SSLContext, count: int) -> list[bool]:
+    """``count`` HTTPS requests on new connections, each offering the previous one's session; whether each resumed."""
+    session, resumed = None, []
+    for number in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with context.wrap_socket(raw, server_hostname="a.test", session=session) as tls:
+                tls.sendall(f"GET /r{number} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode())
+                while tls.recv(65536):
+                    pass
+                resumed.append(tls.session_reused)
+                session = tls.session
+    return resumed
+
+
+async def test_a_session_resumes_on_whichever_worker_the_client_reaches(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    files = write_leaf(ca, tmp_path, "a.test")
+    config, listen, upstream = await two_workers(nursery, tmp_path)
+    plain_config(config, listen, upstream)
+    config.write_text(config.read_text().replace(
+        f"port = {listen} }}", f'port = {listen}, tls = {{ mode = "manual", cert = "{files.cert}", key = "{files.key}" }} }}'
+    ))
+    async with snakeway(config) as proc:
+        await wait_count(proc, b"listening on", 2)
+        resumed = await trio.to_thread.run_sync(resuming_requests, listen, client_context(ca.cert_pem.bytes()), 16)
+        with trio.fail_after(10):
+            while proc.log.count(b'"GET /r') < 16:
+                await proc.read_more()
+    served_by = {int(m.group(2)): int(m.group(1)) for m in re.finditer(rb'\[(\d+)\] snakeway\.access: \S+ "GET /r(\d+) ', proc.log)}
+    assert len(set(served_by.values())) == 2, served_by  # the kernel spread the connections over both workers
+    assert resumed == [False] + [True] * 15
