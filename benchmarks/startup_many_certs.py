@@ -145,7 +145,8 @@ def measure(store_dir: Path, count: int, handshakes: int, timeout: float, build_
     from snakeway.acme.challenges import Http01Tokens
     from snakeway.acme.fake import FakeCA
     from snakeway.acme.filestore import FileStore
-    from snakeway.acme.manager import CertManager, ManagedCert
+    from snakeway.acme.managed import ManagedCert
+    from snakeway.acme.manager import CertManager
     from snakeway.acme.tlsalpn import TlsAlpnChallenges
     from snakeway.clock import SystemClock
     from snakeway.config.model import AcmeSettings, TlsAutomation

@@ -28,7 +28,8 @@ import trio
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
-from snakeway.acme.manager import CertManager, managed_certs
+from snakeway.acme.managed import managed_certs
+from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock

@@ -437,7 +437,7 @@ def test_manual_paths_are_relative_to_the_file_naming_them(tmp_path: Path, pems:
 
 
 def test_certificate_per_domain_asks_for_one_certificate_per_name(tmp_path: Path) -> None:
-    from snakeway.acme.manager import managed_certs
+    from snakeway.acme.managed import managed_certs
 
     text = BASE.replace('domains = ["example.com"]', 'domains = ["example.com", "www.example.com"], '
                         'certificate_per_domain = true')

@@ -7,11 +7,12 @@ under ``autojump_clock`` would have to wait 60 real days. :class:`FakeCA` keeps
 the same method names, signatures and error behaviour as
 :class:`~snakeway.acme.backend.ClientV2Backend`, and adds:
 
-* a real signing CA (an ECDSA P-256 root made with ``cryptography``) whose leaf
-  certificates are valid from ``clock.now()`` for ``lifetime``. With a
-  :class:`~snakeway.clock.TrioLinkedClock` the dates follow trio's ``MockClock``;
+* a real signing CA (an ECDSA P-256 root made with ``cryptography``, see
+  :mod:`snakeway.acme.fakecrypto`) whose leaf certificates are valid from
+  ``clock.now()`` for ``lifetime``. With a :class:`~snakeway.clock.TrioLinkedClock`
+  the dates follow trio's ``MockClock``;
 * scripted faults: :meth:`FakeCA.fail_next` (or :attr:`FakeCA.planned`, a queue
-  of :class:`PlannedFailure`) makes the next calls of a step raise
+  of :class:`~snakeway.acme.fakefaults.PlannedFailure`) makes the next calls of a step raise
   :class:`~snakeway.errors.IssuanceError` with an HTTP status, ``Retry-After`` and
   problem type, and :attr:`FakeCA.unreachable` simulates an outage;
 * records for assertions (:attr:`FakeCA.calls`, :attr:`FakeCA.orders`,
@@ -39,10 +40,7 @@ Fidelity notes, where the real backend decides what the fake does:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,101 +49,21 @@ from typing import Final, final
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AccountInfo, ChallengeTask, OrderHandle
+from snakeway.acme.fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
+from snakeway.acme.fakefaults import ACME_ERROR, PlannedFailure
 from snakeway.clock import WallClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 
 DEFAULT_LIFETIME: Final = timedelta(days=90)
 BASE_URL: Final = "https://fake-ca.test/acme"
-ACME_ERROR: Final = "urn:ietf:params:acme:error:"
-
-STEPS: Final = (
-    "ensure_account",
-    "new_order",
-    "challenges",
-    "answer",
-    "wait_authorizations",
-    "finalize",
-    "renewal_info",
-)
-# The steps that send a request in the real backend: the ones an outage or a
-# step-less planned failure can hit.
-REQUEST_STEPS: Final = tuple(step for step in STEPS if step != "challenges")
-
-_DEFAULT_PROBLEMS: Final = {
-    429: ACME_ERROR + "rateLimited",
-    500: ACME_ERROR + "serverInternal",
-    400: ACME_ERROR + "malformed",
-    403: ACME_ERROR + "unauthorized",
-}
-_ROOT_NOT_BEFORE: Final = datetime(2000, 1, 1, tzinfo=UTC)
-_ROOT_NOT_AFTER: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # RFC 5280 "no expiry"
-_CN_MAX: Final = 64  # ub-common-name
-_JWK_CURVES: Final = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 Validator = Callable[[ChallengeTask], Awaitable[bool]]
-
-
-@final
-@dataclass(frozen=True)
-class PlannedFailure:
-    """One scripted failure: the next call of ``step`` raises :class:`~snakeway.errors.IssuanceError`.
-
-    Attributes:
-        step: A name from :data:`STEPS`, or ``None`` for whichever request step
-            comes next (never ``challenges``, which sends no request).
-        status: The HTTP status the CA answers with; ``None`` for a network
-            error without an answer ("connection reset by peer").
-        retry_after: ``Retry-After`` as an aware datetime, or a ``timedelta`` from
-            the clock's ``now()`` when the failure fires. Only for 429 and 503,
-            the statuses for which the real backend reads the header.
-        problem_type: The RFC 7807 type; ``None`` picks the usual one for
-            ``status`` (429 rateLimited, 500 serverInternal, ...), if any.
-        detail: The error message; a default names the status and the step.
-
-    Raises:
-        ValueError: On an unknown step, a status outside 400-599, a naive
-            ``retry_after``, or ``retry_after`` with a status other than 429/503.
-    """
-
-    step: str | None = None
-    status: int | None = 503
-    retry_after: datetime | timedelta | None = None
-    problem_type: str | None = None
-    detail: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.step is not None and self.step not in STEPS:
-            raise ValueError(f"unknown step {self.step!r}; expected one of {', '.join(STEPS)} or None")
-        if self.status is not None and not 400 <= self.status <= 599:
-            raise ValueError(f"a failure status must be 400-599 or None, got {self.status}")
-        if self.retry_after is not None:
-            if self.status not in (429, 503):
-                raise ValueError(f"retry_after needs status 429 or 503 (the backend ignores it on {self.status})")
-            if isinstance(self.retry_after, datetime) and self.retry_after.tzinfo is None:
-                raise ValueError("retry_after must be timezone-aware")
-
-    def matches(self, step: str) -> bool:
-        return self.step == step or (self.step is None and step in REQUEST_STEPS)
-
-    def error(self, step: str, now: datetime) -> IssuanceError:
-        retry_after = self.retry_after
-        if isinstance(retry_after, timedelta):
-            retry_after = now + retry_after
-        if retry_after is not None:
-            retry_after = retry_after.astimezone(UTC)
-        if self.status is None:
-            message = self.detail or f"connection reset by peer ({step})"
-            return IssuanceError(message)
-        problem = self.problem_type or _DEFAULT_PROBLEMS.get(self.status)
-        message = self.detail or f"HTTP {self.status} from the fake CA ({step})"
-        return IssuanceError(message, status=self.status, retry_after=retry_after, problem_type=problem)
 
 
 @dataclass
@@ -190,7 +108,8 @@ class FakeCA:
         issued: Serial numbers of the certificates issued, in order.
         accounts: The accounts created (a known key finds its account again).
         answered: The challenges answered, in order.
-        planned: Queue of :class:`PlannedFailure`; a call takes the first that matches it.
+        planned: Queue of :class:`~snakeway.acme.fakefaults.PlannedFailure`; a call takes the first that
+            matches it.
     """
 
     def __init__(
@@ -223,7 +142,7 @@ class FakeCA:
         self._account: tuple[AccountInfo, str] | None = None  # the current one, as the real backend's session
         self._challenges: dict[str, tuple[_Order, _Authorization, ChallengeTask]] = {}  # by url
         self._root_key = ec.generate_private_key(ec.SECP256R1())
-        self._root = _make_root(self._root_key)
+        self._root = make_root(self._root_key)
 
     @property
     def root_pem(self) -> bytes:
@@ -239,7 +158,7 @@ class FakeCA:
         step: str | None = None,
         problem_type: str | None = None,
     ) -> None:
-        """Make the next ``n`` calls of ``step`` fail (see :class:`PlannedFailure`).
+        """Make the next ``n`` calls of ``step`` fail (see :class:`~snakeway.acme.fakefaults.PlannedFailure`).
 
         Raises:
             ValueError: ``n`` < 1, or the failure is invalid.
@@ -263,13 +182,13 @@ class FakeCA:
         if account_key_pem is None:
             account_key_pem = crypto.generate_key(KeyType.ECDSA_P256)  # P-256: well under a millisecond
         public = crypto.load_private_key(account_key_pem).public_key()
-        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in _JWK_CURVES:
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in JWK_CURVES:
             raise ValueError(f"unsupported account key curve {public.curve.name}")
         der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         known = self._accounts_by_key.get(der)
         if known is None:
             info = AccountInfo(key_pem=account_key_pem, uri=f"{BASE_URL}/acct/{next(self._ids)}")
-            known = (info, _thumbprint(public))
+            known = (info, thumbprint(public))
             self._accounts_by_key[der] = known
             self.accounts.append(info)
         self._account = known
@@ -472,25 +391,7 @@ class FakeCA:
             raise IssuanceError(f"unsupported CSR key {type(public).__name__}", status=400,
                                 problem_type=ACME_ERROR + "badCSR")
         not_before = self.clock.now().astimezone(UTC).replace(microsecond=0)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= _CN_MAX else [])
-        root_ski = self._root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        is_rsa = isinstance(public, rsa.RSAPublicKey)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._root.subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_before + self.lifetime)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=not subject)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True, key_encipherment=is_rsa), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
-            .sign(self._root_key, hashes.SHA256())
-        )
+        return sign_leaf(self._root_key, self._root, public, names, not_before=not_before, lifetime=self.lifetime)
 
 
 def _unwrap(order: OrderHandle) -> _Order:
@@ -509,54 +410,3 @@ async def _work_until(deadline: float, delay: float, what: str) -> None:
         await trio.sleep(remaining)
         raise IssuanceError(f"timed out waiting for {what}")
     await trio.sleep(delay)
-
-
-def _make_root(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "snakeway FakeCA"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"snakeway FakeCA root {secrets.token_hex(4)}"),
-    ])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_ROOT_NOT_BEFORE)
-        .not_valid_after(_ROOT_NOT_AFTER)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True, digital_signature=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_encipherment: bool = False, key_cert_sign: bool = False,
-    crl_sign: bool = False,
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature, content_commitment=False, key_encipherment=key_encipherment,
-        data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign, crl_sign=crl_sign,
-        encipher_only=False, decipher_only=False,
-    )
-
-
-def _thumbprint(public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256, base64url): the key authorization's suffix (RFC 8555 §8.1)."""
-    jwk: dict[str, str]
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        size = (public.curve.key_size + 7) // 8
-        numbers = public.public_numbers()
-        x, y = _b64int(numbers.x, size), _b64int(numbers.y, size)
-        jwk = {"crv": _JWK_CURVES[public.curve.name], "kty": "EC", "x": x, "y": y}
-    else:
-        rsa_numbers = public.public_numbers()
-        jwk = {"e": _b64int(rsa_numbers.e), "kty": "RSA", "n": _b64int(rsa_numbers.n)}
-    canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode("ascii")
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).decode("ascii").rstrip("=")
-
-
-def _b64int(value: int, size: int | None = None) -> str:
-    length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
-    return base64.urlsafe_b64encode(value.to_bytes(length, "big")).decode("ascii").rstrip("=")

@@ -23,24 +23,11 @@ reset the back-off), and the certificate that was being served stays served.
 
 Many certificates
 -----------------
-With a store that offers ``index`` (see :class:`~snakeway.acme.store.CertIndex`:
-both of ours do), loading before ``started()`` reads only metadata, in one
-call, and registers each unexpired certificate with a context built on its
-first handshake from the store's own files (see :mod:`snakeway.tls.certmap`),
-all in one registry update: 10,000 certificates take well under a second.
-Validation waits for that first handshake (OpenSSL checks the key) and for
-the certificate's first *check*, which loads the full bundle; a pair that
-cannot be built is refused, never served, and the next check that finds the
-stored bundle sound publishes it again, built and validated in a thread.
-
-So that 10,000 first checks do not all load their bundle at once, when more
-than ``SPREAD_FIRST_CHECKS_ABOVE`` certificates are managed the first check of
-each one loaded from the store and not due by its metadata waits a random
-delay of up to ``min(check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)``.
-Missing and due certificates are checked at once. Such a certificate's task is
-only started when its first check is due (one task, ``_start_deferred``,
-starts them): 10,000 tasks starting together would hold up the first
-handshakes for most of a second. ``retry_now`` starts them all at once.
+Stored certificates are loaded by :mod:`snakeway.acme.startup`, from the store's index when it has one:
+10,000 certificates serve well under a second after start. With more than ``SPREAD_FIRST_CHECKS_ABOVE``
+certificates, the first check of each one that is not due waits a random delay (see there), and its task
+is only started then (one task, ``_start_deferred``, starts them): 10,000 tasks starting together would
+hold up the first handshakes for most of a second. ``retry_now`` starts them all at once.
 """
 
 from __future__ import annotations
@@ -48,7 +35,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,17 +46,17 @@ from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend, ChallengeTask
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator, LocalCoordinator
+from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, next_check, renewal_due, renewal_time
-from snakeway.acme.store import AccountRecord, CertBundle, CertStore, StoredMeta
+from snakeway.acme.startup import load_stored
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.clock import WallClock, sleep_until
-from snakeway.config.model import Challenge, Config, KeyType, TlsAutomation, TlsMode
+from snakeway.config.model import Challenge, TlsAutomation
 from snakeway.errors import IssuanceError
-from snakeway.listeners import cert_ids
 from snakeway.tls.certinfo import CertificateError
-from snakeway.tls.certmap import CertEntry
 from snakeway.tls.registry import CertRegistry
-from snakeway.tls.sources import Offload, entry_from_pem, lazy_entry_from_files, lazy_entry_from_pem
+from snakeway.tls.sources import Offload, entry_from_pem
 
 logger = logging.getLogger(__name__)
 
@@ -82,36 +68,8 @@ GENERATION_POLL_SECONDS = 0.05
 LOCKED_RECHECK_SECONDS = 30.0
 # The lock name under which the ACME account is registered (not a valid host name).
 ACCOUNT_LOCK = "acme-account.lock"
-# With more certificates than this, the first checks of stored ones are spread out (see the module docstring) ...
+# With more certificates than this, the first checks of stored ones are spread out (see acme/startup.py).
 SPREAD_FIRST_CHECKS_ABOVE = 100
-# ... over at most this many seconds (or the check interval, if shorter).
-FIRST_CHECK_SPREAD_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class ManagedCert:
-    """One certificate the configuration asks an ACME CA for."""
-
-    cert_id: str
-    domains: tuple[str, ...]
-    challenge: Challenge = Challenge.HTTP_01
-    key_type: KeyType = KeyType.ECDSA_P256
-
-    @property
-    def name(self) -> str:
-        return self.domains[0]
-
-
-def managed_certs(config: Config) -> list[ManagedCert]:
-    """Every ACME certificate of ``config``, once each (listeners may share one)."""
-    found: dict[str, ManagedCert] = {}
-    for ingress in config.ingresses:
-        tls = ingress.bind.tls
-        if tls is not None and tls.mode is TlsMode.ACME:
-            groups = [(name,) for name in tls.domains] if tls.certificate_per_domain else [tls.domains]
-            for cert_id, domains in zip(cert_ids(tls), groups, strict=True):
-                found.setdefault(cert_id, ManagedCert(cert_id, domains, tls.challenge, tls.key_type))
-    return list(found.values())
 
 
 @dataclass(frozen=True)
@@ -265,67 +223,14 @@ class CertManager:
 
     async def _load_stored(self, certs: Iterable[ManagedCert]) -> None:
         """Put every unexpired stored certificate of ``certs`` into the cert map, in one registry update."""
-        certs = list(certs)
-        index = getattr(self.store, "index", None)  # the optional CertIndex
-        if index is None:
-            entries = await self._load_stored_bundles(certs)
-        else:
-            entries = await self._load_stored_index(certs, await index([c.name for c in certs]))
-        if entries:
-            self.registry.update(entries)
-
-    async def _load_stored_index(self, certs: list[ManagedCert], index: dict[str, StoredMeta]) -> dict[str, CertEntry]:
-        """Lazy entries from the store's metadata: no PEM parsed, no context built (see the module docstring)."""
-        now = self.clock.now()
-        spread = len(self.certs) > SPREAD_FIRST_CHECKS_ABOVE
-        # One line per certificate, unless there are very many: then one line for all (and the rest at debug).
-        level = logging.DEBUG if len(certs) > SPREAD_FIRST_CHECKS_ABOVE else logging.INFO
-        window = min(self.settings.check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)
-        renew_within = _days(self.settings.renew_within_days)
-        entries: dict[str, CertEntry] = {}
-        for cert in certs:
-            meta = index.get(cert.name)
-            if meta is None or meta.not_after <= now:
-                continue
-            if meta.cert_path is not None and meta.key_path is not None:
-                entry = lazy_entry_from_files(meta.domains, meta.cert_path, meta.key_path, source=f"for {cert.name} ({os.path.dirname(meta.cert_path)})")
-            else:  # a store not on disk (MemoryStore): loading is cheap, the context is still built on first use
-                bundle = await self.store.load(cert.name)
-                if bundle is None or bundle.not_after <= now:
-                    continue
-                meta = StoredMeta.of(bundle)
-                entry = lazy_entry_from_pem(bundle.domains, bundle.cert_pem, bundle.key_pem, source=f"for {cert.name}")
-            entries[cert.cert_id] = entry
-            self._published[cert.cert_id] = meta.serial
-            logger.log(level, "loaded stored certificate for %s (valid until %s)", ", ".join(meta.domains), _day(meta.not_after))
-            if spread and set(cert.domains) <= set(meta.domains) and not renewal_due(meta.not_before, meta.not_after, now, renew_within=renew_within):
-                self._first_checks[cert.cert_id] = now + timedelta(seconds=window * self.rng.random())
-        if level == logging.DEBUG:
-            logger.info(
-                "loaded stored certificates: %d of %d, contexts built on first use; first checks spread over %.0f s",
-                len(entries), len(certs), window if spread else 0,
-            )
-        return entries
-
-    async def _load_stored_bundles(self, certs: list[ManagedCert]) -> dict[str, CertEntry]:
-        """Eager entries, each bundle loaded and its context built in a thread (stores without an index)."""
-        now = self.clock.now()
-        entries: dict[str, CertEntry] = {}
-        for cert in certs:
-            bundle = await self.store.load(cert.name)
-            if bundle is None or bundle.not_after <= now:
-                continue
-            try:
-                entry, _ = await entry_from_pem(
-                    bundle.cert_pem, bundle.key_pem, now=now, source=cert.name, offload=self.offload
-                )
-            except Exception as exc:  # a stored bundle we cannot serve is reported, never fatal
-                logger.warning("stored certificate for %s cannot be served: %s", cert.name, exc)
-                continue
-            entries[cert.cert_id] = entry
-            self._published[cert.cert_id] = bundle.serial
-            logger.info("loaded stored certificate for %s (valid until %s)", ", ".join(bundle.domains), _day(bundle.not_after))
-        return entries
+        loaded = await load_stored(
+            self.store, list(certs), self.settings, self.clock.now(),
+            spread=len(self.certs) > SPREAD_FIRST_CHECKS_ABOVE, rng=self.rng, offload=self.offload,
+        )
+        self._published.update(loaded.serials)
+        self._first_checks.update(loaded.first_checks)
+        if loaded.entries:
+            self.registry.update(loaded.entries)
 
     async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
         with scope:
@@ -360,7 +265,7 @@ class CertManager:
         periodic = next_check(now, self.settings.check_interval_seconds, jitter=self.rng.random())
         if bundle is not None and set(cert.domains) <= set(bundle.domains):
             window = await self._renewal_window(bundle)
-            renew_within = _days(self.settings.renew_within_days)
+            renew_within = timedelta(days=self.settings.renew_within_days)
             if not renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within, ari_window=window):
                 await self._rebuild_if_unservable(cert, bundle)
                 due = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within, ari_window=window)
@@ -428,7 +333,7 @@ class CertManager:
         await self._publish(cert, bundle)
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
-            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started, _day(bundle.not_after),
+            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started, day_text(bundle.not_after),
         )
         return bundle
 
@@ -545,11 +450,3 @@ class CertManager:
 
 def _challenge_key(task: ChallengeTask) -> str:
     return http01_key(task.token) if task.kind is Challenge.HTTP_01 else tls_alpn_key(task.domain)
-
-
-def _days(days: float) -> timedelta:
-    return timedelta(days=days)
-
-
-def _day(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%d %H:%M} UTC"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from snakeway.acme.manager import managed_certs
+from snakeway.acme.managed import managed_certs
 from snakeway.acme.schedule import RenewalState, renewal_due, renewal_time
 from snakeway.acme.store import CertBundle, CertStore, open_store
 from snakeway.config.model import Config

@@ -99,6 +99,17 @@ def path_part_to_name(part: str) -> str:
     return check_name(name)
 
 
+def _check_certificate_fields(name: str, domains: tuple[str, ...], not_before: datetime, not_after: datetime) -> None:
+    """What a bundle and its metadata both promise: valid names, the first being the name, aware dates."""
+    check_name(name)
+    if not domains or domains[0] != name:
+        raise ValueError(f"domains of {name!r} must start with the name, got {domains!r}")
+    for domain in domains:
+        check_name(domain)
+    _require_aware("not_before", not_before)
+    _require_aware("not_after", not_after)
+
+
 def _require_aware(label: str, value: datetime) -> None:
     if value.tzinfo is None:
         raise ValueError(f"{label} must be timezone-aware, got {value!r}")
@@ -136,13 +147,7 @@ class CertBundle:
     serial: str = ""
 
     def __post_init__(self) -> None:
-        check_name(self.name)
-        if not self.domains or self.domains[0] != self.name:
-            raise ValueError(f"domains of {self.name!r} must start with the name, got {self.domains!r}")
-        for domain in self.domains:
-            check_name(domain)
-        _require_aware("not_before", self.not_before)
-        _require_aware("not_after", self.not_after)
+        _check_certificate_fields(self.name, self.domains, self.not_before, self.not_after)
 
     @classmethod
     def from_pem(cls, name: str, domains: tuple[str, ...], cert_pem: bytes, key_pem: bytes) -> CertBundle:
@@ -261,13 +266,7 @@ class StoredMeta:
     key_path: str | None = None
 
     def __post_init__(self) -> None:
-        check_name(self.name)
-        if not self.domains or self.domains[0] != self.name:
-            raise ValueError(f"domains of {self.name!r} must start with the name, got {self.domains!r}")
-        for domain in self.domains:
-            check_name(domain)
-        _require_aware("not_before", self.not_before)
-        _require_aware("not_after", self.not_after)
+        _check_certificate_fields(self.name, self.domains, self.not_before, self.not_after)
 
     @classmethod
     def of(cls, bundle: CertBundle) -> StoredMeta:

@@ -16,7 +16,8 @@ from josepy.jwk import JWK
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
-from snakeway.acme.fake import STEPS, FakeCA, PlannedFailure
+from snakeway.acme.fake import FakeCA
+from snakeway.acme.fakefaults import STEPS, PlannedFailure
 from snakeway.clock import SystemClock, TrioLinkedClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError

@@ -15,7 +15,8 @@ import trio
 
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.fake import FakeCA
-from snakeway.acme.manager import CertManager, ManagedCert
+from snakeway.acme.managed import ManagedCert
+from snakeway.acme.manager import CertManager
 from snakeway.acme.store import MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import TrioLinkedClock

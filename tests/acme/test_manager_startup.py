@@ -21,7 +21,8 @@ from snakeway.acme import manager as manager_module
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.fake import FakeCA
 from snakeway.acme.filestore import FileStore
-from snakeway.acme.manager import CertManager, ManagedCert
+from snakeway.acme.managed import ManagedCert
+from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertBundle, CertStore, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, TrioLinkedClock, WallClock
