@@ -1,0 +1,104 @@
+"""How a worker notices a certificate another worker saved: the store's generation, polled, then the stamps.
+
+A scripted coordinator stands in for the store's directory (tests/e2e/test_workers.py does it with real
+processes and files): each test says when the generation and a stamp change, and times the pickup on MockClock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+import trio.testing
+
+from snakeway.acme import manager as manager_module
+from snakeway.acme.coordination import LocalCoordinator
+from snakeway.acme.store import CertBundle, MemoryStore
+from snakeway.clock import TrioLinkedClock
+from snakeway.tls import sources
+from snakeway.tls.registry import CertRegistry
+from tests.acme.test_manager_startup import EPOCH, A, issued_memory_store, make_manager
+
+POLL = manager_module.GENERATION_POLL_SECONDS
+SAFETY_SCAN = 10.0
+
+
+class ScriptedCoordinator(LocalCoordinator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.generation_now = 0
+        self.stamp: dict[str, str] = {}
+        self.scans = 0
+
+    async def generation(self) -> object:
+        await trio.lowlevel.checkpoint()
+        return self.generation_now
+
+    async def stamps(self, names: Iterable[str]) -> dict[str, str | None]:
+        await trio.lowlevel.checkpoint()
+        self.scans += 1
+        return {name: self.stamp.get(name) for name in names}
+
+
+async def running_worker(nursery: trio.Nursery) -> tuple[MemoryStore, ScriptedCoordinator, CertRegistry]:
+    store = await issued_memory_store(A)
+    manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
+    manager.offload = sources.inline
+    coordinator = ScriptedCoordinator()
+    coordinator.stamp[A.name] = "v1"
+    manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
+    await nursery.start(manager.run)
+    return store, coordinator, registry
+
+
+async def newer_bundle() -> CertBundle:
+    """A newer certificate for A, as another worker's CertManager would save it."""
+    await trio.sleep(1)  # a later issuance: another serial
+    bundle = await (await issued_memory_store(A)).load(A.name)
+    assert bundle is not None
+    return bundle
+
+
+async def seconds_until_served(registry: CertRegistry, limit: float) -> float:
+    before, started = registry.entry(A.cert_id), trio.current_time()
+    with trio.fail_after(limit):
+        while registry.entry(A.cert_id) is before:
+            await trio.sleep(POLL / 10)
+    return trio.current_time() - started
+
+
+async def test_a_new_generation_is_seen_within_a_poll(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        store, coordinator, registry = await running_worker(nursery)
+        await store.save(await newer_bundle())
+        coordinator.stamp[A.name] = "v2"
+        coordinator.generation_now += 1
+        assert await seconds_until_served(registry, 1.0) <= POLL * 1.2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stamp_that_changes_within_the_same_tick_is_seen_on_the_next_poll(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The generation is a coarse timestamp: a second save in the same tick does not change it again."""
+    async with trio.open_nursery() as nursery:
+        store, coordinator, registry = await running_worker(nursery)
+        newer = await newer_bundle()
+        scans = coordinator.scans
+        coordinator.generation_now += 1  # a first save: the scan it causes finds nothing new for A ...
+        while coordinator.scans == scans:
+            await trio.sleep(POLL / 10)
+        await store.save(newer)  # ... and a second one in the same tick leaves the generation as it was
+        coordinator.stamp[A.name] = "v2"
+        assert await seconds_until_served(registry, 1.0) <= POLL * 1.2
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_new_generation_the_safety_scan_finds_it(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        store, coordinator, registry = await running_worker(nursery)
+        await store.save(await newer_bundle())
+        coordinator.stamp[A.name] = "v2"
+        waited = await seconds_until_served(registry, SAFETY_SCAN + 1)
+        assert POLL < waited <= SAFETY_SCAN
+        nursery.cancel_scope.cancel()
