@@ -8,8 +8,8 @@
 
 Everything listens on 127.0.0.1 only, on free ports. Each proxy has a plain-HTTP
 port and an HTTPS port (the same self-made certificate for all three).
-Access logs: snakeway always writes one line per request (it has no switch; to
-a file here); nginx and Caddy have them off unless BENCH_ACCESS_LOG=1.
+Access logs: off for all three (their fastest setting), unless BENCH_ACCESS_LOG=1
+turns them on for all three, each to a file.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def server_block(state_dir: Path, extra: str = "") -> str:
     ]
     if workers:
         lines.append(f"  workers   = {int(workers)}")
+    lines.append(f"  access_log = {q(str(state_dir.parent / 'access.log')) if access_log() else q('off')}")
     if extra:
         lines.append(extra)
     lines.append("}")
