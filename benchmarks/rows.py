@@ -52,12 +52,10 @@ class Row:
     budget_s: float
     cells: dict[str, Cell] = field(default_factory=lambda: {name: Cell() for name in NAMES})
     note: str = ""
-    started: float | None = None
+    spent_s: float = 0.0  # in this row's own measurements: rows run interleaved, round by round
 
     def left(self) -> float:
-        if self.started is None:
-            self.started = time.monotonic()
-        return self.budget_s - (time.monotonic() - self.started)
+        return self.budget_s - self.spent_s
 
     def ratio(self, other: str) -> float | None:
         """Median over rounds of snakeway's value divided by ``other``'s in the same round."""
@@ -82,6 +80,7 @@ def measure(row: Row, name: str, round_no: int, fn: Callable[[], tuple[float, di
         if not cell.by_round:
             cell.na = f"n/a: row time budget ({row.budget_s:.0f} s) used up"
         return
+    started = time.monotonic()
     try:
         value, extra = fn()
     except KeyboardInterrupt:
@@ -95,6 +94,8 @@ def measure(row: Row, name: str, round_no: int, fn: Callable[[], tuple[float, di
             cell.na = f"failed: {message}"
         print(f"    {name}: failed: {message}", flush=True)
         return
+    finally:
+        row.spent_s += time.monotonic() - started
     cell.add(round_no, value, **extra)
 
 
