@@ -41,6 +41,7 @@ from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
+from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import accept_tls
 from snakeway.tls.certmap import CertEntry
 from snakeway.tls.registry import CertRegistry, Served
@@ -312,7 +313,16 @@ class Server:
             await listener.aclose()
 
     async def _handle(
-        self, stream: trio.SocketStream, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
+        self, accepted: trio.SocketStream, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
+    ) -> None:
+        stream = TcpStream(accepted)
+        try:
+            await self._serve_connection(stream, ctx, tls_context)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(
+        self, stream: TcpStream, ctx: ListenerContext, tls_context: ssl.SSLContext | None
     ) -> None:
         try:
             try:

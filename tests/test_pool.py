@@ -11,6 +11,7 @@ import trio.testing
 from snakeway.config.model import Endpoint, UpstreamSettings
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
+from snakeway.tcp import TcpStream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -189,7 +190,7 @@ async def test_peer_closed_idle_connection_is_not_reused(nursery: trio.Nursery) 
     first = await get(pool, up.endpoint)
     assert pool.idle_count() == 1  # h11 could not know: both sides were DONE
     await up.wait_for(lambda u: u.closed == 1)
-    assert isinstance(first.stream, trio.SocketStream)
+    assert isinstance(first.stream, TcpStream)
     with trio.fail_after(5):
         await trio.lowlevel.wait_readable(first.stream.socket)  # the FIN has arrived
     second = await get(pool, up.endpoint)

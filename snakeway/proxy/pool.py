@@ -48,6 +48,7 @@ import h11
 import trio
 
 from snakeway.proxy.h11io import H11Stream
+from snakeway.tcp import TcpStream, open_tcp_stream
 
 if TYPE_CHECKING:
     from snakeway.config.model import Endpoint, UpstreamSettings
@@ -148,7 +149,7 @@ class UpstreamPool:
         self,
         settings: UpstreamSettings,
         *,
-        connect: Connect = trio.open_tcp_stream,
+        connect: Connect = open_tcp_stream,
         max_incomplete_event_size: int = MAX_RESPONSE_HEAD,
     ) -> None:
         self.settings = settings
@@ -313,7 +314,7 @@ def _readable_poll(stream: trio.abc.Stream) -> Callable[[], bool] | None:
     ``poll(0)`` system call. The connection owns the socket and is dropped
     once it is closed, so the registered descriptor cannot be reused under it.
     """
-    if not isinstance(stream, trio.SocketStream):
+    if not isinstance(stream, (TcpStream, trio.SocketStream)):
         return None
     fd = stream.socket.fileno()
     if not hasattr(select, "poll"):  # Windows

@@ -1,0 +1,84 @@
+"""TcpStream: trio's stream contract on real 127.0.0.1 sockets, and its error mapping."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from snakeway.tcp import TcpStream, open_tcp_stream
+
+
+async def _pair() -> tuple[TcpStream, TcpStream]:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            client = await open_tcp_stream("127.0.0.1", port)
+            accepted = await listener.accept()
+            nursery.cancel_scope.cancel()
+    return client, TcpStream(accepted)
+
+
+async def test_meets_trios_stream_contract() -> None:
+    # send/receive/close semantics, checkpoints on every call, send_eof, and
+    # that a closed stream raises ClosedResourceError: trio's own conformance checks.
+    await trio.testing.check_half_closeable_stream(_pair, None)
+
+
+async def test_a_large_send_completes_through_a_slow_reader() -> None:
+    client, server = await _pair()
+    payload = os.urandom(8 * 1024 * 1024)  # far more than the socket buffers hold
+    received = bytearray()
+
+    async def read_slowly() -> None:
+        while len(received) < len(payload):
+            received.extend(await server.receive_some(4096))
+            await trio.sleep(0)
+
+    async with client, server, trio.open_nursery() as nursery:
+        nursery.start_soon(read_slowly)
+        await client.send_all(payload)
+    assert bytes(received) == payload
+
+
+async def test_a_reset_by_the_peer_is_a_broken_resource() -> None:
+    client, server = await _pair()
+    # SO_LINGER 0: the close sends RST instead of FIN.
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await server.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(100):  # the first writes may land in the buffer before the RST is seen
+            await client.send_all(b"x" * 65536)
+            await client.receive_some(1)
+    await client.aclose()
+
+
+async def test_close_releases_the_descriptor_and_later_calls_say_closed() -> None:
+    client, server = await _pair()
+    fd = client.socket.fileno()
+    await client.aclose()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with pytest.raises(trio.ClosedResourceError):
+        await client.receive_some(1)
+    with pytest.raises(trio.ClosedResourceError):
+        await client.send_all(b"x")
+    assert await server.receive_some(1) == b""  # the peer sees an orderly close
+    await server.aclose()
+
+
+async def test_a_cancelled_task_neither_reads_nor_writes() -> None:
+    client, server = await _pair()
+    async with client, server:
+        await client.send_all(b"ping")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await server.receive_some(10)
+            await server.send_all(b"lost")
+        assert await server.receive_some(10) == b"ping"  # still there: the cancelled read took nothing
+        await server.send_all(b"pong")
+        assert await client.receive_some(10) == b"pong"  # the cancelled write sent nothing
