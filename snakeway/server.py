@@ -319,7 +319,7 @@ class Server:
         try:
             await self._serve_connection(stream, ctx, tls_context)
         finally:
-            await trio.aclose_forcefully(stream)
+            stream.socket.close()  # usually closed already; never waits, whatever state we are in
 
     async def _serve_connection(
         self, stream: TcpStream, ctx: ListenerContext, tls_context: ssl.SSLContext | None

@@ -96,3 +96,17 @@ def test_wildcards_cover_one_label() -> None:
 )
 def test_covers(names: list[str], host: object, expected: bool) -> None:
     assert covers(names, host) is expected
+
+
+def test_remembered_names_stay_bounded_and_answers_do_not_change() -> None:
+    # A client may send a new name on every connection: what is remembered must not grow with them.
+    from snakeway.tls import names
+
+    for i in range(names.NORMALIZED_CACHE_SIZE + 500):
+        assert normalize_host(f"Host-{i}.Test.") == f"host-{i}.test"
+    assert names._normalize.cache_info().currsize <= names.NORMALIZED_CACHE_SIZE
+    # Asked again, remembered or not, the answer is the same as the first time.
+    assert normalize_host("Host-1.Test.") == "host-1.test"
+    assert normalize_host("[::1]") == "::1"
+    assert normalize_host("a..test") is None
+    assert normalize_host("a..test") is None
