@@ -236,8 +236,9 @@ class Http1Connection:
 
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
-        rejection = strict.check_request(request)
-        target = strict.request_target(request)
+        headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
+        rejection = strict.check_request(request, headers)
+        target = strict.request_target(request, headers)
         if rejection is None and isinstance(target, strict.Rejection):
             rejection = target
         if rejection is not None:
@@ -267,7 +268,7 @@ class Http1Connection:
                 status = await serve_static(self.h, match.target, request)
             else:
                 fctx = self._forward_context(runtime, spec)
-                status = await self._to_service(request, target, match.route, match.target, fctx)
+                status = await self._to_service(request, headers, target, match.route, match.target, fctx)
                 if status == 101:
                     return status, False
         except ProxyError as exc:
@@ -307,9 +308,14 @@ class Http1Connection:
         return self._fctx
 
     async def _to_service(
-        self, request: h11.Request, target: strict.Target, route: object, svc: ServiceTarget, fctx: ForwardContext
+        self,
+        request: h11.Request,
+        headers: list[hdr.Header],
+        target: strict.Target,
+        route: object,
+        svc: ServiceTarget,
+        fctx: ForwardContext,
     ) -> int:
-        headers = hdr.header_list(request.headers)
         if wants_websocket(headers):
             if not route.enable_websocket:  # type: ignore[attr-defined]
                 raise ProxyError(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))

@@ -87,11 +87,11 @@ def check_head(head: bytes | bytearray) -> Rejection | None:
     return None
 
 
-def check_request(request: h11.Request) -> Rejection | None:
-    """Checks on a parsed request, before it is routed."""
+def check_request(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Rejection | None:
+    """Checks on a parsed request, before it is routed; ``headers`` are its headers as a list."""
     if request.http_version not in (b"1.0", b"1.1"):
         return Rejection(505, "HTTP version not supported")
-    names = [name for name, _ in request.headers]
+    names = [name for name, _ in headers]
     if b"transfer-encoding" in names:
         if b"content-length" in names:
             return Rejection(400, "both Content-Length and Transfer-Encoding")
@@ -113,11 +113,11 @@ class Target:
     target: bytes
 
 
-def request_target(request: h11.Request) -> Target | Rejection:
-    """Splits the request target; an absolute-form target wins over Host."""
+def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Target | Rejection:
+    """Splits the request target; an absolute-form target wins over Host. ``headers``: as a list."""
     raw = request.target
     host = b""
-    for name, value in request.headers:
+    for name, value in headers:
         if name == b"host":
             host = value
     if raw.startswith(b"/"):
