@@ -132,6 +132,9 @@ class CertManager:
         self.watch_interval = watch_interval
         self._stamps: dict[str, str | None] = {}
         self._published: dict[str, str] = {}  # cert id -> serial in this process's map
+        # cert id -> serial this process issued and is saving: the store watch can see the save
+        # before the publish, and must not take it for another worker's.
+        self._own: dict[str, str] = {}
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -329,6 +332,7 @@ class CertManager:
             await self._cleanup(tasks)
         chain_pem = await self.backend.finalize(order, csr_pem, deadline)
         bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
+        self._own[cert.cert_id] = bundle.serial
         await self.store.save(bundle)
         await self._publish(cert, bundle)
         logger.info(
@@ -383,7 +387,8 @@ class CertManager:
             for cert in certs:
                 if stamps.get(cert.name) != self._stamps.get(cert.name) and stamps.get(cert.name) is not None:
                     bundle = await self.store.load(cert.name)
-                    if bundle is None or bundle.serial == self._published.get(cert.cert_id):
+                    ours = (self._published.get(cert.cert_id), self._own.get(cert.cert_id))
+                    if bundle is None or bundle.serial in ours:
                         continue  # gone, or the one this worker saved itself
                     if bundle.not_after > self.clock.now():
                         await self._publish(cert, bundle)

@@ -6,8 +6,10 @@ processes and files): each test says when the generation and a stamp change, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+import pytest
 import trio
 import trio.testing
 
@@ -102,3 +104,37 @@ async def test_without_a_new_generation_the_safety_scan_finds_it(autojump_clock:
         waited = await seconds_until_served(registry, SAFETY_SCAN + 1)
         assert POLL < waited <= SAFETY_SCAN
         nursery.cancel_scope.cancel()
+
+
+class SlowSavingStore(MemoryStore):
+    """A store whose save is visible (new generation and stamp) a while before it returns."""
+
+    def __init__(self, coordinator: ScriptedCoordinator) -> None:
+        super().__init__()
+        self.coordinator = coordinator
+
+    async def save(self, bundle: CertBundle) -> None:
+        await super().save(bundle)
+        self.coordinator.stamp[bundle.name] = bundle.serial
+        self.coordinator.generation_now += 1
+        await trio.sleep(POLL * 3)  # e.g. the fsyncs of a filesystem store
+
+
+async def test_a_worker_does_not_pick_up_its_own_save(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="snakeway.acme")
+    coordinator = ScriptedCoordinator()
+    store = SlowSavingStore(coordinator)
+    manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
+    manager.offload = sources.inline
+    manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        with trio.fail_after(60):
+            while registry.entry(A.cert_id) is None or "issued by" not in caplog.text:
+                await trio.sleep(POLL)
+        await trio.sleep(SAFETY_SCAN + 1)  # every poll and a safety scan after the save
+        nursery.cancel_scope.cancel()
+    assert caplog.text.count("issued by") == 1
+    assert "picked up from the store" not in caplog.text
