@@ -169,6 +169,12 @@ class StaleConnection(ProxyError):
         super().__init__(502, "the upstream closed a kept-alive connection")
 
 
+# A wait whose deadline is within this of the one already set keeps that one (nginx's
+# NGX_TIMER_LAZY_DELAY, 300 ms, for the same reason): moving a deadline is the costliest part
+# of arming a wait, and consecutive waits of one exchange mostly have the same timeout.
+LAZY_DEADLINE_SECONDS = 0.3
+
+
 class Wait(enum.Enum):
     """What an exchange waits for; each has its own timeout and error."""
 
@@ -251,7 +257,9 @@ class Exchange:
             # stands, raised at the next checkpoint.
             return
         self._waiting = wait
-        scope.deadline = trio.current_time() + seconds
+        deadline = trio.current_time() + seconds
+        if abs(deadline - scope.deadline) >= LAZY_DEADLINE_SECONDS:
+            scope.deadline = deadline
 
     def _timeout_error(self) -> Exception:
         wait = self._waiting
