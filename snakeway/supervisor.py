@@ -25,6 +25,7 @@ shut down. Workers share certificates through the store: see
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -75,6 +76,10 @@ class Supervisor:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
             server.pid_file.write_text(f"{os.getpid()}\n")
+        # What was loaded so far (code, configuration) lives as long as the process: out of the
+        # collector's sight, it is neither walked by each full collection nor copied into every
+        # worker when a collection touches it (the advice of the gc module's documentation).
+        gc.freeze()
         try:
             logger.info("starting %d workers", len(self.slots))
             for number in range(len(self.slots)):
