@@ -37,7 +37,6 @@ import itertools
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import trio
@@ -70,16 +69,6 @@ LOCKED_RECHECK_SECONDS = 30.0
 ACCOUNT_LOCK = "acme-account.lock"
 # With more certificates than this, the first checks of stored ones are spread out (see acme/startup.py).
 SPREAD_FIRST_CHECKS_ABOVE = 100
-
-
-@dataclass(frozen=True)
-class Status:
-    """What ``python -m snakeway certs`` shows for one certificate."""
-
-    cert: ManagedCert
-    bundle: CertBundle | None
-    state: RenewalState | None
-    next_check: datetime | None
 
 
 class CertManager:
@@ -438,19 +427,6 @@ class CertManager:
             if self.watch_interval is not None:
                 with trio.CancelScope(shield=True):
                     await self.coordinator.delete_challenge(_challenge_key(task))
-
-    async def status(self) -> list[Status]:
-        out = []
-        for cert in self.certs.values():
-            out.append(
-                Status(
-                    cert,
-                    await self.store.load(cert.name),
-                    await self.store.load_state(cert.name),
-                    self.next_checks.get(cert.cert_id),
-                )
-            )
-        return out
 
 
 def _challenge_key(task: ChallengeTask) -> str:
