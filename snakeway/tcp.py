@@ -66,7 +66,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 await self._wait(trio.lowlevel.wait_readable)
                 waited = True
             except OSError as exc:
-                raise self._translate(exc) from exc
+                raise await self._fail(exc) from exc
         if not waited:  # a wait is a schedule point; the ready path still owes one
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
@@ -77,6 +77,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         sock = self._sock
         if not data and sock.fileno() == -1:
+            await trio.lowlevel.cancel_shielded_checkpoint()
             raise trio.ClosedResourceError("socket was already closed")
         view = memoryview(data)
         waited = False
@@ -87,7 +88,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 await self._wait(trio.lowlevel.wait_writable)
                 waited = True
             except OSError as exc:
-                raise self._translate(exc) from exc
+                raise await self._fail(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -96,6 +97,11 @@ class TcpStream(trio.abc.HalfCloseableStream):
             await wait(self._sock)
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("another task closed this socket") from None
+
+    async def _fail(self, exc: OSError) -> Exception:
+        """The stream error for ``exc``, after the schedule point every call owes."""
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return self._translate(exc)
 
     def _translate(self, exc: OSError) -> Exception:
         if exc.errno in _CLOSED_ERRNOS:
@@ -111,11 +117,11 @@ class TcpStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._eof_sent:
             return
-        self._eof_sent = True
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise self._translate(exc) from exc
+        self._eof_sent = True
 
     async def aclose(self) -> None:
         self.socket.close()  # tells trio's I/O manager, then closes the descriptor

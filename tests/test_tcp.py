@@ -57,6 +57,18 @@ async def test_a_reset_by_the_peer_is_a_broken_resource() -> None:
     await client.aclose()
 
 
+async def test_errors_are_checkpoints_too() -> None:
+    client, server = await _pair()
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await server.aclose()  # a reset
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.testing.assert_checkpoints(), pytest.raises(trio.BrokenResourceError):
+        await client.receive_some(10)
+    await client.aclose()
+    with trio.testing.assert_checkpoints(), pytest.raises(trio.ClosedResourceError):
+        await client.send_all(b"")
+
+
 async def test_close_releases_the_descriptor_and_later_calls_say_closed() -> None:
     client, server = await _pair()
     fd = client.socket.fileno()

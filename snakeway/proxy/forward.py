@@ -171,8 +171,10 @@ class StaleConnection(ProxyError):
 
 # A wait whose deadline is within this of the one already set keeps that one (nginx's
 # NGX_TIMER_LAZY_DELAY, 300 ms, for the same reason): moving a deadline is the costliest part
-# of arming a wait, and consecutive waits of one exchange mostly have the same timeout.
+# of arming a wait, and consecutive waits of one exchange mostly have the same timeout. The kept
+# deadline may be the earlier one, so short timeouts get a slack of a tenth of themselves at most.
 LAZY_DEADLINE_SECONDS = 0.3
+LAZY_DEADLINE_SHARE = 0.1
 
 
 class Wait(enum.Enum):
@@ -258,7 +260,7 @@ class Exchange:
             return
         self._waiting = wait
         deadline = trio.current_time() + seconds
-        if abs(deadline - scope.deadline) >= LAZY_DEADLINE_SECONDS:
+        if abs(deadline - scope.deadline) >= min(LAZY_DEADLINE_SECONDS, seconds * LAZY_DEADLINE_SHARE):
             scope.deadline = deadline
 
     def _timeout_error(self) -> Exception:

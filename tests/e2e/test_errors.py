@@ -110,6 +110,29 @@ async def test_silent_upstream_is_504(nursery: trio.Nursery, autojump_clock: tri
     assert trio.current_time() - start == pytest.approx(20, abs=1)
 
 
+async def test_short_timeouts_hold_while_a_slow_body_keeps_coming(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every wait gets its timeout (give or take a tenth), however short: a byte every 0.28 s beats 0.5 s."""
+
+    async def trickle(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
+        for _ in range(20):
+            await trio.sleep(0.28)
+            await stream.send_all(b"x")
+        await stream.receive_some(65536)
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, trickle, 0, host=LOOPBACK))
+    server = ServerSettings(
+        upstream=UpstreamSettings(read_timeout_seconds=0.5), client=ClientSettings(idle_timeout_seconds=0.5)
+    )
+    _, proxy = await start_snakeway(nursery, service_config([listener.socket.getsockname()[1]], server=server))
+    resp = await get(proxy)
+    assert resp.status == 200
+    assert resp.body == b"x" * 20
+
+
 async def test_upstream_garbage_is_502(nursery: trio.Nursery) -> None:
     async def garbage(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
