@@ -11,12 +11,12 @@ only if the kernel says it would block.
 
 It keeps trio's stream contract (``trio.testing.check_half_closeable_stream``
 passes): every call is a checkpoint, a cancel point before the system call
-and a schedule point after it, so a client that keeps a socket always
-ready cannot starve its neighbours. The saving is in the plumbing: about 7%
-of the instructions of a small proxied request. Errors become ``trio.BrokenResourceError`` and ``trio.ClosedResourceError``
-as with ``trio.SocketStream``. Two tasks sending at once is a bug in the
-caller that this stream does not check for: each connection has one
-writer.
+and a schedule point after it (errors included), so a client that keeps a
+socket always ready cannot starve its neighbours. The saving is in the
+plumbing: about 7% of the instructions of a small proxied request. Errors
+become ``trio.BrokenResourceError`` and ``trio.ClosedResourceError`` as with
+``trio.SocketStream``. Two tasks sending at once is a bug in the caller that
+this stream does not check for: each connection has one writer.
 """
 
 from __future__ import annotations
