@@ -15,12 +15,15 @@ from snakeway.tcp import TcpStream, open_tcp_stream
 async def _pair() -> tuple[TcpStream, TcpStream]:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     async with listener:
-        port = listener.socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            client = await open_tcp_stream("127.0.0.1", port)
-            accepted = await listener.accept()
-            nursery.cancel_scope.cancel()
+        client = await open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+        accepted = await listener.accept()  # the connection waits in the backlog
     return client, TcpStream(accepted)
+
+
+async def _reset(stream: TcpStream) -> None:
+    """Close ``stream`` with a RST rather than a FIN (SO_LINGER with a zero timeout)."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await stream.aclose()
 
 
 async def test_meets_trios_stream_contract() -> None:
@@ -47,9 +50,7 @@ async def test_a_large_send_completes_through_a_slow_reader() -> None:
 
 async def test_a_reset_by_the_peer_is_a_broken_resource() -> None:
     client, server = await _pair()
-    # SO_LINGER 0: the close sends RST instead of FIN.
-    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    await server.aclose()
+    await _reset(server)
     with pytest.raises(trio.BrokenResourceError):
         for _ in range(100):  # the first writes may land in the buffer before the RST is seen
             await client.send_all(b"x" * 65536)
@@ -59,8 +60,7 @@ async def test_a_reset_by_the_peer_is_a_broken_resource() -> None:
 
 async def test_errors_are_checkpoints_too() -> None:
     client, server = await _pair()
-    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    await server.aclose()  # a reset
+    await _reset(server)
     await trio.testing.wait_all_tasks_blocked()
     with trio.testing.assert_checkpoints(), pytest.raises(trio.BrokenResourceError):
         await client.receive_some(10)

@@ -314,7 +314,7 @@ def _readable_poll(stream: trio.abc.Stream) -> Callable[[], bool] | None:
     ``poll(0)`` system call. The connection owns the socket and is dropped
     once it is closed, so the registered descriptor cannot be reused under it.
     """
-    if not isinstance(stream, (TcpStream, trio.SocketStream)):
+    if not isinstance(stream, TcpStream):
         return None
     fd = stream.socket.fileno()
     if not hasattr(select, "poll"):  # Windows
