@@ -146,7 +146,9 @@ async def run_pebble(
         nonce_reject: ``PEBBLE_WFE_NONCEREJECT``, the percentage of good nonces
             Pebble rejects with ``badNonce`` (Pebble's default is 5).
         authz_reuse: ``PEBBLE_AUTHZREUSE``, the percentage of valid
-            authorizations Pebble reuses (Pebble's default is 50).
+            authorizations Pebble reuses (Pebble's default is 50). Pebble draws
+            ``rand(100) > authz_reuse`` for a new one, so even 0 reuses about
+            1 in 100; only a new account is sure to get pending ones.
         va_sleep: make each validation wait up to this many seconds
             (``PEBBLE_VA_SLEEPTIME``) instead of ``PEBBLE_VA_NOSLEEP``.
         api_port: where the ACME API listens (default: a free port), to
