@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -17,6 +18,9 @@ from snakeway import __version__
 from snakeway.config.load import load_config
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
+
+if TYPE_CHECKING:
+    from snakeway.supervisor import WorkerEnv
 
 DEFAULT_CONFIG = "snakeway.hcl"
 
@@ -71,19 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if workers > 1:
-        from snakeway.supervisor import Supervisor
+        from snakeway.supervisor import Supervisor, WorkerEnv
 
         # Import what the workers run before forking them, so each starts with it loaded.
         importlib.import_module("snakeway.server")
         if config.server.tls_automation is not None:
             importlib.import_module("snakeway.acme.backend")
 
-        run_worker = partial(_run_server, config, partial(load_config, path), worker=True)
+        def run_worker(worker_config: Config, env: WorkerEnv) -> int:
+            return _run_server(worker_config, partial(load_config, path), env)
+
         return _reporting_errors(Supervisor(config, run_worker).run)
     return _run_server(config, partial(load_config, path))
 
 
-def _run_server(config: Config, loader: Callable[[], Config], *, worker: bool = False) -> int:
+def _run_server(config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None) -> int:
     return _reporting_errors(lambda: trio.run(partial(serve, config, loader, worker)) or 0)
 
 
@@ -135,13 +141,16 @@ def trust(config: Config) -> int:
     return 0
 
 
-async def serve(config: Config, loader: Callable[[], Config], worker: bool = False) -> None:
+async def serve(config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None) -> None:
     from snakeway.server import Server
 
-    server = Server(config, loader, worker=worker)
+    if worker is None:
+        server = Server(config, loader)
+    else:
+        server = Server(config, loader, worker=True, handoff=worker.handoff, ws_counts=worker.ws_counts)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_signals)
-        if worker:
+        if worker is not None:
             nursery.start_soon(_exit_with_parent, server)
         await server.serve()
         nursery.cancel_scope.cancel()

@@ -35,12 +35,15 @@ from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock
 from snakeway.config.model import Config, StoreType
 from snakeway.errors import ConfigError, SnakewayError
+from snakeway.handoff import ConfigHandoff, stamp
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.balance import Health
 from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
+from snakeway.proxy.websocket import WebSocketSlots
+from snakeway.proxy.wscount import SharedWebSocketCounts
 from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import accept_tls
 from snakeway.tls.certmap import CertEntry
@@ -91,13 +94,20 @@ class Server:
         acme_backend: AcmeBackend | None = None,
         cert_store: CertStore | None = None,
         worker: bool = False,
+        handoff: ConfigHandoff | None = None,
+        ws_counts: SharedWebSocketCounts | None = None,
     ) -> None:
         self._loader = loader
+        self._handoff = handoff
         # One of several worker processes sharing the ports (see supervisor.py).
         self.worker = worker
         self.clock = clock or SystemClock()
         upstream = config.server.upstream
-        self.shared = Shared(pool=UpstreamPool(upstream), health=Health(upstream.failure_cooldown_seconds))
+        self.shared = Shared(
+            pool=UpstreamPool(upstream),
+            health=Health(upstream.failure_cooldown_seconds),
+            slots=WebSocketSlots(ws_counts),
+        )
         self.runtime: Runtime = build_runtime(config, self.shared)
         self.certs = CertRegistry()
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
@@ -108,6 +118,7 @@ class Server:
         self.manager = self._cert_manager(config, acme_backend, cert_store)
         self.drain = Drain()
         self._stop = trio.Event()
+        self._serving = trio.Event()
         self._listeners: dict[ListenerKey, trio.CancelScope] = {}
         self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
@@ -160,6 +171,7 @@ class Server:
         bound: dict[ListenerKey, list[trio.SocketListener]] = {}
         access: tuple[int | None, bool] = (None, False)
         try:
+            read_at = stamp()
             config = await trio.to_thread.run_sync(self._loader)
             runtime = build_runtime(config, self.shared, self.runtime)
             manual = await self._load_manual(runtime)
@@ -194,6 +206,11 @@ class Server:
         elif config.server.tls_automation is not None:
             logger.warning("tls_automation was added: restart snakeway to start managing certificates")
         logger.info("configuration reloaded")
+        if self._handoff is not None:
+            try:
+                await trio.to_thread.run_sync(self._handoff.publish, config, read_at)
+            except OSError as exc:
+                logger.warning("cannot hand the reloaded configuration to the supervisor: %s", exc)
         return True
 
     # -- running ---------------------------------------------------------
@@ -224,6 +241,7 @@ class Server:
                         for spec in self.runtime.listeners.values():
                             self._serve_listener(spec, await self._bind(spec))
                         task_status.started()
+                        self._serving.set()
                         await self._stop.wait()
                         accept.cancel_scope.cancel()
                     self.drain.close()
@@ -240,19 +258,29 @@ class Server:
                 pid_file.unlink(missing_ok=True)
 
     async def serve_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """SIGINT/SIGTERM shut down gracefully; SIGHUP reloads."""
+        """SIGINT/SIGTERM shut down gracefully; SIGHUP reloads. Runs until cancelled.
+
+        The three signals are unblocked once their handlers are installed: a worker starts
+        with them blocked (see :mod:`snakeway.supervisor`), and one that arrived meanwhile is
+        handled now. A reload waits until the server is serving; once shutting down, the
+        handlers stay so that a late signal cannot end the drain.
+        """
         import signal
 
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
             task_status.started()
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if self._stop.is_set():
+                    logger.info("%s ignored: shutting down", signal.Signals(signum).name)
+                elif signum == signal.SIGHUP:
                     logger.info("SIGHUP: reloading the configuration")
+                    await self._serving.wait()
                     await self.reload()
                 else:
                     logger.info("%s: shutting down", signal.Signals(signum).name)
                     self.shutdown()
-                    return
 
     async def _load_manual(self, runtime: Runtime) -> dict[str, CertEntry]:
         tls_blocks = [tls for spec in runtime.listeners.values() for tls in spec.tls]

@@ -11,16 +11,40 @@ spreads new connections across them. The parent
 * forwards SIGHUP (reload) to every worker, and SIGINT/SIGTERM as SIGTERM
   (graceful shutdown), then waits for them and exits 0; a worker that is
   still running ``drain_seconds`` + 5 s later is killed;
-* restarts a worker that dies, unless it keeps dying right after start
-  (a broken configuration or a port in use): then it gives up and exits 1;
+* restarts a worker that dies, unless it keeps failing right after start
+  (a broken configuration or a port in use): then it gives up and exits 1.
+  A worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
+  ``kill``, the OOM killer) did not fail by itself and never counts towards
+  giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does;
 * writes the pid file, and creates the local CA before any worker starts,
   so workers never race to create two different roots.
 
+Reloads happen in the workers; the parent only forwards SIGHUP. A worker
+started later must still serve what the others serve, so the parent keeps a
+private directory (mode 0700, made before the first fork) in which each
+worker that applied a reload leaves the configuration it applied (see
+:mod:`snakeway.handoff`); a reload that failed leaves nothing. Before each
+fork, and at least once a second, the parent adopts the newest one, and a
+new worker starts from it. Certificates are not handed over: a new worker
+reads manual certificate files and ACME certificates (from the store) when
+it starts, and issues internal ones from the local CA, all per the adopted
+configuration. A worker forked after the parent forwarded a SIGHUP but
+before the reload was published missed that SIGHUP: once the parent sees a
+configuration newer than the one it forked the worker with, it sends the
+worker a SIGHUP of its own.
+
+The ``ws_max_connections`` counts are shared by every worker through an
+anonymous shared memory map made before the first fork
+(:mod:`snakeway.proxy.wscount`); the parent gives back a dead worker's
+WebSocket slots before starting its replacement.
+
 The parent never runs trio and never starts a thread, so forking is safe: it
 blocks the signals it handles and takes them one at a time with
-``sigtimedwait``. Workers notice a parent that died (even by SIGKILL) and
-shut down. Workers share certificates through the store: see
-:mod:`snakeway.acme.coordination`.
+``sigtimedwait``. A new worker keeps SIGHUP, SIGINT and SIGTERM blocked until
+its trio loop has installed its handlers (:meth:`snakeway.server.Server.serve_signals`),
+so a SIGHUP that reaches it meanwhile is a reload, not its death. Workers
+notice a parent that died (even by SIGKILL) and shut down. Workers share
+certificates through the store: see :mod:`snakeway.acme.coordination`.
 """
 
 from __future__ import annotations
@@ -28,51 +52,73 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
+from snakeway.handoff import ConfigHandoff
+from snakeway.proxy.wscount import SharedWebSocketCounts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = logging.getLogger("snakeway.supervisor")
 
-# A worker that exits this soon after starting, this many times in a row, is not restarted again.
+# A worker that fails this soon after starting, this many times in a row, is not restarted again.
 QUICK_EXIT_SECONDS = 2.0
 QUICK_EXITS_TO_GIVE_UP = 3
 STOP_SECONDS_EXTRA = 5.0
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+# Blocked in a new worker until its own handlers are installed (Server.serve_signals unblocks them).
+WORKER_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+# Deaths that come from outside (an operator's kill, the OOM killer), not from the worker failing.
+_KILLED = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """What a worker gets from the supervisor besides its configuration."""
+
+    number: int
+    handoff: ConfigHandoff
+    ws_counts: SharedWebSocketCounts
 
 
 @dataclass
 class _Slot:
     pid: int | None = None
     started: float = 0.0
+    forked_at: int = 0  # time.monotonic_ns(), comparable with the stamps of the handoff
+    config_stamp: int = 0  # the newest configuration this worker is known to run
     quick_exits: int = 0
     restart_at: float | None = None
 
 
 class Supervisor:
-    """Forks ``config.server.workers`` processes that each call ``run_worker()`` and exit with what it returns."""
+    """Forks ``config.server.workers`` processes that each call ``run_worker(config, env)`` and exit with what it returns."""
 
-    def __init__(self, config: Config, run_worker: Callable[[], int]) -> None:
+    def __init__(self, config: Config, run_worker: Callable[[Config, WorkerEnv], int]) -> None:
         self.config = config
+        self.config_stamp = 0
         self.run_worker = run_worker
         self.slots = [_Slot() for _ in range(config.server.workers)]
         self.stopping = False
         self.failed = False
         self.kill_at: float | None = None
+        self.sighup_at = 0  # time.monotonic_ns() of the last SIGHUP forwarded
+        self.private = Path(tempfile.mkdtemp(prefix="snakeway-"))
+        self.handoff = ConfigHandoff(self.private)
+        self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private / "websockets.lock")
 
     def run(self) -> int:
         server = self.config.server
-        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
-            from snakeway.tls.internal_ca import LocalCA
-
-            LocalCA.load_or_create(server.state_dir)
+        _create_local_ca(self.config)
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
             server.pid_file.write_text(f"{os.getpid()}\n")
@@ -89,6 +135,7 @@ class Supervisor:
         finally:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
+            shutil.rmtree(self.private, ignore_errors=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return 1 if self.failed else 0
 
@@ -107,13 +154,16 @@ class Supervisor:
         # A timeout at least every second, so a lost SIGCHLD can never leave a dead worker unnoticed.
         timeout = max(0.0, min([now + 1.0, *deadlines]) - now)
         info = signal.sigtimedwait(_SIGNALS, timeout)
-        if info is not None and info.si_signo == signal.SIGHUP:
+        if info is not None and info.si_signo == signal.SIGHUP and not self.stopping:
             logger.info("SIGHUP: reloading every worker")
+            self.sighup_at = time.monotonic_ns()
             self._signal_all(signal.SIGHUP)
         elif info is not None and info.si_signo in (signal.SIGINT, signal.SIGTERM):
             logger.info("%s: shutting down the workers", signal.Signals(info.si_signo).name)
             self._stop_all()
         self._reap()
+        if not self.stopping:
+            self._adopt_newest()
         now = time.monotonic()
         if self.kill_at is not None and now >= self.kill_at:
             for slot in self.slots:
@@ -124,6 +174,27 @@ class Supervisor:
         for number, slot in enumerate(self.slots):
             if not self.stopping and slot.restart_at is not None and now >= slot.restart_at:
                 self._fork(number, previous_mask)
+
+    def _adopt_newest(self) -> None:
+        """Take the newest configuration a worker applied; reload workers that were forked too early."""
+        published = self.handoff.newest()
+        if published is None:
+            return
+        for slot in self.slots:
+            if slot.pid == published.pid:
+                slot.config_stamp = max(slot.config_stamp, published.stamp)
+        if published.stamp > self.config_stamp:
+            config = self.handoff.load(published)
+            if config is None:
+                published.path.unlink(missing_ok=True)
+                return
+            self.config, self.config_stamp = config, published.stamp
+            _create_local_ca(config)
+        for number, slot in enumerate(self.slots):
+            if slot.pid is not None and slot.config_stamp < self.config_stamp and slot.forked_at > self.sighup_at:
+                logger.info("worker %d started before the last reload was applied; reloading it", number)
+                slot.config_stamp = self.config_stamp
+                _kill(slot.pid, signal.SIGHUP)
 
     def _reap(self) -> None:
         while True:
@@ -139,9 +210,14 @@ class Supervisor:
 
     def _exited(self, number: int, slot: _Slot, code: int) -> None:
         slot.pid = None
+        self.ws_counts.give_back(number)
         if self.stopping:
             return
         now = time.monotonic()
+        if code < 0 and -code in _KILLED:
+            logger.warning("worker %d was killed by %s; starting a new one", number, signal.Signals(-code).name)
+            slot.restart_at = now
+            return
         slot.quick_exits = slot.quick_exits + 1 if now - slot.started < QUICK_EXIT_SECONDS else 0
         if slot.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
             logger.error("worker %d keeps exiting at start (code %s); stopping snakeway", number, code)
@@ -165,9 +241,13 @@ class Supervisor:
     # --- a worker ----------------------------------------------------------------------------------
 
     def _fork(self, number: int, previous_mask: set[signal.Signals]) -> None:
+        self._adopt_newest()
         slot = self.slots[number]
         slot.restart_at = None
         slot.started = time.monotonic()
+        slot.forked_at = time.monotonic_ns()
+        slot.config_stamp = self.config_stamp
+        config = self.config
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -176,17 +256,27 @@ class Supervisor:
             return
         code = 1
         try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            # SIGCHLD as before; the others stay blocked until the worker's handlers are in place.
+            signal.pthread_sigmask(signal.SIG_SETMASK, set(previous_mask) | WORKER_SIGNALS)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-            code = self.run_worker()
+            self.ws_counts.join(number)
+            code = self.run_worker(config, WorkerEnv(number, self.handoff, self.ws_counts))
         except BaseException:
             logger.exception("worker %d failed", number)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+
+def _create_local_ca(config: Config) -> None:
+    """Create the local CA here, once, if ``config`` needs one, rather than in racing workers."""
+    if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in config.ingresses):
+        from snakeway.tls.internal_ca import LocalCA
+
+        LocalCA.load_or_create(config.server.state_dir)
 
 
 def _kill(pid: int, signum: signal.Signals) -> None:

@@ -22,6 +22,7 @@ from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, ProxyEr
 from snakeway.proxy.forward import upstream_request as plain_upstream_request
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.strict import Target
+from snakeway.proxy.wscount import SharedWebSocketCounts
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +39,35 @@ def wants_upgrade(request: h11.Request) -> bool:
 
 
 class WebSocketSlots:
-    """Counts open WebSockets per route against ``ws_max_connections``."""
+    """Counts open WebSockets per route against ``ws_max_connections``.
 
-    def __init__(self) -> None:
+    Args:
+      shared: with several workers, the table every worker of the supervisor counts in (the
+        limit is for the server); without it the count is this process's own.
+    """
+
+    def __init__(self, shared: SharedWebSocketCounts | None = None) -> None:
         self._open: dict[tuple[str, ...], int] = {}
+        self._shared = shared
 
     def open_count(self, route: Route) -> int:
+        if self._shared is not None:
+            return self._shared.total(_key(route))
         return self._open.get(_key(route), 0)
 
     @contextmanager
     def take(self, route: Route) -> Iterator[None]:
         """Hold a slot; raises ProxyError(503) when the route is full."""
         key = _key(route)
+        if self._shared is not None:
+            index = self._shared.acquire(key, route.ws_max_connections)
+            if index is None:
+                raise ProxyError(503, f"too many WebSocket connections on {route.path}")
+            try:
+                yield
+            finally:
+                self._shared.release(index)
+            return
         count = self._open.get(key, 0)
         if route.ws_max_connections is not None and count >= route.ws_max_connections:
             raise ProxyError(503, f"too many WebSocket connections on {route.path}")

@@ -1,0 +1,211 @@
+"""Workers that die, SIGHUP bursts, and limits meant for the whole server, against a real snakeway."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import trio
+import trio_websocket
+
+from tests.hostile.harness import (
+    LOOPBACK, exchange, proxy_to, running, start_logging_upstream, statuses, until_logged, write_config,
+)
+from tests.proc import Running
+
+_WORKER = re.compile(rb"\[(\d+)\] snakeway: listening on")
+
+
+def workers_started(proc: Running) -> list[int]:
+    """Every worker that has opened its listener, in order of start."""
+    return [int(pid) for pid in _WORKER.findall(bytes(proc.log))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()
+    except FileNotFoundError:
+        return False
+
+
+async def kill_a_worker_and_wait_for_its_replacement(proc: Running) -> None:
+    before = workers_started(proc)
+    os.kill(before[-1], signal.SIGKILL)
+    await until_logged(proc, b"starting a new one", proc.log.count(b"starting a new one") + 1)
+    await until_logged(proc, b"listening on", len(before) + 1)
+
+
+async def statuses_of_new_connections(listen: int, target: str, count: int) -> list[int]:
+    request = f"GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode()
+    return [status for _ in range(count) for status in statuses(await exchange(listen, request))]
+
+
+async def test_a_restarted_worker_serves_the_last_reload_that_succeeded(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream, "/old"))
+    async with running(config) as proc:
+        assert await statuses_of_new_connections(listen, "/new", 4) == [404] * 4
+        write_config(tmp_path, proxy_to(upstream, "/"), port=listen)  # adds /new
+        proc.process.send_signal(signal.SIGHUP)
+        await until_logged(proc, b"configuration reloaded", 2)
+        await kill_a_worker_and_wait_for_its_replacement(proc)
+        assert await statuses_of_new_connections(listen, "/new", 40) == [200] * 40
+
+        # Rejected reloads (the port is taken; then a syntax error) are not what the next worker starts with.
+        with socket.socket() as taken:
+            taken.bind((LOOPBACK, 0))
+            taken.listen()
+            write_config(tmp_path, proxy_to(upstream, "/old"), port=taken.getsockname()[1])
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"reload failed", 2)
+            config.write_text(config.read_text() + "\n}")
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"reload failed", 4)
+            await kill_a_worker_and_wait_for_its_replacement(proc)
+        assert b"Address already in use" in proc.log
+        assert await statuses_of_new_connections(listen, "/new", 40) == [200] * 40
+
+
+def sighup_every_millisecond(pid: int, stop: threading.Event) -> int:
+    sent = 0
+    while not stop.is_set():
+        os.kill(pid, signal.SIGHUP)
+        sent += 1
+        time.sleep(0.001)
+    return sent
+
+
+async def test_a_sighup_burst_while_workers_restart_stops_nothing(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    async with running(config) as proc, trio.open_nursery() as reading:
+
+        async def read_log() -> None:  # a full pipe would block every process that logs
+            while True:
+                await proc.read_more()
+
+        reading.start_soon(read_log)
+        stop = threading.Event()
+        async with trio.open_nursery() as burst:
+            burst.start_soon(partial(trio.to_thread.run_sync, sighup_every_millisecond, proc.process.pid, stop))
+            try:
+                for _ in range(6):
+                    await trio.sleep(0.4)
+                    victims = [pid for pid in workers_started(proc) if alive(pid)]
+                    if victims:
+                        os.kill(victims[-1], signal.SIGKILL)
+                await trio.sleep(0.5)
+            finally:
+                stop.set()
+        assert proc.process.returncode is None
+        with trio.fail_after(15):
+            while len([pid for pid in workers_started(proc) if alive(pid)]) < 2:
+                await trio.sleep(0.1)
+        assert await statuses_of_new_connections(listen, "/", 20) == [200] * 20
+        reading.cancel_scope.cancel()
+    assert b"keeps exiting" not in proc.log
+    assert b"killed by SIGHUP" not in proc.log  # every worker handled its SIGHUPs as reloads
+    assert proc.log.count(b"killed by SIGKILL") == 6
+
+
+async def accept_websocket(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+async def open_websockets(listen: int, attempts: int) -> tuple[list[trio.SocketStream], list[int]]:
+    """Try ``attempts`` upgrades, keeping the accepted ones open: (accepted, statuses of the refused)."""
+    accepted, refused = [], []
+    for _ in range(attempts):
+        stream = await trio.open_tcp_stream(LOOPBACK, listen)
+        await stream.send_all(UPGRADE)
+        head = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some(65536)
+                assert chunk, head
+                head += chunk
+        (status,) = statuses(head.split(b"\r\n", 1)[0] + b"\r\n")
+        if status == 101:
+            accepted.append(stream)
+        else:
+            refused.append(status)
+            await stream.aclose()
+    return accepted, refused
+
+
+async def still_open(stream: trio.SocketStream) -> bool:
+    """The proxy keeps the tunnel: a ping frame (masked, empty) comes back as a pong."""
+    try:
+        await stream.send_all(b"\x89\x80" + bytes(4))
+        with trio.fail_after(2):
+            return (await stream.receive_some(2))[:1] == b"\x8a"
+    except trio.BrokenResourceError:
+        return False
+
+
+def local_port(stream: trio.SocketStream) -> int:
+    return stream.socket.getsockname()[1]
+
+
+def serving_worker(listen: int, client_port: int, workers: list[int]) -> int:
+    """The worker holding the proxy's end of the connection from ``client_port``."""
+    wanted = f":{listen:04X} " + "0100007F:" + f"{client_port:04X} "
+    inode = next(line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines() if wanted in line)
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                pass
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+async def test_ws_max_connections_is_a_limit_for_the_server(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream = await nursery.start(
+        partial(trio_websocket.serve_websocket, accept_websocket, LOOPBACK, 0, ssl_context=None)
+    )
+    services = proxy_to(upstream.port, "/ws", ", enable_websocket = true, ws_max_connections = 3")
+    config, listen = write_config(tmp_path, services)
+    async with running(config) as proc:
+        opened, refused = await open_websockets(listen, 10)
+        assert (len(opened), refused) == (3, [503] * 7)
+        # Closing one frees its slot (once the proxy has seen the close).
+        await opened.pop().aclose()
+        with trio.fail_after(5):
+            while not (more := await open_websockets(listen, 1))[0]:
+                await trio.sleep(0.05)
+        opened += more[0]
+        assert await open_websockets(listen, 4) == ([], [503] * 4)
+        # A worker that dies gives its slots back.
+        workers = [pid for pid in workers_started(proc) if alive(pid)]
+        held_by = [serving_worker(listen, local_port(ws), workers) for ws in opened]
+        victim = held_by[0]
+        os.kill(victim, signal.SIGKILL)
+        await until_logged(proc, b"starting a new one")
+        survivors = [ws for ws in opened if await still_open(ws)]
+        assert len(survivors) == sum(1 for pid in held_by if pid != victim)
+        await until_logged(proc, b"listening on", 3)
+        reopened, refused = await open_websockets(listen, 6)
+        assert (len(reopened), refused) == (3 - len(survivors), [503] * (3 + len(survivors)))
+        for ws in opened + reopened:
+            await ws.aclose()
