@@ -10,7 +10,8 @@ spreads new connections across them. The parent
 
 * forwards SIGHUP (reload) to every worker, and SIGINT/SIGTERM as SIGTERM
   (graceful shutdown), then waits for them and exits 0; a worker that is
-  still running ``drain_seconds`` + 5 s later is killed;
+  still running ``drain_seconds`` + 5 s later is killed; a SIGHUP during
+  the shutdown is not forwarded (workers ignore one too);
 * restarts a worker that dies, unless it keeps failing right after start
   (a broken configuration or a port in use): then it gives up and exits 1.
   A worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's

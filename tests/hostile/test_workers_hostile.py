@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -209,3 +210,62 @@ async def test_ws_max_connections_is_a_limit_for_the_server(nursery: trio.Nurser
         assert (len(reopened), refused) == (3 - len(survivors), [503] * (3 + len(survivors)))
         for ws in opened + reopened:
             await ws.aclose()
+
+
+async def test_a_worker_started_during_a_reload_serves_the_reloaded_configuration(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream, "/old"))
+    async with running(config) as proc:
+        write_config(tmp_path, proxy_to(upstream, "/"), port=listen)
+        victim = workers_started(proc)[-1]
+        # The replacement is forked after the supervisor forwarded this SIGHUP, before the
+        # surviving worker has applied it.
+        proc.process.send_signal(signal.SIGHUP)
+        os.kill(victim, signal.SIGKILL)
+        await until_logged(proc, b"listening on", 3)
+        await until_logged(proc, b"configuration reloaded", 2)
+        assert await statuses_of_new_connections(listen, "/new", 40) == [200] * 40
+
+
+async def start_slow_upstream(nursery: trio.Nursery, seconds: float) -> tuple[int, trio.Event]:
+    """An upstream that answers each request ``seconds`` after reading it: (port, set once a request came)."""
+    arrived = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(65536)
+        arrived.set()
+        await trio.sleep(seconds)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow")
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    return listeners[0].socket.getsockname()[1], arrived
+
+
+async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, arrived = await start_slow_upstream(nursery, 1.5)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    async with running(config) as proc:
+        answer = []
+
+        async def slow_request() -> None:
+            answer.append(await exchange(listen, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", timeout=10))
+
+        async with trio.open_nursery() as client:
+            client.start_soon(slow_request)
+            with trio.fail_after(5):
+                await arrived.wait()
+            proc.process.send_signal(signal.SIGTERM)
+            await until_logged(proc, b"SIGTERM: shutting down", 3)  # the supervisor and both workers
+            proc.process.send_signal(signal.SIGHUP)
+            for pid in workers_started(proc):
+                with contextlib.suppress(ProcessLookupError):  # the idle worker may be gone already
+                    os.kill(pid, signal.SIGHUP)
+        with trio.fail_after(15):
+            assert await proc.process.wait() == 0
+    assert statuses(answer[0]) == [200]
+    assert answer[0].endswith(b"slow")
