@@ -102,7 +102,7 @@ class _Slot:
 
 
 class Supervisor:
-    """Forks ``config.server.workers`` processes that each call ``run_worker(config, env)`` and exit with what it returns."""
+    """Forks ``config.server.workers`` processes that each exit with what ``run_worker(config, env)`` returns."""
 
     def __init__(self, config: Config, run_worker: Callable[[Config, WorkerEnv], int]) -> None:
         self.config = config
@@ -136,6 +136,7 @@ class Supervisor:
         finally:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
+            self.ws_counts.close()
             shutil.rmtree(self.private, ignore_errors=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return 1 if self.failed else 0

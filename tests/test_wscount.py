@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,14 @@ from snakeway.proxy.wscount import SharedWebSocketCounts
 
 CHAT = ("/chat", "*")
 FEED = ("/feed", "a.test")
+
+
+@pytest.fixture
+def counts(tmp_path: Path) -> Iterator[SharedWebSocketCounts]:
+    """A table for two workers."""
+    table = SharedWebSocketCounts(2, tmp_path / "lock")
+    yield table
+    table.close()
 
 
 def in_child(work: Callable[[], object]) -> int:
@@ -55,8 +63,7 @@ def child_holding(counts: SharedWebSocketCounts, worker: int, key: tuple[str, ..
     return pid, ready
 
 
-def test_the_limit_holds_across_processes(tmp_path: Path) -> None:
-    counts = SharedWebSocketCounts(2, tmp_path / "lock")
+def test_the_limit_holds_across_processes(counts: SharedWebSocketCounts) -> None:
     counts.join(0)
     first = counts.acquire(CHAT, 3)
     assert first is not None
@@ -78,8 +85,7 @@ def test_the_limit_holds_across_processes(tmp_path: Path) -> None:
     assert counts.total(CHAT) == 4
 
 
-def test_a_dead_workers_slots_are_given_back(tmp_path: Path) -> None:
-    counts = SharedWebSocketCounts(2, tmp_path / "lock")
+def test_a_dead_workers_slots_are_given_back(counts: SharedWebSocketCounts) -> None:
     pid, pipe = child_holding(counts, 1, CHAT, 2)
     os.close(pipe)
     assert counts.total(CHAT) == 2
@@ -90,8 +96,7 @@ def test_a_dead_workers_slots_are_given_back(tmp_path: Path) -> None:
     assert counts.acquire(CHAT, 1) is not None
 
 
-def test_a_worker_killed_inside_the_lock_does_not_keep_it(tmp_path: Path) -> None:
-    counts = SharedWebSocketCounts(2, tmp_path / "lock")
+def test_a_worker_killed_inside_the_lock_does_not_keep_it(counts: SharedWebSocketCounts, tmp_path: Path) -> None:
     ready, done = os.pipe()
 
     def die_locked() -> None:
@@ -118,21 +123,32 @@ def test_a_worker_killed_inside_the_lock_does_not_keep_it(tmp_path: Path) -> Non
 
 def test_an_entry_with_nothing_open_serves_another_route(tmp_path: Path) -> None:
     counts = SharedWebSocketCounts(1, tmp_path / "lock", entries=2)
-    a = counts.acquire(("/a",), None)
-    b = counts.acquire(("/b",), None)
-    assert a is not None and b is not None
-    assert counts.acquire(("/c",), None) is None  # full of open WebSockets
-    counts.release(a)
-    c = counts.acquire(("/c",), None)
-    assert c == a
-    assert counts.total(("/a",)) == 0
-    assert counts.total(("/b",)) == 1
+    try:
+        a = counts.acquire(("/a",), None)
+        b = counts.acquire(("/b",), None)
+        assert a is not None and b is not None
+        assert counts.acquire(("/c",), None) is None  # full of open WebSockets
+        counts.release(a)
+        assert counts.acquire(("/c",), None) == a
+        assert counts.total(("/a",)) == 0
+        assert counts.total(("/b",)) == 1
+    finally:
+        counts.close()
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["/a", "/b", "/c", "/d", "/e"]), st.booleans()), max_size=40))
-def test_counts_match_a_plain_dictionary(tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, bool]]) -> None:
+def test_counts_match_a_plain_dictionary(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, bool]]
+) -> None:
     counts = SharedWebSocketCounts(1, tmp_path_factory.mktemp("c") / "lock", entries=3)
+    try:
+        check_against_a_dictionary(counts, steps)
+    finally:
+        counts.close()
+
+
+def check_against_a_dictionary(counts: SharedWebSocketCounts, steps: list[tuple[str, bool]]) -> None:
     held: dict[str, list[int]] = {}
     for path, opening in steps:
         if opening:
@@ -149,8 +165,7 @@ def test_counts_match_a_plain_dictionary(tmp_path_factory: pytest.TempPathFactor
             assert counts.total((name,)) == len(held.get(name, []))
 
 
-def test_slots_answer_503_from_the_shared_count(tmp_path: Path) -> None:
-    counts = SharedWebSocketCounts(2, tmp_path / "lock")
+def test_slots_answer_503_from_the_shared_count(counts: SharedWebSocketCounts) -> None:
     route = Route(hosts=("*",), path="/chat", enable_websocket=True, ws_max_connections=2)
     pid, pipe = child_holding(counts, 1, ("/chat", "*"), 1)
     try:

@@ -59,8 +59,9 @@ class SharedWebSocketCounts:
       entries: how many different routes can have open WebSockets at once.
 
     Resource handling:
-      The memory map and the lock file's descriptor live as long as the process; forked
-      workers inherit both. Call :meth:`join` in each worker before counting.
+      The memory map and the lock file's descriptor live until :meth:`close` (the supervisor
+      keeps them as long as it runs); forked workers inherit both. Call :meth:`join` in each
+      worker before counting.
     """
 
     def __init__(self, workers: int, lock_path: Path, entries: int = ENTRIES) -> None:
@@ -71,6 +72,11 @@ class SharedWebSocketCounts:
         self._map = mmap.mmap(-1, entries * self._size)  # anonymous and MAP_SHARED: survives fork()
         self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._column = 0
+
+    def close(self) -> None:
+        """Unmap the table and close the lock file (in the process that is done with them)."""
+        self._map.close()
+        os.close(self._lock_fd)
 
     def join(self, worker: int) -> None:
         """In a worker: count this process's WebSockets in column ``worker``."""
