@@ -83,6 +83,9 @@ class Server:
       config: the validated configuration.
       loader: re-reads the configuration on reload (raises ConfigError).
       clock: wall time for certificate validity.
+      worker: one of several processes sharing the ports (see :mod:`snakeway.supervisor`).
+      handoff: where a worker leaves each configuration it applied, for the supervisor.
+      ws_counts: the WebSocket counts shared by every worker; None counts in this process.
     """
 
     def __init__(

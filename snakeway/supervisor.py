@@ -86,7 +86,6 @@ _KILLED = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 class WorkerEnv:
     """What a worker gets from the supervisor besides its configuration."""
 
-    number: int
     handoff: ConfigHandoff
     ws_counts: SharedWebSocketCounts
 
@@ -119,7 +118,10 @@ class Supervisor:
 
     def run(self) -> int:
         server = self.config.server
-        _create_local_ca(self.config)
+        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
+            from snakeway.tls.internal_ca import LocalCA
+
+            LocalCA.load_or_create(server.state_dir)
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
             server.pid_file.write_text(f"{os.getpid()}\n")
@@ -191,7 +193,6 @@ class Supervisor:
                 published.path.unlink(missing_ok=True)
                 return
             self.config, self.config_stamp = config, published.stamp
-            _create_local_ca(config)
         for number, slot in enumerate(self.slots):
             if slot.pid is not None and slot.config_stamp < self.config_stamp and slot.forked_at > self.sighup_at:
                 logger.info("worker %d started before the last reload was applied; reloading it", number)
@@ -218,7 +219,7 @@ class Supervisor:
         now = time.monotonic()
         if code < 0 and -code in _KILLED:
             logger.warning("worker %d was killed by %s; starting a new one", number, signal.Signals(-code).name)
-            slot.restart_at = now
+            slot.restart_at = now + 0.5 * slot.quick_exits
             return
         slot.quick_exits = slot.quick_exits + 1 if now - slot.started < QUICK_EXIT_SECONDS else 0
         if slot.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
@@ -264,21 +265,13 @@ class Supervisor:
             os.dup2(devnull, 0)
             os.close(devnull)
             self.ws_counts.join(number)
-            code = self.run_worker(config, WorkerEnv(number, self.handoff, self.ws_counts))
+            code = self.run_worker(config, WorkerEnv(self.handoff, self.ws_counts))
         except BaseException:
             logger.exception("worker %d failed", number)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-
-
-def _create_local_ca(config: Config) -> None:
-    """Create the local CA here, once, if ``config`` needs one, rather than in racing workers."""
-    if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in config.ingresses):
-        from snakeway.tls.internal_ca import LocalCA
-
-        LocalCA.load_or_create(config.server.state_dir)
 
 
 def _kill(pid: int, signum: signal.Signals) -> None:
