@@ -14,11 +14,15 @@ from pathlib import Path
 
 import trio
 import trio_websocket
+import trustme
+from cryptography import x509
 
+from snakeway.config.model import CertFiles
 from tests.hostile.harness import (
     LOOPBACK, exchange, proxy_to, running, start_logging_upstream, statuses, until_logged, write_config,
 )
 from tests.proc import Running
+from tests.tlshelpers import client_context, tls_request, write_leaf
 
 _WORKER = re.compile(rb"\[(\d+)\] snakeway: listening on")
 
@@ -73,6 +77,35 @@ async def test_a_restarted_worker_serves_the_last_reload_that_succeeded(
             await kill_a_worker_and_wait_for_its_replacement(proc)
         assert b"Address already in use" in proc.log
         assert await statuses_of_new_connections(listen, "/new", 40) == [200] * 40
+
+
+def serve_with_certificate(config: Path, listen: int, files: CertFiles) -> None:
+    """Make the listener of the harness's configuration a TLS one with ``files``."""
+    tls = f'tls = {{ mode = "manual", cert = "{files.cert}", key = "{files.key}" }}'
+    config.write_text(re.sub(rf"port = {listen} }}", f"port = {listen}, {tls} }}", config.read_text()))
+
+
+async def test_a_restarted_worker_serves_the_certificate_of_the_last_reload(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    ca = trustme.CA()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = write_leaf(ca, tmp_path / "old", "a.test"), write_leaf(ca, tmp_path / "new", "a.test")
+    serial = {files: x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number for files in (old, new)}
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    serve_with_certificate(config, listen, old)
+    client = client_context(ca.cert_pem.bytes())
+    async with running(config) as proc:
+        assert (await tls_request(listen, client, "a.test")).serial == serial[old]
+        write_config(tmp_path, proxy_to(upstream), port=listen)
+        serve_with_certificate(config, listen, new)  # another file: the old one stays where it was
+        proc.process.send_signal(signal.SIGHUP)
+        await until_logged(proc, b"configuration reloaded", 2)
+        await kill_a_worker_and_wait_for_its_replacement(proc)
+        served = [(await tls_request(listen, client, "a.test")).serial for _ in range(20)]
+        assert served == [serial[new]] * 20
 
 
 def sighup_every_millisecond(pid: int, stop: threading.Event) -> int:
