@@ -117,6 +117,14 @@ class Supervisor:
         self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private / "websockets.lock")
 
     def run(self) -> int:
+        """Run the workers until shutdown; 0, or 1 if they kept failing at start."""
+        try:
+            return self._run()
+        finally:  # only in the supervisor: a worker leaves through os._exit
+            self.ws_counts.close()
+            shutil.rmtree(self.private, ignore_errors=True)
+
+    def _run(self) -> int:
         server = self.config.server
         if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
             from snakeway.tls.internal_ca import LocalCA
@@ -138,8 +146,6 @@ class Supervisor:
         finally:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
-            self.ws_counts.close()
-            shutil.rmtree(self.private, ignore_errors=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return 1 if self.failed else 0
 

@@ -12,6 +12,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 import trustme
@@ -279,10 +280,17 @@ async def start_slow_upstream(nursery: trio.Nursery, seconds: float) -> tuple[in
     return listeners[0].socket.getsockname()[1], arrived
 
 
-async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_a_sighup_during_the_drain_does_not_cut_it_short(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     upstream, arrived = await start_slow_upstream(nursery, 1.5)
     config, listen = write_config(tmp_path, proxy_to(upstream))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     async with running(config) as proc:
+        (private,) = temporary.iterdir()  # the supervisor's own directory, for its workers only
+        assert private.stat().st_mode & 0o777 == 0o700
         answer = []
 
         async def slow_request() -> None:
@@ -302,3 +310,4 @@ async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nur
             assert await proc.process.wait() == 0
     assert statuses(answer[0]) == [200]
     assert answer[0].endswith(b"slow")
+    assert list(temporary.iterdir()) == []
