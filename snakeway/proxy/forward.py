@@ -65,7 +65,8 @@ class ForwardContext:
     settings: UpstreamSettings
     client_ip: str
     scheme: str
-    body_timeout: float
+    body_timeout: float  # between two reads of the request body
+    send_timeout: float  # for one write to the client
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -181,7 +182,7 @@ class Wait(enum.Enum):
     """What an exchange waits for; each has its own timeout and error."""
 
     CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
-    CLIENT_WRITE = enum.auto()  # the client taking the response: body timeout, close
+    CLIENT_WRITE = enum.auto()  # the client taking the response: send timeout, close
     UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
     UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
 
@@ -394,7 +395,7 @@ class Exchange:
             return
         if type(events[0]) is h11.Response:
             self.response_started = True
-        self._arm(Wait.CLIENT_WRITE, self.ctx.body_timeout)
+        self._arm(Wait.CLIENT_WRITE, self.ctx.send_timeout)
         try:
             await self.down.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

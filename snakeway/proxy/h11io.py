@@ -3,10 +3,17 @@
 h11 decides; this module does the I/O. Reads are bounded by ``max_read`` and
 by h11's ``max_incomplete_event_size``; a failed write tells the state
 machine (``send_failed``) before the error propagates.
+
+Writes to a client are timed by its ``send_timeout`` (nginx's ``send_timeout``):
+each write, of at most one read's worth of body, must be taken by the peer
+within it. :meth:`H11Stream.send_timed` gives a write a cancel scope of its
+own, for snakeway's own responses and static files; the forwarder times its
+writes in the scope it shares across an exchange and calls :meth:`H11Stream.send`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
@@ -46,17 +53,23 @@ def relayed_response(status: int, headers: list[tuple[bytes, bytes]], reason: by
     return h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
 
 
+class SendTimeout(trio.BrokenResourceError):
+    """The peer did not take a write within the send timeout; the connection is unusable."""
+
+
 class H11Stream:
     """One side of an HTTP/1.1 conversation over a trio stream.
 
     Args:
       stream: the transport; owned by the caller, who closes it.
       conn: an ``h11.Connection`` for our role (SERVER downstream, CLIENT upstream).
+      send_timeout: seconds a write by :meth:`send_timed` may take.
     """
 
-    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection, send_timeout: float = math.inf) -> None:
         self.stream = stream
         self.conn = conn
+        self.send_timeout = send_timeout
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
 
@@ -78,8 +91,21 @@ class H11Stream:
             return event  # type: ignore[return-value]
 
     async def send(self, *events: h11.Event) -> None:
-        """Send events, coalesced into a single write."""
+        """Send events, coalesced into a single write (untimed: the caller times it)."""
         await self.send_raw(self.encode(events))
+
+    async def send_timed(self, *events: h11.Event) -> None:
+        """Like :meth:`send`, the write limited to ``send_timeout`` seconds.
+
+        Raises:
+          SendTimeout: the peer took too long; h11's state is ``ERROR``.
+          trio.BrokenResourceError: the transport failed.
+        """
+        data = self.encode(events)
+        with trio.move_on_after(self.send_timeout):
+            await self.send_raw(data)
+            return
+        raise SendTimeout(f"a write to the peer did not complete within {self.send_timeout:g} s")
 
     def encode(self, events: Iterable[h11.Event]) -> bytes:
         chunks = []
@@ -107,4 +133,4 @@ class H11Stream:
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
-        await self.send(*events)
+        await self.send_timed(*events)

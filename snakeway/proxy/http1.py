@@ -135,6 +135,7 @@ class Http1Connection:
         self.h = H11Stream(
             stream,
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
+            send_timeout=self.client.send_timeout_seconds,
         )
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
         self.requests = 0
@@ -148,6 +149,9 @@ class Http1Connection:
         try:
             while await self._one_cycle():
                 self.h.conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A reply of snakeway's own (redirect, ACME answer) that could not be sent.
+            logger.debug("client %s gone: %s", self.client_ip, exc)
         finally:
             await self._close()
 
@@ -303,7 +307,8 @@ class Http1Connection:
                 settings=runtime.config.server.upstream,
                 client_ip=self.client_ip,
                 scheme=spec.scheme,
-                body_timeout=self.client.idle_timeout_seconds,
+                body_timeout=self.client.body_timeout_seconds,
+                send_timeout=self.client.send_timeout_seconds,
             )
         return self._fctx
 

@@ -1,0 +1,149 @@
+"""Slow and idle clients: what they may hold, and for how long.
+
+A client that stops reading a response is dropped after the send timeout,
+whether the response is a static file or relayed; one that trickles a
+request body holds no upstream connection while it does, and is answered 408
+after the body timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import trio
+
+from tests.hostile.harness import (
+    LOOPBACK,
+    exchange,
+    proxy_to,
+    running,
+    start_logging_upstream,
+    statuses,
+    write_config,
+)
+
+SEND_TIMEOUT = 1.5
+BODY_TIMEOUT = 2.0
+# How late a timeout may be seen: the lazy deadline, the scheduler, two busy cores.
+SLACK = 3.0
+BIG = 4 * 1024 * 1024
+
+
+async def open_slow_client(port: int, request: bytes) -> trio.SocketStream:
+    """A connection with a tiny receive buffer, so that the server's writes block soon."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((LOOPBACK, port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(request)
+    return stream
+
+
+async def read_slowly(stream: trio.SocketStream) -> None:
+    """16 bytes twice a second."""
+    while await stream.receive_some(16):
+        await trio.sleep(0.5)
+
+
+async def read_rest(stream: trio.SocketStream) -> int:
+    """Everything still in flight, fast, until the server's close: the byte count."""
+    total = 0
+    with trio.fail_after(10):
+        try:
+            while chunk := await stream.receive_some(65536):
+                total += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+    return total
+
+
+def access_lines(log: bytes, target: bytes, status: int) -> int:
+    return len(re.findall(rb'"GET ' + re.escape(target) + rb" HTTP/1\.1\" " + str(status).encode(), log))
+
+
+def open_handles(pid: int, path: Path) -> int:
+    """Descriptors open on ``path`` in process ``pid`` and its descendants."""
+    count, pids = 0, [pid]
+    while pids:
+        p = pids.pop()
+        for fd in os.listdir(f"/proc/{p}/fd"):
+            try:
+                count += os.readlink(f"/proc/{p}/fd/{fd}") == str(path)
+            except OSError:
+                pass
+        for task in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{task}/children") as children:
+                pids += [int(c) for c in children.read().split()]
+    return count
+
+
+async def hold_slow_readers(port: int, target: bytes, proc, *, still: int = 3, slow: int = 3) -> list[int]:  # type: ignore[no-untyped-def]
+    """Clients that read nothing (``still``) or 32 bytes/s (``slow``) of ``target``.
+
+    Checks that snakeway answers others while they are held, and that every one
+    is closed (its 499 logged) within the send timeout plus slack. Returns the
+    bytes each could read once it was closed.
+    """
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: x.test\r\n\r\n"
+    stills = [await open_slow_client(port, request) for _ in range(still)]
+    slows = [await open_slow_client(port, request) for _ in range(slow)]
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for stream in slows:
+            nursery.start_soon(read_slowly, stream)
+        # Others are served meanwhile.
+        assert statuses(await exchange(port, b"GET /small.txt HTTP/1.1\r\nHost: x.test\r\n\r\n")) == [200]
+        with trio.fail_after(SEND_TIMEOUT + SLACK):
+            while access_lines(proc.log, target, 499) < still + slow:
+                await proc.read_more()
+        closed_after = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert closed_after >= SEND_TIMEOUT * 0.9
+    read = [await read_rest(stream) for stream in stills + slows]
+    for stream in stills + slows:
+        await stream.aclose()
+    return read
+
+
+async def test_static_file_readers_that_stall_are_closed_after_the_send_timeout(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    big = site / "big.bin"
+    big.write_bytes(os.urandom(BIG))
+    (site / "small.txt").write_bytes(b"small file\n")
+    config, port = write_config(
+        tmp_path,
+        f'static_files = [{{ routes = [{{ hosts = ["*"], path = "/", file_dir = "{site}" }}] }}]',
+        server=f"client = {{ send_timeout_seconds = {SEND_TIMEOUT} }}",
+    )
+    async with running(config) as proc:
+        read = await hold_slow_readers(port, b"/big.bin", proc)
+        # What a client that stopped reading gets is cut short: the response was not completed.
+        assert all(n < BIG for n in read), read
+        # The file is closed with the connection.
+        with trio.fail_after(5):
+            while open_handles(proc.process.pid, big):
+                await trio.sleep(0.1)
+        answer = await exchange(port, b"GET /small.txt HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        assert statuses(answer) == [200] and answer.endswith(b"small file\n")
+
+
+async def test_relayed_response_readers_that_stall_are_closed_after_the_send_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery, body=b"x" * BIG)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "small.txt").write_bytes(b"small file\n")
+    config, port = write_config(
+        tmp_path,
+        proxy_to(upstream, "/app")
+        + f'static_files = [{{ routes = [{{ hosts = ["*"], path = "/", file_dir = "{site}" }}] }}]',
+        server=f"client = {{ send_timeout_seconds = {SEND_TIMEOUT} }}",
+    )
+    async with running(config) as proc:
+        read = await hold_slow_readers(port, b"/app/big", proc)
+        assert all(n < BIG for n in read), read
