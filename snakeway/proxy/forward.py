@@ -33,27 +33,17 @@ import trio
 from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.errors import ClientGone, ProxyError
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
+from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
 from snakeway.proxy.strict import Target
 
 logger = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
-
-class ProxyError(Exception):
-    """The exchange failed in a way the client should hear about as ``status``."""
-
-    def __init__(self, status: int, reason: str, *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
-class ClientGone(Exception):
-    """The client hop failed; the connection is to be closed without a reply."""
+__all__ = ["ClientGone", "Exchange", "ForwardContext", "ProxyError", "forward"]  # the errors live in errors.py
 
 
 @dataclass(frozen=True)
@@ -67,6 +57,7 @@ class ForwardContext:
     scheme: str
     body_timeout: float  # between two reads of the request body
     send_timeout: float  # for one write to the client
+    buffer_body: int  # a body known to fit in this many bytes is read before connecting
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -76,10 +67,6 @@ DROPPED_REQUEST_HEADERS = frozenset({b"expect"})
 def content_length(headers: hdr.Headers) -> int | None:
     value = hdr.get_header(headers, b"content-length")
     return int(value) if value is not None else None
-
-
-def has_body(headers: hdr.Headers) -> bool:
-    return hdr.get_header(headers, b"transfer-encoding") is not None or (content_length(headers) or 0) > 0
 
 
 def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext) -> h11.Request:
@@ -134,18 +121,24 @@ async def forward(
     if limit is not None and declared is not None and declared > limit:
         raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
     up_request = upstream_request(request, headers, target, ctx)
-    retry_allowed = request.method in IDEMPOTENT and not has_body(headers)
+    chunked = hdr.get_header(headers, b"transfer-encoding") is not None
+    with_body = chunked or (declared or 0) > 0
+    body: ReadBody | None = None
+    if with_body and read_first(declared, chunked, ctx.buffer_body):
+        body = await read_body(down, buffer_bytes=ctx.buffer_body, limit=limit, timeout=ctx.body_timeout)
+    retry_allowed = request.method in IDEMPOTENT and (not with_body or (body is not None and body.complete))
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
         exchange = Exchange(down, conn, ctx, limit)
         try:
-            # A retry resends a request without a body, read the first time round.
-            status = await exchange.run(up_request, request_read=retrying)
+            status = await exchange.run(up_request, body)
         except StaleConnection:
             await ctx.pool.discard(conn)
             if retry_allowed and not retrying:
+                # Only a request read to its end is retried: resent from what was read.
                 retrying = True
+                body = body or NO_BODY
                 continue
             raise ProxyError(502, "upstream closed the connection") from None
         except BaseException:
@@ -213,21 +206,21 @@ class Exchange:
         self._scope: trio.CancelScope | None = None
         self._waiting = Wait.UPSTREAM_WRITE
 
-    async def run(self, up_request: h11.Request, *, request_read: bool = False) -> int:
+    async def run(self, up_request: h11.Request, body: ReadBody | None = None) -> int:
         """Send the request, then relay the response; returns the status.
 
-        With ``request_read`` the client's request (which had no body) was
-        read already: only the head and its end are sent.
+        ``body`` is what was read of the request body already: when complete,
+        it is sent with the head and nothing more is read from the client.
         """
         # What timeouts() does, written out: on the path every request takes, a generator-based
         # context manager costs more than the scope it manages.
         scope = self._scope = trio.CancelScope()
         try:
             with scope:
-                if request_read:
-                    await self.to_upstream([up_request, h11.EndOfMessage()])
+                if body is not None and body.complete:
+                    await self.to_upstream([up_request, *body.events])
                 else:
-                    await self.send_request(up_request)
+                    await self.send_request(up_request, body)
                 return await self.relay_response()
         finally:
             self._scope = None
@@ -276,11 +269,15 @@ class Exchange:
 
     # -- request ---------------------------------------------------------
 
-    async def send_request(self, up_request: h11.Request) -> None:
+    async def send_request(self, up_request: h11.Request, body: ReadBody | None = None) -> None:
+        """Send the request, its body relayed as it arrives after what ``body`` holds of it."""
         events: list[h11.Event] = [up_request]
-        if self.down.conn.they_are_waiting_for_100_continue:
-            await self.to_client(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         received = 0
+        if body is not None:
+            events += body.events
+            received = body.size
+        if self.down.conn.they_are_waiting_for_100_continue:
+            await self.to_client(CONTINUE)
         while True:
             event = self.down.conn.next_event()
             if event is h11.NEED_DATA:

@@ -309,6 +309,7 @@ class Http1Connection:
                 scheme=spec.scheme,
                 body_timeout=self.client.body_timeout_seconds,
                 send_timeout=self.client.send_timeout_seconds,
+                buffer_body=self.client.buffer_request_body_bytes,
             )
         return self._fctx
 

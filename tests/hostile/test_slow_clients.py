@@ -147,3 +147,100 @@ async def test_relayed_response_readers_that_stall_are_closed_after_the_send_tim
     async with running(config) as proc:
         read = await hold_slow_readers(port, b"/app/big", proc)
         assert all(n < BIG for n in read), read
+
+
+async def trickle(port: int, head: bytes, drops: list[bytes], answers: list[tuple[bytes, float]]) -> None:
+    """Send ``head``, then each of ``drops`` half a second apart; record the answer and when it came."""
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    try:
+        await stream.send_all(head)
+        for drop in drops:
+            await trio.sleep(0.5)
+            await stream.send_all(drop)
+        last = trio.current_time()
+        answer = bytearray()
+        with trio.fail_after(BODY_TIMEOUT + SLACK):
+            try:
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+            except trio.BrokenResourceError:
+                pass
+        answers.append((bytes(answer), trio.current_time() - last))
+    finally:
+        await stream.aclose()
+
+
+async def test_request_bodies_trickled_in_hold_no_upstream_connection_and_get_408(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, log = await start_logging_upstream(nursery)
+    config, port = write_config(
+        tmp_path, proxy_to(upstream), server=f"client = {{ body_timeout_seconds = {BODY_TIMEOUT} }}"
+    )
+    sized = b"POST /sized HTTP/1.1\r\nHost: x.test\r\nContent-Length: 50\r\n\r\n"
+    chunked = b"POST /chunked HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answers: list[tuple[bytes, float]] = []
+    async with running(config):
+        async with trio.open_nursery() as clients:
+            for _ in range(4):
+                clients.start_soon(trickle, port, sized, [b"a"] * 6, answers)
+            for _ in range(2):
+                clients.start_soon(trickle, port, chunked, [b"10\r\n", b"0123", b"4567"], answers)
+            # While they trickle, and after they stop until they are answered, the
+            # upstream has not been connected to.
+            while len(answers) < 6:
+                assert log.connections == [] and log.open_connections == 0
+                await trio.sleep(0.1)
+        for answer, waited in answers:
+            assert statuses(answer) == [408], answer
+            assert b"connection: close" in answer.lower()
+            assert waited >= BODY_TIMEOUT * 0.9
+        assert log.connections == []
+        # A body sent at once still arrives whole, whatever its framing and size.
+        small = bytes(range(256)) * 4
+        big = os.urandom(300 * 1024)
+        for body, head in [
+            (small, b"POST /small HTTP/1.1\r\nHost: x.test\r\nContent-Length: 1024\r\n\r\n"),
+            (small, b"POST /small-chunked HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (big, b"POST /big HTTP/1.1\r\nHost: x.test\r\nContent-Length: %d\r\n\r\n" % len(big)),
+            (big, b"POST /big-chunked HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        ]:
+            framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if b"chunked" in head else body
+            answer = await exchange(port, head + framed, timeout=10)
+            assert statuses(answer) == [200], answer[:200]
+            assert log.requests[-1].body == body
+        assert [r.target for r in log.requests] == [b"/small", b"/small-chunked", b"/big", b"/big-chunked"]
+
+
+async def test_small_bodies_keep_100_continue_and_the_body_limit(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, log = await start_logging_upstream(nursery)
+    config, port = write_config(tmp_path, proxy_to(upstream, extra=", max_body_bytes = 100"))
+    async with running(config):
+        # Expect: 100-continue: the client hears 100 before it sends the body.
+        stream = await trio.open_tcp_stream(LOOPBACK, port)
+        with trio.fail_after(5):
+            await stream.send_all(
+                b"POST /expect HTTP/1.1\r\nHost: x.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            )
+            first = await stream.receive_some(65536)
+            assert first.startswith(b"HTTP/1.1 100 Continue\r\n"), first
+            await stream.send_all(b"hello")
+            answer = bytearray()
+            while b"upstream saw /expect" not in answer:
+                answer += await stream.receive_some(65536)
+        await stream.aclose()
+        assert statuses(bytes(answer)) == [200]
+        assert log.requests[-1].body == b"hello"
+        # Over max_body_bytes: by its Content-Length (before 100 Continue), or chunked, as it arrives.
+        over = await exchange(
+            port, b"POST /over HTTP/1.1\r\nHost: x.test\r\nContent-Length: 101\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert statuses(over) == [413], over
+        chunk = b"x" * 60
+        chunked = await exchange(
+            port,
+            b"POST /over-chunked HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"3c\r\n" + chunk + b"\r\n") * 2 + b"0\r\n\r\n",
+        )
+        assert statuses(chunked) == [413], chunked
+        assert [r.target for r in log.requests] == [b"/expect"]
