@@ -13,7 +13,9 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
 import trio
+import trio_websocket
 
 from tests.hostile.harness import (
     LOOPBACK,
@@ -30,6 +32,7 @@ BODY_TIMEOUT = 2.0
 # How late a timeout may be seen: the lazy deadline, the scheduler, two busy cores.
 SLACK = 3.0
 BIG = 4 * 1024 * 1024
+WS_IDLE = 1.0
 
 
 async def open_slow_client(port: int, request: bytes) -> trio.SocketStream:
@@ -244,3 +247,50 @@ async def test_small_bodies_keep_100_continue_and_the_body_limit(nursery: trio.N
         )
         assert statuses(chunked) == [413], chunked
         assert [r.target for r in log.requests] == [b"/expect"]
+
+
+async def echo(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+async def test_an_idle_websocket_is_closed_after_ws_idle_timeout(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await nursery.start(trio_websocket.serve_websocket, echo, LOOPBACK, 0, None)
+    config, port = write_config(
+        tmp_path,
+        proxy_to(server.port, "/ws", extra=f", enable_websocket = true, ws_idle_timeout_seconds = {WS_IDLE}"),
+    )
+    async with running(config):
+        async with trio_websocket.open_websocket(LOOPBACK, port, "/ws", use_ssl=False) as ws:
+            # Messages more often than the idle timeout keep the tunnel open well past it.
+            for n in range(8):
+                await trio.sleep(WS_IDLE * 0.4)
+                await ws.send_message(f"message {n}")
+                assert await ws.get_message() == f"message {n}"
+            quiet_since = trio.current_time()
+            with trio.fail_after(WS_IDLE + SLACK), pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.get_message()
+            assert trio.current_time() - quiet_since >= WS_IDLE * 0.9
+
+
+async def test_an_upgrade_request_whose_body_never_comes_gets_408(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await nursery.start(trio_websocket.serve_websocket, echo, LOOPBACK, 0, None)
+    config, port = write_config(
+        tmp_path,
+        proxy_to(server.port, "/ws", extra=", enable_websocket = true"),
+        server=f"client = {{ body_timeout_seconds = {BODY_TIMEOUT} }}",
+    )
+    async with running(config):
+        answers: list[tuple[bytes, float]] = []
+        head = (
+            b"GET /ws HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\n"
+        )
+        await trickle(port, head, [], answers)
+    [(answer, waited)] = answers
+    assert statuses(answer) == [408], answer
+    assert waited >= BODY_TIMEOUT * 0.9
