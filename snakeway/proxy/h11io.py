@@ -20,6 +20,8 @@ from http import HTTPStatus
 import h11
 import trio
 
+from snakeway.proxy.headers import get_header, has_token
+
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what
 # a connection holds in flight toward a slow client.
@@ -53,6 +55,45 @@ def relayed_response(status: int, headers: list[tuple[bytes, bytes]], reason: by
     return h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
 
 
+def keep_http10_alive(conn: h11.Connection, request: h11.Request) -> bool:
+    """Keep the connection after an HTTP/1.0 ``request`` that asks for it; returns whether it does.
+
+    h11 takes every HTTP/1.0 request for its connection's last: reading one
+    clears the state machine's ``keep_alive`` flag, so the exchange ends in
+    MUST_CLOSE. With ``Connection: keep-alive`` (and no ``close``) the flag is
+    set again, as if the request were HTTP/1.1. The rest of h11 already deals
+    with HTTP/1.0 keep-alive: a response of unknown length (which an HTTP/1.0
+    client knows the end of only by the close, having no chunked coding) still
+    gets ``Connection: close`` and ends the connection, and so does one that
+    says ``close``. An HTTP/1.0 request body always has a Content-Length
+    (:mod:`snakeway.proxy.strict` refuses Transfer-Encoding in HTTP/1.0), so
+    the next request starts where it ends. The flag is h11's private state:
+    the h11 versions snakeway accepts are pinned in ``pyproject.toml``.
+    """
+    if not has_token(request.headers, b"connection", b"keep-alive") or has_token(
+        request.headers, b"connection", b"close"
+    ):
+        return False
+    conn._cstate.keep_alive = True
+    return True
+
+
+def announce_keep_alive(response: h11.Response) -> h11.Response:
+    """``response`` with ``Connection: keep-alive``, which an HTTP/1.0 client needs to hear.
+
+    A response that names its own ``Connection`` is left as it is; h11 turns
+    ``keep-alive`` into ``close`` on a response that must end the connection.
+    """
+    if get_header(response.headers, b"connection") is not None:
+        return response
+    return h11.Response(
+        status_code=response.status_code,
+        headers=[*response.headers, (b"connection", b"keep-alive")],
+        reason=response.reason,
+        _parsed=True,
+    )
+
+
 class SendTimeout(trio.BrokenResourceError):
     """The peer did not take a write within the send timeout; the connection is unusable."""
 
@@ -72,6 +113,8 @@ class H11Stream:
         self.send_timeout = send_timeout
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
+        # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).
+        self.http10_keep_alive = False
 
     async def next_event(self) -> h11.Event:
         """The next event, reading from the stream as h11 needs.
@@ -108,6 +151,8 @@ class H11Stream:
         raise SendTimeout(f"a write to the peer did not complete within {self.send_timeout:g} s")
 
     def encode(self, events: Iterable[h11.Event]) -> bytes:
+        if self.http10_keep_alive:
+            events = [announce_keep_alive(e) if type(e) is h11.Response else e for e in events]
         chunks = []
         for event in events:
             data = self.conn.send(event)
