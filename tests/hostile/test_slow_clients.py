@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio_websocket
 
+from tests.e2e.test_websocket import echo_server
 from tests.hostile.harness import (
     LOOPBACK,
     exchange,
@@ -249,17 +250,8 @@ async def test_small_bodies_keep_100_continue_and_the_body_limit(nursery: trio.N
         assert [r.target for r in log.requests] == [b"/expect"]
 
 
-async def echo(request: trio_websocket.WebSocketRequest) -> None:
-    ws = await request.accept()
-    try:
-        while True:
-            await ws.send_message(await ws.get_message())
-    except trio_websocket.ConnectionClosed:
-        pass
-
-
 async def test_an_idle_websocket_is_closed_after_ws_idle_timeout(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server = await nursery.start(trio_websocket.serve_websocket, echo, LOOPBACK, 0, None)
+    server = await nursery.start(trio_websocket.serve_websocket, echo_server, LOOPBACK, 0, None)
     config, port = write_config(
         tmp_path,
         proxy_to(server.port, "/ws", extra=f", enable_websocket = true, ws_idle_timeout_seconds = {WS_IDLE}"),
@@ -278,7 +270,7 @@ async def test_an_idle_websocket_is_closed_after_ws_idle_timeout(nursery: trio.N
 
 
 async def test_an_upgrade_request_whose_body_never_comes_gets_408(nursery: trio.Nursery, tmp_path: Path) -> None:
-    server = await nursery.start(trio_websocket.serve_websocket, echo, LOOPBACK, 0, None)
+    server = await nursery.start(trio_websocket.serve_websocket, echo_server, LOOPBACK, 0, None)
     config, port = write_config(
         tmp_path,
         proxy_to(server.port, "/ws", extra=", enable_websocket = true"),
