@@ -7,6 +7,9 @@ pooled upstream's (CLIENT role, ``up``). Bodies are relayed event by event,
 one read of at most ``READ_SIZE`` bytes at a time, so memory stays bounded
 whatever the body size. Events that h11 can produce without more I/O are
 batched into one write (head plus a small body leave in a single segment).
+A request body known to be small is read whole before an upstream is
+connected (:mod:`snakeway.proxy.request_body`), so that no upstream
+connection waits on a client that sends it slowly.
 
 Failures map to the status a client expects: no upstream accepts a
 connection -> 502; the upstream is silent past ``read_timeout_seconds`` ->
@@ -16,7 +19,8 @@ been relayed a failure can only be signalled by closing the connection.
 An upstream is tried in the balancer's order while nothing of the request
 has been sent; a refused connect marks it down for a cool-down (passive
 health). A reused keep-alive connection that the upstream closed while it
-sat idle is retried once on a new connection, when the request had no body.
+sat idle is retried once on a new connection, when the request was read to
+its end before connecting (it had no body, or a small one read first).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import trio
 from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer, Health
-from snakeway.proxy.errors import ClientGone, ProxyError
+from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
+from snakeway.proxy.errors import ProxyError as ProxyError
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
@@ -42,8 +47,6 @@ from snakeway.proxy.strict import Target
 logger = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
-
-__all__ = ["ClientGone", "Exchange", "ForwardContext", "ProxyError", "forward"]  # the errors live in errors.py
 
 
 @dataclass(frozen=True)

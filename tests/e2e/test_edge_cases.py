@@ -63,6 +63,40 @@ async def test_stale_keep_alive_connection_is_retried_on_a_new_one(nursery: trio
         await client.aclose()
 
 
+async def test_a_stale_connection_is_retried_for_an_idempotent_request_with_a_small_body(
+    nursery: trio.Nursery,
+) -> None:
+    """A small body is read before connecting, so a PUT can be resent whole; a POST is not resent."""
+    served: list[bytes] = []
+
+    async def one_per_connection(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif type(event) is h11.Data:
+                body += event.data
+            elif type(event) is h11.EndOfMessage:
+                break
+        served.append(bytes(body))
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await stream.receive_some(65536)  # the next request on this connection...
+        await stream.aclose()  # ...is dropped unanswered
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, one_per_connection, 0, host=LOOPBACK))
+    _, proxy = await start_snakeway(nursery, service_config([listener.socket.getsockname()[1]]))
+    with trio.fail_after(5):
+        client = await Client.connect(proxy)
+        assert (await client.request("PUT", body=b"first")).status == 200
+        assert (await client.request("PUT", body=b"second")).status == 200
+        assert served == [b"first", b"second"]  # the second on a new connection, after the first one's drop
+        assert (await client.request("POST", body=b"third")).status == 502
+        await client.aclose()
+    assert served == [b"first", b"second"]
+
+
 async def test_upstream_that_stops_reading_the_body_is_504(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
