@@ -80,7 +80,8 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
           shutdown = { drain_seconds = 5 }
           upstream = { connection_timeout_seconds = 3, read_timeout_seconds = 30.5, connection_pool_size = 16,
                        pool_idle_seconds = 45, failure_cooldown_seconds = 0 }
-          client = { header_timeout_seconds = 7, idle_timeout_seconds = 20, max_header_bytes = 8192 }
+          client = { header_timeout_seconds = 7, idle_timeout_seconds = 20, max_header_bytes = 8192,
+                     send_timeout_seconds = 30, body_timeout_seconds = 12.5, buffer_request_body_bytes = 0 }
         }
         include {
           ingresses = "ingress.d/*.hcl"
@@ -93,7 +94,7 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
             routes = [
               { hosts = ["Example.test", "*.bücher.test"], path = "/api/" },
               { hosts = ["*"], path = "/ws", enable_websocket = true, ws_max_connections = 100,
-                max_body_bytes = 1048576 },
+                max_body_bytes = 1048576, ws_idle_timeout_seconds = 300 },
             ]
             upstreams = [
               { endpoint = { host = "127.0.0.1", port = 9000 }, weight = 2 },
@@ -130,7 +131,14 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
                 pool_idle_seconds=45.0,
                 failure_cooldown_seconds=0.0,
             ),
-            client=ClientSettings(header_timeout_seconds=7.0, idle_timeout_seconds=20.0, max_header_bytes=8192),
+            client=ClientSettings(
+                header_timeout_seconds=7.0,
+                idle_timeout_seconds=20.0,
+                max_header_bytes=8192,
+                send_timeout_seconds=30.0,
+                body_timeout_seconds=12.5,
+                buffer_request_body_bytes=0,
+            ),
         ),
         ingresses=(
             Ingress(
@@ -147,6 +155,7 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
                                 enable_websocket=True,
                                 ws_max_connections=100,
                                 max_body_bytes=1048576,
+                                ws_idle_timeout_seconds=300.0,
                             ),
                         ),
                         upstreams=(
@@ -277,6 +286,10 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          'expected a list, got string "example.test"'),
         ('path = "/api"', 'path = "/api", ws_max_connections = 5', "ws_max",
          "ingress.web.services[0].routes[0].ws_max_connections", "only applies with enable_websocket = true"),
+        ('path = "/api"', 'path = "/api", ws_idle_timeout_seconds = 5', "ws_idle",
+         "ingress.web.services[0].routes[0].ws_idle_timeout_seconds", "only applies with enable_websocket = true"),
+        ('path = "/api"', 'path = "/api", enable_websocket = true, ws_idle_timeout_seconds = 0', "ws_idle",
+         "ingress.web.services[0].routes[0].ws_idle_timeout_seconds", "must be greater than 0, got 0"),
         ('path = "/api"', 'path = "/api", enable_websocket = "yes"', "enable_websocket",
          "ingress.web.services[0].routes[0].enable_websocket", 'expected true or false, got string "yes"'),
         ('path = "/api"', 'path = "/api", max_body_bytes = -1', "max_body",
@@ -301,6 +314,12 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          "server.client.idle_timeout_seconds", 'expected a number of seconds, got string "1m"'),
         ("version = 1", "version = 1\n  client = { max_header_bytes = 0 }", "max_header",
          "server.client.max_header_bytes", "must be at least 1, got 0"),
+        ("version = 1", "version = 1\n  client = { send_timeout_seconds = 0 }", "send_timeout",
+         "server.client.send_timeout_seconds", "must be greater than 0, got 0"),
+        ("version = 1", "version = 1\n  client = { body_timeout_seconds = -1 }", "body_timeout",
+         "server.client.body_timeout_seconds", "must be greater than 0, got -1"),
+        ("version = 1", "version = 1\n  client = { buffer_request_body_bytes = -1 }", "buffer_request",
+         "server.client.buffer_request_body_bytes", "must be at least 0, got -1"),
         ("server {\n  version = 1\n}\n", "", 'ingress "web"', "server", "required key is missing"),
         ('ingress "web" {', 'servers = 1\ningress "web" {', "servers", "servers",
          'unknown key "servers" (did you mean "server"?); allowed keys: server, include, ingress'),

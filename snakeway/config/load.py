@@ -208,6 +208,7 @@ _PROXY_ROUTE = {
     "enable_websocket": Key(cv.boolean),
     "ws_max_connections": Key(cv.nullable(cv.integer(1))),
     "max_body_bytes": Key(cv.nullable(cv.integer(0))),
+    "ws_idle_timeout_seconds": Key(cv.seconds(positive=True)),
 }
 _STATIC_ROUTE = {
     **_ROUTE,
@@ -224,6 +225,8 @@ def _proxy_route(loader: _Loader, bind: model.Bind | None) -> cv.Convert[model.R
     def check(f: File, path: KeyPath, route: model.Route) -> None:
         if route.ws_max_connections is not None and not route.enable_websocket:
             f.report((*path, "ws_max_connections"), "only applies with enable_websocket = true")
+        if route.ws_idle_timeout_seconds != model.Route.ws_idle_timeout_seconds and not route.enable_websocket:
+            f.report((*path, "ws_idle_timeout_seconds"), "only applies with enable_websocket = true")
         if bind is not None:
             loader.claim_routes(f, path, bind, route)
 
@@ -307,6 +310,9 @@ _CLIENT_SETTINGS = {
     "header_timeout_seconds": Key(cv.seconds(positive=True)),
     "idle_timeout_seconds": Key(cv.seconds(positive=True)),
     "max_header_bytes": Key(cv.integer(1)),
+    "send_timeout_seconds": Key(cv.seconds(positive=True)),
+    "body_timeout_seconds": Key(cv.seconds(positive=True)),
+    "buffer_request_body_bytes": Key(cv.integer(0)),
 }
 
 

@@ -50,6 +50,8 @@ class Route:
     enable_websocket: bool = False
     ws_max_connections: int | None = None
     max_body_bytes: int | None = None
+    # A WebSocket tunnel with no byte moving either way for this long is closed.
+    ws_idle_timeout_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,12 @@ class ClientSettings:
     header_timeout_seconds: float = 15.0
     idle_timeout_seconds: float = 60.0
     max_header_bytes: int = 64 * 1024
+    # Time one write to the client may take (nginx's send_timeout).
+    send_timeout_seconds: float = 60.0
+    # Time allowed between two reads of a request body (nginx's client_body_timeout).
+    body_timeout_seconds: float = 60.0
+    # A request body known to fit in this many bytes is read before an upstream is connected.
+    buffer_request_body_bytes: int = 64 * 1024
 
 
 class StoreType(enum.Enum):

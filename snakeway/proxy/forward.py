@@ -7,6 +7,9 @@ pooled upstream's (CLIENT role, ``up``). Bodies are relayed event by event,
 one read of at most ``READ_SIZE`` bytes at a time, so memory stays bounded
 whatever the body size. Events that h11 can produce without more I/O are
 batched into one write (head plus a small body leave in a single segment).
+A request body known to be small is read whole before an upstream is
+connected (:mod:`snakeway.proxy.request_body`), so that no upstream
+connection waits on a client that sends it slowly.
 
 Failures map to the status a client expects: no upstream accepts a
 connection -> 502; the upstream is silent past ``read_timeout_seconds`` ->
@@ -16,7 +19,8 @@ been relayed a failure can only be signalled by closing the connection.
 An upstream is tried in the balancer's order while nothing of the request
 has been sent; a refused connect marks it down for a cool-down (passive
 health). A reused keep-alive connection that the upstream closed while it
-sat idle is retried once on a new connection, when the request had no body.
+sat idle is retried once on a new connection, when the request was read to
+its end before connecting (it had no body, or a small one read first).
 """
 
 from __future__ import annotations
@@ -33,27 +37,16 @@ import trio
 from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
+from snakeway.proxy.errors import ProxyError as ProxyError
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
+from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
 from snakeway.proxy.strict import Target
 
 logger = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
-
-
-class ProxyError(Exception):
-    """The exchange failed in a way the client should hear about as ``status``."""
-
-    def __init__(self, status: int, reason: str, *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
-class ClientGone(Exception):
-    """The client hop failed; the connection is to be closed without a reply."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,9 @@ class ForwardContext:
     settings: UpstreamSettings
     client_ip: str
     scheme: str
-    body_timeout: float
+    body_timeout: float  # between two reads of the request body
+    send_timeout: float  # for one write to the client
+    buffer_body: int  # a body known to fit in this many bytes is read before connecting
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -75,10 +70,6 @@ DROPPED_REQUEST_HEADERS = frozenset({b"expect"})
 def content_length(headers: hdr.Headers) -> int | None:
     value = hdr.get_header(headers, b"content-length")
     return int(value) if value is not None else None
-
-
-def has_body(headers: hdr.Headers) -> bool:
-    return hdr.get_header(headers, b"transfer-encoding") is not None or (content_length(headers) or 0) > 0
 
 
 def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext) -> h11.Request:
@@ -133,18 +124,24 @@ async def forward(
     if limit is not None and declared is not None and declared > limit:
         raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
     up_request = upstream_request(request, headers, target, ctx)
-    retry_allowed = request.method in IDEMPOTENT and not has_body(headers)
+    chunked = hdr.get_header(headers, b"transfer-encoding") is not None
+    with_body = chunked or (declared or 0) > 0
+    body: ReadBody | None = None
+    if with_body and read_first(declared, chunked, ctx.buffer_body):
+        body = await read_body(down, buffer_bytes=ctx.buffer_body, limit=limit, timeout=ctx.body_timeout)
+    retry_allowed = request.method in IDEMPOTENT and (not with_body or (body is not None and body.complete))
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
         exchange = Exchange(down, conn, ctx, limit)
         try:
-            # A retry resends a request without a body, read the first time round.
-            status = await exchange.run(up_request, request_read=retrying)
+            status = await exchange.run(up_request, body)
         except StaleConnection:
             await ctx.pool.discard(conn)
             if retry_allowed and not retrying:
+                # Only a request read to its end is retried: resent from what was read.
                 retrying = True
+                body = body or NO_BODY
                 continue
             raise ProxyError(502, "upstream closed the connection") from None
         except BaseException:
@@ -181,7 +178,7 @@ class Wait(enum.Enum):
     """What an exchange waits for; each has its own timeout and error."""
 
     CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
-    CLIENT_WRITE = enum.auto()  # the client taking the response: body timeout, close
+    CLIENT_WRITE = enum.auto()  # the client taking the response: send timeout, close
     UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
     UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
 
@@ -212,21 +209,21 @@ class Exchange:
         self._scope: trio.CancelScope | None = None
         self._waiting = Wait.UPSTREAM_WRITE
 
-    async def run(self, up_request: h11.Request, *, request_read: bool = False) -> int:
+    async def run(self, up_request: h11.Request, body: ReadBody | None = None) -> int:
         """Send the request, then relay the response; returns the status.
 
-        With ``request_read`` the client's request (which had no body) was
-        read already: only the head and its end are sent.
+        ``body`` is what was read of the request body already: when complete,
+        it is sent with the head and nothing more is read from the client.
         """
         # What timeouts() does, written out: on the path every request takes, a generator-based
         # context manager costs more than the scope it manages.
         scope = self._scope = trio.CancelScope()
         try:
             with scope:
-                if request_read:
-                    await self.to_upstream([up_request, h11.EndOfMessage()])
+                if body is not None and body.complete:
+                    await self.to_upstream([up_request, *body.events])
                 else:
-                    await self.send_request(up_request)
+                    await self.send_request(up_request, body)
                 return await self.relay_response()
         finally:
             self._scope = None
@@ -275,11 +272,15 @@ class Exchange:
 
     # -- request ---------------------------------------------------------
 
-    async def send_request(self, up_request: h11.Request) -> None:
+    async def send_request(self, up_request: h11.Request, body: ReadBody | None = None) -> None:
+        """Send the request, its body relayed as it arrives after what ``body`` holds of it."""
         events: list[h11.Event] = [up_request]
-        if self.down.conn.they_are_waiting_for_100_continue:
-            await self.to_client(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         received = 0
+        if body is not None:
+            events += body.events
+            received = body.size
+        if self.down.conn.they_are_waiting_for_100_continue:
+            await self.to_client(CONTINUE)
         while True:
             event = self.down.conn.next_event()
             if event is h11.NEED_DATA:
@@ -394,7 +395,7 @@ class Exchange:
             return
         if type(events[0]) is h11.Response:
             self.response_started = True
-        self._arm(Wait.CLIENT_WRITE, self.ctx.body_timeout)
+        self._arm(Wait.CLIENT_WRITE, self.ctx.send_timeout)
         try:
             await self.down.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

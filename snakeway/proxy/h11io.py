@@ -3,15 +3,24 @@
 h11 decides; this module does the I/O. Reads are bounded by ``max_read`` and
 by h11's ``max_incomplete_event_size``; a failed write tells the state
 machine (``send_failed``) before the error propagates.
+
+Writes to a client are timed by its ``send_timeout`` (nginx's ``send_timeout``):
+each write, of at most one read's worth of body, must be taken by the peer
+within it. :meth:`H11Stream.send_timed` gives a write a cancel scope of its
+own, for snakeway's own responses and static files; the forwarder times its
+writes in the scope it shares across an exchange and calls :meth:`H11Stream.send`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
 import h11
 import trio
+
+from snakeway.proxy.headers import get_header, has_token
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what
@@ -46,19 +55,66 @@ def relayed_response(status: int, headers: list[tuple[bytes, bytes]], reason: by
     return h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
 
 
+def keep_http10_alive(conn: h11.Connection, request: h11.Request) -> bool:
+    """Keep the connection after an HTTP/1.0 ``request`` that asks for it; returns whether it does.
+
+    h11 takes every HTTP/1.0 request for its connection's last: reading one
+    clears the state machine's ``keep_alive`` flag, so the exchange ends in
+    MUST_CLOSE. With ``Connection: keep-alive`` (and no ``close``) the flag is
+    set again, as if the request were HTTP/1.1. The rest of h11 already deals
+    with HTTP/1.0 keep-alive: a response of unknown length (which an HTTP/1.0
+    client knows the end of only by the close, having no chunked coding) still
+    gets ``Connection: close`` and ends the connection, and so does one that
+    says ``close``. An HTTP/1.0 request body always has a Content-Length
+    (:mod:`snakeway.proxy.strict` refuses Transfer-Encoding in HTTP/1.0), so
+    the next request starts where it ends. The flag is h11's private state:
+    the h11 versions snakeway accepts are pinned in ``pyproject.toml``.
+    """
+    if not has_token(request.headers, b"connection", b"keep-alive") or has_token(
+        request.headers, b"connection", b"close"
+    ):
+        return False
+    conn._cstate.keep_alive = True
+    return True
+
+
+def announce_keep_alive(response: h11.Response) -> h11.Response:
+    """``response`` with ``Connection: keep-alive``, which an HTTP/1.0 client needs to hear.
+
+    A response that names its own ``Connection`` is left as it is; h11 turns
+    ``keep-alive`` into ``close`` on a response that must end the connection.
+    """
+    if get_header(response.headers, b"connection") is not None:
+        return response
+    return h11.Response(
+        status_code=response.status_code,
+        headers=[*response.headers, (b"connection", b"keep-alive")],
+        reason=response.reason,
+        _parsed=True,
+    )
+
+
+class SendTimeout(trio.BrokenResourceError):
+    """The peer did not take a write within the send timeout; the connection is unusable."""
+
+
 class H11Stream:
     """One side of an HTTP/1.1 conversation over a trio stream.
 
     Args:
       stream: the transport; owned by the caller, who closes it.
       conn: an ``h11.Connection`` for our role (SERVER downstream, CLIENT upstream).
+      send_timeout: seconds a write by :meth:`send_timed` may take.
     """
 
-    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection, send_timeout: float = math.inf) -> None:
         self.stream = stream
         self.conn = conn
+        self.send_timeout = send_timeout
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
+        # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).
+        self.http10_keep_alive = False
 
     async def next_event(self) -> h11.Event:
         """The next event, reading from the stream as h11 needs.
@@ -78,10 +134,25 @@ class H11Stream:
             return event  # type: ignore[return-value]
 
     async def send(self, *events: h11.Event) -> None:
-        """Send events, coalesced into a single write."""
+        """Send events, coalesced into a single write (untimed: the caller times it)."""
         await self.send_raw(self.encode(events))
 
+    async def send_timed(self, *events: h11.Event) -> None:
+        """Like :meth:`send`, the write limited to ``send_timeout`` seconds.
+
+        Raises:
+          SendTimeout: the peer took too long; h11's state is ``ERROR``.
+          trio.BrokenResourceError: the transport failed.
+        """
+        data = self.encode(events)
+        with trio.move_on_after(self.send_timeout):
+            await self.send_raw(data)
+            return
+        raise SendTimeout(f"a write to the peer did not complete within {self.send_timeout:g} s")
+
     def encode(self, events: Iterable[h11.Event]) -> bytes:
+        if self.http10_keep_alive:
+            events = [announce_keep_alive(e) if type(e) is h11.Response else e for e in events]
         chunks = []
         for event in events:
             data = self.conn.send(event)
@@ -107,4 +178,4 @@ class H11Stream:
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
-        await self.send(*events)
+        await self.send_timed(*events)

@@ -13,7 +13,10 @@ A request is then routed on this listener's router (read once per request,
 so a reload applies to the next request) and handed to static files, the
 forwarder or the WebSocket splice. Errors become short plain-text responses
 and one log line with the reason. After a response the connection is kept
-only when the request was read to its end and h11 agrees it can be reused.
+only when the request was read to its end and h11 agrees it can be reused;
+an HTTP/1.0 request is kept alive when it asks with ``Connection:
+keep-alive`` and its response has a known length (see
+:func:`~snakeway.proxy.h11io.keep_http10_alive`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from snakeway.listeners import ListenerKey, ListenerSpec, Role, redirect_locatio
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
-from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
@@ -135,6 +138,7 @@ class Http1Connection:
         self.h = H11Stream(
             stream,
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
+            send_timeout=self.client.send_timeout_seconds,
         )
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
         self.requests = 0
@@ -148,6 +152,9 @@ class Http1Connection:
         try:
             while await self._one_cycle():
                 self.h.conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A reply of snakeway's own (redirect, ACME answer) that could not be sent.
+            logger.debug("client %s gone: %s", self.client_ip, exc)
         finally:
             await self._close()
 
@@ -192,6 +199,7 @@ class Http1Connection:
                 break
             if type(event) is h11.Request:
                 self.h.request_method = event.method  # a HEAD gets no body, whoever answers
+                self.h.http10_keep_alive = event.http_version == b"1.0" and keep_http10_alive(conn, event)
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed: the client is done
@@ -303,7 +311,9 @@ class Http1Connection:
                 settings=runtime.config.server.upstream,
                 client_ip=self.client_ip,
                 scheme=spec.scheme,
-                body_timeout=self.client.idle_timeout_seconds,
+                body_timeout=self.client.body_timeout_seconds,
+                send_timeout=self.client.send_timeout_seconds,
+                buffer_body=self.client.buffer_request_body_bytes,
             )
         return self._fctx
 

@@ -2,13 +2,18 @@
 
 The proxy does not parse WebSocket frames: once the upstream has answered
 ``101 Switching Protocols`` and the client has been told so, the two
-connections are joined byte for byte until either side closes. Bytes that
-h11 read past either head (``trailing_data``) are delivered first.
+connections are joined byte for byte until either side closes, or until no
+byte has moved either way for the route's ``ws_idle_timeout_seconds``. Not
+parsing frames, snakeway sends no pings of its own: an application that
+wants a quiet tunnel kept open sends its own pings (or any message) more
+often than that. Bytes that h11 read past either head (``trailing_data``)
+are delivered first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -99,7 +104,10 @@ async def proxy_websocket(
     :func:`snakeway.proxy.forward.forward`.
     """
     with slots.take(route):
-        await _finish_upgrade_request(down)
+        with trio.move_on_after(ctx.body_timeout) as upgrade_read:
+            await _finish_upgrade_request(down)
+        if upgrade_read.cancelled_caught:
+            raise ProxyError(408, "client too slow sending the upgrade request")
         up_request = plain_upstream_request(request, headers, target, ctx)
         up_request = h11.Request(
             method=up_request.method,
@@ -122,8 +130,10 @@ async def proxy_websocket(
                     reason=event.reason,
                 )
                 await exchange.to_client(switch)
-            await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.h11.stream,
-                         bytes(conn.h11.conn.trailing_data[0]))
+            if await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.h11.stream,
+                            bytes(conn.h11.conn.trailing_data[0]), idle_timeout=route.ws_idle_timeout_seconds):
+                logger.info("%s: WebSocket on %s closed after %g s without traffic",
+                            ctx.client_ip, route.path, route.ws_idle_timeout_seconds)
             return 101
         finally:
             await ctx.pool.discard(conn)
@@ -142,20 +152,44 @@ async def _finish_upgrade_request(down: H11Stream) -> None:
 
 
 async def splice(
-    a: trio.abc.Stream, a_pending: bytes, b: trio.abc.Stream, b_pending: bytes
-) -> None:
-    """Copy bytes a->b and b->a until either direction ends, then stop both."""
+    a: trio.abc.Stream, a_pending: bytes, b: trio.abc.Stream, b_pending: bytes, *, idle_timeout: float = math.inf
+) -> bool:
+    """Copy bytes a->b and b->a until either direction ends, then stop both.
+
+    The splice also stops once no byte has moved either way (read from one
+    side or written to the other) for ``idle_timeout`` seconds. Returns
+    whether that is why it stopped. The streams stay open: closing them is
+    the caller's job.
+    """
+    # When bytes last moved: noted by the pumps (a clock read per chunk), checked by a
+    # watchdog that wakes once per idle period rather than a deadline moved per chunk.
+    moved = trio.current_time()
+    idle = False
     async with trio.open_nursery() as nursery:
 
         async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, pending: bytes) -> None:
+            nonlocal moved
             try:
                 if pending:
                     await dst.send_all(pending)
+                    moved = trio.current_time()
                 while data := await src.receive_some(READ_SIZE):
+                    moved = trio.current_time()
                     await dst.send_all(data)
+                    moved = trio.current_time()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # either side going away ends the tunnel
             nursery.cancel_scope.cancel()
 
+        async def watchdog() -> None:
+            nonlocal idle
+            while trio.current_time() < moved + idle_timeout:
+                await trio.sleep_until(moved + idle_timeout)
+            idle = True
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(pump, a, b, a_pending)
         nursery.start_soon(pump, b, a, b_pending)
+        if idle_timeout < math.inf:
+            nursery.start_soon(watchdog)
+    return idle

@@ -39,28 +39,52 @@ async def test_head_gets_snakeways_own_errors_without_a_body(nursery: trio.Nurse
     await client.aclose()
 
 
-async def test_stale_keep_alive_connection_is_retried_on_a_new_one(nursery: trio.Nursery) -> None:
-    """An upstream that drops kept-alive connections without saying so."""
-    served = 0
+async def start_one_per_connection(nursery: trio.Nursery) -> tuple[int, list[bytes]]:
+    """An upstream that drops kept-alive connections without saying so: it answers the first
+    request on each (``served <n>``), then drops the next unanswered. Returns (port, bodies served)."""
+    served: list[bytes] = []
 
     async def one_per_connection(stream: trio.SocketStream) -> None:
-        nonlocal served
         conn = h11.Connection(h11.SERVER)
-        conn.receive_data(await stream.receive_some(65536))
-        conn.next_event()
-        served += 1
-        body = b"served %d" % served
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        body = bytearray()
+        while type(event := conn.next_event()) is not h11.EndOfMessage:
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif type(event) is h11.Data:
+                body += event.data
+        served.append(bytes(body))
+        answer = b"served %d" % len(served)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
         await stream.receive_some(65536)  # the next request on this connection...
         await stream.aclose()  # ...is dropped unanswered
 
     (listener,) = await nursery.start(partial(trio.serve_tcp, one_per_connection, 0, host=LOOPBACK))
-    _, proxy = await start_snakeway(nursery, service_config([listener.socket.getsockname()[1]]))
+    return listener.socket.getsockname()[1], served
+
+
+async def test_stale_keep_alive_connection_is_retried_on_a_new_one(nursery: trio.Nursery) -> None:
+    port, _ = await start_one_per_connection(nursery)
+    _, proxy = await start_snakeway(nursery, service_config([port]))
     with trio.fail_after(5):
         client = await Client.connect(proxy)
         assert (await client.request()).body == b"served 1"
         assert (await client.request()).body == b"served 2"
         await client.aclose()
+
+
+async def test_a_stale_connection_is_retried_for_an_idempotent_request_with_a_small_body(
+    nursery: trio.Nursery,
+) -> None:
+    """A small body is read before connecting, so a PUT can be resent whole; a POST is not resent."""
+    port, served = await start_one_per_connection(nursery)
+    _, proxy = await start_snakeway(nursery, service_config([port]))
+    with trio.fail_after(5):
+        client = await Client.connect(proxy)
+        assert (await client.request("PUT", body=b"first")).body == b"served 1"
+        assert (await client.request("PUT", body=b"second")).body == b"served 2"  # on a new connection
+        assert (await client.request("POST", body=b"third")).status == 502
+        await client.aclose()
+    assert served == [b"first", b"second"]
 
 
 async def test_upstream_that_stops_reading_the_body_is_504(

@@ -60,10 +60,12 @@ async def test_head_over_limit_in_one_piece_is_431(nursery: trio.Nursery) -> Non
     assert seen.requests == []
 
 
-async def test_body_over_route_limit_is_413(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("buffer_bytes", [ClientSettings.buffer_request_body_bytes, 0], ids=["read-first", "streamed"])
+async def test_body_over_route_limit_is_413(nursery: trio.Nursery, buffer_bytes: int) -> None:
     port, seen = await start_upstream(nursery)
     routes = (Route(hosts=("*",), path="/", max_body_bytes=100),)
-    _, proxy = await start_snakeway(nursery, service_config([port], routes=routes))
+    server = ServerSettings(client=ClientSettings(buffer_request_body_bytes=buffer_bytes))
+    _, proxy = await start_snakeway(nursery, service_config([port], routes=routes, server=server))
     client = await Client.connect(proxy)
     assert (await client.request("POST", "/", body=b"x" * 100)).status == 200
     await client.aclose()

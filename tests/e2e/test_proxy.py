@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import partial
 
 import h11
+import pytest
 import trio
 import trio.testing
 
-from snakeway.config.model import Route
+from snakeway.config.model import ClientSettings, Route, ServerSettings
 from tests.helpers import Client, closed_port, get, raw, service_config, start_snakeway, start_upstream, status_of
 
 
@@ -56,9 +57,11 @@ async def test_bodies_content_length_and_chunked(nursery: trio.Nursery) -> None:
     await client.aclose()
 
 
-async def test_expect_100_continue(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("buffer_bytes", [ClientSettings.buffer_request_body_bytes, 0], ids=["read-first", "streamed"])
+async def test_expect_100_continue(nursery: trio.Nursery, buffer_bytes: int) -> None:
     port, seen = await start_upstream(nursery)
-    _, proxy = await start_snakeway(nursery, service_config([port]))
+    server = ServerSettings(client=ClientSettings(buffer_request_body_bytes=buffer_bytes))
+    _, proxy = await start_snakeway(nursery, service_config([port], server=server))
     stream = await trio.open_tcp_stream("127.0.0.1", proxy)
     await stream.send_all(
         b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
