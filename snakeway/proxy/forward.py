@@ -66,6 +66,8 @@ class ForwardContext:
     client_ip: str
     scheme: str
     body_timeout: float
+    via: bool = True                                   # server.via
+    own_headers: tuple[tuple[bytes, bytes], ...] = ()  # the listener's (Strict-Transport-Security)
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -89,6 +91,7 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
         scheme=ctx.scheme,
         host=target.host,
         drop=DROPPED_REQUEST_HEADERS,
+        via=ctx.via,
     )
     if hdr.get_header(headers, b"transfer-encoding") is not None:
         out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
@@ -358,7 +361,8 @@ class Exchange:
                 if _ambiguous_framing(headers):
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = event.status_code
-                pending.append(relayed_response(status, hdr.downstream_response_headers(headers), event.reason))
+                relayed = hdr.downstream_response_headers(headers, via=self.ctx.via, own=self.ctx.own_headers)
+                pending.append(relayed_response(status, relayed, event.reason))
             elif kind is h11.Data:
                 pending.append(event)
             elif kind is h11.EndOfMessage:

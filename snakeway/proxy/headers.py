@@ -4,6 +4,11 @@ Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection and never
 cross the proxy: ``Connection`` and every header it names, ``Keep-Alive``,
 ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and any ``Proxy-*``.
 h11 hands us lower-case header names, so comparisons are on those.
+
+``Via`` (RFC 9110 §7.6.3) is added in both directions unless ``server.via =
+false``. A listener's own response headers (``Strict-Transport-Security``
+from ``bind.tls.hsts``) replace any of the same name an upstream sent, as
+Caddy's ``header`` directive does: one listener, one policy.
 """
 
 from __future__ import annotations
@@ -52,13 +57,14 @@ def upstream_request_headers(
     scheme: str,
     host: bytes,
     drop: frozenset[bytes] = frozenset(),
+    via: bool = True,
 ) -> list[Header]:
     """Headers for the request sent upstream.
 
     ``X-Forwarded-For`` gets the client appended to any it already carries;
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set (a client's own
-    values are replaced, never trusted); ``Via`` is appended; ``Host`` is
-    the one the request was routed by.
+    values are replaced, never trusted); ``Via`` is appended unless ``via``
+    is false; ``Host`` is the one the request was routed by.
     """
     out: list[Header] = [(b"host", host)]
     forwarded_for: list[bytes] = []
@@ -71,17 +77,32 @@ def upstream_request_headers(
     out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
     out.append((b"x-forwarded-proto", scheme.encode("ascii")))
     out.append((b"x-forwarded-host", host))
-    out.append((b"via", VIA))
+    if via:
+        out.append((b"via", VIA))
     return out
 
 
 _REPLACED_ON_REQUEST = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
-def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
-    """Headers for the response relayed to the client, with ``Via`` appended."""
+def downstream_response_headers(
+    headers: Iterable[Header], *, via: bool = True, own: Headers = ()
+) -> list[Header]:
+    """Headers for the response relayed to the client.
+
+    Args:
+      headers: the upstream response's.
+      via: append ``Via: 1.1 snakeway``.
+      own: the listener's own response headers (lower-case names); an
+        upstream header of the same name is dropped in their favour.
+    """
     out = end_to_end(headers)
-    out.append((b"via", VIA))
+    if own:
+        names = {name for name, _ in own}
+        out = [header for header in out if header[0] not in names]
+        out.extend(own)
+    if via:
+        out.append((b"via", VIA))
     return out
 
 

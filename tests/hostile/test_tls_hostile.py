@@ -1,0 +1,113 @@
+"""TLS listeners against a real snakeway process: HSTS, key-exchange groups, internal certificates."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import h11
+import trio
+
+from tests.helpers import LOOPBACK, closed_port, start_upstream
+from tests.hostile.harness import exchange, running, statuses
+from tests.tlshelpers import client_context
+
+STS = b"strict-transport-security"
+
+
+def tls_config(
+    directory: Path, upstream: int, *, tls_extra: str = "", workers: int = 2, server: str = ""
+) -> tuple[Path, int, int]:
+    """An internal-CA TLS listener for ``a.test`` and ``127.0.0.1`` (routes ``/app`` to ``upstream`` and
+    ``/static`` to ``directory/www``) with a redirect listener: (config, TLS port, redirect port)."""
+    listen, redirect = closed_port(), closed_port()
+    www = directory / "www"
+    www.mkdir(exist_ok=True)
+    (www / "f.txt").write_bytes(b"static")
+    path = directory / "snakeway.hcl"
+    path.write_text(
+        f"""
+server {{
+  version   = 1
+  workers   = {workers}
+  state_dir = "{directory / 'state'}"
+  {server}
+}}
+ingress "tls" {{
+  bind = {{
+    interface = "127.0.0.1"
+    port      = {listen}
+    tls       = {{ mode = "internal", domains = ["a.test", "127.0.0.1"] {tls_extra} }}
+    redirect_http_to_https = {{ port = {redirect} }}
+  }}
+  services = [{{ name = "app", routes = [{{ hosts = ["a.test"], path = "/app" }}],
+                upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}] }}]
+  static_files = [{{ routes = [{{ hosts = ["a.test"], path = "/static", file_dir = "{www}" }}] }}]
+}}
+"""
+    )
+    return path, listen, redirect
+
+
+def root_of(directory: Path) -> Path:
+    return directory / "state" / "pki" / "root.pem"
+
+
+async def tls_exchange(port: int, context: ssl.SSLContext, data: bytes, *, sni: str = "a.test") -> bytes:
+    """``data`` over a new TLS connection; everything read until the server closes it."""
+    raw = await trio.open_tcp_stream(LOOPBACK, port)
+    stream = trio.SSLStream(raw, context, server_hostname=sni, https_compatible=True)
+    out = bytearray()
+    try:
+        with trio.fail_after(10):
+            await stream.send_all(data)
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+    return bytes(out)
+
+
+def header_values(answer: bytes, name: bytes) -> list[bytes]:
+    head = answer.split(b"\r\n\r\n", 1)[0]
+    return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:] if line.split(b":", 1)[0].lower() == name]
+
+
+async def upstream_with_its_own_hsts(request: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return 200, [(b"strict-transport-security", b"max-age=0"), (b"content-type", b"text/plain")], b"app"
+
+
+GET = b"GET %s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+
+
+async def test_hsts_on_every_https_response_and_never_on_plain_http(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery, upstream_with_its_own_hsts)
+    hsts = ", hsts = { max_age_seconds = 63072000, include_subdomains = true, preload = true }"
+    config, port, redirect = tls_config(tmp_path, upstream, tls_extra=hsts)
+    expected = [b"max-age=63072000; includeSubDomains; preload"]
+    async with running(config):
+        context = client_context(root_of(tmp_path))
+        proxied = await tls_exchange(port, context, GET % b"/app")
+        static = await tls_exchange(port, context, GET % b"/static/f.txt")
+        not_found = await tls_exchange(port, context, GET % b"/nowhere")
+        rejected = await tls_exchange(port, context, b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n")
+        plain = await exchange(redirect, GET % b"/app")
+    assert statuses(proxied) == [200] and proxied.endswith(b"app")
+    assert header_values(proxied, STS) == expected  # the upstream's max-age=0 is replaced
+    assert statuses(static) == [200] and header_values(static, STS) == expected
+    assert statuses(not_found) == [404] and header_values(not_found, STS) == expected
+    assert statuses(rejected) == [400] and header_values(rejected, STS) == expected
+    assert statuses(plain) == [308] and header_values(plain, STS) == []
+
+
+async def test_without_hsts_the_upstreams_header_passes_untouched(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery, upstream_with_its_own_hsts)
+    config, port, _ = tls_config(tmp_path, upstream, workers=1)
+    async with running(config, workers=1):
+        context = client_context(root_of(tmp_path))
+        proxied = await tls_exchange(port, context, GET % b"/app")
+        not_found = await tls_exchange(port, context, GET % b"/nowhere")
+    assert header_values(proxied, STS) == [b"max-age=0"]
+    assert header_values(not_found, STS) == []
