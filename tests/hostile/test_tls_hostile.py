@@ -111,3 +111,43 @@ async def test_without_hsts_the_upstreams_header_passes_untouched(nursery: trio.
         not_found = await tls_exchange(port, context, GET % b"/nowhere")
     assert header_values(proxied, STS) == [b"max-age=0"]
     assert header_values(not_found, STS) == []
+
+
+async def s_client(port: int, root: Path, *args: str) -> tuple[int, str]:
+    """``openssl s_client -brief`` to the listener (SNI a.test) with ``args``: (exit status, output)."""
+    result = await trio.run_process(
+        ["openssl", "s_client", "-brief", "-connect", f"{LOOPBACK}:{port}", "-servername", "a.test",
+         "-CAfile", str(root), "-verify_return_error", *args],
+        stdin=b"", capture_stdout=True, capture_stderr=True, check=False,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode("latin-1")
+
+
+# (protocol, the client's groups, the key exchange expected or None for a refused handshake). The internal
+# certificate is ECDSA P-256: in TLS 1.2 a client must list P-256 to use it, so X25519 alone is TLS 1.3 only.
+GROUP_CASES = [
+    ("-tls1_3", "X25519", "X25519"),
+    ("-tls1_3", "P-256", "ECDH, prime256v1"),
+    ("-tls1_3", "P-384:P-256", "ECDH, prime256v1"),  # the P-384 key share is refused: a HelloRetryRequest
+    ("-tls1_3", "ffdhe2048:X25519", "X25519"),
+    ("-tls1_2", "X25519:P-256", "X25519"),
+    ("-tls1_2", "P-256", "ECDH, prime256v1"),
+    *((version, group, None) for version in ("-tls1_3", "-tls1_2") for group in ("P-384", "P-521", "ffdhe2048")),
+    ("-tls1_3", "X448:P-384:ffdhe3072", None),
+]
+
+
+async def test_key_exchange_only_over_x25519_and_p256(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery)
+    config, port, _ = tls_config(tmp_path, upstream)
+    async with running(config):
+        outcomes = [
+            (case, await s_client(port, root_of(tmp_path), case[0], "-groups", case[1])) for case in GROUP_CASES
+        ]
+    for (version, groups, expected), (status, output) in outcomes:
+        if expected is not None:  # the exit status may be 1: snakeway closes without close_notify
+            assert "Verification: OK" in output, (version, groups, output)
+            assert f"Server Temp Key: {expected}," in output, (version, groups, output)
+        else:
+            assert status != 0, (version, groups, output)
+            assert "CONNECTION ESTABLISHED" not in output and "Server Temp Key" not in output, (version, groups, output)
