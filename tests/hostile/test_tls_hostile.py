@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
 import h11
 import trio
+from cryptography import x509
 
 from tests.helpers import LOOPBACK, closed_port, start_upstream
 from tests.hostile.harness import exchange, running, statuses
-from tests.tlshelpers import client_context
+from tests.tlshelpers import client_context, tls_request
 
 STS = b"strict-transport-security"
 
@@ -113,10 +115,10 @@ async def test_without_hsts_the_upstreams_header_passes_untouched(nursery: trio.
     assert header_values(not_found, STS) == []
 
 
-async def s_client(port: int, root: Path, *args: str) -> tuple[int, str]:
-    """``openssl s_client -brief`` to the listener (SNI a.test) with ``args``: (exit status, output)."""
+async def s_client(port: int, root: Path, *args: str, brief: bool = True) -> tuple[int, str]:
+    """``openssl s_client [-brief]`` to the listener (SNI a.test) with ``args``: (exit status, output)."""
     result = await trio.run_process(
-        ["openssl", "s_client", "-brief", "-connect", f"{LOOPBACK}:{port}", "-servername", "a.test",
+        ["openssl", "s_client", *(["-brief"] if brief else []), "-connect", f"{LOOPBACK}:{port}", "-servername", "a.test",
          "-CAfile", str(root), "-verify_return_error", *args],
         stdin=b"", capture_stdout=True, capture_stderr=True, check=False,
     )
@@ -151,3 +153,36 @@ async def test_key_exchange_only_over_x25519_and_p256(nursery: trio.Nursery, tmp
         else:
             assert status != 0, (version, groups, output)
             assert "CONNECTION ESTABLISHED" not in output and "Server Temp Key" not in output, (version, groups, output)
+
+
+ACCESS_PID = re.compile(rb"INFO \[(\d+)\] snakeway\.access: 127\.0\.0\.1 \"GET /app\?n=(\d+) ")
+
+
+async def test_internal_mode_every_worker_presents_the_same_leaf_without_the_root(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_upstream(nursery)
+    config, port, _ = tls_config(tmp_path, upstream)
+    serials: dict[int, int] = {}  # connection number -> leaf serial
+    async with running(config) as proc:
+        context = client_context(root_of(tmp_path))
+        workers: dict[int, int] = {}  # connection number -> worker pid, from the access log
+        for n in range(60):
+            result = await tls_request(port, context, "a.test", host="a.test", target=f"/app?n={n}")
+            assert result.response is not None and result.response.status == 200
+            serials[n] = result.serial
+            with trio.fail_after(10):
+                while n not in workers:
+                    workers.update({int(n_): int(pid) for pid, n_ in ACCESS_PID.findall(bytes(proc.log))})
+                    if n not in workers:
+                        await proc.read_more()
+            if n >= 7 and len(set(workers.values())) == 2:
+                break
+        _, output = await s_client(port, root_of(tmp_path), "-showcerts", brief=False)
+    assert len(set(workers.values())) == 2, "the kernel never handed a connection to the second worker"
+    assert len(set(serials.values())) == 1, serials
+    assert "verify return:1" in output and "verify error" not in output, output
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", output, re.DOTALL)
+    sent = [x509.load_pem_x509_certificate(block.encode("ascii")) for block in blocks]
+    assert [c.serial_number for c in sent] == [serials[0]]  # the leaf alone
+    assert all(c.issuer != c.subject for c in sent)  # no self-signed root
