@@ -11,7 +11,7 @@ import trio
 from cryptography import x509
 
 from tests.helpers import LOOPBACK, closed_port, start_upstream
-from tests.hostile.harness import exchange, running, statuses
+from tests.hostile.harness import exchange, running, statuses, write_config
 from tests.tlshelpers import client_context, tls_request
 
 STS = b"strict-transport-security"
@@ -22,32 +22,18 @@ def tls_config(
 ) -> tuple[Path, int, int]:
     """An internal-CA TLS listener for ``a.test`` and ``127.0.0.1`` (routes ``/app`` to ``upstream`` and
     ``/static`` to ``directory/www``) with a redirect listener: (config, TLS port, redirect port)."""
-    listen, redirect = closed_port(), closed_port()
+    redirect = closed_port()
     www = directory / "www"
     www.mkdir(exist_ok=True)
     (www / "f.txt").write_bytes(b"static")
-    path = directory / "snakeway.hcl"
-    path.write_text(
-        f"""
-server {{
-  version   = 1
-  workers   = {workers}
-  state_dir = "{directory / 'state'}"
-  {server}
-}}
-ingress "tls" {{
-  bind = {{
-    interface = "127.0.0.1"
-    port      = {listen}
-    tls       = {{ mode = "internal", domains = ["a.test", "127.0.0.1"] {tls_extra} }}
-    redirect_http_to_https = {{ port = {redirect} }}
-  }}
+    bind = (f', tls = {{ mode = "internal", domains = ["a.test", "127.0.0.1"] {tls_extra} }}'
+            f", redirect_http_to_https = {{ port = {redirect} }}")
+    body = f"""
   services = [{{ name = "app", routes = [{{ hosts = ["a.test"], path = "/app" }}],
                 upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}] }}]
   static_files = [{{ routes = [{{ hosts = ["a.test"], path = "/static", file_dir = "{www}" }}] }}]
-}}
 """
-    )
+    path, listen = write_config(directory, body, workers=workers, server=server, bind=bind)
     return path, listen, redirect
 
 
