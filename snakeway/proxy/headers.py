@@ -13,6 +13,7 @@ Caddy's ``header`` directive does: one listener, one policy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
@@ -43,10 +44,12 @@ def is_hop_by_hop(name: bytes, named: set[bytes]) -> bool:
     return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
 
 
-def end_to_end(headers: Iterable[Header]) -> list[Header]:
-    """The headers that may be forwarded: everything but the hop-by-hop ones."""
+def end_to_end(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()) -> list[Header]:
+    """The headers that may be forwarded: everything but the hop-by-hop ones and the ``drop`` names."""
     headers = list(headers)
     named = connection_tokens(headers)
+    if drop:
+        named |= drop
     return [(n, v) for n, v in headers if not is_hop_by_hop(n, named)]
 
 
@@ -86,7 +89,7 @@ _REPLACED_ON_REQUEST = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-h
 
 
 def downstream_response_headers(
-    headers: Iterable[Header], *, via: bool = True, own: Headers = ()
+    headers: Iterable[Header], *, via: bool = True, own: tuple[Header, ...] = ()
 ) -> list[Header]:
     """Headers for the response relayed to the client.
 
@@ -96,14 +99,20 @@ def downstream_response_headers(
       own: the listener's own response headers (lower-case names); an
         upstream header of the same name is dropped in their favour.
     """
-    out = end_to_end(headers)
     if own:
-        names = {name for name, _ in own}
-        out = [header for header in out if header[0] not in names]
+        out = end_to_end(headers, _names(own))
         out.extend(own)
+    else:
+        out = end_to_end(headers)
     if via:
         out.append((b"via", VIA))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _names(headers: tuple[Header, ...]) -> frozenset[bytes]:
+    # A listener's own headers are one tuple for the life of its configuration: their names once.
+    return frozenset(name for name, _ in headers)
 
 
 def header_list(headers: Iterable[Header]) -> list[Header]:
