@@ -415,7 +415,8 @@ def test_a_shared_port_is_all_tls_or_none(tmp_path: Path) -> None:
 def test_hsts_builds_the_model_and_its_header(tmp_path: Path) -> None:
     text = BASE.replace(
         'domains = ["example.com"] }',
-        'domains = ["example.com"],\n  hsts = { max_age_seconds = 63072000, include_subdomains = true, preload = true } }',
+        'domains = ["example.com"],\n'
+        "  hsts = { max_age_seconds = 63072000, include_subdomains = true, preload = true } }",
     )
     config = load_config(write(tmp_path, "main.hcl", text))
     hsts = config.ingresses[0].bind.tls.hsts  # type: ignore[union-attr]

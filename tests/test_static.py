@@ -69,7 +69,8 @@ def plan(root: Path, path: str, *headers: tuple[bytes, bytes], method: bytes = b
     prefix = kwargs.pop("prefix", "/")
     query = kwargs.pop("query", "")
     clock = {"now": kwargs.pop("now")} if "now" in kwargs else {}
-    return plan_static(site(root, prefix, **kwargs), method, path, list(headers), query=query, **clock)  # type: ignore[arg-type]
+    static = site(root, prefix, **kwargs)
+    return plan_static(static, method, path, list(headers), query=query, **clock)  # type: ignore[arg-type]
 
 
 def hdr(p: SendFile | Reply, name: bytes) -> bytes | None:

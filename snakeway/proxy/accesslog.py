@@ -103,7 +103,9 @@ class AccessLog:
         second = int(now)
         if second != self._second:  # logging's asctime, formatted once a second
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        tls = f" sni={escape_text(handshake.sni) if handshake.sni else '-'} {handshake.tls_version}" if handshake else ""
+        tls = ""
+        if handshake is not None:
+            tls = f" sni={escape_text(handshake.sni) if handshake.sni else '-'} {handshake.tls_version}"
         line = (
             f"{self._stamp},{int((now - second) * 1000):03d} INFO{self._pid} snakeway.access: {client_ip} "
             f'"{escape(method)} {escape(target)} HTTP/{version.decode("ascii")}" '

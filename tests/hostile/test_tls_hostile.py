@@ -60,7 +60,8 @@ async def tls_exchange(port: int, context: ssl.SSLContext, data: bytes, *, sni: 
 
 def header_values(answer: bytes, name: bytes) -> list[bytes]:
     head = answer.split(b"\r\n\r\n", 1)[0]
-    return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:] if line.split(b":", 1)[0].lower() == name]
+    fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:]]
+    return [value.strip() for field, value in fields if field.lower() == name]
 
 
 async def upstream_with_its_own_hsts(request: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -104,7 +105,8 @@ async def test_without_hsts_the_upstreams_header_passes_untouched(nursery: trio.
 async def s_client(port: int, root: Path, *args: str, brief: bool = True) -> tuple[int, str]:
     """``openssl s_client [-brief]`` to the listener (SNI a.test) with ``args``: (exit status, output)."""
     result = await trio.run_process(
-        ["openssl", "s_client", *(["-brief"] if brief else []), "-connect", f"{LOOPBACK}:{port}", "-servername", "a.test",
+        ["openssl", "s_client", *(["-brief"] if brief else []),
+         "-connect", f"{LOOPBACK}:{port}", "-servername", "a.test",
          "-CAfile", str(root), "-verify_return_error", *args],
         stdin=b"", capture_stdout=True, capture_stderr=True, check=False,
     )
