@@ -30,6 +30,8 @@ class ListenerSpec:
     tls: tuple[Tls, ...] = ()
     redirect_port: int | None = None
     redirect_status: int = 308
+    # Headers snakeway puts on every response of this listener (Strict-Transport-Security), ready to send.
+    response_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     @property
     def key(self) -> ListenerKey:
@@ -58,7 +60,7 @@ def listener_specs(config: Config) -> dict[ListenerKey, ListenerSpec]:
         old = specs.get(key)
         tls = (old.tls if old else ()) + ((bind.tls,) if bind.tls and bind.tls not in (old.tls if old else ()) else ())
         role = Role.HTTPS if tls else Role.HTTP
-        specs[key] = ListenerSpec(bind.interface, bind.port, role, tls)
+        specs[key] = ListenerSpec(bind.interface, bind.port, role, tls, response_headers=_response_headers(tls))
         if bind.redirect is not None:
             rkey = (bind.interface, bind.redirect.port)
             redirects.setdefault(
@@ -74,6 +76,12 @@ def listener_specs(config: Config) -> dict[ListenerKey, ListenerSpec]:
     for rkey, spec in redirects.items():
         specs.setdefault(rkey, spec)
     return specs
+
+
+def _response_headers(tls: tuple[Tls, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """``Strict-Transport-Security`` when the listener's tls asks for it (the loader makes sharers agree)."""
+    hsts = next((t.hsts for t in tls if t.hsts is not None), None)
+    return ((b"strict-transport-security", hsts.value),) if hsts is not None else ()
 
 
 def cert_ids(tls: Tls) -> tuple[str, ...]:

@@ -605,3 +605,11 @@ def test_valid_host_patterns_are_lower_cased(labels: list[str], wildcard: bool) 
     with tempfile.TemporaryDirectory() as directory:
         main = write(Path(directory), "main.hcl", BASE.replace('"example.test"', quote(host)))
         assert load_config(main).ingresses[0].services[0].routes[0].hosts == (host.lower(),)
+
+
+def test_via_is_on_by_default_and_can_be_switched_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "on.hcl", BASE)).server.via is True
+    off = BASE.replace("  version = 1\n", "  version = 1\n  via = false\n")
+    assert load_config(write(tmp_path, "off.hcl", off)).server.via is False
+    wrong = write(tmp_path, "wrong.hcl", BASE.replace("  version = 1\n", '  version = 1\n  via = "no"\n'))
+    assert problems(wrong) == [f'{wrong}:3: server.via: expected true or false, got string "no"']

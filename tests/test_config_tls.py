@@ -18,6 +18,7 @@ from snakeway.config.model import (
     CertFiles,
     CertStoreSettings,
     Challenge,
+    Hsts,
     KeyType,
     Redirect,
     ServerSettings,
@@ -260,10 +261,24 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          'unknown tls mode "auto"; expected one of: manual, internal, acme'),
         (_TLS, 'tls = { mode = "acme", domains = ["example.com"], domain = "x" }', "tls =",
          "ingress.site.bind.tls.domain",
-         'unknown key "domain" (did you mean "domains"?); allowed keys: mode, handshake_timeout_seconds, domains, '
+         'unknown key "domain" (did you mean "domains"?); allowed keys: mode, handshake_timeout_seconds, hsts, domains, '
          "challenge, key_type, certificate_per_domain"),
         (_TLS, 'tls = { mode = "acme", domains = ["example.com"], handshake_timeout_seconds = 0 }', "tls =",
          "ingress.site.bind.tls.handshake_timeout_seconds", "must be greater than 0, got 0"),
+        # hsts
+        (_TLS, 'tls = { mode = "acme", domains = ["example.com"],\n  hsts = { preload = true, include_subdomains = true,\n'
+         '  max_age_seconds = 86400 } }', "max_age_seconds", "ingress.site.bind.tls.hsts.max_age_seconds",
+         "preload needs max_age_seconds of at least 31536000 (one year), got 86400"),
+        (_TLS, 'tls = { mode = "acme", domains = ["example.com"],\n  hsts = { preload = true } }', "hsts",
+         "ingress.site.bind.tls.hsts.include_subdomains", "preload needs include_subdomains = true"),
+        (_TLS, 'tls = { mode = "acme", domains = ["example.com"],\n  hsts = { max_age_seconds = -1 } }', "hsts",
+         "ingress.site.bind.tls.hsts.max_age_seconds", "must be at least 0, got -1"),
+        (_TLS, 'tls = { mode = "acme", domains = ["example.com"],\n  hsts = { max_age = 1 } }', "hsts",
+         "ingress.site.bind.tls.hsts.max_age",
+         'unknown key "max_age" (did you mean "max_age_seconds"?); allowed keys: max_age_seconds, '
+         "include_subdomains, preload"),
+        (_TLS, 'tls = { mode = "acme", domains = ["example.com"],\n  hsts = true }', "hsts",
+         "ingress.site.bind.tls.hsts", "expected an object, got bool true"),
         # acme
         (_TLS, 'tls = { mode = "acme" }', "tls =", "ingress.site.bind.tls.domains", "required key is missing"),
         (_TLS, 'tls = { mode = "acme", domains = [] }', "tls =", "ingress.site.bind.tls.domains", "must not be empty"),
@@ -394,6 +409,39 @@ def test_a_shared_port_is_all_tls_or_none(tmp_path: Path) -> None:
     assert problems(main) == [
         f"{main}:15: ingress.plain.bind.port: port 443 is already bound with tls at {main}:9 "
         "(ingress.site.bind.port); ingresses that share a port must all use tls or none"
+    ]
+
+
+def test_hsts_builds_the_model_and_its_header(tmp_path: Path) -> None:
+    text = BASE.replace(
+        'domains = ["example.com"] }',
+        'domains = ["example.com"],\n'
+        "  hsts = { max_age_seconds = 63072000, include_subdomains = true, preload = true } }",
+    )
+    config = load_config(write(tmp_path, "main.hcl", text))
+    hsts = config.ingresses[0].bind.tls.hsts  # type: ignore[union-attr]
+    assert hsts == Hsts(max_age_seconds=63072000, include_subdomains=True, preload=True)
+    assert hsts.value == b"max-age=63072000; includeSubDomains; preload"
+    assert Hsts(max_age_seconds=0).value == b"max-age=0"
+    off = load_config(write(tmp_path, "off.hcl", BASE))
+    assert off.ingresses[0].bind.tls.hsts is None  # type: ignore[union-attr]
+
+
+def test_hsts_defaults_to_one_year(tmp_path: Path) -> None:
+    text = BASE.replace('domains = ["example.com"] }', 'domains = ["example.com"], hsts = {} }')
+    config = load_config(write(tmp_path, "main.hcl", text))
+    assert config.ingresses[0].bind.tls.hsts.value == b"max-age=31536000"  # type: ignore[union-attr]
+
+
+def test_a_shared_port_has_one_hsts(tmp_path: Path) -> None:
+    text = BASE.replace('domains = ["example.com"] }', 'domains = ["example.com"], hsts = {} }') + (
+        'ingress "more" {\n  bind = { port = 443, tls = { mode = "internal", domains = ["more.test"] } }\n}\n'
+        'ingress "same" {\n  bind = { port = 443, tls = { mode = "internal", domains = ["s.test"], hsts = {} } }\n}\n'
+    )
+    main = write(tmp_path, "main.hcl", text)
+    assert problems(main) == [
+        f"{main}:{line_of(text, 'more.test')}: ingress.more.bind.tls: port 443 is already bound with other hsts "
+        f"settings at {main}:9 (ingress.site.bind.port); ingresses that share a port must have the same hsts"
     ]
 
 

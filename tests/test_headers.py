@@ -69,3 +69,25 @@ def test_no_hop_by_hop_header_ever_passes(plain, hops, named) -> None:  # type: 
         assert name not in HOP_BY_HOP
         assert not name.startswith(b"proxy-")
         assert name not in named or name in (b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via")
+
+
+def test_via_can_be_left_out_both_ways() -> None:
+    request = upstream_request_headers(H, client_ip="127.0.0.1", scheme="http", host=b"a.test", via=False)
+    assert b"via" not in names(request)
+    assert downstream_response_headers([(b"content-length", b"3")], via=False) == [(b"content-length", b"3")]
+
+
+STS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def test_the_listeners_own_headers_replace_the_upstreams() -> None:
+    upstream = [(b"content-length", b"3"), (b"strict-transport-security", b"max-age=0"), (b"x-a", b"1")]
+    out = downstream_response_headers(upstream, own=(STS,))
+    assert out == [(b"content-length", b"3"), (b"x-a", b"1"), STS, (b"via", b"1.1 snakeway")]
+
+
+@given(upstream=st.lists(st.tuples(st.sampled_from([b"strict-transport-security", b"x-a", b"etag"]), token)))
+def test_exactly_one_own_header_whatever_the_upstream_sent(upstream: list[tuple[bytes, bytes]]) -> None:
+    out = downstream_response_headers(upstream, own=(STS,), via=False)
+    assert [h for h in out if h[0] == STS[0]] == [STS]
+    assert [h for h in out if h[0] != STS[0]] == [h for h in upstream if h[0] != STS[0]]

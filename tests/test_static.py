@@ -68,7 +68,9 @@ def site(root: Path, prefix: str = "/", **kwargs: object) -> StaticSite:
 def plan(root: Path, path: str, *headers: tuple[bytes, bytes], method: bytes = b"GET", **kwargs: object):  # noqa: ANN201
     prefix = kwargs.pop("prefix", "/")
     query = kwargs.pop("query", "")
-    return plan_static(site(root, prefix, **kwargs), method, path, list(headers), query=query)  # type: ignore[arg-type]
+    clock = {"now": kwargs.pop("now")} if "now" in kwargs else {}
+    static = site(root, prefix, **kwargs)
+    return plan_static(static, method, path, list(headers), query=query, **clock)  # type: ignore[arg-type]
 
 
 def hdr(p: SendFile | Reply, name: bytes) -> bytes | None:
@@ -334,6 +336,29 @@ def test_if_none_match_repeated_fields_are_joined(root: Path, etag: bytes) -> No
 def test_if_modified_since(root: Path, delta: int, expect_304: bool) -> None:
     p = plan(root, "/a.txt", (b"if-modified-since", http_date(MTIME + delta)))
     assert isinstance(p, NotModified) is expect_304
+
+
+@pytest.mark.parametrize(
+    "value", [b"Fri, 31 Dec 9999 23:59:59 GMT", http_date(MTIME + 3600), http_date(MTIME + 1)]
+)
+def test_if_modified_since_in_the_future_is_ignored(root: Path, value: bytes) -> None:
+    """A date later than the server's clock is not valid (RFC 9110 §13.1.3): the whole file, not 304."""
+    now = MTIME + 0.5
+    p = plan(root, "/a.txt", (b"if-modified-since", value), now=now)
+    assert isinstance(p, SendFile) and p.status == 200
+
+
+def test_if_modified_since_year_9999_on_the_real_clock(root: Path) -> None:
+    p = plan(root, "/a.txt", (b"if-modified-since", b"Fri, 31 Dec 9999 23:59:59 GMT"))
+    assert isinstance(p, SendFile) and p.status == 200
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ims=st.integers(MTIME - 10**6, 253402300799), now=st.integers(MTIME, MTIME + 10**7))
+def test_if_modified_since_property(root: Path, ims: int, now: int) -> None:
+    """304 exactly when the file is not newer than the date and the date is not in the server's future."""
+    p = plan(root, "/a.txt", (b"if-modified-since", http_date(ims)), now=now)
+    assert isinstance(p, NotModified) is (MTIME <= ims <= now)
 
 
 @pytest.mark.parametrize("value", [b"garbage", b"", b"\xff\xfe", b"Mon, 99 Foo 2023 99:99:99 GMT"])

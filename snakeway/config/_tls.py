@@ -45,12 +45,33 @@ _STORE_TYPES = {s.value: s for s in model.StoreType}
 
 # --- bind.tls --------------------------------------------------------------------------------------------------
 
+def _check_hsts(f: File, path: KeyPath, hsts: model.Hsts) -> None:
+    """``preload`` is a request to browsers' built-in lists, which take only a year or more with subdomains."""
+    if not hsts.preload:
+        return
+    if hsts.max_age_seconds < model.HSTS_PRELOAD_MIN_AGE:
+        f.report((*path, "max_age_seconds"), f"preload needs max_age_seconds of at least "
+                 f"{model.HSTS_PRELOAD_MIN_AGE} (one year), got {hsts.max_age_seconds}")
+    if not hsts.include_subdomains:
+        f.report((*path, "include_subdomains"), "preload needs include_subdomains = true")
+
+
+_hsts = cv.schema(
+    {
+        "max_age_seconds": Key(cv.integer(0)),
+        "include_subdomains": Key(cv.boolean),
+        "preload": Key(cv.boolean),
+    },
+    model.Hsts,
+    _check_hsts,
+)
 _cert_files = cv.schema(
     {"cert": Key(cv.existing_file, required=True), "key": Key(cv.existing_file, required=True)}, model.CertFiles
 )
 _COMMON = {
     "mode": Key(cv.choice(_MODES, "tls mode"), required=True),
     "handshake_timeout_seconds": Key(cv.seconds(positive=True)),
+    "hsts": Key(_hsts),
 }
 _BY_MODE = {
     model.TlsMode.MANUAL: {

@@ -68,6 +68,7 @@ class _Port:
     where: str
     tls: bool = False
     redirect: tuple[str, int, int] | None = None
+    hsts: model.Hsts | None = None
 
 
 class _Loader:
@@ -147,7 +148,8 @@ class _Loader:
     def claim_listeners(self, f: File, path: KeyPath, bind: model.Bind) -> None:
         """The bind's port, and its redirect's: ingresses share a port only on one interface, all TLS or none."""
         tls, here = bind.tls is not None, (*path, "port")
-        used = self.ports.setdefault(bind.port, _Port(bind.interface, f.where(here), tls=tls))
+        hsts = bind.tls.hsts if bind.tls is not None else None
+        used = self.ports.setdefault(bind.port, _Port(bind.interface, f.where(here), tls=tls, hsts=hsts))
         if used.redirect is not None:
             f.report(here, f"port {bind.port} is already used by the HTTP-to-HTTPS redirect at {used.where}")
         elif used.interface != bind.interface:
@@ -156,6 +158,10 @@ class _Loader:
         elif used.tls != tls:
             f.report(here, f"port {bind.port} is already bound {'with' if used.tls else 'without'} tls at "
                      f"{used.where}; ingresses that share a port must all use tls or none")
+        elif used.hsts != hsts:  # one listener, one Strict-Transport-Security header
+            f.report((*path, "tls", "hsts") if hsts else (*path, "tls"),
+                     f"port {bind.port} is already bound with {'no hsts' if used.hsts is None else 'other hsts'} "
+                     f"settings at {used.where}; ingresses that share a port must have the same hsts")
         if bind.redirect is not None:
             self.claim_redirect(f, (*path, "redirect_http_to_https", "port"), bind, bind.redirect)
         if bind.tls is None or bind.redirect is not None:
@@ -342,6 +348,7 @@ _server = cv.schema(
         "tls_automation": Key(cv.nullable(_tls.tls_automation)),
         "workers": Key(cv.integer(1, 256)),
         "access_log": Key(_access_log),
+        "via": Key(cv.boolean),
     },
     model.ServerSettings,
 )

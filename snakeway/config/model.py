@@ -96,6 +96,26 @@ class CertFiles:
     key: Path
 
 
+# RFC 6797 and the HSTS preload list: a preloaded site asks for at least a year, subdomains included.
+HSTS_PRELOAD_MIN_AGE = 31_536_000
+
+
+@dataclass(frozen=True)
+class Hsts:
+    """``bind.tls.hsts``: the ``Strict-Transport-Security`` header of every response on the listener."""
+
+    max_age_seconds: int = HSTS_PRELOAD_MIN_AGE
+    include_subdomains: bool = False
+    preload: bool = False
+
+    @property
+    def value(self) -> bytes:
+        """The header's value, e.g. ``max-age=31536000; includeSubDomains; preload``."""
+        return b"max-age=%d" % self.max_age_seconds + (
+            b"; includeSubDomains" if self.include_subdomains else b""
+        ) + (b"; preload" if self.preload else b"")
+
+
 @dataclass(frozen=True)
 class Tls:
     """``bind.tls``: how a listener gets its certificates."""
@@ -108,6 +128,7 @@ class Tls:
     key_type: KeyType = KeyType.ECDSA_P256
     certificate_per_domain: bool = False   # acme: one certificate per name instead of one for all
     handshake_timeout_seconds: float = 10.0
+    hsts: Hsts | None = None               # off unless written
 
 
 @dataclass(frozen=True)
@@ -212,6 +233,8 @@ class ServerSettings:
     workers: int = field(default_factory=lambda: _cpu_count())
     # "stderr", "off", or a file (appended to; opened again on reload).
     access_log: str | Path = "stderr"
+    # Whether proxied requests and responses get "Via: 1.1 snakeway" (RFC 9110 §7.6.3).
+    via: bool = True
 
 
 def _cpu_count() -> int:

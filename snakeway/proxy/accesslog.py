@@ -9,6 +9,11 @@ Lines look like the rest of snakeway's log, so the default (stderr) reads as one
 line is one ``write`` (atomic between processes appending to the same file or pipe), nothing is buffered, so
 nothing is lost or delayed when a worker is killed.
 
+Fields a client chooses (method, request target, SNI; the version is h11's ``digit.digit``) are escaped as
+nginx escapes them: a ``"``, a ``\\``, a control character or a byte outside ASCII becomes ``\\xHH``, so a
+request target cannot end the quoted field, forge a second line or smuggle terminal escapes into the log. A field
+with nothing to escape (nearly all) costs a few string scans, about 0.1 µs.
+
 ``server.access_log`` chooses where: ``"stderr"``, ``"off"``, or a file opened for appending. A reload opens the
 file again, which is how log rotation works: move the file away, then send SIGHUP.
 """
@@ -30,6 +35,24 @@ OFF = "off"
 FILE_MODE = 0o640
 
 logger = logging.getLogger("snakeway.access")
+
+
+def escape(field: bytes) -> str:
+    """``field`` for the log: ``"``, ``\\``, controls and non-ASCII bytes as ``\\xHH`` (nginx's escaping)."""
+    text = field.decode("latin-1")
+    if _loggable(text):
+        return text
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\x{b:02X}" for b in field)
+
+
+def escape_text(field: str) -> str:
+    """:func:`escape` for a field held as text (the SNI name), escaped as its UTF-8 bytes."""
+    return field if _loggable(field) else escape(field.encode("utf-8", "surrogateescape"))
+
+
+def _loggable(text: str) -> bool:
+    # The fast path: printable ASCII (which excludes controls and DEL) without a quote or a backslash.
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 class AccessLog:
@@ -80,10 +103,12 @@ class AccessLog:
         second = int(now)
         if second != self._second:  # logging's asctime, formatted once a second
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        tls = f" sni={handshake.sni or '-'} {handshake.tls_version}" if handshake else ""
+        tls = ""
+        if handshake is not None:
+            tls = f" sni={escape_text(handshake.sni) if handshake.sni else '-'} {handshake.tls_version}"
         line = (
             f"{self._stamp},{int((now - second) * 1000):03d} INFO{self._pid} snakeway.access: {client_ip} "
-            f'"{method.decode("latin-1")} {target.decode("latin-1")} HTTP/{version.decode("latin-1")}" '
+            f'"{escape(method)} {escape(target)} HTTP/{version.decode("ascii")}" '
             f"{status} {seconds * 1000:.1f}ms{tls}\n"
         )
         try:

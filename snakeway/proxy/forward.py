@@ -61,6 +61,8 @@ class ForwardContext:
     body_timeout: float  # between two reads of the request body
     send_timeout: float  # for one write to the client
     buffer_body: int  # a body known to fit in this many bytes is read before connecting
+    via: bool = True                                   # server.via
+    own_headers: tuple[tuple[bytes, bytes], ...] = ()  # the listener's (Strict-Transport-Security)
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -80,6 +82,7 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
         scheme=ctx.scheme,
         host=target.host,
         drop=DROPPED_REQUEST_HEADERS,
+        via=ctx.via,
     )
     if hdr.get_header(headers, b"transfer-encoding") is not None:
         out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
@@ -359,7 +362,8 @@ class Exchange:
                 if _ambiguous_framing(headers):
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = event.status_code
-                pending.append(relayed_response(status, hdr.downstream_response_headers(headers), event.reason))
+                relayed = hdr.downstream_response_headers(headers, via=self.ctx.via, own=self.ctx.own_headers)
+                pending.append(relayed_response(status, relayed, event.reason))
             elif kind is h11.Data:
                 pending.append(event)
             elif kind is h11.EndOfMessage:

@@ -115,6 +115,8 @@ class H11Stream:
         self.request_method = b""
         # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).
         self.http10_keep_alive = False
+        # Headers every response of ours carries (server role): the listener's Strict-Transport-Security.
+        self.own_headers: Headers = ()
 
     async def next_event(self) -> h11.Event:
         """The next event, reading from the stream as h11 needs.
@@ -172,9 +174,11 @@ class H11Stream:
     async def send_response(
         self, status: int, headers: Headers, body: bytes = b"", *, reason: bytes = b""
     ) -> None:
-        """A whole response in one write; the body is dropped for HEAD, 204 and 304."""
+        """A whole response in one write, with :attr:`own_headers`; the body is dropped for HEAD, 204 and 304."""
         reason = reason or reason_phrase(status)
-        events: list[h11.Event] = [h11.Response(status_code=status, headers=list(headers), reason=reason)]
+        events: list[h11.Event] = [
+            h11.Response(status_code=status, headers=[*headers, *self.own_headers], reason=reason)
+        ]
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())

@@ -4,10 +4,16 @@ Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection and never
 cross the proxy: ``Connection`` and every header it names, ``Keep-Alive``,
 ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and any ``Proxy-*``.
 h11 hands us lower-case header names, so comparisons are on those.
+
+``Via`` (RFC 9110 §7.6.3) is added in both directions unless ``server.via =
+false``. A listener's own response headers (``Strict-Transport-Security``
+from ``bind.tls.hsts``) replace any of the same name an upstream sent, as
+Caddy's ``header`` directive does: one listener, one policy.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
@@ -38,10 +44,12 @@ def is_hop_by_hop(name: bytes, named: set[bytes]) -> bool:
     return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
 
 
-def end_to_end(headers: Iterable[Header]) -> list[Header]:
-    """The headers that may be forwarded: everything but the hop-by-hop ones."""
+def end_to_end(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()) -> list[Header]:
+    """The headers that may be forwarded: everything but the hop-by-hop ones and the ``drop`` names."""
     headers = list(headers)
     named = connection_tokens(headers)
+    if drop:
+        named |= drop
     return [(n, v) for n, v in headers if not is_hop_by_hop(n, named)]
 
 
@@ -52,13 +60,14 @@ def upstream_request_headers(
     scheme: str,
     host: bytes,
     drop: frozenset[bytes] = frozenset(),
+    via: bool = True,
 ) -> list[Header]:
     """Headers for the request sent upstream.
 
     ``X-Forwarded-For`` gets the client appended to any it already carries;
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set (a client's own
-    values are replaced, never trusted); ``Via`` is appended; ``Host`` is
-    the one the request was routed by.
+    values are replaced, never trusted); ``Via`` is appended unless ``via``
+    is false; ``Host`` is the one the request was routed by.
     """
     out: list[Header] = [(b"host", host)]
     forwarded_for: list[bytes] = []
@@ -71,18 +80,39 @@ def upstream_request_headers(
     out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
     out.append((b"x-forwarded-proto", scheme.encode("ascii")))
     out.append((b"x-forwarded-host", host))
-    out.append((b"via", VIA))
+    if via:
+        out.append((b"via", VIA))
     return out
 
 
 _REPLACED_ON_REQUEST = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
-def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
-    """Headers for the response relayed to the client, with ``Via`` appended."""
-    out = end_to_end(headers)
-    out.append((b"via", VIA))
+def downstream_response_headers(
+    headers: Iterable[Header], *, via: bool = True, own: tuple[Header, ...] = ()
+) -> list[Header]:
+    """Headers for the response relayed to the client.
+
+    Args:
+      headers: the upstream response's.
+      via: append ``Via: 1.1 snakeway``.
+      own: the listener's own response headers (lower-case names); an
+        upstream header of the same name is dropped in their favour.
+    """
+    if own:
+        out = end_to_end(headers, _names(own))
+        out.extend(own)
+    else:
+        out = end_to_end(headers)
+    if via:
+        out.append((b"via", VIA))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _names(headers: tuple[Header, ...]) -> frozenset[bytes]:
+    # A listener's own headers are one tuple for the life of its configuration: their names once.
+    return frozenset(name for name, _ in headers)
 
 
 def header_list(headers: Iterable[Header]) -> list[Header]:

@@ -140,6 +140,7 @@ class Http1Connection:
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
             send_timeout=self.client.send_timeout_seconds,
         )
+        self.h.own_headers = runtime.listeners[ctx.key].response_headers
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
         self.requests = 0
         self._linger = False
@@ -255,6 +256,7 @@ class Http1Connection:
         assert isinstance(target, strict.Target)
         runtime = self.ctx.runtime()  # once: the whole request sees one configuration
         spec = runtime.listeners[self.ctx.key]
+        self.h.own_headers = spec.response_headers  # a reload applies from this request on
         host = target.host.decode("latin-1")
         if target.path.startswith(ACME_CHALLENGE_PREFIX) and spec.role is not Role.HTTPS:
             answered = await self._acme_challenge(
@@ -314,6 +316,8 @@ class Http1Connection:
                 body_timeout=self.client.body_timeout_seconds,
                 send_timeout=self.client.send_timeout_seconds,
                 buffer_body=self.client.buffer_request_body_bytes,
+                via=runtime.config.server.via,
+                own_headers=spec.response_headers,
             )
         return self._fctx
 

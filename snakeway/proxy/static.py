@@ -34,7 +34,9 @@ secrets under ``file_dir``.
 
 For a file: ``If-Match`` / ``If-Unmodified-Since`` (``412``), then
 ``If-None-Match`` (weak comparison, lists and ``*``) or, without it,
-``If-Modified-Since`` (``304``), then a single ``Range`` on ``GET`` guarded by
+``If-Modified-Since`` (``304``; a date later than the server's clock is
+ignored, RFC 9110 §13.1.3, so ``Fri, 31 Dec 9999`` cannot pin a stale copy in
+a cache), then a single ``Range`` on ``GET`` guarded by
 ``If-Range`` (``206``, or ``416`` with ``Content-Range: bytes */size``). Several
 ranges, a malformed ``Range`` or another unit are ignored and the whole file
 is sent with ``200``, which RFC 9110 §14.2 allows. The ETag is strong, built
@@ -172,6 +174,7 @@ def plan_static(
     headers: Iterable[Header],
     *,
     query: str = "",
+    now: float | None = None,
 ) -> StaticPlan:
     """Decide the response to a request for a static file.
 
@@ -183,6 +186,8 @@ def plan_static(
       headers: the request headers (any case; repeated fields are joined).
       query: the raw query, kept only in a trailing-slash redirect (and
         only if it is printable ASCII).
+      now: the server's current time (Unix seconds) for ``If-Modified-Since``;
+        defaults to ``time.time()``.
 
     Returns:
       A :class:`SendFile`, :class:`Listing`, :class:`Redirect`,
@@ -215,13 +220,13 @@ def plan_static(
             index = _inside(root, os.path.join(target, site.index))
             index_st = _stat(index)
             if index is not None and index_st is not None and stat.S_ISREG(index_st.st_mode):
-                return _plan_file(index, index_st, method, _header_map(headers))
+                return _plan_file(index, index_st, method, _header_map(headers), now)
         if site.directory_listing:
             return _listing(root, target, path, at_root=not names)
         return error_reply(403)
     if not stat.S_ISREG(st.st_mode) or path.endswith("/"):
         return error_reply(404)
-    return _plan_file(target, st, method, _header_map(headers))
+    return _plan_file(target, st, method, _header_map(headers), now)
 
 
 # -- URL to filesystem path ------------------------------------------------------------
@@ -275,7 +280,9 @@ def _stat(path: str | None) -> os.stat_result | None:
 # -- files: validators, conditionals, ranges ----------------------------------------------
 
 
-def _plan_file(path: str, st: os.stat_result, method: bytes, req: dict[bytes, bytes]) -> StaticPlan:
+def _plan_file(
+    path: str, st: os.stat_result, method: bytes, req: dict[bytes, bytes], now: float | None
+) -> StaticPlan:
     size = st.st_size
     mtime = int(st.st_mtime)
     etag = b'"%x-%x"' % (st.st_mtime_ns, size)
@@ -290,7 +297,7 @@ def _plan_file(path: str, st: os.stat_result, method: bytes, req: dict[bytes, by
     if (if_none_match := req.get(b"if-none-match")) is not None:
         if _etag_matches(if_none_match, etag, weak=True):
             return NotModified(304, validators)
-    elif (ims := _parse_date(req.get(b"if-modified-since"))) is not None and mtime <= ims:
+    elif (ims := _parse_date(req.get(b"if-modified-since"))) is not None and mtime <= ims <= _now(now):
         return NotModified(304, validators)
 
     headers = ((b"content-type", _content_type(path)), *validators, (b"accept-ranges", b"bytes"))
@@ -305,6 +312,11 @@ def _plan_file(path: str, st: os.stat_result, method: bytes, req: dict[bytes, by
             headers += ((b"content-range", content_range), (b"content-length", b"%d" % length))
             return SendFile(path, 206, headers, start, length)
     return SendFile(path, 200, (*headers, (b"content-length", b"%d" % size)), 0, size)
+
+
+def _now(now: float | None) -> float:
+    """The server's clock: an ``If-Modified-Since`` later than this is not a valid date (RFC 9110 §13.1.3)."""
+    return time.time() if now is None else now
 
 
 def _header_map(headers: Iterable[Header]) -> dict[bytes, bytes]:

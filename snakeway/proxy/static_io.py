@@ -68,7 +68,8 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request) 
 
 
 async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
-    events: list[h11.Event] = [h11.Response(status_code=reply.status, headers=list(reply.headers))]
+    headers = [*reply.headers, *h11s.own_headers]  # own: the listener's Strict-Transport-Security
+    events: list[h11.Event] = [h11.Response(status_code=reply.status, headers=headers)]
     if reply.body and not head_only:
         events.append(h11.Data(data=reply.body))
     events.append(h11.EndOfMessage())
@@ -89,7 +90,8 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         if size < plan.start + plan.length:
             logger.warning("static file %s shrank between stat and open", plan.path)
             return await _send_reply(h11s, error_reply(500), head_only=head_only)
-        pending: list[h11.Event] = [h11.Response(status_code=plan.status, headers=list(plan.headers))]
+        headers = [*plan.headers, *h11s.own_headers]
+        pending: list[h11.Event] = [h11.Response(status_code=plan.status, headers=headers)]
         if head_only or plan.length == 0:
             await h11s.send_timed(*pending, h11.EndOfMessage())
             return plan.status

@@ -126,7 +126,10 @@ async def proxy_websocket(
                     return await exchange.relay_response(event)
                 switch = h11.InformationalResponse(
                     status_code=101,
-                    headers=[*hdr.downstream_response_headers(event.headers), *UPGRADE_HEADERS],
+                    headers=[
+                        *hdr.downstream_response_headers(event.headers, via=ctx.via, own=ctx.own_headers),
+                        *UPGRADE_HEADERS,
+                    ],
                     reason=event.reason,
                 )
                 await exchange.to_client(switch)

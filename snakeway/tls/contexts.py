@@ -6,7 +6,8 @@ context to a certificate's context: OpenSSL then takes the certificate, key and 
 context, but keeps the protocol versions, ciphers and options the handshake started with (the base context's).
 
 Policy: TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (Mozilla's "intermediate"
-list without DHE); TLS 1.3 suites are OpenSSL's defaults (all AEAD; Python cannot configure them); no
+list without DHE); TLS 1.3 suites are OpenSSL's defaults (all AEAD; Python cannot configure them); key exchange
+over X25519MLKEM768 (where OpenSSL has it), X25519 or P-256 only (:mod:`snakeway.tls.groups`); no
 compression, no renegotiation; ALPN ``http/1.1`` unless the caller passes other protocols; session tickets
 sealed with keys every worker shares (:mod:`snakeway.tls.tickets`).
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 from snakeway.tls.certinfo import CertificateError as CertificateError
 from snakeway.tls.certinfo import CertInfo as CertInfo
 from snakeway.tls.certinfo import validate_pair as validate_pair
+from snakeway.tls.groups import restrict_groups
 from snakeway.tls.tickets import share_ticket_keys
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ def server_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    restrict_groups(context)  # after the options and minimum version, by which it checks its SSL_CTX pointer
     if alpn:
         context.set_alpn_protocols(list(alpn))
     share_ticket_keys(context)

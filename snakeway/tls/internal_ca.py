@@ -2,7 +2,9 @@
 
 Like Caddy's internal issuer: snakeway keeps a private root in ``<state_dir>/pki`` (``root.pem``, and
 ``root.key`` mode 0600, directory 0700), issues each site a 7-day ECDSA P-256 certificate signed by it, and
-renews in the last third of the lifetime (:func:`due`). Users who want browsers to trust these certificates
+renews in the last third of the lifetime (:func:`due`). The chain served is the leaf alone: a client either
+trusts the root already (it is in its trust store) or does not, and sending the root changes neither. Every
+worker serves the same leaf: see :mod:`snakeway.tls.leaves`. Users who want browsers to trust these certificates
 add ``root.pem`` (:attr:`LocalCA.root_path`) to their trust store; that is why the root, once created, is
 reused and never silently replaced.
 
@@ -20,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -55,6 +58,15 @@ def renewal_time(not_before: datetime, not_after: datetime, *, fraction: float =
 def due(not_before: datetime, not_after: datetime, now: datetime, *, fraction: float = RENEW_FRACTION) -> bool:
     """Whether a certificate valid from ``not_before`` to ``not_after`` should be renewed at ``now``."""
     return now >= renewal_time(not_before, not_after, fraction=fraction)
+
+
+def canonical_names(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` as a leaf lists them: canonical (IDNA A-labels, lower case), in order, without duplicates.
+
+    Raises:
+        ValueError: An invalid name.
+    """
+    return tuple(dict.fromkeys(_names.normalize_pattern(name) for name in names))
 
 
 # --- the CA ------------------------------------------------------------------------------------------------------
@@ -130,7 +142,8 @@ class LocalCA:
             lifetime: Validity from ``now``, cut at the root's own end of validity.
 
         Returns:
-            ``(chain_pem, key_pem)``: leaf then root, and the leaf's unencrypted PKCS#8 key.
+            ``(chain_pem, key_pem)``: the leaf alone (the root is not sent to clients), and its unencrypted
+            PKCS#8 key.
 
         Raises:
             ValueError: No names, an invalid name, or a naive ``now``.
@@ -138,7 +151,7 @@ class LocalCA:
         """
         if now.tzinfo is None:
             raise ValueError("LocalCA.issue needs a timezone-aware 'now'")
-        canonical = tuple(dict.fromkeys(_names.normalize_pattern(name) for name in names))
+        canonical = canonical_names(names)
         if not canonical:
             raise ValueError("a certificate needs at least one name")
         if now >= self.not_after:
@@ -148,8 +161,15 @@ class LocalCA:
             )
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _leaf_certificate(canonical, key, self._cert, self._key, now, min(now + lifetime, self.not_after))
-        chain = cert.public_bytes(serialization.Encoding.PEM) + self.root_pem
-        return chain, _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` was signed by this root (a leaf stored before the root was replaced was not)."""
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
 
 # --- certificates (pure) ---------------------------------------------------------------------------------------

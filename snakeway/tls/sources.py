@@ -13,6 +13,8 @@ Internal certificates are short-lived (7 days): :class:`InternalIssuer` issues
 those that are missing at start-up, before any listener opens, and then
 re-issues each one when a third of its lifetime is left. It waits on the
 injected wall clock, so tests run weeks of renewals on trio's MockClock.
+Leaves are kept in the state directory and shared by all workers, so every
+worker serves the same certificate (see :mod:`snakeway.tls.leaves`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from snakeway.tls.certinfo import CertInfo, validate_pair
 from snakeway.tls.certmap import CertEntry, LazyContext
 from snakeway.tls.contexts import context_from_pem, server_context
 from snakeway.tls.internal_ca import LocalCA, renewal_time
+from snakeway.tls.leaves import shared_leaf
 from snakeway.tls.registry import CertRegistry
 
 logger = logging.getLogger(__name__)
@@ -187,12 +190,15 @@ class InternalIssuer:
         for cert_id in ids:
             domains = self._wanted[cert_id]
             now = self._clock.now()
-            chain, key = await trio.to_thread.run_sync(
-                lambda domains=domains, now=now: self._ca.issue(domains, now=now)  # type: ignore[union-attr]
+            leaf = await trio.to_thread.run_sync(
+                lambda domains=domains, now=now: shared_leaf(self._ca, domains, now=now)  # type: ignore[arg-type]
             )
-            entry, info = await entry_from_pem(chain, key, now=now, source=f"internal certificate {cert_id}")
+            entry, info = await entry_from_pem(
+                leaf.chain_pem, leaf.key_pem, now=now, source=f"internal certificate {cert_id}"
+            )
             self._issued[cert_id] = _Issued(domains, info.not_before, info.not_after)
             self._registry.update({cert_id: entry})
             logger.info(
-                "internal certificate for %s issued, valid until %s", ", ".join(domains), f"{info.not_after:%Y-%m-%d %H:%M} UTC"
+                "internal certificate for %s %s, valid until %s", ", ".join(domains),
+                "issued" if leaf.issued else "loaded", f"{info.not_after:%Y-%m-%d %H:%M} UTC",
             )

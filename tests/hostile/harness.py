@@ -109,12 +109,14 @@ async def start_logging_upstream(nursery: trio.Nursery, *, body: bytes | None = 
 
 
 def write_config(
-    directory: Path, ingress_body: str, *, workers: int = 2, server: str = "", port: int | None = None
+    directory: Path, ingress_body: str, *, workers: int = 2, server: str = "", port: int | None = None,
+    bind: str = "",
 ) -> tuple[Path, int]:
-    """A configuration with one plain ingress on 127.0.0.1: (its path, the port it listens on).
+    """A configuration with one ingress on 127.0.0.1: (its path, the port it listens on).
 
     ``ingress_body`` is the ingress's ``services``/``static_files``; ``server`` adds lines to
-    the ``server`` block (``client = { ... }`` and the like).
+    the ``server`` block (``client = { ... }`` and the like); ``bind`` adds keys to the ``bind``
+    object (``tls = { ... }``, written with a leading comma).
     """
     listen = port or closed_port()
     path = directory / "snakeway.hcl"
@@ -127,7 +129,7 @@ server {{
   {server}
 }}
 ingress "hostile" {{
-  bind = {{ interface = "127.0.0.1", port = {listen} }}
+  bind = {{ interface = "127.0.0.1", port = {listen} {bind} }}
   {ingress_body}
 }}
 """

@@ -80,10 +80,9 @@ async def test_a_restarted_worker_serves_the_last_reload_that_succeeded(
         assert await statuses_of_new_connections(listen, "/new", 40) == [200] * 40
 
 
-def serve_with_certificate(config: Path, listen: int, files: CertFiles) -> None:
-    """Make the listener of the harness's configuration a TLS one with ``files``."""
-    tls = f'tls = {{ mode = "manual", cert = "{files.cert}", key = "{files.key}" }}'
-    config.write_text(re.sub(rf"port = {listen} }}", f"port = {listen}, {tls} }}", config.read_text()))
+def with_certificate(files: CertFiles) -> str:
+    """``bind`` keys (for the harness's ``write_config``) that make the listener a TLS one with ``files``."""
+    return f', tls = {{ mode = "manual", cert = "{files.cert}", key = "{files.key}" }}'
 
 
 async def test_a_restarted_worker_serves_the_certificate_of_the_last_reload(
@@ -95,13 +94,12 @@ async def test_a_restarted_worker_serves_the_certificate_of_the_last_reload(
     (tmp_path / "new").mkdir()
     old, new = write_leaf(ca, tmp_path / "old", "a.test"), write_leaf(ca, tmp_path / "new", "a.test")
     serial = {files: x509.load_pem_x509_certificate(files.cert.read_bytes()).serial_number for files in (old, new)}
-    config, listen = write_config(tmp_path, proxy_to(upstream))
-    serve_with_certificate(config, listen, old)
+    config, listen = write_config(tmp_path, proxy_to(upstream), bind=with_certificate(old))
     client = client_context(ca.cert_pem.bytes())
     async with running(config) as proc:
         assert (await tls_request(listen, client, "a.test")).serial == serial[old]
-        write_config(tmp_path, proxy_to(upstream), port=listen)
-        serve_with_certificate(config, listen, new)  # another file: the old one stays where it was
+        # another file: the old one stays where it was
+        write_config(tmp_path, proxy_to(upstream), port=listen, bind=with_certificate(new))
         proc.process.send_signal(signal.SIGHUP)
         await until_logged(proc, b"configuration reloaded", 2)
         await kill_a_worker_and_wait_for_its_replacement(proc)

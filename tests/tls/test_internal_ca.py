@@ -89,16 +89,18 @@ def test_mismatched_files_are_an_error(tmp_path: Path) -> None:
         LocalCA.load_or_create(tmp_path / "one")
 
 
-def test_issue(local_ca: LocalCA) -> None:
+def test_issue(local_ca: LocalCA, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     chain, key = local_ca.issue(["svc.test", "*.svc.test", "bücher.test", "127.0.0.1"], now=now)
     info = validate_pair(chain, key, now=now)
     assert info.names == ("svc.test", "*.svc.test", "xn--bcher-kva.test", "127.0.0.1")
     assert info.not_after == now.replace(microsecond=0) + LEAF_LIFETIME
     certs = x509.load_pem_x509_certificates(chain)
-    assert len(certs) == 2
-    assert certs[1].public_bytes(serialization.Encoding.PEM) == local_ca.root_pem
-    certs[0].verify_directly_issued_by(certs[1])
+    assert len(certs) == 1  # the leaf alone: the root is not sent
+    root = x509.load_pem_x509_certificate(local_ca.root_pem)
+    certs[0].verify_directly_issued_by(root)
+    assert local_ca.issued(certs[0])
+    assert not LocalCA.load_or_create(tmp_path / "other").issued(certs[0])
     eku = certs[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku
 

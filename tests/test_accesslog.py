@@ -1,0 +1,69 @@
+"""The access log's escaping of the fields a client chooses (method, request target, SNI)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snakeway.proxy.accesslog import AccessLog, escape, escape_text
+from snakeway.tls.handshake import HandshakeInfo
+
+_ESCAPED = re.compile(r"\\x([0-9A-F]{2})")
+
+
+def unescape(text: str) -> bytes:
+    return re.sub(rb"\\x([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode("ascii"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "logged"),
+    [
+        (b"/plain?a=1&b=%22", "/plain?a=1&b=%22"),
+        (b'/a"b', r"/a\x22b"),
+        (b"/a\\b", r"/a\x5Cb"),
+        (b"/a\r\nfake line", r"/a\x0D\x0Afake line"),
+        (b"/\x1b[31mred", r"/\x1B[31mred"),
+        (b"/caf\xc3\xa9\x7f", r"/caf\xC3\xA9\x7F"),
+        (b"", ""),
+    ],
+)
+def test_escape(raw: bytes, logged: str) -> None:
+    assert escape(raw) == logged
+
+
+@given(st.binary())
+def test_escaped_fields_are_printable_quote_free_and_reversible(raw: bytes) -> None:
+    logged = escape(raw)
+    assert all(0x20 <= ord(c) < 0x7F for c in logged)
+    assert '"' not in logged
+    assert "\\" not in _ESCAPED.sub("", logged)  # every backslash starts an escape
+    assert unescape(logged) == raw
+
+
+@given(st.text())
+def test_escape_text_is_escape_of_the_utf8(text: str) -> None:
+    assert escape_text(text) == escape(text.encode("utf-8", "surrogateescape"))
+
+
+def test_a_quote_in_the_target_cannot_forge_a_field_or_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog()
+    log.reopen(AccessLog.open(path), with_pid=False)
+    try:
+        target = b'/x" 200 0.1ms\n2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 "GET /forged'
+        handshake = HandshakeInfo(client="127.0.0.1:1", tls_version="TLSv1.3", cipher="x", sni='evil"\n.test')
+        log.request("127.0.0.1", b"GET", target, b"1.1", 404, 0.001, handshake)
+    finally:
+        log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    assert lines[0].count('"') == 2
+    forged = r"/x\x22 200 0.1ms\x0A2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 \x22GET /forged"
+    assert f'"GET {forged} HTTP/1.1" 404' in lines[0]
+    assert lines[0].endswith(r"sni=evil\x22\x0A.test TLSv1.3")
+    assert os.stat(path).st_size == len(lines[0]) + 1
