@@ -14,12 +14,13 @@ and a new client can wait seconds before its first byte.
 schedule point), then calls ``accept()`` without waiting again until the
 kernel says there is nothing more, or :data:`ACCEPT_BATCH` connections have
 been taken; each gets a handler task, and the loop waits again. That is
-nginx's ``multi_accept``, bounded: a burst is admitted in one step, yet a
-worker still yields to the connections it already serves, and with
-``SO_REUSEPORT`` a worker does not drain the queue it shares with no one
-faster than it can serve. A new handler still starts in the next batch,
-like every other task; a new connection then waits about as long as a
-request on a connection that is already open.
+nginx's ``multi_accept``, bounded: a burst is admitted in one step, and the
+bound keeps that step short, so the connections the worker already serves
+are not held up behind a long queue. A new handler starts in the next batch,
+like every other task, so a new connection waits about as long as a request
+on a connection that is already open: two batches more, not one batch per
+connection queued ahead of it. (With ``SO_REUSEPORT`` every worker has a
+queue of its own in the kernel.)
 
 When ``accept()`` fails because the process or the system is out of
 descriptors or memory (``EMFILE``, ``ENFILE``, ``ENOMEM``, ``ENOBUFS``) the
