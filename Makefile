@@ -6,7 +6,7 @@ CONFIG  ?= snakeway.hcl.example
 # Debian packages the test suite drives as real peers.
 TEST_DEBS := curl openssl pebble
 
-.PHONY: serve test check install deps clean bench
+.PHONY: serve test check install deps clean bench bench-accept
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP) deps
 bench: $(STAMP)
 	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[bench]'
 	$(VPY) -m benchmarks.run
+
+# A new connection's wait while thousands of keep-alive connections keep each proxy busy (about two
+# minutes; benchmarks/accept_fairness.py). BENCH_ACCEPT_BASELINE=<git revision> adds snakeway at that revision.
+bench-accept: $(STAMP)
+	$(VPY) -m benchmarks.accept_fairness
 
 clean:
 	rm -rf $(VENV) build *.egg-info

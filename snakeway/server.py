@@ -22,9 +22,11 @@ import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import trio
 
+from snakeway.accept import serve_sockets
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
@@ -58,7 +60,7 @@ logger = logging.getLogger("snakeway")
 WATCH_INTERVAL = 10.0
 
 
-async def _reuse_port_listener(interface: str, port: int) -> trio.SocketListener:
+async def _reuse_port_listener(interface: str, port: int) -> socket.socket:
     """A listening socket that other worker processes bind too (SO_REUSEPORT):
     the kernel spreads new connections across them."""
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
@@ -73,7 +75,7 @@ async def _reuse_port_listener(interface: str, port: int) -> trio.SocketListener
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return socket.socket(fileno=sock.detach())
 
 
 class Server:
@@ -171,7 +173,7 @@ class Server:
         """Re-read the configuration and certificates; on any problem keep the running ones."""
         if self._loader is None:
             return False
-        bound: dict[ListenerKey, list[trio.SocketListener]] = {}
+        bound: dict[ListenerKey, list[socket.socket]] = {}
         access: tuple[int | None, bool] = (None, False)
         try:
             read_at = stamp()
@@ -187,9 +189,9 @@ class Server:
         except (ConfigError, SnakewayError, OSError) as exc:
             if access[1] and access[0] is not None:
                 os.close(access[0])
-            for listeners in bound.values():
-                for listener in listeners:
-                    await listener.aclose()
+            for sockets in bound.values():
+                for sock in sockets:
+                    sock.close()
             logger.error("reload failed, the running configuration stays:\n%s", exc)
             return False
         self.shared.pool.settings = config.server.upstream
@@ -301,17 +303,19 @@ class Server:
         self.certs.update(manual)
         await self.internal.configure([tls for spec in runtime.listeners.values() for tls in spec.tls])
 
-    async def _bind(self, spec: ListenerSpec) -> list[trio.SocketListener]:
+    async def _bind(self, spec: ListenerSpec) -> list[socket.socket]:
+        """Listening sockets for ``spec``: plain sockets, which the accept loop owns from then on."""
         try:
             if self.worker:
                 return [await _reuse_port_listener(spec.interface, spec.port)]
-            return await trio.open_tcp_listeners(spec.port, host=spec.interface)
+            listeners = await trio.open_tcp_listeners(spec.port, host=spec.interface)
+            return [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {spec.url()}: {exc.strerror or exc}") from exc
 
-    def _serve_listener(self, spec: ListenerSpec, listeners: list[trio.SocketListener]) -> None:
+    def _serve_listener(self, spec: ListenerSpec, sockets: list[socket.socket]) -> None:
         assert self._accept is not None
-        sockname = listeners[0].socket.getsockname()
+        sockname = sockets[0].getsockname()
         self.addresses[spec.key] = (sockname[0], sockname[1])
         ctx = ListenerContext(
             key=spec.key,
@@ -323,44 +327,37 @@ class Server:
         tls_context = listener_context(self.certs.holder(spec.key)) if spec.role is Role.HTTPS else None
         scope = trio.CancelScope()
         self._listeners[spec.key] = scope
-        self._accept.start_soon(self._accept_loop, scope, listeners, ctx, tls_context)
+        self._accept.start_soon(self._accept_loop, scope, sockets, ctx, tls_context)
         logger.info("listening on %s", spec.url(sockname[1]))
 
     async def _accept_loop(
         self,
         scope: trio.CancelScope,
-        listeners: list[trio.SocketListener],
+        sockets: list[socket.socket],
         ctx: ListenerContext,
         tls_context: ssl.SSLContext | None,
     ) -> None:
+        """Accept on ``sockets`` until ``scope`` is cancelled (shutdown, or a reload that drops
+        the listener); the sockets are closed then (snakeway/accept.py)."""
         assert self._handlers is not None
         with scope:
-            await trio.serve_listeners(
-                partial(self._handle, ctx=ctx, tls_context=tls_context),
-                listeners,
-                handler_nursery=self._handlers,
-            )
-        for listener in listeners:
-            await listener.aclose()
+            await serve_sockets(sockets, partial(self._handle, ctx=ctx, tls_context=tls_context), self._handlers)
 
     async def _handle(
-        self, accepted: trio.SocketStream, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
+        self, sock: socket.socket, peer: Any, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
     ) -> None:
-        stream = TcpStream(accepted)
+        stream = TcpStream.accepted(sock)
         try:
-            await self._serve_connection(stream, ctx, tls_context)
+            await self._serve_connection(stream, peer, ctx, tls_context)
         finally:
             stream.socket.close()  # usually closed already; never waits, whatever state we are in
 
     async def _serve_connection(
-        self, stream: TcpStream, ctx: ListenerContext, tls_context: ssl.SSLContext | None
+        self, stream: TcpStream, peer: Any, ctx: ListenerContext, tls_context: ssl.SSLContext | None
     ) -> None:
         try:
-            try:
-                peer = stream.socket.getpeername()
-                client_ip, client_port = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
-            except OSError:
-                client_ip, client_port = "-", 0
+            # accept()'s address: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6.
+            client_ip, client_port = (peer[0], peer[1]) if isinstance(peer, tuple) else (str(peer), 0)
             transport: trio.abc.Stream = stream
             if tls_context is not None:
                 spec = ctx.spec

@@ -29,6 +29,7 @@ import trio
 
 _CLOSED_ERRNOS = (errno.EBADF, errno.ENOTSOCK)
 DEFAULT_RECEIVE_SIZE = 65536
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
 class TcpStream(trio.abc.HalfCloseableStream):
@@ -44,7 +45,23 @@ class TcpStream(trio.abc.HalfCloseableStream):
         # Take the descriptor over from trio's socket object: one standard
         # socket, wrapped again for trio, so that there is one owner to close.
         old = stream.socket
-        sock = socket.socket(old.family, old.type, old.proto, fileno=old.detach())
+        self._adopt(socket.socket(old.family, old.type, old.proto, fileno=old.detach()))
+
+    @classmethod
+    def accepted(cls, sock: socket.socket) -> TcpStream:
+        """Wraps a socket fresh from ``accept()``, set up as ``trio.SocketStream`` would set it:
+        ``TCP_NODELAY``, and ``TCP_NOTSENT_LOWAT`` at 16 KiB where the system has it."""
+        self = cls.__new__(cls)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _NOTSENT_LOWAT is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 2**14)
+        except OSError:
+            pass  # the peer is gone already: the first read or write says so
+        self._adopt(sock)
+        return self
+
+    def _adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self.socket = trio.socket.from_stdlib_socket(sock)

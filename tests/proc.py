@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -45,20 +47,30 @@ class Running:
                 self.log += chunk
 
 
-async def spawn(config: Path) -> Running:
-    """``snakeway serve`` on ``config``, its stderr captured; the caller stops it."""
+def _limit_descriptors(limit: int) -> None:  # runs in the child between fork and exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+async def spawn(config: Path, *, nofile: int | None = None) -> Running:
+    """``snakeway serve`` on ``config``, its stderr captured; the caller stops it.
+
+    ``nofile``: the process's RLIMIT_NOFILE (how many descriptors it may hold open).
+    """
     process = await trio.lowlevel.open_process(
         [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        preexec_fn=None if nofile is None else partial(_limit_descriptors, nofile),
     )
     return Running(process)
 
 
 @asynccontextmanager
-async def snakeway(config: Path, ready: bytes | None = b"listening on ") -> AsyncIterator[Running]:
+async def snakeway(
+    config: Path, ready: bytes | None = b"listening on ", *, nofile: int | None = None
+) -> AsyncIterator[Running]:
     """Run snakeway until the block ends (killing it then if still running); wait for ``ready`` first."""
-    running = await spawn(config)
+    running = await spawn(config, nofile=nofile)
     process = running.process
     try:
         if ready is not None:

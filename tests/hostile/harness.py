@@ -146,9 +146,12 @@ def proxy_to(upstream: int, path: str = "/", extra: str = "") -> str:
 
 
 @asynccontextmanager
-async def running(config: Path, *, workers: int = 2) -> AsyncIterator[Running]:
-    """snakeway serving ``config`` until the block ends; entered once every worker listens."""
-    async with snakeway(config, ready=None) as proc:
+async def running(config: Path, *, workers: int = 2, nofile: int | None = None) -> AsyncIterator[Running]:
+    """snakeway serving ``config`` until the block ends; entered once every worker listens.
+
+    ``nofile`` limits the descriptors each process may hold (RLIMIT_NOFILE).
+    """
+    async with snakeway(config, ready=None, nofile=nofile) as proc:
         await until_logged(proc, b"listening on", workers)
         try:
             yield proc
