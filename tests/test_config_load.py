@@ -80,7 +80,8 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
           shutdown = { drain_seconds = 5 }
           upstream = { connection_timeout_seconds = 3, read_timeout_seconds = 30.5, connection_pool_size = 16,
                        pool_idle_seconds = 45, failure_cooldown_seconds = 0 }
-          client = { header_timeout_seconds = 7, idle_timeout_seconds = 20, max_header_bytes = 8192 }
+          client = { header_timeout_seconds = 7, idle_timeout_seconds = 20, max_header_bytes = 8192,
+                     max_header_count = 50, underscores_in_headers = true }
         }
         include {
           ingresses = "ingress.d/*.hcl"
@@ -130,7 +131,13 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
                 pool_idle_seconds=45.0,
                 failure_cooldown_seconds=0.0,
             ),
-            client=ClientSettings(header_timeout_seconds=7.0, idle_timeout_seconds=20.0, max_header_bytes=8192),
+            client=ClientSettings(
+                header_timeout_seconds=7.0,
+                idle_timeout_seconds=20.0,
+                max_header_bytes=8192,
+                max_header_count=50,
+                underscores_in_headers=True,
+            ),
         ),
         ingresses=(
             Ingress(
@@ -301,6 +308,10 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          "server.client.idle_timeout_seconds", 'expected a number of seconds, got string "1m"'),
         ("version = 1", "version = 1\n  client = { max_header_bytes = 0 }", "max_header",
          "server.client.max_header_bytes", "must be at least 1, got 0"),
+        ("version = 1", "version = 1\n  client = { max_header_count = 0 }", "max_header_count",
+         "server.client.max_header_count", "must be at least 1, got 0"),
+        ("version = 1", 'version = 1\n  client = { underscores_in_headers = "on" }', "underscores",
+         "server.client.underscores_in_headers", 'expected true or false, got string "on"'),
         ("server {\n  version = 1\n}\n", "", 'ingress "web"', "server", "required key is missing"),
         ('ingress "web" {', 'servers = 1\ningress "web" {', "servers", "servers",
          'unknown key "servers" (did you mean "server"?); allowed keys: server, include, ingress'),

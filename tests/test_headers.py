@@ -46,6 +46,17 @@ def test_forwarded_headers_set_and_appended() -> None:
     assert names(out).count(b"x-forwarded-proto") == 1
 
 
+def test_underscored_names_are_dropped_unless_allowed() -> None:
+    headers = [*H, (b"x_forwarded_for", b"6.6.6.6"), (b"transfer_encoding", b"chunked"), (b"x-ok", b"1")]
+    dropped = upstream_request_headers(headers, client_ip="1.2.3.4", scheme="http", host=b"a.test")
+    assert not [n for n in names(dropped) if b"_" in n]
+    assert dict(dropped)[b"x-ok"] == b"1"
+    assert dict(dropped)[b"x-forwarded-for"] == b"1.2.3.4"
+    kept = upstream_request_headers(headers, client_ip="1.2.3.4", scheme="http", host=b"a.test", underscores=True)
+    assert dict(kept)[b"x_forwarded_for"] == b"6.6.6.6"
+    assert dict(kept)[b"transfer_encoding"] == b"chunked"
+
+
 def test_response_gets_via() -> None:
     out = downstream_response_headers([(b"content-length", b"3"), (b"transfer-encoding", b"chunked")])
     assert out == [(b"content-length", b"3"), (b"via", b"1.1 snakeway")]

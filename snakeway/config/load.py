@@ -307,6 +307,8 @@ _CLIENT_SETTINGS = {
     "header_timeout_seconds": Key(cv.seconds(positive=True)),
     "idle_timeout_seconds": Key(cv.seconds(positive=True)),
     "max_header_bytes": Key(cv.integer(1)),
+    "max_header_count": Key(cv.integer(1)),
+    "underscores_in_headers": Key(cv.boolean),
 }
 
 

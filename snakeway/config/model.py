@@ -154,6 +154,10 @@ class ClientSettings:
     header_timeout_seconds: float = 15.0
     idle_timeout_seconds: float = 60.0
     max_header_bytes: int = 64 * 1024
+    # More header fields than this in a request is 431.
+    max_header_count: int = 100
+    # Forward header fields whose names contain "_" (nginx's underscores_in_headers).
+    underscores_in_headers: bool = False
 
 
 class StoreType(enum.Enum):
