@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-import h11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +13,8 @@ from snakeway.config.model import UpstreamSettings
 from snakeway.proxy.balance import Health
 from snakeway.proxy.forward import ForwardContext, upstream_request
 from snakeway.proxy.strict import Rejection, Target, request_target
-from snakeway.proxy.target import TargetError, normalize_path, route_prefix, valid_authority
+from snakeway.proxy.target import TargetError, needs_normalizing, normalize_path, route_prefix, valid_authority
+from tests.test_strict import parsed
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,7 @@ from snakeway.proxy.target import TargetError, normalize_path, route_prefix, val
         (b"/caf%c3%a9/%25/%3f%23", b"/caf%C3%A9/%25/%3F%23"),  # others kept, hex upper-cased
         (b"/.well-known/acme-challenge/t", b"/.well-known/acme-challenge/t"),
         (b"/a//b", b"/a//b"),  # empty segments are kept
+        (b"/a/..b;/.c;x/;./c", b"/a/..b;/.c;x/;./c"),  # segments that only look like dot-segments
     ],
 )
 def test_normalised_paths(path: bytes, normal: bytes) -> None:
@@ -64,6 +65,10 @@ def test_normalised_paths(path: bytes, normal: bytes) -> None:
         (b"/a%zz", "malformed"),
         (b"/a% 20", "malformed"),
         (b"/a%+1", "malformed"),
+        (b"/public/..;/admin", "parameters"),
+        (b"/public/%2e%2e;x=1/admin", "parameters"),
+        (b"/a/.;/b", "parameters"),
+        (b"/x%2F..;/admin", "parameters"),
         (b"a/b", "start with /"),
     ],
 )
@@ -85,25 +90,17 @@ def test_route_prefixes_take_the_form_requests_arrive_in() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [b"a.test", b"A.Test:8080", b"127.0.0.1:80", b"[::1]", b"[::1]:443", b"[v1.x]", b"a:", b"", b"xn--d1a.test"]
+    "value", [b"a.test", b"A.Test:8080", b"127.0.0.1:80", b"[::1]", b"[::1]:443", b"[v1.x]", b"a:", b"", b"xn--d1a.test", b"a%2Db"]
 )
 def test_valid_authorities(value: bytes) -> None:
     assert valid_authority(value)
 
 
 @pytest.mark.parametrize(
-    "value", [b"x y", b"evil@x", b"u:p@x", b"a/b", b"a\\b", b"a:b:c", b"a:8o", b"[::1", b"::1", b"a\tb", b"\"a\"", b"a?b", b"a#b"]
+    "value", [b"x y", b"evil@x", b"u:p@x", b"a/b", b"a\\b", b"a:b:c", b"a:8o", b"[::1", b"::1", b"a\tb", b"\"a\"", b"a?b", b"a#b", b"a%", b"a%zz", b"a%2"]
 )
 def test_invalid_authorities(value: bytes) -> None:
     assert not valid_authority(value)
-
-
-def parsed(raw: bytes) -> tuple[h11.Request, list[tuple[bytes, bytes]]]:
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(raw)
-    event = conn.next_event()
-    assert isinstance(event, h11.Request)
-    return event, list(event.headers)
 
 
 @pytest.mark.parametrize(
@@ -185,6 +182,13 @@ def test_normalising_any_bytes_gives_a_path_or_a_400(path: bytes) -> None:
         return
     assert normal.startswith(b"/")
     assert normalize_path(normal) == normal  # a normalised path is a fixed point
+
+
+@given(targets)
+def test_a_path_the_quick_test_passes_is_already_normal(target: bytes) -> None:
+    path = target.partition(b"?")[0]
+    if not needs_normalizing(path.decode("latin-1")):
+        assert normalize_path(path) == path
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ class Http1Connection:
         idle_deadline = trio.current_time() + idle_for
         head_started: float | None = None
         pending, closed = conn.trailing_data
-        if pending[:1] in strict.NEWLINES:
+        if pending and pending[:1] in strict.NEWLINES:
             conn = self._skip_empty_lines(pending, closed)
         rejection = self.scanner.feed(pending)
         while rejection is None:
@@ -222,11 +222,12 @@ class Http1Connection:
         return None
 
     def _skip_empty_lines(self, pending: bytes, closed: bool) -> h11.Connection:
-        """A new parser for the next request, given what the last one left unread but its leading empty lines.
+        """Replace the parser with one holding what the last request left unread, less its leading empty lines.
 
-        h11 refuses an empty line where it expects a request line (a client
-        may send a CRLF after a body), and its buffer cannot be edited: the
-        parser it holds is replaced, which is safe between two requests.
+        h11 refuses an empty line where it expects a request line (some
+        clients send a CRLF after a body), and its buffer cannot be edited.
+        Between two requests a parser holds no state worth keeping. Rare:
+        only when bytes after a request begin with an empty line.
         """
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes)
         rest = pending.lstrip(b"\r\n")

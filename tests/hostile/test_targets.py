@@ -39,6 +39,7 @@ async def test_targets_without_one_reading_are_400(nursery: trio.Nursery, tmp_pa
         b"/public/%C0%AE%C0%AE/admin",  # overlong UTF-8 for "."
         b"/public/%E0%80%AE%E0%80%AE/admin",
         b"/public/..%C0%AFadmin",  # overlong UTF-8 for "/"
+        b"/public/..;/admin",  # a servlet container reads "..;" as ".."
         b"/public/%zz",  # malformed escapes
         b"/public/%2",
     ]
