@@ -79,6 +79,17 @@ def test_empty_lines_before_the_request_line_are_dropped() -> None:
     assert scanner.complete
 
 
+def test_head_contains_looks_at_the_head_only() -> None:
+    scanner = HeadScanner(1024, 100)
+    scanner.feed(b"\r\nPOST / HTTP/1.1\r\nHost: a\r\nX-A: 1")
+    assert scanner.head_contains(b"X-A") and not scanner.head_contains(b"_")
+    scanner.feed(b"\r\nContent-Length: 3\r\n\r\na_b")
+    assert scanner.complete and not scanner.head_contains(b"_")
+    scanner.reset()
+    scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX_A: 1\r\n\r\n")
+    assert scanner.head_contains(b"_")
+
+
 def test_body_after_head_does_not_count() -> None:
     scanner = HeadScanner(100, 100)
     assert scanner.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n" + b"x" * 500) is None

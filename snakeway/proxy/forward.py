@@ -66,8 +66,6 @@ class ForwardContext:
     client_ip: str
     scheme: str
     body_timeout: float
-    # Forward header fields whose names contain "_" (server.client.underscores_in_headers).
-    underscores_in_headers: bool = False
 
 
 # Not forwarded: snakeway answers ``Expect: 100-continue`` itself.
@@ -91,7 +89,6 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
         scheme=ctx.scheme,
         host=target.host,
         drop=DROPPED_REQUEST_HEADERS,
-        underscores=ctx.underscores_in_headers,
     )
     if hdr.get_header(headers, b"transfer-encoding") is not None:
         out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body

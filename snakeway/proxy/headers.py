@@ -5,8 +5,9 @@ cross the proxy: ``Connection`` and every header it names, ``Keep-Alive``,
 ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and any ``Proxy-*``.
 h11 hands us lower-case header names, so comparisons are on those.
 
-Header names with an underscore are not forwarded unless asked for, as nginx
-does by default: many application servers read ``X_Forwarded_For`` or
+Header fields whose names contain an underscore are not forwarded unless the
+configuration says so (:func:`without_underscored_names`), as nginx does by
+default: many application servers read ``X_Forwarded_For`` or
 ``Transfer_Encoding`` as the dashed name (CGI-style variables cannot tell the
 two apart), so such a field could stand in for one the proxy checked or set.
 """
@@ -57,22 +58,20 @@ def upstream_request_headers(
     scheme: str,
     host: bytes,
     drop: frozenset[bytes] = frozenset(),
-    underscores: bool = False,
 ) -> list[Header]:
     """Headers for the request sent upstream.
 
     ``X-Forwarded-For`` gets the client appended to any it already carries;
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set (a client's own
     values are replaced, never trusted); ``Via`` is appended; ``Host`` is
-    the one the request was routed by. Names with an ``_`` are dropped
-    unless ``underscores`` is true.
+    the one the request was routed by.
     """
     out: list[Header] = [(b"host", host)]
     forwarded_for: list[bytes] = []
     for name, value in end_to_end(headers):
         if name == b"x-forwarded-for":
             forwarded_for.append(value)
-        elif name not in _REPLACED_ON_REQUEST and name not in drop and (underscores or b"_" not in name):
+        elif name not in _REPLACED_ON_REQUEST and name not in drop:
             out.append((name, value))
     forwarded_for.append(client_ip.encode("ascii"))
     out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
@@ -90,6 +89,11 @@ def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
     out = end_to_end(headers)
     out.append((b"via", VIA))
     return out
+
+
+def without_underscored_names(headers: Iterable[Header]) -> list[Header]:
+    """``headers`` less the fields whose names contain ``_``."""
+    return [(n, v) for n, v in headers if n.find(b"_") < 0]
 
 
 def header_list(headers: Iterable[Header]) -> list[Header]:

@@ -264,6 +264,8 @@ class Http1Connection:
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
         headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
+        if not self.client.underscores_in_headers and self.scanner.head_contains(b"_"):
+            headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
         target = strict.request_target(request, headers)
         if rejection is None and isinstance(target, strict.Rejection):
@@ -331,7 +333,6 @@ class Http1Connection:
                 client_ip=self.client_ip,
                 scheme=spec.scheme,
                 body_timeout=self.client.idle_timeout_seconds,
-                underscores_in_headers=self.client.underscores_in_headers,
             )
         return self._fctx
 

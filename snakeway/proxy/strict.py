@@ -58,6 +58,7 @@ class HeadScanner:
         self._max = max_bytes
         self._max_fields = max_fields
         self._buf = bytearray()
+        self._end = 0  # where the head ends in _buf, once complete
         self.complete = False
 
     def reset(self) -> None:
@@ -88,7 +89,15 @@ class HeadScanner:
         if end is None:
             return None
         self.complete = True
+        self._end = end
         return check_head(self._buf[:end], self._max_fields)
+
+    def head_contains(self, needle: bytes) -> bool:
+        """Whether the head (all of it once ``complete``, else what came of it) contains ``needle``.
+
+        A test of the raw bytes spares a test per parsed field when the answer is no.
+        """
+        return self._buf.find(needle, 0, self._end if self.complete else len(self._buf)) >= 0
 
 
 # Bytes that may precede a request line, each one as a one-byte slice.
