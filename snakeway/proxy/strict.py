@@ -166,7 +166,7 @@ def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> 
             return Rejection(400, "malformed request target")
         host = parts.netloc.encode("ascii")
         if not host or not valid_authority(host):
-            return Rejection(400, "malformed request target")
+            return Rejection(400, "invalid host in the request target")
         origin = (parts.path or "/").encode("ascii")
         if parts.query:
             origin += b"?" + parts.query.encode("ascii")
