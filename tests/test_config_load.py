@@ -81,7 +81,8 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
           upstream = { connection_timeout_seconds = 3, read_timeout_seconds = 30.5, connection_pool_size = 16,
                        pool_idle_seconds = 45, failure_cooldown_seconds = 0 }
           client = { header_timeout_seconds = 7, idle_timeout_seconds = 20, max_header_bytes = 8192,
-                     send_timeout_seconds = 30, body_timeout_seconds = 12.5, buffer_request_body_bytes = 0 }
+                     send_timeout_seconds = 30, body_timeout_seconds = 12.5, buffer_request_body_bytes = 0,
+                     max_header_count = 50, underscores_in_headers = true }
         }
         include {
           ingresses = "ingress.d/*.hcl"
@@ -138,6 +139,8 @@ def test_full_config_builds_the_exact_model(tmp_path: Path) -> None:
                 send_timeout_seconds=30.0,
                 body_timeout_seconds=12.5,
                 buffer_request_body_bytes=0,
+                max_header_count=50,
+                underscores_in_headers=True,
             ),
         ),
         ingresses=(
@@ -320,6 +323,10 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          "server.client.body_timeout_seconds", "must be greater than 0, got -1"),
         ("version = 1", "version = 1\n  client = { buffer_request_body_bytes = -1 }", "buffer_request",
          "server.client.buffer_request_body_bytes", "must be at least 0, got -1"),
+        ("version = 1", "version = 1\n  client = { max_header_count = 0 }", "max_header_count",
+         "server.client.max_header_count", "must be at least 1, got 0"),
+        ("version = 1", 'version = 1\n  client = { underscores_in_headers = "on" }', "underscores",
+         "server.client.underscores_in_headers", 'expected true or false, got string "on"'),
         ("server {\n  version = 1\n}\n", "", 'ingress "web"', "server", "required key is missing"),
         ('ingress "web" {', 'servers = 1\ningress "web" {', "servers", "servers",
          'unknown key "servers" (did you mean "server"?); allowed keys: server, include, ingress'),

@@ -8,6 +8,7 @@ from snakeway.proxy.headers import (
     downstream_response_headers,
     end_to_end,
     upstream_request_headers,
+    without_underscored_names,
 )
 
 H = [(b"host", b"a.test"), (b"accept", b"*/*")]
@@ -44,6 +45,11 @@ def test_forwarded_headers_set_and_appended() -> None:
     assert d[b"via"] == b"1.1 snakeway"
     assert d[b"host"] == b"a.test"
     assert names(out).count(b"x-forwarded-proto") == 1
+
+
+def test_underscored_names_are_dropped() -> None:
+    headers = [*H, (b"x_forwarded_for", b"6.6.6.6"), (b"transfer_encoding", b"chunked"), (b"x-ok", b"a_b"), (b"_", b"")]
+    assert without_underscored_names(headers) == [*H, (b"x-ok", b"a_b")]
 
 
 def test_response_gets_via() -> None:

@@ -4,7 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.config.model import Route
-from snakeway.proxy.routing import HOST_CACHE_SIZE, Router, normalize_host, remove_dot_segments
+from snakeway.proxy.routing import HOST_CACHE_SIZE, Router, normalize_host
+from snakeway.proxy.target import normalize_path
 
 
 def route(path: str, *hosts: str) -> Route:
@@ -53,9 +54,18 @@ def test_host_is_case_insensitive_and_port_stripped() -> None:
 
 def test_dot_segments_cannot_escape_a_route() -> None:
     router = Router([(route("/public"), "public"), (route("/admin", "admin.test"), "admin")])
-    assert router.match("x.test", "/public/../admin") is None
-    assert remove_dot_segments("/a/./b/../c") == "/a/c"
-    assert remove_dot_segments("/../../x") == "/x"
+    for target in (b"/public/../admin", b"/public/%2e%2e/admin", b"/.%2e/admin", b"/public/..%2fadmin"):
+        assert router.match("x.test", normalize_path(target).decode()) is None, target
+    assert router.match("x.test", normalize_path(b"/admin/../public/%2e/x").decode()).target == "public"
+
+
+def test_route_paths_are_compared_normalised() -> None:
+    router = Router([(route("/%7euser"), "tilde"), (route("/caf\u00e9"), "cafe"), (route("/a%2fb"), "slash")])
+    assert router.match("h", "/~user/x").target == "tilde"
+    assert router.match("h", normalize_path(b"/%7Euser").decode()).target == "tilde"
+    assert router.match("h", normalize_path(b"/caf%c3%a9/menu").decode()).target == "cafe"
+    assert router.match("h", normalize_path(b"/a%2Fb").decode()).target == "slash"
+    assert router.match("h", "/a/b") is None
 
 
 paths = st.lists(st.sampled_from(["a", "b", "api", "v1", "x"]), max_size=4).map(lambda p: "/" + "/".join(p))

@@ -42,27 +42,56 @@ def test_plain_request_passes() -> None:
 
 
 def test_obs_fold_is_rejected() -> None:
-    scanner = HeadScanner(1024)
+    scanner = HeadScanner(1024, 100)
     assert scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n") is None
     assert scanner.feed(b" b\r\n\r\n") == Rejection(400, "obsolete line folding in header")
 
 
 def test_oversized_head_in_one_piece_is_431() -> None:
-    scanner = HeadScanner(100)
+    scanner = HeadScanner(100, 100)
     head = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 200 + b"\r\n\r\n"
     rejection = scanner.feed(head)
     assert rejection is not None and rejection.status == 431
 
 
 def test_oversized_head_arriving_slowly_is_431() -> None:
-    scanner = HeadScanner(100)
+    scanner = HeadScanner(100, 100)
     assert scanner.feed(b"GET / HTTP/1.1\r\nX: " + b"a" * 50) is None
     rejection = scanner.feed(b"a" * 60)
     assert rejection is not None and rejection.status == 431
 
 
+def test_more_header_fields_than_allowed_is_431() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n"
+    assert HeadScanner(1024, 3).feed(head) is None
+    assert HeadScanner(1024, 2).feed(head) == Rejection(431, "more than 2 header fields")
+    assert HeadScanner(1024, 2).feed(head.replace(b"\r\n", b"\n")) == Rejection(431, "more than 2 header fields")
+
+
+def test_empty_lines_before_the_request_line_are_dropped() -> None:
+    scanner = HeadScanner(40, 100)
+    for _ in range(100):  # however many: they neither start the head nor count towards its size
+        assert scanner.feed(b"\r\n") is None
+    assert not scanner.started
+    assert scanner.feed(b"\nGET / HTTP/1.1\r\nHost: a\r\n") is None
+    assert scanner.started and not scanner.complete
+    assert scanner.feed(b"\r\n") is None
+    assert scanner.complete
+
+
+def test_head_contains_looks_at_the_head_only() -> None:
+    scanner = HeadScanner(1024, 100)
+    scanner.feed(b"\r\nPOST / HTTP/1.1\r\nHost: a\r\nX-A: 1")
+    assert scanner.head_contains(b"X-A") and not scanner.head_contains(b"_")
+    scanner.feed(b"\r\nContent-Length: 3\r\n\r\na_b")
+    assert scanner.complete and not scanner.head_contains(b"_")
+    scanner.reset()
+    scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX_A: 1\r\n\r\n")
+    assert scanner.head_contains(b"_")
+
+
 def test_body_after_head_does_not_count() -> None:
-    scanner = HeadScanner(100)
+    scanner = HeadScanner(100, 100)
     assert scanner.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n" + b"x" * 500) is None
     assert scanner.complete
 
@@ -79,7 +108,7 @@ def test_origin_form_uses_host() -> None:
 
 @given(st.binary(max_size=300))
 def test_scanner_is_total(data: bytes) -> None:
-    scanner = HeadScanner(128)
+    scanner = HeadScanner(128, 100)
     for i in range(0, len(data), 7):
         result = scanner.feed(data[i : i + 7])
         assert result is None or isinstance(result, Rejection)

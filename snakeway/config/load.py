@@ -319,6 +319,8 @@ _CLIENT_SETTINGS = {
     "send_timeout_seconds": Key(cv.seconds(positive=True)),
     "body_timeout_seconds": Key(cv.seconds(positive=True)),
     "buffer_request_body_bytes": Key(cv.integer(0)),
+    "max_header_count": Key(cv.integer(1)),
+    "underscores_in_headers": Key(cv.boolean),
 }
 
 

@@ -183,6 +183,10 @@ class ClientSettings:
     body_timeout_seconds: float = 60.0
     # A request body known to fit in this many bytes is read before an upstream is connected.
     buffer_request_body_bytes: int = 64 * 1024
+    # More header fields than this in a request is 431.
+    max_header_count: int = 100
+    # Forward header fields whose names contain "_" (nginx's underscores_in_headers).
+    underscores_in_headers: bool = False
 
 
 class StoreType(enum.Enum):

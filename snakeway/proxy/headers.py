@@ -9,6 +9,12 @@ h11 hands us lower-case header names, so comparisons are on those.
 false``. A listener's own response headers (``Strict-Transport-Security``
 from ``bind.tls.hsts``) replace any of the same name an upstream sent, as
 Caddy's ``header`` directive does: one listener, one policy.
+
+Header fields whose names contain an underscore are not forwarded unless the
+configuration says so (:func:`without_underscored_names`), as nginx does by
+default: many application servers read ``X_Forwarded_For`` or
+``Transfer_Encoding`` as the dashed name (CGI-style variables cannot tell the
+two apart), so such a field could stand in for one the proxy checked or set.
 """
 
 from __future__ import annotations
@@ -113,6 +119,11 @@ def downstream_response_headers(
 def _names(headers: tuple[Header, ...]) -> frozenset[bytes]:
     # A listener's own headers are one tuple for the life of its configuration: their names once.
     return frozenset(name for name, _ in headers)
+
+
+def without_underscored_names(headers: Iterable[Header]) -> list[Header]:
+    """``headers`` less the fields whose names contain ``_``."""
+    return [(n, v) for n, v in headers if n.find(b"_") < 0]
 
 
 def header_list(headers: Iterable[Header]) -> list[Header]:

@@ -5,7 +5,9 @@ Theory of operation
 A connection task reads a request head under two clocks: while nothing of
 the next request has arrived, the keep-alive idle timeout (expiry closes the
 connection silently); once its first byte is in, the header timeout (expiry
-answers 408 and closes). The raw head bytes also pass a
+answers 408 and closes). Empty lines before a request line are skipped
+(RFC 9112 section 2.2), which h11 alone would refuse: they are kept from h11
+(:meth:`Http1Connection._skip_empty_lines`). The raw head bytes also pass a
 :class:`~snakeway.proxy.strict.HeadScanner`, and the parsed request the
 checks of :mod:`snakeway.proxy.strict`, before anything is routed.
 
@@ -141,7 +143,7 @@ class Http1Connection:
             send_timeout=self.client.send_timeout_seconds,
         )
         self.h.own_headers = runtime.listeners[ctx.key].response_headers
-        self.scanner = strict.HeadScanner(self.client.max_header_bytes)
+        self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
         self._linger = False
         self._fctx: ForwardContext | None = None
@@ -191,7 +193,10 @@ class Http1Connection:
         )
         idle_deadline = trio.current_time() + idle_for
         head_started: float | None = None
-        rejection = self.scanner.feed(bytes(conn.trailing_data[0]))
+        pending, closed = conn.trailing_data
+        if pending and pending[:1] in strict.NEWLINES:
+            conn = self._skip_empty_lines(pending, closed)
+        rejection = self.scanner.feed(pending)
         while rejection is None:
             try:
                 event = conn.next_event()
@@ -208,17 +213,39 @@ class Http1Connection:
                 head_started = trio.current_time()
             if head_started is None:
                 data = await self._receive_idle(idle_deadline)
+                if data is None:
+                    return None
+                rejection = self.scanner.feed(data)
+                if data[:1] in strict.NEWLINES:
+                    data = data.lstrip(b"\r\n")  # empty lines before the request line
+                    if not data:
+                        continue
             else:
                 data = await self._receive_head(head_started)
                 if data is None:
                     rejection = strict.Rejection(408, "client too slow sending the request head")
                     break
-            if data is None:
-                return None
-            rejection = self.scanner.feed(data)
+                rejection = self.scanner.feed(data)
             conn.receive_data(data)
         await self._reject(rejection)
         return None
+
+    def _skip_empty_lines(self, pending: bytes, closed: bool) -> h11.Connection:
+        """Replace the parser with one holding what the last request left unread, less its leading empty lines.
+
+        h11 refuses an empty line where it expects a request line (some
+        clients send a CRLF after a body), and its buffer cannot be edited.
+        Between two requests a parser holds no state worth keeping. Rare:
+        only when bytes after a request begin with an empty line.
+        """
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes)
+        rest = pending.lstrip(b"\r\n")
+        if rest:
+            conn.receive_data(rest)
+        if closed:
+            conn.receive_data(b"")
+        self.h.conn = conn
+        return conn
 
     async def _receive_idle(self, deadline: float) -> bytes | None:
         drain = self.ctx.drain
@@ -246,6 +273,8 @@ class Http1Connection:
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
         headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
+        if not self.client.underscores_in_headers and self.scanner.head_contains(b"_"):
+            headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
         target = strict.request_target(request, headers)
         if rejection is None and isinstance(target, strict.Rejection):
@@ -275,7 +304,7 @@ class Http1Connection:
             if match is None:
                 raise ProxyError(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
-                status = await serve_static(self.h, match.target, request)
+                status = await serve_static(self.h, match.target, request, target=target.target)
             else:
                 fctx = self._forward_context(runtime, spec)
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)

@@ -5,8 +5,11 @@ its path starts with the route's path on a ``/`` boundary. Among the matches
 the longest path wins; among equal paths an exact host beats ``*.parent``,
 which beats ``*``; among equal patterns the one configured first wins.
 
-Paths are compared after dot-segments are removed (``/api/../admin`` is
-``/admin``), so a path trick cannot reach a route it does not name.
+Paths are compared as :mod:`snakeway.proxy.target` normalises them: the
+request's path arrives normalised (``/api/%2e%2e/admin`` is ``/admin``), the
+same path the upstream is sent, and route paths are brought to that form once
+(:func:`~snakeway.proxy.target.route_prefix`), so a path trick cannot reach
+a route it does not name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from snakeway.config.model import Route
+from snakeway.proxy.target import route_prefix
 
 T = TypeVar("T")
 
@@ -58,28 +62,6 @@ def path_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
-def remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4, over the path only (no query)."""
-    if "." not in path:
-        return path
-    out: list[str] = []
-    segments = path.split("/")
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "..":
-            if len(out) > 1:
-                out.pop()
-            if last:
-                out.append("")
-        elif seg == ".":
-            if last:
-                out.append("")
-        else:
-            out.append(seg)
-    result = "/".join(out)
-    return result if result.startswith("/") else "/" + result
-
-
 @dataclass(frozen=True)
 class Match(Generic[T]):
     route: Route
@@ -91,6 +73,7 @@ class _Entry(Generic[T]):
     pattern: str
     route: Route
     target: T
+    prefix: str  # the route's path, normalised
 
 
 class Router(Generic[T]):
@@ -102,19 +85,21 @@ class Router(Generic[T]):
 
     def __init__(self, routes: Iterable[tuple[Route, T]]) -> None:
         entries = [
-            (order, _Entry(pattern, route, target))
+            (order, _Entry(pattern, route, target, route_prefix(route.path)))
             for order, (route, target) in enumerate(routes)
             for pattern in route.hosts
         ]
-        entries.sort(key=lambda e: (-len(e[1].route.path), host_rank(e[1].pattern), e[0]))
+        entries.sort(key=lambda e: (-len(e[1].prefix), host_rank(e[1].pattern), e[0]))
         self._entries = tuple(entry for _, entry in entries)
         self._host_cache: dict[str, tuple[_Entry[T], ...]] = {}
 
     def match(self, host: str, path: str) -> Match[T] | None:
-        """The best route for a request, or None (a 404)."""
-        path = remove_dot_segments(path or "/")
+        """The best route for a request, or None (a 404).
+
+        ``path`` is normalised already (:func:`~snakeway.proxy.target.normalize_path`).
+        """
         for entry in self._for_host(host):
-            if path_matches(entry.route.path, path):
+            if path_matches(entry.prefix, path):
                 return Match(entry.route, entry.target)
         return None
 

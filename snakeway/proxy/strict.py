@@ -6,10 +6,17 @@ where a message ends (request smuggling, RFC 9112 sections 6.3 and 11.2).
 These checks run on every request before anything is forwarded:
 
 * the raw head, as it arrived: its size (431 even when it came in one piece,
-  which h11's own limit does not see) and obs-fold continuation lines;
+  which h11's own limit does not see), its number of header fields (431, so
+  that a flood of tiny fields is refused before h11 parses it) and obs-fold
+  continuation lines;
 * the parsed request: both Content-Length and Transfer-Encoding, a
-  Transfer-Encoding in HTTP/1.0, a version other than 1.0/1.1, TRACE.
+  Transfer-Encoding in HTTP/1.0, a version other than 1.0/1.1, TRACE;
+* its target (:func:`request_target`): a Host or an absolute-form authority
+  that is not ``uri-host [":" port]`` (RFC 9112 section 3.2; h11 already
+  refuses a second Host), and a path that cannot be normalised
+  (:mod:`snakeway.proxy.target`) are 400.
 
+Empty lines before a request line are skipped (RFC 9112 section 2.2).
 A rejection closes the connection: nothing that follows it is read.
 """
 
@@ -20,6 +27,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
+
+from snakeway.proxy.target import TargetError, normalize_path, valid_authority
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A header line that begins with whitespace continues the previous one.
@@ -37,11 +46,19 @@ class HeadScanner:
 
     Feed it every chunk read while a request head is incomplete; it answers
     a :class:`Rejection` as soon as the head is too large or malformed.
+    Empty lines before the request line are dropped as they come, so a client
+    sending nothing else grows no buffer.
+
+    Args:
+      max_bytes: the largest head (request line and header fields), 431 above.
+      max_fields: the most header fields, 431 above.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_fields: int) -> None:
         self._max = max_bytes
+        self._max_fields = max_fields
         self._buf = bytearray()
+        self._end = 0  # where the head ends in _buf, once complete
         self.complete = False
 
     def reset(self) -> None:
@@ -50,36 +67,49 @@ class HeadScanner:
 
     @property
     def started(self) -> bool:
-        return _leading_newlines(self._buf) < len(self._buf)
+        """Whether a byte of the request line has arrived (not just empty lines)."""
+        return bool(self._buf)
 
     def feed(self, data: bytes) -> Rejection | None:
         if self.complete:
             return None
         seen = len(self._buf)
         self._buf += data
-        lead = _leading_newlines(self._buf)
+        if not seen and self._buf[:1] in NEWLINES:
+            # Empty lines before the request line: a server ignores them
+            # (RFC 9112 section 2.2). The usual case skips lstrip()'s copy.
+            del self._buf[: len(self._buf) - len(self._buf.lstrip(b"\r\n"))]
         # Only the new bytes (and the 3 before them) can complete the end of
         # the head: a head trickled in byte by byte is scanned once, not N times.
-        match = _HEAD_END.search(self._buf, max(lead, seen - 3))
+        match = _HEAD_END.search(self._buf, max(0, seen - 3))
         end = match.end() if match else None
-        size = (end if end is not None else len(self._buf)) - lead
+        size = end if end is not None else len(self._buf)
         if size > self._max:
             return Rejection(431, "request header fields too large")
         if end is None:
             return None
         self.complete = True
-        return check_head(self._buf[lead:end])
+        self._end = end
+        return check_head(self._buf[:end], self._max_fields)
+
+    def head_contains(self, needle: bytes) -> bool:
+        """Whether the head (all of it once ``complete``, else what came of it) contains ``needle``.
+
+        A test of the raw bytes spares a test per parsed field when the answer is no.
+        """
+        return self._buf.find(needle, 0, self._end if self.complete else len(self._buf)) >= 0
 
 
-def _leading_newlines(buf: bytearray) -> int:
-    """How many CR/LF bytes lead ``buf`` (RFC 9112 lets a server skip them before a request)."""
-    if buf[:1] not in (b"\r", b"\n"):
-        return 0  # the usual case; spares lstrip() a copy of the whole buffer
-    return len(buf) - len(buf.lstrip(b"\r\n"))
+# Bytes that may precede a request line, each one as a one-byte slice.
+NEWLINES = (b"\r", b"\n")
 
 
-def check_head(head: bytes | bytearray) -> Rejection | None:
+def check_head(head: bytes | bytearray, max_fields: int) -> Rejection | None:
     """Checks on the raw bytes of a complete head that h11 would accept."""
+    # Every line ends in an LF: the request line, one per field, the empty one.
+    # A field line takes 3 bytes at least ("a:\n"): a shorter head is spared the count.
+    if len(head) > 3 * max_fields and head.count(b"\n") - 2 > max_fields:
+        return Rejection(431, f"more than {max_fields} header fields")
     # Obs-fold: a line after the first that starts with a space or a tab. The
     # character after each LF is the same whether or not a CR precedes it.
     if _OBS_FOLD.search(head):
@@ -106,7 +136,7 @@ def check_request(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> R
 
 @dataclass(frozen=True)
 class Target:
-    """Where a request goes: its host (for routing) and origin-form target."""
+    """Where a request goes: its host and normalised path (for routing) and the origin-form target to forward."""
 
     host: bytes
     path: str
@@ -114,12 +144,19 @@ class Target:
 
 
 def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Target | Rejection:
-    """Splits the request target; an absolute-form target wins over Host. ``headers``: as a list."""
+    """Where a request goes; an absolute-form target wins over Host. ``headers``: as a list.
+
+    The path is normalised (:func:`~snakeway.proxy.target.normalize_path`): the
+    :class:`Target` carries the normalised path for routing and the target to
+    forward, which is that same path with the query as it was sent.
+    """
     raw = request.target
     host = b""
     for name, value in headers:
-        if name == b"host":
+        if name == b"host":  # one at most: h11 refuses a second
             host = value
+    if host and not valid_authority(host):
+        return Rejection(400, "invalid Host header")
     if raw.startswith(b"/"):
         origin = raw
     elif raw[:7].lower() == b"http://" or raw[:8].lower() == b"https://":
@@ -127,15 +164,23 @@ def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> 
             parts = urlsplit(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             return Rejection(400, "malformed request target")
-        if not parts.netloc or "@" in parts.netloc:
-            return Rejection(400, "malformed request target")
         host = parts.netloc.encode("ascii")
+        if not host or not valid_authority(host):
+            return Rejection(400, "invalid host in the request target")
         origin = (parts.path or "/").encode("ascii")
         if parts.query:
             origin += b"?" + parts.query.encode("ascii")
     elif raw == b"*" and request.method == b"OPTIONS":
-        origin = raw
+        return Target(host=host, path="*", target=raw)
     else:
         return Rejection(400, "malformed request target")
-    path = origin.split(b"?", 1)[0].decode("latin-1")
-    return Target(host=host, path=path, target=origin)
+    path, question, query = origin.partition(b"?")
+    text = path.decode("latin-1")
+    if "%" in text or "/." in text:  # needs_normalizing(), inlined: every request asks
+        try:
+            normal = normalize_path(path)
+        except TargetError as exc:
+            return Rejection(400, exc.reason)
+        if normal != path:
+            text, origin = normal.decode("latin-1"), normal + question + query
+    return Target(host=host, path=text, target=origin)
