@@ -1,4 +1,4 @@
-"""Pebble (Let's Encrypt's ACME test server) for the certificate rows; the set-up of /work/shared/pebble.md.
+"""Pebble (Let's Encrypt's ACME test server) for the certificate rows, set up as tests/pebble.py sets it up.
 
 A fresh Pebble per measurement: it forgets accounts and orders when it stops,
 and a long-lived one slows down after ~160 orders on one account.

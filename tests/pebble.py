@@ -4,7 +4,7 @@
 name with 127.0.0.1; its own challenge servers off, because the code under
 test answers the challenges) and ``pebble`` on free loopback ports, waits until
 the ACME directory answers, and kills both at exit, whatever happened in
-between. See ``/work/shared/pebble.md`` for the set-up this follows.
+between.
 
 Pebble's API certificate is made by trustme for ``127.0.0.1`` and
 ``localhost``; :attr:`Pebble.ca_file` is the CA to trust for the API. The CA

@@ -1,4 +1,4 @@
-"""The one thread boundary to the blocking ``acme`` library (conventions §2.8).
+"""The one thread boundary to the blocking ``acme`` library.
 
 Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
 ``requests`` and ``time.sleep``; :class:`ClientV2Backend` keeps it at arm's length.
