@@ -586,3 +586,17 @@ def test_valid_host_patterns_are_lower_cased(labels: list[str], wildcard: bool) 
     with tempfile.TemporaryDirectory() as directory:
         main = write(Path(directory), "main.hcl", BASE.replace('"example.test"', quote(host)))
         assert load_config(main).ingresses[0].services[0].routes[0].hosts == (host.lower(),)
+
+
+@pytest.mark.parametrize("key", ["state_dir", "pid_file", "access_log"])
+def test_nul_in_a_path_is_reported(tmp_path: Path, key: str) -> None:
+    main = write(tmp_path, "main.hcl", f'server {{\n  version = 1\n  {key} = "a\\u0000b"\n}}\n')
+    assert problems(main) == [f'{main}:3: server.{key}: a path must not contain a NUL character, got "a\\u0000b"']
+
+
+def test_nul_in_a_static_file_dir_is_reported(tmp_path: Path) -> None:
+    text = SERVER + 'ingress "s" {\n  bind = { port = 8080 }\n' \
+        '  static_files = [{ routes = [{ hosts = ["*"], file_dir = "w\\u0000" }] }]\n}\n'
+    main = write(tmp_path, "main.hcl", text)
+    assert problems(main) == [f"{main}:{line_of(text, 'file_dir')}: ingress.s.static_files[0].routes[0].file_dir: "
+                              'a path must not contain a NUL character, got "w\\u0000"']
