@@ -136,8 +136,11 @@ def run(seconds: float, tmp: Path) -> int:
                             tmp / "snakeway.log", env=env, cwd=tmp)
         proxy.wait_port(ports["http"], 60)
         proxy.wait_port(ports["https"], 60)
-        time.sleep(1)  # both workers up
-        workers = worker_pids(proxy)
+        deadline = time.monotonic() + 20
+        while len(workers := worker_pids(proxy)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if len(workers) != 2:
+            problems.append(f"expected 2 workers, found {len(workers)}")
         load = group.start("load", [PYTHON, "-m", "benchmarks.soak_load", "load", str(tmp / "spec.json"),
                                     str(tmp / "result.json")], tmp / "load.log", env=env, cwd=HERE.parent)
         start = time.monotonic()

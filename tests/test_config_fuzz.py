@@ -13,6 +13,7 @@ thousands in ``make fuzz``.
 
 from __future__ import annotations
 
+import copy
 import textwrap
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def test_valid_configurations_mutated_as_text(folder: Path, text: str) -> None:
 
 # --- valid configurations, mutated as values ---------------------------------------------------------------------
 
+SEED_DATA = [hcl.parse(seed, Path("seed.hcl")).data for seed in SEEDS]
+
 KEYS = [
     "server", "include", "ingress", "version", "pid_file", "state_dir", "shutdown", "drain_seconds", "upstream",
     "client", "tls_automation", "workers", "access_log", "ingresses", "bind", "services", "static_files",
@@ -210,11 +213,12 @@ NUMBERS = st.one_of(
     st.floats(allow_nan=False),
     st.sampled_from([float("inf"), -float("inf"), 1e-300, 0.5]),
 )
-LEAVES = st.one_of(st.none(), st.booleans(), NUMBERS, st.sampled_from(WORDS), st.text(max_size=30))
+LEAVES = st.one_of(st.none(), st.booleans(), NUMBERS, st.sampled_from(WORDS), st.text(max_size=30),
+                   st.builds(list), st.builds(dict))  # fresh ones: the mutations change them in place
 VALUES = st.recursive(
     LEAVES,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: st.lists(inner, min_size=1, max_size=4)
+    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, min_size=1, max_size=4),
     max_leaves=12,
 )
 
@@ -254,7 +258,7 @@ def paths_in(value: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[st
 @st.composite
 def value_mutations(draw: st.DrawFn) -> str:
     """A seed's values with some replaced, keys dropped or added; written back as HCL attributes."""
-    data: dict[str, object] = hcl.parse(draw(st.sampled_from(SEEDS)), Path("seed.hcl")).data
+    data = copy.deepcopy(draw(st.sampled_from(SEED_DATA)))
     for _ in range(draw(st.integers(1, 4))):
         paths = [p for p in paths_in(data) if p]
         if not paths:
@@ -287,6 +291,7 @@ def test_valid_configurations_mutated_as_values(folder: Path, text: str) -> None
 NAMES = st.sampled_from(KEYS) | st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,6}", fullmatch=True)
 SCALAR_TEXT = st.one_of(
     NUMBERS.map(render),
+    st.sampled_from(["[]", "{}"]),
     st.sampled_from(["true", "false", "null", "-1", "-1.5", "- 2", "-x", "0x1F", "1e3", "01", "1.", ".5", "bare",
                      "a.b", "f(1)", "1 + 2", "!true", "a ? 1 : 2", "x[0]", '"${x}"', '"%{ if x }y%{ endif }"',
                      '"$${x}"', '"\\q"', '"\\ud800"', '"\\U0010FFFF"', '"\\U00110000"', "<<EOT\nhi ${x}\nEOT",
@@ -306,8 +311,8 @@ def _object(pairs: list[tuple[str, str]]) -> str:
 
 VALUE_TEXT = st.recursive(
     SCALAR_TEXT,
-    lambda inner: st.lists(inner, max_size=4).map(_list)
-    | st.lists(st.tuples(NAMES | st.text(max_size=6).map(hcl.quote), inner), max_size=4).map(_object)
+    lambda inner: st.lists(inner, min_size=1, max_size=4).map(_list)
+    | st.lists(st.tuples(NAMES | st.text(max_size=6).map(hcl.quote), inner), min_size=1, max_size=4).map(_object)
     | inner.map(lambda v: f"({v})")
     | inner.map(lambda v: f"-{v}"),
     max_leaves=10,
@@ -319,13 +324,15 @@ def _block(name: str, labels: list[str], body: str) -> str:
 
 
 ATTRIBUTE = st.builds(lambda k, v: f"{k} = {v}\n", NAMES, VALUE_TEXT)
+LABELS = st.lists(st.sampled_from(WORDS).map(hcl.quote) | NAMES, max_size=2)
 BODY = st.recursive(
     st.lists(ATTRIBUTE, max_size=4).map("".join),
-    lambda inner: st.lists(
-        ATTRIBUTE
-        | st.builds(_block, NAMES, st.lists(st.sampled_from(WORDS).map(hcl.quote) | NAMES, max_size=2), inner),
-        max_size=4,
-    ).map("".join),
+    lambda inner: st.builds(
+        lambda attributes, blocks, first: "".join(blocks + attributes if first else attributes + blocks),
+        st.lists(ATTRIBUTE, max_size=3),
+        st.lists(st.builds(_block, NAMES, LABELS, inner), min_size=1, max_size=3),
+        st.booleans(),
+    ),
     max_leaves=8,
 )
 
