@@ -12,8 +12,8 @@ on 127.0.0.1 and free ports, from a temporary directory:
 While the load runs, this process sends snakeway SIGHUP every 5 s and, every 10 s, first writes a new
 certificate (a new leaf from the same CA, written next to the files and renamed over them) so that the
 reload swaps it; a few new TLS connections then check that the new certificate is served within 5 s. It
-samples the RSS of snakeway's process tree (supervisor and workers) after one minute (or half the run, if
-shorter) and at the end.
+samples the RSS of snakeway's process tree (supervisor and workers) after one minute (or two thirds of the
+run, if shorter) and a second before the load ends.
 
 It exits non-zero when a request failed through no fault of the client, when a swapped certificate was not
 served, when a worker was replaced (it crashed), or when the RSS at the end is not within 10 % of the first
@@ -144,7 +144,7 @@ def run(seconds: float, tmp: Path) -> int:
         load = group.start("load", [PYTHON, "-m", "benchmarks.soak_load", "load", str(tmp / "spec.json"),
                                     str(tmp / "result.json")], tmp / "load.log", env=env, cwd=HERE.parent)
         start = time.monotonic()
-        first_at = min(60.0, seconds / 2)
+        first_at = min(60.0, seconds * 2 / 3)
         rss_first = rss_end = 0.0  # under load: the first at first_at, the last a second before the load ends
         hups = swaps = 0
         next_hup = start + HUP_EVERY
