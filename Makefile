@@ -6,7 +6,7 @@ CONFIG  ?= snakeway.hcl.example
 # Debian packages the test suite drives as real peers.
 TEST_DEBS := curl openssl pebble
 
-.PHONY: serve test check install deps clean bench bench-accept
+.PHONY: serve test check install deps clean bench bench-accept fuzz soak
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,16 @@ check: $(STAMP)
 
 test: $(STAMP) deps
 	$(VPY) -m pytest -q
+
+# The fuzz tests (marker `fuzz`) with the `fuzz` hypothesis profile: many more examples than `make test` runs
+# (tests/conftest.py), and no per-test timeout. A failure prints the example that falsified a property.
+fuzz: $(STAMP) deps
+	SNAKEWAY_HYPOTHESIS_PROFILE=fuzz $(VPY) -m pytest -q -m fuzz --timeout=0
+
+# Mixed load against a real snakeway with 2 workers, SIGHUP every 5 s and a certificate swap every 10 s, for
+# SOAK_SECONDS (default 600); fails on a failure the server caused or on RSS growth (docs/benchmarks.md, "Soak").
+soak: $(STAMP)
+	$(VPY) -m benchmarks.soak
 
 # Side-by-side benchmarks against Caddy and nginx (docs/benchmarks.md); installs wrk, caddy, nginx and
 # pebble when missing. BENCH_ROUNDS, BENCH_SECONDS and friends: see benchmarks/run.py.

@@ -1,18 +1,28 @@
-"""Hypothesis profiles for the whole suite.
+"""Suite-wide test settings: the hypothesis profiles.
 
-``default`` is hypothesis's own default (a bounded number of examples per
-test, as the normal suite runs). ``fuzz`` runs the tests marked
-``@pytest.mark.fuzz`` long: ``SNAKEWAY_HYPOTHESIS_PROFILE=fuzz pytest -m fuzz``.
-Fuzz tests take their number of examples from the profile only, never from a
-``@settings(max_examples=...)`` of their own.
+Two profiles, chosen by the environment variable ``SNAKEWAY_HYPOTHESIS_PROFILE``:
+
+- ``default`` (when the variable is unset): hypothesis's own defaults, so that ``make test`` stays quick.
+  Every fuzz test (``@pytest.mark.fuzz``) runs with it too, a bounded number of examples each.
+- ``fuzz``: what ``make fuzz`` selects, for the ``fuzz``-marked tests: many more examples, no deadline (a
+  slow example is not a failure there; an exception or a broken property is).
+
+A fuzz test therefore never sets ``max_examples`` itself: it takes its example count from the profile.
 """
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-settings.register_profile("default", settings())
-settings.register_profile("fuzz", max_examples=20_000, deadline=None)
-settings.load_profile(os.environ.get("SNAKEWAY_HYPOTHESIS_PROFILE", "default"))
+PROFILE_VARIABLE = "SNAKEWAY_HYPOTHESIS_PROFILE"
+
+settings.register_profile("default", settings.get_profile("default"))
+settings.register_profile(
+    "fuzz",
+    max_examples=20_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get(PROFILE_VARIABLE) or "default")

@@ -248,3 +248,37 @@ def test_format_key_path(path: hcl.KeyPath, text: str) -> None:
 )
 def test_describe(value: object, text: str) -> None:
     assert hcl.describe(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        pytest.param("[" * 5000 + "]" * 5000, 5000, id="lists"),
+        pytest.param("{ k = " * 2000 + "1" + " }" * 2000, 2000, id="objects"),
+        pytest.param("-(" * 3000 + "1" + ")" * 3000, 3000, id="signs"),
+        pytest.param("[" * (hcl.MAX_NESTING - 1) + "]" * (hcl.MAX_NESTING - 1), hcl.MAX_NESTING - 1, id="just-fits"),
+    ],
+)
+def test_deep_nesting_is_one_problem_not_a_crash(value: str, depth: int) -> None:
+    text = f"a = 1\nb = {value}\n"
+    if depth < hcl.MAX_NESTING:  # the top-level body is a level too
+        assert "b" in hcl.parse(text, FILE).data
+        return
+    (line,) = problems(text)
+    assert line.startswith("conf/main.hcl:2: b")
+    assert line.endswith(f"nested more than {hcl.MAX_NESTING} levels deep")
+
+
+def test_deeply_nested_blocks_are_one_problem_not_a_crash() -> None:
+    (line,) = problems("a {\n" * 3000 + "}\n" * 3000)
+    assert line.startswith(f"conf/main.hcl:{hcl.MAX_NESTING}: a.a.a")
+    assert line.endswith(f"nested more than {hcl.MAX_NESTING} levels deep")
+
+
+def test_parentheses_cost_no_nesting() -> None:
+    assert hcl.parse("a = " + "(" * 5000 + "-1" + ")" * 5000 + "\n", FILE).data == {"a": -1}
+
+
+def test_integer_literal_too_long_to_convert_is_a_problem() -> None:
+    assert problems("a = 1\nb = " + "9" * 5000 + "\n") == ["conf/main.hcl:2: b: integer of 5000 digits is too large"]
+    assert hcl.parse("n = " + "9" * 4000 + "\n", FILE).data == {"n": int("9" * 4000)}

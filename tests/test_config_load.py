@@ -620,3 +620,17 @@ def test_via_is_on_by_default_and_can_be_switched_off(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "off.hcl", off)).server.via is False
     wrong = write(tmp_path, "wrong.hcl", BASE.replace("  version = 1\n", '  version = 1\n  via = "no"\n'))
     assert problems(wrong) == [f'{wrong}:3: server.via: expected true or false, got string "no"']
+
+
+@pytest.mark.parametrize("key", ["state_dir", "pid_file", "access_log"])
+def test_nul_in_a_path_is_reported(tmp_path: Path, key: str) -> None:
+    main = write(tmp_path, "main.hcl", f'server {{\n  version = 1\n  {key} = "a\\u0000b"\n}}\n')
+    assert problems(main) == [f'{main}:3: server.{key}: a path must not contain a NUL character, got "a\\u0000b"']
+
+
+def test_nul_in_a_static_file_dir_is_reported(tmp_path: Path) -> None:
+    text = SERVER + 'ingress "s" {\n  bind = { port = 8080 }\n' \
+        '  static_files = [{ routes = [{ hosts = ["*"], file_dir = "w\\u0000" }] }]\n}\n'
+    main = write(tmp_path, "main.hcl", text)
+    assert problems(main) == [f"{main}:{line_of(text, 'file_dir')}: ingress.s.static_files[0].routes[0].file_dir: "
+                              'a path must not contain a NUL character, got "w\\u0000"']

@@ -361,9 +361,26 @@ def test_if_modified_since_property(root: Path, ims: int, now: int) -> None:
     assert isinstance(p, NotModified) is (MTIME <= ims <= now)
 
 
-@pytest.mark.parametrize("value", [b"garbage", b"", b"\xff\xfe", b"Mon, 99 Foo 2023 99:99:99 GMT"])
+@pytest.mark.parametrize(
+    "value",
+    [b"garbage", b"", b"\xff\xfe", b"Mon, 99 Foo 2023 99:99:99 GMT", b"Tue, 40 Nov 2023 22:13:20 GMT",
+     b"Tue, 14 Nov 2023 63:13:20 GMT", b"Tue, 31 Feb 2024 00:00:00 GMT", b"Tue, 14 Nov 2023 22:13:61 GMT"],
+)
 def test_bad_if_modified_since_is_ignored(root: Path, value: bytes) -> None:
     assert plan(root, "/a.txt", (b"if-modified-since", value)).status == 200
+
+
+@pytest.mark.parametrize("value", [b"Tue, 40 Nov 2023 22:13:20 GMT", b"Tue, 14 Nov 2023 22:13:20 +9999"])
+def test_if_unmodified_since_that_is_not_a_date_is_ignored(root: Path, value: bytes) -> None:
+    assert plan(root, "/a.txt", (b"if-unmodified-since", value)).status == 200
+
+
+@pytest.mark.parametrize(
+    "value", [b"Tuesday, 14-Nov-23 22:13:20 GMT", b"Tue Nov 14 22:13:20 2023", b"Tue, 14 Nov 2023 22:13:20 GMT"]
+)
+def test_the_three_http_date_formats(root: Path, value: bytes) -> None:
+    """RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime formats, all name MTIME."""
+    assert isinstance(plan(root, "/a.txt", (b"if-modified-since", value)), NotModified)
 
 
 def test_head_gets_304_too(root: Path, etag: bytes) -> None:

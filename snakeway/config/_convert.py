@@ -226,6 +226,9 @@ def choice(choices: Mapping[str, T], what: str) -> Convert[T]:
 def file_path(f: File, value: object, path: KeyPath) -> Path | None:
     """A path; a relative one is relative to the directory of the file that names it."""
     name = text(f, value, path)
+    if name is not None and "\x00" in name:  # no file system path has one (and resolve() raises)
+        f.report(path, f"a path must not contain a NUL character, got {quote(name)}")
+        return None
     return None if name is None else (f.doc.path.parent / name).resolve()
 
 

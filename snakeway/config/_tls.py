@@ -194,17 +194,17 @@ def _directory_url(f: File, value: object, path: KeyPath) -> str | None:
     url = cv.text(f, value, path)
     if url is None:
         return None
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)  # raises ValueError on unbalanced IPv6 brackets
         _ = parts.port  # raises ValueError unless the port is a number 0-65535
-        host = parts.hostname
+        scheme, host = parts.scheme, parts.hostname
     except ValueError:
-        host = None
-    if parts.scheme == "https" and host:
+        scheme, host = "", None
+    if scheme == "https" and host:
         return url
-    if parts.scheme == "http" and host in LOCAL_ACME_HOSTS:
+    if scheme == "http" and host in LOCAL_ACME_HOSTS:
         return url
-    if parts.scheme == "http" and host:
+    if scheme == "http" and host:
         f.report(path, f"must be an https:// URL (http:// only for localhost, 127.0.0.1 or [::1]), got {quote(url)}")
     else:
         f.report(path, f"expected an https:// URL, got {quote(url)}")

@@ -21,6 +21,10 @@ Theory of operation:
   e.g. ``("ingress", "web", "services", 0, "name")``.
 - A syntax error stops the parse (lark does not recover); problems found while
   converting values are collected, and all of them are raised together.
+- The walk is recursive, so nesting (blocks, lists, objects, signs) deeper
+  than :data:`MAX_NESTING` levels is a problem rather than a
+  ``RecursionError``; so is an integer literal of more digits than Python
+  converts (``sys.get_int_max_str_digits()``, 4300 by default).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ _SIMPLE_QUOTES = {char: "\\" + code for code, char in _SIMPLE_ESCAPES.items()}
 _QUOTE = re.compile(r'[\\"\n\r\t\x00-\x1f\x7f]|[$%]\{')
 _HEREDOC = re.compile(r"<<(-?)([A-Za-z][A-Za-z0-9._-]*)\r?\n(.*?)[ \t]*\2\r?\n?\Z", re.DOTALL)
 _INTERPOLATION = re.compile(r"(?<!\$)\$\{|(?<!%)%\{")
+#: Deepest nesting of blocks and values accepted; a real configuration needs fewer than ten levels.
+MAX_NESTING = 100
 # Parse-tree nodes that are only layout.
 _SKIP = frozenset({"new_line_or_comment"})
 
@@ -194,11 +200,34 @@ class _Walker:
         self.path = path
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[Problem] = []
+        self.depth = 0  # blocks and values being walked, outermost included
+        self.too_deep = False  # reported once per file
+
+    def enter(self, path: KeyPath, line: int) -> bool:
+        """Go one level deeper, unless that is beyond MAX_NESTING (reported); pair a True with :meth:`leave`."""
+        if self.depth >= MAX_NESTING:
+            if not self.too_deep:
+                self.too_deep = True
+                self.problem(path, line, f"nested more than {MAX_NESTING} levels deep")
+            return False
+        self.depth += 1
+        return True
+
+    def leave(self) -> None:
+        self.depth -= 1
 
     def problem(self, path: KeyPath, line: int, message: str) -> None:
         self.problems.append(Problem(self.path, line, format_key_path(path), message))
 
     def body(self, node: Tree[Token], path: KeyPath) -> dict[str, object]:
+        if not self.enter(path, _line(node)):
+            return {}
+        try:
+            return self._body(node, path)
+        finally:
+            self.leave()
+
+    def _body(self, node: Tree[Token], path: KeyPath) -> dict[str, object]:
         out: dict[str, object] = {}
         # key -> (number of block labels, or -1 for an attribute; first line)
         kinds: dict[str, tuple[int, int]] = {}
@@ -248,15 +277,29 @@ class _Walker:
         return _token_text(node)
 
     def value(self, node: Tree[Token] | Token, path: KeyPath) -> object:
+        # A wrapper node, and "( expr )": unwrapped in a loop, so that parentheses cost no recursion.
+        while isinstance(node, Tree) and node.data == "expr_term" and len(inner := _child_trees(node)) == 1:
+            node = inner[0]
+        if not self.enter(path, _line(node)):
+            return None
+        try:
+            return self._value(node, path)
+        finally:
+            self.leave()
+
+    def _value(self, node: Tree[Token] | Token, path: KeyPath) -> object:
         if isinstance(node, Token):  # not produced by the grammar for values
             self.problem(path, _line(node), f"unexpected {quote(str(node.value))}")
             return None
         kind = node.data
         children = _child_trees(node)
-        if kind == "expr_term" and len(children) == 1:
-            return self.value(children[0], path)  # also unwraps "( expr )"
         if kind == "int_lit":
-            return int(_token_text(node))
+            digits = _token_text(node)
+            try:
+                return int(digits)
+            except ValueError:  # more digits than int() converts
+                self.problem(path, _line(node), f"integer of {len(digits)} digits is too large")
+                return None
         if kind == "float_lit":
             return float(_token_text(node))
         if kind == "literal_value":

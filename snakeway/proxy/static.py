@@ -45,6 +45,7 @@ from the modification time in nanoseconds and the size.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import html
 import itertools
@@ -378,12 +379,20 @@ def _bounded_int(digits: bytes) -> int:
 
 
 def _parse_date(value: bytes | None) -> int | None:
-    """An HTTP-date as a Unix timestamp, or None if absent or unparsable."""
+    """An HTTP-date as a Unix timestamp, or None if absent, unparsable or not a real date.
+
+    ``parsedate_tz`` reads fields it does not check (day 40, hour 63, zone +9999), which ``mktime_tz`` would
+    carry into the next month or day; RFC 9110 §13.1.3 says to ignore a field that is not a valid HTTP-date,
+    so the fields must make a real date, time and zone. No zone counts as GMT, as in ``mktime_tz``.
+    """
     if value is None:
         return None
     try:
         parsed = email.utils.parsedate_tz(value.decode("latin-1"))
-        return None if parsed is None else email.utils.mktime_tz(parsed)
+        if parsed is None:
+            return None
+        zone = datetime.timezone(datetime.timedelta(seconds=parsed[9] or 0))
+        return int(datetime.datetime(*parsed[:6], tzinfo=zone).timestamp())
     except (ValueError, TypeError, OverflowError, IndexError):
         return None
 

@@ -301,17 +301,19 @@ def test_synthetic_round_trip(
     assert parse_client_hello(data) == expected
 
 
-# --- Totality and chunking ----------------------------------------------------------------------------------------
+# --- Totality and chunking (fuzz tests: their example counts come from the hypothesis profile) -------------------
 
 VERDICT_TYPES = (ClientHello, NeedMore, NotTLS)
 
 
+@pytest.mark.fuzz
 @given(st.binary(max_size=4096))
 @example(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00")
 def test_total_on_any_bytes(data: bytes) -> None:
     assert isinstance(parse_client_hello(data), VERDICT_TYPES)
 
 
+@pytest.mark.fuzz
 @given(st.binary(max_size=300))
 def test_total_on_any_handshake_payload(payload: bytes) -> None:
     """Random bytes behind a valid record and handshake header reach the body parser."""
@@ -351,7 +353,8 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated_hellos(), cuts=st.lists(st.integers(min_value=0, max_value=700), max_size=10))
 def test_mutations_are_total_and_chunking_never_matters(data: bytes, cuts: list[int]) -> None:
     whole = parse_client_hello(data)
@@ -364,12 +367,103 @@ def test_mutations_are_total_and_chunking_never_matters(data: bytes, cuts: list[
     assert all(v == whole for v in decided)
 
 
+@pytest.mark.fuzz
 @given(data=mutated_hellos(), max_bytes=st.integers(min_value=0, max_value=1000))
 def test_small_limits_are_total(data: bytes, max_bytes: int) -> None:
     verdict = parse_client_hello(data, max_bytes=max_bytes)
     assert isinstance(verdict, VERDICT_TYPES)
     if isinstance(verdict, NeedMore):
         assert len(data) < max_bytes
+
+
+def corrupt_length(data: bytes, draw: st.DrawFn) -> bytes:
+    """``data`` with one of its length prefixes (1 or 2 bytes, at a random offset) set to a random value."""
+    if len(data) < 2:
+        return data
+    pos = draw(st.integers(min_value=0, max_value=len(data) - 2))
+    width = draw(st.sampled_from([1, 2]))
+    return data[:pos] + draw(st.integers(0, 256**width - 1)).to_bytes(width, "big") + data[pos + width :]
+
+
+@st.composite
+def structured_hellos(draw: st.DrawFn) -> tuple[bytes, ClientHello | None, bool]:
+    """A ClientHello built field by field, what it asks for if nothing was corrupted (else ``None``), and
+    whether its handshake header is intact (then the records hold the whole message).
+
+    Extensions come in any order and number: SNI and ALPN, well-formed or with one length field corrupted,
+    unknown types, duplicates, empty ones; then the message is framed in records of random sizes.
+    """
+    extensions, corrupted = b"", False
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    seen: set[int] = set()
+    for _ in range(draw(st.integers(min_value=0, max_value=6))):
+        kind = draw(st.sampled_from(["sni", "alpn", "other", "raw"]))
+        if kind == "sni":
+            name = draw(st.binary(min_size=1, max_size=255).map(lambda b: bytes(c % 128 or 1 for c in b)))
+            block, ext_type = sni_ext(name), 0
+        elif kind == "alpn":
+            offered = draw(st.lists(st.binary(min_size=1, max_size=255), min_size=1, max_size=20))
+            block, ext_type = alpn_ext(*offered), 16
+        elif kind == "other":
+            ext_type = draw(st.integers(min_value=1, max_value=0xFFFF).filter(lambda t: t != 16))
+            block = ext(ext_type, draw(st.binary(max_size=40)))
+        else:
+            block, ext_type, corrupted = draw(st.binary(max_size=40)), -1, True
+        if draw(st.integers(0, 9)) == 0:
+            block, corrupted = corrupt_length(block, draw), True
+        corrupted |= ext_type in seen
+        seen.add(ext_type)
+        if kind == "sni":
+            server_name = name.decode("ascii")
+        elif kind == "alpn":
+            alpn = tuple(p.decode("latin-1") for p in offered)
+        extensions += block
+    session_id = draw(st.binary(max_size=33))
+    corrupted |= len(session_id) > 32
+    omit = not extensions and draw(st.booleans())  # no extension block at all, as TLS 1.0 allows
+    message = hello_message(None if omit else extensions, session_id=session_id)
+    framed_whole = draw(st.integers(0, 9)) != 0
+    if not framed_whole:
+        message, corrupted = corrupt_length(message, draw), True
+    cuts = draw(st.lists(st.integers(min_value=1, max_value=300), max_size=6))
+    expected = None if corrupted else ClientHello(server_name, alpn)
+    return frame(message, cuts, version=draw(st.sampled_from([b"\x03\x01", b"\x03\x03"]))), expected, framed_whole
+
+
+@pytest.mark.fuzz
+@given(hello=structured_hellos(), cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10))
+def test_structured_hellos_are_total_and_decoded(
+    hello: tuple[bytes, ClientHello | None, bool], cuts: list[int]
+) -> None:
+    data, expected, framed_whole = hello
+    whole = parse_client_hello(data)
+    assert isinstance(whole, VERDICT_TYPES)
+    if framed_whole:  # every byte of the message has arrived: the verdict is final
+        assert isinstance(whole, (ClientHello, NotTLS))
+    if expected is not None:
+        assert whole == expected
+    parser = ClientHelloParser()
+    assert [parser.feed(chunk) for chunk in chunked(data, cuts)][-1] == whole
+
+
+@pytest.mark.fuzz
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=mutated_hellos() | st.binary(max_size=600),
+    cuts=st.lists(st.integers(min_value=0, max_value=700), max_size=10),
+    max_bytes=st.sampled_from([MAX_CLIENT_HELLO_BYTES, 1, 64, 300]),
+)
+async def test_read_client_hello_is_total_on_any_chunks(data: bytes, cuts: list[int], max_bytes: int) -> None:
+    """Whatever arrives, in whatever chunks: every byte read is returned, and the verdict is the parser's."""
+    received, verdict = await read_client_hello(ChunkStream(chunked(data, cuts)), max_bytes=max_bytes)
+    assert data.startswith(received)
+    assert len(received) <= max_bytes
+    if verdict is None:  # EOF first: everything was read and it was still a valid prefix
+        assert received == data
+        assert parse_client_hello(data, max_bytes=max_bytes) == NeedMore()
+    else:
+        assert parse_client_hello(received, max_bytes=max_bytes) == verdict == parse_client_hello(data, max_bytes=max_bytes)
 
 
 # --- read_client_hello --------------------------------------------------------------------------------------------
