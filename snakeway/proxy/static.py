@@ -45,8 +45,6 @@ from the modification time in nanoseconds and the size.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import html
 import itertools
 import mimetypes
@@ -61,6 +59,14 @@ from typing import final
 from urllib.parse import quote, unquote_to_bytes
 
 from snakeway.config.model import StaticSite
+from snakeway.proxy.validators import (
+    etag_matches,
+    header_map,
+    http_date,
+    if_range_holds,
+    parse_http_date,
+    parse_range,
+)
 
 Header = tuple[bytes, bytes]
 
@@ -85,8 +91,6 @@ _UTF8_TYPES = frozenset(
 )
 _BAD_CHARS = re.compile(r"[^\x21-\x7e]")  # controls, space, DEL and non-ASCII
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ETAG = re.compile(rb'(W/)?("[^"]*")')
-_RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -221,13 +225,13 @@ def plan_static(
             index = _inside(root, os.path.join(target, site.index))
             index_st = _stat(index)
             if index is not None and index_st is not None and stat.S_ISREG(index_st.st_mode):
-                return _plan_file(index, index_st, method, _header_map(headers), now)
+                return _plan_file(index, index_st, method, header_map(headers), now)
         if site.directory_listing:
             return _listing(root, target, path, at_root=not names)
         return error_reply(403)
     if not stat.S_ISREG(st.st_mode) or path.endswith("/"):
         return error_reply(404)
-    return _plan_file(target, st, method, _header_map(headers), now)
+    return _plan_file(target, st, method, header_map(headers), now)
 
 
 # -- URL to filesystem path ------------------------------------------------------------
@@ -287,24 +291,24 @@ def _plan_file(
     size = st.st_size
     mtime = int(st.st_mtime)
     etag = b'"%x-%x"' % (st.st_mtime_ns, size)
-    validators = ((b"etag", etag), (b"last-modified", _http_date(mtime)))
+    validators = ((b"etag", etag), (b"last-modified", http_date(mtime)))
 
     if (if_match := req.get(b"if-match")) is not None:
-        if not _etag_matches(if_match, etag, weak=False):
+        if not etag_matches(if_match, etag, weak=False):
             return error_reply(412)
-    elif (ius := _parse_date(req.get(b"if-unmodified-since"))) is not None and mtime > ius:
+    elif (ius := parse_http_date(req.get(b"if-unmodified-since"))) is not None and mtime > ius:
         return error_reply(412)
 
     if (if_none_match := req.get(b"if-none-match")) is not None:
-        if _etag_matches(if_none_match, etag, weak=True):
+        if etag_matches(if_none_match, etag, weak=True):
             return NotModified(304, validators)
-    elif (ims := _parse_date(req.get(b"if-modified-since"))) is not None and mtime <= ims <= _now(now):
+    elif (ims := parse_http_date(req.get(b"if-modified-since"))) is not None and mtime <= ims <= _now(now):
         return NotModified(304, validators)
 
     headers = ((b"content-type", _content_type(path)), *validators, (b"accept-ranges", b"bytes"))
     range_value = req.get(b"range")
-    if method == b"GET" and range_value is not None and _if_range_holds(req.get(b"if-range"), etag, mtime):
-        byte_range = _parse_range(range_value, size)
+    if method == b"GET" and range_value is not None and if_range_holds(req.get(b"if-range"), etag, mtime):
+        byte_range = parse_range(range_value, size)
         if byte_range is not None:
             start, length = byte_range
             if length == 0:
@@ -318,87 +322,6 @@ def _plan_file(
 def _now(now: float | None) -> float:
     """The server's clock: an ``If-Modified-Since`` later than this is not a valid date (RFC 9110 §13.1.3)."""
     return time.time() if now is None else now
-
-
-def _header_map(headers: Iterable[Header]) -> dict[bytes, bytes]:
-    joined: dict[bytes, bytes] = {}
-    for name, value in headers:
-        key = name.lower()
-        joined[key] = joined[key] + b", " + value if key in joined else value
-    return joined
-
-
-def _etag_matches(value: bytes, etag: bytes, *, weak: bool) -> bool:
-    """RFC 9110 §8.8.3.2: weak comparison ignores ``W/``; strong needs both strong."""
-    if value.strip() == b"*":
-        return True
-    return any(tag == etag and (weak or not w) for w, tag in _ETAG.findall(value))
-
-
-def _if_range_holds(value: bytes | None, etag: bytes, mtime: int) -> bool:
-    """True if Range applies: no If-Range, or it names this exact version (strongly)."""
-    if value is None:
-        return True
-    value = value.strip()
-    if value.startswith((b'"', b"W/")):
-        return value == etag
-    return _parse_date(value) == mtime
-
-
-def _parse_range(value: bytes, size: int) -> tuple[int, int] | None:
-    """(start, length) for a single byte range; length 0 means unsatisfiable.
-
-    None means "ignore the header": malformed, another unit, or several ranges.
-    """
-    match = _RANGE.fullmatch(value)
-    if b"," in value or match is None:
-        return None
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # suffix: the final n bytes
-        suffix = _bounded_int(last)
-        if suffix == 0:
-            return (0, 0)
-        if size == 0:  # satisfiable per RFC 9110 but not expressible: send the empty 200
-            return None
-        start = max(0, size - suffix)
-        return (start, size - start)
-    start = _bounded_int(first)
-    end = _bounded_int(last) if last else size - 1
-    if last and end < start:
-        return None  # an invalid range-spec: ignore the header
-    if start >= size:
-        return (0, 0)
-    return (start, min(end, size - 1) - start + 1)
-
-
-def _bounded_int(digits: bytes) -> int:
-    # int() refuses more than 4300 digits; anything past 19 digits is beyond any file anyway.
-    return int(digits) if len(digits) <= 19 else 2**63
-
-
-def _parse_date(value: bytes | None) -> int | None:
-    """An HTTP-date as a Unix timestamp, or None if absent, unparsable or not a real date.
-
-    ``parsedate_tz`` reads fields it does not check (day 40, hour 63, zone +9999), which ``mktime_tz`` would
-    carry into the next month or day; RFC 9110 §13.1.3 says to ignore a field that is not a valid HTTP-date,
-    so the fields must make a real date, time and zone. No zone counts as GMT, as in ``mktime_tz``.
-    """
-    if value is None:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(value.decode("latin-1"))
-        if parsed is None:
-            return None
-        zone = datetime.timezone(datetime.timedelta(seconds=parsed[9] or 0))
-        return int(datetime.datetime(*parsed[:6], tzinfo=zone).timestamp())
-    except (ValueError, TypeError, OverflowError, IndexError):
-        return None
-
-
-def _http_date(timestamp: float) -> bytes:
-    return email.utils.formatdate(timestamp, usegmt=True).encode("ascii")
 
 
 def _content_type(path: str) -> bytes:
