@@ -138,7 +138,6 @@ class Http1Connection:
         self.h = H11Stream(
             stream,
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
-            send_timeout=self.client.send_timeout_seconds,
         )
         self.h.own_headers = runtime.listeners[ctx.key].response_headers
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
@@ -314,7 +313,6 @@ class Http1Connection:
                 client_ip=self.client_ip,
                 scheme=spec.scheme,
                 body_timeout=self.client.body_timeout_seconds,
-                send_timeout=self.client.send_timeout_seconds,
                 buffer_body=self.client.buffer_request_body_bytes,
                 via=runtime.config.server.via,
                 own_headers=spec.response_headers,
