@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from snakeway.tcp import SendTimeout, TcpStream, open_tcp_stream
 
@@ -167,3 +169,36 @@ async def test_a_cancelled_blocked_write_is_cancelled_not_timed_out() -> None:
         with trio.move_on_after(SEND_TIMEOUT / 4) as scope:
             await server.send_all(os.urandom(4 * 1024 * 1024))
         assert scope.cancelled_caught
+
+
+async def test_tls_over_the_stream_has_the_same_send_timeout() -> None:
+    # snakeway's TLS connections are trio.SSLStream over an accepted TcpStream: the records it
+    # writes go through TcpStream.send_all, so a steady reader is served and a stopped one cut.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("a.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    raw_client, raw_server = await _accepted_pair(SEND_TIMEOUT)
+    client = trio.SSLStream(raw_client, client_ctx, server_hostname="a.test")
+    server = trio.SSLStream(raw_server, server_ctx, server_side=True)
+    payload = os.urandom(48 * 1024)
+    received = bytearray()
+
+    async def read_steadily() -> None:
+        while len(received) < len(payload):
+            received.extend(await client.receive_some(2048))
+            await trio.sleep(0.1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        await server.do_handshake()
+    async with raw_client, raw_server:
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_steadily)
+            await server.send_all(payload)
+        assert trio.current_time() - started > SEND_TIMEOUT
+        assert bytes(received) == payload
+        with trio.fail_after(SEND_TIMEOUT + 5), pytest.raises(SendTimeout):
+            await server.send_all(os.urandom(4 * 1024 * 1024))  # nobody reads now

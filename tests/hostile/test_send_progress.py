@@ -147,7 +147,9 @@ async def flooding_websocket(nursery: trio.Nursery) -> tuple[int, list[float]]:
         while b"\r\n\r\n" not in head:
             head += await stream.receive_some(4096)
         try:
-            await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
             while True:
                 await stream.send_all(b"\x82\x7e\x40\x00" + b"w" * 0x4000)  # binary frames of 16 KiB
         except trio.BrokenResourceError:
