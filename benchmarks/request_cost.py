@@ -6,6 +6,9 @@ requests and once for 3N, each sent one after the other on one kept-alive
 connection to a route proxied to an upstream in this process (outside
 valgrind). The difference over 2N is the cost of one request in snakeway,
 start-up and shutdown cancelled out: the figure docs/benchmarks.md quotes.
+
+``python -m benchmarks.request_cost BYTES N`` does the same for responses of
+BYTES bytes of body (relayed in several reads from 128 KiB up), N and 3N of them.
 """
 
 from __future__ import annotations
@@ -16,24 +19,25 @@ import signal
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
 
 BASE = 1000
 LOOPBACK = "127.0.0.1"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/plain\r\n\r\nhello world\n"
+BODY = b"hello world\n"
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: request_cost\r\nAccept: */*\r\n\r\n"
 
 
-async def _upstream(stream: trio.SocketStream) -> None:
+async def _upstream(stream: trio.SocketStream, response: bytes) -> None:
     buffer = b""
     try:
         while chunk := await stream.receive_some(65536):
             buffer += chunk
             while b"\r\n\r\n" in buffer:
                 _, buffer = buffer.split(b"\r\n\r\n", 1)
-                await stream.send_all(RESPONSE)
+                await stream.send_all(response)
     except trio.BrokenResourceError:
         pass
 
@@ -50,23 +54,24 @@ async def _wait_listening(port: int) -> None:
             return
 
 
-async def _client(port: int, count: int) -> None:
+async def _client(port: int, count: int, body: bytes) -> None:
     stream = await trio.open_tcp_stream(LOOPBACK, port)
     for _ in range(count):
         await stream.send_all(REQUEST)
-        answer = b""
-        while not answer.endswith(b"hello world\n"):
-            chunk = await stream.receive_some(65536)
+        answer = bytearray()
+        while not answer.endswith(body):
+            chunk = await stream.receive_some(1 << 20)
             assert chunk, "snakeway closed the connection"
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
     await stream.aclose()
 
 
-async def _instructions(count: int) -> int:
+async def _instructions(count: int, body: bytes) -> int:
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body)
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(trio.serve_tcp, _upstream, 0)
+            listeners = await nursery.start(partial(trio.serve_tcp, partial(_upstream, response=response), 0))
             upstream = listeners[0].socket.getsockname()[1]
             probe = trio.socket.socket()
             await probe.bind((LOOPBACK, 0))
@@ -95,7 +100,7 @@ ingress "bench" {{
             )
             try:
                 await _wait_listening(port)
-                await _client(port, count)
+                await _client(port, count, body)
             finally:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
@@ -106,10 +111,13 @@ ingress "bench" {{
 
 
 def main() -> int:
-    low = trio.run(_instructions, BASE)
-    high = trio.run(_instructions, 3 * BASE)
-    print(f"{(high - low) / (2 * BASE):,.0f} instructions per request "
-          f"({low:,} for {BASE}, {high:,} for {3 * BASE})", flush=True)
+    body, base = BODY, BASE
+    if len(sys.argv) == 3:
+        body, base = b"x" * (int(sys.argv[1]) - len(BODY)) + BODY, int(sys.argv[2])
+    low = trio.run(_instructions, base, body)
+    high = trio.run(_instructions, 3 * base, body)
+    print(f"{(high - low) / (2 * base):,.0f} instructions per request of {len(body):,} bytes of body "
+          f"({low:,} for {base}, {high:,} for {3 * base})", flush=True)
     return 0
 
 
