@@ -28,6 +28,8 @@ response of any size, and one that stops reading is cut off within the
 timeout (:class:`SendTimeout`). A write the kernel takes at once (nearly
 every write of a small response) costs no clock read and no cancel scope;
 a blocked wait gets one scope of its own, which is cheap next to a wait.
+A caller whose own deadline should not apply to such waits hears of them
+first (``on_send_blocked``): the proxy's exchange lifts its deadline there.
 Everything that writes to the connection goes through here: relayed and
 static responses, snakeway's own replies, WebSocket tunnels, and TLS
 records when a ``trio.SSLStream`` runs over the stream.
@@ -61,9 +63,13 @@ class TcpStream(trio.abc.HalfCloseableStream):
       send_timeout: seconds :meth:`send_all` may wait without the kernel
         taking a byte (``math.inf``, the default: no limit). Read at each
         wait, so it may be changed between writes.
+      on_send_blocked: called (if not ``None``) when :meth:`send_all` is
+        about to wait for the peer, from the task that sends: a caller that
+        times its waits by a deadline of its own lifts it there, so that
+        only the send timeout governs the wait (the proxy's exchange does).
     """
 
-    __slots__ = ("socket", "send_timeout", "_sock", "_eof_sent")
+    __slots__ = ("socket", "send_timeout", "on_send_blocked", "_sock", "_eof_sent")
 
     def __init__(self, stream: trio.SocketStream, *, send_timeout: float = math.inf) -> None:
         # Take the descriptor over from trio's socket object: one standard
@@ -92,6 +98,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._sock = sock
         self.socket = trio.socket.from_stdlib_socket(sock)
         self._eof_sent = False
+        self.on_send_blocked: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -141,6 +148,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 if len(view) != blocked_at:
                     blocked_at = len(view)
                     deadline = trio.current_time() + self.send_timeout
+                    if self.on_send_blocked is not None:
+                        self.on_send_blocked()
                 await self._wait_writable(deadline)
                 waited = True
             except OSError as exc:

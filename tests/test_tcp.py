@@ -163,6 +163,26 @@ async def test_the_clock_restarts_when_the_reader_takes_bytes_and_stops_when_it_
     assert failed - last_read < SEND_TIMEOUT + 2  # ...and once they stopped, the timeout ran
 
 
+async def test_a_send_tells_its_owner_when_it_waits_for_the_peer_and_only_then() -> None:
+    client, server = await _accepted_pair(SEND_TIMEOUT)
+    waits: list[int] = []
+    server.on_send_blocked = lambda: waits.append(len(received))
+    received = bytearray()
+    async with client, server:
+        await server.send_all(b"fits in the socket buffer")
+        assert waits == []
+        async with trio.open_nursery() as nursery:
+
+            async def read_later() -> None:
+                await trio.sleep(0.2)
+                while len(received) < 1024 * 1024:
+                    received.extend(await client.receive_some(65536))
+
+            nursery.start_soon(read_later)
+            await server.send_all(os.urandom(1024 * 1024 - 25))
+        assert waits and waits[0] == 0  # first told before the peer had read anything
+
+
 async def test_a_cancelled_blocked_write_is_cancelled_not_timed_out() -> None:
     client, server = await _accepted_pair(SEND_TIMEOUT)
     async with client, server:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -198,9 +198,13 @@ class Exchange:
     own deadline and the :class:`Wait` that names the error should that
     deadline pass. Every wait inside :meth:`timeouts` must be armed, but for
     the writes to the client: the client's transport times those by their
-    progress (:class:`snakeway.tcp.TcpStream`'s send timeout), and
-    :meth:`to_client` lifts the deadline instead, so that the one left by the
-    last wait cannot cut a write to a client that reads slowly but steadily.
+    progress (:class:`snakeway.tcp.TcpStream`'s send timeout). A write to the
+    client runs under the deadline the last wait left, which must not cut it
+    short when the client reads slowly but steadily: the transport lifts it
+    (:meth:`_lift_deadline`, its ``on_send_blocked``) once the write has to
+    wait for the client. A write that does not wait, nearly all of them, costs
+    nothing more; and the last write of a response (all of a small one) is
+    made after the scope, by :meth:`run`.
     """
 
     def __init__(
@@ -224,6 +228,9 @@ class Exchange:
         # What timeouts() does, written out: on the path every request takes, a generator-based
         # context manager costs more than the scope it manages.
         scope = self._scope = trio.CancelScope()
+        tcp = self.down.tcp
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 if body is not None and body.complete:
@@ -233,11 +240,13 @@ class Exchange:
                 status, last = await self._relay()
         finally:
             self._scope = None
+            if tcp is not None:
+                tcp.on_send_blocked = None
         if scope.cancelled_caught:
             raise self._timeout_error()
-        # The response's last write (all of a small one) once the exchange's deadline is gone,
-        # which costs no deadline move; the client's transport times it, as every client write.
-        await self._write_client(last)
+        # The response's last write (all of a small one), once the exchange's deadline is gone;
+        # the client's transport times it, as every client write.
+        await self.to_client(*last)
         return status
 
     # -- timeouts --------------------------------------------------------
@@ -250,11 +259,16 @@ class Exchange:
           ProxyError, ClientGone: a wait ran out of time (which one depends on the wait).
         """
         scope = self._scope = trio.CancelScope()
+        tcp = self.down.tcp
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 yield
         finally:
             self._scope = None
+            if tcp is not None:
+                tcp.on_send_blocked = None
         if scope.cancelled_caught:
             raise self._timeout_error()
 
@@ -270,6 +284,18 @@ class Exchange:
         deadline = trio.current_time() + seconds
         if abs(deadline - scope.deadline) >= min(LAZY_DEADLINE_SECONDS, seconds * LAZY_DEADLINE_SHARE):
             scope.deadline = deadline
+
+    def _lift_deadline(self) -> None:
+        """A write to the client is about to wait for it: no deadline of the exchange's applies.
+
+        The client's transport times the wait by its progress (a ``SendTimeout``
+        is a ``BrokenResourceError``). The deadline the last wait left is lifted,
+        unless it passed already (its error stands, as in :meth:`_arm`); the next
+        wait arms one again.
+        """
+        scope = self._scope
+        if scope is not None and not scope.cancel_called:
+            scope.deadline = math.inf
 
     def _timeout_error(self) -> Exception:
         wait = self._waiting
@@ -406,22 +432,9 @@ class Exchange:
         return ProxyError(status, reason)
 
     async def to_client(self, *events: h11.Event) -> None:
-        """Write to the client inside :meth:`timeouts`."""
+        """Write to the client: not armed, the client's transport times it (see :class:`Exchange`)."""
         if not events:
             return
-        # The exchange sets no deadline on a client write: the client's transport times it, by
-        # its progress (a SendTimeout is a BrokenResourceError). The deadline the last wait left
-        # is lifted, unless it passed already (its error stands, as in _arm). That is two deadline
-        # moves (this one, and the next read's) for each round but the last of a body relayed in
-        # several reads, some 30,000 instructions against the round's several hundred thousand;
-        # none for a small response, whose one write run() makes after the exchange's scope.
-        scope = self._scope
-        assert scope is not None, "a wait outside Exchange.timeouts()"
-        if scope.deadline != math.inf and not scope.cancel_called:
-            scope.deadline = math.inf
-        await self._write_client(events)
-
-    async def _write_client(self, events: Sequence[h11.Event]) -> None:
         if type(events[0]) is h11.Response:
             self.response_started = True
         try:

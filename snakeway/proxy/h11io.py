@@ -18,6 +18,7 @@ import h11
 import trio
 
 from snakeway.proxy.headers import get_header, has_token
+from snakeway.tcp import TcpStream
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what
@@ -102,6 +103,9 @@ class H11Stream:
     def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         self.stream = stream
         self.conn = conn
+        # The TCP stream under ``stream`` (itself, or under TLS) where the owner set it: a client's
+        # (Http1Connection), for the forwarder's TcpStream.on_send_blocked.
+        self.tcp: TcpStream | None = None
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
         # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).

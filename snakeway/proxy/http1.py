@@ -41,6 +41,7 @@ from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
@@ -140,6 +141,8 @@ class Http1Connection:
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
         )
         self.h.own_headers = runtime.listeners[ctx.key].response_headers
+        tcp = getattr(stream, "transport_stream", stream)  # under TLS, trio.SSLStream's
+        self.h.tcp = tcp if isinstance(tcp, TcpStream) else None
         self.scanner = strict.HeadScanner(self.client.max_header_bytes)
         self.requests = 0
         self._linger = False
