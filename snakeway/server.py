@@ -346,7 +346,9 @@ class Server:
     async def _handle(
         self, sock: socket.socket, peer: Any, *, ctx: ListenerContext, tls_context: ssl.SSLContext | None
     ) -> None:
-        stream = TcpStream.accepted(sock)
+        # The send timeout is the configuration's when the connection is accepted, for its whole
+        # life, as are the connection's other client settings (Http1Connection).
+        stream = TcpStream.accepted(sock, send_timeout=ctx.runtime().config.server.client.send_timeout_seconds)
         try:
             await self._serve_connection(stream, peer, ctx, tls_context)
         finally:

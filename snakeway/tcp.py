@@ -17,11 +17,28 @@ plumbing: about 7% of the instructions of a small proxied request. Errors
 become ``trio.BrokenResourceError`` and ``trio.ClosedResourceError`` as with
 ``trio.SocketStream``. Two tasks sending at once is a bug in the caller that
 this stream does not check for: each connection has one writer.
+
+Send timeout
+------------
+A stream may have a ``send_timeout`` (a client's, nginx's ``send_timeout``):
+the time a write may go without progress. Only the waits inside
+:meth:`TcpStream.send_all` are timed, and the clock restarts whenever the
+kernel takes bytes, so a client that reads slowly but steadily gets a
+response of any size, and one that stops reading is cut off within the
+timeout (:class:`SendTimeout`). A write the kernel takes at once (nearly
+every write of a small response) costs no clock read and no cancel scope;
+a blocked wait gets one scope of its own, which is cheap next to a wait.
+A caller whose own deadline should not apply to such waits hears of them
+first (``on_send_blocked``): the proxy's exchange lifts its deadline there.
+Everything that writes to the connection goes through here: relayed and
+static responses, snakeway's own replies, WebSocket tunnels, and TLS
+records when a ``trio.SSLStream`` runs over the stream.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -32,26 +49,41 @@ DEFAULT_RECEIVE_SIZE = 65536
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
+class SendTimeout(trio.BrokenResourceError):
+    """The peer took no byte of a write for the stream's send timeout; the connection is unusable."""
+
+
 class TcpStream(trio.abc.HalfCloseableStream):
     """Wraps a connected, non-blocking ``trio.SocketStream``'s socket.
 
     ``socket`` is the trio socket (for ``getpeername``, ``setsockopt`` and
     the like); reads and writes go to the standard socket underneath.
+
+    Attributes:
+      send_timeout: seconds :meth:`send_all` may wait without the kernel
+        taking a byte (``math.inf``, the default: no limit). Read at each
+        wait, so it may be changed between writes.
+      on_send_blocked: called (if not ``None``) when :meth:`send_all` is
+        about to wait for the peer, from the task that sends: a caller that
+        times its waits by a deadline of its own lifts it there, so that
+        only the send timeout governs the wait (the proxy's exchange does).
     """
 
-    __slots__ = ("socket", "_sock", "_eof_sent")
+    __slots__ = ("socket", "send_timeout", "on_send_blocked", "_sock", "_eof_sent")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, *, send_timeout: float = math.inf) -> None:
         # Take the descriptor over from trio's socket object: one standard
         # socket, wrapped again for trio, so that there is one owner to close.
         old = stream.socket
         self._adopt(socket.socket(old.family, old.type, old.proto, fileno=old.detach()))
+        self.send_timeout = send_timeout
 
     @classmethod
-    def accepted(cls, sock: socket.socket) -> TcpStream:
+    def accepted(cls, sock: socket.socket, *, send_timeout: float = math.inf) -> TcpStream:
         """Wraps a socket fresh from ``accept()``, set up as ``trio.SocketStream`` would set it:
         ``TCP_NODELAY``, and ``TCP_NOTSENT_LOWAT`` at 16 KiB where the system has it."""
         self = cls.__new__(cls)
+        self.send_timeout = send_timeout
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if _NOTSENT_LOWAT is not None:
@@ -66,6 +98,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._sock = sock
         self.socket = trio.socket.from_stdlib_socket(sock)
         self._eof_sent = False
+        self.on_send_blocked: Callable[[], None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -89,6 +122,14 @@ class TcpStream(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``.
+
+        Raises:
+          SendTimeout: the kernel took no byte for ``send_timeout`` seconds;
+            some of ``data`` may have been sent.
+          trio.BrokenResourceError: the connection failed.
+          trio.ClosedResourceError: the stream was closed, or EOF sent.
+        """
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -98,16 +139,32 @@ class TcpStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("socket was already closed")
         view = memoryview(data)
         waited = False
+        blocked_at = -1  # len(view) when the clock last started: it restarts once the kernel took bytes
+        deadline = math.inf
         while view:
             try:
                 view = view[sock.send(view):]
             except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_writable)
+                if len(view) != blocked_at:
+                    blocked_at = len(view)
+                    deadline = trio.current_time() + self.send_timeout
+                    if self.on_send_blocked is not None:
+                        self.on_send_blocked()
+                await self._wait_writable(deadline)
                 waited = True
             except OSError as exc:
                 raise await self._fail(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_writable(self, deadline: float) -> None:
+        if deadline == math.inf:
+            await self._wait(trio.lowlevel.wait_writable)
+            return
+        with trio.CancelScope(deadline=deadline) as scope:
+            await self._wait(trio.lowlevel.wait_writable)
+        if scope.cancelled_caught:
+            raise SendTimeout(f"the peer took no byte for {self.send_timeout:g} s")
 
     async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
         try:

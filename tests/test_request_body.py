@@ -27,7 +27,7 @@ def test_a_chunked_body_is_read_first_unless_buffering_is_off() -> None:
 async def server_with_head(head: bytes) -> tuple[trio.testing.MemorySendStream, H11Stream]:
     """(what the client writes into, the server side) once ``head`` has been parsed."""
     client, server = trio.testing.memory_stream_pair()
-    h = H11Stream(server, h11.Connection(h11.SERVER), send_timeout=10)
+    h = H11Stream(server, h11.Connection(h11.SERVER))
     await client.send_all(head)
     assert type(await h.next_event()) is h11.Request
     return client, h  # type: ignore[return-value]

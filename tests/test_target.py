@@ -152,7 +152,6 @@ FORWARD = ForwardContext(
     client_ip="127.0.0.1",
     scheme="http",
     body_timeout=1.0,
-    send_timeout=1.0,
     buffer_body=0,
 )
 

@@ -177,7 +177,7 @@ class ClientSettings:
     header_timeout_seconds: float = 15.0
     idle_timeout_seconds: float = 60.0
     max_header_bytes: int = 64 * 1024
-    # Time one write to the client may take (nginx's send_timeout).
+    # Time a write to the client may go without progress (nginx's send_timeout): see snakeway/tcp.py.
     send_timeout_seconds: float = 60.0
     # Time allowed between two reads of a request body (nginx's client_body_timeout).
     body_timeout_seconds: float = 60.0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,7 +60,6 @@ class ForwardContext:
     client_ip: str
     scheme: str
     body_timeout: float  # between two reads of the request body
-    send_timeout: float  # for one write to the client
     buffer_body: int  # a body known to fit in this many bytes is read before connecting
     via: bool = True                                   # server.via
     own_headers: tuple[tuple[bytes, bytes], ...] = ()  # the listener's (Strict-Transport-Security)
@@ -181,7 +181,6 @@ class Wait(enum.Enum):
     """What an exchange waits for; each has its own timeout and error."""
 
     CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
-    CLIENT_WRITE = enum.auto()  # the client taking the response: send timeout, close
     UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
     UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
 
@@ -197,7 +196,15 @@ class Exchange:
     three times. So the waits of an exchange share one scope, opened by
     :meth:`timeouts`, and each wait first re-arms it (:meth:`_arm`) with its
     own deadline and the :class:`Wait` that names the error should that
-    deadline pass. Every wait inside :meth:`timeouts` must be armed.
+    deadline pass. Every wait inside :meth:`timeouts` must be armed, but for
+    the writes to the client: the client's transport times those by their
+    progress (:class:`snakeway.tcp.TcpStream`'s send timeout). A write to the
+    client runs under the deadline the last wait left, which must not cut it
+    short when the client reads slowly but steadily: the transport lifts it
+    (:meth:`_lift_deadline`, its ``on_send_blocked``) once the write has to
+    wait for the client. A write that does not wait, nearly all of them, costs
+    nothing more; and the last write of a response (all of a small one) is
+    made after the scope, by :meth:`run`.
     """
 
     def __init__(
@@ -221,16 +228,26 @@ class Exchange:
         # What timeouts() does, written out: on the path every request takes, a generator-based
         # context manager costs more than the scope it manages.
         scope = self._scope = trio.CancelScope()
+        tcp = self.down.tcp
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 if body is not None and body.complete:
                     await self.to_upstream([up_request, *body.events])
                 else:
                     await self.send_request(up_request, body)
-                return await self.relay_response()
+                status, last = await self._relay()
         finally:
             self._scope = None
-        raise self._timeout_error()  # reached only when a wait's deadline passed
+            if tcp is not None:
+                tcp.on_send_blocked = None
+        if scope.cancelled_caught:
+            raise self._timeout_error()
+        # The response's last write (all of a small one), once the exchange's deadline is gone;
+        # the client's transport times it, as every client write.
+        await self.to_client(*last)
+        return status
 
     # -- timeouts --------------------------------------------------------
 
@@ -242,11 +259,16 @@ class Exchange:
           ProxyError, ClientGone: a wait ran out of time (which one depends on the wait).
         """
         scope = self._scope = trio.CancelScope()
+        tcp = self.down.tcp
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 yield
         finally:
             self._scope = None
+            if tcp is not None:
+                tcp.on_send_blocked = None
         if scope.cancelled_caught:
             raise self._timeout_error()
 
@@ -263,12 +285,22 @@ class Exchange:
         if abs(deadline - scope.deadline) >= min(LAZY_DEADLINE_SECONDS, seconds * LAZY_DEADLINE_SHARE):
             scope.deadline = deadline
 
+    def _lift_deadline(self) -> None:
+        """A write to the client is about to wait for it: no deadline of the exchange's applies.
+
+        The client's transport times the wait by its progress (a ``SendTimeout``
+        is a ``BrokenResourceError``). The deadline the last wait left is lifted,
+        unless it passed already (its error stands, as in :meth:`_arm`); the next
+        wait arms one again.
+        """
+        scope = self._scope
+        if scope is not None and not scope.cancel_called:
+            scope.deadline = math.inf
+
     def _timeout_error(self) -> Exception:
         wait = self._waiting
         if wait is Wait.CLIENT_READ:
             return ProxyError(408, "client too slow sending the request body")
-        if wait is Wait.CLIENT_WRITE:
-            return ClientGone("client stopped reading the response")
         if wait is Wait.UPSTREAM_WRITE:
             return ProxyError(504, "upstream stopped reading the request")
         return self._upstream_failed("upstream timed out", status=504)
@@ -347,6 +379,12 @@ class Exchange:
 
     async def relay_response(self, first: h11.Event | None = None) -> int:
         """Relay the upstream's response; ``first`` is an event already parsed."""
+        status, last = await self._relay(first)
+        await self.to_client(*last)
+        return status
+
+    async def _relay(self, first: h11.Event | None = None) -> tuple[int, list[h11.Event]]:
+        """Relay the upstream's response but for its last write: (the status, that write's events)."""
         status = 0
         pending: list[h11.Event] = []
         while True:
@@ -368,8 +406,7 @@ class Exchange:
                 pending.append(event)
             elif kind is h11.EndOfMessage:
                 pending.append(h11.EndOfMessage())
-                await self.to_client(*pending)
-                return status
+                return status, pending
             elif kind is h11.InformationalResponse:
                 continue  # 1xx from the upstream are not relayed
             elif kind is h11.ConnectionClosed:
@@ -395,11 +432,11 @@ class Exchange:
         return ProxyError(status, reason)
 
     async def to_client(self, *events: h11.Event) -> None:
+        """Write to the client: not armed, the client's transport times it (see :class:`Exchange`)."""
         if not events:
             return
         if type(events[0]) is h11.Response:
             self.response_started = True
-        self._arm(Wait.CLIENT_WRITE, self.ctx.send_timeout)
         try:
             await self.down.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

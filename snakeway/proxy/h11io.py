@@ -4,16 +4,13 @@ h11 decides; this module does the I/O. Reads are bounded by ``max_read`` and
 by h11's ``max_incomplete_event_size``; a failed write tells the state
 machine (``send_failed``) before the error propagates.
 
-Writes to a client are timed by its ``send_timeout`` (nginx's ``send_timeout``):
-each write, of at most one read's worth of body, must be taken by the peer
-within it. :meth:`H11Stream.send_timed` gives a write a cancel scope of its
-own, for snakeway's own responses and static files; the forwarder times its
-writes in the scope it shares across an exchange and calls :meth:`H11Stream.send`.
+Writes are not timed here: a client's send timeout (nginx's ``send_timeout``)
+belongs to its transport, :class:`snakeway.tcp.TcpStream`, which times the
+progress of a write rather than the whole of it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
@@ -21,6 +18,7 @@ import h11
 import trio
 
 from snakeway.proxy.headers import get_header, has_token
+from snakeway.tcp import TcpStream
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what
@@ -94,23 +92,20 @@ def announce_keep_alive(response: h11.Response) -> h11.Response:
     )
 
 
-class SendTimeout(trio.BrokenResourceError):
-    """The peer did not take a write within the send timeout; the connection is unusable."""
-
-
 class H11Stream:
     """One side of an HTTP/1.1 conversation over a trio stream.
 
     Args:
       stream: the transport; owned by the caller, who closes it.
       conn: an ``h11.Connection`` for our role (SERVER downstream, CLIENT upstream).
-      send_timeout: seconds a write by :meth:`send_timed` may take.
     """
 
-    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection, send_timeout: float = math.inf) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
         self.stream = stream
         self.conn = conn
-        self.send_timeout = send_timeout
+        # The TCP stream under ``stream`` (itself, or under TLS) where the owner set it: a client's
+        # (Http1Connection), for the forwarder's TcpStream.on_send_blocked.
+        self.tcp: TcpStream | None = None
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
         # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).
@@ -136,21 +131,13 @@ class H11Stream:
             return event  # type: ignore[return-value]
 
     async def send(self, *events: h11.Event) -> None:
-        """Send events, coalesced into a single write (untimed: the caller times it)."""
-        await self.send_raw(self.encode(events))
-
-    async def send_timed(self, *events: h11.Event) -> None:
-        """Like :meth:`send`, the write limited to ``send_timeout`` seconds.
+        """Send events, coalesced into a single write.
 
         Raises:
-          SendTimeout: the peer took too long; h11's state is ``ERROR``.
-          trio.BrokenResourceError: the transport failed.
+          trio.BrokenResourceError: the transport failed (a client's
+            :class:`~snakeway.tcp.SendTimeout` among others); h11's state is ``ERROR``.
         """
-        data = self.encode(events)
-        with trio.move_on_after(self.send_timeout):
-            await self.send_raw(data)
-            return
-        raise SendTimeout(f"a write to the peer did not complete within {self.send_timeout:g} s")
+        await self.send_raw(self.encode(events))
 
     def encode(self, events: Iterable[h11.Event]) -> bytes:
         if self.http10_keep_alive:
@@ -182,4 +169,4 @@ class H11Stream:
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
-        await self.send_timed(*events)
+        await self.send(*events)

@@ -43,6 +43,7 @@ from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
@@ -140,9 +141,10 @@ class Http1Connection:
         self.h = H11Stream(
             stream,
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.client.max_header_bytes),
-            send_timeout=self.client.send_timeout_seconds,
         )
         self.h.own_headers = runtime.listeners[ctx.key].response_headers
+        tcp = getattr(stream, "transport_stream", stream)  # under TLS, trio.SSLStream's
+        self.h.tcp = tcp if isinstance(tcp, TcpStream) else None
         self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
         self._linger = False
@@ -343,7 +345,6 @@ class Http1Connection:
                 client_ip=self.client_ip,
                 scheme=spec.scheme,
                 body_timeout=self.client.body_timeout_seconds,
-                send_timeout=self.client.send_timeout_seconds,
                 buffer_body=self.client.buffer_request_body_bytes,
                 via=runtime.config.server.via,
                 own_headers=spec.response_headers,

@@ -78,7 +78,7 @@ async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, ti
     """
     conn = down.conn
     if conn.they_are_waiting_for_100_continue:
-        await down.send_timed(CONTINUE)
+        await down.send(CONTINUE)
     events: list[h11.Event] = []
     size = 0
     # One scope for all reads, its deadline moved before each: a body this small

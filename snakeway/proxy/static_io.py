@@ -5,9 +5,9 @@ out. Filesystem calls (planning, ``open``, ``pread``) run in worker threads via
 ``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
 body is streamed ``CHUNK_SIZE`` bytes at a time, so memory stays bounded
 whatever the file size; the response head goes out in the same write as the
-first chunk (and the end of the message too, when the file fits in it). Each
-write is limited to the client's send timeout (:meth:`H11Stream.send_timed`),
-so a client that stops reading is dropped, and its file closed, within it.
+first chunk (and the end of the message too, when the file fits in it). A
+client that stops reading is dropped, and its file closed, within the send
+timeout, which the client's transport applies (:class:`snakeway.tcp.TcpStream`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
     if reply.body and not head_only:
         events.append(h11.Data(data=reply.body))
     events.append(h11.EndOfMessage())
-    await h11s.send_timed(*events)
+    await h11s.send(*events)
     return reply.status
 
 
@@ -95,7 +95,7 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         headers = [*plan.headers, *h11s.own_headers]
         pending: list[h11.Event] = [h11.Response(status_code=plan.status, headers=headers)]
         if head_only or plan.length == 0:
-            await h11s.send_timed(*pending, h11.EndOfMessage())
+            await h11s.send(*pending, h11.EndOfMessage())
             return plan.status
         offset, remaining = plan.start, plan.length
         while remaining:
@@ -107,7 +107,7 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
             pending.append(h11.Data(data=chunk))
             if not remaining:
                 pending.append(h11.EndOfMessage())
-            await h11s.send_timed(*pending)
+            await h11s.send(*pending)
             pending = []
         return plan.status
     finally:

@@ -87,18 +87,21 @@ async def test_a_stale_connection_is_retried_for_an_idempotent_request_with_a_sm
     assert served == [b"first", b"second"]
 
 
-async def test_upstream_that_stops_reading_the_body_is_504(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_upstream_that_stops_reading_the_body_is_504(nursery: trio.Nursery) -> None:
+    # Real time over real sockets, with a short timeout: the upload fills the socket buffers
+    # within milliseconds, then snakeway's write to the upstream waits out the read timeout.
+    read_timeout = 1.0
+
     async def stalled(stream: trio.SocketStream) -> None:
         await stream.receive_some(1024)
         await trio.sleep_forever()
 
     (listener,) = await nursery.start(partial(trio.serve_tcp, stalled, 0, host=LOOPBACK))
-    server = ServerSettings(upstream=UpstreamSettings(read_timeout_seconds=20))
+    server = ServerSettings(upstream=UpstreamSettings(read_timeout_seconds=read_timeout))
     _, proxy = await start_snakeway(nursery, service_config([listener.socket.getsockname()[1]], server=server))
     stream = await trio.open_tcp_stream(LOOPBACK, proxy)
     size = 64 * 1024 * 1024
+    started = trio.current_time()
     await stream.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
 
     async def upload() -> None:
@@ -109,13 +112,16 @@ async def test_upstream_that_stops_reading_the_body_is_504(
         except trio.BrokenResourceError:
             pass
 
-    async with trio.open_nursery() as inner:
-        inner.start_soon(upload)
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            reply += await stream.receive_some(4096)
-        inner.cancel_scope.cancel()
+    with trio.fail_after(read_timeout + 10):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(upload)
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += await stream.receive_some(4096)
+            inner.cancel_scope.cancel()
     assert status_of(reply) == 504
+    assert trio.current_time() - started >= read_timeout
+    await stream.aclose()
 
 
 async def test_connection_header_cannot_remove_content_length(nursery: trio.Nursery) -> None:
