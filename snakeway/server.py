@@ -40,7 +40,8 @@ from snakeway.errors import ConfigError, SnakewayError
 from snakeway.handoff import ConfigHandoff, stamp
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.balance import Health
-from snakeway.proxy.http1 import Drain, Http1Connection, ListenerContext
+from snakeway.proxy.http1 import Http1Connection
+from snakeway.proxy.listener import Drain, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
 from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime

@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Protocol
 
 import h11
 import trio
 
 from snakeway.config.model import StaticSite
-from snakeway.listeners import ListenerKey, ListenerSpec, Role, redirect_location
+from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
+from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.routing import normalize_host
-from snakeway.proxy.runtime import Runtime, ServiceTarget, Shared
+from snakeway.proxy.runtime import Runtime, ServiceTarget
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
 from snakeway.tcp import TcpStream
@@ -64,63 +62,6 @@ PUBLIC_REASONS = {
     504: "the upstream server did not answer in time",
     503: "the service is at its connection limit",
 }
-
-
-class Drain:
-    """Tells connections that the server is shutting down.
-
-    Connections waiting idle between requests are woken and close at once;
-    those in a request finish it and then close.
-    """
-
-    def __init__(self) -> None:
-        self.closing = False
-        self._idle: set[trio.CancelScope] = set()
-
-    def add_idle(self, scope: trio.CancelScope) -> None:
-        """Cancel ``scope`` on shutdown (at once if it has begun) until :meth:`remove_idle`.
-
-        A pair of calls rather than a context manager: a connection waits
-        idle once per request, and a generator-based context manager would
-        cost more than the bookkeeping it wraps.
-        """
-        if self.closing:
-            scope.cancel()
-        self._idle.add(scope)
-
-    def remove_idle(self, scope: trio.CancelScope) -> None:
-        self._idle.discard(scope)
-
-    def close(self) -> None:
-        self.closing = True
-        for scope in self._idle:
-            scope.cancel()
-
-
-class ChallengeAnswers(Protocol):
-    """ACME HTTP-01: the key authorization for a token of an order in flight."""
-
-    async def key_authorization(self, token: str) -> str | None: ...
-
-
-class NoChallenges:
-    async def key_authorization(self, token: str) -> str | None:
-        return None
-
-
-@dataclass(frozen=True)
-class ListenerContext:
-    """What every connection on one listener shares."""
-
-    key: ListenerKey
-    runtime: Callable[[], Runtime]
-    shared: Shared
-    drain: Drain
-    challenges: ChallengeAnswers = field(default_factory=NoChallenges)
-
-    @property
-    def spec(self) -> ListenerSpec:
-        return self.runtime().listeners[self.key]
 
 
 def error_body(status: int, reason: str) -> bytes:
