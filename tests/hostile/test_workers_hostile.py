@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import trio
@@ -19,10 +21,12 @@ import trustme
 from cryptography import x509
 
 from snakeway.config.model import CertFiles
+from snakeway.tls.internal_ca import LocalCA
+from snakeway.tls.leaves import leaf_paths
 from tests.hostile.harness import (
     LOOPBACK, exchange, proxy_to, running, start_logging_upstream, statuses, until_logged, write_config,
 )
-from tests.proc import Running
+from tests.proc import Running, snakeway
 from tests.tlshelpers import client_context, tls_request, write_leaf
 
 _WORKER = re.compile(rb"\[(\d+)\] snakeway: listening on")
@@ -309,3 +313,59 @@ async def test_a_sighup_during_the_drain_does_not_cut_it_short(
     assert statuses(answer[0]) == [200]
     assert answer[0].endswith(b"slow")
     assert list(temporary.iterdir()) == []
+
+
+
+INTERNAL = ', tls = { mode = "internal", domains = ["a.test"] }'
+
+
+def hold_leaf_lock(state_dir: Path, names: list[str]) -> BinaryIO:
+    """Take the lock of the internal leaf for ``names``, as a worker issuing it does: a snakeway
+    starting meanwhile waits for it before it listens. Closing the file releases it."""
+    _, _, lock_path = leaf_paths(LocalCA.load_or_create(state_dir), names)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path, "ab")  # the caller closes it
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+async def test_a_sigterm_after_a_sighup_during_start_up_stops_snakeway_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, _ = write_config(tmp_path, proxy_to(upstream), workers=1, bind=INTERNAL)
+    with hold_leaf_lock(tmp_path / "state", ["a.test"]):
+        async with snakeway(config, ready=None) as proc:
+            await until_logged(proc, b"local CA:")  # start-up now waits for the leaf's lock
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"SIGHUP: reloading")
+            proc.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                assert await proc.process.wait() == 0
+            await proc.drain_log()
+    assert b"SIGTERM: shutting down" in proc.log
+    assert b"listening on" not in proc.log
+
+
+async def test_a_sighup_during_start_up_reloads_once_serving(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream, "/old"), workers=1, bind=INTERNAL)
+    lock = hold_leaf_lock(tmp_path / "state", ["a.test"])
+    try:
+        async with snakeway(config, ready=None) as proc:
+            await until_logged(proc, b"local CA:")
+            write_config(tmp_path, proxy_to(upstream, "/"), workers=1, bind=INTERNAL, port=listen)  # adds /new
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"SIGHUP: reloading")
+            assert b"listening on" not in proc.log
+            lock.close()
+            await until_logged(proc, b"listening on")
+            await until_logged(proc, b"configuration reloaded")
+            client = client_context(LocalCA.load_or_create(tmp_path / "state").root_path)
+            result = await tls_request(listen, client, "a.test", host="a.test", target="/new")
+            assert result.response is not None and result.response.status == 200
+            proc.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await proc.process.wait() == 0
+    finally:
+        lock.close()
