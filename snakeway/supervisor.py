@@ -12,11 +12,14 @@ spreads new connections across them. The parent
   (graceful shutdown), then waits for them and exits 0; a worker that is
   still running ``drain_seconds`` + 5 s later is killed; a SIGHUP during
   the shutdown is not forwarded (workers ignore one too);
-* restarts a worker that dies, unless it keeps failing right after start
-  (a broken configuration or a port in use): then it gives up and exits 1.
-  A worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
+* restarts a worker that dies: at once if it ran for a while, else after a
+  back-off that doubles with each death at start in a row (0.5 s, 1 s, 2 s...,
+  at most 10 s), whatever killed it. If it keeps *failing* right after start
+  (a broken configuration or a port in use), it gives up and exits 1. A
+  worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
   ``kill``, the OOM killer) did not fail by itself and never counts towards
-  giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does;
+  giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does (see
+  :mod:`snakeway.restarts`);
 * writes the pid file, and creates the local CA before any worker starts,
   so workers never race to create two different roots.
 
@@ -65,21 +68,17 @@ from typing import TYPE_CHECKING
 from snakeway.config.model import Config, TlsMode
 from snakeway.handoff import ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
+from snakeway.restarts import Streak, after_death, killed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = logging.getLogger("snakeway.supervisor")
 
-# A worker that fails this soon after starting, this many times in a row, is not restarted again.
-QUICK_EXIT_SECONDS = 2.0
-QUICK_EXITS_TO_GIVE_UP = 3
 STOP_SECONDS_EXTRA = 5.0
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 # Blocked in a new worker until its own handlers are installed (Server.serve_signals unblocks them).
 WORKER_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
-# Deaths that come from outside (an operator's kill, the OOM killer), not from the worker failing.
-_KILLED = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class _Slot:
     started: float = 0.0
     forked_at: int = 0  # time.monotonic_ns(), comparable with the stamps of the handoff
     config_stamp: int = 0  # the newest configuration this worker is known to run
-    quick_exits: int = 0
+    streak: Streak = Streak()  # its workers' deaths at start, in a row
     restart_at: float | None = None
 
 
@@ -223,18 +222,16 @@ class Supervisor:
         if self.stopping:
             return
         now = time.monotonic()
-        if code < 0 and -code in _KILLED:
-            logger.warning("worker %d was killed by %s; starting a new one", number, signal.Signals(-code).name)
-            slot.restart_at = now + 0.5 * slot.quick_exits
-            return
-        slot.quick_exits = slot.quick_exits + 1 if now - slot.started < QUICK_EXIT_SECONDS else 0
-        if slot.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
+        slot.streak, delay = after_death(slot.streak, lived=now - slot.started, code=code)
+        if delay is None:
             logger.error("worker %d keeps exiting at start (code %s); stopping snakeway", number, code)
             self.failed = True
             self._stop_all()
             return
-        logger.warning("worker %d exited with code %s; starting a new one", number, code)
-        slot.restart_at = now + 0.5 * slot.quick_exits
+        how = f"was killed by {signal.Signals(-code).name}" if killed(code) else f"exited with code {code}"
+        when = f" in {delay:g} s" if delay else ""
+        logger.warning("worker %d %s; starting a new one%s", number, how, when)
+        slot.restart_at = now + delay
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for slot in self.slots:

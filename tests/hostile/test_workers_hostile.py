@@ -21,6 +21,7 @@ import trustme
 from cryptography import x509
 
 from snakeway.config.model import CertFiles
+from snakeway.restarts import QUICK_EXIT_SECONDS
 from snakeway.tls.internal_ca import LocalCA
 from snakeway.tls.leaves import leaf_paths
 from tests.hostile.harness import (
@@ -136,9 +137,10 @@ async def test_a_sighup_burst_while_workers_restart_stops_nothing(nursery: trio.
             try:
                 for _ in range(6):
                     await trio.sleep(0.4)
-                    victims = [pid for pid in workers_started(proc) if alive(pid)]
-                    if victims:
-                        os.kill(victims[-1], signal.SIGKILL)
+                    with trio.fail_after(15):  # both may be waiting out their back-off
+                        while not (victims := [pid for pid in workers_started(proc) if alive(pid)]):
+                            await trio.sleep(0.05)
+                    os.kill(victims[-1], signal.SIGKILL)
                 await trio.sleep(0.5)
             finally:
                 stop.set()
@@ -151,6 +153,24 @@ async def test_a_sighup_burst_while_workers_restart_stops_nothing(nursery: trio.
     assert b"keeps exiting" not in proc.log
     assert b"killed by SIGHUP" not in proc.log  # every worker handled its SIGHUPs as reloads
     assert proc.log.count(b"killed by SIGKILL") == 6
+
+
+async def test_a_worker_killed_at_every_start_is_restarted_ever_more_slowly(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    async with running(config) as proc:
+        waited = []
+        for _ in range(3):  # as the OOM killer would: each new worker killed as soon as it is up
+            started = workers_started(proc)
+            killed_at = trio.current_time()
+            os.kill(started[-1], signal.SIGKILL)
+            await until_logged(proc, b"listening on", len(started) + 1)
+            waited.append(trio.current_time() - killed_at)
+        assert re.findall(rb"killed by SIGKILL; starting a new one in ([\d.]+) s", proc.log) == [b"0.5", b"1", b"2"]
+        assert [w >= least for w, least in zip(waited, (0.5, 1, 2), strict=True)] == [True] * 3, waited
+        assert await statuses_of_new_connections(listen, "/", 10) == [200] * 10
 
 
 async def accept_websocket(request: trio_websocket.WebSocketRequest) -> None:
@@ -256,6 +276,7 @@ async def test_a_worker_started_during_a_reload_serves_the_reloaded_configuratio
     async with running(config) as proc:
         write_config(tmp_path, proxy_to(upstream, "/"), port=listen)
         victim = workers_started(proc)[-1]
+        await trio.sleep(QUICK_EXIT_SECONDS)  # a worker that ran this long is replaced at once
         # The replacement is forked after the supervisor forwarded this SIGHUP, before the
         # surviving worker has applied it.
         proc.process.send_signal(signal.SIGHUP)
