@@ -25,9 +25,11 @@ spreads new connections across them. The parent
 
 Reloads happen in the workers; the parent only forwards SIGHUP. A worker
 started later must still serve what the others serve, so the parent keeps a
-private directory (mode 0700, made before the first fork) in which each
-worker that applied a reload leaves the configuration it applied (see
-:mod:`snakeway.handoff`); a reload that failed leaves nothing. Before each
+private directory under ``state_dir`` (mode 0700, made before the first fork,
+removed on exit; one left by a supervisor that was killed is removed by the
+next: :mod:`snakeway.rundir`) in which each worker that applied a reload
+leaves the configuration it applied (see :mod:`snakeway.handoff`); a reload
+that failed leaves nothing. Before each
 fork, and at least once a second, the parent adopts the newest one, and a
 new worker starts from it. Certificates are not handed over: a new worker
 reads manual certificate files and ACME certificates (from the store) when
@@ -56,19 +58,17 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
 from snakeway.handoff import ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
 from snakeway.restarts import Streak, after_death, killed
+from snakeway.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,9 +111,13 @@ class Supervisor:
         self.failed = False
         self.kill_at: float | None = None
         self.sighup_at = 0  # time.monotonic_ns() of the last SIGHUP forwarded
-        self.private = Path(tempfile.mkdtemp(prefix="snakeway-"))
-        self.handoff = ConfigHandoff(self.private)
-        self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private / "websockets.lock")
+        self.private = RunDirectory.create(config.server.state_dir)
+        try:
+            self.handoff = ConfigHandoff(self.private.path)
+            self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private.path / "websockets.lock")
+        except BaseException:
+            self.private.remove()
+            raise
 
     def run(self) -> int:
         """Run the workers until shutdown; 0, or 1 if they kept failing at start."""
@@ -121,7 +125,7 @@ class Supervisor:
             return self._run()
         finally:  # only in the supervisor: a worker leaves through os._exit
             self.ws_counts.close()
-            shutil.rmtree(self.private, ignore_errors=True)
+            self.private.remove()
 
     def _run(self) -> int:
         server = self.config.server

@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-import pytest
 import trio
 import trio_websocket
 import trustme
@@ -303,16 +302,16 @@ async def start_slow_upstream(nursery: trio.Nursery, seconds: float) -> tuple[in
     return listeners[0].socket.getsockname()[1], arrived
 
 
-async def test_a_sighup_during_the_drain_does_not_cut_it_short(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def private_directories(state_dir: Path) -> list[Path]:
+    """The supervisors' own directories (for their workers only) in ``state_dir``."""
+    return [path for path in (state_dir / "supervisors").iterdir() if path.is_dir()]
+
+
+async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream, arrived = await start_slow_upstream(nursery, 1.5)
     config, listen = write_config(tmp_path, proxy_to(upstream))
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    monkeypatch.setenv("TMPDIR", str(temporary))
     async with running(config) as proc:
-        (private,) = temporary.iterdir()  # the supervisor's own directory, for its workers only
+        (private,) = private_directories(tmp_path / "state")
         assert private.stat().st_mode & 0o777 == 0o700
         answer = []
 
@@ -333,7 +332,33 @@ async def test_a_sighup_during_the_drain_does_not_cut_it_short(
             assert await proc.process.wait() == 0
     assert statuses(answer[0]) == [200]
     assert answer[0].endswith(b"slow")
-    assert list(temporary.iterdir()) == []
+    assert private_directories(tmp_path / "state") == []
+
+
+async def test_the_directory_of_a_killed_supervisor_is_removed_by_the_next_one(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    state = tmp_path / "state"
+    async with running(config) as proc:
+        (left,) = private_directories(state)
+        assert [(path.stat().st_mode & 0o777) for path in (left, left.parent)] == [0o700, 0o700]
+        workers = workers_started(proc)
+        proc.process.kill()
+        await proc.process.wait()
+        with trio.fail_after(10):  # they notice and shut down
+            while any(alive(pid) for pid in workers):
+                await trio.sleep(0.1)
+    assert left.is_dir()  # nobody was left to remove it
+    async with running(config) as proc:
+        assert not left.exists()
+        (mine,) = private_directories(state)
+        assert await statuses_of_new_connections(listen, "/", 4) == [200] * 4
+        proc.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.process.wait() == 0
+    assert private_directories(state) == []
 
 
 
