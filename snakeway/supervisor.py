@@ -29,9 +29,8 @@ private directory under ``state_dir`` (mode 0700, made before the first fork,
 removed on exit; one left by a supervisor that was killed is removed by the
 next: :mod:`snakeway.rundir`) in which each worker that applied a reload
 leaves the configuration it applied (see :mod:`snakeway.handoff`); a reload
-that failed leaves nothing. Before each
-fork, and at least once a second, the parent adopts the newest one, and a
-new worker starts from it. Certificates are not handed over: a new worker
+that failed leaves nothing. Before each fork, and at least once a second,
+the parent adopts the newest one, and a new worker starts from it. Certificates are not handed over: a new worker
 reads manual certificate files and ACME certificates (from the store) when
 it starts, and issues internal ones from the local CA, all per the adopted
 configuration. A worker forked after the parent forwarded a SIGHUP but

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import trio
 import trio_websocket
 import trustme
@@ -375,21 +376,22 @@ def hold_leaf_lock(state_dir: Path, names: list[str]) -> BinaryIO:
     return lock
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_sigterm_after_a_sighup_during_start_up_stops_snakeway_at_once(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, workers: int
 ) -> None:
     upstream, _ = await start_logging_upstream(nursery)
-    config, _ = write_config(tmp_path, proxy_to(upstream), workers=1, bind=INTERNAL)
+    config, _ = write_config(tmp_path, proxy_to(upstream), workers=workers, bind=INTERNAL)
     with hold_leaf_lock(tmp_path / "state", ["a.test"]):
         async with snakeway(config, ready=None) as proc:
-            await until_logged(proc, b"local CA:")  # start-up now waits for the leaf's lock
+            await until_logged(proc, b"local CA:", workers)  # start-up now waits for the leaf's lock
             proc.process.send_signal(signal.SIGHUP)
-            await until_logged(proc, b"SIGHUP: reloading")
+            await until_logged(proc, b"SIGHUP: reloading the configuration", workers)
             proc.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(5):
+            with trio.fail_after(5):  # not drain_seconds + 5 s later, when a supervisor kills its workers
                 assert await proc.process.wait() == 0
             await proc.drain_log()
-    assert b"SIGTERM: shutting down" in proc.log
+    assert proc.log.count(b"SIGTERM: shutting down") == workers + (workers > 1)
     assert b"listening on" not in proc.log
 
 
