@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         def run_worker(worker_config: Config, env: WorkerEnv) -> int:
             return _run_server(worker_config, partial(load_config, path), env)
 
-        return _reporting_errors(Supervisor(config, run_worker).run)
+        return _reporting_errors(lambda: Supervisor(config, run_worker).run())
     return _run_server(config, partial(load_config, path))
 
 

@@ -54,7 +54,7 @@ class ConfigHandoff:
     """The directory through which workers hand applied configurations to the supervisor.
 
     Args:
-      directory: private to the supervisor's user (``tempfile.mkdtemp`` makes it mode 0700).
+      directory: private to the supervisor's user (mode 0700, see :mod:`snakeway.rundir`).
     """
 
     def __init__(self, directory: Path) -> None:

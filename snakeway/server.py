@@ -11,7 +11,10 @@ A reload swaps the :class:`~snakeway.proxy.runtime.Runtime` reference: the
 next request on any connection, old or new, sees the new routes, services
 and upstreams; certificate files are re-read and each TLS listener's
 certificate map is replaced in one reference swap. Anything wrong in the new
-configuration or certificates leaves the running one in place.
+configuration or certificates leaves the running one in place. Reloads run one
+at a time in a task of their own; one asked for during start-up is applied once
+serving, and a shutdown cancels the one in progress. A shutdown during start-up
+stops start-up where it is.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ class Server:
         self.drain = Drain()
         self._stop = trio.Event()
         self._serving = trio.Event()
+        # Cancelled by a shutdown that comes before the server is serving: start-up (issuing
+        # certificates, waiting on another worker's leaf lock) can take seconds, never a SIGTERM.
+        self._starting = trio.CancelScope()
+        self._reload_wanted = trio.Event()
         self._listeners: dict[ListenerKey, trio.CancelScope] = {}
         self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
@@ -167,8 +174,20 @@ class Server:
     # -- control ---------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop accepting and let requests in flight finish (``drain_seconds``)."""
+        """Stop accepting and let requests in flight finish (``drain_seconds``).
+
+        Before the server is serving, start-up stops where it is and :meth:`serve` returns.
+        """
         self._stop.set()
+        if not self._serving.is_set():
+            self._starting.cancel()
+
+    def request_reload(self) -> None:
+        """Reload soon: at once when serving, else once start-up is done.
+
+        Reloads run one at a time; requests made while one runs make one more after it.
+        """
+        self._reload_wanted.set()
 
     async def reload(self) -> bool:
         """Re-read the configuration and certificates; on any problem keep the running ones."""
@@ -188,13 +207,12 @@ class Server:
             # Nothing below can fail: the new configuration is applied whole.
             await self._apply_certificates(runtime, manual)
         except (ConfigError, SnakewayError, OSError) as exc:
-            if access[1] and access[0] is not None:
-                os.close(access[0])
-            for sockets in bound.values():
-                for sock in sockets:
-                    sock.close()
+            _discard(access, bound)
             logger.error("reload failed, the running configuration stays:\n%s", exc)
             return False
+        except BaseException:  # cancelled by a shutdown
+            _discard(access, bound)
+            raise
         self.shared.pool.settings = config.server.upstream
         self.shared.health.cooldown = config.server.upstream.failure_cooldown_seconds
         self.runtime = runtime
@@ -224,36 +242,25 @@ class Server:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`shutdown`; ``started()`` once every listener is open.
 
+        A shutdown before then stops start-up where it is (issuing a certificate, waiting for
+        another worker's lock) and returns without ``started()``.
+
         Raises:
           SnakewayError: a certificate cannot be loaded or issued.
           OSError: a listener cannot be opened.
         """
-        await self._apply_certificates(self.runtime, await self._load_manual(self.runtime))
-        server = self.runtime.config.server
-        self.shared.access.reopen(AccessLog.open(server.access_log), with_pid=server.workers > 1)
-        pid_file = None if self.worker else server.pid_file
-        if pid_file is not None:
-            pid_file.write_text(f"{os.getpid()}\n")
+        pid_file = None
         try:
-            async with trio.open_nursery() as root:
-                root.start_soon(self.shared.pool.run)
-                await root.start(self.internal.run)
-                if self.manager is not None:
-                    await root.start(self.manager.run)
-                async with trio.open_nursery() as handlers:
-                    self._handlers = handlers
-                    async with trio.open_nursery() as accept:
-                        self._accept = accept
-                        for spec in self.runtime.listeners.values():
-                            self._serve_listener(spec, await self._bind(spec))
-                        task_status.started()
-                        self._serving.set()
-                        await self._stop.wait()
-                        accept.cancel_scope.cancel()
-                    self.drain.close()
-                    drain = self.runtime.config.server.drain_seconds
-                    handlers.cancel_scope.deadline = trio.current_time() + drain
-                root.cancel_scope.cancel()
+            with self._starting:
+                await self._apply_certificates(self.runtime, await self._load_manual(self.runtime))
+                server = self.runtime.config.server
+                self.shared.access.reopen(AccessLog.open(server.access_log), with_pid=server.workers > 1)
+                if not self.worker and server.pid_file is not None:
+                    pid_file = server.pid_file
+                    pid_file.write_text(f"{os.getpid()}\n")
+                await self._serve(task_status)
+            if self._starting.cancelled_caught:
+                logger.info("stopped before start-up was done")
         finally:
             self.shared.access.close()
             await self.shared.pool.aclose()
@@ -263,12 +270,46 @@ class Server:
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
 
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        """The background tasks, the listeners and the reloads; then, once stopped, the drain."""
+        async with trio.open_nursery() as root:
+            root.start_soon(self.shared.pool.run)
+            await root.start(self.internal.run)
+            if self.manager is not None:
+                await root.start(self.manager.run)
+            async with trio.open_nursery() as handlers:
+                self._handlers = handlers
+                # Reloads run beside the accept loops: a reload may start a listener, and a
+                # shutdown stops both (a reload waiting on a certificate does not hold it up).
+                async with trio.open_nursery() as accept:
+                    self._accept = accept
+                    for spec in self.runtime.listeners.values():
+                        self._serve_listener(spec, await self._bind(spec))
+                    task_status.started()
+                    self._serving.set()
+                    accept.start_soon(self._run_reloads)
+                    await self._stop.wait()
+                    accept.cancel_scope.cancel()
+                self.drain.close()
+                drain = self.runtime.config.server.drain_seconds
+                handlers.cancel_scope.deadline = trio.current_time() + drain
+            root.cancel_scope.cancel()
+
+    async def _run_reloads(self) -> None:
+        """Apply the reloads :meth:`request_reload` asks for, one at a time. Runs until cancelled."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            await self.reload()
+
     async def serve_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """SIGINT/SIGTERM shut down gracefully; SIGHUP reloads. Runs until cancelled.
 
         The three signals are unblocked once their handlers are installed: a worker starts
         with them blocked (see :mod:`snakeway.supervisor`), and one that arrived meanwhile is
-        handled now. A reload waits until the server is serving; once shutting down, the
+        handled now. This loop never waits for anything but the next signal: a SIGHUP asks
+        for a reload (:meth:`request_reload`, applied once serving), so a SIGTERM right
+        after it, even during start-up, shuts down at once. Once shutting down, the
         handlers stay so that a late signal cannot end the drain.
         """
         import signal
@@ -281,9 +322,9 @@ class Server:
                 if self._stop.is_set():
                     logger.info("%s ignored: shutting down", signal.Signals(signum).name)
                 elif signum == signal.SIGHUP:
-                    logger.info("SIGHUP: reloading the configuration")
-                    await self._serving.wait()
-                    await self.reload()
+                    later = "" if self._serving.is_set() else " once started"
+                    logger.info("SIGHUP: reloading the configuration%s", later)
+                    self.request_reload()
                 else:
                     logger.info("%s: shutting down", signal.Signals(signum).name)
                     self.shutdown()
@@ -377,3 +418,12 @@ class Server:
             await Http1Connection(transport, ctx, client_ip).run()
         except Exception:  # the per-connection error boundary; Cancelled passes
             logger.exception("connection handler crashed")
+
+
+def _discard(access: tuple[int | None, bool], bound: dict[ListenerKey, list[socket.socket]]) -> None:
+    """Close what a reload that did not finish opened: the access log file and new listening sockets."""
+    if access[1] and access[0] is not None:
+        os.close(access[0])
+    for sockets in bound.values():
+        for sock in sockets:
+            sock.close()

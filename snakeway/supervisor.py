@@ -12,21 +12,25 @@ spreads new connections across them. The parent
   (graceful shutdown), then waits for them and exits 0; a worker that is
   still running ``drain_seconds`` + 5 s later is killed; a SIGHUP during
   the shutdown is not forwarded (workers ignore one too);
-* restarts a worker that dies, unless it keeps failing right after start
-  (a broken configuration or a port in use): then it gives up and exits 1.
-  A worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
+* restarts a worker that dies: at once if it ran for a while, else after a
+  back-off that doubles with each death at start in a row (0.5 s, 1 s, 2 s...,
+  at most 10 s), whatever killed it. If it keeps *failing* right after start
+  (a broken configuration or a port in use), it gives up and exits 1. A
+  worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
   ``kill``, the OOM killer) did not fail by itself and never counts towards
-  giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does;
+  giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does (see
+  :mod:`snakeway.restarts`);
 * writes the pid file, and creates the local CA before any worker starts,
   so workers never race to create two different roots.
 
 Reloads happen in the workers; the parent only forwards SIGHUP. A worker
 started later must still serve what the others serve, so the parent keeps a
-private directory (mode 0700, made before the first fork) in which each
-worker that applied a reload leaves the configuration it applied (see
-:mod:`snakeway.handoff`); a reload that failed leaves nothing. Before each
-fork, and at least once a second, the parent adopts the newest one, and a
-new worker starts from it. Certificates are not handed over: a new worker
+private directory under ``state_dir`` (mode 0700, made before the first fork,
+removed on exit; one left by a supervisor that was killed is removed by the
+next: :mod:`snakeway.rundir`) in which each worker that applied a reload
+leaves the configuration it applied (see :mod:`snakeway.handoff`); a reload
+that failed leaves nothing. Before each fork, and at least once a second,
+the parent adopts the newest one, and a new worker starts from it. Certificates are not handed over: a new worker
 reads manual certificate files and ACME certificates (from the store) when
 it starts, and issues internal ones from the local CA, all per the adopted
 configuration. A worker forked after the parent forwarded a SIGHUP but
@@ -53,33 +57,27 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
 from snakeway.handoff import ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
+from snakeway.restarts import Streak, after_death, killed
+from snakeway.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = logging.getLogger("snakeway.supervisor")
 
-# A worker that fails this soon after starting, this many times in a row, is not restarted again.
-QUICK_EXIT_SECONDS = 2.0
-QUICK_EXITS_TO_GIVE_UP = 3
 STOP_SECONDS_EXTRA = 5.0
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 # Blocked in a new worker until its own handlers are installed (Server.serve_signals unblocks them).
 WORKER_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
-# Deaths that come from outside (an operator's kill, the OOM killer), not from the worker failing.
-_KILLED = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class _Slot:
     started: float = 0.0
     forked_at: int = 0  # time.monotonic_ns(), comparable with the stamps of the handoff
     config_stamp: int = 0  # the newest configuration this worker is known to run
-    quick_exits: int = 0
+    streak: Streak = Streak()  # its workers' deaths at start, in a row
     restart_at: float | None = None
 
 
@@ -112,9 +110,13 @@ class Supervisor:
         self.failed = False
         self.kill_at: float | None = None
         self.sighup_at = 0  # time.monotonic_ns() of the last SIGHUP forwarded
-        self.private = Path(tempfile.mkdtemp(prefix="snakeway-"))
-        self.handoff = ConfigHandoff(self.private)
-        self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private / "websockets.lock")
+        self.private = RunDirectory.create(config.server.state_dir)
+        try:
+            self.handoff = ConfigHandoff(self.private.path)
+            self.ws_counts = SharedWebSocketCounts(len(self.slots), self.private.path / "websockets.lock")
+        except BaseException:
+            self.private.remove()
+            raise
 
     def run(self) -> int:
         """Run the workers until shutdown; 0, or 1 if they kept failing at start."""
@@ -122,7 +124,7 @@ class Supervisor:
             return self._run()
         finally:  # only in the supervisor: a worker leaves through os._exit
             self.ws_counts.close()
-            shutil.rmtree(self.private, ignore_errors=True)
+            self.private.remove()
 
     def _run(self) -> int:
         server = self.config.server
@@ -223,18 +225,16 @@ class Supervisor:
         if self.stopping:
             return
         now = time.monotonic()
-        if code < 0 and -code in _KILLED:
-            logger.warning("worker %d was killed by %s; starting a new one", number, signal.Signals(-code).name)
-            slot.restart_at = now + 0.5 * slot.quick_exits
-            return
-        slot.quick_exits = slot.quick_exits + 1 if now - slot.started < QUICK_EXIT_SECONDS else 0
-        if slot.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
+        slot.streak, delay = after_death(slot.streak, lived=now - slot.started, code=code)
+        if delay is None:
             logger.error("worker %d keeps exiting at start (code %s); stopping snakeway", number, code)
             self.failed = True
             self._stop_all()
             return
-        logger.warning("worker %d exited with code %s; starting a new one", number, code)
-        slot.restart_at = now + 0.5 * slot.quick_exits
+        how = f"was killed by {signal.Signals(-code).name}" if killed(code) else f"exited with code {code}"
+        when = f" in {delay:g} s" if delay else ""
+        logger.warning("worker %d %s; starting a new one%s", number, how, when)
+        slot.restart_at = now + delay
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for slot in self.slots:

@@ -81,7 +81,7 @@ def test_the_limit_holds_across_processes(counts: SharedWebSocketCounts) -> None
     counts.release(first)
     assert counts.total(CHAT) == 2
     assert counts.acquire(CHAT, 3) is not None
-    assert counts.acquire(CHAT, None) is not None  # no limit: still counted
+    assert counts.acquire(CHAT, 4) is not None  # a higher limit (after a reload) counts on from there
     assert counts.total(CHAT) == 4
 
 
@@ -124,12 +124,12 @@ def test_a_worker_killed_inside_the_lock_does_not_keep_it(counts: SharedWebSocke
 def test_an_entry_with_nothing_open_serves_another_route(tmp_path: Path) -> None:
     counts = SharedWebSocketCounts(1, tmp_path / "lock", entries=2)
     try:
-        a = counts.acquire(("/a",), None)
-        b = counts.acquire(("/b",), None)
+        a = counts.acquire(("/a",), 5)
+        b = counts.acquire(("/b",), 5)
         assert a is not None and b is not None
-        assert counts.acquire(("/c",), None) is None  # full of open WebSockets
+        assert counts.acquire(("/c",), 5) is None  # full of open WebSockets
         counts.release(a)
-        assert counts.acquire(("/c",), None) == a
+        assert counts.acquire(("/c",), 5) == a
         assert counts.total(("/a",)) == 0
         assert counts.total(("/b",)) == 1
     finally:
@@ -170,13 +170,40 @@ def test_slots_answer_503_from_the_shared_count(counts: SharedWebSocketCounts) -
     pid, pipe = child_holding(counts, 1, ("/chat", "*"), 1)
     try:
         slots = WebSocketSlots(counts)
-        with slots.take(route):
-            assert slots.open_count(route) == 2
+        with slots.take(route):  # one here, one in the other process: the route is full
             with pytest.raises(ProxyError) as info, slots.take(route):
                 pass
             assert info.value.status == 503
-        assert slots.open_count(route) == 1
+        assert counts.total(("/chat", "*")) == 1
+        with slots.take(route):
+            pass
     finally:
         os.kill(pid, signal.SIGKILL)
         exit_code(pid)
         os.close(pipe)
+
+
+def test_a_route_without_a_limit_needs_no_entry_in_the_table(tmp_path: Path) -> None:
+    counts = SharedWebSocketCounts(1, tmp_path / "lock", entries=1)
+    try:
+        limited = Route(hosts=("*",), path="/chat", enable_websocket=True, ws_max_connections=5)
+        unlimited = Route(hosts=("*",), path="/feed", enable_websocket=True)
+        slots = WebSocketSlots(counts)
+        with slots.take(limited):  # holds the table's only entry
+            with slots.take(unlimited), slots.take(unlimited):
+                assert counts.total(("/feed", "*")) == 0
+            assert counts.total(("/chat", "*")) == 1
+    finally:
+        counts.close()
+
+
+def test_without_shared_counts_the_limit_is_the_process_own() -> None:
+    route = Route(hosts=("*",), path="/chat", enable_websocket=True, ws_max_connections=1)
+    slots = WebSocketSlots()
+    for _ in range(2):  # a slot given back can be taken again
+        with slots.take(route):
+            with pytest.raises(ProxyError) as info, slots.take(route):
+                pass
+            assert info.value.status == 503
+            with slots.take(Route(hosts=("*",), path="/feed", enable_websocket=True)):
+                pass

@@ -39,12 +39,11 @@ def wants_websocket(headers: hdr.Headers) -> bool:
     return hdr.has_token(headers, b"upgrade", b"websocket") and hdr.has_token(headers, b"connection", b"upgrade")
 
 
-def wants_upgrade(request: h11.Request) -> bool:
-    return hdr.has_token(request.headers, b"connection", b"upgrade")
-
-
 class WebSocketSlots:
     """Counts open WebSockets per route against ``ws_max_connections``.
+
+    Only routes with a limit are counted: a route without one takes no lock and no table
+    entry, so any number of such routes can have WebSockets open.
 
     Args:
       shared: with several workers, the table every worker of the supervisor counts in (the
@@ -55,17 +54,16 @@ class WebSocketSlots:
         self._open: dict[tuple[str, ...], int] = {}
         self._shared = shared
 
-    def open_count(self, route: Route) -> int:
-        if self._shared is not None:
-            return self._shared.total(_key(route))
-        return self._open.get(_key(route), 0)
-
     @contextmanager
     def take(self, route: Route) -> Iterator[None]:
         """Hold a slot; raises ProxyError(503) when the route is full."""
+        limit = route.ws_max_connections
+        if limit is None:
+            yield
+            return
         key = _key(route)
         if self._shared is not None:
-            index = self._shared.acquire(key, route.ws_max_connections)
+            index = self._shared.acquire(key, limit)
             if index is None:
                 raise ProxyError(503, f"too many WebSocket connections on {route.path}")
             try:
@@ -74,13 +72,16 @@ class WebSocketSlots:
                 self._shared.release(index)
             return
         count = self._open.get(key, 0)
-        if route.ws_max_connections is not None and count >= route.ws_max_connections:
+        if count >= limit:
             raise ProxyError(503, f"too many WebSocket connections on {route.path}")
         self._open[key] = count + 1
         try:
             yield
         finally:
-            self._open[key] -= 1
+            if self._open[key] == 1:
+                del self._open[key]
+            else:
+                self._open[key] -= 1
 
 
 def _key(route: Route) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 ``ws_max_connections`` is a limit for the server, not for each worker. With
 several workers the counts live in an anonymous shared memory map that the
 supervisor creates before forking, so every worker sees the same table.
+Only routes with a limit are counted; a route without one never touches it.
 
 Theory of operation: the table has :data:`ENTRIES` entries, each a 16-byte
 digest of a route's key (what the route matches, so a reload keeps the
@@ -83,8 +84,11 @@ class SharedWebSocketCounts:
         assert 0 <= worker < self._workers
         self._column = worker
 
-    def acquire(self, key: tuple[str, ...], limit: int | None) -> int | None:
+    def acquire(self, key: tuple[str, ...], limit: int) -> int | None:
         """Count one more WebSocket for ``key`` unless ``limit`` are open already.
+
+        Only routes with a limit are counted here (see
+        :class:`~snakeway.proxy.websocket.WebSocketSlots`).
 
         Returns:
           The entry to pass to :meth:`release`, or None when the route is full (or, past
@@ -98,7 +102,7 @@ class SharedWebSocketCounts:
                 return None
             offset = index * self._size
             counts = list(self._counts.unpack_from(self._map, offset + DIGEST_SIZE))
-            if limit is not None and sum(counts) >= limit:
+            if sum(counts) >= limit:
                 return None
             self._map[offset : offset + DIGEST_SIZE] = name
             counts[self._column] += 1
@@ -113,7 +117,7 @@ class SharedWebSocketCounts:
             struct.pack_into("=i", self._map, position, max(0, count - 1))
 
     def total(self, key: tuple[str, ...]) -> int:
-        """WebSockets open on ``key``'s route across every worker."""
+        """WebSockets open on ``key``'s route across every worker (what :meth:`acquire` checks against the limit)."""
         name = digest(key)
         with self._locked():
             index = self._find(name)

@@ -190,8 +190,11 @@ class InternalIssuer:
         for cert_id in ids:
             domains = self._wanted[cert_id]
             now = self._clock.now()
+            # Abandoned if cancelled (a shutdown): the thread may be waiting for another
+            # process's lock, and what it writes under the lock is whole whenever it finishes.
             leaf = await trio.to_thread.run_sync(
-                lambda domains=domains, now=now: shared_leaf(self._ca, domains, now=now)  # type: ignore[arg-type]
+                lambda domains=domains, now=now: shared_leaf(self._ca, domains, now=now),  # type: ignore[arg-type]
+                abandon_on_cancel=True,
             )
             entry, info = await entry_from_pem(
                 leaf.chain_pem, leaf.key_pem, now=now, source=f"internal certificate {cert_id}"

@@ -36,8 +36,9 @@ def plain_config(path: Path, listen: int, upstream: int, route: str = "/") -> No
         f"""
 server {{
   version  = 1
-  workers  = 2
-  pid_file = "{path.parent / 'snakeway.pid'}"
+  workers   = 2
+  pid_file  = "{path.parent / 'snakeway.pid'}"
+  state_dir = "{path.parent / 'state'}"
 }}
 ingress "web" {{
   bind = {{ interface = "127.0.0.1", port = {listen} }}

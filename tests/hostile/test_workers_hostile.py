@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import trio
@@ -19,10 +21,13 @@ import trustme
 from cryptography import x509
 
 from snakeway.config.model import CertFiles
+from snakeway.restarts import QUICK_EXIT_SECONDS
+from snakeway.tls.internal_ca import LocalCA
+from snakeway.tls.leaves import leaf_paths
 from tests.hostile.harness import (
     LOOPBACK, exchange, proxy_to, running, start_logging_upstream, statuses, until_logged, write_config,
 )
-from tests.proc import Running
+from tests.proc import Running, snakeway
 from tests.tlshelpers import client_context, tls_request, write_leaf
 
 _WORKER = re.compile(rb"\[(\d+)\] snakeway: listening on")
@@ -132,9 +137,10 @@ async def test_a_sighup_burst_while_workers_restart_stops_nothing(nursery: trio.
             try:
                 for _ in range(6):
                     await trio.sleep(0.4)
-                    victims = [pid for pid in workers_started(proc) if alive(pid)]
-                    if victims:
-                        os.kill(victims[-1], signal.SIGKILL)
+                    with trio.fail_after(15):  # both may be waiting out their back-off
+                        while not (victims := [pid for pid in workers_started(proc) if alive(pid)]):
+                            await trio.sleep(0.05)
+                    os.kill(victims[-1], signal.SIGKILL)
                 await trio.sleep(0.5)
             finally:
                 stop.set()
@@ -147,6 +153,24 @@ async def test_a_sighup_burst_while_workers_restart_stops_nothing(nursery: trio.
     assert b"keeps exiting" not in proc.log
     assert b"killed by SIGHUP" not in proc.log  # every worker handled its SIGHUPs as reloads
     assert proc.log.count(b"killed by SIGKILL") == 6
+
+
+async def test_a_worker_killed_at_every_start_is_restarted_ever_more_slowly(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    async with running(config) as proc:
+        waited = []
+        for _ in range(3):  # as the OOM killer would: each new worker killed as soon as it is up
+            started = workers_started(proc)
+            killed_at = trio.current_time()
+            os.kill(started[-1], signal.SIGKILL)
+            await until_logged(proc, b"listening on", len(started) + 1)
+            waited.append(trio.current_time() - killed_at)
+        assert re.findall(rb"killed by SIGKILL; starting a new one in ([\d.]+) s", proc.log) == [b"0.5", b"1", b"2"]
+        assert [w >= least for w, least in zip(waited, (0.5, 1, 2), strict=True)] == [True] * 3, waited
+        assert await statuses_of_new_connections(listen, "/", 10) == [200] * 10
 
 
 async def accept_websocket(request: trio_websocket.WebSocketRequest) -> None:
@@ -252,6 +276,7 @@ async def test_a_worker_started_during_a_reload_serves_the_reloaded_configuratio
     async with running(config) as proc:
         write_config(tmp_path, proxy_to(upstream, "/"), port=listen)
         victim = workers_started(proc)[-1]
+        await trio.sleep(QUICK_EXIT_SECONDS)  # a worker that ran this long is replaced at once
         # The replacement is forked after the supervisor forwarded this SIGHUP, before the
         # surviving worker has applied it.
         proc.process.send_signal(signal.SIGHUP)
@@ -278,16 +303,16 @@ async def start_slow_upstream(nursery: trio.Nursery, seconds: float) -> tuple[in
     return listeners[0].socket.getsockname()[1], arrived
 
 
-async def test_a_sighup_during_the_drain_does_not_cut_it_short(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def private_directories(state_dir: Path) -> list[Path]:
+    """The supervisors' own directories (for their workers only) in ``state_dir``."""
+    return [path for path in (state_dir / "supervisors").iterdir() if path.is_dir()]
+
+
+async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream, arrived = await start_slow_upstream(nursery, 1.5)
     config, listen = write_config(tmp_path, proxy_to(upstream))
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    monkeypatch.setenv("TMPDIR", str(temporary))
     async with running(config) as proc:
-        (private,) = temporary.iterdir()  # the supervisor's own directory, for its workers only
+        (private,) = private_directories(tmp_path / "state")
         assert private.stat().st_mode & 0o777 == 0o700
         answer = []
 
@@ -308,4 +333,87 @@ async def test_a_sighup_during_the_drain_does_not_cut_it_short(
             assert await proc.process.wait() == 0
     assert statuses(answer[0]) == [200]
     assert answer[0].endswith(b"slow")
-    assert list(temporary.iterdir()) == []
+    assert private_directories(tmp_path / "state") == []
+
+
+async def test_the_directory_of_a_killed_supervisor_is_removed_by_the_next_one(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream))
+    state = tmp_path / "state"
+    async with running(config) as proc:
+        (left,) = private_directories(state)
+        assert [(path.stat().st_mode & 0o777) for path in (left, left.parent)] == [0o700, 0o700]
+        workers = workers_started(proc)
+        proc.process.kill()
+        await proc.process.wait()
+        with trio.fail_after(10):  # they notice and shut down
+            while any(alive(pid) for pid in workers):
+                await trio.sleep(0.1)
+    assert left.is_dir()  # nobody was left to remove it
+    async with running(config) as proc:
+        assert not left.exists()
+        (mine,) = private_directories(state)
+        assert await statuses_of_new_connections(listen, "/", 4) == [200] * 4
+        proc.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.process.wait() == 0
+    assert private_directories(state) == []
+
+
+
+INTERNAL = ', tls = { mode = "internal", domains = ["a.test"] }'
+
+
+def hold_leaf_lock(state_dir: Path, names: list[str]) -> BinaryIO:
+    """Take the lock of the internal leaf for ``names``, as a worker issuing it does: a snakeway
+    starting meanwhile waits for it before it listens. Closing the file releases it."""
+    _, _, lock_path = leaf_paths(LocalCA.load_or_create(state_dir), names)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path, "ab")  # the caller closes it
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sigterm_after_a_sighup_during_start_up_stops_snakeway_at_once(
+    nursery: trio.Nursery, tmp_path: Path, workers: int
+) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, _ = write_config(tmp_path, proxy_to(upstream), workers=workers, bind=INTERNAL)
+    with hold_leaf_lock(tmp_path / "state", ["a.test"]):
+        async with snakeway(config, ready=None) as proc:
+            await until_logged(proc, b"local CA:", workers)  # start-up now waits for the leaf's lock
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"SIGHUP: reloading the configuration", workers)
+            proc.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):  # not drain_seconds + 5 s later, when a supervisor kills its workers
+                assert await proc.process.wait() == 0
+            await proc.drain_log()
+    assert proc.log.count(b"SIGTERM: shutting down") == workers + (workers > 1)
+    assert b"listening on" not in proc.log
+
+
+async def test_a_sighup_during_start_up_reloads_once_serving(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_logging_upstream(nursery)
+    config, listen = write_config(tmp_path, proxy_to(upstream, "/old"), workers=1, bind=INTERNAL)
+    lock = hold_leaf_lock(tmp_path / "state", ["a.test"])
+    try:
+        async with snakeway(config, ready=None) as proc:
+            await until_logged(proc, b"local CA:")
+            write_config(tmp_path, proxy_to(upstream, "/"), workers=1, bind=INTERNAL, port=listen)  # adds /new
+            proc.process.send_signal(signal.SIGHUP)
+            await until_logged(proc, b"SIGHUP: reloading")
+            assert b"listening on" not in proc.log
+            lock.close()
+            await until_logged(proc, b"listening on")
+            await until_logged(proc, b"configuration reloaded")
+            client = client_context(LocalCA.load_or_create(tmp_path / "state").root_path)
+            result = await tls_request(listen, client, "a.test", host="a.test", target="/new")
+            assert result.response is not None and result.response.status == 200
+            proc.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await proc.process.wait() == 0
+    finally:
+        lock.close()
