@@ -7,7 +7,6 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 
 # Debian package -> the binaries it must provide.
 PACKAGES = {
@@ -132,5 +131,6 @@ def machine() -> dict[str, object]:
         "memory_gib": round(mem_gib, 1),
         "kernel": platform.release(),
         "os": os_name,
-        "python_executable": sys.executable,
+        # The interpreter, not its path: the results are compared across machines.
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
     }

@@ -29,7 +29,8 @@ timeout (:class:`SendTimeout`). A write the kernel takes at once (nearly
 every write of a small response) costs no clock read and no cancel scope;
 a blocked wait gets one scope of its own, which is cheap next to a wait.
 A caller whose own deadline should not apply to such waits hears of them
-first (``on_send_blocked``): the proxy's exchange lifts its deadline there.
+first (``on_send_blocked``): the proxy's exchange lifts its deadline there,
+for the writes it makes itself (a ``trio.SSLStream`` above writes too).
 Everything that writes to the connection goes through here: relayed and
 static responses, snakeway's own replies, WebSocket tunnels, and TLS
 records when a ``trio.SSLStream`` runs over the stream.
@@ -67,6 +68,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
         about to wait for the peer, from the task that sends: a caller that
         times its waits by a deadline of its own lifts it there, so that
         only the send timeout governs the wait (the proxy's exchange does).
+        Set it around one's own writes only: a ``trio.SSLStream`` over the
+        stream also writes while it reads (TLS alerts, key updates).
     """
 
     __slots__ = ("socket", "send_timeout", "on_send_blocked", "_sock", "_eof_sent")

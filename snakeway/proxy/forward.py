@@ -202,9 +202,13 @@ class Exchange:
     client runs under the deadline the last wait left, which must not cut it
     short when the client reads slowly but steadily: the transport lifts it
     (:meth:`_lift_deadline`, its ``on_send_blocked``) once the write has to
-    wait for the client. A write that does not wait, nearly all of them, costs
-    nothing more; and the last write of a response (all of a small one) is
-    made after the scope, by :meth:`run`.
+    wait for the client. The hook is set around the exchange's own writes to
+    the client (:meth:`to_client`) and only there: under TLS the transport
+    also writes while the request body is read (an alert, a key update), and
+    a wait of such a write must not lift the body read's deadline. A write
+    that does not wait, nearly all of them, costs nothing more; and the last
+    write of a response (all of a small one) is made after the scope, by
+    :meth:`run`, with no hook to set.
     """
 
     def __init__(
@@ -228,9 +232,6 @@ class Exchange:
         # What timeouts() does, written out: on the path every request takes, a generator-based
         # context manager costs more than the scope it manages.
         scope = self._scope = trio.CancelScope()
-        tcp = self.down.tcp
-        if tcp is not None:
-            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 if body is not None and body.complete:
@@ -240,8 +241,6 @@ class Exchange:
                 status, last = await self._relay()
         finally:
             self._scope = None
-            if tcp is not None:
-                tcp.on_send_blocked = None
         if scope.cancelled_caught:
             raise self._timeout_error()
         # The response's last write (all of a small one), once the exchange's deadline is gone;
@@ -259,16 +258,11 @@ class Exchange:
           ProxyError, ClientGone: a wait ran out of time (which one depends on the wait).
         """
         scope = self._scope = trio.CancelScope()
-        tcp = self.down.tcp
-        if tcp is not None:
-            tcp.on_send_blocked = self._lift_deadline
         try:
             with scope:
                 yield
         finally:
             self._scope = None
-            if tcp is not None:
-                tcp.on_send_blocked = None
         if scope.cancelled_caught:
             raise self._timeout_error()
 
@@ -286,7 +280,7 @@ class Exchange:
             scope.deadline = deadline
 
     def _lift_deadline(self) -> None:
-        """A write to the client is about to wait for it: no deadline of the exchange's applies.
+        """A write of :meth:`to_client` waits for the client: no deadline of the exchange's applies.
 
         The client's transport times the wait by its progress (a ``SendTimeout``
         is a ``BrokenResourceError``). The deadline the last wait left is lifted,
@@ -437,6 +431,13 @@ class Exchange:
             return
         if type(events[0]) is h11.Response:
             self.response_started = True
+        # The hook that lifts the exchange's deadline is set for this write only: the client's
+        # transport also writes on its own account (TLS records while the request body is read),
+        # and such a write must leave the body read's deadline alone. The last write, made after
+        # the scope, has no deadline to lift and sets nothing.
+        tcp = self.down.tcp if self._scope is not None else None
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
         try:
             await self.down.send(*events)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -444,3 +445,6 @@ class Exchange:
         except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up
             logger.warning("response from %s cannot be relayed: %s", self.conn.endpoint, exc)
             raise ClientGone(f"invalid upstream response: {exc}") from exc
+        finally:
+            if tcp is not None:
+                tcp.on_send_blocked = None

@@ -12,23 +12,29 @@ X25519MLKEM768 (OpenSSL 3.5 and later), X25519 and P-256, in that order of prefe
 Python 3.15 has ``SSLContext.set_groups``; older versions only have ``set_ecdh_curve``, which allows a single
 curve. There, snakeway calls OpenSSL itself, through :mod:`ctypes`, on the ``SSL_CTX`` of the stdlib context:
 
-1. The library is the one the ``_ssl`` extension module is linked against: ``dlopen`` of that module's file,
+1. Only on CPython 3.11 to 3.14 (:data:`KNOWN_LAYOUTS`), whose ``PySSLContext`` struct is known:
+   ``PyObject_HEAD`` followed by ``SSL_CTX *ctx``. Nothing can tell from outside whether some other build lays
+   the struct out the same way: the check in step 4 makes OpenSSL dereference the pointer it is given, so a
+   pointer read from a different layout would crash the process (a segmentation fault), not fail the check.
+   Any other interpreter, or a later CPython without ``set_groups``, keeps OpenSSL's defaults.
+2. The library is the one the ``_ssl`` extension module is linked against: ``dlopen`` of that module's file,
    whose symbol lookup also searches the libraries it depends on. Its ``OpenSSL_version_num()`` must equal
    :data:`ssl.OPENSSL_VERSION_NUMBER`, so this is the very library Python uses.
-2. CPython's ``PySSLContext`` struct is ``PyObject_HEAD`` followed by ``SSL_CTX *ctx`` (unchanged since the
-   ``ssl`` module began), so the pointer is read at ``id(context) + object.__basicsize__``, the size of the
-   object header of this very interpreter build.
-3. Before anything is changed, the pointer is checked: OpenSSL's ``SSL_CTX_get_options`` and minimum protocol
+3. The pointer is read at ``id(context) + object.__basicsize__``, the size of the object header of this very
+   interpreter build (larger in a debug build).
+4. Before anything is changed, the pointer is checked: OpenSSL's ``SSL_CTX_get_options`` and minimum protocol
    version read through it must equal what Python reports for the same context (``context.options`` and
-   ``context.minimum_version``, set to snakeway's values by then). A wrong pointer fails this check.
-4. ``SSL_CTX_set1_groups_list`` is a macro over ``SSL_CTX_ctrl(ctx, SSL_CTRL_SET_GROUPS_LIST, 0, list)``. When
+   ``context.minimum_version``, set to snakeway's values by then). This confirms, on a known layout, that the
+   ``SSL_CTX`` is the context's and the library the one that made it; it is no defence against a wrong layout,
+   which step 1 rules out.
+5. ``SSL_CTX_set1_groups_list`` is a macro over ``SSL_CTX_ctrl(ctx, SSL_CTRL_SET_GROUPS_LIST, 0, list)``. When
    OpenSSL refuses a list (an unknown group), its error queue is cleared at once, so that no stale error is
    later reported by an unrelated call of the ``ssl`` module.
 
 Which list the library takes (with or without X25519MLKEM768) is found once per process on a throw-away context.
-When none of this is possible (another Python implementation, OpenSSL linked statically into ``_ssl``, a
-version mismatch, a failed check), snakeway logs one warning and keeps OpenSSL's default groups: TLS works as
-before, only the group list is wider.
+When none of this is possible (another Python implementation or version, OpenSSL linked statically into
+``_ssl``, a version mismatch, a failed check), snakeway logs one warning and keeps OpenSSL's default groups: TLS
+works as before, only the group list is wider.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import platform
 import ssl
 import sys
 from dataclasses import dataclass
@@ -47,6 +54,9 @@ GROUP_LISTS = ("X25519MLKEM768:X25519:P-256", "X25519:P-256")
 # From OpenSSL's ssl.h: the command behind SSL_CTX_set1_groups_list, and behind SSL_CTX_get_min_proto_version.
 SSL_CTRL_SET_GROUPS_LIST = 92
 SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+#: The CPython versions (first and last) whose ``PySSLContext`` starts with the ``SSL_CTX *`` after the object
+#: header; later ones have ``SSLContext.set_groups``.
+KNOWN_LAYOUTS = ((3, 11), (3, 14))
 
 
 def restrict_groups(context: ssl.SSLContext) -> str | None:
@@ -90,7 +100,10 @@ class _LibSsl:
     groups: str = ""
 
     def ctx_pointer(self, context: ssl.SSLContext) -> int | None:
-        """The context's ``SSL_CTX *``, or None unless OpenSSL reads the context's settings through it."""
+        """The context's ``SSL_CTX *``, or None unless OpenSSL reads the context's settings through it.
+
+        Only for an interpreter in :data:`KNOWN_LAYOUTS`: OpenSSL dereferences what is read here.
+        """
         pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
         if not pointer:
             return None
@@ -126,12 +139,15 @@ def _setter() -> _Stdlib | _LibSsl | None:
     if hasattr(probe, "set_groups"):
         stdlib = next((_Stdlib(g) for g in GROUP_LISTS if _Stdlib(g).apply(probe)), None)
         return _found(stdlib, "OpenSSL accepts none of " + ", ".join(GROUP_LISTS))
+    implementation, version = _interpreter()
+    if implementation != "CPython" or not KNOWN_LAYOUTS[0] <= version <= KNOWN_LAYOUTS[1]:
+        return _found(None, f"the ssl context layout of {implementation} {version[0]}.{version[1]} is unknown")
     lib, reason = _load_libssl()
     if lib is None:
         return _found(None, reason)
     libssl = _LibSsl(lib)
     if libssl.ctx_pointer(probe) is None:
-        return _found(None, "the SSL_CTX of a Python ssl context could not be found safely")
+        return _found(None, "OpenSSL does not read a Python ssl context's settings through its SSL_CTX")
     groups = next((g for g in GROUP_LISTS if libssl.set_list(probe, g)), None)
     return _found(_LibSsl(lib, groups) if groups else None, "OpenSSL accepts none of " + ", ".join(GROUP_LISTS))
 
@@ -145,10 +161,13 @@ def _found(setter: _Stdlib | _LibSsl | None, reason: str) -> _Stdlib | _LibSsl |
     return setter
 
 
+def _interpreter() -> tuple[str, tuple[int, int]]:
+    """This interpreter's implementation (``"CPython"``, ``"PyPy"``...) and its version (major, minor)."""
+    return platform.python_implementation(), (sys.version_info.major, sys.version_info.minor)
+
+
 def _load_libssl() -> tuple[ctypes.CDLL | None, str]:
     """The OpenSSL the ``ssl`` module uses, with the prototypes of the calls made here; or (None, why not)."""
-    if sys.implementation.name != "cpython":
-        return None, f"the ssl context layout of {sys.implementation.name} is unknown"
     path = getattr(sys.modules.get("_ssl"), "__file__", None)
     if not path:
         return None, "the _ssl module is built into the interpreter"

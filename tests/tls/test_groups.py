@@ -85,3 +85,42 @@ async def test_without_a_way_to_set_groups_the_defaults_stay_and_it_is_logged(
     ]
     outcome = await handshake(base_for(site), client_offering(ca, "secp384r1"), "g.test")
     assert outcome.ok, outcome.client_error
+
+
+def never_loaded() -> tuple[None, str]:
+    raise AssertionError("OpenSSL was called through ctypes on an unknown ssl context layout")
+
+
+@pytest.mark.parametrize(("implementation", "version"), [("CPython", (3, 15)), ("CPython", (3, 10)),
+                                                         ("PyPy", (3, 11)), ("GraalVM", (3, 12))])
+async def test_off_the_known_cpython_versions_no_pointer_is_read_and_the_defaults_stay(
+    ca: trustme.CA, fresh_setter: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    implementation: str, version: tuple[int, int],
+) -> None:
+    monkeypatch.setattr(groups, "_interpreter", lambda: (implementation, version))
+    monkeypatch.setattr(groups, "_load_libssl", never_loaded)
+    monkeypatch.delattr(ssl.SSLContext, "set_groups", raising=False)  # as a build without it
+    with caplog.at_level(logging.WARNING, logger="snakeway.tls.groups"):
+        site = rsa_site(ca, "g.test")
+        rsa_site(ca, "h.test")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "snakeway.tls.groups"]
+    assert warnings == [
+        f"key-exchange groups cannot be limited (the ssl context layout of {implementation} "
+        f"{version[0]}.{version[1]} is unknown); OpenSSL's defaults stay, which add P-384, P-521, X448 and "
+        "finite-field groups"
+    ]
+    outcome = await handshake(base_for(site), client_offering(ca, "secp384r1"), "g.test")
+    assert outcome.ok, outcome.client_error
+
+
+@pytest.mark.skipif(hasattr(ssl.SSLContext, "set_groups"), reason="this Python sets groups through its ssl module")
+@pytest.mark.parametrize("version", [(3, 11), (3, 14)])
+def test_the_known_cpython_versions_set_groups_through_openssl(
+    fresh_setter: None, monkeypatch: pytest.MonkeyPatch, version: tuple[int, int]
+) -> None:
+    monkeypatch.setattr(groups, "_interpreter", lambda: ("CPython", version))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    expected = GROUP_LISTS[0] if ssl.OPENSSL_VERSION_INFO >= (3, 5) else GROUP_LISTS[1]
+    assert restrict_groups(context) == expected
+    assert isinstance(groups._setter(), groups._LibSsl)
