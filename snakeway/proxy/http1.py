@@ -218,7 +218,11 @@ class Http1Connection:
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
         headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
-        if not self.client.underscores_in_headers and self.scanner.underscore_in_names():
+        if (
+            not self.client.underscores_in_headers
+            and self.scanner.head_contains(b"_")  # cheap, and false for many heads
+            and hdr.has_underscored_name(headers)
+        ):
             headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
         target = strict.request_target(request, headers, self._valid_host)

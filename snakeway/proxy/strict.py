@@ -33,8 +33,6 @@ from snakeway.proxy.target import TargetError, normalize_path, valid_authority
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A header line that begins with whitespace continues the previous one.
 _OBS_FOLD = re.compile(rb"\n[ \t]")
-# A header line whose name (what precedes the first ":") has an underscore.
-_UNDERSCORE_IN_NAME = re.compile(rb"\n[^:\r\n]*_")
 
 
 @dataclass(frozen=True)
@@ -94,16 +92,12 @@ class HeadScanner:
         self._end = end
         return check_head(self._buf[:end], self._max_fields)
 
-    def underscore_in_names(self) -> bool:
-        """Whether a header field name of the head (once ``complete``) contains ``_``.
+    def head_contains(self, needle: bytes) -> bool:
+        """Whether the head (all of it once ``complete``, else what came of it) contains ``needle``.
 
-        A search of the raw bytes spares a test per parsed field when the
-        answer is no. Only names count: values (``x86_64`` in a User-Agent,
-        ``_ga`` cookies, ``utm_`` in a query) are most requests' underscores.
-        Obs-fold continuation lines are refused, so every line after the
-        request line is a field line: its name is what comes before the ``:``.
+        A test of the raw bytes spares a test per parsed field when the answer is no.
         """
-        return _UNDERSCORE_IN_NAME.search(self._buf, 0, self._end if self.complete else len(self._buf)) is not None
+        return self._buf.find(needle, 0, self._end if self.complete else len(self._buf)) >= 0
 
 
 # Bytes that may precede a request line, each one as a one-byte slice.

@@ -23,6 +23,15 @@ def get(target: bytes) -> bytes:
     return b"GET " + target + b" HTTP/1.1\r\nHost: x.test\r\n\r\n"
 
 
+def routes_to(upstream: int, *routes: str) -> str:
+    """``services``: one service on ``upstream``, with a route for any host per item of ``routes`` (its other keys)."""
+    listed = ", ".join(f'{{ hosts = ["*"], {route} }}' for route in routes)
+    return f"""
+  services = [{{ name = "app", upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}],
+                routes = [{listed}] }}]
+"""
+
+
 async def test_encoded_dot_segments_do_not_leave_the_route(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream, log = await start_logging_upstream(nursery)
     config, port = write_config(tmp_path, proxy_to(upstream, "/public"))
@@ -60,13 +69,7 @@ async def test_targets_without_one_reading_are_400(nursery: trio.Nursery, tmp_pa
 
 async def test_a_route_body_limit_cannot_be_dodged(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream, log = await start_logging_upstream(nursery)
-    endpoint = f'{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}'
-    services = f"""
-  services = [{{ name = "app", upstreams = [{endpoint}],
-                routes = [{{ hosts = ["*"], path = "/" }},
-                          {{ hosts = ["*"], path = "/upload", max_body_bytes = 10 }}] }}]
-"""
-    config, port = write_config(tmp_path, services)
+    config, port = write_config(tmp_path, routes_to(upstream, 'path = "/"', 'path = "/upload", max_body_bytes = 10'))
 
     def post(body: bytes) -> bytes:
         length = str(len(body)).encode()
@@ -86,14 +89,9 @@ async def test_fragments_and_backslash_dot_segments_are_400(nursery: trio.Nurser
     # "/admin#" as "/admin" (routed to "/", dodging /admin's body limit); a Windows server reads
     # "\\" as "/" and "/public/..\\admin" as "/admin". None of them may be forwarded.
     upstream, log = await start_logging_upstream(nursery)
-    endpoint = f'{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}'
-    services = f"""
-  services = [{{ name = "app", upstreams = [{endpoint}],
-                routes = [{{ hosts = ["*"], path = "/" }},
-                          {{ hosts = ["*"], path = "/public" }},
-                          {{ hosts = ["*"], path = "/admin", max_body_bytes = 10 }}] }}]
-"""
-    config, port = write_config(tmp_path, services)
+    config, port = write_config(tmp_path, routes_to(
+        upstream, 'path = "/"', 'path = "/public"', 'path = "/admin", max_body_bytes = 10'
+    ))
     refused = [
         get(b"/public/..#"),
         get(b"/public/..#/x"),
