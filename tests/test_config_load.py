@@ -452,6 +452,27 @@ def test_same_host_and_path_twice_on_one_listener(tmp_path: Path) -> None:
     ]
 
 
+def test_two_spellings_of_one_route_path_are_the_same_route(tmp_path: Path) -> None:
+    # "/%7Eapi/" is "/~api" as a request path is normalised: routed twice.
+    text = BASE.replace('path = "/api"', 'path = "/~api"') + textwrap.dedent(
+        """\
+        ingress "more" {
+          bind = { interface = "127.0.0.1", port = 8080 }
+          services = [{
+            name      = "api2"
+            routes    = [{ hosts = ["example.test"], path = "/%7Eapi/" }]
+            upstreams = [{ endpoint = { host = "127.0.0.1", port = 9000 } }]
+          }]
+        }
+        """
+    )
+    main = write(tmp_path, "main.hcl", text)
+    assert problems(main) == [
+        f'{main}:16: ingress.more.services[0].routes[0].hosts[0]: host "example.test" with path "/~api" is already '
+        f"routed on 127.0.0.1:8080 at {main}:8 (ingress.web.services[0].routes[0].hosts[0])",
+    ]
+
+
 def test_same_host_and_path_on_different_ports_is_fine(tmp_path: Path) -> None:
     text = BASE + BASE.split("}\n", 1)[1].replace('"web"', '"web2"').replace("8080", "8081").replace(
         '"api"', '"api2"'
@@ -563,12 +584,28 @@ def test_hosts_are_normalised(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("written", "normalised"), [("/", "/"), ("//", "/"), ("/api/", "/api"), ("/a/b/", "/a/b"), ("/a%20b", "/a%20b")]
+    ("written", "normalised"),
+    [("/", "/"), ("//", "/"), ("/api/", "/api"), ("/a/b/", "/a/b"), ("/a%20b", "/a%20b"), ("/%7euser", "/~user"),
+     ("/caf\u00e9/", "/caf%C3%A9"), ("/a%2fb", "/a%2Fb"), ("/a/./b/../c/", "/a/c"), ("/%2E%2e", "/"),
+     ("/a\\b", "/a\\b")],
 )
-def test_route_paths_lose_their_trailing_slash(tmp_path: Path, written: str, normalised: str) -> None:
+def test_route_paths_take_the_form_request_paths_are_compared_in(tmp_path: Path, written: str, normalised: str) -> None:
     text = BASE.replace('path = "/api"', f"path = {quote(written)}")
     (service,) = load_config(write(tmp_path, "main.hcl", text)).ingresses[0].services
     assert service.routes[0].path == normalised
+
+
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [("/a%zz", "malformed percent-escape in the path"), ("/a%00", "encoded NUL in the path"),
+     ("/a%2Fb/../c", "an encoded slash before a '..' segment in the path"),
+     ("/a/..\\b", "a dot-segment between backslashes in the path")],
+)
+def test_a_route_path_no_request_can_match_is_reported(tmp_path: Path, written: str, reason: str) -> None:
+    main = write(tmp_path, "main.hcl", BASE.replace('path = "/api"', f"path = {quote(written)}"))
+    assert problems(main) == [
+        f"{main}:8: ingress.web.services[0].routes[0].path: no request path can match {quote(written)}: {reason}"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from snakeway.proxy.headers import (
     HOP_BY_HOP,
     downstream_response_headers,
     end_to_end,
+    has_underscored_name,
     upstream_request_headers,
     without_underscored_names,
 )
@@ -50,6 +51,19 @@ def test_forwarded_headers_set_and_appended() -> None:
 def test_underscored_names_are_dropped() -> None:
     headers = [*H, (b"x_forwarded_for", b"6.6.6.6"), (b"transfer_encoding", b"chunked"), (b"x-ok", b"a_b"), (b"_", b"")]
     assert without_underscored_names(headers) == [*H, (b"x-ok", b"a_b")]
+
+
+def test_only_names_count_as_underscored() -> None:
+    browser = [*H, (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64)"), (b"cookie", b"_ga=1; _gid=2; session_id=3")]
+    assert not has_underscored_name(browser)
+    for name in (b"x_a", b"_", b"x-a_"):
+        assert has_underscored_name([*browser, (name, b"1")]), name
+        assert has_underscored_name([(name, b"1"), *browser]), name
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"a", b"b-c", b"_", b"d_e", b"f\n"]), st.binary(max_size=4)), max_size=5))
+def test_has_underscored_name_agrees_with_the_filter(headers: list[tuple[bytes, bytes]]) -> None:
+    assert has_underscored_name(headers) == (without_underscored_names(headers) != headers)
 
 
 def test_response_gets_via() -> None:

@@ -59,15 +59,6 @@ def test_dot_segments_cannot_escape_a_route() -> None:
     assert router.match("x.test", normalize_path(b"/admin/../public/%2e/x").decode()).target == "public"
 
 
-def test_route_paths_are_compared_normalised() -> None:
-    router = Router([(route("/%7euser"), "tilde"), (route("/caf\u00e9"), "cafe"), (route("/a%2fb"), "slash")])
-    assert router.match("h", "/~user/x").target == "tilde"
-    assert router.match("h", normalize_path(b"/%7Euser").decode()).target == "tilde"
-    assert router.match("h", normalize_path(b"/caf%c3%a9/menu").decode()).target == "cafe"
-    assert router.match("h", normalize_path(b"/a%2Fb").decode()).target == "slash"
-    assert router.match("h", "/a/b") is None
-
-
 paths = st.lists(st.sampled_from(["a", "b", "api", "v1", "x"]), max_size=4).map(lambda p: "/" + "/".join(p))
 
 

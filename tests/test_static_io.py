@@ -16,6 +16,7 @@ from snakeway.proxy import static_io
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.static import SendFile
 from snakeway.proxy.static_io import CHUNK_SIZE, serve_static
+from snakeway.proxy.strict import Target, request_target
 
 BIG = os.urandom(CHUNK_SIZE) * 20 + b"tail"  # 1.25 MiB and a bit, not a multiple of the chunk size
 
@@ -57,7 +58,9 @@ async def exchange(site: StaticSite, target: str, *headers: tuple[str, str], met
     async def server() -> None:
         request = await h11s.next_event()
         assert isinstance(request, h11.Request)
-        returned.append(await serve_static(h11s, site, request))
+        routed = request_target(request, list(request.headers))
+        assert isinstance(routed, Target)
+        returned.append(await serve_static(h11s, site, request, routed.target))
 
     client = h11.Connection(h11.CLIENT)
     request = h11.Request(method=method, target=target, headers=[("Host", "a.test"), *headers])
@@ -173,8 +176,8 @@ async def test_method_not_allowed(site: StaticSite) -> None:
     assert header(ex.response, b"allow") == b"GET, HEAD"
 
 
-async def test_absolute_form_target(site: StaticSite) -> None:
-    ex = await exchange(site, "http://a.test/s/small.txt")
+async def test_absolute_form_target_is_served_as_routed(site: StaticSite) -> None:
+    ex = await exchange(site, "http://a.test/s/x/../small.txt")
     assert ex.body == b"hello, world\n"
 
 
@@ -211,7 +214,7 @@ async def test_file_shrinking_mid_body_breaks_the_connection(site: StaticSite, m
     event = await h11s.next_event()
     assert isinstance(event, h11.Request)
     with pytest.raises(trio.BrokenResourceError):
-        await serve_static(h11s, site, event)
+        await serve_static(h11s, site, event, event.target)
     assert h11s.conn.our_state is h11.ERROR
     client.receive_data(await client_stream.receive_some(2 * CHUNK_SIZE))
     response = client.next_event()

@@ -14,12 +14,17 @@ import difflib
 import ipaddress
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, overload
 
 from snakeway.config.hcl import KeyPath, describe, format_key_path, quote
 from snakeway.errors import Problem
+
+# The one authority on what a request path means; a leaf module (standard
+# library only), so configuration may use it without depending on the proxy.
+from snakeway.proxy import target
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,6 +40,7 @@ INTERFACES = {"loopback": "127.0.0.1", "all": "0.0.0.0"}
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 _BAD_PATH_CHARS = re.compile(r"[?#\s\x00-\x1f\x7f]")
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 @dataclass(frozen=True)
@@ -358,7 +364,14 @@ def dns_name(name: str) -> str | None:
 
 
 def route_path(f: File, value: object, path: KeyPath) -> str | None:
-    """Starts with ``/``; the trailing slash is dropped (except for ``/``)."""
+    """A route's path in the form request paths are compared in (:func:`~snakeway.proxy.target.normalize_path`).
+
+    Starts with ``/``. Characters outside printable ASCII are percent-encoded
+    as UTF-8 (a client can only send them so), then the path is normalised
+    like a request's (``/%7euser`` is ``/~user``, ``/a/./b`` is ``/a/b``); the
+    trailing slash is dropped (except for ``/``). The router, static files and
+    the duplicate-route check all see this one form.
+    """
     name = text(f, value, path)
     if name is None:
         return None
@@ -368,4 +381,10 @@ def route_path(f: File, value: object, path: KeyPath) -> str | None:
     if _BAD_PATH_CHARS.search(name):
         f.report(path, f"must not contain a query, fragment, spaces or control characters, got {quote(name)}")
         return None
-    return name.rstrip("/") or "/"
+    encoded = urllib.parse.quote(name, safe=_PRINTABLE_ASCII).encode("ascii")
+    try:
+        normal = target.normalize_path(encoded)
+    except target.TargetError as exc:
+        f.report(path, f"no request path can match {quote(name)}: {exc.reason}")
+        return None
+    return normal.decode("ascii").rstrip("/") or "/"

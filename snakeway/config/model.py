@@ -42,7 +42,9 @@ class Route:
 
     ``hosts`` are lower-case ASCII patterns: an exact name, ``*.parent`` (one
     more label) or ``*`` (any host). ``path`` starts with ``/`` and has no
-    trailing slash unless it is ``/`` itself.
+    trailing slash unless it is ``/`` itself; the configuration holds it in
+    the form request paths are compared in (printable ASCII, normalised by
+    :func:`snakeway.proxy.target.normalize_path`).
     """
 
     hosts: tuple[str, ...]

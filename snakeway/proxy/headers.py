@@ -121,6 +121,18 @@ def _names(headers: tuple[Header, ...]) -> frozenset[bytes]:
     return frozenset(name for name, _ in headers)
 
 
+def has_underscored_name(headers: list[Header]) -> bool:
+    """Whether a field name in ``headers`` contains ``_``; values do not count.
+
+    Most browser requests carry a ``_`` in a value (``x86_64`` in the
+    User-Agent, ``_ga`` cookies, ``utm_`` in the query), few in a name: this
+    test spares them :func:`without_underscored_names`' copy. One join and one
+    search cost less than a loop over the fields, or a regular expression over
+    the raw head.
+    """
+    return b"_" in b"\n".join([name for name, _ in headers])
+
+
 def without_underscored_names(headers: Iterable[Header]) -> list[Header]:
     """``headers`` less the fields whose names contain ``_``."""
     return [(n, v) for n, v in headers if n.find(b"_") < 0]

@@ -34,6 +34,7 @@ from snakeway.config.model import StaticSite
 from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
+from snakeway.proxy.accesslog import escape
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
@@ -91,6 +92,7 @@ class Http1Connection:
         self._linger = False
         self._fctx: ForwardContext | None = None
         self._covered_host: str | None = None
+        self._valid_host: bytes | None = None
         self._covered = False
         self._fctx_runtime: Runtime | None = None
 
@@ -216,16 +218,21 @@ class Http1Connection:
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
         headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
-        if not self.client.underscores_in_headers and self.scanner.head_contains(b"_"):
+        if (
+            not self.client.underscores_in_headers
+            and self.scanner.head_contains(b"_")  # cheap, and false for many heads
+            and hdr.has_underscored_name(headers)
+        ):
             headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
-        target = strict.request_target(request, headers)
+        target = strict.request_target(request, headers, self._valid_host)
         if rejection is None and isinstance(target, strict.Rejection):
             rejection = target
         if rejection is not None:
             await self._reject(rejection)
             return rejection.status, False
         assert isinstance(target, strict.Target)
+        self._valid_host = target.host  # found valid: the next request's Host is not checked again
         runtime = self.ctx.runtime()  # once: the whole request sees one configuration
         spec = runtime.listeners[self.ctx.key]
         self.h.own_headers = spec.response_headers  # a reload applies from this request on
@@ -247,7 +254,7 @@ class Http1Connection:
             if match is None:
                 raise ProxyError(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
-                status = await serve_static(self.h, match.target, request, target=target.target)
+                status = await serve_static(self.h, match.target, request, target.target)
             else:
                 fctx = self._forward_context(runtime, spec)
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)
@@ -340,7 +347,7 @@ class Http1Connection:
         self, status: int, reason: str, request: h11.Request | None, extra: tuple[tuple[bytes, bytes], ...] = ()
     ) -> bool:
         """Send an error response; returns whether the connection may be kept."""
-        what = f'"{request.method.decode("latin-1")} {request.target.decode("latin-1")}"' if request else "-"
+        what = f'"{escape(request.method)} {escape(request.target)}"' if request else "-"
         logger.warning("%s %s -> %d: %s", self.client_ip, what, status, reason)
         if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return False  # the response had begun: closing is all that is left

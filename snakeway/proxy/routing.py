@@ -7,9 +7,9 @@ which beats ``*``; among equal patterns the one configured first wins.
 
 Paths are compared as :mod:`snakeway.proxy.target` normalises them: the
 request's path arrives normalised (``/api/%2e%2e/admin`` is ``/admin``), the
-same path the upstream is sent, and route paths are brought to that form once
-(:func:`~snakeway.proxy.target.route_prefix`), so a path trick cannot reach
-a route it does not name.
+same path the upstream is sent, and a route's path was brought to that form
+when the configuration was loaded (``/%7euser`` is ``/~user``, ``/café`` is
+``/caf%C3%A9``), so a path trick cannot reach a route it does not name.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from snakeway.config.model import Route
-from snakeway.proxy.target import route_prefix
 
 T = TypeVar("T")
 
@@ -73,7 +72,7 @@ class _Entry(Generic[T]):
     pattern: str
     route: Route
     target: T
-    prefix: str  # the route's path, normalised
+    prefix: str  # the route's path (normalised by the configuration)
 
 
 class Router(Generic[T]):
@@ -85,7 +84,7 @@ class Router(Generic[T]):
 
     def __init__(self, routes: Iterable[tuple[Route, T]]) -> None:
         entries = [
-            (order, _Entry(pattern, route, target, route_prefix(route.path)))
+            (order, _Entry(pattern, route, target, route.path))
             for order, (route, target) in enumerate(routes)
             for pattern in route.hosts
         ]

@@ -12,13 +12,15 @@ returns a plan and does not raise.
 Mapping a URL to a file, in order:
 
 1. Only ``GET`` and ``HEAD``; anything else is ``405`` with ``Allow``.
-2. The target must be printable ASCII (``400`` otherwise), then the route
-   prefix is stripped on a segment boundary (``/static`` + ``/static/a.css``
-   gives ``a.css``).
-3. Each segment is percent-decoded on its own. A malformed escape or a NUL is
-   ``400``; a decoded ``/`` or ``\\``, and a ``.`` or ``..`` segment however
-   spelt (``%2e%2e``), is ``404``. Empty segments are dropped, so ``a//b`` is
-   ``a/b`` (nginx's ``merge_slashes``).
+2. The path arrives as :mod:`snakeway.proxy.target` normalised it (escapes
+   checked, dot-segments resolved, the route's path in the same form): it
+   must be printable ASCII (``400`` otherwise), then the route prefix is
+   stripped on a segment boundary (``/static`` + ``/static/a.css`` gives
+   ``a.css``).
+3. Each segment is percent-decoded on its own into one file name: a decoded
+   ``/``, ``\\`` or NUL, and a ``.`` or ``..`` segment however spelt, names
+   no file and is ``404``. Empty segments are dropped, so ``a//b`` is ``a/b``
+   (nginx's ``merge_slashes``).
 4. The candidate is resolved with ``realpath`` and must lie inside the
    ``realpath`` of ``file_dir``: a symlink that points outside is ``404``.
    Symlinks inside are followed.
@@ -90,8 +92,6 @@ _UTF8_TYPES = frozenset(
     {"application/javascript", "application/json", "application/manifest+json", "application/xml", "image/svg+xml"}
 )
 _BAD_CHARS = re.compile(r"[^\x21-\x7e]")  # controls, space, DEL and non-ASCII
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @final
@@ -157,18 +157,12 @@ def error_reply(status: int, extra: tuple[Header, ...] = ()) -> ErrorReply:
 
 
 def split_target(target: bytes) -> tuple[str, str]:
-    """Split a request target into (path, query), both still percent-encoded.
+    """Split an origin-form request target into (path, query), both still percent-encoded.
 
-    Absolute-form targets (``http://host/p``) keep only their path. Bytes
-    outside ASCII survive as Latin-1 characters, which :func:`plan_static`
+    Bytes outside ASCII survive as Latin-1 characters, which :func:`plan_static`
     rejects with ``400``.
     """
-    text = target.decode("latin-1")
-    path, _, query = text.partition("?")
-    if _ABSOLUTE_FORM.match(path):
-        rest = path.split("://", 1)[1]
-        slash = rest.find("/")
-        path = rest[slash:] if slash >= 0 else "/"
+    path, _, query = target.decode("latin-1").partition("?")
     return path, query
 
 
@@ -186,7 +180,8 @@ def plan_static(
     Args:
       site: the static site whose route matched.
       method: the request method, e.g. ``b"GET"``.
-      path: the request target's path, percent-encoded, without the query;
+      path: the request target's path as routed: normalised
+        (:func:`snakeway.proxy.target.normalize_path`), without the query;
         it starts with ``site.route.path``.
       headers: the request headers (any case; repeated fields are joined).
       query: the raw query, kept only in a trailing-slash redirect (and
@@ -248,17 +243,13 @@ def _strip_prefix(prefix: str, path: str) -> str | None:
 
 
 def _decode_segments(rel: str) -> list[str] | ErrorReply:
-    """Percent-decode each segment on its own, refusing anything that could climb out."""
+    """Percent-decode each segment on its own into a file name, refusing anything that could climb out."""
     names = []
     for raw in rel.split("/"):
         if not raw:
             continue
-        if _BAD_ESCAPE.search(raw):
-            return error_reply(400)
         decoded = unquote_to_bytes(raw)
-        if b"\x00" in decoded:
-            return error_reply(400)
-        if b"/" in decoded or b"\\" in decoded or decoded in (b".", b".."):
+        if b"/" in decoded or b"\\" in decoded or b"\x00" in decoded or decoded in (b".", b".."):
             return error_reply(404)
         names.append(os.fsdecode(decoded))  # surrogateescape: any byte name is reachable
     return names

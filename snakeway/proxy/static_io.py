@@ -35,7 +35,7 @@ _OPEN_FLAGS = (
 )
 
 
-async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, *, target: bytes | None = None) -> int:
+async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, target: bytes) -> int:
     """Answer ``request`` from ``site`` and return the status code sent.
 
     The caller has read only the ``h11.Request`` event; draining any request
@@ -45,8 +45,8 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, 
       h11s: the downstream connection, server role, ready to send a response.
       site: the static site whose route matched ``request``.
       request: the request being answered.
-      target: its target as routed (normalised, see :mod:`snakeway.proxy.target`);
-        ``request.target`` by default.
+      target: its origin-form target as routed (normalised, see
+        :func:`snakeway.proxy.strict.request_target`).
 
     Returns:
       The status code of the response sent, for the access log.
@@ -59,7 +59,7 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, 
     Resource handling:
       The file is opened and closed here; the stream stays open.
     """
-    path, query = split_target(request.target if target is None else target)
+    path, query = split_target(target)
     plan = await trio.to_thread.run_sync(
         partial(plan_static, site, request.method, path, list(request.headers), query=query)
     )

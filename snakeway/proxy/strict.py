@@ -143,20 +143,34 @@ class Target:
     target: bytes
 
 
-def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Target | Rejection:
+def request_target(
+    request: h11.Request, headers: list[tuple[bytes, bytes]], valid_host: bytes | None = None
+) -> Target | Rejection:
     """Where a request goes; an absolute-form target wins over Host. ``headers``: as a list.
 
     The path is normalised (:func:`~snakeway.proxy.target.normalize_path`): the
     :class:`Target` carries the normalised path for routing and the target to
-    forward, which is that same path with the query as it was sent.
+    forward, which is that same path with the query as it was sent. A ``#``
+    anywhere in the target is refused: a fragment is never sent in a request
+    (RFC 9112 section 3.2), and servers that cut the path at it would act on
+    another path than the one routed.
+
+    Args:
+      request: the parsed request.
+      headers: its headers, as a list.
+      valid_host: a Host value already found valid on this connection (the
+        ``host`` of its previous :class:`Target`): a client sends the same one
+        on every request, and it is not checked again.
     """
     raw = request.target
     host = b""
     for name, value in headers:
         if name == b"host":  # one at most: h11 refuses a second
             host = value
-    if host and not valid_authority(host):
+    if host and host != valid_host and not valid_authority(host):
         return Rejection(400, "invalid Host header")
+    if b"#" in raw:
+        return Rejection(400, "a fragment (#) in the request target")
     if raw.startswith(b"/"):
         origin = raw
     elif raw[:7].lower() == b"http://" or raw[:8].lower() == b"https://":
@@ -176,7 +190,11 @@ def request_target(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> 
         return Rejection(400, "malformed request target")
     path, question, query = origin.partition(b"?")
     text = path.decode("latin-1")
-    if "%" in text or "/." in text:  # needs_normalizing(), inlined: every request asks
+    # Whether normalize_path() could change or refuse the path: every request
+    # asks, so the test is here, on str (a bytes substring test costs several
+    # times as much in CPython). A dot-segment starts after "/", "\\" or an
+    # escape ("%2F", "%5C"), and every other form it normalises has a "%".
+    if "%" in text or "/." in text or "\\." in text:
         try:
             normal = normalize_path(path)
         except TargetError as exc:

@@ -40,19 +40,26 @@ them can be trusted:
   ``..`` (``/a/..%2Fb``) and around a ``.`` is unambiguous and is accepted;
 * a dot-segment with parameters (``/a/..;x/b``, ``/a/.;/b``): for RFC 3986 an
   ordinary segment, but servlet containers drop the ``;`` parameters of a
-  segment before they resolve dot-segments, and read ``..``.
+  segment before they resolve dot-segments, and read ``..``;
+* a dot-segment that appears only when ``\\`` and ``%5C`` are read as
+  separators too (``/a/..\\b``, ``/a\\..\\b``, ``/a/..%5Cb``): for RFC 3986
+  ``..\\b`` is one ordinary segment, but Windows servers (IIS, and file
+  servers on Windows) take a backslash for a slash and resolve ``/a/..\\b``
+  to ``/b``. A ``\\`` anywhere else (``/a\\b``) is an ordinary character and
+  is forwarded as it came.
 
-Empty segments are kept (``//`` is not merged) and ``\\`` is an ordinary
-character, as in RFC 3986.
+Empty segments are kept (``//`` is not merged), as in RFC 3986.
 
-A path with no ``%`` and no ``/.`` has nothing to normalise: callers test
-for that with two substring searches and skip the call (:func:`needs_normalizing`).
+A path with no ``%``, no ``/.`` and no ``\\.`` has nothing to normalise (or
+to refuse): :func:`snakeway.proxy.strict.request_target` tests for that with
+three substring searches and skips the call. A ``#`` never reaches this
+module: a fragment is never sent in a request, and ``request_target`` refuses
+a target that has one.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
 
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX_DIGITS = "0123456789abcdefABCDEF"
@@ -62,7 +69,10 @@ _HEX = {(a + b).encode("ascii"): int(a + b, 16) for a in _HEX_DIGITS for b in _H
 _SPELLING = tuple(bytes([v]) if v in UNRESERVED else b"%%%02X" % v for v in range(256))
 _DOTS = (b".", b"..")
 ENCODED_SLASH = b"%2F"
+ENCODED_BACKSLASH = b"%5C"  # upper-case: checked after escapes are normalised
 _SEPARATOR = re.compile(rb"(/|%2F)")
+# What a server that also takes a backslash for a slash splits a path on.
+_ANY_SEPARATOR = re.compile(rb"/|\\|%2F|%5C")
 # Second bytes that make a lead byte overlong: the sequence spells a code
 # point that a shorter sequence encodes (RFC 3629 section 3; 0xF8 and 0xFC
 # lead the five- and six-byte forms that old decoders still accept).
@@ -79,14 +89,6 @@ class TargetError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def needs_normalizing(path: str) -> bool:
-    """Whether :func:`normalize_path` could change ``path`` (its latin-1 decoding; else it returns it as it is).
-
-    On ``str``: a ``bytes`` substring test costs several times as much in CPython.
-    """
-    return "%" in path or "/." in path
 
 
 def normalize_path(path: bytes) -> bytes:
@@ -107,9 +109,11 @@ def normalize_path(path: bytes) -> bytes:
         raise TargetError("the path does not start with /")
     if b"%" in path:
         path = _decode_unreserved(path)
-    if b"/." not in path and b"%2F." not in path:
-        return path  # no segment can be a dot-segment
-    return _remove_dot_segments(_segments(path))
+    if b"/." in path or b"%2F." in path:  # else no segment can be a dot-segment
+        path = _remove_dot_segments(_segments(path))
+    if b"\\" in path or ENCODED_BACKSLASH in path:
+        _refuse_backslash_dot_segments(path)
+    return path
 
 
 def _decode_unreserved(path: bytes) -> bytes:
@@ -159,6 +163,17 @@ def _segments(path: bytes) -> list[bytes]:
     return segments
 
 
+def _refuse_backslash_dot_segments(path: bytes) -> None:
+    """Refuse a path that has a dot-segment when ``\\`` and ``%5C`` separate segments too.
+
+    ``path`` is normalised: its dot-segments between slashes are gone, so any
+    one left is there only for a reader of backslashes.
+    """
+    for segment in _ANY_SEPARATOR.split(path):
+        if segment[:1] == b"." and segment.partition(b";")[0] in _DOTS:
+            raise TargetError("a dot-segment between backslashes in the path")
+
+
 def _remove_dot_segments(segments: list[bytes]) -> bytes:
     """RFC 3986 section 5.2.4 over the segments of an absolute path (the first one is empty)."""
     out: list[bytes] = []
@@ -177,39 +192,30 @@ def _remove_dot_segments(segments: list[bytes]) -> bytes:
     return b"/".join(out) if len(out) > 1 else b"/"
 
 
-def route_prefix(path: str) -> str:
-    """A configured route path in the form requests are compared in.
-
-    Characters outside printable ASCII are percent-encoded as UTF-8 (a client
-    can only send them so), then the path is normalised like a request's;
-    the trailing slash is dropped, as the configuration does. A path that
-    cannot be normalised is returned encoded but otherwise as it is: no
-    request can match it.
-    """
-    encoded = quote(path, safe="".join(chr(c) for c in range(0x21, 0x7F))).encode("ascii")
-    try:
-        encoded = normalize_path(encoded)
-    except TargetError:
-        pass
-    return encoded.decode("ascii").rstrip("/") or "/"
-
-
 # RFC 3986 section 3.2.2: uri-host [ ":" port ], where uri-host is an IP-literal
 # (IPv6 or IPvFuture, in brackets) or a reg-name (which covers IPv4 addresses).
 # _NAME is the usual case, a reg-name without escapes: one pattern with the
-# escapes as an alternative costs twice as much on every request.
-_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=]*(?::[0-9]*)?")
+# escapes as an alternative costs twice as much on every request. The port
+# is at most 5 digits here, and at most 65535 (checked on its value).
+_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=]*(?::([0-9]{0,5}))?")
 _AUTHORITY = re.compile(
     rb"(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
     rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
-    rb"(?::[0-9]*)?"
+    rb"(?::([0-9]{0,5}))?"
 )
+MAX_PORT = 65535
 
 
 def valid_authority(value: bytes) -> bool:
     """Whether ``value`` is ``uri-host [":" port]``, as a Host header or an absolute-form authority must be.
 
     No userinfo (``user@``), no spaces, no path: ``x y`` and ``evil@x`` are not hosts.
+    The port is a number up to 65535 (at most 5 digits: ``00080`` is 80), or
+    empty (``a.test:``, which RFC 3986 allows: the scheme's default port).
     An IPv6 literal is checked for its characters only; it is routed as it is.
     """
-    return _NAME.fullmatch(value) is not None or _AUTHORITY.fullmatch(value) is not None
+    match = _NAME.fullmatch(value) or _AUTHORITY.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group(1)
+    return port is None or len(port) < 5 or int(port) <= MAX_PORT

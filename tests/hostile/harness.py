@@ -1,8 +1,9 @@
 """The hostile-client harness: snakeway as a real process, a raw-socket client, a byte-logging upstream.
 
-Each test in ``tests/hostile/`` replays a case from an attack campaign against a
-running snakeway (by default two workers, as operators run it) and asserts what a
-client sees and what the upstream received, byte for byte. Nothing here knows the
+Each test in ``tests/hostile/`` plays a hostile or broken client (smuggling
+attempts, path tricks, slow or flooding peers) against a running snakeway (by
+default two workers, as operators run it) and asserts what a client sees and
+what the upstream received, byte for byte. Nothing here knows the
 proxy's internals: requests are bytes on a socket, and the upstream records the
 bytes that reached it.
 """
