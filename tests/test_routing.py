@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from snakeway.config.model import Route
 from snakeway.proxy.routing import HOST_CACHE_SIZE, Router, normalize_host
-from snakeway.proxy.target import normalize_path
+from snakeway.uri import normalize_path
 
 
 def route(path: str, *hosts: str) -> Route:

@@ -13,7 +13,7 @@ from snakeway.config.model import UpstreamSettings
 from snakeway.proxy.balance import Health
 from snakeway.proxy.forward import ForwardContext, upstream_request
 from snakeway.proxy.strict import Rejection, Target, request_target
-from snakeway.proxy.target import TargetError, normalize_path, valid_authority
+from snakeway.uri import TargetError, normalize_path, valid_authority
 from tests.test_strict import parsed
 
 

@@ -19,12 +19,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, overload
 
+from snakeway import uri
 from snakeway.config.hcl import KeyPath, describe, format_key_path, quote
 from snakeway.errors import Problem
-
-# The one authority on what a request path means; a leaf module (standard
-# library only), so configuration may use it without depending on the proxy.
-from snakeway.proxy import target
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -364,7 +361,7 @@ def dns_name(name: str) -> str | None:
 
 
 def route_path(f: File, value: object, path: KeyPath) -> str | None:
-    """A route's path in the form request paths are compared in (:func:`~snakeway.proxy.target.normalize_path`).
+    """A route's path in the form request paths are compared in (:func:`~snakeway.uri.normalize_path`).
 
     Starts with ``/``. Characters outside printable ASCII are percent-encoded
     as UTF-8 (a client can only send them so), then the path is normalised
@@ -383,8 +380,8 @@ def route_path(f: File, value: object, path: KeyPath) -> str | None:
         return None
     encoded = urllib.parse.quote(name, safe=_PRINTABLE_ASCII).encode("ascii")
     try:
-        normal = target.normalize_path(encoded)
-    except target.TargetError as exc:
+        normal = uri.normalize_path(encoded)
+    except uri.TargetError as exc:
         f.report(path, f"no request path can match {quote(name)}: {exc.reason}")
         return None
     return normal.decode("ascii").rstrip("/") or "/"

@@ -44,7 +44,7 @@ class Route:
     more label) or ``*`` (any host). ``path`` starts with ``/`` and has no
     trailing slash unless it is ``/`` itself; the configuration holds it in
     the form request paths are compared in (printable ASCII, normalised by
-    :func:`snakeway.proxy.target.normalize_path`).
+    :func:`snakeway.uri.normalize_path`).
     """
 
     hosts: tuple[str, ...]

@@ -5,7 +5,7 @@ its path starts with the route's path on a ``/`` boundary. Among the matches
 the longest path wins; among equal paths an exact host beats ``*.parent``,
 which beats ``*``; among equal patterns the one configured first wins.
 
-Paths are compared as :mod:`snakeway.proxy.target` normalises them: the
+Paths are compared as :mod:`snakeway.uri` normalises them: the
 request's path arrives normalised (``/api/%2e%2e/admin`` is ``/admin``), the
 same path the upstream is sent, and a route's path was brought to that form
 when the configuration was loaded (``/%7euser`` is ``/~user``, ``/café`` is
@@ -95,7 +95,7 @@ class Router(Generic[T]):
     def match(self, host: str, path: str) -> Match[T] | None:
         """The best route for a request, or None (a 404).
 
-        ``path`` is normalised already (:func:`~snakeway.proxy.target.normalize_path`).
+        ``path`` is normalised already (:func:`~snakeway.uri.normalize_path`).
         """
         for entry in self._for_host(host):
             if path_matches(entry.prefix, path):

@@ -12,7 +12,7 @@ returns a plan and does not raise.
 Mapping a URL to a file, in order:
 
 1. Only ``GET`` and ``HEAD``; anything else is ``405`` with ``Allow``.
-2. The path arrives as :mod:`snakeway.proxy.target` normalised it (escapes
+2. The path arrives as :mod:`snakeway.uri` normalised it (escapes
    checked, dot-segments resolved, the route's path in the same form): it
    must be printable ASCII (``400`` otherwise), then the route prefix is
    stripped on a segment boundary (``/static`` + ``/static/a.css`` gives
@@ -181,7 +181,7 @@ def plan_static(
       site: the static site whose route matched.
       method: the request method, e.g. ``b"GET"``.
       path: the request target's path as routed: normalised
-        (:func:`snakeway.proxy.target.normalize_path`), without the query;
+        (:func:`snakeway.uri.normalize_path`), without the query;
         it starts with ``site.route.path``.
       headers: the request headers (any case; repeated fields are joined).
       query: the raw query, kept only in a trailing-slash redirect (and

@@ -14,7 +14,7 @@ These checks run on every request before anything is forwarded:
 * its target (:func:`request_target`): a Host or an absolute-form authority
   that is not ``uri-host [":" port]`` (RFC 9112 section 3.2; h11 already
   refuses a second Host), and a path that cannot be normalised
-  (:mod:`snakeway.proxy.target`) are 400.
+  (:mod:`snakeway.uri`) are 400.
 
 Empty lines before a request line are skipped (RFC 9112 section 2.2).
 A rejection closes the connection: nothing that follows it is read.
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from snakeway.proxy.target import TargetError, normalize_path, valid_authority
+from snakeway.uri import TargetError, normalize_path, valid_authority
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A header line that begins with whitespace continues the previous one.
@@ -148,7 +148,7 @@ def request_target(
 ) -> Target | Rejection:
     """Where a request goes; an absolute-form target wins over Host. ``headers``: as a list.
 
-    The path is normalised (:func:`~snakeway.proxy.target.normalize_path`): the
+    The path is normalised (:func:`~snakeway.uri.normalize_path`): the
     :class:`Target` carries the normalised path for routing and the target to
     forward, which is that same path with the query as it was sent. A ``#``
     anywhere in the target is refused: a fragment is never sent in a request

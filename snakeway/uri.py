@@ -1,5 +1,8 @@
 """The path a request is routed by and forwarded with: pure code, no I/O.
 
+A leaf module (the standard library only): the configuration normalises route
+paths with it and the proxy normalises request paths, so both hold one form.
+
 Theory of operation
 -------------------
 A proxy that routes on one reading of a path and forwards another lets a
