@@ -143,13 +143,13 @@ def measure(store_dir: Path, count: int, handshakes: int, timeout: float, build_
     import trio.testing
 
     from snakeway.acme.challenges import Http01Tokens
-    from snakeway.acme.fake import FakeCA
     from snakeway.acme.filestore import FileStore
     from snakeway.acme.managed import ManagedCert
     from snakeway.acme.manager import CertManager
     from snakeway.acme.tlsalpn import TlsAlpnChallenges
     from snakeway.clock import SystemClock
     from snakeway.config.model import AcmeSettings, TlsAutomation
+    from snakeway.testing import FakeCA
     from snakeway.tls.registry import CertRegistry, Served
     from snakeway.tls.sni import listener_context
 

@@ -4,14 +4,15 @@ Certificate validity is *wall* time (``notAfter`` is a calendar date), while
 trio's ``MockClock`` only moves *trio* time. Code that waits for a calendar
 moment therefore reads the date from an injected :class:`WallClock` and turns
 the distance into trio sleeps with :func:`sleep_until`. In production the clock
-is :class:`SystemClock`; in tests :class:`TrioLinkedClock` makes wall time
-follow trio time, so ``autojump_clock`` fast-forwards both together.
+is :class:`SystemClock`; in tests :class:`snakeway.testing.TrioLinkedClock`
+makes wall time follow trio time, so ``autojump_clock`` fast-forwards both
+together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Protocol, final
 
 import trio
@@ -37,28 +38,6 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc)
-
-
-@final
-@dataclass(frozen=True)
-class TrioLinkedClock:
-    """Wall time that follows trio time: ``epoch + trio.current_time()`` seconds.
-
-    Meant for tests under ``trio.testing.MockClock`` (whose time starts at 0).
-    :meth:`now` must be called inside ``trio.run``.
-
-    Raises:
-        ValueError: ``epoch`` is naive.
-    """
-
-    epoch: datetime
-
-    def __post_init__(self) -> None:
-        if self.epoch.tzinfo is None:
-            raise ValueError("TrioLinkedClock needs a timezone-aware epoch")
-
-    def now(self) -> datetime:
-        return (self.epoch + timedelta(seconds=trio.current_time())).astimezone(timezone.utc)
 
 
 async def sleep_until(clock: WallClock, when: datetime, *, max_nap: float = MAX_NAP) -> None:

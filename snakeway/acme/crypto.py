@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterable
-from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -112,12 +111,6 @@ def cert_names(cert_pem: bytes) -> tuple[str, ...]:
             str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         )
     return tuple(san.get_values_for_type(x509.DNSName))
-
-
-def cert_dates(cert_pem: bytes) -> tuple[datetime, datetime]:
-    """``(not_before, not_after)`` of the first certificate, as aware UTC datetimes."""
-    cert = load_chain(cert_pem)[0]
-    return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
 def ari_cert_id(cert_pem: bytes) -> str:

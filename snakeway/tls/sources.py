@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from functools import partial
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 
@@ -42,7 +41,6 @@ from snakeway.tls.registry import CertRegistry
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Offload = Callable[..., Awaitable[object]]
 
 
@@ -58,8 +56,8 @@ async def entry_from_pem(
 
     Args:
       offload: runs the blocking work (default ``trio.to_thread.run_sync``);
-        tests on MockClock pass :func:`inline`, since the clock would jump
-        while a thread works.
+        tests on MockClock pass :func:`snakeway.testing.inline`, since the
+        clock would jump while a thread works.
 
     Raises:
       CertificateError: the pair cannot be served (see ``validate_pair``).
@@ -86,12 +84,6 @@ def lazy_entry_from_files(
 def lazy_entry_from_pem(names: Iterable[str], cert_pem: bytes, key_pem: bytes, *, source: str) -> CertEntry:
     """Like :func:`lazy_entry_from_files`, for a chain and key held in memory (built through temporary files)."""
     return CertEntry(tuple(names), LazyContext(partial(context_from_pem, cert_pem, key_pem), source=source))
-
-
-async def inline(fn: Callable[..., T], *args: object) -> T:
-    """An ``offload`` that runs in the calling task (tests on MockClock)."""
-    await trio.lowlevel.checkpoint()
-    return fn(*args)
 
 
 async def load_manual(tls_blocks: list[Tls], *, now: datetime) -> dict[str, CertEntry]:

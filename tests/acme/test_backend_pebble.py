@@ -22,6 +22,7 @@ from snakeway.acme.backend import AcmeBackend, ChallengeTask, ClientV2Backend
 from snakeway.acme.tlsalpn import ACME_TLS_ALPN, TlsAlpnChallenges
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
+from snakeway.testing import cert_dates
 from tests.pebble import LOOPBACK, Pebble
 
 DOMAINS = ("a.example.test", "b.example.test")
@@ -123,7 +124,7 @@ def verify_chain(chain_pem: str, root_pem: bytes, domains: Sequence[str]) -> Non
         verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(domain))
         built = verifier.verify(certs[0], certs[1:])
         assert built[-1] == root
-    not_before, not_after = crypto.cert_dates(chain_pem.encode())
+    not_before, not_after = cert_dates(chain_pem.encode())
     assert not_before.tzinfo is datetime.UTC
     assert not_before <= datetime.datetime.now(datetime.UTC) < not_after
 

@@ -16,11 +16,10 @@ from josepy.jwk import JWK
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
-from snakeway.acme.fake import FakeCA
-from snakeway.acme.fakefaults import STEPS, PlannedFailure
-from snakeway.clock import SystemClock, TrioLinkedClock
+from snakeway.clock import SystemClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
+from snakeway.testing import STEPS, FakeCA, PlannedFailure, TrioLinkedClock, cert_dates
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 DOMAINS = ("a.test", "www.a.test")
@@ -172,21 +171,21 @@ async def test_dates_follow_the_trio_linked_clock(autojump_clock: trio.testing.M
     ca = FakeCA(TrioLinkedClock(EPOCH))
     await trio.sleep(10 * DAY)
     first = await issue(ca)
-    assert crypto.cert_dates(first.encode()) == (EPOCH + timedelta(days=10), EPOCH + timedelta(days=100))
+    assert cert_dates(first.encode()) == (EPOCH + timedelta(days=10), EPOCH + timedelta(days=100))
     verify(first, ca.root_pem, "a.test", EPOCH + timedelta(days=99))
     with pytest.raises(x509.verification.VerificationError):
         verify(first, ca.root_pem, "a.test", EPOCH + timedelta(days=101))
 
     await trio.sleep(60 * DAY)
     second = await issue(ca)
-    assert crypto.cert_dates(second.encode())[0] == EPOCH + timedelta(days=70)
+    assert cert_dates(second.encode())[0] == EPOCH + timedelta(days=70)
     assert len(ca.issued) == 2
     assert ca.issued[0] != ca.issued[1]
 
 
 async def test_lifetime_is_configurable(autojump_clock: trio.testing.MockClock) -> None:
     ca = FakeCA(TrioLinkedClock(EPOCH), lifetime=timedelta(days=6))
-    not_before, not_after = crypto.cert_dates((await issue(ca)).encode())
+    not_before, not_after = cert_dates((await issue(ca)).encode())
     assert not_after - not_before == timedelta(days=6)
 
 

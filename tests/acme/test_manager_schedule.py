@@ -14,15 +14,13 @@ import pytest
 import trio
 
 from snakeway.acme.challenges import Http01Tokens
-from snakeway.acme.fake import FakeCA
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
 from snakeway.acme.store import MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
-from snakeway.clock import TrioLinkedClock
 from snakeway.config.model import AcmeSettings, TlsAutomation
+from snakeway.testing import FakeCA, TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry, Served
-from snakeway.tls.sources import inline
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DAY = 86400

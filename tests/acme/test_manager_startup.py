@@ -19,14 +19,14 @@ import trustme
 
 from snakeway.acme import manager as manager_module
 from snakeway.acme.challenges import Http01Tokens
-from snakeway.acme.fake import FakeCA
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertBundle, CertStore, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
-from snakeway.clock import SystemClock, TrioLinkedClock, WallClock
+from snakeway.clock import SystemClock, WallClock
 from snakeway.config.model import AcmeSettings, TlsAutomation
+from snakeway.testing import FakeCA, TrioLinkedClock, inline
 from snakeway.tls import sources
 from snakeway.tls.registry import CertRegistry, Served
 from snakeway.tls.sni import listener_context
@@ -225,7 +225,7 @@ async def issued_memory_store(*certs: ManagedCert) -> MemoryStore:
     store = MemoryStore()
     clock = TrioLinkedClock(EPOCH)
     manager, _ = make_manager(certs, store, clock)
-    manager.offload = sources.inline
+    manager.offload = inline
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         await trio.sleep(1)
@@ -243,7 +243,7 @@ async def test_first_checks_of_stored_certificates_are_spread_only_when_many(
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
     manager, registry = make_manager((A, B, C, D), store, clock, fake)  # D is not stored
-    manager.offload = sources.inline
+    manager.offload = inline
     async with trio.open_nursery() as nursery:
         start = clock.now()
         await nursery.start(manager.run)
@@ -277,7 +277,7 @@ async def test_due_stored_certificates_are_checked_at_once_even_when_many(
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
     manager, registry = make_manager((A, B), store, clock, fake)
-    manager.offload = sources.inline
+    manager.offload = inline
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         assert registry.entry(A.cert_id) is not None  # still served meanwhile
@@ -294,7 +294,7 @@ async def test_retry_now_starts_spread_certificates_at_once(
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
     manager, _ = make_manager((A, B, C), store, clock, fake)
-    manager.offload = sources.inline
+    manager.offload = inline
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         await trio.sleep(0.001)
@@ -315,7 +315,7 @@ async def test_configure_drops_a_spread_certificate_before_its_first_check(
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
     manager, _ = make_manager((A, B, C), store, clock, fake)
-    manager.offload = sources.inline
+    manager.offload = inline
     changed_c = ManagedCert(C.cert_id, ("c.test", "www.c.test"))
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)

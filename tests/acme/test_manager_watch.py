@@ -16,8 +16,7 @@ import trio.testing
 from snakeway.acme import manager as manager_module
 from snakeway.acme.coordination import LocalCoordinator
 from snakeway.acme.store import CertBundle, MemoryStore
-from snakeway.clock import TrioLinkedClock
-from snakeway.tls import sources
+from snakeway.testing import TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry
 from tests.acme.test_manager_startup import EPOCH, A, issued_memory_store, make_manager
 
@@ -45,7 +44,7 @@ class ScriptedCoordinator(LocalCoordinator):
 async def running_worker(nursery: trio.Nursery) -> tuple[MemoryStore, ScriptedCoordinator, CertRegistry]:
     store = await issued_memory_store(A)
     manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
-    manager.offload = sources.inline
+    manager.offload = inline
     coordinator = ScriptedCoordinator()
     coordinator.stamp[A.name] = "v1"
     manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
@@ -127,7 +126,7 @@ async def test_a_worker_does_not_pick_up_its_own_save(
     coordinator = ScriptedCoordinator()
     store = SlowSavingStore(coordinator)
     manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
-    manager.offload = sources.inline
+    manager.offload = inline
     manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)

@@ -21,7 +21,8 @@ from snakeway.acme.schedule import (
     renewal_due,
     renewal_time,
 )
-from snakeway.clock import SystemClock, TrioLinkedClock, sleep_until
+from snakeway.clock import SystemClock, sleep_until
+from snakeway.testing import TrioLinkedClock
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)

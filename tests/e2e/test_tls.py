@@ -151,8 +151,8 @@ async def test_internal_certificates_renew_themselves(
     """7-day certificates are re-issued with a third of their life left, on wall time."""
     from datetime import datetime, timezone
 
-    from snakeway.clock import TrioLinkedClock
     from snakeway.server import Server
+    from snakeway.testing import TrioLinkedClock
 
     port, _ = await start_upstream(nursery)
     settings = ServerSettings(state_dir=tmp_path / "state")

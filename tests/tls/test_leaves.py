@@ -12,8 +12,8 @@ import trio
 import trio.testing
 from cryptography import x509
 
-from snakeway.clock import TrioLinkedClock
 from snakeway.config.model import Tls, TlsMode
+from snakeway.testing import TrioLinkedClock
 from snakeway.listeners import cert_ids
 from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renewal_time
 from snakeway.tls.leaves import leaf_paths, shared_leaf

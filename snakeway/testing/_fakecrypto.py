@@ -1,4 +1,4 @@
-"""The key and certificate work of :class:`~snakeway.acme.fake.FakeCA`, with :mod:`cryptography` only.
+"""The key and certificate work of :class:`~snakeway.testing.FakeCA`, with :mod:`cryptography` only.
 
 A self-signed ECDSA P-256 root (:func:`make_root`), the leaf certificates it
 signs (:func:`sign_leaf`), and the RFC 7638 JWK thumbprint of an account key

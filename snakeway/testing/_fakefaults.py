@@ -1,4 +1,4 @@
-"""Scripted faults for :class:`~snakeway.acme.fake.FakeCA`: the steps it has, and :class:`PlannedFailure`.
+"""Scripted faults for :class:`~snakeway.testing.FakeCA`: the steps it has, and :class:`PlannedFailure`.
 
 A :class:`PlannedFailure` names a step (or "the next request") and the answer
 the CA gives there; :meth:`PlannedFailure.error` turns it into the

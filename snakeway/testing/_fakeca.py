@@ -8,11 +8,11 @@ the same method names, signatures and error behaviour as
 :class:`~snakeway.acme.backend.ClientV2Backend`, and adds:
 
 * a real signing CA (an ECDSA P-256 root made with ``cryptography``, see
-  :mod:`snakeway.acme.fakecrypto`) whose leaf certificates are valid from
-  ``clock.now()`` for ``lifetime``. With a :class:`~snakeway.clock.TrioLinkedClock`
+  :mod:`snakeway.testing._fakecrypto`) whose leaf certificates are valid from
+  ``clock.now()`` for ``lifetime``. With a :class:`~snakeway.testing.TrioLinkedClock`
   the dates follow trio's ``MockClock``;
 * scripted faults: :meth:`FakeCA.fail_next` (or :attr:`FakeCA.planned`, a queue
-  of :class:`~snakeway.acme.fakefaults.PlannedFailure`) makes the next calls of a step raise
+  of :class:`~snakeway.testing.PlannedFailure`) makes the next calls of a step raise
   :class:`~snakeway.errors.IssuanceError` with an HTTP status, ``Retry-After`` and
   problem type, and :attr:`FakeCA.unreachable` simulates an outage;
 * records for assertions (:attr:`FakeCA.calls`, :attr:`FakeCA.orders`,
@@ -54,8 +54,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AccountInfo, ChallengeTask, OrderHandle
-from snakeway.acme.fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
-from snakeway.acme.fakefaults import ACME_ERROR, PlannedFailure
+from snakeway.testing._fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
+from snakeway.testing._fakefaults import ACME_ERROR, PlannedFailure
 from snakeway.clock import WallClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
@@ -108,7 +108,7 @@ class FakeCA:
         issued: Serial numbers of the certificates issued, in order.
         accounts: The accounts created (a known key finds its account again).
         answered: The challenges answered, in order.
-        planned: Queue of :class:`~snakeway.acme.fakefaults.PlannedFailure`; a call takes the first that
+        planned: Queue of :class:`~snakeway.testing.PlannedFailure`; a call takes the first that
             matches it.
     """
 
@@ -158,7 +158,7 @@ class FakeCA:
         step: str | None = None,
         problem_type: str | None = None,
     ) -> None:
-        """Make the next ``n`` calls of ``step`` fail (see :class:`~snakeway.acme.fakefaults.PlannedFailure`).
+        """Make the next ``n`` calls of ``step`` fail (see :class:`~snakeway.testing.PlannedFailure`).
 
         Raises:
             ValueError: ``n`` < 1, or the failure is invalid.

@@ -1,0 +1,34 @@
+"""Helpers for testing code that uses snakeway, as :mod:`trio.testing` is for trio.
+
+Nothing in snakeway itself imports this package; it is shipped so that
+snakeway's tests and benchmarks, and tests of code built on snakeway, can run
+certificate issuance and renewal in-process, on trio's ``MockClock``.
+
+* :class:`FakeCA`: an in-process ACME CA with the
+  :class:`~snakeway.acme.backend.AcmeBackend` API. It signs real certificates
+  dated by an injected wall clock, records every call, and fails on demand:
+  :meth:`FakeCA.fail_next`, a queue of :class:`PlannedFailure` (HTTP status,
+  ``Retry-After``, problem type) or :attr:`FakeCA.unreachable`.
+  :data:`STEPS` names the steps a failure can be planned at; a
+  :data:`Validator` can really check an answered challenge.
+* :class:`TrioLinkedClock`: a :class:`~snakeway.clock.WallClock` whose time is
+  ``epoch + trio.current_time()``, so an autojump ``MockClock`` fast-forwards
+  calendar dates (certificate lifetimes, renewal windows) too.
+* :func:`inline`: an ``offload`` that runs blocking work in the calling task
+  instead of a worker thread, which would let ``MockClock`` jump mid-work.
+* :func:`cert_dates`: ``(not_before, not_after)`` of a PEM certificate.
+
+Private modules: :mod:`~snakeway.testing._fakeca` (the CA),
+:mod:`~snakeway.testing._fakecrypto` (its root, leaves and JWK thumbprints),
+:mod:`~snakeway.testing._fakefaults` (planned failures),
+:mod:`~snakeway.testing._clock`, :mod:`~snakeway.testing._offload`,
+:mod:`~snakeway.testing._certs`. See docs/testing.md for an example.
+"""
+
+from snakeway.testing._certs import cert_dates as cert_dates
+from snakeway.testing._clock import TrioLinkedClock as TrioLinkedClock
+from snakeway.testing._fakeca import FakeCA as FakeCA
+from snakeway.testing._fakeca import Validator as Validator
+from snakeway.testing._fakefaults import STEPS as STEPS
+from snakeway.testing._fakefaults import PlannedFailure as PlannedFailure
+from snakeway.testing._offload import inline as inline
