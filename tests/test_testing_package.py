@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import trio
+import trio.testing
 
 import snakeway
 import snakeway.testing
 
 PACKAGE = Path(snakeway.__file__).parent
+DOC = Path(__file__).parents[1] / "docs" / "testing.md"
 
 
 def imported_modules(source: str) -> set[str]:
@@ -45,3 +50,12 @@ def test_no_module_outside_snakeway_testing_imports_it() -> None:
 def test_public_names_are_reexported_from_the_package() -> None:
     for name in ("FakeCA", "PlannedFailure", "STEPS", "Validator", "TrioLinkedClock", "inline", "cert_dates"):
         assert hasattr(snakeway.testing, name), name
+
+
+def test_the_example_in_docs_testing_md_passes() -> None:
+    (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(DOC), "exec"), namespace)  # the repository's own documentation
+    (test,) = [value for name, value in namespace.items() if name.startswith("test_") and callable(value)]
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    trio.run(test, clock, clock=clock)
