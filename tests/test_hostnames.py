@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.tls.names import covers, matches, normalize_host, normalize_pattern, wildcard_for
+from snakeway.hostnames import covers, matches, normalize_host, normalize_pattern, wildcard_for
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_covers(names: list[str], host: object, expected: bool) -> None:
 
 def test_remembered_names_stay_bounded_and_answers_do_not_change() -> None:
     # A client may send a new name on every connection: what is remembered must not grow with them.
-    from snakeway.tls import names
+    from snakeway import hostnames as names
 
     for i in range(names.NORMALIZED_CACHE_SIZE + 500):
         assert normalize_host(f"Host-{i}.Test.") == f"host-{i}.test"
