@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from snakeway import hostnames
 from snakeway.config.model import Config, Tls, TlsMode
 
 ListenerKey = tuple[str, int]
@@ -113,9 +114,6 @@ def default_name(spec: ListenerSpec) -> str | None:
 
 def redirect_location(host: str, target: str, https_port: int) -> str:
     """``https://<host without port>[:port]<target>`` for a redirect listener."""
-    if host.startswith("["):
-        bare = host[: host.find("]") + 1] if "]" in host else host
-    else:
-        bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    bare = hostnames.host_part(host)
     port = "" if https_port == 443 else f":{https_port}"
     return f"https://{bare}{port}{target}"

@@ -193,32 +193,3 @@ def _remove_dot_segments(segments: list[bytes]) -> bytes:
         else:
             out.append(segment)
     return b"/".join(out) if len(out) > 1 else b"/"
-
-
-# RFC 3986 section 3.2.2: uri-host [ ":" port ], where uri-host is an IP-literal
-# (IPv6 or IPvFuture, in brackets) or a reg-name (which covers IPv4 addresses).
-# _NAME is the usual case, a reg-name without escapes: one pattern with the
-# escapes as an alternative costs twice as much on every request. The port
-# is at most 5 digits here, and at most 65535 (checked on its value).
-_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=]*(?::([0-9]{0,5}))?")
-_AUTHORITY = re.compile(
-    rb"(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
-    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
-    rb"(?::([0-9]{0,5}))?"
-)
-MAX_PORT = 65535
-
-
-def valid_authority(value: bytes) -> bool:
-    """Whether ``value`` is ``uri-host [":" port]``, as a Host header or an absolute-form authority must be.
-
-    No userinfo (``user@``), no spaces, no path: ``x y`` and ``evil@x`` are not hosts.
-    The port is a number up to 65535 (at most 5 digits: ``00080`` is 80), or
-    empty (``a.test:``, which RFC 3986 allows: the scheme's default port).
-    An IPv6 literal is checked for its characters only; it is routed as it is.
-    """
-    match = _NAME.fullmatch(value) or _AUTHORITY.fullmatch(value)
-    if match is None:
-        return False
-    port = match.group(1)
-    return port is None or len(port) < 5 or int(port) <= MAX_PORT

@@ -295,6 +295,10 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          'invalid domain "*": expected a host name (without port) or "*.domain"'),
         (_TLS, 'tls = { mode = "acme", domains = ["example.com:443"] }', "tls =", "ingress.site.bind.tls.domains[0]",
          'invalid domain "example.com:443": expected a host name (without port) or "*.domain"'),
+        # a name no CA issues for, and the certificate store cannot keep: refused when the file is checked
+        (_TLS, 'tls = { mode = "acme", domains = ["my_host.example.com"] }', "tls =",
+         "ingress.site.bind.tls.domains[0]", 'invalid domain "my_host.example.com": a certificate name has letters, '
+         "digits and hyphens only: a CA refuses '_'"),
         (_TLS, 'tls = { mode = "acme", domains = ["example.com"], challenge = "dns-01" }', "tls =",
          "ingress.site.bind.tls.challenge",
          'unknown challenge "dns-01"; expected one of: http-01, http01, tls-alpn-01, tlsalpn01'),
@@ -312,6 +316,9 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          "ingress.site.bind.tls.default", '"127.0.0.1" is not covered by domains'),
         (_TLS, 'tls = { mode = "internal", domains = ["a:b"] }', "tls =", "ingress.site.bind.tls.domains[0]",
          'invalid domain "a:b": expected a host name (without port), "*.domain" or an IP address'),
+        (_TLS, 'tls = { mode = "internal", domains = ["a.test", "*.My_Host.test"] }', "tls =",
+         "ingress.site.bind.tls.domains[1]", 'invalid domain "*.My_Host.test": a certificate name has letters, '
+         "digits and hyphens only: a CA refuses '_'"),
         (_TLS, 'tls = { mode = "internal", domains = ["a.test"], challenge = "http-01" }', "tls =",
          "ingress.site.bind.tls.challenge", '"challenge" does not apply to mode "internal"'),
         # manual

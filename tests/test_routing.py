@@ -4,7 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.config.model import Route
-from snakeway.proxy.routing import HOST_CACHE_SIZE, Router, normalize_host
+from snakeway.hostnames import route_host
+from snakeway.proxy.routing import HOST_CACHE_SIZE, Router
 from snakeway.uri import normalize_path
 
 
@@ -49,7 +50,7 @@ def test_host_is_case_insensitive_and_port_stripped() -> None:
     router = Router([(route("/", "example.test"), "x")])
     assert router.match("EXAMPLE.test:8080", "/") is not None
     assert router.match("example.test.", "/") is not None
-    assert normalize_host("[::1]:8080") == "[::1]"
+    assert route_host("[::1]:8080") == "[::1]"
 
 
 def test_dot_segments_cannot_escape_a_route() -> None:

@@ -12,9 +12,11 @@ Use :func:`open_store` to build the one the configuration asks for.
 
 Names
 -----
-A certificate is keyed by its *name*: its first domain, lower-case ASCII
-(IDNA A-labels), LDH labels only, optionally with a leading ``*.`` for a
-wildcard. :func:`check_name` enforces this; a name that passes is safe as a
+A certificate is keyed by its *name*: its first domain, a certificate name
+in canonical form (:func:`snakeway.hostnames.certificate_name`: lower-case
+ASCII, IDNA A-labels, LDH labels only, optionally with a leading ``*.`` for a
+wildcard), so every name the configuration accepts for a certificate can be
+stored. :func:`check_name` enforces this; a name that passes is safe as a
 file name once :func:`name_to_path_part` has replaced ``*`` (``*.a.test`` ->
 ``_wildcard_.a.test``; no LDH label contains ``_``, so this cannot collide).
 
@@ -41,12 +43,12 @@ match its certificate; building the context does (``load_cert_chain``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, final
 
 from cryptography.hazmat.primitives import serialization
 
+from snakeway import hostnames
 from snakeway.acme import crypto
 from snakeway.config.model import CertStoreSettings, StoreType
 from snakeway.errors import SnakewayError
@@ -59,9 +61,6 @@ if TYPE_CHECKING:
 
     from snakeway.acme.schedule import RenewalState
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*", re.ASCII)
-MAX_NAME_LENGTH = 253
 WILDCARD_PATH_PREFIX = "_wildcard_."
 
 
@@ -74,14 +73,20 @@ class StoreError(SnakewayError):
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is a valid certificate name, else raise ``ValueError``.
+    """Return ``name`` if it is a certificate name in canonical form, else raise ``ValueError``.
 
-    Valid: lower-case ASCII LDH labels joined by single dots, at most 253
-    characters, optionally prefixed by ``*.``. No ``/``, no ``..``, no
-    upper case, no trailing dot.
+    Canonical: :func:`snakeway.hostnames.certificate_name` (without IP
+    addresses) returns it unchanged. So no ``/``, no ``..``, no ``_``, no
+    upper case, no trailing dot, at most 253 characters.
     """
-    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid certificate name {name!r}: expected a lower-case ASCII DNS name")
+    if not isinstance(name, str):
+        raise ValueError(f"invalid certificate name {name!r}: expected a string")
+    try:
+        canonical = hostnames.certificate_name(name, ip=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid certificate name {name!r}: {exc}") from None
+    if canonical != name:
+        raise ValueError(f"invalid certificate name {name!r}: expected its canonical form {canonical!r}")
     return name
 
 

@@ -30,7 +30,8 @@ from cryptography.x509.oid import NameOID
 
 import trio
 
-from snakeway.tls import contexts, names
+from snakeway import hostnames
+from snakeway.tls import contexts
 
 if TYPE_CHECKING:
     from snakeway.acme.coordination import Coordinator
@@ -126,7 +127,7 @@ class TlsAlpnChallenges:
 
     The ACME side calls :meth:`add` before answering a challenge and :meth:`remove` once the authorization is
     settled; the listener calls :meth:`for_hello` (or :meth:`lookup`) for every connection. Names are compared
-    in canonical form (:func:`snakeway.tls.names.normalize_host`): case-insensitive, IDNA, trailing dot ignored.
+    in canonical form (:func:`snakeway.tls.hostnames.normalize_host`): case-insensitive, IDNA, trailing dot ignored.
     One challenge per name: adding again replaces it (a newer authorization).
 
     The methods are synchronous and share one dict, so the instance belongs to one trio run. :meth:`add` spends a
@@ -148,13 +149,13 @@ class TlsAlpnChallenges:
 
     def remove(self, domain: str) -> None:
         """Forget the challenge for ``domain``; nothing happens if there is none."""
-        name = names.normalize_host(domain)
+        name = hostnames.normalize_host(domain)
         if name is not None:
             self._contexts.pop(name, None)
 
     def lookup(self, domain: object) -> ssl.SSLContext | None:
         """The challenge context for ``domain``, or ``None``. Total: any input (``None``, garbage) is fine."""
-        name = names.normalize_host(domain)
+        name = hostnames.normalize_host(domain)
         return None if name is None else self._contexts.get(name)
 
     def for_hello(self, hello: ClientHello) -> ssl.SSLContext | None:
@@ -176,7 +177,7 @@ class TlsAlpnChallenges:
         context = self.for_hello(hello)
         if context is not None or self.shared is None or ACME_TLS_ALPN not in hello.alpn:
             return context
-        name = names.normalize_host(hello.server_name)
+        name = hostnames.normalize_host(hello.server_name)
         if name is None:
             return None
         key_authorization = await self.shared.get_challenge(tls_alpn_key(name))
@@ -194,11 +195,11 @@ class TlsAlpnChallenges:
 
 
 def tls_alpn_key(domain: str) -> str:
-    return f"tls-alpn-01:{names.normalize_host(domain) or domain}"
+    return f"tls-alpn-01:{hostnames.normalize_host(domain) or domain}"
 
 
 def _dns_name(domain: str) -> str:
-    name = names.normalize_host(domain)
-    if name is None or names.is_ip(name):
+    name = hostnames.normalize_host(domain)
+    if name is None or hostnames.is_ip(name):
         raise ValueError(f"TLS-ALPN-01 validates DNS names only, not {domain!r}")
     return name

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, overload
 
-from snakeway import uri
+from snakeway import hostnames, uri
 from snakeway.config.hcl import KeyPath, describe, format_key_path, quote
 from snakeway.errors import Problem
 
@@ -35,7 +35,6 @@ Convert = Callable[["File", object, KeyPath], T | None]
 
 INTERFACES = {"loopback": "127.0.0.1", "all": "0.0.0.0"}
 
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 _BAD_PATH_CHARS = re.compile(r"[?#\s\x00-\x1f\x7f]")
 _PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
 
@@ -280,43 +279,32 @@ def interface(f: File, value: object, path: KeyPath) -> str | None:
 
 
 def upstream_host(f: File, value: object, path: KeyPath) -> str | None:
-    """An IP address (IPv6 with or without brackets) or a host name, IDNA-encoded."""
+    """An IP address (IPv6 with or without brackets) or a host name: :func:`snakeway.hostnames.normalize_host`."""
+    name = text(f, value, path)
+    if name is None:
+        return None
+    canonical = hostnames.normalize_host(name)
+    if canonical is None:
+        f.report(path, f"expected a host name or IP address (without scheme or port), got {quote(name)}")
+    return canonical
+
+
+def host_pattern(f: File, value: object, path: KeyPath) -> str | None:
+    """A route's host pattern: :func:`snakeway.hostnames.route_pattern`."""
     name = text(f, value, path)
     if name is None:
         return None
     try:
-        return str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
-    except ValueError:
-        pass
-    encoded = dns_name(name)
-    if encoded is None:
-        f.report(path, f"expected a host name or IP address (without scheme or port), got {quote(name)}")
-    return encoded
-
-
-def host_pattern(f: File, value: object, path: KeyPath) -> str | None:
-    """``*``, ``*.domain``, an exact name (lower-case, IDNA-encoded) or an IP address (IPv6 in brackets)."""
-    name = text(f, value, path)
-    if name is None or name == "*":
-        return name
-    if name.startswith("[") and name.endswith("]"):
-        try:
-            return f"[{ipaddress.IPv6Address(name[1:-1])}]"
-        except ValueError:
-            pass
-    wildcard = name.startswith("*.")
-    encoded = dns_name(name[2:] if wildcard else name)
-    if encoded is None:
-        f.report(path, f"invalid host pattern {quote(name)}: expected a host name (without port), "
-                 '"*.domain" (exactly one more label) or "*"')
+        return hostnames.route_pattern(name)
+    except ValueError as exc:
+        f.report(path, f"invalid host pattern {quote(name)}: {exc}")
         return None
-    return f"*.{encoded}" if wildcard else encoded
 
 
 def cert_name(*, ip: bool) -> Convert[str]:
-    """A name a certificate is for: ``name`` or ``*.name``, normalised like a host pattern.
+    """A name a certificate is for, as :func:`snakeway.hostnames.certificate_name` has it; ``ip`` allows IPs.
 
-    With ``ip``, also an IP address (without brackets in the result, as :mod:`snakeway.tls.names` has them).
+    So every name accepted here can be asked of a CA and kept in the certificate store.
     """
 
     def convert(f: File, value: object, path: KeyPath) -> str | None:
@@ -324,40 +312,14 @@ def cert_name(*, ip: bool) -> Convert[str]:
         if name is None:
             return None
         try:
-            address = str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
-        except ValueError:
-            pass
-        else:
-            if ip:
-                return address
+            return hostnames.certificate_name(name, ip=ip)
+        except hostnames.IPAddressName:
             f.report(path, f"expected a domain name, got the IP address {quote(name)}")
-            return None
-        wildcard = name.startswith("*.")
-        encoded = dns_name(name[2:] if wildcard else name)
-        if encoded is None:
-            expected = 'a host name (without port), "*.domain" or an IP address' if ip else \
-                'a host name (without port) or "*.domain"'
-            f.report(path, f"invalid domain {quote(name)}: expected {expected}")
-            return None
-        return f"*.{encoded}" if wildcard else encoded
+        except ValueError as exc:
+            f.report(path, f"invalid domain {quote(name)}: {exc}")
+        return None
 
     return convert
-
-
-def dns_name(name: str) -> str | None:
-    """``name`` as a lower-case ASCII (IDNA) host name, or ``None`` if it is not one."""
-    labels: list[str] = []
-    for label in name.lower().split("."):
-        if not label.isascii():
-            try:
-                label = label.encode("idna").decode("ascii")
-            except UnicodeError:
-                return None
-        if not _LABEL.match(label):
-            return None
-        labels.append(label)
-    encoded = ".".join(labels)
-    return encoded if len(encoded) <= 253 else None
 
 
 def route_path(f: File, value: object, path: KeyPath) -> str | None:

@@ -14,11 +14,11 @@ converter reports the mistake.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from snakeway import hostnames
 from snakeway.config import _convert as cv
 from snakeway.config import model
 from snakeway.config._convert import File, Key
@@ -163,14 +163,7 @@ def _check(f: File, path: KeyPath, tls: model.Tls, *, automation: bool) -> None:
 
 def _covers(domains: tuple[str, ...], name: str) -> bool:
     """Whether a certificate for ``domains`` is valid for ``name`` (``*.parent`` covers one more label)."""
-    if name in domains:
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        parent = name.partition(".")[2]
-        return bool(parent) and f"*.{parent}" in domains
-    return False
+    return any(hostnames.matches(domain, name) for domain in domains)
 
 
 # --- bind.redirect_http_to_https -------------------------------------------------------------------------------
@@ -219,7 +212,7 @@ def _email(f: File, value: object, path: KeyPath) -> str | None:
         f.report(path, f"write the address without mailto:, got {quote(address)}")
         return None
     match = _EMAIL.match(address)
-    if match is None or "." not in match.group(1) or cv.dns_name(match.group(1)) is None:
+    if match is None or "." not in match.group(1) or hostnames.normalize_host(match.group(1)) is None:
         f.report(path, f"expected an email address, got {quote(address)}")
         return None
     return address

@@ -24,12 +24,12 @@ keep-alive`` and its response has a known length (see
 from __future__ import annotations
 
 import logging
-import re
 from http import HTTPStatus
 
 import h11
 import trio
 
+from snakeway import hostnames
 from snakeway.config.model import StaticSite
 from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
@@ -38,7 +38,6 @@ from snakeway.proxy.accesslog import escape
 from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
-from snakeway.proxy.routing import normalize_host
 from snakeway.proxy.runtime import Runtime, ServiceTarget
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket, wants_websocket
@@ -46,8 +45,6 @@ from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-# A Host a redirect may repeat: a name or IP literal and an optional port.
-_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +275,7 @@ class Http1Connection:
         normalised on every call): about 6 % of a small HTTPS request.
         """
         if host != self._covered_host:
-            self._covered = covers(handshake, normalize_host(host))
+            self._covered = covers(handshake, hostnames.host_part(host))
             self._covered_host = host
         return self._covered
 
@@ -335,7 +332,7 @@ class Http1Connection:
 
     async def _redirect(self, spec: ListenerSpec, host: str, target: strict.Target) -> tuple[int, bool]:
         assert spec.redirect_port is not None
-        if not _HOST_HEADER.fullmatch(host):
+        if hostnames.route_host(host) is None:  # a Location may repeat a host name or IP address only
             await self._error(400, "a redirect needs a valid Host header", None)
             return 400, False
         location = redirect_location(host, target.target.decode("latin-1"), spec.redirect_port)

@@ -1,6 +1,8 @@
 """Which route a request belongs to: pure code, no I/O.
 
-A route matches when the request's host matches one of its host patterns and
+A route matches when the request's host matches one of its host patterns (both
+in the form of :func:`snakeway.hostnames.route_host`: canonical, port
+stripped, IPv6 in brackets; a Host that is no host name matches only ``*``) and
 its path starts with the route's path on a ``/`` boundary. Among the matches
 the longest path wins; among equal paths an exact host beats ``*.parent``,
 which beats ``*``; among equal patterns the one configured first wins.
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from snakeway import hostnames
 from snakeway.config.model import Route
 
 T = TypeVar("T")
@@ -35,24 +38,12 @@ def host_rank(pattern: str) -> int:
     return EXACT
 
 
-def normalize_host(host: str) -> str:
-    """Lower-case, port stripped, trailing dot dropped; IPv6 brackets kept."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host.rstrip(".")
+def host_matches(pattern: str, host: str | None) -> bool:
+    """Whether a route's ``pattern`` covers ``host``, a routing key (:func:`~snakeway.hostnames.route_host`).
 
-
-def host_matches(pattern: str, host: str) -> bool:
-    """``host`` must already be normalised; ``pattern`` is lower-case ASCII."""
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        label, dot, parent = host.partition(".")
-        return bool(label) and bool(dot) and parent == pattern[2:]
-    return pattern == host
+    ``*`` covers every request, even one without a usable Host (``None``).
+    """
+    return pattern == "*" or (host is not None and hostnames.matches(pattern, host))
 
 
 def path_matches(prefix: str, path: str) -> bool:
@@ -113,7 +104,7 @@ class Router(Generic[T]):
         """
         entries = self._host_cache.get(host)
         if entries is None:
-            name = normalize_host(host)
+            name = hostnames.route_host(host)
             entries = tuple(entry for entry in self._entries if host_matches(entry.pattern, name))
             if len(self._host_cache) >= HOST_CACHE_SIZE:
                 self._host_cache.clear()

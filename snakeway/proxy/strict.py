@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 
 import h11
 
-from snakeway.uri import TargetError, normalize_path, valid_authority
+from snakeway.hostnames import valid_authority
+from snakeway.uri import TargetError, normalize_path
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # A header line that begins with whitespace continues the previous one.

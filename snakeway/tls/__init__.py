@@ -1,8 +1,8 @@
 """TLS termination: certificates as contexts, the SNI cert map, and the handshake.
 
-Modules, from the bottom up:
+Host names are :mod:`snakeway.hostnames`' (canonical names, one-label wildcards, ``covers``). Modules, from the
+bottom up:
 
-* :mod:`~snakeway.tls.names` (pure): canonical host names, one-label wildcards, ``covers``.
 * :mod:`~snakeway.tls.certinfo` (pure): ``validate_pair`` -> ``CertInfo``; ``CertificateError``.
 * :mod:`~snakeway.tls.contexts`: the one ``SSLContext`` factory (``server_context``, ``context_from_pem``).
 * :mod:`~snakeway.tls.certmap` (pure): the immutable ``CertMap`` and its ``CertMapHolder``.

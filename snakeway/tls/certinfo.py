@@ -18,7 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from snakeway.errors import SnakewayError
-from snakeway.tls import names as _names
+from snakeway import hostnames
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -42,7 +42,7 @@ class CertInfo:
     """The facts about a leaf certificate that snakeway uses.
 
     Attributes:
-        names: The subjectAltName entries, canonical (see :mod:`snakeway.tls.names`): DNS names and wildcards in
+        names: The subjectAltName entries, canonical (see :mod:`snakeway.hostnames`): DNS names and wildcards in
             lower-case ASCII, IP addresses as strings. In certificate order, without duplicates.
         not_before: Start of validity (aware, UTC).
         not_after: End of validity (aware, UTC).
@@ -118,7 +118,7 @@ def san_names(cert: x509.Certificate) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for name in raw:
         try:
-            found[_names.normalize_pattern(name)] = None
+            found[hostnames.normalize_pattern(name)] = None
         except ValueError:
             logger.warning("ignoring the unusable subjectAltName %r of certificate %x", name, cert.serial_number)
     return tuple(found)

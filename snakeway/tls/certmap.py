@@ -1,6 +1,6 @@
 """Which certificate to serve for a server name: an immutable map, swapped whole. Pure, no I/O.
 
-A :class:`CertMap` maps canonical names (see :mod:`snakeway.tls.names`) to :class:`CertEntry` objects, each a
+A :class:`CertMap` maps canonical names (see :mod:`snakeway.hostnames`) to :class:`CertEntry` objects, each a
 ready :class:`ssl.SSLContext` plus the names its certificate covers. It never changes: a renewal builds a new map
 with :meth:`CertMap.with_entries` and the owner publishes it with one reference assignment
 (:meth:`CertMapHolder.publish`). The SNI callback reads :attr:`CertMapHolder.current` once per handshake, so
@@ -36,12 +36,11 @@ Entries keep their :class:`LazyContext` when the map is rebuilt (:meth:`CertMap.
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 from types import MappingProxyType
 from typing import TYPE_CHECKING, final
 
-from snakeway.tls import names as _names
+from snakeway import hostnames
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -231,21 +230,21 @@ class CertMap:
         # Fast paths (the SNI callback runs this for every handshake). An SNI is normally canonical already:
         # lower-case A-labels, no trailing dot. A string equal to a key is canonical (normalisation is
         # idempotent), unless it is a wildcard key ("*..."), which a client's name never matches. A string
-        # that _CANONICAL_HOST matches is a canonical host name and not an IP address, so its one wildcard is
+        # that hostnames.CANONICAL_HOST matches is a canonical host name and not an IP address, so its one wildcard is
         # "*." + everything after the first label. Anything else goes through full normalisation.
         if type(name) is str:
             if name in self._by_name and not name.startswith("*"):
                 return name
-            if len(name) <= _names.MAX_NAME_CHARS and _CANONICAL_HOST.fullmatch(name):
+            if len(name) <= hostnames.MAX_NAME_CHARS and hostnames.CANONICAL_HOST.fullmatch(name):
                 _first, dot, parent = name.partition(".")
                 wildcard = "*." + parent
                 return wildcard if dot and wildcard in self._by_name else None
-        host = _names.normalize_host(name)
+        host = hostnames.normalize_host(name)
         if host is None:
             return None
         if host in self._by_name:
             return host
-        wildcard = _names.wildcard_for(host)
+        wildcard = hostnames.wildcard_for(host)
         return wildcard if wildcard is not None and wildcard in self._by_name else None
 
     def choose(self, name: object) -> CertEntry | None:
@@ -317,7 +316,7 @@ class CertMap:
         """
         by_name = dict(self._by_name)
         for name in names:
-            by_name.pop(_names.normalize_pattern(name), None)
+            by_name.pop(hostnames.normalize_pattern(name), None)
         return CertMap(by_name, default_name=self._default_name, default_entry=self._default_entry)
 
     def with_default(self, default: ssl.SSLContext | str | None) -> CertMap:
@@ -348,19 +347,11 @@ def canonical_entry(entry: CertEntry) -> CertEntry:
     return entry if entry._canonical else _entry(entry.names, entry.source)
 
 
-# A name that matches this is already canonical (normalize_pattern returns it unchanged): lower-case LDH labels
-# (underscore allowed, as in names._LABEL), no trailing dot, optionally "*." first, and a letter, "-" or "_"
-# somewhere after that, so it cannot be an IP address. Checking it is ~20 times cheaper than normalising, which
-# matters for 10,000 certificates at start-up. Anything else is normalised in full.
-_LDH_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
-_ALREADY_CANONICAL = re.compile(rf"(?:\*\.)?(?=[0-9.]*[a-z_-]){_LDH_LABEL}(?:\.{_LDH_LABEL})*")
-_CANONICAL_HOST = re.compile(rf"(?=[0-9.]*[a-z_-]){_LDH_LABEL}(?:\.{_LDH_LABEL})*")  # the same, no wildcard
-
-
 def _canonical_name(name: str) -> str:
-    if type(name) is str and len(name) <= _names.MAX_NAME_CHARS and _ALREADY_CANONICAL.fullmatch(name):
+    # Already canonical (the cheap check first): 10,000 certificates at start-up.
+    if type(name) is str and len(name) <= hostnames.MAX_NAME_CHARS and hostnames.CANONICAL_PATTERN.fullmatch(name):
         return name
-    return _names.normalize_pattern(name)
+    return hostnames.normalize_pattern(name)
 
 
 def _entry(raw_names: Iterable[str], context: ContextSource) -> CertEntry:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 
-from snakeway.tls import names as _names
+from snakeway import hostnames
 from snakeway.tls import sni, sniff
 from snakeway.tls.clienthello import ClientHello, ClientHelloParser, NeedMore
 from snakeway.tls.prefixed import PrefixedStream
@@ -89,8 +89,8 @@ def covers(served: HandshakeInfo | Iterable[str], host: object) -> bool:
     if isinstance(served, HandshakeInfo):
         if served.cert_names is None:
             return True
-        return _names.covers(served.cert_names, host)
-    return _names.covers(served, host)
+        return hostnames.covers(served.cert_names, host)
+    return hostnames.covers(served, host)
 
 
 class AlpnChallenges(Protocol):

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snakeway.files import write_atomic
-from snakeway.tls import names as _names
+from snakeway import hostnames
 from snakeway.tls.certinfo import CertificateError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def canonical_names(names: Iterable[str]) -> tuple[str, ...]:
     Raises:
         ValueError: An invalid name.
     """
-    return tuple(dict.fromkeys(_names.normalize_pattern(name) for name in names))
+    return tuple(dict.fromkeys(hostnames.normalize_pattern(name) for name in names))
 
 
 # --- the CA ------------------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _leaf_certificate(
     not_after: datetime,
 ) -> x509.Certificate:
     san: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address(name)) if _names.is_ip(name) else x509.DNSName(name) for name in names
+        x509.IPAddress(ipaddress.ip_address(name)) if hostnames.is_ip(name) else x509.DNSName(name) for name in names
     ]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= 64 else [])
     return (

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from snakeway.tls import names as _names
+from snakeway import hostnames
 from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder, canonical_entry
 
 logger = logging.getLogger(__name__)
@@ -103,5 +103,5 @@ class CertRegistry:
 
 def _any_covers(entries: list[CertEntry], name: str) -> bool:
     """Whether one of ``entries`` (canonical names, see :meth:`CertRegistry.update`) covers ``name``."""
-    host = _names.normalize_host(name)
-    return host is not None and any(_names.matches(pattern, host) for e in entries for pattern in e.names)
+    host = hostnames.normalize_host(name)
+    return host is not None and any(hostnames.matches(pattern, host) for e in entries for pattern in e.names)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 from snakeway.tls import contexts
-from snakeway.tls import names as _names
+from snakeway import hostnames
 
 if TYPE_CHECKING:
     from snakeway.tls.certmap import CertMap
@@ -109,7 +109,7 @@ def make_sni_callback(holder: CertSource) -> SniCallback:
         try:
             if slot is not None:
                 slot.called = True
-                slot.sni = _names.normalize_host(name) or name
+                slot.sni = hostnames.normalize_host(name) or name
             entry = holder.current.choose(name)
             if entry is None:
                 logger.debug("TLS: no certificate for server name %r; refusing the handshake", name)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.tls import names as tls_names
+from snakeway import hostnames
 from snakeway.tls.certinfo import CertificateError
 from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder, LazyContext, canonical_entry
 from snakeway.tls.contexts import server_context
@@ -171,7 +171,7 @@ def test_lookup_is_total(name: object) -> None:
 def test_lookup_agrees_with_covers(name: object) -> None:
     entry = sample().lookup_entry(name)
     if entry is not None:
-        assert tls_names.covers(entry.names, name)
+        assert hostnames.covers(entry.names, name)
 
 
 # --- lazy contexts ----------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_fast_canonical_check_agrees_with_normalize_pattern(pattern: str) -> Non
     from snakeway.tls.certmap import _canonical_name
 
     try:
-        expected = tls_names.normalize_pattern(pattern)
+        expected = hostnames.normalize_pattern(pattern)
     except ValueError:
         with pytest.raises(ValueError):
             _canonical_name(pattern)
@@ -309,13 +309,13 @@ def test_fast_canonical_check_agrees_with_normalize_pattern(pattern: str) -> Non
 
 def reference_lookup(certs: CertMap, name: object) -> CertEntry | None:
     """Lookup by the book: normalise, exact, then the one wildcard (what the fast paths must agree with)."""
-    host = tls_names.normalize_host(name)
+    host = hostnames.normalize_host(name)
     if host is None:
         return None
     by_name = certs._by_name
     if host in by_name:
         return by_name[host]
-    wildcard = tls_names.wildcard_for(host)
+    wildcard = hostnames.wildcard_for(host)
     return by_name.get(wildcard) if wildcard is not None else None
 
 
