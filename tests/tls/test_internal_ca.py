@@ -82,6 +82,21 @@ def test_certificate_without_key_is_an_error(tmp_path: Path) -> None:
         LocalCA.load_or_create(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("root.pem", b"", r"root\.pem: (no PEM certificate found|cannot read the certificate chain)"),
+        ("root.pem", b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", r"root\.pem: cannot read the"),
+        ("root.key", b"not a key", r"root\.pem: cannot read the local CA's key"),
+    ],
+)
+def test_unreadable_files_are_an_error(tmp_path: Path, file: str, content: bytes, message: str) -> None:
+    LocalCA.load_or_create(tmp_path)
+    (tmp_path / "pki" / file).write_bytes(content)
+    with pytest.raises(CertificateError, match=message):
+        LocalCA.load_or_create(tmp_path)
+
+
 def test_mismatched_files_are_an_error(tmp_path: Path) -> None:
     LocalCA.load_or_create(tmp_path / "one")
     LocalCA.load_or_create(tmp_path / "two")
