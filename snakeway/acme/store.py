@@ -158,14 +158,14 @@ class CertBundle:
         """
         domains = tuple(domains)
         try:
-            leaf = parse_pair(cert_pem, key_pem, source=f"certificate {name!r}")
+            info = parse_pair(cert_pem, key_pem, source=f"certificate {name!r}")
         except CertificateError as exc:
             raise ValueError(str(exc)) from exc
         try:
             crypto.load_private_key(key_pem)  # an ECDSA or RSA key, as issuance makes
         except ValueError as exc:
             raise ValueError(f"certificate {name!r}: {exc}") from exc
-        covered = set(leaf.names)  # subjectAltName only: see snakeway.tls.certinfo
+        covered = set(info.names)  # subjectAltName only: see snakeway.tls.certinfo
         missing = [d for d in domains if d not in covered]
         if missing:
             raise ValueError(f"certificate {name!r} does not cover {', '.join(missing)}")
@@ -174,10 +174,10 @@ class CertBundle:
             domains=domains,
             cert_pem=cert_pem,
             key_pem=key_pem,
-            not_before=leaf.not_before,
-            not_after=leaf.not_after,
-            issuer=leaf.issuer,
-            serial=format(leaf.serial, "x"),
+            not_before=info.not_before,
+            not_after=info.not_after,
+            issuer=info.issuer,
+            serial=format(info.serial, "x"),
         )
 
     def verified(self) -> CertBundle:

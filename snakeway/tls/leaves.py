@@ -97,6 +97,7 @@ def _load(ca: LocalCA, names: tuple[str, ...], cert_path: Path, key_path: Path, 
         return None  # missing, torn by a crash between the two writes, or expired: issue anew
     if info.names != names or not ca.issued(leaf):
         return None
-    if renewal_due(info.not_before, info.not_after, now, renew_within=renew_within(info.not_before, info.not_after)):
+    window = renew_within(info.not_before, info.not_after)
+    if renewal_due(info.not_before, info.not_after, now, renew_within=window):
         return None
     return Leaf(chain, key, issued=False)

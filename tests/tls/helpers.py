@@ -61,7 +61,8 @@ def self_signed(
         .not_valid_after(not_after)
     )
     if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names[san_from:]]), critical=False)
+        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names[san_from:]])
+        builder = builder.add_extension(san, critical=False)
     cert = builder.sign(key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
