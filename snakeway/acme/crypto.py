@@ -1,8 +1,12 @@
-"""Keys, CSRs and certificate facts, with :mod:`cryptography` only.
+"""Keys, CSRs and the ARI certificate id, with :mod:`cryptography` only.
 
-Pure functions, no I/O and no trio. Key generation (RSA above all) is slow
-enough to block an event loop for tens of milliseconds, so async callers run
-:func:`generate_key` through ``trio.to_thread.run_sync``.
+Pure functions, no I/O and no trio. Certificates are read by the one certificate parser,
+:mod:`snakeway.tls.certinfo` (its :func:`~snakeway.tls.certinfo.load_chain`, and its rule for what a
+certificate's names are).
+
+Key generation (RSA above all) is slow enough to block an event loop for tens
+of milliseconds, so async callers run :func:`generate_key` through
+``trio.to_thread.run_sync``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from snakeway.config.model import KeyType
+from snakeway.tls.certinfo import load_chain
 
 RSA_KEY_BITS = 2048
 RSA_PUBLIC_EXPONENT = 65537
@@ -89,28 +93,6 @@ def make_csr(key_pem: bytes, domains: Iterable[str]) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def load_chain(chain_pem: bytes) -> list[x509.Certificate]:
-    """All certificates of a PEM chain, leaf first (as ACME serves them)."""
-    certs = x509.load_pem_x509_certificates(chain_pem)
-    if not certs:  # pragma: no cover - cryptography raises on no certificate
-        raise ValueError("no certificate in PEM")
-    return certs
-
-
-def cert_names(cert_pem: bytes) -> tuple[str, ...]:
-    """The DNS names of the first certificate in ``cert_pem``.
-
-    The subjectAltName DNS entries, in order; the subject common name only if
-    there is no SAN extension at all.
-    """
-    cert = load_chain(cert_pem)[0]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return tuple(
-            str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        )
-    return tuple(san.get_values_for_type(x509.DNSName))
 
 
 def ari_cert_id(cert_pem: bytes) -> str:
@@ -121,6 +103,7 @@ def ari_cert_id(cert_pem: bytes) -> str:
 
     Raises:
         ValueError: The certificate has no authority key identifier.
+        CertificateError: ``cert_pem`` holds no readable certificate.
     """
     cert = load_chain(cert_pem)[0]
     try:

@@ -7,12 +7,12 @@ Everything here is pure: no trio, no I/O, no clock. The caller passes ``now``
 number in ``[0, 1)``, so every function is deterministic and tested with
 hypothesis. All datetimes are timezone-aware; naive ones raise ``ValueError``.
 
-* **Due or not.** A certificate is due for renewal once it has less than
-  ``renew_within`` left (``TlsAutomation.renew_within_days``), or once the CA's
-  ACME Renewal Information (ARI, RFC 9773) suggested window has opened,
-  whichever comes first. The boundary counts as due: a 90-day certificate
-  with a 30-day window is due at day 60 exactly. A window longer than the
-  certificate's lifetime makes it due at once.
+* **Due or not.** :func:`renewal_time` and :func:`renewal_due` are the one
+  renewal rule of snakeway, shared with the local CA, so they live in the
+  standard-library leaf :mod:`snakeway.renewal` and are re-exported here: a
+  certificate is due once it has less than ``renew_within`` left
+  (``TlsAutomation.renew_within_days``), or once the CA's ACME Renewal
+  Information (ARI, RFC 9773) suggested window has opened.
 * **Failures.** Back-off grows by a factor of ten: 1 min, 10 min, 100 min,
   then 6 h for every further failure. Up to 10 % jitter is added so that
   many sites that failed together (a CA outage) do not retry together. A
@@ -34,6 +34,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, final
 
+from snakeway.renewal import renewal_due as renewal_due
+from snakeway.renewal import renewal_time as renewal_time
+from snakeway.renewal import require_aware
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -51,77 +55,9 @@ RETRY_AFTER_CAP = timedelta(days=7)
 MAX_ERROR_LENGTH = 1000
 
 
-def _require_aware(**values: datetime | None) -> None:
-    for label, value in values.items():
-        if value is not None and value.tzinfo is None:
-            raise ValueError(f"{label} must be timezone-aware, got {value!r}")
-
-
 def _require_jitter(jitter: float) -> None:
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
-
-
-# --- renewal -----------------------------------------------------------------------------------
-
-
-def renewal_time(
-    not_before: datetime,
-    not_after: datetime,
-    *,
-    renew_within: timedelta,
-    ari_window: tuple[datetime, datetime] | None = None,
-) -> datetime:
-    """The moment a certificate becomes due for renewal.
-
-    ``min(not_after - renew_within, ari_window[0])``. When ``renew_within`` is
-    at least the certificate's lifetime the result is at or before
-    ``not_before`` (due as soon as it exists).
-
-    Args:
-        not_before: Start of validity.
-        not_after: End of validity.
-        renew_within: Renew when less than this is left (>= 0).
-        ari_window: The ARI ``suggestedWindow`` (start, end), if the CA gave one.
-
-    Raises:
-        ValueError: a naive datetime or a negative ``renew_within``.
-    """
-    _require_aware(not_before=not_before, not_after=not_after)
-    if renew_within < timedelta(0):
-        raise ValueError(f"renew_within must not be negative, got {renew_within!r}")
-    due = not_after - renew_within
-    if renew_within >= not_after - not_before:
-        due = min(due, not_before)
-    if ari_window is not None:
-        _require_aware(ari_start=ari_window[0], ari_end=ari_window[1])
-        due = min(due, ari_window[0])
-    return due
-
-
-def renewal_due(
-    not_before: datetime,
-    not_after: datetime,
-    now: datetime,
-    *,
-    renew_within: timedelta,
-    ari_window: tuple[datetime, datetime] | None = None,
-) -> bool:
-    """Whether a certificate should be renewed at ``now``.
-
-    True when ``not_after - now <= renew_within`` (an expired certificate is
-    always due), when ``renew_within`` covers the whole lifetime, or when
-    ``now`` has reached the start of the ARI window. Monotone in ``now``:
-    once due, due for every later ``now``.
-
-    Raises:
-        ValueError: see :func:`renewal_time`.
-    """
-    _require_aware(now=now)
-    if renew_within >= not_after - not_before:
-        renewal_time(not_before, not_after, renew_within=renew_within, ari_window=ari_window)  # validate
-        return True
-    return now >= renewal_time(not_before, not_after, renew_within=renew_within, ari_window=ari_window)
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -157,7 +93,7 @@ def next_attempt(now: datetime, failures: int, retry_after: datetime | None, *, 
     Raises:
         ValueError: a naive datetime, negative ``failures``, ``jitter`` out of range.
     """
-    _require_aware(now=now, retry_after=retry_after)
+    require_aware(now=now, retry_after=retry_after)
     _require_jitter(jitter)
     attempt = now + backoff_delay(failures) * (1.0 + BACKOFF_JITTER * jitter)
     if retry_after is not None and retry_after > attempt:
@@ -171,7 +107,7 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
     Raises:
         ValueError: a naive ``now``, a non-positive interval, ``jitter`` out of range.
     """
-    _require_aware(now=now)
+    require_aware(now=now)
     _require_jitter(jitter)
     if not interval_seconds > 0:
         raise ValueError(f"interval_seconds must be positive, got {interval_seconds!r}")
@@ -237,7 +173,7 @@ def parse_retry_after(value: str | None, now: datetime) -> datetime | None:
     Raises:
         ValueError: ``now`` is naive (a caller bug, not bad input).
     """
-    _require_aware(now=now)
+    require_aware(now=now)
     if value is None:
         return None
     value = value.strip(" \t")
@@ -298,7 +234,7 @@ class RenewalState:
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
             raise ValueError(f"failures must be a non-negative int, got {self.failures!r}")
-        _require_aware(last_attempt=self.last_attempt, next_attempt=self.next_attempt, last_success=self.last_success)
+        require_aware(last_attempt=self.last_attempt, next_attempt=self.next_attempt, last_success=self.last_success)
 
     def may_attempt(self, now: datetime) -> bool:
         """Whether the back-off (and any Retry-After) has passed at ``now``."""
@@ -328,7 +264,7 @@ class RenewalState:
 
     def succeeded(self, now: datetime) -> RenewalState:
         """The state after a certificate was obtained at ``now``."""
-        _require_aware(now=now)
+        require_aware(now=now)
         return replace(self, failures=0, last_error=None, last_attempt=now, next_attempt=None, last_success=now)
 
     def to_json(self) -> dict[str, object]:

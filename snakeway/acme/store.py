@@ -46,12 +46,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, final
 
-from cryptography.hazmat.primitives import serialization
-
 from snakeway import hostnames
 from snakeway.acme import crypto
 from snakeway.config.model import CertStoreSettings, StoreType
 from snakeway.errors import SnakewayError
+from snakeway.tls.certinfo import CertificateError, parse_pair
 
 if TYPE_CHECKING:
     import builtins
@@ -164,14 +163,14 @@ class CertBundle:
         """
         domains = tuple(domains)
         try:
-            leaf = crypto.load_chain(cert_pem)[0]
-            key = crypto.load_private_key(key_pem)
-            covered = set(crypto.cert_names(cert_pem))
+            info = parse_pair(cert_pem, key_pem, source=f"certificate {name!r}")
+        except CertificateError as exc:
+            raise ValueError(str(exc)) from exc
+        try:
+            crypto.load_private_key(key_pem)  # an ECDSA or RSA key, as issuance makes
         except ValueError as exc:
             raise ValueError(f"certificate {name!r}: {exc}") from exc
-        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-            raise ValueError(f"certificate {name!r}: the private key does not match the certificate")
+        covered = set(info.names)  # subjectAltName only: see snakeway.tls.certinfo
         missing = [d for d in domains if d not in covered]
         if missing:
             raise ValueError(f"certificate {name!r} does not cover {', '.join(missing)}")
@@ -180,10 +179,10 @@ class CertBundle:
             domains=domains,
             cert_pem=cert_pem,
             key_pem=key_pem,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-            issuer=leaf.issuer.rfc4514_string(),
-            serial=format(leaf.serial_number, "x"),
+            not_before=info.not_before,
+            not_after=info.not_after,
+            issuer=info.issuer,
+            serial=format(info.serial, "x"),
         )
 
     def verified(self) -> CertBundle:

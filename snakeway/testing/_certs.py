@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from snakeway.tls.certinfo import cert_info, load_chain
+from snakeway.tls.certinfo import leaf_info
 
 
 def cert_dates(cert_pem: bytes) -> tuple[datetime, datetime]:
@@ -13,5 +13,5 @@ def cert_dates(cert_pem: bytes) -> tuple[datetime, datetime]:
     Raises:
         CertificateError: ``cert_pem`` holds no readable certificate.
     """
-    info = cert_info(load_chain(cert_pem)[0])
+    info = leaf_info(cert_pem)
     return info.not_before, info.not_after

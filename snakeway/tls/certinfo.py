@@ -1,9 +1,17 @@
 """What a PEM certificate chain and key pair contain, and whether they are usable: pure, no I/O.
 
+This is snakeway's one certificate parser: the TLS side (manual files, the local CA) and the ACME side (the
+certificate store, ARI) read certificates through :func:`load_chain`, :func:`parse_pair` and :func:`leaf_info`.
+
 :func:`validate_pair` is the one check every certificate goes through before it is served (manual files, the
 local CA, ACME): the chain parses, the key belongs to the leaf, the leaf has not expired. What it returns,
-:class:`CertInfo`, is what the rest of snakeway needs to know about a certificate (its names for the cert map,
-its validity for renewal, its fingerprint for the admin API).
+:class:`CertInfo`, is what the rest of snakeway needs to know about a certificate (its names for the cert map
+and the store, its validity for renewal, its fingerprint and serial for logs and status).
+
+A certificate's names are its subjectAltName DNS and IP entries, canonical (see :mod:`snakeway.tls.names`),
+and nothing else: the subject common name is never read, not even when there is no subjectAltName extension,
+because clients that matter ignore it (RFC 6125 §6.4.4 deprecates it; browsers refuse a certificate that
+only has one). A certificate without subjectAltName therefore names no host and is refused for serving.
 """
 
 from __future__ import annotations
@@ -78,6 +86,33 @@ def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
     """
     if now.tzinfo is None:
         raise ValueError("validate_pair needs a timezone-aware 'now'")
+    info = parse_pair(cert_pem, key_pem, source=source)
+    if info.not_after <= now:
+        raise CertificateError(f"{source}: the certificate expired on {info.not_after:%Y-%m-%d %H:%M:%S} UTC")
+    if not info.names:
+        raise CertificateError(
+            f"{source}: the certificate names no host (no subjectAltName DNS or IP entry); clients would reject it"
+        )
+    return info
+
+
+def parse_pair(cert_pem: bytes, key_pem: bytes, *, source: str = "certificate") -> CertInfo:
+    """Parse a PEM chain (leaf first) and check that the unencrypted PEM private key belongs to the leaf.
+
+    Unlike :func:`validate_pair` this does not look at the dates or the names: a stored certificate that has
+    expired is still a certificate to renew.
+
+    Args:
+        cert_pem: The certificate chain, leaf first, then intermediates.
+        key_pem: The leaf's private key.
+        source: How to name the pair in error messages.
+
+    Returns:
+        The leaf's :class:`CertInfo`.
+
+    Raises:
+        CertificateError: No certificate in ``cert_pem``; the key cannot be read or does not match the leaf.
+    """
     chain = load_chain(cert_pem, source)
     leaf = chain[0]
     key_spki = _public_key_der(_load_key(key_pem, source))
@@ -86,14 +121,16 @@ def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
         if any(_spki(other) == key_spki for other in chain[1:]):
             hint = " (the key matches a later certificate: put the leaf certificate first)"
         raise CertificateError(f"{source}: the private key does not match the certificate{hint}")
-    info = cert_info(leaf)
-    if info.not_after <= now:
-        raise CertificateError(f"{source}: the certificate expired on {info.not_after:%Y-%m-%d %H:%M:%S} UTC")
-    if not info.names:
-        raise CertificateError(
-            f"{source}: the certificate names no host (no subjectAltName DNS or IP entry); clients would reject it"
-        )
-    return info
+    return cert_info(leaf)
+
+
+def leaf_info(cert_pem: bytes, source: str = "certificate") -> CertInfo:
+    """The :class:`CertInfo` of the first certificate of a PEM chain, without any validity check.
+
+    Raises:
+        CertificateError: ``cert_pem`` holds no readable certificate.
+    """
+    return cert_info(load_chain(cert_pem, source)[0])
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:
@@ -109,7 +146,11 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
 
 
 def san_names(cert: x509.Certificate) -> tuple[str, ...]:
-    """The canonical DNS and IP subjectAltName entries of ``cert``; names that do not normalise are skipped."""
+    """The canonical DNS and IP subjectAltName entries of ``cert``; names that do not normalise are skipped.
+
+    The subject common name is never used (see the module docstring): without a subjectAltName extension a
+    certificate has no names.
+    """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snakeway.files import write_atomic
 from snakeway import hostnames
-from snakeway.tls.certinfo import CertificateError
+from snakeway.tls.certinfo import CertificateError, load_chain
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -50,14 +50,13 @@ ROOT_KEY_FILE = "root.key"
 # --- renewal schedule (pure) ---------------------------------------------------------------------------------
 
 
-def renewal_time(not_before: datetime, not_after: datetime, *, fraction: float = RENEW_FRACTION) -> datetime:
-    """When to renew: at the start of the final ``fraction`` of the lifetime (7-day leaf -> after ~4.7 days)."""
-    return not_after - (not_after - not_before) * fraction
+def renew_within(not_before: datetime, not_after: datetime) -> timedelta:
+    """How much validity left makes a leaf due: the final :data:`RENEW_FRACTION` of its lifetime.
 
-
-def due(not_before: datetime, not_after: datetime, now: datetime, *, fraction: float = RENEW_FRACTION) -> bool:
-    """Whether a certificate valid from ``not_before`` to ``not_after`` should be renewed at ``now``."""
-    return now >= renewal_time(not_before, not_after, fraction=fraction)
+    A 7-day leaf is renewed after about 4.7 days. The moment itself is :func:`snakeway.renewal.renewal_time`
+    with this ``renew_within``, the same rule as for ACME certificates.
+    """
+    return (not_after - not_before) * RENEW_FRACTION
 
 
 def canonical_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -249,11 +248,11 @@ def _leaf_certificate(
 
 
 def _parse_root(cert_pem: bytes, key_pem: bytes, source: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = load_chain(cert_pem, source)[0]
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise CertificateError(f"{source}: cannot read the local CA ({exc})") from exc
+        raise CertificateError(f"{source}: cannot read the local CA's key ({exc})") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{source}: the local CA's key is not an ECDSA key")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo

@@ -32,11 +32,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
 from snakeway.files import ensure_dir, write_atomic
-from snakeway.tls.certinfo import CertificateError, validate_pair
-from snakeway.tls.internal_ca import canonical_names, due
+from snakeway.renewal import renewal_due
+from snakeway.tls.certinfo import CertificateError, load_chain, validate_pair
+from snakeway.tls.internal_ca import canonical_names, renew_within
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -93,9 +92,12 @@ def _load(ca: LocalCA, names: tuple[str, ...], cert_path: Path, key_path: Path, 
     try:
         chain, key = cert_path.read_bytes(), key_path.read_bytes()
         info = validate_pair(chain, key, now=now, source=str(cert_path))  # parses; key matches; not expired
-        leaf = x509.load_pem_x509_certificate(chain)
+        leaf = load_chain(chain, str(cert_path))[0]
     except (OSError, ValueError, CertificateError):
         return None  # missing, torn by a crash between the two writes, or expired: issue anew
-    if info.names != names or not ca.issued(leaf) or due(info.not_before, info.not_after, now):
+    if info.names != names or not ca.issued(leaf):
+        return None
+    window = renew_within(info.not_before, info.not_after)
+    if renewal_due(info.not_before, info.not_after, now, renew_within=window):
         return None
     return Leaf(chain, key, issued=False)

@@ -32,10 +32,11 @@ import trio
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Tls, TlsMode
 from snakeway.listeners import cert_ids
+from snakeway.renewal import renewal_time
 from snakeway.tls.certinfo import CertInfo, validate_pair
 from snakeway.tls.certmap import CertEntry, LazyContext
 from snakeway.tls.contexts import context_from_pem, server_context
-from snakeway.tls.internal_ca import LocalCA, renewal_time
+from snakeway.tls.internal_ca import LocalCA, renew_within
 from snakeway.tls.leaves import shared_leaf
 from snakeway.tls.registry import CertRegistry
 
@@ -114,6 +115,11 @@ class _Issued:
     not_after: datetime
 
 
+def _renew_at(issued: _Issued) -> datetime:
+    window = renew_within(issued.not_before, issued.not_after)
+    return renewal_time(issued.not_before, issued.not_after, renew_within=window)
+
+
 class InternalIssuer:
     """Issues and renews the certificates of ``mode = "internal"`` blocks.
 
@@ -155,9 +161,7 @@ class InternalIssuer:
         task_status.started()
         while True:
             self._changed = trio.Event()
-            due_at = min(
-                (renewal_time(i.not_before, i.not_after) for i in self._issued.values()), default=None
-            )
+            due_at = min((_renew_at(i) for i in self._issued.values()), default=None)
             async with trio.open_nursery() as nursery:
 
                 async def wake_on_change() -> None:
@@ -169,7 +173,7 @@ class InternalIssuer:
                     await sleep_until(self._clock, due_at)
                     now = self._clock.now()
                     await self._issue(
-                        [c for c, i in self._issued.items() if renewal_time(i.not_before, i.not_after) <= now]
+                        [c for c, i in self._issued.items() if _renew_at(i) <= now]
                     )
                     nursery.cancel_scope.cancel()
 

@@ -23,6 +23,7 @@ from snakeway.acme.tlsalpn import ACME_TLS_ALPN, TlsAlpnChallenges
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 from snakeway.testing import cert_dates
+from snakeway.tls.certinfo import leaf_info, load_chain
 from tests.pebble import LOOPBACK, Pebble
 
 DOMAINS = ("a.example.test", "b.example.test")
@@ -116,8 +117,8 @@ async def issue(
 
 def verify_chain(chain_pem: str, root_pem: bytes, domains: Sequence[str]) -> None:
     """The leaf covers ``domains`` and chains to ``root_pem`` (cryptography's RFC 5280 verifier)."""
-    certs = crypto.load_chain(chain_pem.encode())
-    assert set(crypto.cert_names(chain_pem.encode())) == set(domains)
+    certs = load_chain(chain_pem.encode())
+    assert set(leaf_info(chain_pem.encode()).names) == set(domains)
     root = x509.load_pem_x509_certificate(root_pem)
     store = x509.verification.Store([root])
     for domain in domains:

@@ -20,6 +20,7 @@ from snakeway.clock import SystemClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 from snakeway.testing import STEPS, FakeCA, PlannedFailure, TrioLinkedClock, cert_dates
+from snakeway.tls.certinfo import leaf_info, load_chain
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 DOMAINS = ("a.test", "www.a.test")
@@ -43,7 +44,7 @@ async def issue(ca: FakeCA, domains: tuple[str, ...] = DOMAINS, kind: Challenge 
 
 
 def verify(chain_pem: str, root_pem: bytes, name: str, when: datetime) -> None:
-    leaf, *rest = crypto.load_chain(chain_pem.encode())
+    leaf, *rest = load_chain(chain_pem.encode())
     store = Store([x509.load_pem_x509_certificate(root_pem)])
     verifier = PolicyBuilder().store(store).time(when).build_server_verifier(x509.DNSName(name))
     verifier.verify(leaf, rest)
@@ -56,10 +57,10 @@ async def test_issues_a_chain_that_verifies_to_the_root() -> None:
     ca = FakeCA(SystemClock())
     chain = await issue(ca)
 
-    certs = crypto.load_chain(chain.encode())
+    certs = load_chain(chain.encode())
     assert len(certs) == 2
     assert certs[1] == x509.load_pem_x509_certificate(ca.root_pem)
-    assert crypto.cert_names(chain.encode()) == DOMAINS
+    assert leaf_info(chain.encode()).names == DOMAINS
     for name in DOMAINS:
         verify(chain, ca.root_pem, name, datetime.now(UTC))
     crypto.ari_cert_id(chain.encode())  # has an authority key identifier, so ARI works
@@ -215,7 +216,7 @@ async def test_finalize_honours_the_deadline(autojump_clock: trio.testing.MockCl
 
     ca.delay = 5.0
     chain = await ca.finalize(order, csr, trio.current_time() + 10)
-    assert crypto.cert_names(chain.encode()) == DOMAINS
+    assert leaf_info(chain.encode()).names == DOMAINS
 
 
 async def test_wait_authorizations_honours_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
@@ -285,7 +286,7 @@ async def test_validator_fetches_http01_answers(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         await ca.wait_authorizations(order, trio.current_time() + 10)
         chain = await ca.finalize(order, csr, trio.current_time() + 10)
-    assert crypto.cert_names(chain.encode()) == DOMAINS
+    assert leaf_info(chain.encode()).names == DOMAINS
 
 
 async def test_failed_validation_invalidates_the_order(nursery: trio.Nursery) -> None:

@@ -33,6 +33,7 @@ from snakeway.acme.store import (
 )
 from snakeway.clock import SystemClock
 from snakeway.config.model import CertStoreSettings, StoreType
+from tests.tls.helpers import self_signed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -205,6 +206,24 @@ async def test_from_pem_checks_coverage(ca: trustme.CA) -> None:
         CertBundle.from_pem("a.test", ("a.test", "www.a.test"), bundle.cert_pem, bundle.key_pem)
     with pytest.raises(ValueError, match=r"certificate 'a\.test'"):
         CertBundle.from_pem("a.test", ("a.test",), b"not a pem", bundle.key_pem)
+
+
+async def test_from_pem_covers_by_subject_alt_name_only() -> None:
+    """The store reads a certificate's names by the TLS rule: canonical subjectAltName entries, no common name."""
+    start, end = NOW - timedelta(days=1), NOW + timedelta(days=60)
+    cn_only, cn_key = self_signed("a.test", not_before=start, not_after=end, san=False)
+    with pytest.raises(ValueError, match=re.escape("certificate 'a.test' does not cover a.test")):
+        CertBundle.from_pem("a.test", ("a.test",), cn_only, cn_key)
+    upper, upper_key = self_signed("A.Test", "WWW.a.test", not_before=start, not_after=end)
+    bundle = CertBundle.from_pem("a.test", ("a.test", "www.a.test"), upper, upper_key)
+    assert (bundle.not_before, bundle.not_after) == (start, end)
+    assert bundle.serial == format(12345, "x")
+
+
+async def test_from_pem_keeps_an_expired_certificate() -> None:
+    """An expired stored certificate is still read (it is then due for renewal), unlike one to be served."""
+    cert, key = self_signed("a.test", not_before=NOW - timedelta(days=90), not_after=NOW - timedelta(days=1))
+    assert CertBundle.from_pem("a.test", ("a.test",), cert, key).not_after == NOW - timedelta(days=1)
 
 
 def test_name_codec() -> None:

@@ -9,12 +9,17 @@ from typing import TYPE_CHECKING
 import trio
 import trio.testing
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from snakeway.tls.certinfo import cert_info
 from snakeway.tls.contexts import context_from_pem
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, accept_tls
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import trustme
 
 
@@ -35,6 +40,34 @@ def make_site(ca: trustme.CA, *names: str) -> Site:
     key = leaf.private_key_pem.bytes()
     serial = x509.load_pem_x509_certificate(chain).serial_number
     return Site(names, chain, key, context_from_pem(chain, key), serial)
+
+
+def self_signed(
+    *names: str, not_before: datetime, not_after: datetime, san: bool = True, san_from: int = 0
+) -> tuple[bytes, bytes]:
+    """A self-signed certificate built with cryptography: (cert_pem, key_pem).
+
+    The subject common name is ``names[0]``; the subjectAltName extension (if ``san``) lists ``names[san_from:]``.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(12345)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    if san:
+        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names[san_from:]])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def client_context(

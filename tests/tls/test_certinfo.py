@@ -6,43 +6,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from snakeway.errors import SnakewayError
-from snakeway.tls.certinfo import CertificateError, validate_pair
-from tests.tls.helpers import make_site
+from snakeway.tls.certinfo import CertificateError, leaf_info, parse_pair, validate_pair
+from tests.tls.helpers import make_site, self_signed
 
 if TYPE_CHECKING:
     import trustme
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def self_signed(
-    *names: str, not_before: datetime, not_after: datetime, san: bool = True
-) -> tuple[bytes, bytes]:
-    """A self-signed certificate built with cryptography: (cert_pem, key_pem)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(12345)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def test_valid_pair(ca: trustme.CA) -> None:
@@ -82,6 +55,26 @@ def test_no_subject_alt_name() -> None:
     cert, key = self_signed("a.test", not_before=NOW, not_after=NOW + timedelta(days=1), san=False)
     with pytest.raises(CertificateError, match="names no host"):
         validate_pair(cert, key, now=NOW)
+
+
+def test_the_common_name_is_never_a_name() -> None:
+    """subjectAltName only: a common name is ignored, with or without a subjectAltName extension."""
+    cert, key = self_signed("a.test", not_before=NOW, not_after=NOW + timedelta(days=1), san=False)
+    assert leaf_info(cert).names == ()
+    assert parse_pair(cert, key).names == ()
+    both, _ = self_signed("cn.test", "san.test", not_before=NOW, not_after=NOW + timedelta(days=1), san_from=1)
+    assert leaf_info(both).names == ("san.test",)
+
+
+def test_parse_pair_does_not_judge_dates_or_names() -> None:
+    cert, key = self_signed("A.Test", not_before=datetime(2025, 1, 1, tzinfo=UTC),
+                            not_after=datetime(2026, 1, 1, tzinfo=UTC))
+    info = parse_pair(cert, key, source="stored")
+    assert info.names == ("a.test",)
+    assert info.not_after == datetime(2026, 1, 1, tzinfo=UTC) < NOW
+    other_cert, _ = self_signed("b.test", not_before=NOW, not_after=NOW + timedelta(days=1))
+    with pytest.raises(CertificateError, match=r"^stored: the private key does not match the certificate$"):
+        parse_pair(other_cert, key, source="stored")
 
 
 @pytest.mark.parametrize(

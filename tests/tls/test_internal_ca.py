@@ -19,7 +19,8 @@ from snakeway.tls.certinfo import CertificateError, validate_pair
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import context_from_pem
 from snakeway.files import write_atomic
-from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, due, renewal_time
+from snakeway.renewal import renewal_due, renewal_time
+from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renew_within
 from snakeway.tls.sni import listener_context
 from tests.tls.helpers import handshake
 
@@ -78,6 +79,21 @@ def test_certificate_without_key_is_an_error(tmp_path: Path) -> None:
     LocalCA.load_or_create(tmp_path)
     (tmp_path / "pki" / "root.key").unlink()
     with pytest.raises(CertificateError, match=r"root\.key is missing"):
+        LocalCA.load_or_create(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("root.pem", b"", r"root\.pem: (no PEM certificate found|cannot read the certificate chain)"),
+        ("root.pem", b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", r"root\.pem: cannot read the"),
+        ("root.key", b"not a key", r"root\.pem: cannot read the local CA's key"),
+    ],
+)
+def test_unreadable_files_are_an_error(tmp_path: Path, file: str, content: bytes, message: str) -> None:
+    LocalCA.load_or_create(tmp_path)
+    (tmp_path / "pki" / file).write_bytes(content)
+    with pytest.raises(CertificateError, match=message):
         LocalCA.load_or_create(tmp_path)
 
 
@@ -143,10 +159,15 @@ async def test_other_root_is_not_trusted(local_ca: LocalCA, tmp_path: Path) -> N
     assert outcome.client_ssl_error.reason == "CERTIFICATE_VERIFY_FAILED"
 
 
+def due(not_before: datetime, not_after: datetime, now: datetime) -> bool:
+    """The local CA's renewal decision, as snakeway.tls.leaves takes it."""
+    return renewal_due(not_before, not_after, now, renew_within=renew_within(not_before, not_after))
+
+
 def test_due() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     end = start + timedelta(days=9)
-    assert renewal_time(start, end) == start + timedelta(days=6)
+    assert renewal_time(start, end, renew_within=renew_within(start, end)) == start + timedelta(days=6)
     assert not due(start, end, start)
     assert not due(start, end, start + timedelta(days=5, hours=23))
     assert due(start, end, start + timedelta(days=6))
