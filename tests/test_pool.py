@@ -8,9 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from snakeway.config.model import Endpoint, UpstreamSettings
+from snakeway.config.model import Endpoint, Route, Service, Upstream, UpstreamSettings
+from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.forward import ForwardContext, RequestFailed, connect
 from snakeway.proxy.h11io import H11Stream
-from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
+from snakeway.proxy.pool import Connect, UpstreamConnectError, UpstreamConnection, UpstreamPool
 from snakeway.tcp import TcpStream
 
 if TYPE_CHECKING:
@@ -221,7 +223,46 @@ async def test_connect_timeout(autojump_clock: trio.testing.MockClock) -> None:
     with pytest.raises(UpstreamConnectError) as info:
         await pool.acquire(Endpoint("192.0.2.1", 80))
     assert info.value.reason == "timed out"
+    assert info.value.timed_out
     assert trio.current_time() - start == pytest.approx(3.0)
+
+
+def connect_context(settings: UpstreamSettings, connect: Connect) -> ForwardContext:
+    return ForwardContext(
+        pool=UpstreamPool(settings, connect=connect), health=Health(10.0), settings=settings,
+        client_ip="127.0.0.1", scheme="http", body_timeout=1.0, buffer_body=0,
+    )
+
+
+def balanced(*endpoints: Endpoint) -> Balancer:
+    service = Service(
+        name="app", routes=(Route(hosts=("*",), path="/"),), upstreams=tuple(Upstream(e) for e in endpoints)
+    )
+    return Balancer(service, Health(10.0))
+
+
+@pytest.mark.parametrize(
+    ("failures", "status"),
+    [(["timeout"], 504), (["refused"], 502), (["refused", "timeout"], 504), (["timeout", "refused"], 502)],
+)
+async def test_no_upstream_connecting_is_504_when_the_last_attempt_timed_out(
+    autojump_clock: trio.testing.MockClock, failures: list[str], status: int
+) -> None:
+    """As nginx: a connect timeout is a gateway timeout, a refused connection a bad gateway."""
+    endpoints = [Endpoint("192.0.2.1", 80 + i) for i in range(len(failures))]
+    failing = dict(zip(endpoints, failures, strict=True))
+
+    async def fail(host: str, port: int) -> trio.abc.Stream:
+        if failing[Endpoint(host, port)] == "refused":
+            raise ConnectionRefusedError(111, "Connection refused")
+        await trio.sleep_forever()
+
+    settings = replace(SETTINGS, connection_timeout_seconds=3.0)
+    ctx = connect_context(settings, fail)
+    with pytest.raises(RequestFailed) as info:
+        await connect(balanced(*endpoints), ctx)
+    assert info.value.status == status
+    assert all(not ctx.health.is_up(e, trio.current_time()) for e in endpoints)
 
 
 # --- fake transports: the bookkeeping -----------------------------------------------------------
