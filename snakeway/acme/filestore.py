@@ -52,8 +52,18 @@ so the old paths are not used after that.
 **Threads and concurrency.** All blocking I/O runs in
 ``trio.to_thread.run_sync``; cancellation waits for the thread, so a write is
 never half-abandoned. A ``trio.Lock`` serialises the operations of one
-``FileStore``, so a reader never sees a version being garbage-collected. One
-process should own a directory pair; the layout is POSIX-only (symlinks).
+``FileStore``, so within one process a reader never sees a version being
+garbage-collected. The workers of one supervisor share a directory pair, and
+that lock does not reach across them; what keeps them apart instead: a
+certificate is ordered and saved only by the worker holding its lock in
+:mod:`snakeway.acme.coordination`, so two saves of one name never race (the
+account likewise); every other file is replaced whole (``os.replace``), so a
+concurrent write is last-writer-wins, never mixed; and a load that races a
+save in another worker reads either version whole or, if that save
+garbage-collects the version it resolved mid-read, finds a file missing:
+the entry is logged as unusable and reported missing this once, and the new
+version reaches the worker through the coordinator's stamps. The layout is
+POSIX-only (symlinks).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`validate_pair` is the one check every certificate goes through before it is served (manual files, the
 local CA, ACME): the chain parses, the key belongs to the leaf, the leaf has not expired. What it returns,
 :class:`CertInfo`, is what the rest of snakeway needs to know about a certificate (its names for the cert map,
-its validity for renewal, its fingerprint for the admin API).
+its validity for renewal, and its SHA-256 fingerprint).
 """
 
 from __future__ import annotations
