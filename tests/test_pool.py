@@ -141,15 +141,17 @@ async def test_unfinished_exchange_is_closed_on_release(nursery: trio.Nursery) -
     await up.wait_for(lambda u: u.closed == 1)
 
 
-async def test_idle_expiry_opens_a_new_connection(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+# Real time for the two tests below, as the pool's connections are real sockets: a short idle limit.
+IDLE = 0.5
+
+
+async def test_idle_expiry_opens_a_new_connection(nursery: trio.Nursery) -> None:
     up = await TinyUpstream().start(nursery)
-    pool = UpstreamPool(SETTINGS)
+    pool = UpstreamPool(replace(SETTINGS, pool_idle_seconds=IDLE))
     first = await get(pool, up.endpoint)
-    await trio.sleep(SETTINGS.pool_idle_seconds - 1)
-    assert await get(pool, up.endpoint) is first  # idle 29 s < 30 s: reused, idle clock restarts
-    await trio.sleep(SETTINGS.pool_idle_seconds)
+    await trio.sleep(IDLE / 5)
+    assert await get(pool, up.endpoint) is first  # idle less than the limit: reused, idle clock restarts
+    await trio.sleep(IDLE + 0.05)
     fresh = await get(pool, up.endpoint)
     assert fresh is not first
     assert not fresh.reused
@@ -157,18 +159,17 @@ async def test_idle_expiry_opens_a_new_connection(
     await up.wait_for(lambda u: u.closed == 1)  # the expired one was closed lazily by acquire
 
 
-async def test_sweeper_closes_expired_connections(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_sweeper_closes_expired_connections(nursery: trio.Nursery) -> None:
     up = await TinyUpstream().start(nursery)
-    pool = UpstreamPool(SETTINGS)
+    pool = UpstreamPool(replace(SETTINGS, pool_idle_seconds=IDLE))
     await nursery.start(pool.run)
+    asked = trio.current_time()  # before the connection was released
     await get(pool, up.endpoint)
-    await trio.sleep(SETTINGS.pool_idle_seconds - 1)
+    await trio.sleep(IDLE / 5)
     assert pool.idle_count() == 1
-    await trio.sleep(2)
+    await up.wait_for(lambda u: u.closed == 1)  # no request: the sweeper closed it
     assert pool.idle_count() == 0
-    await up.wait_for(lambda u: u.closed == 1)
+    assert trio.current_time() - asked >= IDLE
 
 
 async def test_pool_size_caps_idle_connections(nursery: trio.Nursery) -> None:
