@@ -1,8 +1,8 @@
 """The exceptions snakeway raises on purpose.
 
 Everything snakeway raises deliberately derives from :class:`SnakewayError`,
-so a caller (the CLI, the admin API's reload) can tell "you gave me something
-wrong" from a bug.
+so a caller (the CLI, a reload, the per-connection error boundary) can tell
+"you gave me something wrong" or "this request failed" from a bug.
 """
 
 from __future__ import annotations

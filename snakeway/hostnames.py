@@ -1,6 +1,6 @@
 """Host names: what one is, its canonical form, and where each kind of name may be used. Pure, no I/O.
 
-A leaf module (the standard library only): the configuration, the TLS layer, the certificate store and the proxy
+A leaf module (the standard library and snakeway.errors only): the configuration, the TLS layer, the certificate store and the proxy
 all ask it, so a name that one of them accepts means the same thing to the others.
 
 Theory of operation
@@ -37,6 +37,8 @@ import functools
 import ipaddress
 import re
 from typing import TYPE_CHECKING
+
+from snakeway.errors import SnakewayError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -149,7 +151,7 @@ def normalize_pattern(pattern: str) -> str:
     return name
 
 
-class IPAddressName(ValueError):
+class IPAddressName(SnakewayError, ValueError):
     """An IP address where only a domain name may be (a certificate from an ACME CA, the store)."""
 
 

@@ -45,12 +45,14 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from snakeway.errors import SnakewayError
+
 _CLOSED_ERRNOS = (errno.EBADF, errno.ENOTSOCK)
 DEFAULT_RECEIVE_SIZE = 65536
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
-class SendTimeout(trio.BrokenResourceError):
+class SendTimeout(SnakewayError, trio.BrokenResourceError):
     """The peer took no byte of a write for the stream's send timeout; the connection is unusable."""
 
 

@@ -1,6 +1,6 @@
 """The path a request is routed by and forwarded with: pure code, no I/O.
 
-A leaf module (the standard library only): the configuration normalises route
+A leaf module (the standard library and :mod:`snakeway.errors` only): the configuration normalises route
 paths with it and the proxy normalises request paths, so both hold one form.
 
 Theory of operation
@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import re
 
+from snakeway.errors import SnakewayError
+
 UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX_DIGITS = "0123456789abcdefABCDEF"
 # Every two-character spelling of a byte (any case) -> its value.
@@ -82,7 +84,7 @@ _ANY_SEPARATOR = re.compile(rb"/|\\|%2F|%5C")
 _OVERLONG_BELOW = {0xC0: 0xC0, 0xC1: 0xC0, 0xE0: 0xA0, 0xF0: 0x90, 0xF8: 0x88, 0xFC: 0x84}
 
 
-class TargetError(ValueError):
+class TargetError(SnakewayError, ValueError):
     """The request target cannot be normalised unambiguously: answer 400.
 
     Attributes:

@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.config.model import Endpoint, Route, Service, Strategy, Upstream
+from snakeway.config.model import Endpoint, Route, Service, Strategy, Upstream, UpstreamSettings
 from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.pool import UpstreamPool
+from snakeway.proxy.runtime import Shared, build_runtime
+from tests.helpers import service_config
 
 COOLDOWN = 10.0
 
@@ -181,3 +185,18 @@ def test_failover_order_is_stable(weights: list[int], down: set[int], calls: int
     orders = [balancer.order(1.0) for _ in range(calls)]
     assert all(order == orders[0] for order in orders)
     assert Balancer(svc, health).order(COOLDOWN) == list(svc.upstreams)
+
+
+def test_a_reload_keeps_the_balancer_of_an_unchanged_service_only() -> None:
+    """Round robin goes on where it was across a reload that leaves the service as it is."""
+    config = service_config([8001, 8002], strategy=Strategy.ROUND_ROBIN)
+    shared = Shared(pool=UpstreamPool(UpstreamSettings()), health=Health(COOLDOWN))
+    before = build_runtime(config, shared)
+    first = before.balancers["app"].balancer.order(0.0)[0]
+    kept = build_runtime(config, shared, before)
+    assert kept.balancers["app"].balancer is before.balancers["app"].balancer
+    assert kept.balancers["app"].balancer.order(0.0)[0] != first  # the next pick, not the first again
+    ingress = config.ingresses[0]
+    changed_service = replace(ingress.services[0], strategy=Strategy.FAILOVER)
+    changed = replace(config, ingresses=(replace(ingress, services=(changed_service,)),))
+    assert build_runtime(changed, shared, kept).balancers["app"].balancer is not kept.balancers["app"].balancer

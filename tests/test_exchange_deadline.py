@@ -17,7 +17,7 @@ import trio.testing
 
 from snakeway.config.model import Endpoint, UpstreamSettings
 from snakeway.proxy.balance import Health
-from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, ProxyError
+from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, RequestFailed
 from snakeway.proxy.h11io import H11Stream, relayed_request
 from snakeway.proxy.pool import UpstreamConnection, UpstreamPool
 from snakeway.proxy.request_body import NO_BODY
@@ -92,7 +92,7 @@ async def test_a_transport_write_blocked_during_a_body_read_leaves_the_body_time
         assert type(request) is h11.Request
         transport.pending = os.urandom(4 * 1024 * 1024)  # far more than the buffers hold: it waits
         up_request = relayed_request(request.method, request.target, list(request.headers))
-        with trio.fail_after(SEND_TIMEOUT + 10), pytest.raises(ProxyError) as caught:
+        with trio.fail_after(SEND_TIMEOUT + 10), pytest.raises(RequestFailed) as caught:
             await exchange.run(up_request)
     assert caught.value.status == 408
     assert b"POST /upload" in await upstream.receive_some()  # the upstream connection it held

@@ -8,9 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from snakeway.config.model import Endpoint, UpstreamSettings
+from snakeway.config.model import Endpoint, Route, Service, Upstream, UpstreamSettings
+from snakeway.proxy.balance import Balancer, Health
+from snakeway.proxy.forward import ForwardContext, RequestFailed, connect
 from snakeway.proxy.h11io import H11Stream
-from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
+from snakeway.proxy.pool import Connect, UpstreamConnectError, UpstreamConnection, UpstreamPool
 from snakeway.tcp import TcpStream
 
 if TYPE_CHECKING:
@@ -139,15 +141,17 @@ async def test_unfinished_exchange_is_closed_on_release(nursery: trio.Nursery) -
     await up.wait_for(lambda u: u.closed == 1)
 
 
-async def test_idle_expiry_opens_a_new_connection(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+# Real time for the two tests below, as the pool's connections are real sockets: a short idle limit.
+IDLE = 0.5
+
+
+async def test_idle_expiry_opens_a_new_connection(nursery: trio.Nursery) -> None:
     up = await TinyUpstream().start(nursery)
-    pool = UpstreamPool(SETTINGS)
+    pool = UpstreamPool(replace(SETTINGS, pool_idle_seconds=IDLE))
     first = await get(pool, up.endpoint)
-    await trio.sleep(SETTINGS.pool_idle_seconds - 1)
-    assert await get(pool, up.endpoint) is first  # idle 29 s < 30 s: reused, idle clock restarts
-    await trio.sleep(SETTINGS.pool_idle_seconds)
+    await trio.sleep(IDLE / 5)
+    assert await get(pool, up.endpoint) is first  # idle less than the limit: reused, idle clock restarts
+    await trio.sleep(IDLE + 0.05)
     fresh = await get(pool, up.endpoint)
     assert fresh is not first
     assert not fresh.reused
@@ -155,18 +159,17 @@ async def test_idle_expiry_opens_a_new_connection(
     await up.wait_for(lambda u: u.closed == 1)  # the expired one was closed lazily by acquire
 
 
-async def test_sweeper_closes_expired_connections(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_sweeper_closes_expired_connections(nursery: trio.Nursery) -> None:
     up = await TinyUpstream().start(nursery)
-    pool = UpstreamPool(SETTINGS)
+    pool = UpstreamPool(replace(SETTINGS, pool_idle_seconds=IDLE))
     await nursery.start(pool.run)
+    asked = trio.current_time()  # before the connection was released
     await get(pool, up.endpoint)
-    await trio.sleep(SETTINGS.pool_idle_seconds - 1)
+    await trio.sleep(IDLE / 5)
     assert pool.idle_count() == 1
-    await trio.sleep(2)
+    await up.wait_for(lambda u: u.closed == 1)  # no request: the sweeper closed it
     assert pool.idle_count() == 0
-    await up.wait_for(lambda u: u.closed == 1)
+    assert trio.current_time() - asked >= IDLE
 
 
 async def test_pool_size_caps_idle_connections(nursery: trio.Nursery) -> None:
@@ -221,7 +224,46 @@ async def test_connect_timeout(autojump_clock: trio.testing.MockClock) -> None:
     with pytest.raises(UpstreamConnectError) as info:
         await pool.acquire(Endpoint("192.0.2.1", 80))
     assert info.value.reason == "timed out"
+    assert info.value.timed_out
     assert trio.current_time() - start == pytest.approx(3.0)
+
+
+def connect_context(settings: UpstreamSettings, connect: Connect) -> ForwardContext:
+    return ForwardContext(
+        pool=UpstreamPool(settings, connect=connect), health=Health(10.0), settings=settings,
+        client_ip="127.0.0.1", scheme="http", body_timeout=1.0, buffer_body=0,
+    )
+
+
+def balanced(*endpoints: Endpoint) -> Balancer:
+    service = Service(
+        name="app", routes=(Route(hosts=("*",), path="/"),), upstreams=tuple(Upstream(e) for e in endpoints)
+    )
+    return Balancer(service, Health(10.0))
+
+
+@pytest.mark.parametrize(
+    ("failures", "status"),
+    [(["timeout"], 504), (["refused"], 502), (["refused", "timeout"], 504), (["timeout", "refused"], 502)],
+)
+async def test_no_upstream_connecting_is_504_when_the_last_attempt_timed_out(
+    autojump_clock: trio.testing.MockClock, failures: list[str], status: int
+) -> None:
+    """As nginx: a connect timeout is a gateway timeout, a refused connection a bad gateway."""
+    endpoints = [Endpoint("192.0.2.1", 80 + i) for i in range(len(failures))]
+    failing = dict(zip(endpoints, failures, strict=True))
+
+    async def fail(host: str, port: int) -> trio.abc.Stream:
+        if failing[Endpoint(host, port)] == "refused":
+            raise ConnectionRefusedError(111, "Connection refused")
+        await trio.sleep_forever()
+
+    settings = replace(SETTINGS, connection_timeout_seconds=3.0)
+    ctx = connect_context(settings, fail)
+    with pytest.raises(RequestFailed) as info:
+        await connect(balanced(*endpoints), ctx)
+    assert info.value.status == status
+    assert all(not ctx.health.is_up(e, trio.current_time()) for e in endpoints)
 
 
 # --- fake transports: the bookkeeping -----------------------------------------------------------

@@ -9,7 +9,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.proxy.errors import ClientGone, ProxyError
+from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.request_body import read_body, read_first
 
@@ -57,7 +57,7 @@ async def test_a_read_later_than_the_body_timeout_is_408(autojump_clock: trio.te
     client, h = await server_with_head(SIZED)
     await client.send_all(b"0123")
     started = trio.current_time()
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(RequestFailed) as info:
         await read_body(h, buffer_bytes=64, limit=None, timeout=5)
     assert info.value.status == 408
     assert trio.current_time() - started == pytest.approx(5)
@@ -74,7 +74,7 @@ async def test_a_chunked_body_stops_past_the_buffer(autojump_clock: trio.testing
 async def test_a_chunked_body_over_the_limit_is_413(autojump_clock: trio.testing.MockClock) -> None:
     client, h = await server_with_head(CHUNKED)
     await client.send_all(b"8\r\nabcdefgh\r\n8\r\nijklmnop\r\n0\r\n\r\n")
-    with pytest.raises(ProxyError) as info:
+    with pytest.raises(RequestFailed) as info:
         await read_body(h, buffer_bytes=64, limit=12, timeout=5)
     assert info.value.status == 413
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snakeway.config.model import Route
-from snakeway.proxy.forward import ProxyError
+from snakeway.proxy.forward import RequestFailed
 from snakeway.proxy.websocket import WebSocketSlots
 from snakeway.proxy.wscount import SharedWebSocketCounts
 
@@ -171,7 +171,7 @@ def test_slots_answer_503_from_the_shared_count(counts: SharedWebSocketCounts) -
     try:
         slots = WebSocketSlots(counts)
         with slots.take(route):  # one here, one in the other process: the route is full
-            with pytest.raises(ProxyError) as info, slots.take(route):
+            with pytest.raises(RequestFailed) as info, slots.take(route):
                 pass
             assert info.value.status == 503
         assert counts.total(("/chat", "*")) == 1
@@ -202,7 +202,7 @@ def test_without_shared_counts_the_limit_is_the_process_own() -> None:
     slots = WebSocketSlots()
     for _ in range(2):  # a slot given back can be taken again
         with slots.take(route):
-            with pytest.raises(ProxyError) as info, slots.take(route):
+            with pytest.raises(RequestFailed) as info, slots.take(route):
                 pass
             assert info.value.status == 503
             with slots.take(Route(hosts=("*",), path="/feed", enable_websocket=True)):

@@ -1,7 +1,7 @@
 """Reading and writing the files of one FileStore entry: checked reads, JSON, a key with the JSON that vouches for it.
 
 Blocking; :class:`~snakeway.acme.filestore.FileStore` calls these from a worker thread. Anything unusable raises
-:class:`Corrupt`, which the store logs and reports as a missing entry.
+:class:`CorruptEntry`, which the store logs and reports as a missing entry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 from typing import TYPE_CHECKING, TypeVar
 
 from snakeway.acme import crypto
+from snakeway.errors import SnakewayError
 from snakeway.files import write_atomic
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ KEY_MODE = 0o600
 logger = logging.getLogger("snakeway.acme.filestore")
 
 
-class Corrupt(Exception):
+class CorruptEntry(SnakewayError):
     """An entry exists but is unusable; logged and treated as missing."""
 
 
@@ -34,16 +35,16 @@ def read_existing(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError as exc:
-        raise Corrupt(f"{path.name} is missing") from exc
+        raise CorruptEntry(f"{path.name} is missing") from exc
 
 
 def parse_json(data: bytes, what: str) -> dict[str, object]:
     try:
         value = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise Corrupt(f"{what} is not valid JSON: {exc}") from exc
+        raise CorruptEntry(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise Corrupt(f"{what} is not a JSON object")
+        raise CorruptEntry(f"{what} is not a JSON object")
     return value
 
 
@@ -54,7 +55,7 @@ def dump_json(value: dict[str, object]) -> bytes:
 def field(data: dict[str, object], key: str, kind: type[T], what: str) -> T:
     value = data.get(key)
     if not isinstance(value, kind):
-        raise Corrupt(f"{what}: {key} should be a {kind.__name__}, got {value!r}")
+        raise CorruptEntry(f"{what}: {key} should be a {kind.__name__}, got {value!r}")
     return value
 
 
@@ -74,7 +75,7 @@ def load_keyed(json_path: Path, key_path: Path) -> tuple[dict[str, object], byte
     meta = parse_json(read_existing(json_path), json_path.name)
     key_pem = read_existing(key_path)
     if meta.get("key_sha256") != sha256_hex(key_pem):
-        raise Corrupt(f"{key_path.name} does not belong to {json_path.name} (interrupted save?)")
+        raise CorruptEntry(f"{key_path.name} does not belong to {json_path.name} (interrupted save?)")
     crypto.load_private_key(key_pem)
     return meta, key_pem
 

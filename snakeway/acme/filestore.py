@@ -52,8 +52,18 @@ so the old paths are not used after that.
 **Threads and concurrency.** All blocking I/O runs in
 ``trio.to_thread.run_sync``; cancellation waits for the thread, so a write is
 never half-abandoned. A ``trio.Lock`` serialises the operations of one
-``FileStore``, so a reader never sees a version being garbage-collected. One
-process should own a directory pair; the layout is POSIX-only (symlinks).
+``FileStore``, so within one process a reader never sees a version being
+garbage-collected. The workers of one supervisor share a directory pair, and
+that lock does not reach across them; what keeps them apart instead: a
+certificate is ordered and saved only by the worker holding its lock in
+:mod:`snakeway.acme.coordination`, so two saves of one name never race (the
+account likewise); every other file is replaced whole (``os.replace``), so a
+concurrent write is last-writer-wins, never mixed; and a load that races a
+save in another worker reads either version whole or, if that save
+garbage-collects the version it resolved mid-read, finds a file missing:
+the entry is logged as unusable and reported missing this once, and the new
+version reaches the worker through the coordinator's stamps. The layout is
+POSIX-only (symlinks).
 """
 
 from __future__ import annotations
@@ -69,7 +79,7 @@ import trio
 
 from snakeway.acme.entries import (
     KEY_MODE,
-    Corrupt,
+    CorruptEntry,
     dump_json,
     field,
     load_keyed,
@@ -142,7 +152,7 @@ class FileStore:
         """Run a blocking loader; a corrupt entry becomes a warning and None."""
         try:
             return fn()
-        except (Corrupt, ValueError) as exc:
+        except (CorruptEntry, ValueError) as exc:
             logger.warning("ignoring unusable %s in %s: %s", what, path, exc)
             return None
 
@@ -192,7 +202,7 @@ class FileStore:
             version = os.path.join(cert_dir, target) if os.sep not in target else os.path.realpath(entry)
             try:
                 found[name] = self._parse_meta(name, version)
-            except (Corrupt, ValueError) as exc:  # as _loaded, without a Path per entry
+            except (CorruptEntry, ValueError) as exc:  # as _loaded, without a Path per entry
                 logger.warning("ignoring unusable %s in %s: %s", f"certificate {name!r}", entry, exc)
         return found
 
@@ -203,18 +213,18 @@ class FileStore:
                 data = file.read()
         except (FileNotFoundError, NotADirectoryError) as exc:
             if not os.path.isdir(version):
-                raise Corrupt("not a directory (dangling link?)") from exc
-            raise Corrupt("meta.json is missing") from exc
+                raise CorruptEntry("not a directory (dangling link?)") from exc
+            raise CorruptEntry("meta.json is missing") from exc
         meta = parse_json(data, "meta.json")
         if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+            raise CorruptEntry(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
         domains = field(meta, "domains", list, "meta.json")
         if not all(isinstance(d, str) for d in domains):
-            raise Corrupt("meta.json: domains should be strings")
+            raise CorruptEntry("meta.json: domains should be strings")
         cert_path, key_path = os.path.join(version, "cert.pem"), os.path.join(version, "key.pem")
         for path in (cert_path, key_path):
             if not os.path.isfile(path):
-                raise Corrupt(f"{os.path.basename(path)} is missing")
+                raise CorruptEntry(f"{os.path.basename(path)} is missing")
         return StoredMeta(
             name=name,
             domains=tuple(domains),
@@ -243,15 +253,15 @@ class FileStore:
 
     def _parse_bundle(self, name: str, version: Path) -> CertBundle:
         if not version.is_dir():
-            raise Corrupt("not a directory (dangling link?)")
+            raise CorruptEntry("not a directory (dangling link?)")
         meta = parse_json(read_existing(version / "meta.json"), "meta.json")
         cert_pem = read_existing(version / "cert.pem")
         key_pem = read_existing(version / "key.pem")
         if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise Corrupt(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
+            raise CorruptEntry(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
         domains = field(meta, "domains", list, "meta.json")
         if not all(isinstance(d, str) for d in domains):
-            raise Corrupt("meta.json: domains should be strings")
+            raise CorruptEntry("meta.json: domains should be strings")
         bundle = CertBundle.from_pem(name, tuple(domains), cert_pem, key_pem)
         recorded = (
             datetime.fromisoformat(field(meta, "not_before", str, "meta.json")),
@@ -260,7 +270,7 @@ class FileStore:
             field(meta, "serial", str, "meta.json"),
         )
         if recorded != (bundle.not_before, bundle.not_after, bundle.issuer, bundle.serial):
-            raise Corrupt("meta.json disagrees with cert.pem")
+            raise CorruptEntry("meta.json disagrees with cert.pem")
         return bundle
 
     def _save_bundle(self, bundle: CertBundle, saved_at: datetime) -> None:
@@ -353,7 +363,7 @@ class FileStore:
         def parse() -> RenewalState:
             state = RenewalState.from_json(parse_json(read_existing(path), path.name))
             if state.name != name:
-                raise Corrupt(f"state is for {state.name!r}")
+                raise CorruptEntry(f"state is for {state.name!r}")
             return state
 
         what = f"renewal state of {name!r}"
@@ -371,13 +381,13 @@ class FileStore:
         def parse() -> AccountRecord:
             meta, key_pem = load_keyed(json_path, key_path)
             if meta.get("directory_url") != directory_url:
-                raise Corrupt(f"account.json is for {meta.get('directory_url')!r}")
+                raise CorruptEntry(f"account.json is for {meta.get('directory_url')!r}")
             uri = meta.get("uri")
             if uri is not None and not isinstance(uri, str):
-                raise Corrupt(f"account.json: bad uri {uri!r}")
+                raise CorruptEntry(f"account.json: bad uri {uri!r}")
             contact = field(meta, "contact", list, "account.json")
             if not all(isinstance(c, str) for c in contact):
-                raise Corrupt("account.json: contact should be strings")
+                raise CorruptEntry("account.json: contact should be strings")
             return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
 
         what = f"ACME account for {directory_url}"
@@ -405,7 +415,7 @@ class FileStore:
         def parse() -> OrderRecord:
             meta, key_pem = load_keyed(json_path, key_path)
             if meta.get("name") != name:
-                raise Corrupt(f"order is for {meta.get('name')!r}")
+                raise CorruptEntry(f"order is for {meta.get('name')!r}")
             created = datetime.fromisoformat(field(meta, "created", str, json_path.name))
             order_url = field(meta, "order_url", str, json_path.name)
             return OrderRecord(name=name, order_url=order_url, key_pem=key_pem, created=created)

@@ -89,6 +89,8 @@ class CertManager:
         (default: this process only).
       watch_interval: with several workers, how often to look for
         certificates another worker saved (seconds); None: never.
+      spread_first_checks_above: with more certificates than this, the first
+        checks of stored ones that are not due are spread out (see above).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class CertManager:
         offload: Offload | None = None,
         coordinator: Coordinator | None = None,
         watch_interval: float | None = None,
+        spread_first_checks_above: int = SPREAD_FIRST_CHECKS_ABOVE,
     ) -> None:
         self.settings = settings
         self.certs = {c.cert_id: c for c in certs}
@@ -119,6 +122,7 @@ class CertManager:
         self.offload: Offload = offload or trio.to_thread.run_sync
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.watch_interval = watch_interval
+        self.spread_first_checks_above = spread_first_checks_above
         self._stamps: dict[str, str | None] = {}
         self._published: dict[str, str] = {}  # cert id -> serial in this process's map
         # cert id -> serial this process issued and is saving: the store watch can see the save
@@ -217,7 +221,7 @@ class CertManager:
         """Put every unexpired stored certificate of ``certs`` into the cert map, in one registry update."""
         loaded = await load_stored(
             self.store, list(certs), self.settings, self.clock.now(),
-            spread=len(self.certs) > SPREAD_FIRST_CHECKS_ABOVE, rng=self.rng, offload=self.offload,
+            spread=len(self.certs) > self.spread_first_checks_above, rng=self.rng, offload=self.offload,
         )
         self._published.update(loaded.serials)
         self._first_checks.update(loaded.first_checks)

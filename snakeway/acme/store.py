@@ -3,8 +3,9 @@
 The :class:`CertStore` protocol is small, async and deals in frozen
 dataclasses. Two implementations share one contract-test suite:
 
-* :class:`MemoryStore` keeps everything in dicts (tests, ``--dry-run``, and
-  ``cert_store { type = "memory" }``).
+* :class:`MemoryStore` keeps everything in dicts (tests and
+  ``cert_store { type = "memory" }``), in one process: with several workers
+  each has its own.
 * :class:`snakeway.acme.filestore.FileStore` keeps everything on disk,
   atomically and with private keys mode 0600.
 

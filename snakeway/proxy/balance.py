@@ -31,9 +31,11 @@ Weights below zero count as zero. A zero-weight upstream is only tried
 first when every healthy upstream weighs zero (then the choice is uniform).
 
 A balancer holds per-service state that lives across requests. It is a plain
-object built from a ``Service``: on config reload the owner builds a new one
-(state restarts from zero, which is harmless) and keeps the ``Health`` table,
-which is keyed by endpoint and so survives reloads.
+object built from a ``Service``. A reload keeps the balancer of every service
+it leaves unchanged (round robin goes on where it was) and builds a new one
+for a service that is new or changed (its state starts from zero, which is
+harmless); the ``Health`` table is keyed by endpoint and survives every
+reload (:func:`snakeway.proxy.runtime.build_runtime`).
 """
 
 from __future__ import annotations

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from snakeway.errors import SnakewayError
 
-class ProxyError(Exception):
-    """The exchange failed in a way the client should hear about as ``status``."""
+
+class RequestFailed(SnakewayError):
+    """The request failed in a way the client should hear about as ``status``.
+
+    Attributes:
+      status: the status of the error response (404, 408, 413, 502, 504, ...).
+      reason: what failed, for the log and the response body.
+      headers: extra response headers (``Upgrade`` on a 426).
+    """
 
     def __init__(self, status: int, reason: str, *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(reason)
@@ -13,5 +21,5 @@ class ProxyError(Exception):
         self.headers = headers
 
 
-class ClientGone(Exception):
+class ClientGone(SnakewayError):
     """The client hop failed; the connection is to be closed without a reply."""

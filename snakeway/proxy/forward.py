@@ -12,8 +12,9 @@ connected (:mod:`snakeway.proxy.request_body`), so that no upstream
 connection waits on a client that sends it slowly.
 
 Failures map to the status a client expects: no upstream accepts a
-connection -> 502; the upstream is silent past ``read_timeout_seconds`` ->
-504; it sends something that is not HTTP -> 502. Once the response head has
+connection -> 502, or 504 when the last one tried let
+``connection_timeout_seconds`` pass; the upstream is silent past
+``read_timeout_seconds`` -> 504; it sends something that is not HTTP -> 502. Once the response head has
 been relayed a failure can only be signalled by closing the connection.
 
 An upstream is tried in the balancer's order while nothing of the request
@@ -39,7 +40,7 @@ from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
-from snakeway.proxy.errors import ProxyError as ProxyError
+from snakeway.proxy.errors import RequestFailed as RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
@@ -90,8 +91,13 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
 
 
 async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
-    """A connection to the first upstream, in the balancer's order, that accepts one."""
+    """A connection to the first upstream, in the balancer's order, that accepts one.
+
+    Raises:
+      RequestFailed: none did: 504 if the last attempt timed out (as nginx answers), else 502.
+    """
     reasons = []
+    status = 502
     for upstream in balancer.order(trio.current_time()):
         try:
             conn = await ctx.pool.acquire(upstream.endpoint)
@@ -99,10 +105,11 @@ async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection
             ctx.health.mark_failed(upstream.endpoint, trio.current_time())
             logger.warning("upstream %s: %s", upstream.endpoint, exc.reason)
             reasons.append(f"{upstream.endpoint}: {exc.reason}")
+            status = 504 if exc.timed_out else 502
             continue
         ctx.health.mark_ok(upstream.endpoint)
         return conn
-    raise ProxyError(502, "no upstream accepted the connection (" + "; ".join(reasons) + ")")
+    raise RequestFailed(status, "no upstream accepted the connection (" + "; ".join(reasons) + ")")
 
 
 async def forward(
@@ -119,13 +126,13 @@ async def forward(
     ``headers`` are the request's, as a list (see :func:`~snakeway.proxy.headers.header_list`).
 
     Raises:
-      ProxyError: nothing was sent to the client yet; reply with its status.
+      RequestFailed: nothing was sent to the client yet; reply with its status.
       ClientGone: the client hop broke.
     """
     limit = route.max_body_bytes
     declared = content_length(headers)
     if limit is not None and declared is not None and declared > limit:
-        raise ProxyError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        raise RequestFailed(413, f"request body of {declared} bytes is over the limit of {limit}")
     up_request = upstream_request(request, headers, target, ctx)
     chunked = hdr.get_header(headers, b"transfer-encoding") is not None
     with_body = chunked or (declared or 0) > 0
@@ -146,7 +153,7 @@ async def forward(
                 retrying = True
                 body = body or NO_BODY
                 continue
-            raise ProxyError(502, "upstream closed the connection") from None
+            raise RequestFailed(502, "upstream closed the connection") from None
         except BaseException:
             await ctx.pool.discard(conn)
             raise
@@ -159,7 +166,7 @@ def _ambiguous_framing(headers: hdr.Iterable[hdr.Header]) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
-class StaleConnection(ProxyError):
+class StaleConnection(RequestFailed):
     """A reused connection died before any response byte: safe to retry.
 
     Where no retry is made, it is the 502 it derives from.
@@ -255,7 +262,7 @@ class Exchange:
         """Run a stretch of the exchange whose waits are timed.
 
         Raises:
-          ProxyError, ClientGone: a wait ran out of time (which one depends on the wait).
+          RequestFailed, ClientGone: a wait ran out of time (which one depends on the wait).
         """
         scope = self._scope = trio.CancelScope()
         try:
@@ -294,9 +301,9 @@ class Exchange:
     def _timeout_error(self) -> Exception:
         wait = self._waiting
         if wait is Wait.CLIENT_READ:
-            return ProxyError(408, "client too slow sending the request body")
+            return RequestFailed(408, "client too slow sending the request body")
         if wait is Wait.UPSTREAM_WRITE:
-            return ProxyError(504, "upstream stopped reading the request")
+            return RequestFailed(504, "upstream stopped reading the request")
         return self._upstream_failed("upstream timed out", status=504)
 
     # -- request ---------------------------------------------------------
@@ -320,7 +327,7 @@ class Exchange:
             if type(event) is h11.Data:
                 received += len(event.data)
                 if self.limit is not None and received > self.limit:
-                    raise ProxyError(413, f"request body over the limit of {self.limit} bytes")
+                    raise RequestFailed(413, f"request body over the limit of {self.limit} bytes")
                 events.append(event)
             elif type(event) is h11.EndOfMessage:
                 # Request trailers are dropped, as nginx does: a trailer could
@@ -353,7 +360,7 @@ class Exchange:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self.conn.reused and type(events[0]) is h11.Request:
                 raise StaleConnection() from exc
-            raise ProxyError(502, f"upstream connection failed: {exc}") from exc
+            raise RequestFailed(502, f"upstream connection failed: {exc}") from exc
 
     # -- response --------------------------------------------------------
 
@@ -423,7 +430,7 @@ class Exchange:
     def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
         if self.response_started:
             return ClientGone(f"{reason} after the response began")
-        return ProxyError(status, reason)
+        return RequestFailed(status, reason)
 
     async def to_client(self, *events: h11.Event) -> None:
         """Write to the client: not armed, the client's transport times it (see :class:`Exchange`)."""

@@ -30,12 +30,12 @@ import h11
 import trio
 
 from snakeway import hostnames
-from snakeway.config.model import StaticSite
+from snakeway.config.model import Route, StaticSite
 from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.accesslog import escape
-from snakeway.proxy.forward import ClientGone, ForwardContext, ProxyError, forward
+from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.runtime import Runtime, ServiceTarget
@@ -249,7 +249,7 @@ class Http1Connection:
         match = runtime.router(self.ctx.key).match(host, target.path)
         try:
             if match is None:
-                raise ProxyError(404, "no route for this host and path")
+                raise RequestFailed(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
@@ -257,7 +257,7 @@ class Http1Connection:
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)
                 if status == 101:
                     return status, False
-        except ProxyError as exc:
+        except RequestFailed as exc:
             return exc.status, await self._error(exc.status, exc.reason, request, exc.headers)
         except h11.RemoteProtocolError as exc:
             return exc.error_status_hint, await self._error(exc.error_status_hint, str(exc), request)
@@ -301,18 +301,18 @@ class Http1Connection:
         request: h11.Request,
         headers: list[hdr.Header],
         target: strict.Target,
-        route: object,
+        route: Route,
         svc: ServiceTarget,
         fctx: ForwardContext,
     ) -> int:
         if wants_websocket(headers):
-            if not route.enable_websocket:  # type: ignore[attr-defined]
-                raise ProxyError(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
+            if not route.enable_websocket:
+                raise RequestFailed(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
             return await proxy_websocket(
-                self.h, request, headers, target, route, svc.balancer, fctx,  # type: ignore[arg-type]
+                self.h, request, headers, target, route, svc.balancer, fctx,
                 self.ctx.shared.slots,
             )
-        return await forward(self.h, request, headers, target, route, svc.balancer, fctx)  # type: ignore[arg-type]
+        return await forward(self.h, request, headers, target, route, svc.balancer, fctx)
 
     async def _acme_challenge(self, token: str, *, known_only: bool) -> tuple[int, bool] | None:
         """ACME HTTP-01 (RFC 8555 section 8.3): the key authorization for a pending token.

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, NoReturn, final
 import h11
 import trio
 
+from snakeway.errors import SnakewayError
 from snakeway.proxy.h11io import H11Stream
 from snakeway.tcp import TcpStream, open_tcp_stream
 
@@ -63,17 +64,19 @@ CLOSE_TIMEOUT = 5.0
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 
-class UpstreamConnectError(Exception):
+class UpstreamConnectError(SnakewayError):
     """No connection could be opened to ``endpoint`` (refused, unreachable, DNS, timeout).
 
-    The proxy answers 502, or 504 when ``reason == "timed out"``, and marks
-    the endpoint failed in its health table.
+    The proxy marks the endpoint failed in its health table and tries the
+    next; when none connects it answers 504 if the last attempt timed out
+    (``timed_out``), else 502.
     """
 
-    def __init__(self, endpoint: Endpoint, reason: str) -> None:
+    def __init__(self, endpoint: Endpoint, reason: str, *, timed_out: bool = False) -> None:
         super().__init__(f"cannot connect to upstream {endpoint}: {reason}")
         self.endpoint = endpoint
         self.reason = reason
+        self.timed_out = timed_out
 
 
 @final
@@ -229,7 +232,7 @@ class UpstreamPool:
             with trio.fail_after(self.settings.connection_timeout_seconds):
                 stream = await self._connect(endpoint.host, endpoint.port)
         except trio.TooSlowError:
-            raise UpstreamConnectError(endpoint, "timed out") from None
+            raise UpstreamConnectError(endpoint, "timed out", timed_out=True) from None
         except OSError as exc:
             raise UpstreamConnectError(endpoint, _describe(exc)) from exc
         return UpstreamConnection(

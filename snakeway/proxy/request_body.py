@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from snakeway.proxy.errors import ClientGone, ProxyError
+from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 
 CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
@@ -71,7 +71,7 @@ async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, ti
       timeout: seconds allowed for each read (the client's body timeout).
 
     Raises:
-      ProxyError: 408 when a read ran out of time, 413 past ``limit``.
+      RequestFailed: 408 when a read ran out of time, 413 past ``limit``.
       ClientGone: the client closed the connection mid-body.
       h11.RemoteProtocolError: the body is malformed.
       trio.BrokenResourceError: the transport failed (also while sending 100 Continue).
@@ -96,7 +96,7 @@ async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, ti
             if type(event) is h11.Data:
                 size += len(event.data)
                 if limit is not None and size > limit:
-                    raise ProxyError(413, f"request body over the limit of {limit} bytes")
+                    raise RequestFailed(413, f"request body over the limit of {limit} bytes")
                 events.append(event)
                 if size > buffer_bytes:
                     return ReadBody(tuple(events), size, complete=False)
@@ -106,4 +106,4 @@ async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, ti
                 return ReadBody(tuple(events), size, complete=True)
             else:
                 raise ClientGone(f"unexpected event {event!r}")
-    raise ProxyError(408, "client too slow sending the request body")
+    raise RequestFailed(408, "client too slow sending the request body")

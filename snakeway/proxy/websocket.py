@@ -23,7 +23,7 @@ import trio
 from snakeway.config.model import Route
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer
-from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, ProxyError, connect
+from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, RequestFailed, connect
 from snakeway.proxy.forward import upstream_request as plain_upstream_request
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.strict import Target
@@ -56,7 +56,7 @@ class WebSocketSlots:
 
     @contextmanager
     def take(self, route: Route) -> Iterator[None]:
-        """Hold a slot; raises ProxyError(503) when the route is full."""
+        """Hold a slot; raises RequestFailed(503) when the route is full."""
         limit = route.ws_max_connections
         if limit is None:
             yield
@@ -65,7 +65,7 @@ class WebSocketSlots:
         if self._shared is not None:
             index = self._shared.acquire(key, limit)
             if index is None:
-                raise ProxyError(503, f"too many WebSocket connections on {route.path}")
+                raise RequestFailed(503, f"too many WebSocket connections on {route.path}")
             try:
                 yield
             finally:
@@ -73,7 +73,7 @@ class WebSocketSlots:
             return
         count = self._open.get(key, 0)
         if count >= limit:
-            raise ProxyError(503, f"too many WebSocket connections on {route.path}")
+            raise RequestFailed(503, f"too many WebSocket connections on {route.path}")
         self._open[key] = count + 1
         try:
             yield
@@ -101,14 +101,14 @@ async def proxy_websocket(
 ) -> int:
     """Forward an upgrade request; on 101 splice the connections until one closes.
 
-    Returns the status sent to the client. Raises ProxyError/ClientGone like
+    Returns the status sent to the client. Raises RequestFailed/ClientGone like
     :func:`snakeway.proxy.forward.forward`.
     """
     with slots.take(route):
         with trio.move_on_after(ctx.body_timeout) as upgrade_read:
             await _finish_upgrade_request(down)
         if upgrade_read.cancelled_caught:
-            raise ProxyError(408, "client too slow sending the upgrade request")
+            raise RequestFailed(408, "client too slow sending the upgrade request")
         up_request = plain_upstream_request(request, headers, target, ctx)
         up_request = h11.Request(
             method=up_request.method,
@@ -152,7 +152,7 @@ async def _finish_upgrade_request(down: H11Stream) -> None:
         if type(event) is h11.ConnectionClosed:
             raise ClientGone("client closed during the upgrade")
         if type(event) is h11.Data and event.data:
-            raise ProxyError(400, "an upgrade request must not carry a body")
+            raise RequestFailed(400, "an upgrade request must not carry a body")
 
 
 async def splice(

@@ -6,9 +6,9 @@ certificate store, ARI) read certificates through :func:`load_chain`, :func:`par
 :func:`validate_pair` is the one check every certificate goes through before it is served (manual files, the
 local CA, ACME): the chain parses, the key belongs to the leaf, the leaf has not expired. What it returns,
 :class:`CertInfo`, is what the rest of snakeway needs to know about a certificate (its names for the cert map
-and the store, its validity for renewal, its fingerprint and serial for logs and status).
+and the store, its validity for renewal, and its SHA-256 fingerprint).
 
-A certificate's names are its subjectAltName DNS and IP entries, canonical (see :mod:`snakeway.tls.names`),
+A certificate's names are its subjectAltName DNS and IP entries, canonical (see :mod:`snakeway.hostnames`),
 and nothing else: the subject common name is never read, not even when there is no subjectAltName extension,
 because clients that matter ignore it (RFC 6125 §6.4.4 deprecates it; browsers refuse a certificate that
 only has one). A certificate without subjectAltName therefore names no host and is refused for serving.

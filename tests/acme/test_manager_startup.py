@@ -17,11 +17,10 @@ import trio
 import trio.testing
 import trustme
 
-from snakeway.acme import manager as manager_module
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.manager import CertManager
+from snakeway.acme.manager import SPREAD_FIRST_CHECKS_ABOVE, CertManager
 from snakeway.acme.store import CertBundle, CertStore, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock
@@ -57,7 +56,12 @@ def make_bundle(ca: trustme.CA, cert: ManagedCert) -> CertBundle:
 
 
 def make_manager(
-    certs: tuple[ManagedCert, ...], store: CertStore, clock: WallClock, backend: FakeCA | None = None
+    certs: tuple[ManagedCert, ...],
+    store: CertStore,
+    clock: WallClock,
+    backend: FakeCA | None = None,
+    *,
+    spread_above: int = SPREAD_FIRST_CHECKS_ABOVE,
 ) -> tuple[CertManager, CertRegistry]:
     registry = CertRegistry()
     registry.configure({"listener": Served(tuple(c.cert_id for c in certs))})
@@ -71,6 +75,7 @@ def make_manager(
         tlsalpn=TlsAlpnChallenges(),
         clock=clock,
         rng=random.Random(7),
+        spread_first_checks_above=spread_above,
     )
     return manager, registry
 
@@ -235,14 +240,14 @@ async def issued_memory_store(*certs: ManagedCert) -> MemoryStore:
 
 @pytest.mark.parametrize("many", [True, False])
 async def test_first_checks_of_stored_certificates_are_spread_only_when_many(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, many: bool
+    autojump_clock: trio.testing.MockClock, many: bool
 ) -> None:
-    if many:
-        monkeypatch.setattr(manager_module, "SPREAD_FIRST_CHECKS_ABOVE", 2)
     store = await issued_memory_store(A, B, C)
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
-    manager, registry = make_manager((A, B, C, D), store, clock, fake)  # D is not stored
+    spread_above = 2 if many else SPREAD_FIRST_CHECKS_ABOVE
+    # D is not stored.
+    manager, registry = make_manager((A, B, C, D), store, clock, fake, spread_above=spread_above)
     manager.offload = inline
     async with trio.open_nursery() as nursery:
         start = clock.now()
@@ -269,14 +274,13 @@ async def test_first_checks_of_stored_certificates_are_spread_only_when_many(
 
 
 async def test_due_stored_certificates_are_checked_at_once_even_when_many(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    monkeypatch.setattr(manager_module, "SPREAD_FIRST_CHECKS_ABOVE", 1)
     store = await issued_memory_store(A, B)
     await trio.sleep(70 * 86400)  # FakeCA certificates live 90 days: due with 30 left
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
-    manager, registry = make_manager((A, B), store, clock, fake)
+    manager, registry = make_manager((A, B), store, clock, fake, spread_above=1)
     manager.offload = inline
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
@@ -287,13 +291,12 @@ async def test_due_stored_certificates_are_checked_at_once_even_when_many(
 
 
 async def test_retry_now_starts_spread_certificates_at_once(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    monkeypatch.setattr(manager_module, "SPREAD_FIRST_CHECKS_ABOVE", 1)
     store = await issued_memory_store(A, B, C)
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
-    manager, _ = make_manager((A, B, C), store, clock, fake)
+    manager, _ = make_manager((A, B, C), store, clock, fake, spread_above=1)
     manager.offload = inline
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
@@ -308,13 +311,12 @@ async def test_retry_now_starts_spread_certificates_at_once(
 
 
 async def test_configure_drops_a_spread_certificate_before_its_first_check(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    monkeypatch.setattr(manager_module, "SPREAD_FIRST_CHECKS_ABOVE", 1)
     store = await issued_memory_store(A, B, C)
     clock = TrioLinkedClock(EPOCH)
     fake = FakeCA(clock)
-    manager, _ = make_manager((A, B, C), store, clock, fake)
+    manager, _ = make_manager((A, B, C), store, clock, fake, spread_above=1)
     manager.offload = inline
     changed_c = ManagedCert(C.cert_id, ("c.test", "www.c.test"))
     async with trio.open_nursery() as nursery:

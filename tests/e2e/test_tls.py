@@ -104,15 +104,18 @@ async def test_plain_http_to_the_tls_port_gets_a_clear_400(
 
 
 async def test_silent_client_is_dropped_after_the_handshake_timeout(
-    nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA
 ) -> None:
+    timeout = 0.3  # real time: the wait is on a real socket
     port, _ = await start_upstream(nursery)
-    tls = replace(manual(write_leaf(ca, tmp_path, "a.test")), handshake_timeout_seconds=7)
+    tls = replace(manual(write_leaf(ca, tmp_path, "a.test")), handshake_timeout_seconds=timeout)
     _, proxy = await start_snakeway(nursery, with_tls(service_config([port]), tls))
     stream = await trio.open_tcp_stream("127.0.0.1", proxy)
     start = trio.current_time()
-    assert await stream.receive_some(10) == b""
-    assert trio.current_time() - start == pytest.approx(7, abs=0.5)
+    with trio.fail_after(timeout + 3):
+        assert await stream.receive_some(10) == b""
+    assert timeout <= trio.current_time() - start
+    await stream.aclose()
 
 
 async def test_redirect_listener(nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA) -> None:
@@ -143,45 +146,6 @@ async def test_internal_mode_issues_from_the_local_ca(nursery: trio.Nursery, tmp
     result = await tls_request(proxy, client_context(root), "localhost", host="localhost")
     assert result.peer_names == ("localhost", "app.test")
     assert result.response is not None and result.response.status == 200
-
-
-async def test_internal_certificates_renew_themselves(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    """7-day certificates are re-issued with a third of their life left, on wall time."""
-    from datetime import datetime, timezone
-
-    from snakeway.server import Server
-    from snakeway.testing import TrioLinkedClock
-
-    port, _ = await start_upstream(nursery)
-    settings = ServerSettings(state_dir=tmp_path / "state")
-    config = with_tls(service_config([port], server=settings), Tls(mode=TlsMode.INTERNAL, domains=("localhost",)))
-    clock = TrioLinkedClock(datetime.now(timezone.utc))
-    server = Server(config, clock=clock)
-    await nursery.start(server.serve)
-    (proxy_port,) = [a[1] for a in server.addresses.values()]
-
-    def unverified() -> ssl.SSLContext:
-        # The renewed certificate is valid from simulated day 5, which the
-        # client's real clock has not reached: look at it without verifying.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-    first = await tls_request(proxy_port, unverified(), "localhost")
-    await trio.sleep(4 * 86400)  # day 4: not yet due
-    assert (await tls_request(proxy_port, unverified(), "localhost")).serial == first.serial
-    await trio.sleep(1 * 86400)  # day 5: less than a third of 7 days left
-    for _ in range(60):  # issuance runs in a worker thread, which MockClock does not wait for
-        second = await tls_request(proxy_port, unverified(), "localhost")
-        if second.serial != first.serial:
-            break
-        await trio.sleep(1)
-    assert second.serial != first.serial
-    not_after = server.internal.not_after("internal:localhost")
-    assert not_after is not None and (not_after - clock.now()).days >= 6
 
 
 async def test_reload_swaps_certificates_with_no_failed_handshake(
