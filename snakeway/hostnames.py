@@ -1,7 +1,7 @@
 """Host names: what one is, its canonical form, and where each kind of name may be used. Pure, no I/O.
 
-A leaf module (the standard library and snakeway.errors only): the configuration, the TLS layer, the certificate store and the proxy
-all ask it, so a name that one of them accepts means the same thing to the others.
+A leaf module (the standard library and snakeway.errors only): the configuration, the TLS layer, the certificate
+store and the proxy all ask it, so a name that one of them accepts means the same thing to the others.
 
 Theory of operation
 -------------------
