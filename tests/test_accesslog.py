@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.proxy.accesslog import AccessLog, escape, escape_text
+from snakeway.proxy.accesslog import AccessLog, LogFile, escape, escape_text
 from snakeway.tls.handshake import HandshakeInfo
 
 _ESCAPED = re.compile(r"\\x([0-9A-F]{2})")
@@ -53,7 +53,7 @@ def test_escape_text_is_escape_of_the_utf8(text: str) -> None:
 def test_a_quote_in_the_target_cannot_forge_a_field_or_a_line(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog()
-    log.reopen(AccessLog.open(path), with_pid=False)
+    log.reopen(LogFile.open(path), with_pid=False)
     try:
         target = b'/x" 200 0.1ms\n2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 "GET /forged'
         handshake = HandshakeInfo(client="127.0.0.1:1", tls_version="TLSv1.3", cipher="x", sni='evil"\n.test')
