@@ -15,6 +15,9 @@ the access log its new file (the old one is closed), the upstream pool and balan
 The server (:mod:`snakeway.server`) swaps its runtime reference, starts the new listeners on the sockets
 bound here and stops the dropped ones.
 
+The long-lived pieces that do not change on reload (the certificate manager and the coordination of workers
+over a shared certificate store) are wired here too, once, by :func:`coordinator` and :func:`cert_manager`.
+
 Everything a handshake or a request reads goes through a reference swapped in the commit, so a failed reload
 is invisible to clients: the same runtime, the same certificate maps, the same log file.
 """
@@ -25,11 +28,16 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-import trio
-
+from snakeway.acme.backend import AcmeBackend
+from snakeway.acme.challenges import Http01Tokens
+from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
+from snakeway.acme.managed import managed_certs
+from snakeway.acme.manager import CertManager
+from snakeway.acme.store import CertStore, open_store
+from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
-from snakeway.config.model import Config
+from snakeway.config.model import Config, StoreType
 from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
 from snakeway.proxy.accesslog import LogFile
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
@@ -37,6 +45,10 @@ from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder, canonical_en
 from snakeway.tls.registry import CertRegistry, Served
 from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer, InternalPlan, load_manual
+
+# With several workers: how often each compares every certificate's stamp in the store even though the store's
+# generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/manager.py).
+WATCH_INTERVAL = 10.0
 
 
 @dataclass
@@ -128,3 +140,51 @@ class Builder:
         self.shared.access.reopen(prepared.log, with_pid=server.workers > 1)
         self.shared.pool.settings = server.upstream
         self.shared.health.cooldown = server.upstream.failure_cooldown_seconds
+
+
+def coordinator(config: Config, *, worker: bool) -> Coordinator:
+    """How this process coordinates certificate work with other workers sharing a filesystem store."""
+    automation = config.server.tls_automation
+    if not worker or automation is None or automation.cert_store.type is not StoreType.FILESYSTEM:
+        return LocalCoordinator()
+    state_dir = config.server.state_dir
+    cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
+    return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")
+
+
+def cert_manager(
+    config: Config,
+    registry: CertRegistry,
+    http01: Http01Tokens,
+    tlsalpn: TlsAlpnChallenges,
+    clock: WallClock,
+    coordinator: Coordinator,
+    *,
+    backend: AcmeBackend | None,
+    store: CertStore | None,
+    worker: bool,
+) -> CertManager | None:
+    """The ACME certificate manager, if ``config`` automates certificates; ``backend`` and ``store`` default to
+    the configured CA and store."""
+    automation = config.server.tls_automation
+    if automation is None:
+        return None
+    acme = automation.acme
+    if store is None:
+        store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
+    if backend is None:
+        from snakeway.acme.backend import ClientV2Backend
+
+        backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file)
+    return CertManager(
+        settings=automation,
+        certs=managed_certs(config),
+        store=store,
+        backend=backend,
+        registry=registry,
+        http01=http01,
+        tlsalpn=tlsalpn,
+        clock=clock,
+        coordinator=coordinator,
+        watch_interval=WATCH_INTERVAL if worker else None,
+    )

@@ -33,15 +33,13 @@ import trio
 from snakeway.accept import Handler, serve_sockets
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
-from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
 from snakeway.acme.managed import managed_certs
-from snakeway.acme.manager import CertManager
-from snakeway.acme.store import CertStore, open_store
+from snakeway.acme.store import CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind
-from snakeway.build import Builder, Prepared
+from snakeway.build import Builder, Prepared, cert_manager, coordinator
 from snakeway.clock import SystemClock, WallClock
-from snakeway.config.model import Config, StoreType
+from snakeway.config.model import Config
 from snakeway.connection import handle
 from snakeway.errors import ConfigError, SnakewayError
 from snakeway.handoff import ConfigHandoff, stamp
@@ -57,11 +55,6 @@ from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer
 
 logger = logging.getLogger("snakeway")
-
-# With several workers: how often each compares every certificate's stamp in the store even though the store's
-# generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/manager.py).
-WATCH_INTERVAL = 10.0
-
 
 class Server:
     """A running configuration.
@@ -102,11 +95,14 @@ class Server:
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
         self.builder = Builder(self.shared, self.certs, self.internal, self.clock, reuse_port=worker)
         self.runtime: Runtime = self.builder.runtime(config)
-        self.coordinator = self._coordinator(config)
+        self.coordinator = coordinator(config, worker=worker)
         shared = self.coordinator if self.worker else None
         self.http01 = Http01Tokens(shared)
         self.tlsalpn = TlsAlpnChallenges(shared)
-        self.manager = self._cert_manager(config, acme_backend, cert_store)
+        self.manager = cert_manager(
+            config, self.certs, self.http01, self.tlsalpn, self.clock, self.coordinator,
+            backend=acme_backend, store=cert_store, worker=worker,
+        )
         self.drain = Drain()
         self._stop = trio.Event()
         self._serving = trio.Event()
@@ -118,40 +114,6 @@ class Server:
         self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
-
-    def _cert_manager(
-        self, config: Config, backend: AcmeBackend | None, store: CertStore | None
-    ) -> CertManager | None:
-        automation = config.server.tls_automation
-        if automation is None:
-            return None
-        acme = automation.acme
-        if store is None:
-            store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
-        if backend is None:
-            from snakeway.acme.backend import ClientV2Backend
-
-            backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file)
-        return CertManager(
-            settings=automation,
-            certs=managed_certs(config),
-            store=store,
-            backend=backend,
-            registry=self.certs,
-            http01=self.http01,
-            tlsalpn=self.tlsalpn,
-            clock=self.clock,
-            coordinator=self.coordinator,
-            watch_interval=WATCH_INTERVAL if self.worker else None,
-        )
-
-    def _coordinator(self, config: Config) -> Coordinator:
-        automation = config.server.tls_automation
-        if not self.worker or automation is None or automation.cert_store.type is not StoreType.FILESYSTEM:
-            return LocalCoordinator()
-        state_dir = config.server.state_dir
-        cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
-        return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")
 
     # -- control ---------------------------------------------------------
 
