@@ -9,6 +9,7 @@ on. With several workers (see :mod:`snakeway.supervisor`) every worker binds the
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 
 import trio
 
@@ -30,9 +31,9 @@ async def bind(spec: ListenerSpec, *, reuse_port: bool) -> list[socket.socket]:
         raise OSError(exc.errno, f"cannot listen on {spec.url()}: {exc.strerror or exc}") from exc
 
 
-def close_all(bound: dict[object, list[socket.socket]]) -> None:
+def close_all(bound: Iterable[list[socket.socket]]) -> None:
     """Close sockets no accept loop took over (a reload that failed)."""
-    for sockets in bound.values():
+    for sockets in bound:
         for sock in sockets:
             sock.close()
 

@@ -72,7 +72,7 @@ class Prepared:
         """Close what was opened for a configuration that will not be applied."""
         if self.log is not None:
             self.log.close()
-        close_all(self.bound)  # type: ignore[arg-type]
+        close_all(self.bound.values())
         self.bound.clear()
 
 
