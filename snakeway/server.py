@@ -13,10 +13,9 @@ and upstreams; certificate files are re-read and each TLS listener's
 certificate map is replaced in one reference swap. Anything wrong in the new
 configuration or certificates leaves the running one in place: a reload is
 prepared whole, then committed with assignments only (see :mod:`snakeway.build`).
-Reloads run one
-at a time in a task of their own; one asked for during start-up is applied once
-serving, and a shutdown cancels the one in progress. A shutdown during start-up
-stops start-up where it is.
+Reloads run one at a time in a task of their own; one asked for during start-up
+is applied once serving, and a shutdown cancels the one in progress. A shutdown
+during start-up stops start-up where it is.
 """
 
 from __future__ import annotations

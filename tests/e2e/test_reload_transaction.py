@@ -77,6 +77,7 @@ async def test_a_reload_that_fails_at_any_step_leaves_the_running_state_intact(
     client = lambda: client_context(ca.cert_pem.bytes())  # noqa: E731
     old_serial = (await tls_request(tls_bind.port, client(), "a.test")).serial
     runtime = server.runtime
+    served = server.certs.holder((LOOPBACK, tls_bind.port)).current
 
     def fail(exc: Exception) -> Callable[..., None]:
         def raises(*args: object, **kwargs: object) -> None:
@@ -106,6 +107,7 @@ async def test_a_reload_that_fails_at_any_step_leaves_the_running_state_intact(
     assert not await server.reload()
 
     assert server.runtime is runtime
+    assert server.certs.holder((LOOPBACK, tls_bind.port)).current is served
     assert (await tls_request(tls_bind.port, client(), "a.test")).serial == old_serial
     logged = lines(old_log)
     assert (await get(proxy)).status == 200
