@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.proxy.accesslog import AccessLog, escape, escape_text
+from snakeway.proxy.accesslog import AccessLog, LogFile, escape, escape_text
 from snakeway.tls.handshake import HandshakeInfo
 
 _ESCAPED = re.compile(r"\\x([0-9A-F]{2})")
@@ -53,7 +53,7 @@ def test_escape_text_is_escape_of_the_utf8(text: str) -> None:
 def test_a_quote_in_the_target_cannot_forge_a_field_or_a_line(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog()
-    log.reopen(AccessLog.open(path), with_pid=False)
+    log.reopen(LogFile.open(path), with_pid=False)
     try:
         target = b'/x" 200 0.1ms\n2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 "GET /forged'
         handshake = HandshakeInfo(client="127.0.0.1:1", tls_version="TLSv1.3", cipher="x", sni='evil"\n.test')
@@ -67,3 +67,37 @@ def test_a_quote_in_the_target_cannot_forge_a_field_or_a_line(tmp_path: Path) ->
     assert f'"GET {forged} HTTP/1.1" 404' in lines[0]
     assert lines[0].endswith(r"sni=evil\x22\x0A.test TLSv1.3")
     assert os.stat(path).st_size == len(lines[0]) + 1
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_reopen_closes_the_replaced_file_and_a_log_file_closes_once(tmp_path: Path) -> None:
+    log = AccessLog()
+    first = LogFile.open(tmp_path / "first.log")
+    log.reopen(first, with_pid=False)
+    second = LogFile.open(tmp_path / "second.log")
+    assert first.fd is not None and second.fd is not None
+    log.reopen(second, with_pid=False)
+    assert not _is_open(first.fd)
+    log.request("127.0.0.1", b"GET", b"/", b"1.1", 200, 0.001, None)
+    assert (tmp_path / "second.log").read_text().count("\n") == 1
+    assert (tmp_path / "first.log").read_text() == ""
+    log.close()
+    assert not _is_open(second.fd)
+    # The freed numbers go to other files (the lowest free number is reused): a second close leaves them be.
+    others = [os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT) for name in ("a", "b")]
+    assert second.fd in others
+    second.close()
+    assert all(_is_open(fd) for fd in others)
+    for fd in others:
+        os.close(fd)
+    stderr = LogFile.open("stderr")
+    stderr.close()
+    assert _is_open(stderr.fd)  # not ours to close
+    assert LogFile.open("off").fd is None

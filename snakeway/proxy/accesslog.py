@@ -55,38 +55,60 @@ def _loggable(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
+class LogFile:
+    """One access-log destination and the descriptor it owns.
+
+    Opened before a configuration is applied (:meth:`open` can fail), handed to :meth:`AccessLog.reopen`
+    when it is, and closed by whoever holds it last: the reload that failed, or the access log once it is
+    replaced. Closing twice is harmless; stderr and ``off`` own nothing to close.
+    """
+
+    __slots__ = ("fd", "_owned")
+
+    def __init__(self, fd: int | None, *, owned: bool) -> None:
+        self.fd = fd
+        self._owned = owned
+
+    @classmethod
+    def open(cls, target: str | Path) -> LogFile:
+        """The destination ``target`` names; ``OSError`` if a file cannot be opened."""
+        if target == OFF:
+            return cls(None, owned=False)
+        if target == STDERR:
+            return cls(sys.stderr.fileno(), owned=False)
+        return cls(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE), owned=True)
+
+    def close(self) -> None:
+        if self._owned and self.fd is not None:
+            self._owned = False
+            os.close(self.fd)
+
+
+NO_LOG = LogFile(None, owned=False)
+
+
 class AccessLog:
     """Where access lines go; :meth:`reopen` swaps the destination (on start and on every reload)."""
 
     def __init__(self) -> None:
+        self._file = NO_LOG
         self._fd: int | None = None
-        self._owned = False
         self._pid = ""
         self._second = -1
         self._stamp = ""
         self._failed = False
 
-    @staticmethod
-    def open(target: str | Path) -> tuple[int | None, bool]:
-        """The descriptor for ``target`` and whether it is ours to close; ``OSError`` if a file cannot be opened."""
-        if target == OFF:
-            return None, False
-        if target == STDERR:
-            return sys.stderr.fileno(), False
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        return fd, True
-
-    def reopen(self, opened: tuple[int | None, bool], *, with_pid: bool) -> None:
-        """Write to ``opened`` (from :meth:`open`) from now on; close the previous file."""
-        old_fd, old_owned = self._fd, self._owned
-        self._fd, self._owned = opened
+    def reopen(self, opened: LogFile, *, with_pid: bool) -> None:
+        """Write to ``opened`` from now on, and close the previous file. Cannot fail."""
+        old = self._file
+        self._file, self._fd = opened, opened.fd
         self._pid = f" [{os.getpid()}]" if with_pid else ""
         self._failed = False
-        if old_owned and old_fd is not None and old_fd != self._fd:
-            os.close(old_fd)
+        if old is not opened:
+            old.close()
 
     def close(self) -> None:
-        self.reopen((None, False), with_pid=False)
+        self.reopen(NO_LOG, with_pid=False)
 
     @property
     def enabled(self) -> bool:

@@ -54,6 +54,11 @@ class CertRegistry:
             self._listeners[key] = (Served(()), CertMapHolder(CertMap.empty()))
         return self._listeners[key][1]
 
+    def existing_holder(self, key: object) -> CertMapHolder | None:
+        """The holder of listener ``key`` if the registry knows it; nothing is created."""
+        known = self._listeners.get(key)
+        return known[1] if known is not None else None
+
     def entry(self, cert_id: str) -> CertEntry | None:
         return self._entries.get(cert_id)
 
@@ -69,6 +74,21 @@ class CertRegistry:
         for cert_id in list(self._entries):
             if cert_id not in wanted:
                 del self._entries[cert_id]
+        self._publish(lambda served: True)
+
+    def replace(
+        self, listeners: Mapping[object, tuple[Served, CertMapHolder]], entries: Mapping[str, CertEntry]
+    ) -> None:
+        """Set every listener (what it serves, through which holder) and install ``entries`` at once.
+
+        The commit of a reload: ``entries`` must be canonical already (:func:`canonical_entry`, which can
+        fail, is the caller's to run beforehand), so that nothing here can fail. Entries no listener asks for
+        any more are dropped; every listener is republished.
+        """
+        self._listeners = dict(listeners)
+        wanted = {i for served, _ in listeners.values() for i in served.ids}
+        self._entries = {i: e for i, e in self._entries.items() if i in wanted}
+        self._entries.update(entries)
         self._publish(lambda served: True)
 
     def update(self, entries: Mapping[str, CertEntry]) -> None:

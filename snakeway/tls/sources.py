@@ -120,11 +120,25 @@ def _renew_at(issued: _Issued) -> datetime:
     return renewal_time(issued.not_before, issued.not_after, renew_within=window)
 
 
+@dataclass(frozen=True)
+class InternalPlan:
+    """What :meth:`InternalIssuer.prepare` obtained, applied by :meth:`InternalIssuer.commit`."""
+
+    wanted: dict[str, tuple[str, ...]]
+    ca: LocalCA | None
+    entries: dict[str, CertEntry]
+    issued: dict[str, _Issued]
+
+
 class InternalIssuer:
     """Issues and renews the certificates of ``mode = "internal"`` blocks.
 
+    A configuration is applied in two steps, so that a reload that fails elsewhere changes nothing:
+    :meth:`prepare` issues (or loads, see :mod:`snakeway.tls.leaves`) the missing certificates without
+    publishing them, and :meth:`commit` adopts them and hands their entries back for the registry.
+
     Args:
-      registry: where issued certificates are published.
+      registry: where renewed certificates are published.
       state_dir: holds the local CA (created on first use).
       clock: wall time, for validity and renewal.
     """
@@ -142,19 +156,35 @@ class InternalIssuer:
     def ca(self) -> LocalCA | None:
         return self._ca
 
-    async def configure(self, tls_blocks: list[Tls]) -> None:
-        """Set the internal certificates wanted and issue the missing ones now."""
-        self._wanted = {
-            cert_ids(tls)[0]: tls.domains for tls in tls_blocks if tls.mode is TlsMode.INTERNAL
-        }
-        for cert_id in list(self._issued):
-            if cert_id not in self._wanted:
-                del self._issued[cert_id]
-        if self._wanted and self._ca is None:
-            self._ca = await trio.to_thread.run_sync(LocalCA.load_or_create, self._state_dir)
-            logger.info("local CA: %s (python -m snakeway trust)", self._ca.root_path)
-        await self._issue([i for i in self._wanted if i not in self._issued])
+    async def prepare(self, tls_blocks: list[Tls]) -> InternalPlan:
+        """Obtain the certificates ``tls_blocks`` want that are not issued yet; nothing is published.
+
+        Raises:
+          CertificateError, ValueError: the local CA cannot issue them.
+          OSError: the CA or a leaf cannot be read or written.
+        """
+        wanted = {cert_ids(tls)[0]: tls.domains for tls in tls_blocks if tls.mode is TlsMode.INTERNAL}
+        ca = self._ca
+        if wanted and ca is None:
+            ca = await trio.to_thread.run_sync(LocalCA.load_or_create, self._state_dir)
+            logger.info("local CA: %s (python -m snakeway trust)", ca.root_path)
+        missing = {cert_id: domains for cert_id, domains in wanted.items() if cert_id not in self._issued}
+        entries, issued = await self._obtain(ca, missing)
+        return InternalPlan(wanted, ca, entries, issued)
+
+    def commit(self, plan: InternalPlan) -> dict[str, CertEntry]:
+        """Adopt ``plan`` and return its new entries, which the caller publishes. Cannot fail."""
+        if self._ca is None:
+            self._ca = plan.ca
+        self._wanted = plan.wanted
+        self._issued = {i: issued for i, issued in self._issued.items() if i in plan.wanted}
+        self._issued.update(plan.issued)
         self._changed.set()
+        return plan.entries
+
+    async def configure(self, tls_blocks: list[Tls]) -> None:
+        """Set the internal certificates wanted, issue the missing ones now and publish them."""
+        self._registry.update(self.commit(await self.prepare(tls_blocks)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew each certificate when a third of its lifetime is left. Runs until cancelled."""
@@ -182,22 +212,33 @@ class InternalIssuer:
         return issued.not_after if issued else None
 
     async def _issue(self, ids: list[str]) -> None:
-        assert self._ca is not None or not ids
-        for cert_id in ids:
-            domains = self._wanted[cert_id]
+        """Renew ``ids`` and publish them (a renewal: the configuration stays)."""
+        entries, issued = await self._obtain(self._ca, {cert_id: self._wanted[cert_id] for cert_id in ids})
+        # A reload may have dropped some while they were renewed.
+        entries = {i: entry for i, entry in entries.items() if i in self._wanted}
+        self._issued.update({i: v for i, v in issued.items() if i in self._wanted})
+        self._registry.update(entries)
+
+    async def _obtain(
+        self, ca: LocalCA | None, wanted: dict[str, tuple[str, ...]]
+    ) -> tuple[dict[str, CertEntry], dict[str, _Issued]]:
+        assert ca is not None or not wanted
+        entries: dict[str, CertEntry] = {}
+        issued: dict[str, _Issued] = {}
+        for cert_id, domains in wanted.items():
             now = self._clock.now()
             # Abandoned if cancelled (a shutdown): the thread may be waiting for another
             # process's lock, and what it writes under the lock is whole whenever it finishes.
             leaf = await trio.to_thread.run_sync(
-                lambda domains=domains, now=now: shared_leaf(self._ca, domains, now=now),  # type: ignore[arg-type]
+                lambda domains=domains, now=now: shared_leaf(ca, domains, now=now),  # type: ignore[arg-type]
                 abandon_on_cancel=True,
             )
-            entry, info = await entry_from_pem(
+            entries[cert_id], info = await entry_from_pem(
                 leaf.chain_pem, leaf.key_pem, now=now, source=f"internal certificate {cert_id}"
             )
-            self._issued[cert_id] = _Issued(domains, info.not_before, info.not_after)
-            self._registry.update({cert_id: entry})
+            issued[cert_id] = _Issued(domains, info.not_before, info.not_after)
             logger.info(
                 "internal certificate for %s %s, valid until %s", ", ".join(domains),
                 "issued" if leaf.issued else "loaded", f"{info.not_after:%Y-%m-%d %H:%M} UTC",
             )
+        return entries, issued

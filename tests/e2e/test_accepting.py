@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import trio
 
-import snakeway.server
+import snakeway.connection
 from snakeway.config.model import Bind
 from snakeway.server import Server
 from tests.helpers import LOOPBACK, closed_port, get, raw, service_config, start_snakeway, start_upstream, status_of
@@ -33,7 +33,7 @@ async def refused(port: int) -> bool:
 async def test_a_handler_that_crashes_does_not_stop_the_server(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = snakeway.server.Http1Connection
+    real = snakeway.connection.Http1Connection
     crashes = 0
 
     class CrashesOnce(real):  # type: ignore[misc, valid-type]
@@ -44,7 +44,7 @@ async def test_a_handler_that_crashes_does_not_stop_the_server(
                 raise RuntimeError("a bug in a handler")
             await super().run()
 
-    monkeypatch.setattr(snakeway.server, "Http1Connection", CrashesOnce)
+    monkeypatch.setattr(snakeway.connection, "Http1Connection", CrashesOnce)
     port, _ = await start_upstream(nursery)
     _, proxy = await start_snakeway(nursery, service_config([port]))
     assert await raw(proxy, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n") == b""  # closed, unanswered
