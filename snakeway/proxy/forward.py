@@ -42,7 +42,7 @@ from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
 from snakeway.proxy.errors import RequestFailed as RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
-from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
+from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
 from snakeway.proxy.strict import Target
 

@@ -307,7 +307,9 @@ class Http1Connection:
     ) -> int:
         if wants_websocket(headers):
             if not route.enable_websocket:
-                raise RequestFailed(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
+                raise RequestFailed(
+                    426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)
+                )
             return await proxy_websocket(
                 self.h, request, headers, target, route, svc.balancer, fctx,
                 self.ctx.shared.slots,
