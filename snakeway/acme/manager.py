@@ -321,8 +321,8 @@ class CertManager:
         deadline = started + ISSUANCE_TIMEOUT
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         await self._ensure_account()
-        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)  # type: ignore[assignment]
-        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)  # type: ignore[assignment]
+        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
+        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)
         order = await self.backend.new_order(cert.domains, csr_pem)
         tasks = self.backend.challenges(order, cert.challenge)
         try:

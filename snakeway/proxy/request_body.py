@@ -94,7 +94,7 @@ async def read_body(
                 data = await down.stream.receive_some(READ_SIZE)
                 if not data and conn.their_state is h11.SEND_BODY:
                     raise ClientGone("client closed the connection mid-body")
-                conn.receive_data(data)
+                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             if type(event) is h11.Data:
                 size += len(event.data)
