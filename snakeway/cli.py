@@ -119,13 +119,13 @@ def certs(config: Config) -> int:
     return 0
 
 
-async def _exit_with_parent(server: object) -> None:
+async def _exit_with_parent(shutdown: Callable[[], None]) -> None:
     """A worker whose supervisor died (even by SIGKILL) shuts down too."""
     parent = os.getppid()
     while os.getppid() == parent:  # noqa: ASYNC110 - nothing signals a parent's death; poll for it
         await trio.sleep(0.5)
     logging.getLogger("snakeway").warning("the supervisor is gone; shutting down")
-    server.shutdown()  # type: ignore[attr-defined]
+    shutdown()
 
 
 def trust(config: Config) -> int:
@@ -152,6 +152,6 @@ async def serve(config: Config, loader: Callable[[], Config], worker: WorkerEnv 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_signals)
         if worker is not None:
-            nursery.start_soon(_exit_with_parent, server)
+            nursery.start_soon(_exit_with_parent, server.shutdown)
         await server.serve()
         nursery.cancel_scope.cancel()

@@ -86,7 +86,7 @@ class _Stdlib:
 
     def apply(self, context: ssl.SSLContext) -> bool:
         try:
-            context.set_groups(self.groups)  # type: ignore[attr-defined]
+            context.set_groups(self.groups)  # type: ignore[attr-defined]  # Python 3.15 and later
         except ssl.SSLError:
             return False
         return True
