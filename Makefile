@@ -31,7 +31,10 @@ serve: $(STAMP)
 check: $(STAMP)
 	$(VPY) -m snakeway check --config $(CONFIG)
 
+# Lint and types first: a finding fails the target before the suite runs.
 test: $(STAMP) deps
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
 	$(VPY) -m pytest -q
 
 # The fuzz tests (marker `fuzz`) with the `fuzz` hypothesis profile: many more examples than `make test` runs

@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,7 +253,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print("\n" + table(outcomes, connections, rate) + "\n")
     data = {
-        "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {"connections": connections, "rate_per_s": rate, "seconds": seconds, "baseline": baseline,
                      "snakeway_workers": os.environ.get("SNAKEWAY_WORKERS", "default")},
         "machine": deps.machine(), "versions": deps.versions(),

@@ -151,7 +151,7 @@ def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str |
     fig, axes = plt.subplots(nrows, cols, figsize=(12, 2.6 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, row in zip(axes.flat, panels):
+    for ax, row in zip(axes.flat, panels, strict=False):  # the grid may have more cells than panels
         if row.number == 8:
             _stored_panel(ax, row, colors["snakeway"])
             continue
@@ -164,7 +164,7 @@ def chart(rows: list[Row], meta: dict[str, object], path: Path = CHART) -> str |
                 fills.append(colors[name])
         bars = ax.barh(labels, values, color=fills)
         ax.invert_yaxis()
-        for bar, value in zip(bars, values):
+        for bar, value in zip(bars, values, strict=True):
             text = f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
         ax.set_xlim(0, max(values) * 1.25)
@@ -197,14 +197,14 @@ def _stored_panel(ax, row: Row, color: str) -> None:  # noqa: ANN001 - a matplot
     values = [p[1] or 0.0 for p in points]
     bars = ax.barh(labels, values, color=color)
     ax.invert_yaxis()
-    for bar, (_, value, gave_up) in zip(bars, points):
+    for bar, (_, value, gave_up) in zip(bars, points, strict=True):
         if gave_up:
             bar.set_hatch("//")
             bar.set_alpha(0.5)
         text = f" > {value:,.0f} s: not serving yet, gave up" if gave_up else f" {value:,.1f} s"
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
     ax.set_xlim(0, max(values) * 1.6)
-    ax.set_title(f"8. snakeway start-up to first response, by stored certificates\ns, lower is better", fontsize=9)
+    ax.set_title("8. snakeway start-up to first response, by stored certificates\ns, lower is better", fontsize=9)
     ax.tick_params(labelsize=8)
 
 

@@ -104,7 +104,7 @@ def run_acme(rows: list[Row], setup: contenders.Setup, rounds: int, slow_rounds:
                 workdir = setup.tmp / f"acme-r{round_no}-row{row.number}"
                 limit = min(timeout * (1 if row is first else 5), max(10.0, row.left() - 30))
                 measure(row, name, round_no,
-                        lambda n=name, w=workdir, l=limit: time_until_served(n, w, wanted, setup.upstream_port, l),
+                        lambda n=name, w=workdir, lim=limit, want=wanted: time_until_served(n, w, want, setup.upstream_port, lim),
                         need=10)
                 value = row.cells[name].by_round.get(round_no)
                 if value is not None:

@@ -84,7 +84,7 @@ def main() -> int:
                      "nginx_workers": os.environ.get("BENCH_NGINX_WORKERS", "auto"),
                      "access_log_nginx_caddy": contenders.access_log(),
                      "ws_connections": _int("BENCH_WS_CONNECTIONS", 8), "rows": sorted(chosen)},
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_at_start": deps.load_average(),
     }
     busy = float(str(meta["load_average_at_start"]).split()[0] or 0) if meta["load_average_at_start"] != "unknown" else 0
@@ -138,7 +138,7 @@ def main() -> int:
 
 def report_and_exit(table: list[rows.Row], meta: dict[str, object], started: float, *,
                     interrupted: bool = False) -> int:
-    meta["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = deps.load_average()
     print("\n" + report.table(table) + "\n")

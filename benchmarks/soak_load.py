@@ -176,7 +176,7 @@ async def keepalive(spec: dict, tally: Tally, kind: str, path: str, body: bytes,
                 index += 1
                 ranged = kind == "static" and index % 2 == 0
 
-                async def step(ranged: bool = ranged) -> None:
+                async def step(ranged: bool = ranged, conn: Conn = conn) -> None:
                     if ranged:
                         status, got = await conn.get(path, "Range: bytes=100-1123")
                         expect(status == 206 and got == body[100:1124], f"range: status {status}, {len(got)} bytes")

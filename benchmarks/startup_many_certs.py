@@ -78,7 +78,7 @@ def fill(store_dir: Path, count: int, *, durable: bool) -> dict[str, float]:
 
     shutil.rmtree(store_dir / "certs", ignore_errors=True)
     store_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     pem = serialization.Encoding.PEM
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "startup_many_certs CA")])

@@ -56,7 +56,8 @@ class Prepared:
     """A configuration ready to apply: every piece built, nothing running changed."""
 
     runtime: Runtime
-    served: dict[ListenerKey, tuple[Served, CertMapHolder]] = field(default_factory=dict)
+    # Keyed by ListenerKey; typed as the registry takes its keys.
+    served: dict[object, tuple[Served, CertMapHolder]] = field(default_factory=dict)
     entries: dict[str, CertEntry] = field(default_factory=dict)  # canonical: installing them cannot fail
     internal: InternalPlan | None = None
     log: LogFile | None = None

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if workers > 1:
-        from snakeway.supervisor import Supervisor, WorkerEnv
+        from snakeway.supervisor import Supervisor
 
         # Import what the workers run before forking them, so each starts with it loaded.
         importlib.import_module("snakeway.server")
@@ -106,25 +107,25 @@ def _reporting_errors(run: Callable[[], int]) -> int:
 
 def certs(config: Config) -> int:
     """Print the managed certificates, read from the store (the server need not run)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from snakeway.acme import report
 
     if config.server.tls_automation is None:
         print("no certificates are managed: this configuration has no server.tls_automation", file=sys.stderr)
         return 0
-    table = trio.run(report.rows, config, datetime.now(timezone.utc))
+    table = trio.run(report.rows, config, datetime.now(UTC))
     print(report.render(table))
     return 0
 
 
-async def _exit_with_parent(server: object) -> None:
+async def _exit_with_parent(shutdown: Callable[[], None]) -> None:
     """A worker whose supervisor died (even by SIGKILL) shuts down too."""
     parent = os.getppid()
-    while os.getppid() == parent:
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing signals a parent's death; poll for it
         await trio.sleep(0.5)
     logging.getLogger("snakeway").warning("the supervisor is gone; shutting down")
-    server.shutdown()  # type: ignore[attr-defined]
+    shutdown()
 
 
 def trust(config: Config) -> int:
@@ -151,6 +152,6 @@ async def serve(config: Config, loader: Callable[[], Config], worker: WorkerEnv 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_signals)
         if worker is not None:
-            nursery.start_soon(_exit_with_parent, server)
+            nursery.start_soon(_exit_with_parent, server.shutdown)
         await server.serve()
         nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ together.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol, final
 
 import trio
@@ -37,7 +37,7 @@ class SystemClock:
     """The operating system's clock."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 async def sleep_until(clock: WallClock, when: datetime, *, max_nap: float = MAX_NAP) -> None:

@@ -158,7 +158,7 @@ class Supervisor:
             not self.stopping and any(slot.restart_at is not None for slot in self.slots)
         )
 
-    def _wait_and_handle(self, previous_mask: set[signal.Signals]) -> None:
+    def _wait_and_handle(self, previous_mask: set[int | signal.Signals]) -> None:
         now = time.monotonic()
         deadlines = [slot.restart_at for slot in self.slots if slot.restart_at is not None and not self.stopping]
         if self.kill_at is not None:
@@ -249,7 +249,7 @@ class Supervisor:
 
     # --- a worker ----------------------------------------------------------------------------------
 
-    def _fork(self, number: int, previous_mask: set[signal.Signals]) -> None:
+    def _fork(self, number: int, previous_mask: set[int | signal.Signals]) -> None:
         self._adopt_newest()
         slot = self.slots[number]
         slot.restart_at = None

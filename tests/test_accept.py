@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -222,10 +223,10 @@ def test_capacity_log_never_exceeds_one_line_per_interval_and_loses_no_count(
             lines.append((now, line))
     # Lines about failing are an interval apart, with at most one about recovering between two.
     failing = [(t, line) for t, line in lines if line.startswith("cannot accept")]
-    for (earlier, _), (later, _) in zip(failing, failing[1:]):
+    for (earlier, _), (later, _) in pairwise(failing):
         assert later - earlier >= interval
     kinds = [line.startswith("cannot accept") for _, line in lines]
-    assert all(a != b for a, b in zip(kinds, kinds[1:]))
+    assert all(a != b for a, b in pairwise(kinds))
     # Every failure is counted in exactly one line, or still waiting for the next one.
     counted = 0
     for _, line in lines:

@@ -8,7 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.restarts import (
-    MAX_RESTART_DELAY, QUICK_EXIT_SECONDS, QUICK_EXITS_TO_GIVE_UP, Streak, after_death, restart_delay,
+    MAX_RESTART_DELAY,
+    QUICK_EXIT_SECONDS,
+    QUICK_EXITS_TO_GIVE_UP,
+    Streak,
+    after_death,
+    restart_delay,
 )
 
 SIGKILL, SIGSEGV = -signal.SIGKILL, -signal.SIGSEGV

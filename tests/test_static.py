@@ -522,7 +522,7 @@ def test_never_escapes_file_dir(tree: Path, path: str, prefix: str, listing: boo
     assert_contained(tree, p)
     if isinstance(p, Listing):
         assert b"secret" not in p.body and b"f.txt" not in p.body
-    for name, value in p.headers:
+    for _name, value in p.headers:
         assert b"\r" not in value and b"\n" not in value and b"\x00" not in value
 
 

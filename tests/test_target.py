@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.config.model import UpstreamSettings
+from snakeway.hostnames import valid_authority
 from snakeway.proxy.balance import Health
 from snakeway.proxy.forward import ForwardContext, upstream_request
 from snakeway.proxy.strict import Rejection, Target, request_target
-from snakeway.hostnames import valid_authority
 from snakeway.uri import TargetError, normalize_path
 from tests.test_strict import parsed
 

@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 import trustme
 
@@ -45,7 +46,7 @@ async def test_a_large_send_completes_through_a_slow_reader() -> None:
     async def read_slowly() -> None:
         while len(received) < len(payload):
             received.extend(await server.receive_some(4096))
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with client, server, trio.open_nursery() as nursery:
         nursery.start_soon(read_slowly)

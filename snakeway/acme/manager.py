@@ -269,7 +269,10 @@ class CertManager:
         if forced:
             floor = self._retry_after.get(cert.cert_id)
             if floor is not None and now < floor:
-                logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner", cert.name, floor.isoformat(timespec="seconds"))
+                logger.warning(
+                    "certificate %s: the CA asked to wait until %s; not retrying sooner",
+                    cert.name, floor.isoformat(timespec="seconds"),
+                )
                 return floor
         elif not state.may_attempt(now):
             assert state.next_attempt is not None
@@ -283,7 +286,9 @@ class CertManager:
                 fresh = await self.store.load(cert.name)
                 if fresh is not None and fresh != bundle and set(cert.domains) <= set(fresh.domains):
                     await self._publish(cert, fresh)
-                    logger.info("certificate for %s: another worker just issued it; picked up from the store", cert.name)
+                    logger.info(
+                        "certificate for %s: another worker just issued it; picked up from the store", cert.name
+                    )
                     return periodic
                 with trio.fail_after(ISSUANCE_TIMEOUT):
                     bundle = await self.issue(cert)
@@ -295,10 +300,14 @@ class CertManager:
             state = state.failed(self.clock.now(), reason, retry_after, self.rng.random())
             await self.store.save_state(state)
             assert state.next_attempt is not None
-            serving = "the current certificate stays in service" if self.registry.entry(cert.cert_id) else "no certificate is served for it yet"
+            if self.registry.entry(cert.cert_id):
+                serving = "the current certificate stays in service"
+            else:
+                serving = "no certificate is served for it yet"
             logger.error(
                 "certificate for %s: issuance failed (attempt %d): %s; %s; next attempt at %s",
-                ", ".join(cert.domains), state.failures, reason, serving, state.next_attempt.isoformat(timespec="seconds"),
+                ", ".join(cert.domains), state.failures, reason, serving,
+                state.next_attempt.isoformat(timespec="seconds"),
             )
             return state.next_attempt
         await self.store.save_state(state.succeeded(self.clock.now()))
@@ -312,8 +321,8 @@ class CertManager:
         deadline = started + ISSUANCE_TIMEOUT
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         await self._ensure_account()
-        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)  # type: ignore[assignment]
-        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)  # type: ignore[assignment]
+        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
+        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)
         order = await self.backend.new_order(cert.domains, csr_pem)
         tasks = self.backend.challenges(order, cert.challenge)
         try:
@@ -330,7 +339,8 @@ class CertManager:
         await self._publish(cert, bundle)
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
-            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started, day_text(bundle.not_after),
+            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
+            day_text(bundle.not_after),
         )
         return bundle
 
@@ -400,7 +410,8 @@ class CertManager:
                         record = await self.store.load_account(acme.directory_url)
                         info = await self.backend.ensure_account(record.key_pem if record else None, contact)
                         if record is None or record.uri != info.uri:
-                            await self.store.save_account(AccountRecord(acme.directory_url, info.key_pem, info.uri, contact))
+                            account = AccountRecord(acme.directory_url, info.key_pem, info.uri, contact)
+                            await self.store.save_account(account)
                         self._account_ready = True
                         return
                 await trio.sleep(0.1)

@@ -73,7 +73,8 @@ async def rows(config: Config, now: datetime, store: CertStore | None = None) ->
     for cert in managed_certs(config):
         bundle = await store.load(cert.name)
         state = await store.load_state(cert.name)
-        out.append(describe(cert.domains, bundle, state, now=now, renew_within=timedelta(days=automation.renew_within_days)))
+        renew_within = timedelta(days=automation.renew_within_days)
+        out.append(describe(cert.domains, bundle, state, now=now, renew_within=renew_within))
     return out
 
 

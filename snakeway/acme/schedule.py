@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, final
 
 from snakeway.renewal import renewal_due as renewal_due
@@ -151,7 +151,7 @@ def _parse_http_date(value: str, now: datetime) -> datetime | None:
                 int(match["hour"]),
                 int(match["minute"]),
                 int(match["second"]),
-                tzinfo=timezone.utc,
+                tzinfo=UTC,
             )
         except ValueError:  # 31 Feb, 25:00:00, year 0 ...
             return None

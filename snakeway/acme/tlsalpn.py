@@ -23,20 +23,19 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import trio
-
 from snakeway import hostnames
 from snakeway.tls import contexts
 
 if TYPE_CHECKING:
-    from snakeway.acme.coordination import Coordinator
     import ssl
 
+    from snakeway.acme.coordination import Coordinator
     from snakeway.tls.clienthello import ClientHello
 
 __all__ = [

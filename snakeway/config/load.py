@@ -331,7 +331,8 @@ def _access_log(f: File, value: object, path: KeyPath) -> str | Path | None:
         return name
     resolved = cv.file_path(f, value, path)
     if resolved is not None and not resolved.parent.is_dir():
-        f.report(path, f"directory {quote(str(resolved.parent))} does not exist (expected \"stderr\", \"off\" or a file)")
+        where = quote(str(resolved.parent))
+        f.report(path, f"directory {where} does not exist (expected \"stderr\", \"off\" or a file)")
         return None
     return resolved
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import h11
 import trio
@@ -42,7 +43,7 @@ from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
 from snakeway.proxy.errors import RequestFailed as RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_request, relayed_response
-from snakeway.proxy.pool import UpstreamConnection, UpstreamConnectError, UpstreamPool
+from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, NO_BODY, ReadBody, read_body, read_first
 from snakeway.proxy.strict import Target
 
@@ -161,7 +162,7 @@ async def forward(
         return status
 
 
-def _ambiguous_framing(headers: hdr.Iterable[hdr.Header]) -> bool:
+def _ambiguous_framing(headers: Iterable[hdr.Header]) -> bool:
     names = {name for name, _ in headers}
     return b"content-length" in names and b"transfer-encoding" in names
 
@@ -347,7 +348,7 @@ class Exchange:
         except trio.BrokenResourceError as exc:
             raise ClientGone(str(exc)) from exc
         try:
-            self.down.conn.receive_data(data)
+            self.down.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         except RuntimeError as exc:
             raise ClientGone(str(exc)) from exc
 
@@ -369,12 +370,12 @@ class Exchange:
         while True:
             event = self._parse_upstream()
             if event is not h11.NEED_DATA:
-                return event
+                return event  # type: ignore[return-value]  # mypy does not narrow h11 sentinels by `is`
             await self._read_upstream(status)
 
-    def _parse_upstream(self) -> h11.Event:
+    def _parse_upstream(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         try:
-            return self.up.conn.next_event()  # type: ignore[return-value]
+            return self.up.conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
 
@@ -397,14 +398,15 @@ class Exchange:
                 continue
             kind = type(event)
             if kind is h11.Response:
-                headers = hdr.header_list(event.headers)
+                response = cast(h11.Response, event)  # once per response; mypy does not narrow through `kind`
+                headers = hdr.header_list(response.headers)
                 if _ambiguous_framing(headers):
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
-                status = event.status_code
+                status = response.status_code
                 relayed = hdr.downstream_response_headers(headers, via=self.ctx.via, own=self.ctx.own_headers)
-                pending.append(relayed_response(status, relayed, event.reason))
+                pending.append(relayed_response(status, relayed, response.reason))
             elif kind is h11.Data:
-                pending.append(event)
+                pending.append(event)  # type: ignore[arg-type]  # an h11.Data: mypy does not narrow through `kind`
             elif kind is h11.EndOfMessage:
                 pending.append(h11.EndOfMessage())
                 return status, pending
@@ -425,7 +427,7 @@ class Exchange:
             raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
         if not data and not status and self.conn.reused:
             raise StaleConnection()
-        self.up.conn.receive_data(data)
+        self.up.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
 
     def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
         if self.response_started:

@@ -113,7 +113,7 @@ class H11Stream:
         # Headers every response of ours carries (server role): the listener's Strict-Transport-Security.
         self.own_headers: Headers = ()
 
-    async def next_event(self) -> h11.Event:
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """The next event, reading from the stream as h11 needs.
 
         Raises:
@@ -124,11 +124,11 @@ class H11Stream:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(READ_SIZE)
-                self.conn.receive_data(data)
+                self.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             if type(event) is h11.Request:
                 self.request_method = event.method
-            return event  # type: ignore[return-value]
+            return event  # type: ignore[return-value]  # mypy does not narrow h11 sentinels by `is`
 
     async def send(self, *events: h11.Event) -> None:
         """Send events, coalesced into a single write.

@@ -168,7 +168,7 @@ class Http1Connection:
                     rejection = strict.Rejection(408, "client too slow sending the request head")
                     break
                 rejection = self.scanner.feed(data)
-            conn.receive_data(data)
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         await self._reject(rejection)
         return None
 
@@ -189,7 +189,7 @@ class Http1Connection:
         self.h.conn = conn
         return conn
 
-    async def _receive_idle(self, deadline: float) -> bytes | None:
+    async def _receive_idle(self, deadline: float) -> bytes | bytearray | None:
         drain = self.ctx.drain
         with trio.CancelScope(deadline=deadline) as scope:
             drain.add_idle(scope)
@@ -199,12 +199,12 @@ class Http1Connection:
                 drain.remove_idle(scope)
         return None
 
-    async def _receive_head(self, since: float) -> bytes | None:
+    async def _receive_head(self, since: float) -> bytes | bytearray | None:
         with trio.move_on_at(since + self.client.header_timeout_seconds):
             return await self._receive()
         return None
 
-    async def _receive(self) -> bytes | None:
+    async def _receive(self) -> bytes | bytearray | None:
         try:
             return await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -307,7 +307,9 @@ class Http1Connection:
     ) -> int:
         if wants_websocket(headers):
             if not route.enable_websocket:
-                raise RequestFailed(426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),))
+                raise RequestFailed(
+                    426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)
+                )
             return await proxy_websocket(
                 self.h, request, headers, target, route, svc.balancer, fctx,
                 self.ctx.shared.slots,

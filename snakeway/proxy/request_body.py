@@ -61,7 +61,10 @@ def read_first(declared: int | None, chunked: bool, buffer_bytes: int) -> bool:
     return declared is not None and 0 < declared <= buffer_bytes
 
 
-async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, timeout: float) -> ReadBody:
+# The timeout is per read (it restarts with each chunk), which a caller's cancel scope cannot express.
+async def read_body(
+    down: H11Stream, *, buffer_bytes: int, limit: int | None, timeout: float  # noqa: ASYNC109
+) -> ReadBody:
     """Read the request body until it ends, or until more than ``buffer_bytes`` of it are in.
 
     Args:
@@ -91,7 +94,7 @@ async def read_body(down: H11Stream, *, buffer_bytes: int, limit: int | None, ti
                 data = await down.stream.receive_some(READ_SIZE)
                 if not data and conn.their_state is h11.SEND_BODY:
                     raise ClientGone("client closed the connection mid-body")
-                conn.receive_data(data)
+                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
                 continue
             if type(event) is h11.Data:
                 size += len(event.data)

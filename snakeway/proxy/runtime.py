@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from snakeway.config.model import Config, Service, StaticSite
+from snakeway.config.model import Config, Route, Service, StaticSite
 from snakeway.listeners import ListenerKey, ListenerSpec, listener_specs
 from snakeway.proxy.accesslog import AccessLog
 from snakeway.proxy.balance import Balancer, Health
@@ -55,7 +55,7 @@ def build_runtime(config: Config, shared: Shared, previous: Runtime | None = Non
     """Compile ``config``; services unchanged since ``previous`` keep their balancer."""
     targets: dict[str, ServiceTarget] = {}
     listeners = listener_specs(config)
-    per_key: dict[ListenerKey, list[tuple[object, Target]]] = {key: [] for key in listeners}
+    per_key: dict[ListenerKey, list[tuple[Route, Target]]] = {key: [] for key in listeners}
     for ingress in config.ingresses:
         entries = per_key[(ingress.bind.interface, ingress.bind.port)]
         for service in ingress.services:
@@ -67,5 +67,5 @@ def build_runtime(config: Config, shared: Shared, previous: Runtime | None = Non
             targets[service.name] = target
             entries.extend((route, target) for route in service.routes)
         entries.extend((site.route, site) for site in ingress.static_files)
-    routers = {key: Router(entries) for key, entries in per_key.items()}  # type: ignore[arg-type]
+    routers = {key: Router(entries) for key, entries in per_key.items()}
     return Runtime(config=config, listeners=listeners, routers=routers, balancers=targets)

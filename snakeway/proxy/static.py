@@ -296,7 +296,9 @@ def _plan_file(
     elif (ims := parse_http_date(req.get(b"if-modified-since"))) is not None and mtime <= ims <= _now(now):
         return NotModified(304, validators)
 
-    headers = ((b"content-type", _content_type(path)), *validators, (b"accept-ranges", b"bytes"))
+    headers: tuple[tuple[bytes, bytes], ...] = (
+        (b"content-type", _content_type(path)), *validators, (b"accept-ranges", b"bytes")
+    )
     range_value = req.get(b"range")
     if method == b"GET" and range_value is not None and if_range_holds(req.get(b"if-range"), etag, mtime):
         byte_range = parse_range(range_value, size)

@@ -71,7 +71,7 @@ class HeadScanner:
         """Whether a byte of the request line has arrived (not just empty lines)."""
         return bool(self._buf)
 
-    def feed(self, data: bytes) -> Rejection | None:
+    def feed(self, data: bytes | bytearray) -> Rejection | None:
         if self.complete:
             return None
         seen = len(self._buf)

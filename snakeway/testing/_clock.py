@@ -8,7 +8,7 @@ code under test reads it from an injected :class:`~snakeway.clock.WallClock`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import final
 
 import trio
@@ -33,4 +33,4 @@ class TrioLinkedClock:
             raise ValueError("TrioLinkedClock needs a timezone-aware epoch")
 
     def now(self) -> datetime:
-        return (self.epoch + timedelta(seconds=trio.current_time())).astimezone(timezone.utc)
+        return (self.epoch + timedelta(seconds=trio.current_time())).astimezone(UTC)

@@ -54,11 +54,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AccountInfo, ChallengeTask, OrderHandle
-from snakeway.testing._fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
-from snakeway.testing._fakefaults import ACME_ERROR, PlannedFailure
 from snakeway.clock import WallClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
+from snakeway.testing._fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
+from snakeway.testing._fakefaults import ACME_ERROR, PlannedFailure
 
 DEFAULT_LIFETIME: Final = timedelta(days=90)
 BASE_URL: Final = "https://fake-ca.test/acme"

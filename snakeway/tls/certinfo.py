@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from snakeway.errors import SnakewayError
 from snakeway import hostnames
+from snakeway.errors import SnakewayError
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -118,6 +118,9 @@ class CertEntry:
     """
 
     __slots__ = ("_canonical", "_source", "names")
+    names: tuple[str, ...]
+    _source: ContextSource
+    _canonical: bool
 
     def __init__(self, names: tuple[str, ...], context: ContextSource, *, _canonical: bool = False) -> None:
         if not isinstance(context, (ssl.SSLContext, LazyContext)):
@@ -244,8 +247,8 @@ class CertMap:
             return None
         if host in self._by_name:
             return host
-        wildcard = hostnames.wildcard_for(host)
-        return wildcard if wildcard is not None and wildcard in self._by_name else None
+        pattern = hostnames.wildcard_for(host)
+        return pattern if pattern is not None and pattern in self._by_name else None
 
     def choose(self, name: object) -> CertEntry | None:
         """What to serve for SNI ``name`` (``None`` if the client sent none): its entry, else the default.

@@ -86,7 +86,7 @@ class _Stdlib:
 
     def apply(self, context: ssl.SSLContext) -> bool:
         try:
-            context.set_groups(self.groups)  # type: ignore[attr-defined]
+            context.set_groups(self.groups)  # type: ignore[attr-defined]  # Python 3.15 and later
         except ssl.SSLError:
             return False
         return True
@@ -117,7 +117,7 @@ class _LibSsl:
         pointer = self.ctx_pointer(context)
         if pointer is None:
             return False
-        done = self.lib.SSL_CTX_ctrl(ctypes.c_void_p(pointer), SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii"))
+        done: int = self.lib.SSL_CTX_ctrl(ctypes.c_void_p(pointer), SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii"))
         if done != 1:
             self.lib.ERR_clear_error()
         return done == 1

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from snakeway.files import write_atomic
 from snakeway import hostnames
+from snakeway.files import write_atomic
 from snakeway.tls.certinfo import CertificateError, load_chain
 
 if TYPE_CHECKING:

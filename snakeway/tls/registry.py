@@ -23,7 +23,7 @@ certificate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from snakeway import hostnames
@@ -106,7 +106,7 @@ class CertRegistry:
         wanted = {i for served, _ in self._listeners.values() for i in served.ids}
         return sorted(wanted - self._entries.keys())
 
-    def _publish(self, affected) -> None:  # type: ignore[no-untyped-def]
+    def _publish(self, affected: Callable[[Served], bool]) -> None:
         for served, holder in self._listeners.values():
             if affected(served):
                 holder.publish(self._build(served))

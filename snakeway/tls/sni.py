@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
-from snakeway.tls import contexts
 from snakeway import hostnames
+from snakeway.tls import contexts
 
 if TYPE_CHECKING:
     from snakeway.tls.certmap import CertMap

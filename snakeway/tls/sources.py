@@ -23,9 +23,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
@@ -42,7 +43,14 @@ from snakeway.tls.registry import CertRegistry
 
 logger = logging.getLogger(__name__)
 
-Offload = Callable[..., Awaitable[object]]
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class Offload(Protocol):
+    """Runs blocking ``fn(*args)`` away from the event loop and gives its result: ``trio.to_thread.run_sync``."""
+
+    def __call__(self, fn: Callable[[*Ts], T], /, *args: *Ts) -> Awaitable[T]: ...
 
 
 def _entry_from_pem(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str) -> tuple[CertEntry, CertInfo]:
@@ -226,13 +234,11 @@ class InternalIssuer:
         entries: dict[str, CertEntry] = {}
         issued: dict[str, _Issued] = {}
         for cert_id, domains in wanted.items():
+            assert ca is not None
             now = self._clock.now()
             # Abandoned if cancelled (a shutdown): the thread may be waiting for another
             # process's lock, and what it writes under the lock is whole whenever it finishes.
-            leaf = await trio.to_thread.run_sync(
-                lambda domains=domains, now=now: shared_leaf(ca, domains, now=now),  # type: ignore[arg-type]
-                abandon_on_cancel=True,
-            )
+            leaf = await trio.to_thread.run_sync(partial(shared_leaf, ca, domains, now=now), abandon_on_cancel=True)
             entries[cert_id], info = await entry_from_pem(
                 leaf.chain_pem, leaf.key_pem, now=now, source=f"internal certificate {cert_id}"
             )

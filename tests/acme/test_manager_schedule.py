@@ -8,7 +8,8 @@ an ARI window, a CA that is down for hours. Wall time follows trio time
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 import trio
@@ -22,7 +23,7 @@ from snakeway.config.model import AcmeSettings, TlsAutomation
 from snakeway.testing import FakeCA, TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry, Served
 
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = 86400
 A = ManagedCert("acme:a.test", ("a.test", "www.a.test"))
 B = ManagedCert("acme:b.test", ("b.test",))
@@ -131,7 +132,7 @@ async def test_server_errors_back_off_1_10_100_minutes_and_keep_the_old_certific
             seen = rig.ca.calls.count("new_order")
             attempts.append(rig.days())
         assert rig.served("a.test") is not None  # never without a certificate
-    gaps = [(b - a) * 24 * 60 for a, b in zip(attempts, attempts[1:])]
+    gaps = [(b - a) * 24 * 60 for a, b in pairwise(attempts)]
     assert gaps[0] == pytest.approx(1, rel=0.15, abs=0.2)
     assert gaps[1] == pytest.approx(10, rel=0.15)
     assert gaps[2] == pytest.approx(100, rel=0.15)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -49,7 +49,7 @@ def ca() -> trustme.CA:
 
 
 def make_bundle(ca: trustme.CA, cert: ManagedCert) -> CertBundle:
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     leaf = ca.issue_cert(*cert.domains, not_before=start, not_after=start + timedelta(days=90))
     chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
     return CertBundle.from_pem(cert.name, cert.domains, chain, leaf.private_key_pem.bytes())
@@ -222,7 +222,7 @@ async def test_retry_now_on_healthy_certificates_checks_once(
 # --- spreading the first checks ---------------------------------------------------------------------------------
 
 
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def issued_memory_store(*certs: ManagedCert) -> MemoryStore:

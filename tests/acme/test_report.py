@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import trustme
 
@@ -8,7 +8,7 @@ from snakeway.acme.report import Row, describe, render
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle
 
-NOW = datetime(2026, 11, 28, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
 WITHIN = timedelta(days=30)
 
 

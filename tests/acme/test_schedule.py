@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -24,13 +24,13 @@ from snakeway.acme.schedule import (
 from snakeway.clock import SystemClock, sleep_until
 from snakeway.testing import TrioLinkedClock
 
-NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 moments = st.datetimes(
     min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
     max_value=datetime(2100, 1, 1),  # noqa: DTZ001
-    timezones=st.just(timezone.utc),
+    timezones=st.just(UTC),
 )
 spans = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=800))
 jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-import json
 import stat
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ from tests.tls.helpers import self_signed
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 DIRECTORY = "https://acme.test/directory"
 OTHER_DIRECTORY = "https://staging.acme.test/directory"
 

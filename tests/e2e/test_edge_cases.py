@@ -14,6 +14,7 @@ import trustme
 
 from snakeway.config.model import Bind, Redirect, ServerSettings, UpstreamSettings
 from snakeway.server import Server
+from tests.e2e.test_tls import with_tls
 from tests.helpers import (
     LOOPBACK,
     Client,
@@ -25,7 +26,6 @@ from tests.helpers import (
     start_upstream,
     status_of,
 )
-from tests.e2e.test_tls import with_tls
 from tests.tlshelpers import manual, write_leaf
 
 

@@ -25,7 +25,14 @@ from snakeway.restarts import QUICK_EXIT_SECONDS
 from snakeway.tls.internal_ca import LocalCA
 from snakeway.tls.leaves import leaf_paths
 from tests.hostile.harness import (
-    LOOPBACK, exchange, proxy_to, running, start_logging_upstream, statuses, until_logged, write_config,
+    LOOPBACK,
+    exchange,
+    proxy_to,
+    running,
+    start_logging_upstream,
+    statuses,
+    until_logged,
+    write_config,
 )
 from tests.proc import Running, snakeway
 from tests.tlshelpers import client_context, tls_request, write_leaf

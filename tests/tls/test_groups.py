@@ -11,9 +11,9 @@ import pytest
 import trustme
 
 from snakeway.tls import groups
-from snakeway.tls.groups import GROUP_LISTS, restrict_groups
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import context_from_pem
+from snakeway.tls.groups import GROUP_LISTS, restrict_groups
 from snakeway.tls.sni import listener_context
 from tests.tls.helpers import Site, client_context, handshake
 

@@ -10,16 +10,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from snakeway.files import write_atomic
+from snakeway.renewal import renewal_due, renewal_time
 from snakeway.tls.certinfo import CertificateError, validate_pair
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import context_from_pem
-from snakeway.files import write_atomic
-from snakeway.renewal import renewal_due, renewal_time
 from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renew_within
 from snakeway.tls.sni import listener_context
 from tests.tls.helpers import handshake

@@ -13,9 +13,9 @@ import trio.testing
 from cryptography import x509
 
 from snakeway.config.model import Tls, TlsMode
-from snakeway.testing import TrioLinkedClock
 from snakeway.listeners import cert_ids
 from snakeway.renewal import renewal_time
+from snakeway.testing import TrioLinkedClock
 from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renew_within
 from snakeway.tls.leaves import leaf_paths, shared_leaf
 from snakeway.tls.registry import CertRegistry, Served
