@@ -12,7 +12,8 @@ Modules, from the bottom up:
 * :mod:`~snakeway.proxy.h11io`: an h11 connection glued to a trio stream (``H11Stream``).
 * :mod:`~snakeway.proxy.pool`: keep-alive connections to upstreams (``UpstreamPool``).
 * :mod:`~snakeway.proxy.request_body`: small request bodies read whole before connecting.
-* :mod:`~snakeway.proxy.forward`: one request forwarded and its response relayed back.
+* :mod:`~snakeway.proxy.exchange`: one attempt's bytes between a client and an upstream connection, each wait timed.
+* :mod:`~snakeway.proxy.forward`: one request forwarded (upstream choice, retry) and its response relayed back.
 * :mod:`~snakeway.proxy.websocket` and :mod:`~snakeway.proxy.wscount`: WebSocket tunnels and their limits.
 * :mod:`~snakeway.proxy.accesslog`: one line per request.
 * :mod:`~snakeway.proxy.runtime`: the configuration compiled into what the request path reads.

@@ -23,7 +23,8 @@ import trio
 from snakeway.config.model import Route
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer
-from snakeway.proxy.forward import ClientGone, Exchange, ForwardContext, RequestFailed, connect
+from snakeway.proxy.exchange import Exchange
+from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, connect
 from snakeway.proxy.forward import upstream_request as plain_upstream_request
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.strict import Target

@@ -1,0 +1,342 @@
+"""One exchange between a client and an upstream connection: the request sent, the response relayed.
+
+:func:`snakeway.proxy.forward.forward` picks the upstream and retries; an
+:class:`Exchange` moves the bytes of one attempt, each wait under a timeout
+of its own (see the class docstring for how they share one cancel scope).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import cast
+
+import h11
+import trio
+
+from snakeway.config.model import UpstreamSettings
+from snakeway.proxy import headers as hdr
+from snakeway.proxy.balance import Health
+from snakeway.proxy.errors import ClientGone, RequestFailed
+from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_response
+from snakeway.proxy.pool import UpstreamConnection, UpstreamPool
+from snakeway.proxy.request_body import CONTINUE, ReadBody
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """What forwarding needs beyond the request: shared per listener."""
+
+    pool: UpstreamPool
+    health: Health
+    settings: UpstreamSettings
+    client_ip: str
+    scheme: str
+    body_timeout: float  # between two reads of the request body
+    buffer_body: int  # a body known to fit in this many bytes is read before connecting
+    via: bool = True                                   # server.via
+    own_headers: tuple[tuple[bytes, bytes], ...] = ()  # the listener's (Strict-Transport-Security)
+
+
+
+def _ambiguous_framing(headers: Iterable[hdr.Header]) -> bool:
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+class StaleConnection(RequestFailed):
+    """A reused connection died before any response byte: safe to retry.
+
+    Where no retry is made, it is the 502 it derives from.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(502, "the upstream closed a kept-alive connection")
+
+
+# A wait whose deadline is within this of the one already set keeps that one (nginx's
+# NGX_TIMER_LAZY_DELAY, 300 ms, for the same reason): moving a deadline is the costliest part
+# of arming a wait, and consecutive waits of one exchange mostly have the same timeout. The kept
+# deadline may be the earlier one, so short timeouts get a slack of a tenth of themselves at most.
+LAZY_DEADLINE_SECONDS = 0.3
+LAZY_DEADLINE_SHARE = 0.1
+
+
+class Wait(enum.Enum):
+    """What an exchange waits for; each has its own timeout and error."""
+
+    CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
+    UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
+    UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
+
+
+class Exchange:
+    """One request and its response between a client and an upstream connection.
+
+    Timeouts: every wait (a read or a write on either hop) has a time limit of
+    its own, as if each ran under its own ``trio.fail_after``. But a
+    ``fail_after`` costs about three times as much as moving the deadline of a
+    scope already entered (some 70 000 CPU instructions against 20 000; a
+    small proxied request takes 1.5 million), and even a small exchange waits
+    three times. So the waits of an exchange share one scope, opened by
+    :meth:`timeouts`, and each wait first re-arms it (:meth:`_arm`) with its
+    own deadline and the :class:`Wait` that names the error should that
+    deadline pass. Every wait inside :meth:`timeouts` must be armed, but for
+    the writes to the client: the client's transport times those by their
+    progress (:class:`snakeway.tcp.TcpStream`'s send timeout). A write to the
+    client runs under the deadline the last wait left, which must not cut it
+    short when the client reads slowly but steadily: the transport lifts it
+    (:meth:`_lift_deadline`, its ``on_send_blocked``) once the write has to
+    wait for the client. The hook is set around the exchange's own writes to
+    the client (:meth:`to_client`) and only there: under TLS the transport
+    also writes while the request body is read (an alert, a key update), and
+    a wait of such a write must not lift the body read's deadline. A write
+    that does not wait, nearly all of them, costs nothing more; and the last
+    write of a response (all of a small one) is made after the scope, by
+    :meth:`run`, with no hook to set.
+    """
+
+    def __init__(
+        self, down: H11Stream, conn: UpstreamConnection, ctx: ForwardContext, limit: int | None
+    ) -> None:
+        self.down = down
+        self.conn = conn
+        self.up = conn.h11
+        self.ctx = ctx
+        self.limit = limit
+        self.response_started = False
+        self._scope: trio.CancelScope | None = None
+        self._waiting = Wait.UPSTREAM_WRITE
+
+    async def run(self, up_request: h11.Request, body: ReadBody | None = None) -> int:
+        """Send the request, then relay the response; returns the status.
+
+        ``body`` is what was read of the request body already: when complete,
+        it is sent with the head and nothing more is read from the client.
+        """
+        # What timeouts() does, written out: on the path every request takes, a generator-based
+        # context manager costs more than the scope it manages.
+        scope = self._scope = trio.CancelScope()
+        try:
+            with scope:
+                if body is not None and body.complete:
+                    await self.to_upstream([up_request, *body.events])
+                else:
+                    await self.send_request(up_request, body)
+                status, last = await self._relay()
+        finally:
+            self._scope = None
+        if scope.cancelled_caught:
+            raise self._timeout_error()
+        # The response's last write (all of a small one), once the exchange's deadline is gone;
+        # the client's transport times it, as every client write.
+        await self.to_client(*last)
+        return status
+
+    # -- timeouts --------------------------------------------------------
+
+    @contextmanager
+    def timeouts(self) -> Iterator[None]:
+        """Run a stretch of the exchange whose waits are timed.
+
+        Raises:
+          RequestFailed, ClientGone: a wait ran out of time (which one depends on the wait).
+        """
+        scope = self._scope = trio.CancelScope()
+        try:
+            with scope:
+                yield
+        finally:
+            self._scope = None
+        if scope.cancelled_caught:
+            raise self._timeout_error()
+
+    def _arm(self, wait: Wait, seconds: float) -> None:
+        """Give the wait about to start ``seconds`` from now."""
+        scope = self._scope
+        assert scope is not None, "a wait outside Exchange.timeouts()"
+        if scope.cancel_called:
+            # The last wait's deadline passed just as it ended: its error
+            # stands, raised at the next checkpoint.
+            return
+        self._waiting = wait
+        deadline = trio.current_time() + seconds
+        if abs(deadline - scope.deadline) >= min(LAZY_DEADLINE_SECONDS, seconds * LAZY_DEADLINE_SHARE):
+            scope.deadline = deadline
+
+    def _lift_deadline(self) -> None:
+        """A write of :meth:`to_client` waits for the client: no deadline of the exchange's applies.
+
+        The client's transport times the wait by its progress (a ``SendTimeout``
+        is a ``BrokenResourceError``). The deadline the last wait left is lifted,
+        unless it passed already (its error stands, as in :meth:`_arm`); the next
+        wait arms one again.
+        """
+        scope = self._scope
+        if scope is not None and not scope.cancel_called:
+            scope.deadline = math.inf
+
+    def _timeout_error(self) -> Exception:
+        wait = self._waiting
+        if wait is Wait.CLIENT_READ:
+            return RequestFailed(408, "client too slow sending the request body")
+        if wait is Wait.UPSTREAM_WRITE:
+            return RequestFailed(504, "upstream stopped reading the request")
+        return self._upstream_failed("upstream timed out", status=504)
+
+    # -- request ---------------------------------------------------------
+
+    async def send_request(self, up_request: h11.Request, body: ReadBody | None = None) -> None:
+        """Send the request, its body relayed as it arrives after what ``body`` holds of it."""
+        events: list[h11.Event] = [up_request]
+        received = 0
+        if body is not None:
+            events += body.events
+            received = body.size
+        if self.down.conn.they_are_waiting_for_100_continue:
+            await self.to_client(CONTINUE)
+        while True:
+            event = self.down.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self.to_upstream(events)
+                events = []
+                await self._read_client()
+                continue
+            if type(event) is h11.Data:
+                received += len(event.data)
+                if self.limit is not None and received > self.limit:
+                    raise RequestFailed(413, f"request body over the limit of {self.limit} bytes")
+                events.append(event)
+            elif type(event) is h11.EndOfMessage:
+                # Request trailers are dropped, as nginx does: a trailer could
+                # carry framing or routing fields the head was checked for.
+                events.append(h11.EndOfMessage())
+                await self.to_upstream(events)
+                return
+            elif type(event) is h11.ConnectionClosed:
+                raise ClientGone("client closed the connection mid-body")
+            else:  # PAUSED and the like cannot happen while a body is open
+                raise ClientGone(f"unexpected event {event!r}")
+
+    async def _read_client(self) -> None:
+        self._arm(Wait.CLIENT_READ, self.ctx.body_timeout)
+        try:
+            data = await self.down.stream.receive_some(READ_SIZE)
+        except trio.BrokenResourceError as exc:
+            raise ClientGone(str(exc)) from exc
+        try:
+            self.down.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
+        except RuntimeError as exc:
+            raise ClientGone(str(exc)) from exc
+
+    async def to_upstream(self, events: list[h11.Event]) -> None:
+        if not events:
+            return
+        self._arm(Wait.UPSTREAM_WRITE, self.ctx.settings.read_timeout_seconds)
+        try:
+            await self.up.send(*events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if self.conn.reused and type(events[0]) is h11.Request:
+                raise StaleConnection() from exc
+            raise RequestFailed(502, f"upstream connection failed: {exc}") from exc
+
+    # -- response --------------------------------------------------------
+
+    async def next_upstream_event(self, status: int = 0) -> h11.Event:
+        """The next upstream event, reading as needed (used before relaying)."""
+        while True:
+            event = self._parse_upstream()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]  # mypy does not narrow h11 sentinels by `is`
+            await self._read_upstream(status)
+
+    def _parse_upstream(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        try:
+            return self.up.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
+
+    async def relay_response(self, first: h11.Event | None = None) -> int:
+        """Relay the upstream's response; ``first`` is an event already parsed."""
+        status, last = await self._relay(first)
+        await self.to_client(*last)
+        return status
+
+    async def _relay(self, first: h11.Event | None = None) -> tuple[int, list[h11.Event]]:
+        """Relay the upstream's response but for its last write: (the status, that write's events)."""
+        status = 0
+        pending: list[h11.Event] = []
+        while True:
+            event, first = (first, None) if first is not None else (self._parse_upstream(), None)
+            if event is h11.NEED_DATA:
+                await self.to_client(*pending)
+                pending = []
+                await self._read_upstream(status)
+                continue
+            kind = type(event)
+            if kind is h11.Response:
+                response = cast(h11.Response, event)  # once per response; mypy does not narrow through `kind`
+                headers = hdr.header_list(response.headers)
+                if _ambiguous_framing(headers):
+                    raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
+                status = response.status_code
+                relayed = hdr.downstream_response_headers(headers, via=self.ctx.via, own=self.ctx.own_headers)
+                pending.append(relayed_response(status, relayed, response.reason))
+            elif kind is h11.Data:
+                pending.append(event)  # type: ignore[arg-type]  # an h11.Data: mypy does not narrow through `kind`
+            elif kind is h11.EndOfMessage:
+                pending.append(h11.EndOfMessage())
+                return status, pending
+            elif kind is h11.InformationalResponse:
+                continue  # 1xx from the upstream are not relayed
+            elif kind is h11.ConnectionClosed:
+                raise self._upstream_failed("upstream closed the connection")
+            else:
+                raise self._upstream_failed(f"unexpected upstream event {event!r}")
+
+    async def _read_upstream(self, status: int) -> None:
+        self._arm(Wait.UPSTREAM_READ, self.ctx.settings.read_timeout_seconds)
+        try:
+            data = await self.up.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, OSError) as exc:
+            if not status and self.conn.reused:
+                raise StaleConnection() from exc
+            raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
+        if not data and not status and self.conn.reused:
+            raise StaleConnection()
+        self.up.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
+
+    def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
+        if self.response_started:
+            return ClientGone(f"{reason} after the response began")
+        return RequestFailed(status, reason)
+
+    async def to_client(self, *events: h11.Event) -> None:
+        """Write to the client: not armed, the client's transport times it (see :class:`Exchange`)."""
+        if not events:
+            return
+        if type(events[0]) is h11.Response:
+            self.response_started = True
+        # The hook that lifts the exchange's deadline is set for this write only: the client's
+        # transport also writes on its own account (TLS records while the request body is read),
+        # and such a write must leave the body read's deadline alone. The last write, made after
+        # the scope, has no deadline to lift and sets nothing.
+        tcp = self.down.tcp if self._scope is not None else None
+        if tcp is not None:
+            tcp.on_send_blocked = self._lift_deadline
+        try:
+            await self.down.send(*events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc
+        except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up
+            logger.warning("response from %s cannot be relayed: %s", self.conn.endpoint, exc)
+            raise ClientGone(f"invalid upstream response: {exc}") from exc
+        finally:
+            if tcp is not None:
+                tcp.on_send_blocked = None
