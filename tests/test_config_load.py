@@ -10,9 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from snakeway import hostnames
 from snakeway.config.hcl import quote
 from snakeway.config.load import load_config
 from snakeway.config.model import (
@@ -645,10 +646,19 @@ def test_any_service_name_round_trips_through_hcl_quoting(name: str) -> None:
     wildcard=st.booleans(),
 )
 def test_valid_host_patterns_are_lower_cased(labels: list[str], wildcard: bool) -> None:
+    assume(not (wildcard and hostnames.is_ip(".".join(labels))))  # "*.10.0.0.1": below
     host = ("*." if wildcard else "") + ".".join(labels)
     with tempfile.TemporaryDirectory() as directory:
         main = write(Path(directory), "main.hcl", BASE.replace('"example.test"', quote(host)))
         assert load_config(main).ingresses[0].services[0].routes[0].hosts == (host.lower(),)
+
+
+def test_a_wildcard_over_an_ip_address_is_refused(tmp_path: Path) -> None:
+    main = write(tmp_path, "main.hcl", BASE.replace('"example.test"', '"*.10.0.0.1"'))
+    assert problems(main) == [
+        f'{main}:{line_of(BASE, "example.test")}: ingress.web.services[0].routes[0].hosts[0]: invalid host pattern '
+        '"*.10.0.0.1": expected a host name (without port), "*.domain" (exactly one more label) or "*"'
+    ]
 
 
 def test_via_is_on_by_default_and_can_be_switched_off(tmp_path: Path) -> None:
