@@ -23,6 +23,7 @@ from snakeway.config.model import (
     Strategy,
     Upstream,
 )
+from snakeway.proxy.headers import get_header
 from snakeway.server import Server
 
 LOOPBACK = "127.0.0.1"
@@ -131,10 +132,7 @@ class Response:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
+        return get_header(self.headers, name)
 
 
 class Client:
@@ -211,6 +209,16 @@ async def raw(port: int, data: bytes, *, timeout: float = 5) -> bytes:
             pass
     await stream.aclose()
     return bytes(out)
+
+
+async def refuses(port: int) -> bool:
+    """Whether nothing accepts a connection on ``port`` of 127.0.0.1 now."""
+    try:
+        stream = await trio.open_tcp_stream(LOOPBACK, port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
 
 
 def closed_port() -> int:

@@ -14,20 +14,21 @@ import trio
 import snakeway.connection
 from snakeway.config.model import Bind
 from snakeway.server import Server
-from tests.helpers import LOOPBACK, closed_port, get, raw, service_config, start_snakeway, start_upstream, status_of
+from tests.helpers import (
+    LOOPBACK,
+    closed_port,
+    get,
+    raw,
+    refuses,
+    service_config,
+    start_snakeway,
+    start_upstream,
+    status_of,
+)
 
 
 def unclosed_sockets(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "socket" in str(w.message)]
-
-
-async def refused(port: int) -> bool:
-    try:
-        stream = await trio.open_tcp_stream(LOOPBACK, port)
-    except OSError:
-        return True
-    await stream.aclose()
-    return False
 
 
 async def test_a_handler_that_crashes_does_not_stop_the_server(
@@ -66,7 +67,7 @@ async def test_a_reload_that_drops_a_listener_closes_it(nursery: trio.Nursery) -
         warnings.simplefilter("always", ResourceWarning)
         assert await server.reload()
         with trio.fail_after(5):
-            while not await refused(second):
+            while not await refuses(second):
                 await trio.sleep(0.01)
         gc.collect()
     assert unclosed_sockets(caught) == []  # closed by the loop, not left to the garbage collector
@@ -92,7 +93,7 @@ async def test_shutdown_closes_the_listeners(nursery: trio.Nursery) -> None:
             await done.wait()
         gc.collect()
     assert unclosed_sockets(caught) == []
-    assert await refused(address[1])
+    assert await refuses(address[1])
 
 
 async def test_a_burst_of_new_connections_is_all_served(nursery: trio.Nursery) -> None:

@@ -15,7 +15,7 @@ import snakeway.tls.sources
 from snakeway.config.model import Bind, Config, ServerSettings, Tls, TlsMode
 from snakeway.errors import ConfigError
 from snakeway.server import Server
-from tests.helpers import LOOPBACK, closed_port, get, service_config, start_upstream
+from tests.helpers import LOOPBACK, closed_port, get, refuses, service_config, start_upstream
 from tests.tlshelpers import client_context, manual, tls_request, write_leaf
 
 STEPS = ["config load", "runtime build", "manual certificate", "internal certificate", "access log", "bind"]
@@ -26,15 +26,6 @@ def with_listeners(config: Config, *binds: Bind) -> Config:
     (ingress,) = config.ingresses
     extra = tuple(replace(ingress, name=f"extra{i}", bind=bind) for i, bind in enumerate(binds))
     return replace(config, ingresses=(ingress, *extra))
-
-
-async def refuses(port: int) -> bool:
-    try:
-        stream = await trio.open_tcp_stream(LOOPBACK, port)
-    except OSError:
-        return True
-    await stream.aclose()
-    return False
 
 
 def lines(path: Path) -> int:

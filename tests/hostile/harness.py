@@ -20,6 +20,7 @@ from pathlib import Path
 import h11
 import trio
 
+from snakeway.proxy.headers import get_header
 from tests.helpers import LOOPBACK, closed_port
 from tests.proc import Running, snakeway
 
@@ -34,10 +35,7 @@ class Received:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
+        return get_header(self.headers, name)
 
 
 @dataclass
