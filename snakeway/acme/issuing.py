@@ -1,0 +1,202 @@
+"""One issuance at the CA: account, order, challenges, finalize, download (a thin trio shell).
+
+Theory of operation
+-------------------
+:class:`Issuer` runs the five steps of RFC 8555 for one certificate and returns the new bundle; it
+decides nothing about *whether* to order (that is :mod:`snakeway.acme.decide`) and saves nothing but the
+order in flight. Around the steps:
+
+* **The account** is registered once per process, under the coordinator's account lock, so several
+  workers share one account (and one rate-limit budget).
+* **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
+  exempt it from its limits. A CA that answers ``alreadyReplaced`` (another order already replaced
+  it) gets the order again without it.
+* **Challenges** are provisioned before they are answered (locally, and through the coordinator for
+  the other workers), and removed afterwards, whatever happened.
+* **Resuming.** Right before finalize, the order's URL and the certificate key are kept in the store
+  (an :class:`~snakeway.acme.store.OrderRecord`). If anything fails from there on (a timeout, a lost
+  connection, a crash), the next attempt picks that order up again and downloads its certificate
+  instead of ordering a new one, which would spend one of the CA's duplicate certificates for nothing.
+  The record is dropped once the certificate is saved, or when the CA no longer has a usable order.
+
+Every failure is an :class:`~snakeway.errors.IssuanceError`; :class:`ValidationFailed` says it was
+the proof of control that failed (the budget counts those per name).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import trio
+
+from snakeway.acme import crypto
+from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
+from snakeway.acme.challenges import Http01Tokens, http01_key
+from snakeway.acme.coordination import Coordinator
+from snakeway.acme.managed import ManagedCert
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore, OrderRecord
+from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
+from snakeway.config.model import AcmeSettings, Challenge
+from snakeway.errors import IssuanceError
+from snakeway.tls.sources import Offload
+
+logger = logging.getLogger(__name__)
+
+# The lock name under which the ACME account is registered (not a valid host name).
+ACCOUNT_LOCK = "acme-account.lock"
+# A stored order older than this is not resumed (CAs let orders expire after about a week).
+RESUME_WITHIN = timedelta(days=6)
+ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
+
+
+class ValidationFailed(IssuanceError):
+    """The CA could not validate a name: counted against the failed-validation budget."""
+
+
+class Issuer:
+    """Runs orders at one CA for the CertManager.
+
+    Args:
+      acme: ``tls_automation.acme``.
+      store: where the account and orders in flight are kept.
+      backend: the CA.
+      coordinator: locks and shared challenges between workers.
+      http01, tlsalpn: the challenge answers served by this process.
+      share_challenges: whether other workers may receive the CA's validation connection.
+      offload: runs CPU-bound work (keys, CSRs).
+    """
+
+    def __init__(
+        self,
+        *,
+        acme: AcmeSettings,
+        store: CertStore,
+        backend: AcmeBackend,
+        coordinator: Coordinator,
+        http01: Http01Tokens,
+        tlsalpn: TlsAlpnChallenges,
+        share_challenges: bool,
+        offload: Offload,
+    ) -> None:
+        self.acme = acme
+        self.store = store
+        self.backend = backend
+        self.coordinator = coordinator
+        self.http01 = http01
+        self.tlsalpn = tlsalpn
+        self.share_challenges = share_challenges
+        self.offload = offload
+        self._account_lock = trio.Lock()
+        self._account_ready = False
+
+    async def issue(self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None) -> CertBundle:
+        """Obtain a certificate for ``cert``: resume an order in flight, or order anew.
+
+        Args:
+          now: wall time, for the order record.
+          deadline: absolute trio time by which the CA must have answered.
+          replaces: the ARI CertID of the certificate this one renews, or None.
+        """
+        await self.ensure_account()
+        resumed = await self._resume(cert, now, deadline)
+        if resumed is not None:
+            return resumed
+        key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
+        csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)
+        order = await self._new_order(cert, csr_pem, replaces)
+        tasks = self.backend.challenges(order, cert.challenge)
+        try:
+            await self._provision(tasks)
+            for task in tasks:
+                await self.backend.answer(task)
+            try:
+                await self.backend.wait_authorizations(order, deadline)
+            except IssuanceError as exc:
+                if str(exc).startswith("timed out"):
+                    raise
+                raise ValidationFailed(str(exc), status=exc.status, problem_type=exc.problem_type) from exc
+        finally:
+            await self._cleanup(tasks)
+        await self.store.save_order(OrderRecord(cert.name, order.url, key_pem, now))
+        chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+        return CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
+
+    async def _new_order(self, cert: ManagedCert, csr_pem: bytes, replaces: str | None) -> OrderHandle:
+        try:
+            return await self.backend.new_order(cert.domains, csr_pem, replaces=replaces)
+        except IssuanceError as exc:
+            if replaces is None or exc.problem_type != ALREADY_REPLACED:
+                raise
+            logger.info("certificate for %s: the CA says it was already replaced; ordering without 'replaces'",
+                        cert.name)
+            return await self.backend.new_order(cert.domains, csr_pem)
+
+    async def _resume(self, cert: ManagedCert, now: datetime, deadline: float) -> CertBundle | None:
+        """The certificate of an order interrupted after finalize, or None to order anew."""
+        record = await self.store.load_order(cert.name)
+        if record is None:
+            return None
+        if now - record.created > RESUME_WITHIN:
+            await self.store.delete_order(cert.name)
+            return None
+        try:
+            order = await self.backend.resume_order(record.order_url)
+            csr_pem: bytes = await self.offload(crypto.make_csr, record.key_pem, cert.domains)
+            chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+            bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), record.key_pem)
+        except IssuanceError as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 429:
+                raise  # the CA is unwell: keep the order for the next attempt
+            logger.info("certificate for %s: the order in flight cannot be finished (%s); ordering anew",
+                        cert.name, exc)
+            await self.store.delete_order(cert.name)
+            return None
+        except ValueError as exc:  # the order's certificate does not fit (names, key)
+            logger.warning("certificate for %s: the order in flight gave an unusable certificate (%s); ordering anew",
+                           cert.name, exc)
+            await self.store.delete_order(cert.name)
+            return None
+        logger.info("certificate for %s: finished the order interrupted after finalize (%s)", cert.name, record.order_url)
+        return bundle
+
+    async def ensure_account(self) -> None:
+        """Register (or find) the account, once per process; workers share it through the store."""
+        async with self._account_lock:
+            if self._account_ready:
+                return
+            contact = tuple(f"mailto:{e}" for e in self.acme.contact_email)
+            while True:  # with several workers, one registers and the others reuse its account
+                async with self.coordinator.lock(ACCOUNT_LOCK) as mine:
+                    if mine:
+                        record = await self.store.load_account(self.acme.directory_url)
+                        info = await self.backend.ensure_account(record.key_pem if record else None, contact)
+                        if record is None or record.uri != info.uri:
+                            account = AccountRecord(self.acme.directory_url, info.key_pem, info.uri, contact)
+                            await self.store.save_account(account)
+                        self._account_ready = True
+                        return
+                await trio.sleep(0.1)
+
+    async def _provision(self, tasks: list[ChallengeTask]) -> None:
+        for task in tasks:
+            if task.kind is Challenge.HTTP_01:
+                self.http01.add(task.token, task.key_authorization)
+            else:
+                self.tlsalpn.add(task.domain, task.key_authorization)
+            if self.share_challenges:  # other workers may get the CA's connection
+                await self.coordinator.put_challenge(_challenge_key(task), task.key_authorization)
+
+    async def _cleanup(self, tasks: list[ChallengeTask]) -> None:
+        for task in tasks:
+            if task.kind is Challenge.HTTP_01:
+                self.http01.remove(task.token)
+            else:
+                self.tlsalpn.remove(task.domain)
+            if self.share_challenges:
+                with trio.CancelScope(shield=True):
+                    await self.coordinator.delete_challenge(_challenge_key(task))
+
+
+def _challenge_key(task: ChallengeTask) -> str:
+    return http01_key(task.token) if task.kind is Challenge.HTTP_01 else tls_alpn_key(task.domain)

@@ -1,0 +1,354 @@
+"""Renewing one certificate: the shell that carries out :func:`snakeway.acme.decide.decide`.
+
+Theory of operation
+-------------------
+The CertManager keeps one task per certificate and calls :meth:`Renewer.check` whenever the last answer's
+time comes. A check gathers the facts (stored certificate, renewal state from the store, or the
+certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and does what it says:
+
+* **Wait**: return the time; the task sleeps until then.
+* **Poll ARI** in the ARI lane (:data:`ARI_CONCURRENCY` at once, never behind an order), under the
+  certificate's lock so one worker asks for all of them, and keep the answer in the store; then decide
+  again on it.
+* **Order** in the order lane (:class:`~snakeway.acme.lanes.OrderLane`): under the certificate's lock,
+  in this order, read the state again and decide again (another worker may have just renewed it), spend
+  one order from the rate-limit budget (refused: wait until it allows), order
+  (:class:`~snakeway.acme.issuing.Issuer`), write the state.
+* **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
+  the write is retried on the failure back-off; it is never ordered again.
+
+The budget (:mod:`snakeway.acme.budget`) is one ledger per CA account in the store, read and written under
+the budget lock, so every worker spends from the same budget: a new order before ordering, a failed
+validation per name when the CA could not validate, a certificate when one is issued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+
+import trio
+
+from snakeway.acme import budget, crypto
+from snakeway.acme.backend import AcmeBackend
+from snakeway.acme.coordination import Coordinator
+from snakeway.acme.decide import Order, PollAri, SaveAgain, Stored, Wait, decide
+from snakeway.acme.issuing import Issuer, ValidationFailed
+from snakeway.acme.lanes import OrderLane
+from snakeway.acme.managed import ManagedCert, day_text
+from snakeway.acme.schedule import RenewalState, is_permanent, next_check
+from snakeway.acme.store import CertBundle, CertStore, StoreError
+from snakeway.clock import WallClock
+from snakeway.config.model import TlsAutomation
+from snakeway.errors import IssuanceError
+from snakeway.tls.certinfo import CertificateError
+from snakeway.tls.registry import CertRegistry
+from snakeway.tls.sources import Offload, entry_from_pem
+
+logger = logging.getLogger("snakeway.acme.manager")
+
+# One issuance, from new order to saved certificate, must finish within this.
+ISSUANCE_TIMEOUT = 300.0
+# When another worker holds a certificate's lock, look again this soon.
+LOCKED_RECHECK_SECONDS = 30.0
+# The lock under which the rate-limit budget is read and spent (not a valid host name).
+BUDGET_LOCK = "acme-budget.lock"
+# ARI polls at the CA at once (their own lane: an order never waits for them).
+ARI_CONCURRENCY = 4
+# Let's Encrypt's limit of names in one certificate.
+MAX_NAMES = 100
+
+
+class Renewer:
+    """Checks, orders and saves certificates for the CertManager; publishes them to the cert map.
+
+    Args:
+      settings: ``server.tls_automation``.
+      store, backend, registry, clock, rng, offload, coordinator: as the CertManager's.
+      issuer: runs the orders.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: TlsAutomation,
+        store: CertStore,
+        backend: AcmeBackend,
+        registry: CertRegistry,
+        clock: WallClock,
+        rng: random.Random,
+        offload: Offload,
+        coordinator: Coordinator,
+        issuer: Issuer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.registry = registry
+        self.clock = clock
+        self.rng = rng
+        self.offload = offload
+        self.coordinator = coordinator
+        self.issuer = issuer
+        self.lane = OrderLane(settings.acme.max_concurrent_orders)
+        self.limits = budget.RateLimits.of(settings.acme.rate_limits)
+        self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
+        self._ari = True  # until the CA shows it has no ARI
+        self._budget_lock = trio.Lock()
+        self.published: dict[str, str] = {}  # cert id -> serial in this process's map
+        # cert id -> serial this process issued and is saving: the store watch can see the save
+        # before the publish, and must not take it for another worker's.
+        self.own: dict[str, str] = {}
+        # cert id -> (issued certificate the store refused, its state): served, saved again later.
+        self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
+
+    def ours(self, cert_id: str) -> tuple[str | None, ...]:
+        """The serials of ``cert_id`` this worker published or is saving (the store watch skips them)."""
+        return self.published.get(cert_id), self.own.get(cert_id)
+
+    def periodic(self) -> datetime:
+        """The next periodic check: ``check_interval_seconds`` from now, jittered."""
+        return next_check(self.clock.now(), self.settings.check_interval_seconds, jitter=self.rng.random())
+
+    # -- one check -------------------------------------------------------
+
+    async def check(self, cert: ManagedCert, *, forced: bool) -> datetime:
+        """Do what ``cert`` needs now; returns when to check it next.
+
+        Args:
+          forced: a "retry now": skip the failure back-off (never a CA's Retry-After nor the budget).
+        """
+        periodic = self.periodic()
+        for _ in range(3):  # at most: an ARI poll, then a decision on its answer
+            state, bundle = await self._facts(cert)
+            action = self._decide(cert, state, bundle, periodic, forced)
+            if isinstance(action, Wait):
+                if bundle is not None and action.why == "not due":
+                    await self._rebuild_if_unservable(cert, bundle)
+                elif forced and action.why == "the CA asked to wait":
+                    logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner",
+                                   cert.name, action.until.isoformat(timespec="seconds"))
+                return action.until
+            if isinstance(action, SaveAgain):
+                return await self._save_again(cert)
+            if isinstance(action, Order):
+                async with self.lane.turn(action.urgency):
+                    return await self._order(cert, bundle, forced)
+            assert isinstance(action, PollAri) and bundle is not None
+            if not await self._poll_ari(cert, bundle):
+                return min(periodic, self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
+        return periodic
+
+    async def _facts(self, cert: ManagedCert) -> tuple[RenewalState, CertBundle | None]:
+        unsaved = self._unsaved.get(cert.cert_id)
+        if unsaved is not None:
+            return unsaved[1], unsaved[0]
+        state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
+        return state, await self.store.load(cert.name)
+
+    def _decide(
+        self, cert: ManagedCert, state: RenewalState, bundle: CertBundle | None, periodic: datetime, forced: bool
+    ) -> Wait | PollAri | SaveAgain | Order:
+        stored = None
+        if bundle is not None:
+            covers = set(cert.domains) <= set(bundle.domains)
+            stored = Stored(bundle.not_before, bundle.not_after, bundle.serial, covers)
+        days = self.settings.renew_within_days
+        return decide(
+            now=self.clock.now(), state=state, stored=stored, ari=self._ari, periodic=periodic, forced=forced,
+            renew_within=timedelta(days=days) if days is not None else None,
+            unsaved=cert.cert_id in self._unsaved,
+        )
+
+    async def _order(self, cert: ManagedCert, bundle: CertBundle | None, forced: bool) -> datetime:
+        """Lock, read the state again, spend from the budget, order, write the state: in that order."""
+        now = self.clock.now()
+        async with self.coordinator.lock(cert.name) as mine:
+            if not mine:
+                # Another worker is ordering it (or asking ARI about it); its result arrives through the store.
+                logger.info("certificate for %s: another worker is ordering it", cert.name)
+                return min(self.periodic(), now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
+            state, fresh = await self._facts(cert)
+            if fresh is not None and bundle is not None and fresh.serial != bundle.serial:
+                await self.publish(cert, fresh)
+                logger.info("certificate for %s: another worker just renewed it; picked up from the store", cert.name)
+            action = self._decide(cert, state, fresh, self.periodic(), forced)
+            if not isinstance(action, Order):
+                return self.clock.now() if isinstance(action, PollAri) else self.periodic() \
+                    if isinstance(action, SaveAgain) else action.until
+            refused = await self._spend(cert, action.renewal)
+            if refused is not None:
+                logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
+                               cert.name, refused.isoformat(timespec="seconds"))
+                return refused
+            replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh is not None and action.renewal and self._ari \
+                else None
+            return await self._issue(cert, state, replaces)
+
+    async def _issue(self, cert: ManagedCert, state: RenewalState, replaces: str | None) -> datetime:
+        started = trio.current_time()
+        logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
+        try:
+            with trio.fail_after(ISSUANCE_TIMEOUT):
+                bundle = await self.issuer.issue(
+                    cert, now=self.clock.now(), deadline=started + ISSUANCE_TIMEOUT, replaces=replaces
+                )
+        except (IssuanceError, trio.TooSlowError) as exc:
+            return await self._failed(cert, state, exc)
+        await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now()))
+        self.own[cert.cert_id] = bundle.serial
+        await self.publish(cert, bundle)
+        logger.info(
+            "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
+            ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
+            day_text(bundle.not_after),
+        )
+        return await self._keep(cert, bundle, state)
+
+    async def _keep(self, cert: ManagedCert, bundle: CertBundle, state: RenewalState) -> datetime:
+        """Save a newly issued ``bundle``; if the store refuses, serve it from memory and retry the save."""
+        now = self.clock.now()
+        try:
+            await self.store.save(bundle)
+        except StoreError as exc:
+            state = state.failed(now, f"the new certificate could not be saved: {exc}", None, self.rng.random())
+            self._unsaved[cert.cert_id] = (bundle, state)
+            assert state.next_attempt is not None
+            logger.error(
+                "certificate for %s: issued but not saved (%s); serving it from memory, saving again at %s",
+                cert.name, exc, state.next_attempt.isoformat(timespec="seconds"),
+            )
+            return state.next_attempt
+        self._unsaved.pop(cert.cert_id, None)
+        await self.store.delete_order(cert.name)
+        await self._save_state(state.succeeded(now))
+        return now  # ask ARI about the new certificate at once (when the CA has ARI)
+
+    async def _save_again(self, cert: ManagedCert) -> datetime:
+        bundle, state = self._unsaved[cert.cert_id]
+        async with self.coordinator.lock(cert.name) as mine:
+            if not mine:
+                return self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS)
+            wake = await self._keep(cert, bundle, state)
+        if cert.cert_id not in self._unsaved:
+            logger.info("certificate for %s: saved to the store now", cert.name)
+        return wake
+
+    async def _failed(self, cert: ManagedCert, state: RenewalState, exc: Exception) -> datetime:
+        now = self.clock.now()
+        retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
+        problem = exc.problem_type if isinstance(exc, IssuanceError) else None
+        permanent = is_permanent(problem, finalizing=False) or len(cert.domains) > MAX_NAMES
+        if isinstance(exc, ValidationFailed):
+            await self._record(lambda ledger: budget.record_failed_validation(ledger, cert.domains, now))
+        reason = str(exc) or "issuance timed out"
+        state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent)
+        await self._save_state(state)
+        assert state.next_attempt is not None
+        serving = "the current certificate stays in service" if self.registry.entry(cert.cert_id) \
+            else "no certificate is served for it yet"
+        what = "failed (needs attention)" if permanent else "issuance failed"
+        logger.error(
+            "certificate for %s: %s (attempt %d): %s; %s; next attempt at %s",
+            ", ".join(cert.domains), what, state.failures, reason, serving,
+            state.next_attempt.isoformat(timespec="seconds"),
+        )
+        return state.next_attempt
+
+    async def _save_state(self, state: RenewalState) -> None:
+        try:
+            await self.store.save_state(state)
+        except StoreError as exc:  # the in-memory answer still decides this task's next wake-up
+            logger.error("certificate %s: could not save its renewal state: %s", state.name, exc)
+
+    # -- the budget ------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _budget(self) -> AsyncIterator[budget.Ledger]:
+        """Hold the budget lock (in this process and across workers) and yield the ledger."""
+        async with self._budget_lock:
+            while True:
+                async with self.coordinator.lock(BUDGET_LOCK) as mine:
+                    if mine:
+                        ledger = await self.store.load_ledger(self.settings.acme.directory_url)
+                        yield ledger or budget.Ledger()
+                        return
+                await trio.sleep(0.05)
+
+    async def _spend(self, cert: ManagedCert, renewal: bool) -> datetime | None:
+        """Spend one new order from the budget; or, refused, when it will allow one."""
+        async with self._budget() as ledger:
+            now = self.clock.now()
+            when = budget.when_allowed(ledger, self.limits, cert.domains, now, renewal=renewal)
+            if when is None:
+                await self.store.save_ledger(self.settings.acme.directory_url, budget.spend_order(ledger, now))
+            return when
+
+    async def _record(self, change: Callable[[budget.Ledger], budget.Ledger]) -> None:
+        try:
+            async with self._budget() as ledger:
+                await self.store.save_ledger(self.settings.acme.directory_url, change(ledger))
+        except StoreError as exc:
+            logger.error("could not record in the rate-limit budget: %s", exc)
+
+    # -- ARI ---------------------------------------------------------------
+
+    async def _poll_ari(self, cert: ManagedCert, bundle: CertBundle) -> bool:
+        """Ask the CA's ARI about ``bundle`` (one worker for all); False if another worker holds the lock."""
+        async with self._ari_lane, self.coordinator.lock(cert.name) as mine:
+            if not mine:
+                return False
+            state, fresh = await self._facts(cert)
+            if fresh is None or fresh.serial != bundle.serial:
+                return True  # changed meanwhile: decide again
+            if state.ari_serial == bundle.serial and state.ari_next_poll and self.clock.now() < state.ari_next_poll:
+                return True  # another worker asked meanwhile
+            try:
+                await self.issuer.ensure_account()
+                info = await self.backend.renewal_info(bundle.cert_pem)
+            except IssuanceError as exc:
+                logger.warning("certificate for %s: renewal information (ARI) failed: %s; using the lifetime rule",
+                               cert.name, exc)
+                state = state.ari_failed(self.clock.now(), str(exc), bundle.serial)
+            else:
+                if info is None:
+                    self._ari = False
+                    return True
+                state = state.with_ari(info, bundle.serial, self.clock.now(), self.rng.random())
+                if info.explanation_url:
+                    logger.info("certificate for %s: the CA explains its renewal window at %s",
+                                cert.name, info.explanation_url)
+            await self._save_state(state)
+            if cert.cert_id in self._unsaved:
+                self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], state)
+            return True
+
+    # -- publishing ------------------------------------------------------
+
+    async def publish(self, cert: ManagedCert, bundle: CertBundle) -> None:
+        entry, _ = await entry_from_pem(
+            bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name, offload=self.offload
+        )
+        self.registry.update({cert.cert_id: entry})
+        self.published[cert.cert_id] = bundle.serial
+
+    async def _rebuild_if_unservable(self, cert: ManagedCert, bundle: CertBundle) -> None:
+        """Publish ``bundle`` again if the served entry's lazy context failed to build.
+
+        A lazy build fails for good (until replaced) so that a handshake never retries it; but the failure may
+        have been passing (out of file descriptors, a save racing the build). The store has just vouched for
+        ``bundle`` in full, so build it again here, validated, in a thread: once per check at most.
+        """
+        entry = self.registry.entry(cert.cert_id)
+        lazy = entry.lazy if entry is not None else None
+        if lazy is None or lazy.error is None:
+            return
+        try:
+            await self._publish(cert, bundle)
+        except CertificateError as exc:
+            logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
+            return
+        logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, lazy.error)

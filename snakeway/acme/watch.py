@@ -1,0 +1,87 @@
+"""Picking up certificates another worker saved (several workers share one store).
+
+Theory of operation
+-------------------
+Only the worker that holds a certificate's lock orders it; every other worker must notice the new
+certificate in the store and put it in its own cert map. :class:`StoreWatch` polls the coordinator's
+cheap *generation* (one ``stat`` of the store) every ``GENERATION_POLL_SECONDS``; when it changes, and at
+least every ``interval`` seconds (the reconciliation that catches anything missed), it compares each
+certificate's *stamp* with the last one seen and loads those that changed. A certificate this worker
+published itself, or is saving right now, is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import trio
+
+from snakeway.acme.coordination import Coordinator
+from snakeway.acme.managed import ManagedCert
+from snakeway.acme.store import CertBundle, CertStore
+from snakeway.clock import WallClock
+
+logger = logging.getLogger(__name__)
+
+# How often to look whether the store changed (one stat; see coordination.py).
+GENERATION_POLL_SECONDS = 0.05
+
+
+class StoreWatch:
+    """Loads certificates other workers saved into this worker's cert map.
+
+    Args:
+      store, coordinator, clock: as the CertManager's.
+      certs: the certificates managed now (read at every scan: reloads change it).
+      ours: the serials this worker published or is saving, by cert id (read at every scan).
+      publish: puts a bundle into the cert map.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: CertStore,
+        coordinator: Coordinator,
+        clock: WallClock,
+        certs: Callable[[], Mapping[str, ManagedCert]],
+        ours: Callable[[str], tuple[str | None, ...]],
+        publish: Callable[[ManagedCert, CertBundle], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.clock = clock
+        self.certs = certs
+        self.ours = ours
+        self.publish = publish
+
+    async def run(self, interval: float) -> None:
+        """Watch for ever; a full scan at least every ``interval`` seconds."""
+        generation = await self.coordinator.generation()
+        stamps = await self.coordinator.stamps(c.name for c in self.certs().values())
+        scanned, changed = trio.current_time(), False
+        while True:
+            await trio.sleep(GENERATION_POLL_SECONDS)
+            seen = await self.coordinator.generation()
+            # Also scan on the poll after a change: one more change within the same clock tick leaves the
+            # generation as it was.
+            was_changed, changed = changed, seen != generation
+            if not (changed or was_changed or trio.current_time() - scanned >= interval):
+                continue
+            generation, scanned = seen, trio.current_time()
+            stamps = await self._scan(stamps)
+
+    async def _scan(self, last: dict[str, str | None]) -> dict[str, str | None]:
+        certs = list(self.certs().values())
+        stamps = await self.coordinator.stamps(c.name for c in certs)
+        for cert in certs:
+            stamp = stamps.get(cert.name)
+            if stamp is None or stamp == last.get(cert.name):
+                continue
+            bundle = await self.store.load(cert.name)
+            if bundle is None or bundle.serial in self.ours(cert.cert_id):
+                continue  # gone, or the one this worker saved itself
+            if bundle.not_after > self.clock.now():
+                await self.publish(cert, bundle)
+                logger.info("certificate for %s picked up from the store", cert.name)
+        return stamps
