@@ -1,4 +1,4 @@
-"""When to renew a certificate and when to try again after a failure (sans-IO).
+"""When to try again after a failure, and what one certificate's renewal state remembers (sans-IO).
 
 Theory of operation
 -------------------
@@ -7,33 +7,43 @@ Everything here is pure: no trio, no I/O, no clock. The caller passes ``now``
 number in ``[0, 1)``, so every function is deterministic and tested with
 hypothesis. All datetimes are timezone-aware; naive ones raise ``ValueError``.
 
-* **Due or not.** :func:`renewal_time` and :func:`renewal_due` are the one
-  renewal rule of snakeway, shared with the local CA, so they live in the
-  standard-library leaf :mod:`snakeway.renewal` and are re-exported here: a
-  certificate is due once it has less than ``renew_within`` left
-  (``TlsAutomation.renew_within_days``), or once the CA's ACME Renewal
-  Information (ARI, RFC 9773) suggested window has opened.
+* **Due or not** is :mod:`snakeway.acme.timing`: the lifetime rule of
+  :mod:`snakeway.renewal` (shared with the local CA), led by the CA's ACME
+  Renewal Information (ARI, RFC 9773) when it answers. The older fixed-window
+  :func:`renewal_time` and :func:`renewal_due` are re-exported here for the
+  callers still on them, as is :func:`parse_retry_after`.
 * **Failures.** Back-off grows by a factor of ten: 1 min, 10 min, 100 min,
   then 6 h for every further failure. Up to 10 % jitter is added so that
   many sites that failed together (a CA outage) do not retry together. A
-  server's ``Retry-After`` is a floor, never shortened by our back-off.
+  server's ``Retry-After`` is a floor, never shortened by our back-off, and is
+  kept in the state so that every worker and every restart honours it.
   Let's Encrypt allows 5 failed validations per hour per identifier, so the
   first retries stay inside that budget and the cap keeps a broken site to
   four attempts a day.
+* **Permanent failures** (:func:`is_permanent`: the CA refuses the name, CAA
+  forbids it, the account may not have it, the CSR is malformed) will not go
+  away by retrying: the certificate is marked as needing attention and tried
+  again once a day.
 * **Polling.** Stored certificates are re-checked every
   ``check_interval_seconds`` +/- 10 %.
 
-:class:`RenewalState` records one site's failures; its transitions are pure
-and it round-trips through JSON for the store.
+:class:`RenewalState` records one certificate's failures, its Retry-After
+floor and the CA's last ARI answer with the moment drawn in its window; its
+transitions are pure and it round-trips through JSON for the store. A state
+file that cannot be read is replaced by :meth:`RenewalState.conservative`, the
+longest back-off, never by a fresh state that would order at once.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, final
 
+from snakeway.acme.ari import RenewalInfo
+from snakeway.acme.timing import RETRY_AFTER_CAP as RETRY_AFTER_CAP
+from snakeway.acme.timing import ari_moment, next_ari_poll, require_jitter
+from snakeway.acme.timing import parse_retry_after as parse_retry_after
 from snakeway.renewal import renewal_due as renewal_due
 from snakeway.renewal import renewal_time as renewal_time
 from snakeway.renewal import require_aware
@@ -44,20 +54,18 @@ if TYPE_CHECKING:
 # Back-off after the n-th consecutive failure (n = 1, 2, 3), then the cap.
 BACKOFF_STEPS = (timedelta(minutes=1), timedelta(minutes=10), timedelta(minutes=100))
 BACKOFF_CAP = timedelta(hours=6)
+# Back-off after a permanent failure (see is_permanent).
+PERMANENT_BACKOFF = timedelta(days=1)
 # Largest fraction added to a back-off delay as jitter.
 BACKOFF_JITTER = 0.10
 # A check interval varies by this fraction either way.
 CHECK_JITTER = 0.10
-# A Retry-After further away than this is treated as this (a broken or hostile
-# header must not park a site for years).
-RETRY_AFTER_CAP = timedelta(days=7)
 # Longest error message kept in a RenewalState (it is shown and persisted).
 MAX_ERROR_LENGTH = 1000
 
-
-def _require_jitter(jitter: float) -> None:
-    if not 0.0 <= jitter < 1.0:
-        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+# Problems that retrying the same order cannot cure (RFC 8555 section 6.7).
+PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa", "unauthorized"})
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -80,7 +88,9 @@ def backoff_delay(failures: int) -> timedelta:
     return BACKOFF_CAP
 
 
-def next_attempt(now: datetime, failures: int, retry_after: datetime | None, *, jitter: float) -> datetime:
+def next_attempt(
+    now: datetime, failures: int, retry_after: datetime | None, *, jitter: float, permanent: bool = False
+) -> datetime:
     """When to try again: ``max(now + backoff * (1 + 0.1 * jitter), retry_after)``.
 
     Args:
@@ -89,13 +99,16 @@ def next_attempt(now: datetime, failures: int, retry_after: datetime | None, *, 
         retry_after: The server's ``Retry-After`` as a moment (see
             :func:`parse_retry_after`), or None.
         jitter: A random number in ``[0, 1)``; adds up to 10 % to the back-off.
+        permanent: The failure was permanent (see :func:`is_permanent`): the
+            back-off is 1 day whatever ``failures`` is.
 
     Raises:
         ValueError: a naive datetime, negative ``failures``, ``jitter`` out of range.
     """
     require_aware(now=now, retry_after=retry_after)
-    _require_jitter(jitter)
-    attempt = now + backoff_delay(failures) * (1.0 + BACKOFF_JITTER * jitter)
+    require_jitter(jitter)
+    delay = PERMANENT_BACKOFF if permanent else backoff_delay(failures)
+    attempt = now + delay * (1.0 + BACKOFF_JITTER * jitter)
     if retry_after is not None and retry_after > attempt:
         return retry_after
     return attempt
@@ -108,90 +121,33 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
         ValueError: a naive ``now``, a non-positive interval, ``jitter`` out of range.
     """
     require_aware(now=now)
-    _require_jitter(jitter)
+    require_jitter(jitter)
     if not interval_seconds > 0:
         raise ValueError(f"interval_seconds must be positive, got {interval_seconds!r}")
     factor = 1.0 - CHECK_JITTER + 2 * CHECK_JITTER * jitter
     return now + timedelta(seconds=interval_seconds * factor)
 
 
-# --- Retry-After (RFC 9110 section 10.2.3) -----------------------------------------------------
+def is_permanent(problem_type: str | None, *, finalizing: bool) -> bool:
+    """Whether an ACME problem will come back however often the same order is retried.
 
-_DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
-_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
-_MONTH = rf"(?P<month>{'|'.join(_MONTH_NAMES)})"
-_DAY_NAME = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
-_LONG_DAY_NAME = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
-_TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
-# IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-_IMF_FIXDATE = re.compile(rf"{_DAY_NAME}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII)
-# obsolete rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT
-_RFC850 = re.compile(rf"{_LONG_DAY_NAME}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT", re.ASCII)
-# obsolete asctime-date: Sun Nov  6 08:49:37 1994
-_ASCTIME = re.compile(rf"{_DAY_NAME} {_MONTH} (?P<day>[ 0-9][0-9]) {_TIME} (?P<year>[0-9]{{4}})", re.ASCII)
+    ``rejectedIdentifier``, ``caa`` and ``unauthorized`` always are; ``malformed``
+    only when it answers the finalize request (our CSR), since elsewhere it may
+    be a transient fault of the CA or of the way to it.
 
-
-def _parse_http_date(value: str, now: datetime) -> datetime | None:
-    for pattern in (_IMF_FIXDATE, _RFC850, _ASCTIME):
-        match = pattern.fullmatch(value)
-        if match is None:
-            continue
-        year = int(match["year"])
-        if pattern is _RFC850:
-            # RFC 9110 5.6.7: a two-digit year more than 50 years ahead is in the past century.
-            year += now.year - now.year % 100
-            if year > now.year + 50:
-                year -= 100
-        try:
-            return datetime(
-                year,
-                _MONTHS[match["month"]],
-                int(match["day"]),
-                int(match["hour"]),
-                int(match["minute"]),
-                int(match["second"]),
-                tzinfo=UTC,
-            )
-        except ValueError:  # 31 Feb, 25:00:00, year 0 ...
-            return None
-    return None
-
-
-def parse_retry_after(value: str | None, now: datetime) -> datetime | None:
-    """The moment a ``Retry-After`` header asks us to wait until.
-
-    Accepts both forms of RFC 9110: ``delta-seconds`` (ASCII digits only) and
-    ``HTTP-date`` (IMF-fixdate and the two obsolete forms). Total: it never
-    raises for any ``value``.
-
-    Returns:
-        ``now + delay``, capped at ``now + 7 days``; None when the header is
-        absent, malformed (a sign, a fraction, an unknown date format) or asks
-        for no wait at all (zero, or a date not after ``now``).
-
-    Raises:
-        ValueError: ``now`` is naive (a caller bug, not bad input).
+    Args:
+        problem_type: The problem document's ``type``, a full URN such as
+            ``urn:ietf:params:acme:error:caa`` (the bare name is accepted too),
+            or None when the failure was not an ACME problem.
+        finalizing: The problem answered the finalize request.
     """
-    require_aware(now=now)
-    if value is None:
-        return None
-    value = value.strip(" \t")
-    cap = now + RETRY_AFTER_CAP
-    if _DELTA_SECONDS.fullmatch(value):
-        # Cap before any arithmetic: int() of a huge digit string is slow or refused,
-        # and now + a huge delay overflows datetime.
-        if len(value.lstrip("0")) > 12 or int(value) >= RETRY_AFTER_CAP.total_seconds():
-            return cap
-        seconds = int(value)
-        return now + timedelta(seconds=seconds) if seconds > 0 else None
-    when = _parse_http_date(value, now)
-    if when is None or when <= now:
-        return None
-    return min(when, cap)
+    if problem_type is None:
+        return False
+    name = problem_type.removeprefix(ACME_ERROR_PREFIX)
+    return name in PERMANENT_PROBLEMS or (finalizing and name == "malformed")
 
 
-# --- per-site state ----------------------------------------------------------------------------
+# --- per-certificate state ---------------------------------------------------------------------
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -210,10 +166,43 @@ def _from_iso(data: Mapping[str, object], key: str) -> datetime | None:
     return value
 
 
+def _optional_str(data: Mapping[str, object], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _ari_to_json(info: RenewalInfo | None) -> dict[str, object] | None:
+    if info is None:
+        return None
+    return {
+        "start": info.start.isoformat(),
+        "end": info.end.isoformat(),
+        "explanation_url": info.explanation_url,
+        "retry_after": _iso(info.retry_after),
+    }
+
+
+def _ari_from_json(raw: object) -> RenewalInfo | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"ari: expected an object, got {raw!r}")
+    start, end = _from_iso(raw, "start"), _from_iso(raw, "end")
+    if start is None or end is None:
+        raise ValueError(f"ari: start and end are required, got {raw!r}")
+    return RenewalInfo(start, end, _optional_str(raw, "explanation_url"), _from_iso(raw, "retry_after"))
+
+
+def _truncated(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 3] + "..."
+
+
 @final
 @dataclass(frozen=True)
 class RenewalState:
-    """What we remember about renewing one certificate between attempts.
+    """What we remember about renewing one certificate between attempts, shared by every worker.
 
     Attributes:
         name: The certificate's name (its first domain, see :mod:`snakeway.acme.store`).
@@ -222,6 +211,12 @@ class RenewalState:
         last_attempt: When the last attempt ended.
         next_attempt: Not before this moment may the next attempt start; None: any time.
         last_success: When a certificate was last obtained.
+        retry_after: The CA's ``Retry-After`` floor: no order before it, not even a forced retry.
+        permanent: The last failure was permanent (needs attention); the back-off is then 1 day.
+        ari: The CA's last ARI answer for the certificate ``ari_serial``, or None.
+        ari_serial: Serial number of the certificate ``ari`` is about.
+        ari_next_poll: When to ask the CA again; None: as soon as possible (never asked).
+        ari_moment: The moment drawn in ``ari``'s window, kept until the window changes.
     """
 
     name: str
@@ -230,42 +225,123 @@ class RenewalState:
     last_attempt: datetime | None = None
     next_attempt: datetime | None = None
     last_success: datetime | None = None
+    retry_after: datetime | None = None
+    permanent: bool = False
+    ari: RenewalInfo | None = None
+    ari_serial: str | None = None
+    ari_next_poll: datetime | None = None
+    ari_moment: datetime | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
             raise ValueError(f"failures must be a non-negative int, got {self.failures!r}")
-        require_aware(last_attempt=self.last_attempt, next_attempt=self.next_attempt, last_success=self.last_success)
+        if not isinstance(self.permanent, bool):
+            raise ValueError(f"permanent must be a bool, got {self.permanent!r}")
+        if self.ari is not None and not isinstance(self.ari, RenewalInfo):
+            raise ValueError(f"ari must be a RenewalInfo, got {self.ari!r}")
+        require_aware(
+            last_attempt=self.last_attempt,
+            next_attempt=self.next_attempt,
+            last_success=self.last_success,
+            retry_after=self.retry_after,
+            ari_next_poll=self.ari_next_poll,
+            ari_moment=self.ari_moment,
+        )
+
+    @classmethod
+    def conservative(cls, name: str, now: datetime, reason: str) -> RenewalState:
+        """What an unreadable state file stands for: the longest back-off, starting at ``now``.
+
+        A corrupt file must not reset the back-off (a site failing every
+        attempt would then be retried at once, by every worker): it counts as
+        failures at the cap, with the next attempt 6 hours away and
+        ``last_error`` saying why.
+        """
+        require_aware(now=now)
+        return cls(
+            name=name,
+            failures=len(BACKOFF_STEPS) + 1,
+            last_error=_truncated(f"the renewal state file was corrupt ({reason}); waiting the longest back-off"),
+            next_attempt=now + BACKOFF_CAP,
+        )
 
     def may_attempt(self, now: datetime) -> bool:
         """Whether the back-off (and any Retry-After) has passed at ``now``."""
         return self.next_attempt is None or now >= self.next_attempt
 
     def failed(
-        self, now: datetime, error: str, retry_after: datetime | None = None, jitter: float = 0.0
+        self,
+        now: datetime,
+        error: str,
+        retry_after: datetime | None = None,
+        jitter: float = 0.0,
+        *,
+        permanent: bool = False,
     ) -> RenewalState:
         """The state after an attempt that ended in ``error`` at ``now``.
 
         Args:
             now: When the attempt failed.
             error: A human-readable reason (kept up to 1000 characters).
-            retry_after: A floor for the next attempt (the server's Retry-After).
+            retry_after: A floor for the next attempt (the server's Retry-After);
+                kept in the state, as is an earlier floor still in the future.
             jitter: A random number in ``[0, 1)``, see :func:`next_attempt`.
+            permanent: The failure needs attention (see :func:`is_permanent`):
+                the next attempt is a day away.
         """
         failures = self.failures + 1
-        if len(error) > MAX_ERROR_LENGTH:
-            error = error[: MAX_ERROR_LENGTH - 3] + "..."
+        floor = retry_after
+        if self.retry_after is not None and self.retry_after > now and (floor is None or self.retry_after > floor):
+            floor = self.retry_after
         return replace(
             self,
             failures=failures,
-            last_error=error,
+            last_error=_truncated(error),
             last_attempt=now,
-            next_attempt=next_attempt(now, failures, retry_after, jitter=jitter),
+            next_attempt=next_attempt(now, failures, floor, jitter=jitter, permanent=permanent),
+            retry_after=floor,
+            permanent=permanent,
         )
 
     def succeeded(self, now: datetime) -> RenewalState:
-        """The state after a certificate was obtained at ``now``."""
+        """The state after a certificate was obtained at ``now``.
+
+        Failures are cleared, and so is the ARI answer: it was about the
+        previous certificate, and the new one is asked about afresh. A
+        Retry-After floor still in the future stays.
+        """
         require_aware(now=now)
-        return replace(self, failures=0, last_error=None, last_attempt=now, next_attempt=None, last_success=now)
+        floor = self.retry_after if self.retry_after is not None and self.retry_after > now else None
+        return RenewalState(self.name, last_attempt=now, last_success=now, retry_after=floor)
+
+    def with_ari(self, info: RenewalInfo, serial: str, now: datetime, jitter: float) -> RenewalState:
+        """The state after the CA answered ``info`` about the certificate ``serial`` at ``now``.
+
+        The moment in the window is drawn with ``jitter`` only when the window
+        (or the certificate) changed; the same window keeps its moment. The
+        next poll is when the answer's Retry-After says (see
+        :func:`snakeway.acme.timing.next_ari_poll`).
+
+        Raises:
+            ValueError: a naive ``now``, ``jitter`` out of range.
+        """
+        moment = self.ari_moment
+        same = self.ari is not None and (self.ari.start, self.ari.end) == (info.start, info.end)
+        if not same or self.ari_serial != serial or moment is None:
+            moment = ari_moment(info, jitter)
+        else:
+            require_jitter(jitter)
+        return replace(
+            self, ari=info, ari_serial=serial, ari_next_poll=next_ari_poll(now, info.retry_after), ari_moment=moment
+        )
+
+    def ari_failed(self, now: datetime, reason: str) -> RenewalState:
+        """The state after an ARI poll at ``now`` failed or was malformed (``reason``, logged by the caller).
+
+        The previous answer, if any, still holds; without one the lifetime rule
+        does. The CA is asked again after the default 6 hours.
+        """
+        return replace(self, ari_next_poll=next_ari_poll(now, None))
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict; datetimes as ISO 8601 strings."""
@@ -276,11 +352,17 @@ class RenewalState:
             "last_attempt": _iso(self.last_attempt),
             "next_attempt": _iso(self.next_attempt),
             "last_success": _iso(self.last_success),
+            "retry_after": _iso(self.retry_after),
+            "permanent": self.permanent,
+            "ari": _ari_to_json(self.ari),
+            "ari_serial": self.ari_serial,
+            "ari_next_poll": _iso(self.ari_next_poll),
+            "ari_moment": _iso(self.ari_moment),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> RenewalState:
-        """Inverse of :meth:`to_json`.
+        """Inverse of :meth:`to_json`; a state saved before a key existed loads with its default.
 
         Raises:
             ValueError: a missing or mistyped field.
@@ -291,14 +373,20 @@ class RenewalState:
         failures = data.get("failures", 0)
         if isinstance(failures, bool) or not isinstance(failures, int):
             raise ValueError(f"failures: expected an int, got {failures!r}")
-        last_error = data.get("last_error")
-        if last_error is not None and not isinstance(last_error, str):
-            raise ValueError(f"last_error: expected a string, got {last_error!r}")
+        permanent = data.get("permanent", False)
+        if not isinstance(permanent, bool):
+            raise ValueError(f"permanent: expected true or false, got {permanent!r}")
         return cls(
             name=name,
             failures=failures,
-            last_error=last_error,
+            last_error=_optional_str(data, "last_error"),
             last_attempt=_from_iso(data, "last_attempt"),
             next_attempt=_from_iso(data, "next_attempt"),
             last_success=_from_iso(data, "last_success"),
+            retry_after=_from_iso(data, "retry_after"),
+            permanent=permanent,
+            ari=_ari_from_json(data.get("ari")),
+            ari_serial=_optional_str(data, "ari_serial"),
+            ari_next_poll=_from_iso(data, "ari_next_poll"),
+            ari_moment=_from_iso(data, "ari_moment"),
         )

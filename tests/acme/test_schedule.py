@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,11 +11,14 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.schedule import (
     BACKOFF_CAP,
+    PERMANENT_BACKOFF,
     RETRY_AFTER_CAP,
     RenewalState,
     backoff_delay,
+    is_permanent,
     next_attempt,
     next_check,
     parse_retry_after,
@@ -26,6 +30,7 @@ from snakeway.testing import TrioLinkedClock
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 
 moments = st.datetimes(
     min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
@@ -203,19 +208,48 @@ def test_state_transitions() -> None:
     assert len(state.failed(NOW, "x" * 5000).last_error or "") == 1000
 
 
-@given(
-    st.builds(
-        RenewalState,
-        name=st.sampled_from(["a.test", "*.b.test"]),
-        failures=st.integers(0, 50),
-        last_error=st.none() | st.text(),
-        last_attempt=st.none() | moments,
-        next_attempt=st.none() | moments,
-        last_success=st.none() | moments,
-    )
+@st.composite
+def renewal_infos(draw: st.DrawFn) -> RenewalInfo:
+    start = draw(moments)
+    end = start + draw(st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=60)))
+    url = draw(st.none() | st.text())
+    return RenewalInfo(start, end, url, draw(st.none() | moments))
+
+
+states = st.builds(
+    RenewalState,
+    name=st.sampled_from(["a.test", "*.b.test"]),
+    failures=st.integers(0, 50),
+    last_error=st.none() | st.text(),
+    last_attempt=st.none() | moments,
+    next_attempt=st.none() | moments,
+    last_success=st.none() | moments,
+    retry_after=st.none() | moments,
+    permanent=st.booleans(),
+    ari=st.none() | renewal_infos(),
+    ari_serial=st.none() | st.text(),
+    ari_next_poll=st.none() | moments,
+    ari_moment=st.none() | moments,
 )
+
+
+@given(states)
 def test_state_json_round_trip(state: RenewalState) -> None:
-    assert RenewalState.from_json(state.to_json()) == state
+    assert RenewalState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+def test_state_saved_before_ari_and_floors_existed_still_loads() -> None:
+    old = {
+        "name": "a.test",
+        "failures": 2,
+        "last_error": "connection refused",
+        "last_attempt": "2030-05-01T12:00:00+00:00",
+        "next_attempt": "2030-05-01T12:10:00+00:00",
+        "last_success": None,
+    }
+    state = RenewalState.from_json(old)
+    assert state == RenewalState("a.test", 2, "connection refused", NOW, NOW + timedelta(minutes=10))
+    assert (state.retry_after, state.permanent, state.ari, state.ari_next_poll) == (None, False, None, None)
 
 
 @pytest.mark.parametrize(
@@ -229,11 +263,128 @@ def test_state_json_round_trip(state: RenewalState) -> None:
         {"name": "a.test", "last_attempt": "yesterday"},
         {"name": "a.test", "last_attempt": "2030-01-01T00:00:00"},
         {"name": "a.test", "last_error": 5},
+        {"name": "a.test", "permanent": "yes"},
+        {"name": "a.test", "permanent": 1},
+        {"name": "a.test", "retry_after": 5},
+        {"name": "a.test", "ari": "soon"},
+        {"name": "a.test", "ari": {"start": "2030-01-01T00:00:00+00:00"}},
+        {"name": "a.test", "ari": {"start": "2030-01-02T00:00:00+00:00", "end": "2030-01-01T00:00:00+00:00"}},
+        {"name": "a.test", "ari": {"start": "2030-01-01T00:00:00", "end": "2030-01-02T00:00:00+00:00"}},
+        {
+            "name": "a.test",
+            "ari": {"start": "2030-01-01T00:00:00+00:00", "end": "2030-01-02T00:00:00+00:00", "explanation_url": 3},
+        },
+        {"name": "a.test", "ari_serial": 12},
+        {"name": "a.test", "ari_next_poll": "2030-01-01T00:00:00"},
+        {"name": "a.test", "ari_moment": "tomorrow"},
     ],
 )
 def test_state_from_bad_json(data: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         RenewalState.from_json(data)
+
+
+def test_retry_after_floor_is_kept_in_the_state() -> None:
+    """The CA's floor survives a restart (it is in the saved state) and a later failure without one."""
+    floor = NOW + 2 * DAY
+    limited = RenewalState("a.test").failed(NOW, "rateLimited", floor)
+    assert limited.retry_after == floor and limited.next_attempt == floor
+    reloaded = RenewalState.from_json(json.loads(json.dumps(limited.to_json())))
+    assert reloaded.retry_after == floor and not reloaded.may_attempt(floor - timedelta(seconds=1))
+    again = reloaded.failed(NOW + DAY, "connection refused")  # a forced retry that failed otherwise
+    assert again.retry_after == floor and again.next_attempt == floor
+    later = again.failed(floor + DAY, "connection refused")  # the floor has passed
+    assert later.retry_after is None and later.next_attempt == floor + DAY + backoff_delay(3)
+
+
+def test_permanent_failure_backs_off_a_day_and_needs_attention() -> None:
+    state = RenewalState("a.test").failed(NOW, "caa: forbidden", permanent=True)
+    assert state.permanent and state.next_attempt == NOW + PERMANENT_BACKOFF
+    assert state.failed(NOW + DAY, "caa", jitter=0.5, permanent=True).next_attempt == NOW + DAY + 1.05 * DAY
+    transient = state.failed(NOW + DAY, "connection refused")
+    assert not transient.permanent and transient.next_attempt == NOW + DAY + backoff_delay(2)
+    assert not state.succeeded(NOW + DAY).permanent
+
+
+@pytest.mark.parametrize(
+    ("problem", "finalizing", "permanent"),
+    [
+        ("urn:ietf:params:acme:error:rejectedIdentifier", False, True),
+        ("urn:ietf:params:acme:error:caa", False, True),
+        ("urn:ietf:params:acme:error:unauthorized", True, True),
+        ("caa", False, True),
+        ("urn:ietf:params:acme:error:malformed", True, True),
+        ("urn:ietf:params:acme:error:malformed", False, False),
+        ("urn:ietf:params:acme:error:rateLimited", False, False),
+        ("urn:ietf:params:acme:error:serverInternal", True, False),
+        ("urn:ietf:params:acme:error:badNonce", False, False),
+        ("urn:example:caa", False, False),
+        (None, True, False),
+    ],
+)
+def test_is_permanent(problem: str | None, finalizing: bool, permanent: bool) -> None:
+    assert is_permanent(problem, finalizing=finalizing) is permanent
+
+
+WINDOW = RenewalInfo(NOW + 60 * DAY, NOW + 62 * DAY, retry_after=NOW + 3 * HOUR)
+
+
+def test_ari_moment_is_drawn_once_per_window() -> None:
+    first = RenewalState("a.test").with_ari(WINDOW, "01ab", NOW, jitter=0.25)
+    assert first.ari == WINDOW and first.ari_serial == "01ab"
+    assert first.ari_moment == NOW + 60.5 * DAY and first.ari_next_poll == NOW + 3 * HOUR
+    same = first.with_ari(RenewalInfo(WINDOW.start, WINDOW.end), "01ab", NOW + 3 * HOUR, jitter=0.75)
+    assert same.ari_moment == first.ari_moment  # the same window keeps its moment
+    assert same.ari_next_poll == NOW + 9 * HOUR  # no Retry-After this time: 6 h
+    moved = RenewalInfo(NOW + 70 * DAY, NOW + 72 * DAY)
+    assert same.with_ari(moved, "01ab", NOW, jitter=0.75).ari_moment == NOW + 71.5 * DAY
+    assert same.with_ari(WINDOW, "02cd", NOW, jitter=0.75).ari_moment == NOW + 61.5 * DAY  # a new certificate
+
+
+def test_failed_ari_poll_keeps_the_answer_and_asks_again_in_6_hours() -> None:
+    state = RenewalState("a.test").with_ari(WINDOW, "01ab", NOW, jitter=0.5)
+    failed = state.ari_failed(NOW + 3 * HOUR, "renewalInfo without end")
+    assert (failed.ari, failed.ari_moment, failed.ari_serial) == (state.ari, state.ari_moment, state.ari_serial)
+    assert failed.ari_next_poll == NOW + 9 * HOUR
+    assert RenewalState("a.test").ari_failed(NOW, "HTTP 500").ari_next_poll == NOW + 6 * HOUR
+
+
+def test_success_forgets_failures_and_the_old_ari_answer() -> None:
+    state = RenewalState("a.test").with_ari(WINDOW, "01ab", NOW, jitter=0.5).failed(NOW, "boom", NOW + HOUR)
+    renewed = state.succeeded(NOW + 2 * HOUR)
+    assert renewed == RenewalState("a.test", last_attempt=NOW + 2 * HOUR, last_success=NOW + 2 * HOUR)
+    assert renewed.ari_next_poll is None  # asked about the new certificate at once
+
+
+def test_a_corrupt_state_file_keeps_the_longest_back_off() -> None:
+    state = RenewalState.conservative("a.test", NOW, "Expecting value: line 1 column 1")
+    assert not state.may_attempt(NOW + BACKOFF_CAP - timedelta(seconds=1))
+    assert state.may_attempt(NOW + BACKOFF_CAP)
+    assert "corrupt" in (state.last_error or "") and "Expecting value" in (state.last_error or "")
+    assert state.failed(NOW + BACKOFF_CAP, "boom").next_attempt == NOW + 2 * BACKOFF_CAP  # still at the cap
+    assert RenewalState.from_json(state.to_json()) == state
+
+
+@given(states, moments, st.none() | moments, jitters, st.booleans())
+def test_failed_never_retries_before_the_floor(
+    state: RenewalState, now: datetime, retry_after: datetime | None, jitter: float, permanent: bool
+) -> None:
+    after = state.failed(now, "boom", retry_after, jitter, permanent=permanent)
+    assert after.next_attempt is not None
+    for floor in (retry_after, state.retry_after if state.retry_after and state.retry_after > now else None):
+        if floor is not None:
+            assert after.next_attempt >= floor and after.retry_after is not None and after.retry_after >= floor
+    assert after.next_attempt >= now + (PERMANENT_BACKOFF if permanent else backoff_delay(after.failures))
+
+
+@given(states, renewal_infos(), st.text(), moments, jitters, jitters)
+def test_with_ari_moment_is_inside_the_window(
+    state: RenewalState, info: RenewalInfo, serial: str, now: datetime, j1: float, j2: float
+) -> None:
+    once = state.with_ari(info, serial, now, j1)
+    assert once.ari_moment is not None and info.start <= once.ari_moment <= info.end
+    assert once.with_ari(info, serial, now, j2).ari_moment == once.ari_moment
+    assert once.ari_next_poll is not None and now < once.ari_next_poll <= now + DAY
 
 
 # --- the clock seam ----------------------------------------------------------------------------

@@ -166,11 +166,22 @@ def due(not_before: datetime, not_after: datetime, now: datetime) -> bool:
 def test_due() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     end = start + timedelta(days=9)
-    assert renewal_time(start, end, renew_within=renew_within(start, end)) == start + timedelta(days=6)
+    assert renewal_time(start, end, renew_within=renew_within(start, end)) == start + timedelta(days=4, hours=12)
     assert not due(start, end, start)
-    assert not due(start, end, start + timedelta(days=5, hours=23))
-    assert due(start, end, start + timedelta(days=6))
+    assert not due(start, end, start + timedelta(days=4, hours=11))
+    assert due(start, end, start + timedelta(days=4, hours=12))
     assert due(start, end, end + timedelta(days=1))
+
+
+def test_a_leaf_is_renewed_by_the_acme_lifetime_rule() -> None:
+    """Half of a leaf shorter than 10 days is left when it is renewed, a third of a longer one."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    week = start + LEAF_LIFETIME
+    assert renewal_time(start, week, renew_within=renew_within(start, week)) == start + LEAF_LIFETIME / 2
+    assert not due(start, week, start + timedelta(days=3, hours=11))
+    assert due(start, week, start + timedelta(days=3, hours=12))
+    month = start + timedelta(days=30)
+    assert renewal_time(start, month, renew_within=renew_within(start, month)) == start + timedelta(days=20)
 
 
 @given(
@@ -182,7 +193,7 @@ def test_due_is_monotonic(lifetime: timedelta, elapsed: timedelta) -> None:
     now = start + elapsed
     if due(start, start + lifetime, now):
         assert due(start, start + lifetime, now + timedelta(seconds=1))
-        assert start + lifetime - now <= lifetime / 3 + timedelta(microseconds=1)
+        assert start + lifetime - now <= lifetime / 2 + timedelta(microseconds=1)
 
 
 def test_write_atomic(tmp_path: Path) -> None:

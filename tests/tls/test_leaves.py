@@ -128,10 +128,10 @@ async def test_two_workers_serve_the_same_leaf_before_and_after_renewal(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_served_leaf_renews_itself_with_a_third_of_its_life_left(
+async def test_a_served_leaf_renews_itself_with_half_of_its_life_left(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """7-day leaves are re-issued with a third of their life left, on wall time, and served from then on."""
+    """7-day leaves are re-issued with half of their life left (under 10 days), on wall time, and served from then on."""
     tls = Tls(mode=TlsMode.INTERNAL, domains=NAMES)
     clock = TrioLinkedClock(datetime.now(UTC))
     registry = CertRegistry()
@@ -141,9 +141,9 @@ async def test_a_served_leaf_renews_itself_with_a_third_of_its_life_left(
     async with trio.open_nursery() as nursery:
         await nursery.start(issuer.run)
         first = await served_serial(registry)
-        await trio.sleep(4 * 86400)  # day 4: not yet due
+        await trio.sleep(3 * 86400)  # day 3: not yet due
         assert await served_serial(registry) == first
-        await trio.sleep(1 * 86400)  # day 5: less than a third of 7 days left
+        await trio.sleep(1 * 86400)  # day 4: less than half of 7 days left
         for _ in range(600):  # renewal runs in a worker thread, which MockClock does not wait for
             second = await served_serial(registry)
             if second != first:
