@@ -335,12 +335,16 @@ class RenewalState:
             self, ari=info, ari_serial=serial, ari_next_poll=next_ari_poll(now, info.retry_after), ari_moment=moment
         )
 
-    def ari_failed(self, now: datetime, reason: str) -> RenewalState:
+    def ari_failed(self, now: datetime, reason: str, serial: str | None = None) -> RenewalState:
         """The state after an ARI poll at ``now`` failed or was malformed (``reason``, logged by the caller).
 
         The previous answer, if any, still holds; without one the lifetime rule
-        does. The CA is asked again after the default 6 hours.
+        does. The CA is asked again after the default 6 hours. ``serial`` is the
+        certificate asked about: when it is not the one the kept answer is
+        about, that answer is dropped (it was about the previous certificate).
         """
+        if serial is not None and serial != self.ari_serial:
+            return replace(self, ari=None, ari_serial=serial, ari_moment=None, ari_next_poll=next_ari_poll(now, None))
         return replace(self, ari_next_poll=next_ari_poll(now, None))
 
     def to_json(self) -> dict[str, object]:

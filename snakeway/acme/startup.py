@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from snakeway.acme.managed import ManagedCert, day_text
-from snakeway.acme.schedule import renewal_due
 from snakeway.acme.store import CertStore, StoredMeta
 from snakeway.config.model import TlsAutomation
+from snakeway.renewal import lifetime_renewal_time
 from snakeway.tls.certmap import CertEntry
 from snakeway.tls.sources import Offload, entry_from_pem, lazy_entry_from_files, lazy_entry_from_pem
 
@@ -99,7 +99,7 @@ async def _from_index(
         loaded.serials[cert.cert_id] = meta.serial
         logger.log(level, "loaded stored certificate for %s (valid until %s)", ", ".join(meta.domains),
                    day_text(meta.not_after))
-        due = renewal_due(meta.not_before, meta.not_after, now, renew_within=renew_within)
+        due = now >= lifetime_renewal_time(meta.not_before, meta.not_after, renew_within)
         if spread and set(cert.domains) <= set(meta.domains) and not due:
             loaded.first_checks[cert.cert_id] = now + timedelta(seconds=window * rng.random())
     if level == logging.DEBUG:
