@@ -261,7 +261,9 @@ class CertManager:
         periodic = next_check(now, self.settings.check_interval_seconds, jitter=self.rng.random())
         if bundle is not None and set(cert.domains) <= set(bundle.domains):
             window = await self._renewal_window(bundle)
-            renew_within = timedelta(days=self.settings.renew_within_days)
+            days = self.settings.renew_within_days
+            # TEMPORARY: 30 days stands for the lifetime rule (renew_within_days unset) until renewal_time takes it.
+            renew_within = timedelta(days=days if days is not None else 30.0)
             if not renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within, ari_window=window):
                 await self._rebuild_if_unservable(cert, bundle)
                 due = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within, ari_window=window)

@@ -73,7 +73,9 @@ async def rows(config: Config, now: datetime, store: CertStore | None = None) ->
     for cert in managed_certs(config):
         bundle = await store.load(cert.name)
         state = await store.load_state(cert.name)
-        renew_within = timedelta(days=automation.renew_within_days)
+        days = automation.renew_within_days
+        # TEMPORARY: 30 days stands for the lifetime rule (renew_within_days unset) until renewal_time takes it.
+        renew_within = timedelta(days=days if days is not None else 30.0)
         out.append(describe(cert.domains, bundle, state, now=now, renew_within=renew_within))
     return out
 

@@ -80,7 +80,9 @@ async def _from_index(
     # One line per certificate, unless there are very many: then one line for all (and the rest at debug).
     level = logging.DEBUG if len(certs) > QUIET_ABOVE else logging.INFO
     window = min(settings.check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)
-    renew_within = timedelta(days=settings.renew_within_days)
+    days = settings.renew_within_days
+    # TEMPORARY: 30 days stands for the lifetime rule (renew_within_days unset) until renewal_time takes it.
+    renew_within = timedelta(days=days if days is not None else 30.0)
     loaded = Loaded()
     for cert in certs:
         meta = index.get(cert.name)
