@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 import trio
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.acme.store import CertBundle, MemoryStore
+from snakeway import cli
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.store import CertBundle, MemoryStore, StoredMeta, StoreError
 from snakeway.check import Clamped, clamp_message, clamped_renewal, lifetime_text, warnings
 from snakeway.config.model import AcmeSettings, Bind, Config, Ingress, ServerSettings, Tls, TlsAutomation, TlsMode
 
@@ -89,3 +93,27 @@ def test_warnings_name_the_stored_unexpired_certificates_that_are_clamped() -> N
     assert [line.split("'")[1] for line in trio.run(run, 50)] == ["short.test", "long.test"]
     assert trio.run(run, 3) == []
     assert trio.run(run, None) == []
+
+
+def test_check_says_valid_and_warns_when_the_store_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "snakeway.hcl"
+    config.write_text(
+        f'server {{\n  version = 1\n  state_dir = "{tmp_path / "state"}"\n'
+        '  tls_automation = { renew_within_days = 30 }\n}\n'
+        'ingress "site" {\n  bind = { port = 443, tls = { mode = "acme", domains = ["a.test"] },\n'
+        "    redirect_http_to_https = { port = 80 } }\n}\n"
+    )
+
+    async def unreadable(self: FileStore, names: object = None) -> dict[str, StoredMeta]:
+        raise StoreError("cannot index certificates in /state/certs: Input/output error")
+
+    monkeypatch.setattr(FileStore, "index", unreadable)
+    assert cli.main(["check", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{config}: configuration is valid\n"
+    assert err == (
+        f"{config}: warning: the certificate store was not read: "
+        "cannot index certificates in /state/certs: Input/output error\n"
+    )
