@@ -10,7 +10,7 @@ certificate store rather than on the file alone:
   so the setting is clamped for that certificate; the warning says when the
   certificate will really be renewed.
 
-The comparison is pure (:func:`clamped_renewal`); :func:`warnings` reads the
+The comparison is pure (:func:`clamped_renewal`); :func:`store_warnings` reads the
 store's index the way ``python -m snakeway certs`` reads the store. Warnings
 never change ``check``'s exit status.
 """
@@ -81,7 +81,7 @@ def clamp_message(clamped: Clamped, renew_within_days: float) -> str:
     )
 
 
-async def warnings(config: Config, now: datetime, store: CertStore | None = None) -> list[str]:
+async def store_warnings(config: Config, now: datetime, store: CertStore | None = None) -> list[str]:
     """Every warning about ``config`` and the certificates in its store, as ``FILE:LINE: key.path: warning: ...``.
 
     Expired certificates are left out: they are renewed at once whatever the settings.

@@ -111,7 +111,7 @@ def check(config: Config, path: Path) -> int:
     from snakeway import check as checks
 
     try:
-        for line in trio.run(checks.warnings, config, datetime.now(UTC)):
+        for line in trio.run(checks.store_warnings, config, datetime.now(UTC)):
             print(line, file=sys.stderr)
     except (SnakewayError, OSError) as exc:  # a store that cannot be read does not make the file invalid
         print(f"{path}: warning: the certificate store was not read: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from snakeway import cli
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.store import CertBundle, MemoryStore, StoredMeta, StoreError
-from snakeway.check import Clamped, clamp_message, clamped_renewal, lifetime_text, warnings
+from snakeway.check import Clamped, clamp_message, clamped_renewal, lifetime_text, store_warnings
 from snakeway.config.model import AcmeSettings, Bind, Config, Ingress, ServerSettings, Tls, TlsAutomation, TlsMode
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
@@ -83,7 +83,7 @@ def test_warnings_name_the_stored_unexpired_certificates_that_are_clamped() -> N
         await store.save(_bundle("long.test", now - timedelta(days=10), 90 * 24))
         # Expired: renewed at once whatever the settings, so nothing to warn about.
         await store.save(_bundle("expired.test", now - timedelta(hours=200), 160))
-        return await warnings(_config(days, *names), now, store)
+        return await store_warnings(_config(days, *names), now, store)
 
     short_at = now - timedelta(hours=10) + timedelta(hours=80)
     assert trio.run(run, 30) == [
