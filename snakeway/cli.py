@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if args.command == "check":
-        print(f"{path}: configuration is valid")
-        return 0
+        return check(config, path)
     if args.command == "trust":
         return trust(config)
     if args.command == "certs":
@@ -103,6 +102,21 @@ def _reporting_errors(run: Callable[[], int]) -> int:
     except OSError as exc:
         print(f"snakeway: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def check(config: Config, path: Path) -> int:
+    """The configuration loaded: say so, with a warning line for each setting the stored certificates change."""
+    from datetime import datetime
+
+    from snakeway import check as checks
+
+    try:
+        for line in trio.run(checks.store_warnings, config, datetime.now(UTC)):
+            print(line, file=sys.stderr)
+    except (SnakewayError, OSError) as exc:  # a store that cannot be read does not make the file invalid
+        print(f"{path}: warning: the certificate store was not read: {exc}", file=sys.stderr)
+    print(f"{path}: configuration is valid")
+    return 0
 
 
 def certs(config: Config) -> int:

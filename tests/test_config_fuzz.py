@@ -198,7 +198,8 @@ KEYS = [
     "idle_timeout_seconds", "max_header_bytes", "acme", "ca_file", "cert", "cert_dir", "cert_store",
     "certificate_per_domain", "certs", "challenge", "check_interval_seconds", "contact_email", "data_dir",
     "default", "directory_url", "domains", "handshake_timeout_seconds", "key", "key_type", "mode",
-    "renew_within_days", "status", "type",
+    "renew_within_days", "status", "type", "max_concurrent_orders", "rate_limits", "new_orders_per_3h",
+    "failed_validations_per_name_per_hour", "duplicate_certificates_per_week", "certificates_per_domain_per_week",
 ]  # fmt: skip
 WORDS = [
     "", "/", "/api", "*", "*.", "*.a.test", "a.test", "localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "all",

@@ -253,7 +253,8 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
         ('contact_email = "ops@example.com"', 'ca_file = "."', "ca_file",
          "server.tls_automation.acme.ca_file", "not a file: {dir}"),
         ('contact_email = "ops@example.com"', "email = 1", "email", "server.tls_automation.acme.email",
-         'unknown key "email"; allowed keys: directory_url, contact_email, ca_file, data_dir'),
+         'unknown key "email"; allowed keys: directory_url, contact_email, ca_file, data_dir, '
+         "max_concurrent_orders, rate_limits"),
         (_AUTOMATION, 'cert_store = { type = "memory", cert_dir = "certs" }', "cert_store",
          "server.tls_automation.cert_store.cert_dir", 'only applies with type = "filesystem", not "memory"'),
         (_AUTOMATION, 'cert_store = { type = "s3" }', "cert_store", "server.tls_automation.cert_store.type",

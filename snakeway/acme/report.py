@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from snakeway.acme.managed import managed_certs
-from snakeway.acme.schedule import RenewalState, renewal_due, renewal_time
+from snakeway.acme.schedule import RenewalState
+from snakeway.acme.timing import renewal_moment
 from snakeway.acme.store import CertBundle, CertStore, open_store
 from snakeway.config.model import Config
 
@@ -29,19 +30,25 @@ def describe(
     state: RenewalState | None,
     *,
     now: datetime,
-    renew_within: timedelta,
+    renew_within: timedelta | None,
 ) -> Row:
-    """One row: pure, so every state is easy to test."""
+    """One row: pure, so every state is easy to test. The renewal moment is the manager's (ARI included)."""
     failing = state is not None and state.failures > 0
+    moment = None
+    if bundle is not None:
+        ari = state.ari if state is not None and state.ari_serial == bundle.serial else None
+        moment = renewal_moment(bundle.not_before, bundle.not_after, renew_within=renew_within, ari=ari,
+                                ari_moment=state.ari_moment if ari is not None and state is not None else None)
     if bundle is None:
         status, next_at = ("failing" if failing else "missing"), None
     elif bundle.not_after <= now:
         status, next_at = "expired", None
-    elif renewal_due(bundle.not_before, bundle.not_after, now, renew_within=renew_within):
+    elif moment is not None and now >= moment:
         status, next_at = ("renewal failing" if failing else "due"), None
     else:
-        status = "valid"
-        next_at = renewal_time(bundle.not_before, bundle.not_after, renew_within=renew_within)
+        status, next_at = "valid", moment
+    if state is not None and state.permanent:
+        status = "failed (needs attention)"
     if failing and state is not None and state.next_attempt is not None:
         next_at = state.next_attempt
         status += f" ({state.failures} failed attempt{'s' if state.failures > 1 else ''})"
@@ -73,7 +80,8 @@ async def rows(config: Config, now: datetime, store: CertStore | None = None) ->
     for cert in managed_certs(config):
         bundle = await store.load(cert.name)
         state = await store.load_state(cert.name)
-        renew_within = timedelta(days=automation.renew_within_days)
+        days = automation.renew_within_days
+        renew_within = timedelta(days=days) if days is not None else None
         out.append(describe(cert.domains, bundle, state, now=now, renew_within=renew_within))
     return out
 

@@ -80,7 +80,8 @@ async def _from_index(
     # One line per certificate, unless there are very many: then one line for all (and the rest at debug).
     level = logging.DEBUG if len(certs) > QUIET_ABOVE else logging.INFO
     window = min(settings.check_interval_seconds, FIRST_CHECK_SPREAD_SECONDS)
-    renew_within = timedelta(days=settings.renew_within_days)
+    days = settings.renew_within_days
+    renew_within = timedelta(days=days) if days is not None else None
     loaded = Loaded()
     for cert in certs:
         meta = index.get(cert.name)

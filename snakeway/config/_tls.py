@@ -155,6 +155,11 @@ def _check(f: File, path: KeyPath, tls: model.Tls, *, automation: bool) -> None:
         return
     if not automation:
         f.report((*path, "mode"), 'mode "acme" needs server.tls_automation (ACME account and renewal settings)')
+    names = len(set(tls.domains))
+    if not tls.certificate_per_domain and names > model.MAX_NAMES_PER_CERTIFICATE:
+        f.report((*path, "domains"), f"{names} names make one certificate, and ACME CAs issue at most "
+                 f"{model.MAX_NAMES_PER_CERTIFICATE} names per certificate; split them across listeners or set "
+                 "certificate_per_domain = true")
     for index, name in enumerate(tls.domains):
         if name.startswith("*."):
             f.report((*path, "domains", index), f"wildcard {quote(name)} cannot be validated with http-01 or "
@@ -223,12 +228,18 @@ def _check_store(f: File, path: KeyPath, store: model.CertStoreSettings) -> None
         f.report((*path, "cert_dir"), f'only applies with type = "filesystem", not {quote(store.type.value)}')
 
 
+_rate_limits = cv.schema(
+    {field.name: Key(cv.integer(1)) for field in dataclasses.fields(model.RateLimitSettings)},
+    model.RateLimitSettings,
+)
 _acme = cv.schema(
     {
         "directory_url": Key(_directory_url),
         "contact_email": Key(cv.one_or_list(_email, "an email address or a list of them")),
         "ca_file": Key(cv.existing_file),
         "data_dir": Key(cv.file_path),
+        "max_concurrent_orders": Key(cv.integer(1)),
+        "rate_limits": Key(_rate_limits),
     },
     model.AcmeSettings,
 )
@@ -239,7 +250,7 @@ _cert_store = cv.schema(
 )
 tls_automation = cv.schema(
     {
-        "renew_within_days": Key(cv.number("days", positive=True)),
+        "renew_within_days": Key(cv.nullable(cv.number("days", positive=True))),
         "check_interval_seconds": Key(cv.seconds(positive=True)),
         "acme": Key(_acme),
         "cert_store": Key(_cert_store),

@@ -196,12 +196,32 @@ class StoreType(enum.Enum):
     MEMORY = "memory"
 
 
+# What an ACME CA issues at most in one certificate (Let's Encrypt's limit, and the common one).
+MAX_NAMES_PER_CERTIFICATE = 100
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """``tls_automation.acme.rate_limits``: the CA's rate limits, which snakeway never exceeds.
+
+    The defaults are Let's Encrypt's. They are spent from one budget kept in the
+    certificate store, shared by every worker (see docs/configuration.md).
+    """
+
+    new_orders_per_3h: int = 300
+    failed_validations_per_name_per_hour: int = 5
+    duplicate_certificates_per_week: int = 5
+    certificates_per_domain_per_week: int = 50
+
+
 @dataclass(frozen=True)
 class AcmeSettings:
     directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
     contact_email: tuple[str, ...] = ()
     ca_file: Path | None = None        # trust root for the ACME server itself
     data_dir: Path | None = None       # ACME state; default <state_dir>/acme
+    max_concurrent_orders: int = 4     # orders in flight at once to this CA, across all certificates
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
 
 
 @dataclass(frozen=True)
@@ -212,7 +232,9 @@ class CertStoreSettings:
 
 @dataclass(frozen=True)
 class TlsAutomation:
-    renew_within_days: float = 30.0
+    # Renew with this many days left, but never with more than half the lifetime left. None: the lifetime
+    # rule, a third of the lifetime left (half for certificates shorter than 10 days).
+    renew_within_days: float | None = None
     check_interval_seconds: float = 600.0
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     cert_store: CertStoreSettings = field(default_factory=CertStoreSettings)

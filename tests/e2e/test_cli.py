@@ -6,11 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
+import trustme
 
 from snakeway import __version__
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.store import CertBundle
 from tests.helpers import Client, closed_port, get, start_upstream
 from tests.proc import snakeway
 
@@ -72,6 +76,69 @@ def test_check_accepts_the_example() -> None:
         capture_output=True, text=True, cwd=root, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def write_acme_config(path: Path, domains: str, renew: str = "") -> None:
+    path.write_text(
+        f"""
+server {{
+  version   = 1
+  state_dir = "{path.parent / 'state'}"
+  tls_automation = {{
+    {renew}
+    acme = {{ directory_url = "https://ca.test/dir" }}
+  }}
+}}
+ingress "site" {{
+  bind = {{
+    interface = "127.0.0.1", port = {closed_port()}
+    tls = {{ mode = "acme",
+            domains = [{domains}] }}
+    redirect_http_to_https = {{ port = {closed_port()} }}
+  }}
+}}
+"""
+    )
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_check_refuses_a_certificate_of_more_than_100_names(tmp_path: Path) -> None:
+    config = tmp_path / "snakeway.hcl"
+    write_acme_config(config, ", ".join(f'"n{i}.example.com"' for i in range(101)))
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{config}:{line_of(config, 'domains =')}: ingress.site.bind.tls.domains: 101 names make one certificate, "
+        "and ACME CAs issue at most 100 names per certificate; split them across listeners or set "
+        "certificate_per_domain = true"
+    ]
+
+
+def test_check_warns_when_renew_within_days_is_clamped_for_a_stored_certificate(tmp_path: Path) -> None:
+    config = tmp_path / "snakeway.hcl"
+    write_acme_config(config, '"a.test", "www.a.test"', renew="renew_within_days = 30")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    leaf = trustme.CA().issue_cert("a.test", "www.a.test", not_before=start, not_after=start + timedelta(hours=160))
+    chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+    bundle = CertBundle.from_pem("a.test", ("a.test", "www.a.test"), chain, leaf.private_key_pem.bytes())
+    trio.run(FileStore(tmp_path / "state" / "certs", tmp_path / "state" / "acme").save, bundle)
+
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{config}: configuration is valid\n"
+    assert result.stderr.splitlines() == [
+        f"{config}:{line_of(config, 'renew_within_days')}: server.tls_automation.renew_within_days: warning: "
+        "renew_within_days = 30 is more than half the lifetime of the stored certificate 'a.test' (160 hours); "
+        f"it will be renewed with half its lifetime left, at {start + timedelta(hours=80):%Y-%m-%d %H:%M} UTC"
+    ]
+
+    # Unset, the lifetime rule applies and there is nothing to say.
+    write_acme_config(config, '"a.test", "www.a.test"')
+    result = run_cli("check", "--config", str(config))
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_config_from_environment(tmp_path: Path) -> None:
