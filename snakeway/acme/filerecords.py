@@ -177,6 +177,14 @@ def write_ledger(data_dir: Path, directory_url: str, ledger: Ledger) -> None:
 # --- accounts --------------------------------------------------------------------------------------
 
 
+def _load_keyed_for(json_path: Path, key_path: Path, key: str, expected: str) -> tuple[dict[str, object], bytes]:
+    """:func:`~snakeway.acme.entries.load_keyed`, and the JSON's ``key`` must be ``expected``."""
+    meta, key_pem = load_keyed(json_path, key_path)
+    if meta.get(key) != expected:
+        raise CorruptEntry(f"{json_path.name} is for {meta.get(key)!r}")
+    return meta, key_pem
+
+
 def _account_paths(data_dir: Path, directory_url: str) -> tuple[Path, Path]:
     folder = data_dir / "accounts" / sha256_hex(directory_url.encode())[:16]
     return folder / "account.json", folder / "account.key"
@@ -186,9 +194,7 @@ def read_account(data_dir: Path, directory_url: str) -> AccountRecord | None:
     json_path, key_path = _account_paths(data_dir, directory_url)
 
     def parse() -> AccountRecord:
-        meta, key_pem = load_keyed(json_path, key_path)
-        if meta.get("directory_url") != directory_url:
-            raise CorruptEntry(f"account.json is for {meta.get('directory_url')!r}")
+        meta, key_pem = _load_keyed_for(json_path, key_path, "directory_url", directory_url)
         uri = meta.get("uri")
         if uri is not None and not isinstance(uri, str):
             raise CorruptEntry(f"account.json: bad uri {uri!r}")
@@ -222,9 +228,7 @@ def read_order(data_dir: Path, name: str) -> OrderRecord | None:
     json_path, key_path = _order_paths(data_dir, name)
 
     def parse() -> OrderRecord:
-        meta, key_pem = load_keyed(json_path, key_path)
-        if meta.get("name") != name:
-            raise CorruptEntry(f"order is for {meta.get('name')!r}")
+        meta, key_pem = _load_keyed_for(json_path, key_path, "name", name)
         created = datetime.fromisoformat(field(meta, "created", str, json_path.name))
         order_url = field(meta, "order_url", str, json_path.name)
         return OrderRecord(name=name, order_url=order_url, key_pem=key_pem, created=created)
