@@ -14,6 +14,7 @@ Layout (every directory 0700, every private key 0600)::
       state/<name>.json                   RenewalState
       accounts/<sha256(directory)[:16]>/account.json + account.key
       orders/<name>.json + <name>.key
+      ledgers/<sha256(directory)[:16]>.json   rate-limit Ledger of that directory's account
 
 **Atomic bundles.** A certificate and its key must change together: a crash
 must never leave a new certificate beside an old key. Linux cannot rename a
@@ -36,7 +37,10 @@ and records the key's SHA-256, so a crash between the two is detected.
 **Distrust on load.** Every load re-validates: all files present, PEMs parse,
 the key matches the certificate, meta.json agrees with the certificate. A bad
 entry is logged with ``logger.warning`` and reported as missing, so it is
-never served; the manager simply obtains a new certificate. Unreadable files
+never served; the manager simply obtains a new certificate. Not so a renewal
+state or a rate-limit ledger: reported missing, they would drop a back-off or a
+budget, so a corrupt one is logged as an error and loads as the most
+conservative record instead (:mod:`snakeway.acme.filerecords`). Unreadable files
 (permissions) and failed writes raise :class:`~snakeway.acme.store.StoreError`.
 
 **The index.** ``index()`` reads only meta.json (and checks that cert.pem and
@@ -77,19 +81,9 @@ from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
-from snakeway.acme.entries import (
-    KEY_MODE,
-    CorruptEntry,
-    dump_json,
-    field,
-    load_keyed,
-    parse_json,
-    read_existing,
-    remove_tree,
-    save_keyed,
-    sha256_hex,
-)
-from snakeway.acme.schedule import RenewalState
+from snakeway.acme import filerecords
+from snakeway.acme.entries import KEY_MODE, CorruptEntry, dump_json, field, parse_json, read_existing, remove_tree
+from snakeway.acme.filerecords import conservative_state as conservative_state
 from snakeway.acme.store import (
     AccountRecord,
     CertBundle,
@@ -101,12 +95,14 @@ from snakeway.acme.store import (
     path_part_to_name,
 )
 from snakeway.clock import SystemClock
-from snakeway.files import DIR_MODE, ensure_dir, fsync_dir, write_atomic, write_new
+from snakeway.files import DIR_MODE, ensure_dir, fsync_dir, write_new
 
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Callable, Iterable
 
+    from snakeway.acme.budget import Ledger
+    from snakeway.acme.schedule import RenewalState
     from snakeway.clock import WallClock
 
 logger = logging.getLogger(__name__)
@@ -115,8 +111,6 @@ T = TypeVar("T")
 
 PUBLIC_MODE = 0o644
 META_VERSION = 1
-
-
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -129,7 +123,8 @@ class FileStore:
     Args:
         cert_dir: Certificate bundles (created 0700 when first written).
         data_dir: ACME state (created 0700 when first written).
-        clock: Source of ``saved_at`` in meta.json.
+        clock: Source of ``saved_at`` in meta.json, and of the moment a conservative record
+            (for a corrupt renewal state or ledger) starts from.
 
     Construction does no I/O. See the module docstring for the layout and
     guarantees.
@@ -147,14 +142,6 @@ class FileStore:
                 return await trio.to_thread.run_sync(fn)
             except OSError as exc:
                 raise StoreError(f"cannot {action}: {exc}") from exc
-
-    def _loaded(self, what: str, path: Path, fn: Callable[[], T]) -> T | None:
-        """Run a blocking loader; a corrupt entry becomes a warning and None."""
-        try:
-            return fn()
-        except (CorruptEntry, ValueError) as exc:
-            logger.warning("ignoring unusable %s in %s: %s", what, path, exc)
-            return None
 
     # --- certificate bundles ---------------------------------------------------------------------
 
@@ -249,7 +236,7 @@ class FileStore:
             return None
         # Resolve once, so all three files come from the same version.
         version = Path(os.path.realpath(entry))
-        return self._loaded(f"certificate {name!r}", entry, lambda: self._parse_bundle(name, version))
+        return filerecords.loaded(f"certificate {name!r}", entry, lambda: self._parse_bundle(name, version))
 
     def _parse_bundle(self, name: str, version: Path) -> CertBundle:
         if not version.is_dir():
@@ -346,99 +333,51 @@ class FileStore:
                 names.append(name)
         return sorted(names)
 
-    # --- renewal state, accounts, orders: small JSON files -------------------------------------
-
-    def _load_entry(self, what: str, path: Path, parse: Callable[[], T]) -> T | None:
-        """None if ``path`` is absent, else ``parse()`` with corruption logged as missing."""
-        if not path.exists():
-            return None
-        return self._loaded(what, path, parse)
-
-    def _state_path(self, name: str) -> Path:
-        return self.data_dir / "state" / f"{name_to_path_part(name)}.json"
+    # --- renewal state, accounts, orders, ledgers: small JSON files (snakeway.acme.filerecords) ---------
 
     async def load_state(self, name: str) -> RenewalState | None:
-        path = self._state_path(name)
-
-        def parse() -> RenewalState:
-            state = RenewalState.from_json(parse_json(read_existing(path), path.name))
-            if state.name != name:
-                raise CorruptEntry(f"state is for {state.name!r}")
-            return state
-
-        what = f"renewal state of {name!r}"
-        return await self._run(f"load {what}", lambda: self._load_entry(what, path, parse))
-
-    async def save_state(self, state: RenewalState) -> None:
-        path = self._state_path(state.name)
-        data = dump_json(state.to_json())
-        await self._run(f"save renewal state of {state.name!r}", lambda: write_atomic(path, data, KEY_MODE))
-
-    async def load_account(self, directory_url: str) -> AccountRecord | None:
-        folder = self.data_dir / "accounts" / sha256_hex(directory_url.encode())[:16]
-        json_path, key_path = folder / "account.json", folder / "account.key"
-
-        def parse() -> AccountRecord:
-            meta, key_pem = load_keyed(json_path, key_path)
-            if meta.get("directory_url") != directory_url:
-                raise CorruptEntry(f"account.json is for {meta.get('directory_url')!r}")
-            uri = meta.get("uri")
-            if uri is not None and not isinstance(uri, str):
-                raise CorruptEntry(f"account.json: bad uri {uri!r}")
-            contact = field(meta, "contact", list, "account.json")
-            if not all(isinstance(c, str) for c in contact):
-                raise CorruptEntry("account.json: contact should be strings")
-            return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
-
-        what = f"ACME account for {directory_url}"
-        return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
-
-    async def save_account(self, account: AccountRecord) -> None:
-        folder = self.data_dir / "accounts" / sha256_hex(account.directory_url.encode())[:16]
-        meta: dict[str, object] = {
-            "directory_url": account.directory_url,
-            "uri": account.uri,
-            "contact": list(account.contact),
-        }
-        await self._run(
-            f"save ACME account for {account.directory_url}",
-            lambda: save_keyed(folder / "account.json", folder / "account.key", meta, account.key_pem),
+        """The renewal state of ``name``; a corrupt one loads as :func:`conservative_state` (the longest back-off)."""
+        check_name(name)
+        now = self._clock.now()
+        return await self._run(
+            f"load renewal state of {name!r}", lambda: filerecords.read_state(self.data_dir, name, now)
         )
 
-    def _order_paths(self, name: str) -> tuple[Path, Path]:
-        base = self.data_dir / "orders" / name_to_path_part(name)
-        return base.with_name(base.name + ".json"), base.with_name(base.name + ".key")
+    async def save_state(self, state: RenewalState) -> None:
+        check_name(state.name)
+        await self._run(f"save renewal state of {state.name!r}", lambda: filerecords.write_state(self.data_dir, state))
+
+    async def load_account(self, directory_url: str) -> AccountRecord | None:
+        return await self._run(
+            f"load ACME account for {directory_url}", lambda: filerecords.read_account(self.data_dir, directory_url)
+        )
+
+    async def save_account(self, account: AccountRecord) -> None:
+        await self._run(
+            f"save ACME account for {account.directory_url}", lambda: filerecords.write_account(self.data_dir, account)
+        )
 
     async def load_order(self, name: str) -> OrderRecord | None:
-        json_path, key_path = self._order_paths(name)
-
-        def parse() -> OrderRecord:
-            meta, key_pem = load_keyed(json_path, key_path)
-            if meta.get("name") != name:
-                raise CorruptEntry(f"order is for {meta.get('name')!r}")
-            created = datetime.fromisoformat(field(meta, "created", str, json_path.name))
-            order_url = field(meta, "order_url", str, json_path.name)
-            return OrderRecord(name=name, order_url=order_url, key_pem=key_pem, created=created)
-
-        what = f"order for {name!r}"
-        return await self._run(f"load {what}", lambda: self._load_entry(what, json_path, parse))
+        check_name(name)
+        return await self._run(f"load order for {name!r}", lambda: filerecords.read_order(self.data_dir, name))
 
     async def save_order(self, order: OrderRecord) -> None:
-        json_path, key_path = self._order_paths(order.name)
-        meta: dict[str, object] = {
-            "name": order.name,
-            "order_url": order.order_url,
-            "created": order.created.isoformat(),
-        }
-        await self._run(f"save order for {order.name!r}", lambda: save_keyed(json_path, key_path, meta, order.key_pem))
+        await self._run(f"save order for {order.name!r}", lambda: filerecords.write_order(self.data_dir, order))
 
     async def delete_order(self, name: str) -> None:
-        json_path, key_path = self._order_paths(name)
+        check_name(name)
+        await self._run(f"delete order for {name!r}", lambda: filerecords.remove_order(self.data_dir, name))
 
-        def remove() -> None:
-            for path in (json_path, key_path):  # the JSON first: without it the key is ignored
-                path.unlink(missing_ok=True)
-            if json_path.parent.exists():
-                fsync_dir(json_path.parent)
+    async def load_ledger(self, directory_url: str) -> Ledger | None:
+        """The rate-limit ledger of ``directory_url``'s account; a corrupt one loads as :meth:`Ledger.conservative`."""
+        now = self._clock.now()
+        return await self._run(
+            f"load rate-limit ledger for {directory_url}",
+            lambda: filerecords.read_ledger(self.data_dir, directory_url, now),
+        )
 
-        await self._run(f"delete order for {name!r}", remove)
+    async def save_ledger(self, directory_url: str, ledger: Ledger) -> None:
+        await self._run(
+            f"save rate-limit ledger for {directory_url}",
+            lambda: filerecords.write_ledger(self.data_dir, directory_url, ledger),
+        )

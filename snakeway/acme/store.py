@@ -1,4 +1,4 @@
-"""Where certificates, renewal state, ACME accounts and orders in flight are kept.
+"""Where certificates, renewal state, ACME accounts, orders in flight and rate-limit ledgers are kept.
 
 The :class:`CertStore` protocol is small, async and deals in frozen
 dataclasses. Two implementations share one contract-test suite:
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from pathlib import Path
 
+    from snakeway.acme.budget import Ledger
     from snakeway.acme.schedule import RenewalState
 
 WILDCARD_PATH_PREFIX = "_wildcard_."
@@ -288,8 +289,14 @@ class CertStore(Protocol):
     Names are validated (``ValueError`` for an invalid one). ``load*``
     return None for an entry that is absent *or* unusable (corrupt, half
     written: logged as a warning), never a bundle that cannot be served.
+    Except for two records that must never silently reset: a corrupt renewal
+    state loads as the longest back-off and a corrupt ledger as one that admits
+    nothing for an hour (logged as an error; see :mod:`snakeway.acme.filerecords`).
     ``save*`` replace atomically and raise :class:`StoreError` if the medium
     fails; ``delete*`` of an absent entry is a no-op.
+
+    The rate-limit :class:`~snakeway.acme.budget.Ledger` is kept per ACME
+    directory (one account each), shared by every worker using the store.
     """
 
     async def load(self, name: str) -> CertBundle | None: ...
@@ -303,6 +310,8 @@ class CertStore(Protocol):
     async def load_order(self, name: str) -> OrderRecord | None: ...
     async def save_order(self, order: OrderRecord) -> None: ...
     async def delete_order(self, name: str) -> None: ...
+    async def load_ledger(self, directory_url: str) -> Ledger | None: ...
+    async def save_ledger(self, directory_url: str, ledger: Ledger) -> None: ...
 
 
 class CertIndex(Protocol):
@@ -337,6 +346,7 @@ class MemoryStore:
         self._states: dict[str, RenewalState] = {}
         self._accounts: dict[str, AccountRecord] = {}
         self._orders: dict[str, OrderRecord] = {}
+        self._ledgers: dict[str, Ledger] = {}
 
     async def load(self, name: str) -> CertBundle | None:
         return self._bundles.get(check_name(name))
@@ -378,13 +388,19 @@ class MemoryStore:
     async def delete_order(self, name: str) -> None:
         self._orders.pop(check_name(name), None)
 
+    async def load_ledger(self, directory_url: str) -> Ledger | None:
+        return self._ledgers.get(directory_url)
+
+    async def save_ledger(self, directory_url: str, ledger: Ledger) -> None:
+        self._ledgers[directory_url] = ledger
+
 
 def open_store(settings: CertStoreSettings, data_dir: Path | None, state_dir: Path) -> CertStore:
     """The store the configuration asks for. No I/O happens until first use.
 
     Args:
         settings: ``tls_automation.cert_store``.
-        data_dir: ``tls_automation.acme.data_dir`` (state, accounts, orders),
+        data_dir: ``tls_automation.acme.data_dir`` (state, accounts, orders, ledgers),
             or None for ``<state_dir>/acme``.
         state_dir: ``server.state_dir``; certificates default to
             ``<state_dir>/certs``.

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import pytest
 import trustme
 
-from snakeway.acme import filestore
+from snakeway.acme import filerecords, filestore
+from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger, RateLimits, record_issued, spend_order, when_allowed
 from snakeway.acme.filestore import FileStore
-from snakeway.acme.schedule import RenewalState
+from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import (
     AccountRecord,
     CertBundle,
@@ -46,6 +47,16 @@ OTHER_DIRECTORY = "https://staging.acme.test/directory"
 class FixedClock:
     def now(self) -> datetime:
         return NOW
+
+
+class SteppedClock:
+    """A wall clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.at = NOW
+
+    def now(self) -> datetime:
+        return self.at
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +96,7 @@ async def test_empty_store(store: CertStore) -> None:
     assert await store.load_state("a.test") is None
     assert await store.load_account(DIRECTORY) is None
     assert await store.load_order("a.test") is None
+    assert await store.load_ledger(DIRECTORY) is None
 
 
 async def test_save_load_round_trip(store: CertStore, ca: trustme.CA) -> None:
@@ -174,6 +186,23 @@ async def test_account_per_directory(store: CertStore, ca: trustme.CA) -> None:
     assert await store.load_account(DIRECTORY) == registered
 
 
+def a_ledger() -> Ledger:
+    ledger = spend_order(spend_order(Ledger(), NOW - timedelta(hours=1)), NOW)
+    return record_issued(ledger, ["a.test", "www.a.test"], NOW, renewal=True)
+
+
+async def test_ledger_per_directory(store: CertStore) -> None:
+    first, other = a_ledger(), spend_order(Ledger(), NOW)
+    await store.save_ledger(DIRECTORY, first)
+    await store.save_ledger(OTHER_DIRECTORY, other)
+    assert await store.load_ledger(DIRECTORY) == first
+    assert await store.load_ledger(OTHER_DIRECTORY) == other
+    spent = spend_order(first, NOW + timedelta(minutes=1))
+    await store.save_ledger(DIRECTORY, spent)
+    assert await store.load_ledger(DIRECTORY) == spent
+    assert await store.load_ledger(OTHER_DIRECTORY) == other
+
+
 async def test_order_save_load_delete(store: CertStore, ca: trustme.CA) -> None:
     order = OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW)
     await store.save_order(order)
@@ -259,6 +288,8 @@ async def test_private_files_and_dirs_are_private(files: FileStore, ca: trustme.
     await files.save_state(RenewalState("a.test"))
     await files.save_account(AccountRecord(DIRECTORY, key_pem(ca), None))
     await files.save_order(OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW))
+    await files.save_ledger(DIRECTORY, a_ledger())
+    assert len(list(files.data_dir.glob("ledgers/*.json"))) == 1
     keys = [files.cert_dir / "a.test" / "key.pem", *files.data_dir.glob("accounts/*/account.key")]
     keys.append(files.data_dir / "orders" / "a.test.key")
     assert len(keys) == 3
@@ -294,12 +325,14 @@ async def test_persists_across_instances(files: FileStore, ca: trustme.CA) -> No
     await files.save_state(state)
     await files.save_account(account)
     await files.save_order(order)
+    await files.save_ledger(DIRECTORY, a_ledger())
     again = FileStore(files.cert_dir, files.data_dir)
     assert await again.list() == ["a.test"]
     assert await again.load("a.test") == bundle
     assert await again.load_state("a.test") == state
     assert await again.load_account(DIRECTORY) == account
     assert await again.load_order("a.test") == order
+    assert await again.load_ledger(DIRECTORY) == a_ledger()
 
 
 def _edit_meta(version: Path, key: str, value: object) -> None:
@@ -420,15 +453,114 @@ async def test_interrupted_account_save_is_detected(
     assert "interrupted save" in caplog.text
 
 
-async def test_corrupt_state_and_order(files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
-    await files.save_state(RenewalState("a.test"))
+async def test_corrupt_order_is_missing(files: FileStore, ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
     await files.save_order(OrderRecord("a.test", "https://acme.test/order/1", key_pem(ca), NOW))
-    (files.data_dir / "state" / "a.test.json").write_text('{"name": "a.test", "failures": -1}')
     (files.data_dir / "orders" / "a.test.key").write_bytes(key_pem(ca))
-    assert await files.load_state("a.test") is None
     assert await files.load_order("a.test") is None
-    assert "renewal state of 'a.test'" in caplog.text
     assert "order for 'a.test'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_text('{"name": "a.test", "failures": -1}'),
+        lambda path: path.write_bytes(b"{not json"),
+        lambda path: path.write_text('{"name": "b.test"}'),
+        lambda path: path.write_text('{"name": "a.test", "next_attempt": "tomorrow"}'),
+        lambda path: _truncate(path),
+    ],
+    ids=["bad-field", "not-json", "other-name", "bad-date", "truncated"],
+)
+async def test_corrupt_state_keeps_the_longest_back_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: object
+) -> None:
+    """A damaged state file must not reset the back-off: it loads as the longest one, and says so."""
+    clock = SteppedClock()
+    files = FileStore(tmp_path / "certs", tmp_path / "acme", clock=clock)
+    # A site in back-off, honouring the CA's Retry-After two days away.
+    await files.save_state(RenewalState("a.test").failed(NOW, "rateLimited", NOW + timedelta(days=2)))
+    path = files.data_dir / "state" / "a.test.json"
+    assert callable(damage)
+    damage(path)
+    damaged = path.read_bytes()
+    with caplog.at_level(logging.ERROR, logger="snakeway.acme.filestore"):
+        state = await files.load_state("a.test")
+    assert state is not None
+    assert (state.name, state.failures, state.next_attempt) == ("a.test", 4, NOW + BACKOFF_CAP)
+    assert state.last_error is not None
+    assert "corrupt" in state.last_error
+    assert not state.may_attempt(NOW + BACKOFF_CAP - timedelta(seconds=1))
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "renewal state of 'a.test'" in error.getMessage()
+    assert "longest back-off" in error.getMessage()
+    # The hold runs from when the damage was first seen, not from every load; the damaged file is kept.
+    clock.at = NOW + timedelta(hours=1)
+    assert await files.load_state("a.test") == state
+    assert (path.parent / "a.test.json.corrupt").read_bytes() == damaged
+    # The next save replaces it as usual.
+    await files.save_state(state.succeeded(NOW + timedelta(hours=7)))
+    assert await files.load_state("a.test") == state.succeeded(NOW + timedelta(hours=7))
+
+
+def test_conservative_state_is_the_cap_of_the_back_off() -> None:
+    state = filestore.conservative_state("a.test", NOW, "not valid JSON")
+    assert state.next_attempt == NOW + BACKOFF_CAP
+    # One more failure keeps the cap: the back-off cannot shrink from here.
+    assert state.failed(NOW, "again").next_attempt == NOW + BACKOFF_CAP
+    assert state.last_error is not None
+    assert "not valid JSON" in state.last_error
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'{"directory_url": "https://other.test/directory", "ledger": {"version": 1}}',
+        b'{"directory_url": "https://acme.test/directory", "ledger": {"version": 1, "orders": ["soon"]}}',
+        b'{"directory_url": "https://acme.test/directory", "ledger": {"version": 99}}',
+        b'{"directory_url": "https://acme.test/directory"}',
+    ],
+    ids=["not-json", "not-object", "other-directory", "bad-moment", "unknown-version", "no-ledger"],
+)
+async def test_corrupt_ledger_admits_nothing_for_an_hour(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    """A damaged ledger must not reset the budget (every worker would order at once): it holds everything an hour."""
+    clock = SteppedClock()
+    files = FileStore(tmp_path / "certs", tmp_path / "acme", clock=clock)
+    await files.save_ledger(DIRECTORY, a_ledger())
+    (path,) = files.data_dir.glob("ledgers/*.json")
+    path.write_bytes(content)
+    with caplog.at_level(logging.ERROR, logger="snakeway.acme.filestore"):
+        ledger = await files.load_ledger(DIRECTORY)
+    assert ledger == Ledger.conservative(NOW)
+    for names, renewal in ((["a.test"], True), (["new.test"], False)):
+        assert when_allowed(ledger, RateLimits(), names, NOW, renewal=renewal) == NOW + CONSERVATIVE_HOLD
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"rate-limit ledger for {DIRECTORY}" in error.getMessage()
+    assert "no order is started before" in error.getMessage()
+    clock.at = NOW + timedelta(minutes=30)
+    assert await files.load_ledger(DIRECTORY) == Ledger.conservative(NOW)  # not renewed at every load
+    assert path.with_name(path.name + ".corrupt").read_bytes() == content
+    assert await files.load_ledger(OTHER_DIRECTORY) is None
+
+
+async def test_corrupt_record_that_cannot_be_replaced_still_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = FileStore(tmp_path / "certs", tmp_path / "acme", clock=FixedClock())
+    await files.save_ledger(DIRECTORY, a_ledger())
+    (path,) = files.data_dir.glob("ledgers/*.json")
+    path.write_bytes(b"{not json")
+
+    def disk_full(path: Path, data: bytes, file_mode: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(filerecords, "write_atomic", disk_full)
+    assert await files.load_ledger(DIRECTORY) == Ledger.conservative(NOW)
+    assert "could not replace the corrupt rate-limit ledger" in caplog.text
+    assert path.read_bytes() == b"{not json"
 
 
 async def test_unreadable_entry_raises_store_error(
