@@ -10,7 +10,11 @@ certificate issuance and renewal in-process, on trio's ``MockClock``.
   :meth:`FakeCA.fail_next`, a queue of :class:`PlannedFailure` (HTTP status,
   ``Retry-After``, problem type) or :attr:`FakeCA.unreachable`.
   :data:`STEPS` names the steps a failure can be planned at; a
-  :data:`Validator` can really check an answered challenge.
+  :data:`Validator` can really check an answered challenge. For simulations it
+  also fails at random (``fault_rate``), serves one request at a time, has
+  names that never validate, enforces :class:`CALimitSettings` (Let's Encrypt's
+  rate limits, counted in :class:`CALimits`), answers ARI per an
+  :class:`AriPolicy`, and keeps a :class:`NameRecord` per name.
 * :class:`TrioLinkedClock`: a :class:`~snakeway.clock.WallClock` whose time is
   ``epoch + trio.current_time()``, so an autojump ``MockClock`` fast-forwards
   calendar dates (certificate lifetimes, renewal windows) too.
@@ -18,7 +22,14 @@ certificate issuance and renewal in-process, on trio's ``MockClock``.
   instead of a worker thread, which would let ``MockClock`` jump mid-work.
 * :func:`cert_dates`: ``(not_before, not_after)`` of a PEM certificate.
 
+* :mod:`snakeway.testing.simulate`: the renewal simulator (the real
+  ``CertManager`` on ``MockClock`` against a ``FakeCA``; ``python -m
+  snakeway.testing.simulate``).
+
 Private modules: :mod:`~snakeway.testing._fakeca` (the CA),
+:mod:`~snakeway.testing._fakeorders` (orders, validation, request latency and faults),
+:mod:`~snakeway.testing._fakebook` (accounts, issued certificates, records),
+:mod:`~snakeway.testing._fakeari` (ARI answers), :mod:`~snakeway.testing._fakelimits` (rate limits),
 :mod:`~snakeway.testing._fakecrypto` (its root, leaves and JWK thumbprints),
 :mod:`~snakeway.testing._fakefaults` (planned failures),
 :mod:`~snakeway.testing._clock`, :mod:`~snakeway.testing._offload`,
@@ -27,8 +38,13 @@ Private modules: :mod:`~snakeway.testing._fakeca` (the CA),
 
 from snakeway.testing._certs import cert_dates as cert_dates
 from snakeway.testing._clock import TrioLinkedClock as TrioLinkedClock
+from snakeway.testing._fakeari import AriPolicy as AriPolicy
+from snakeway.testing._fakeari import NameRecord as NameRecord
+from snakeway.testing._fakeari import lifetime_window as lifetime_window
 from snakeway.testing._fakeca import FakeCA as FakeCA
 from snakeway.testing._fakeca import Validator as Validator
 from snakeway.testing._fakefaults import STEPS as STEPS
 from snakeway.testing._fakefaults import PlannedFailure as PlannedFailure
+from snakeway.testing._fakelimits import CALimits as CALimits
+from snakeway.testing._fakelimits import CALimitSettings as CALimitSettings
 from snakeway.testing._offload import inline as inline

@@ -16,9 +16,16 @@ the same method names, signatures and error behaviour as
   :class:`~snakeway.errors.IssuanceError` with an HTTP status, ``Retry-After`` and
   problem type, and :attr:`FakeCA.unreachable` simulates an outage;
 * records for assertions (:attr:`FakeCA.calls`, :attr:`FakeCA.orders`,
-  :attr:`FakeCA.issued`, :attr:`FakeCA.accounts`, :attr:`FakeCA.answered`);
+  :attr:`FakeCA.issued`, :attr:`FakeCA.accounts`, :attr:`FakeCA.answered`, and
+  per name :attr:`FakeCA.records`);
 * optional latency (:attr:`FakeCA.delay`, always a ``trio.sleep``) and an optional
-  ``validator`` that really checks a challenge (e.g. fetches the http-01 token).
+  ``validator`` that really checks a challenge (e.g. fetches the http-01 token);
+* load and failure controls for simulations: random faults (``fault_rate``),
+  one request at a time (``serial_requests``), names that never validate
+  (``never_valid``), and Let's Encrypt's rate limits enforced CA-side
+  (``limits``, :mod:`snakeway.testing._fakelimits`);
+* ARI (``ari``, an :class:`~snakeway.testing.AriPolicy`) and ``replaces`` with
+  ``alreadyReplaced``, and ``resume_order`` of an order by its URL.
 
 Fidelity notes, where the real backend decides what the fake does:
 
@@ -33,6 +40,8 @@ Fidelity notes, where the real backend decides what the fake does:
   raise ``IssuanceError("timed out waiting for ...")`` once the CA's work
   (:attr:`~FakeCA.delay`, the validator) would pass the deadline, as the real
   backend's polling does.
+* A failed validation raises with the problem type of the failed challenge
+  (``unauthorized``, ``connection``, or ``invalid_problem`` for ``never_valid`` names).
 * The one deliberate difference: an authorization whose challenge was never
   answered fails at once instead of sitting "pending" until the deadline, so a
   forgotten ``answer()`` shows up as a clear error rather than a slow timeout.
@@ -41,9 +50,7 @@ Fidelity notes, where the real backend decides what the fake does:
 from __future__ import annotations
 
 import itertools
-import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, final
 
@@ -53,36 +60,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from snakeway.acme import crypto
+from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.backend import AccountInfo, ChallengeTask, OrderHandle
 from snakeway.clock import WallClock
-from snakeway.config.model import Challenge, KeyType
+from snakeway.config.model import Challenge
 from snakeway.errors import IssuanceError
-from snakeway.testing._fakecrypto import JWK_CURVES, make_root, sign_leaf, thumbprint
+from snakeway.testing._fakeari import AriPolicy, NameRecord
+from snakeway.testing._fakebook import CABook
+from snakeway.testing._fakecrypto import make_root, sign_leaf
 from snakeway.testing._fakefaults import ACME_ERROR, PlannedFailure
+from snakeway.testing._fakelimits import CALimits, CALimitSettings
+from snakeway.testing._fakeorders import Authorization, Order, RequestGate, unwrap, validate
 
 DEFAULT_LIFETIME: Final = timedelta(days=90)
 BASE_URL: Final = "https://fake-ca.test/acme"
 
 Validator = Callable[[ChallengeTask], Awaitable[bool]]
-
-
-@dataclass
-class _Authorization:
-    domain: str
-    status: str = "pending"  # pending -> valid | invalid
-    tasks: dict[Challenge, ChallengeTask] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
-class _Order:
-    url: str
-    account_uri: str
-    domains: tuple[str, ...]
-    authorizations: list[_Authorization]
-    status: str = "pending"  # pending -> ready -> valid, or invalid
-    error: str | None = None
-    chain_pem: str | None = None
+# Names whose authorizations always fail: a set of names, or a predicate.
+NeverValid = Collection[str] | Callable[[str], bool]
 
 
 @final
@@ -96,11 +91,22 @@ class FakeCA:
             (``True`` = valid). ``None`` accepts every answered challenge.
             ``OSError`` and ``trio.BrokenResourceError`` from it count as a
             failed (connection) validation; other exceptions propagate.
-        delay: Seconds of simulated CA latency per request step (``trio.sleep``).
-        renewal_window: What :meth:`renewal_info` returns (ARI); ``None`` = no ARI.
+        delay: Seconds of simulated CA latency per request (``trio.sleep``).
+        ari: How :meth:`renewal_info` answers (ARI); ``None`` = a CA without ARI.
+        renewal_window: A fixed ARI window ``(start, end)``; when set, :meth:`renewal_info` answers this
+            tuple itself, the answer of the protocol before :class:`~snakeway.acme.ari.RenewalInfo`
+            (``ari`` is the way to get RenewalInfo).
+        fault_rate: Probability that a request fails with HTTP 503 or 500 (after its latency).
+        seed: Seeds the random faults (``None``: unseeded).
+        serial_requests: Serve requests one at a time, ARI excepted, as the real backend's one
+            session does.
+        never_valid: Names whose authorizations always fail (a collection, or a predicate).
+        invalid_problem: The problem type of such a failure.
+        limits: The CA-side rate limits to enforce (``CALimitSettings()``: Let's Encrypt's);
+            ``None``: none.
 
-    All of these, and :attr:`unreachable`, are plain attributes tests may change
-    between calls.
+    All of these but ``seed`` and ``limits``, and :attr:`unreachable`, are plain attributes tests may
+    change between calls.
 
     Attributes:
         calls: Every method called, in order (failed calls included).
@@ -110,6 +116,9 @@ class FakeCA:
         answered: The challenges answered, in order.
         planned: Queue of :class:`~snakeway.testing.PlannedFailure`; a call takes the first that
             matches it.
+        replaces: The ``replaces`` of each order opened (None for an order without).
+        records: Per name: orders, failed validations, issued certificates, ARI requests, rateLimited
+            answers (:class:`~snakeway.testing.NameRecord`).
     """
 
     def __init__(
@@ -119,30 +128,68 @@ class FakeCA:
         lifetime: timedelta = DEFAULT_LIFETIME,
         validator: Validator | None = None,
         delay: float = 0.0,
+        ari: AriPolicy | None = None,
         renewal_window: tuple[datetime, datetime] | None = None,
+        fault_rate: float = 0.0,
+        seed: int | None = 0,
+        serial_requests: bool = False,
+        never_valid: NeverValid = (),
+        invalid_problem: str = ACME_ERROR + "incorrectResponse",
+        limits: CALimitSettings | None = None,
     ) -> None:
         if lifetime <= timedelta(0):
             raise ValueError(f"lifetime must be positive, got {lifetime}")
         if delay < 0:
             raise ValueError(f"delay must not be negative, got {delay}")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
         self.clock = clock
         self.lifetime = lifetime
         self.validator = validator
-        self.delay = delay
+        self.ari = ari
         self.renewal_window = renewal_window
+        self.never_valid = never_valid
+        self.invalid_problem = invalid_problem
+        self.delay = delay
+        self.fault_rate = fault_rate
+        self.serial_requests = serial_requests
         self.unreachable = False
+        self._gate = RequestGate(seed)
+        self._book = CABook(limits)
         self.calls: list[str] = []
         self.orders: list[tuple[str, ...]] = []
+        self.replaces: list[str | None] = []
         self.issued: list[int] = []
-        self.accounts: list[AccountInfo] = []
+        self.accounts = self._book.accounts
         self.answered: list[ChallengeTask] = []
         self.planned: list[PlannedFailure] = []
         self._ids = itertools.count(1)
-        self._accounts_by_key: dict[bytes, tuple[AccountInfo, str]] = {}  # public DER -> (info, thumbprint)
         self._account: tuple[AccountInfo, str] | None = None  # the current one, as the real backend's session
-        self._challenges: dict[str, tuple[_Order, _Authorization, ChallengeTask]] = {}  # by url
+        self._orders_by_url: dict[str, Order] = {}
+        self._challenges: dict[str, ChallengeTask] = {}  # by url
         self._root_key = ec.generate_private_key(ec.SECP256R1())
         self._root = make_root(self._root_key)
+
+    # --- controls ---------------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> int:
+        """Random faults answered so far (``fault_rate``)."""
+        return self._gate.faults
+
+    @property
+    def records(self) -> dict[str, NameRecord]:
+        return self._book.records
+
+    @property
+    def limits(self) -> CALimits | None:
+        """The enforced limits with their counters (``peak``, ``used``), or None."""
+        return self._book.limits
+
+    @property
+    def rate_limited(self) -> int:
+        """New orders refused with ``rateLimited``."""
+        return self._book.rate_limited
 
     @property
     def root_pem(self) -> bytes:
@@ -168,6 +215,20 @@ class FakeCA:
         failure = PlannedFailure(step=step, status=status, retry_after=retry_after, problem_type=problem_type)
         self.planned.extend([failure] * n)
 
+    def sign(self, domains: Sequence[str], key_pem: bytes, *, not_before: datetime) -> str:
+        """A chain for ``domains`` and ``key_pem``, dated ``not_before``, signed without an order.
+
+        For filling a store before a test or simulation starts: the certificate is known to
+        :meth:`renewal_info` and ``replaces``, but counts in no record or rate limit.
+        """
+        public = crypto.load_private_key(key_pem).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        names = tuple(dict.fromkeys(domains))
+        leaf = sign_leaf(self._root_key, self._root, public, names, not_before=not_before, lifetime=self.lifetime)
+        chain = self._chain(leaf)
+        self._book.certificate_issued(chain, names, leaf, replaces=None, order_url="", now=not_before, count=False)
+        return chain
+
     # --- AcmeBackend ------------------------------------------------------------------------------
 
     async def ensure_account(self, account_key_pem: bytes | None, contact: tuple[str, ...]) -> AccountInfo:
@@ -179,28 +240,19 @@ class FakeCA:
         """
         self.calls.append("ensure_account")
         await self._enter("ensure_account")
-        if account_key_pem is None:
-            account_key_pem = crypto.generate_key(KeyType.ECDSA_P256)  # P-256: well under a millisecond
-        public = crypto.load_private_key(account_key_pem).public_key()
-        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in JWK_CURVES:
-            raise ValueError(f"unsupported account key curve {public.curve.name}")
-        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        known = self._accounts_by_key.get(der)
-        if known is None:
-            info = AccountInfo(key_pem=account_key_pem, uri=f"{BASE_URL}/acct/{next(self._ids)}")
-            known = (info, thumbprint(public))
-            self._accounts_by_key[der] = known
-            self.accounts.append(info)
-        self._account = known
-        return AccountInfo(key_pem=account_key_pem, uri=known[0].uri)
+        self._account = self._book.account(account_key_pem, lambda: f"{BASE_URL}/acct/{next(self._ids)}")
+        return self._account[0]
 
-    async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle:
+    async def new_order(self, domains: Sequence[str], csr_pem: bytes, *, replaces: str | None = None) -> OrderHandle:
         """Open an order for the names in ``csr_pem``, which must be ``domains``.
+
+        ``replaces`` is the ARI CertID of the certificate this order renews (RFC 9773 §5).
 
         Raises:
             ValueError: The CSR's names differ from ``domains``.
             RuntimeError: No account yet.
-            IssuanceError: Unreachable, or a planned failure.
+            IssuanceError: Unreachable, a planned failure, ``replaces`` unknown (``malformed``) or
+                already replaced (``alreadyReplaced``), or a rate limit (429 ``rateLimited``).
         """
         self.calls.append("new_order")
         if set(crypto.csr_names(csr_pem)) != set(domains):
@@ -208,14 +260,33 @@ class FakeCA:
         account, _ = self._require()
         await self._enter("new_order")
         names = tuple(dict.fromkeys(domains))
-        order = _Order(
+        self._book.accept_order(account.uri, names, replaces, self.clock.now())
+        order = Order(
             url=f"{BASE_URL}/order/{next(self._ids)}",
             account_uri=account.uri,
             domains=names,
-            authorizations=[_Authorization(domain) for domain in names],
+            authorizations=[Authorization(domain) for domain in names],
+            replaces=replaces,
         )
+        self._orders_by_url[order.url] = order
         self.orders.append(names)
+        self.replaces.append(replaces)
         return OrderHandle(url=order.url, domains=tuple(domains), resource=order)
+
+    async def resume_order(self, order_url: str) -> OrderHandle:
+        """The order at ``order_url``, as it is now (e.g. one interrupted after finalize).
+
+        Raises:
+            RuntimeError: No account yet.
+            IssuanceError: Unreachable, a planned failure, or no such order of this account (404).
+        """
+        self.calls.append("resume_order")
+        account, _ = self._require()
+        await self._enter("resume_order")
+        order = self._orders_by_url.get(order_url)
+        if order is None or order.account_uri != account.uri:
+            raise IssuanceError(f"no such order {order_url}", status=404, problem_type=ACME_ERROR + "malformed")
+        return OrderHandle(url=order.url, domains=order.domains, resource=order)
 
     def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]:
         """The ``kind`` challenges still to answer (valid authorizations are skipped).
@@ -228,24 +299,10 @@ class FakeCA:
         self.calls.append("challenges")
         _, thumbprint = self._require()
         self._inject("challenges")
-        state = _unwrap(order)
-        tasks = []
-        for authz in state.authorizations:
-            if authz.status == "valid":
-                continue
-            if authz.status != "pending":
-                raise IssuanceError(f"authorization for {authz.domain} is {authz.status}")
-            task = authz.tasks.get(kind)
-            if task is None:
-                token = secrets.token_urlsafe(32)
-                url = f"{BASE_URL}/chall/{next(self._ids)}"
-                task = ChallengeTask(
-                    domain=authz.domain, kind=kind, token=token,
-                    key_authorization=f"{token}.{thumbprint}", url=url, body=state,
-                )
-                authz.tasks[kind] = task
-                self._challenges[url] = (state, authz, task)
-            tasks.append(task)
+        state = unwrap(order)
+        tasks = state.tasks(kind, thumbprint, lambda: f"{BASE_URL}/chall/{next(self._ids)}")
+        for task in tasks:
+            self._challenges[task.url] = task
         return tasks
 
     async def answer(self, task: ChallengeTask) -> None:
@@ -265,25 +322,26 @@ class FakeCA:
         """Validate the order's answered challenges (with ``validator``, if any).
 
         Raises:
-            IssuanceError: An authorization failed (the order becomes invalid),
-                a challenge was never answered, the deadline passed,
+            IssuanceError: An authorization failed (the order becomes invalid; the error carries the
+                challenge's problem type), a challenge was never answered, the deadline passed,
                 unreachable, or a planned failure.
         """
         self.calls.append("wait_authorizations")
         self._require()
         await self._enter("wait_authorizations", deadline=deadline, what="authorizations")
-        state = _unwrap(order)
+        state = unwrap(order)
         answered = {task.url for task in self.answered}
         for authz in state.authorizations:
             if authz.status == "pending":
                 await self._validate(state, authz, answered, deadline)
             if authz.status != "valid":
-                raise IssuanceError(f"authorization for {authz.domain} is {authz.status}: {authz.error}")
+                raise IssuanceError(f"authorization for {authz.domain} is {authz.status}: {authz.error}",
+                                    problem_type=authz.problem)
         if state.status == "pending":
             state.status = "ready"
 
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
-        """Issue the certificate for a ready order.
+        """Issue the certificate for a ready order; for an order already valid, download its chain.
 
         Returns:
             Leaf and root, PEM, leaf first.
@@ -296,7 +354,7 @@ class FakeCA:
         self.calls.append("finalize")
         self._require()
         await self._enter("finalize", deadline=deadline, what="the order")
-        state = _unwrap(order)
+        state = unwrap(order)
         if state.status == "valid" and state.chain_pem is not None:
             return state.chain_pem
         if state.status == "invalid":
@@ -314,23 +372,30 @@ class FakeCA:
                 status=400, problem_type=ACME_ERROR + "badCSR",
             )
         leaf = self._sign(csr, names)
+        chain = self._chain(leaf)
+        self._book.certificate_issued(chain, state.domains, leaf, replaces=state.replaces, order_url=state.url,
+                                      now=self.clock.now())
         self.issued.append(leaf.serial_number)
-        state.status = "valid"
-        state.chain_pem = (leaf.public_bytes(serialization.Encoding.PEM) + self.root_pem).decode("ascii")
-        return state.chain_pem
+        state.status, state.chain_pem = "valid", chain
+        return chain
 
-    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None:
-        """:attr:`renewal_window` (ARI), or None when it is None (a CA without ARI).
+    async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
+        """The ARI answer for ``cert_pem`` per :attr:`ari`; None when the CA has no ARI.
 
         Raises:
             ValueError: ``cert_pem`` has no authority key identifier (no ARI CertID).
-            IssuanceError: Unreachable, or a planned failure.
+            IssuanceError: Unreachable, a planned failure, or a malformed answer (``AriPolicy.malformed``).
         """
         self.calls.append("renewal_info")
         self._require()
-        crypto.ari_cert_id(cert_pem)
+        cert = self._book.lookup(cert_pem)
         await self._enter("renewal_info")
-        return self.renewal_window
+        self._book.ari_requested(cert)
+        if self.renewal_window is not None:
+            return self.renewal_window  # type: ignore[return-value]  # the protocol's older tuple answer
+        if self.ari is None:
+            return None
+        return self.ari.answer(cert, self.clock.now())
 
     async def aclose(self) -> None:
         """Forget the current account, as the real backend closes its session."""
@@ -346,14 +411,12 @@ class FakeCA:
         return self._account
 
     async def _enter(self, step: str, *, deadline: float | None = None, what: str = "") -> None:
-        """A request to the CA: outage, latency (bounded by ``deadline``), planned failure."""
+        """A request to the CA: outage, turn, latency (bounded by ``deadline``), faults."""
         if self.unreachable:
             await trio.lowlevel.checkpoint()
             raise IssuanceError("connection refused", status=None)
-        if deadline is None:
-            await trio.sleep(self.delay)
-        else:
-            await _work_until(deadline, self.delay, what)
+        serial = self.serial_requests and step != "renewal_info"
+        await self._gate.enter(self.delay, self.fault_rate, serial=serial, deadline=deadline, what=what)
         self._inject(step)
 
     def _inject(self, step: str) -> None:
@@ -362,28 +425,14 @@ class FakeCA:
                 del self.planned[index]
                 raise failure.error(step, self.clock.now())
 
-    async def _validate(self, order: _Order, authz: _Authorization, answered: set[str], deadline: float) -> None:
-        tasks = [task for task in authz.tasks.values() if task.url in answered]
-        if not tasks:
-            authz.status, authz.error = "pending", "no challenge was answered"
-            return
-        task = tasks[0]
-        if self.validator is None:
-            authz.status = "valid"
-            return
-        error = f"{task.kind.value}: the validator rejected the answer ({ACME_ERROR}unauthorized)"
-        with trio.move_on_at(deadline) as scope:
-            try:
-                ok = await self.validator(task)
-            except (OSError, trio.BrokenResourceError) as exc:
-                ok, error = False, f"{task.kind.value}: {exc!r} ({ACME_ERROR}connection)"
-        if scope.cancelled_caught:
-            raise IssuanceError("timed out waiting for authorizations")
-        if ok:
-            authz.status = "valid"
-        else:
-            authz.status, authz.error = "invalid", error
+    async def _validate(self, order: Order, authz: Authorization, answered: set[str], deadline: float) -> None:
+        never = self.never_valid
+        never_valid = never(authz.domain) if callable(never) else authz.domain in never
+        failure = await validate(authz, answered, self.validator if not never_valid else None, deadline,
+                                 never_valid=self.invalid_problem if never_valid else None)
+        if failure:
             order.status, order.error = "invalid", f"authorization for {authz.domain} failed"
+            self._book.validation_failed(authz.domain, self.clock.now())
 
     def _sign(self, csr: x509.CertificateSigningRequest, names: tuple[str, ...]) -> x509.Certificate:
         public = csr.public_key()
@@ -393,20 +442,5 @@ class FakeCA:
         not_before = self.clock.now().astimezone(UTC).replace(microsecond=0)
         return sign_leaf(self._root_key, self._root, public, names, not_before=not_before, lifetime=self.lifetime)
 
-
-def _unwrap(order: OrderHandle) -> _Order:
-    if not isinstance(order.resource, _Order):
-        raise TypeError(f"expected an order from FakeCA, got {type(order.resource).__name__}")
-    return order.resource
-
-
-async def _work_until(deadline: float, delay: float, what: str) -> None:
-    """Spend ``delay`` seconds of CA work, or raise at ``deadline`` if that comes first."""
-    remaining = deadline - trio.current_time()
-    if remaining <= 0:
-        await trio.lowlevel.checkpoint()
-        raise IssuanceError(f"timed out waiting for {what}")
-    if delay > remaining:
-        await trio.sleep(remaining)
-        raise IssuanceError(f"timed out waiting for {what}")
-    await trio.sleep(delay)
+    def _chain(self, leaf: x509.Certificate) -> str:
+        return (leaf.public_bytes(serialization.Encoding.PEM) + self.root_pem).decode("ascii")

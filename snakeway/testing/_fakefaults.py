@@ -19,6 +19,7 @@ ACME_ERROR: Final = "urn:ietf:params:acme:error:"
 STEPS: Final = (
     "ensure_account",
     "new_order",
+    "resume_order",
     "challenges",
     "answer",
     "wait_authorizations",
