@@ -11,15 +11,24 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   (``poll_and_finalize``, ``poll_authorizations``, ``finalize_order`` with its
   naive ``datetime.now()`` deadline). Waits happen in trio between polls
   (0.01 s doubling to ``POLL_MAX``, or the CA's ``Retry-After``): cancellable.
-* ``badNonce`` is retried per request (the CA did not act on it, so a retry is
-  safe); the library alone retries only once.
+* ``badNonce`` is retried per request (:class:`~snakeway.acme.acmelib.Network`).
 * acme, josepy and requests errors become :class:`~snakeway.errors.IssuanceError`
   in the worker thread, where the failed response (status, ``Retry-After``) is at hand.
 * tls-alpn-01 (RFC 8737) is unknown to acme 5.x (an ``UnrecognizedChallenge``), so
   key authorizations are computed here for every type (RFC 8555 §8.1) and the
   answer is always the empty JSON object.
+* Orders are opened and fetched here, not by ``ClientV2.new_order``: its payload has
+  no ``replaces`` (RFC 9773 §5), sent only when the directory offers ``renewalInfo``.
+  :meth:`~ClientV2Backend.resume_order` fetches an order by URL, and ``finalize``
+  starts from the status it holds: a ``valid`` order is only downloaded, a
+  ``processing`` one only polled, so an interrupted issuance never issues twice.
+* ARI (RFC 9773) GETs are unauthenticated: they go through a session and a
+  ``CapacityLimiter(ARI_CONCURRENCY)`` of their own (:mod:`snakeway.acme.ari_wire`),
+  never behind an order holding the nonce set.
 
-Only this module imports ``acme.client``, ``acme.messages`` and ``josepy``.
+Only this module and its adapters in :mod:`snakeway.acme.acmelib` import ``acme`` and
+``josepy``. The protocol and its records live in :mod:`snakeway.acme.protocol` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -27,31 +36,35 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar, TypeVarTuple, final
+from typing import TypeVar, TypeVarTuple, final
 
 import requests
 import trio
-from acme import challenges as acme_challenges
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from josepy import errors as jose_errors
 from josepy.b64 import b64encode
 from josepy.interfaces import JSONDeSerializable
-from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
-from josepy.jwk import JWK, JWKEC, JWKRSA
+from josepy.jwa import JWASignature
+from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import crypto
+from snakeway.acme import acmelib, ari_wire, crypto
+from snakeway.acme.ari import RenewalInfo
+from snakeway.acme.protocol import AccountInfo as AccountInfo
+from snakeway.acme.protocol import AcmeBackend as AcmeBackend
+from snakeway.acme.protocol import ChallengeTask, OrderHandle
 from snakeway.acme.schedule import parse_retry_after
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
+from snakeway.tls.certinfo import CertificateError
+
+__all__ = ["AccountInfo", "AcmeBackend", "ChallengeTask", "ClientV2Backend", "OrderHandle"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,77 +75,8 @@ USER_AGENT = f"snakeway/{__version__}"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
 POLL_FIRST = 0.01  # doubling: a CA that validates at once is seen at once, a slow one costs a few polls more
 POLL_MAX = 3.0
-BAD_NONCE_ROUNDS = 8  # ClientNetwork.post tries twice per round: 16 tries in all
+ARI_CONCURRENCY = 4  # ARI GETs in flight at once per backend
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")  # base64url, >= 128 bits (RFC 8555 §8.1)
-
-
-@final
-@dataclass(frozen=True)
-class AccountInfo:
-    """An ACME account: store both, so the next start finds the same account."""
-
-    key_pem: bytes
-    uri: str
-
-
-@final
-@dataclass(frozen=True)
-class OrderHandle:
-    """An open order. ``url`` identifies it; the rest is the backend's business."""
-
-    url: str
-    domains: tuple[str, ...]
-    resource: object = field(repr=False, compare=False)
-
-
-@final
-@dataclass(frozen=True)
-class ChallengeTask:
-    """One challenge to satisfy before :meth:`AcmeBackend.answer`.
-
-    http-01: serve ``key_authorization`` at ``/.well-known/acme-challenge/<token>``
-    for ``domain``. tls-alpn-01: serve, for SNI ``domain`` and ALPN
-    ``acme-tls/1``, a certificate for ``domain`` whose acmeIdentifier extension
-    holds ``sha256(key_authorization)`` (RFC 8737 §3).
-    """
-
-    domain: str
-    kind: Challenge
-    token: str
-    key_authorization: str
-    url: str
-    body: object = field(repr=False, compare=False)
-
-
-class AcmeBackend(Protocol):
-    """What :mod:`snakeway.acme.manager` needs from an ACME CA (``FakeCA`` in tests).
-
-    Deadlines are absolute ``trio.current_time()`` values. Every failure is an
-    :class:`~snakeway.errors.IssuanceError`.
-    """
-
-    async def ensure_account(self, account_key_pem: bytes | None, contact: tuple[str, ...]) -> AccountInfo: ...
-    async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle: ...
-    def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]: ...
-    async def answer(self, task: ChallengeTask) -> None: ...
-    async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None: ...
-    async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str: ...
-    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None: ...
-    async def aclose(self) -> None: ...
-
-
-class _Network(acme_client.ClientNetwork):
-    """``ClientNetwork`` that retries ``badNonce`` until it gets through."""
-
-    def post(self, *args: object, **kwargs: object) -> requests.Response:
-        for round_ in range(1, BAD_NONCE_ROUNDS + 1):
-            try:
-                return super().post(*args, **kwargs)
-            except messages.Error as error:
-                if error.code != "badNonce" or round_ == BAD_NONCE_ROUNDS:
-                    raise
-                logger.debug("badNonce twice in a row, retrying (round %d)", round_)
-        raise AssertionError("unreachable")
 
 
 @final
@@ -146,7 +90,7 @@ class ClientV2Backend:
         timeout: Seconds per HTTP request.
 
     Resource handling:
-        Call :meth:`aclose` to close the HTTP session.
+        Call :meth:`aclose` to close the HTTP sessions.
 
     .. warning::
        A cancelled call returns only when the HTTP request in its thread ends
@@ -168,9 +112,11 @@ class ClientV2Backend:
         self._timeout = timeout
         self._limiter = trio.CapacityLimiter(1)
         self._client: acme_client.ClientV2 | None = None
-        self._net: _Network | None = None
+        self._net: acmelib.Network | None = None
         self._jwk: JWK | None = None
         self._last_response: requests.Response | None = None  # of the call in progress
+        self._ari_limiter = trio.CapacityLimiter(ARI_CONCURRENCY)
+        self._ari_session = ari_wire.open_session(self._verify, user_agent)
 
     async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
@@ -201,7 +147,7 @@ class ClientV2Backend:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
 
-    def _require(self) -> tuple[acme_client.ClientV2, _Network]:
+    def _require(self) -> tuple[acme_client.ClientV2, acmelib.Network]:
         if self._client is None or self._net is None:
             raise RuntimeError("call ensure_account() first")
         return self._client, self._net
@@ -222,12 +168,12 @@ class ClientV2Backend:
         """
         if account_key_pem is None:
             account_key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
-        jwk, alg = _jwk_for(account_key_pem)
+        jwk, alg = acmelib.jwk_for(account_key_pem)
         uri = await self._run(self._register, jwk, alg, contact)
         return AccountInfo(key_pem=account_key_pem, uri=uri)
 
     def _register(self, jwk: JWK, alg: JWASignature, contact: tuple[str, ...]) -> str:
-        net = _Network(
+        net = acmelib.Network(
             key=jwk,
             alg=alg,
             verify_ssl=self._verify,  # type: ignore[arg-type]  # requests' verify= takes a CA path too
@@ -254,13 +200,58 @@ class ClientV2Backend:
         self._client, self._net, self._jwk = client, net, jwk
         return str(regr.uri)
 
-    async def new_order(self, domains: Sequence[str], csr_pem: bytes) -> OrderHandle:
-        """Open an order for the names in ``csr_pem``, which must be ``domains``."""
-        if set(crypto.csr_names(csr_pem)) != set(domains):
-            raise ValueError(f"CSR names {crypto.csr_names(csr_pem)} differ from {tuple(domains)}")
+    async def new_order(self, domains: Sequence[str], csr_pem: bytes, *, replaces: str | None = None) -> OrderHandle:
+        """Open an order for the names in ``csr_pem``, which must be ``domains``.
+
+        Args:
+            replaces: The ARI CertID of the certificate this order renews
+                (:func:`~snakeway.acme.crypto.ari_cert_id`); sent only when the
+                directory offers ``renewalInfo``.
+
+        Raises:
+            IssuanceError: The CA refused; a CA that holds the certificate already
+                replaced answers ``problem_type`` ``urn:ietf:params:acme:error:alreadyReplaced``
+                (order again without ``replaces``).
+        """
+        names = crypto.csr_names(csr_pem)
+        if set(names) != set(domains):
+            raise ValueError(f"CSR names {names} differ from {tuple(domains)}")
         client, _ = self._require()
-        orderr = await self._run(client.new_order, csr_pem)
+        if acmelib.directory_url(client, "renewalInfo") is None:
+            replaces = None
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in names]
+        payload = acmelib.NewOrder(identifiers=identifiers, replaces=replaces)
+        orderr = await self._run(self._open_order, client.directory["newOrder"], payload)
         return OrderHandle(url=str(orderr.uri), domains=tuple(domains), resource=orderr)
+
+    async def resume_order(self, order_url: str) -> OrderHandle:
+        """Fetch an existing order (POST-as-GET), e.g. one interrupted after finalize.
+
+        The handle serves :meth:`challenges`, :meth:`wait_authorizations` and
+        :meth:`finalize` like one from :meth:`new_order`: ``finalize`` of a
+        ``valid`` order downloads its chain without finalizing again.
+
+        Raises:
+            IssuanceError: The CA does not know the order, or could not be reached.
+        """
+        self._require()
+        orderr = await self._run(self._open_order, order_url, None)
+        domains = tuple(str(identifier.value) for identifier in orderr.body.identifiers)
+        return OrderHandle(url=order_url, domains=domains, resource=orderr)
+
+    def _open_order(self, url: str, payload: acmelib.NewOrder | None) -> messages.OrderResource:
+        """POST a new order (or POST-as-GET one) and fetch its pending authorizations (worker thread)."""
+        response = self._post(url, payload)
+        body = messages.Order.from_json(response.json())
+        uri = response.headers.get("Location") if payload is not None else url
+        if not uri:
+            raise IssuanceError(f"the CA's new order has no Location (status {response.status_code})")
+        authorizations = []
+        if body.status in (messages.STATUS_PENDING, None):  # the only status with challenges left to answer
+            for authz_url in body.authorizations:
+                authz = messages.Authorization.from_json(self._post(authz_url, None).json())
+                authorizations.append(messages.AuthorizationResource(body=authz, uri=authz_url))
+        return messages.OrderResource(body=body, uri=uri, authorizations=authorizations)
 
     def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]:
         """The ``kind`` challenges still to answer (already valid authorizations are skipped).
@@ -300,7 +291,7 @@ class ClientV2Backend:
     async def answer(self, task: ChallengeTask) -> None:
         """Tell the CA that ``task`` is ready to be validated (POST ``{}``)."""
         client, _ = self._require()
-        response = _EmptyResponse(key_authorization=task.key_authorization)
+        response = acmelib.EmptyResponse(key_authorization=task.key_authorization)
         await self._run(client.answer_challenge, _challenge_body(task), response)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
@@ -322,9 +313,9 @@ class ClientV2Backend:
                 if status == messages.STATUS_VALID:
                     continue
                 if status != messages.STATUS_PENDING:
-                    raise IssuanceError(_authz_failure(fresh))
+                    raise IssuanceError(acmelib.authz_failure(fresh))
                 still.append(fresh)
-                hint = _retry_after_seconds(response) if hint is None else hint
+                hint = acmelib.retry_after_seconds(response) if hint is None else hint
             if not still:
                 return
             pending = still
@@ -334,6 +325,9 @@ class ClientV2Backend:
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
         """Send the CSR, poll the order until valid, and download the chain.
 
+        An order already ``valid`` (from :meth:`resume_order`) is only
+        downloaded, and one ``processing`` only polled: the CSR goes out once.
+
         Returns:
             The full chain PEM (leaf first) as the CA serves it.
 
@@ -342,13 +336,16 @@ class ClientV2Backend:
         """
         self._require()
         request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem))
-        finalize_url = _order(order).body.finalize
-        try:
-            body, hint = await self._run(self._order_step, finalize_url, request)
-        except IssuanceError as exc:
-            if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
-                raise
-            body, hint = await self._run(self._order_step, order.url, None)
+        body: messages.Order = _order(order).body
+        finalize_url = body.finalize
+        hint: float | None = None
+        if body.status not in acmelib.FINALIZED:  # pending (as new_order saw it) or ready: send the CSR
+            try:
+                body, hint = await self._run(self._order_step, finalize_url, request)
+            except IssuanceError as exc:
+                if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
+                    raise
+                body, hint = await self._run(self._order_step, order.url, None)
         delay = POLL_FIRST
         while True:
             if body.status == messages.STATUS_VALID and body.certificate is not None:
@@ -368,31 +365,38 @@ class ClientV2Backend:
     def _order_step(self, url: str, obj: JSONDeSerializable | None) -> tuple[messages.Order, float | None]:
         """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
         response = self._post(url, obj)
-        return messages.Order.from_json(response.json()), _retry_after_seconds(response)
+        return messages.Order.from_json(response.json()), acmelib.retry_after_seconds(response)
 
-    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None:
-        """The CA's suggested renewal window (ARI, RFC 9773), or None if it has no ARI."""
-        client, net = self._require()
-        try:
-            base = client.directory["renewalInfo"]
-        except KeyError:
+    async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
+        """The CA's renewal information for a certificate (ARI, RFC 9773), or None if it has no ARI.
+
+        An unauthenticated GET through the ARI session and limiter: it never
+        waits for an order in progress.
+
+        Raises:
+            IssuanceError: The request failed, or the answer is malformed (see
+                :func:`~snakeway.acme.ari_wire.parse_renewal_info`); the
+                certificate has no authority key identifier.
+        """
+        client, _ = self._require()
+        base = acmelib.directory_url(client, "renewalInfo")
+        if base is None:
             return None
-        url = f"{str(base).rstrip('/')}/{crypto.ari_cert_id(cert_pem)}"
-        window = await self._run(_fetch_window, net, url)
-        return window.start.astimezone(UTC), window.end.astimezone(UTC)
+        try:
+            cert_id = crypto.ari_cert_id(cert_pem)
+        except (ValueError, CertificateError) as exc:
+            raise IssuanceError(f"no ARI CertID: {exc}") from exc
+        url = f"{base.rstrip('/')}/{cert_id}"
+        fetch = partial(ari_wire.fetch_renewal_info, self._ari_session, url, self._timeout)
+        return await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
 
     async def aclose(self) -> None:
-        """Close the HTTP session (waits for a call in flight)."""
+        """Close the HTTP sessions (waits for an order call in flight; an ARI GET in flight still completes)."""
+        self._ari_session.close()
         async with self._limiter:
             if self._net is not None:
                 self._net.session.close()
             self._client = self._net = None
-
-
-class _EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):
-    """Serializes to ``{}``: the answer to any key-authorization challenge (RFC 8555 §7.5.1)."""
-
-    typ = "snakeway-generic"
 
 
 def _order(order: OrderHandle) -> messages.OrderResource:
@@ -407,34 +411,6 @@ def _unwrap(value: object, cls: type[T]) -> T:
     if not isinstance(value, cls):
         raise TypeError(f"expected {cls.__name__} from ClientV2Backend, got {type(value).__name__}")
     return value
-
-
-def _jwk_for(key_pem: bytes) -> tuple[JWK, JWASignature]:
-    key = crypto.load_private_key(key_pem)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        algs = {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}
-        if key.curve.name not in algs:
-            raise ValueError(f"unsupported account key curve {key.curve.name}")
-        return JWKEC(key=key), algs[key.curve.name]
-    return JWKRSA(key=key), RS256
-
-
-def _fetch_window(net: _Network, url: str) -> messages.RenewalInfo.SuggestedWindow:
-    info: messages.RenewalInfo = messages.RenewalInfo.from_json(net.get(url).json())
-    return info.suggested_window
-
-
-def _authz_failure(authzr: messages.AuthorizationResource) -> str:
-    authz = authzr.body
-    errors = [f"{c.chall.to_partial_json().get('type')}: {c.error}" for c in authz.challenges if c.error]
-    reason = "; ".join(errors) if errors else "no reason given"
-    return f"authorization for {authz.identifier.value} is {authz.status.name}: {reason}"
-
-
-def _retry_after_seconds(response: requests.Response) -> float | None:
-    now = datetime.now(UTC)
-    when = parse_retry_after(response.headers.get("Retry-After"), now)
-    return None if when is None else max(0.0, (when - now).total_seconds())
 
 
 async def _nap(deadline: float, delay: float, what: str) -> None:

@@ -12,18 +12,21 @@ import datetime
 import ssl
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trio
 from cryptography import x509
 
 from snakeway.acme import crypto
-from snakeway.acme.backend import AcmeBackend, ChallengeTask, ClientV2Backend
+from snakeway.acme.backend import AccountInfo, AcmeBackend, ChallengeTask, ClientV2Backend, OrderHandle
 from snakeway.acme.tlsalpn import ACME_TLS_ALPN, TlsAlpnChallenges
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 from snakeway.testing import cert_dates
 from snakeway.tls.certinfo import leaf_info, load_chain
+from tests.ariproxy import AriProxy
 from tests.pebble import LOOPBACK, Pebble
 
 DOMAINS = ("a.example.test", "b.example.test")
@@ -96,22 +99,34 @@ async def serve_tls_alpn01(
 # -- the issuance flow ----------------------------------------------------------
 
 
-async def issue(
-    backend: AcmeBackend, domains: Sequence[str], kind: Challenge, provision: dict[str, ChallengeTask]
-) -> tuple[str, list[ChallengeTask], float]:
-    """One order from new-order to downloaded chain; returns chain, tasks and seconds."""
-    started = time.perf_counter()
-    key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
-    csr_pem = crypto.make_csr(key_pem, domains)
-    deadline = trio.current_time() + ISSUANCE_TIMEOUT
-    order = await backend.new_order(domains, csr_pem)
+async def validate(
+    backend: AcmeBackend, order: OrderHandle, kind: Challenge, provision: dict[str, ChallengeTask]
+) -> list[ChallengeTask]:
+    """Answer the order's challenges from ``provision`` and wait until its authorizations are valid."""
     tasks = backend.challenges(order, kind)
     for task in tasks:
         provision[task.token if kind is Challenge.HTTP_01 else task.domain] = task
     for task in tasks:
         await backend.answer(task)
-    await backend.wait_authorizations(order, deadline)
-    chain = await backend.finalize(order, csr_pem, deadline)
+    await backend.wait_authorizations(order, trio.current_time() + ISSUANCE_TIMEOUT)
+    return tasks
+
+
+async def issue(
+    backend: AcmeBackend,
+    domains: Sequence[str],
+    kind: Challenge,
+    provision: dict[str, ChallengeTask],
+    *,
+    replaces: str | None = None,
+) -> tuple[str, list[ChallengeTask], float]:
+    """One order from new-order to downloaded chain; returns chain, tasks and seconds."""
+    started = time.perf_counter()
+    key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
+    csr_pem = crypto.make_csr(key_pem, domains)
+    order = await backend.new_order(domains, csr_pem, replaces=replaces)
+    tasks = await validate(backend, order, kind, provision)
+    chain = await backend.finalize(order, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
     return chain, tasks, time.perf_counter() - started
 
 
@@ -137,11 +152,17 @@ async def start_http01(nursery: trio.Nursery, pebble: Pebble) -> dict[str, Chall
     return provision
 
 
-async def new_backend(pebble: Pebble) -> ClientV2Backend:
-    backend = ClientV2Backend(pebble.directory_url, ca_file=pebble.ca_file)
-    account = await backend.ensure_account(None, ("mailto:admin@example.test",))
+async def new_account(ca: Pebble | AriProxy, key_pem: bytes | None = None) -> tuple[ClientV2Backend, AccountInfo]:
+    """A backend with an account at ``ca`` (Pebble, or the ARI front before it); a new account unless ``key_pem``."""
+    backend = ClientV2Backend(ca.directory_url, ca_file=ca.ca_file)
+    account = await backend.ensure_account(key_pem, ("mailto:admin@example.test",))
     assert account.uri.startswith("https://127.0.0.1:")
     assert b"PRIVATE KEY" in account.key_pem
+    return backend, account
+
+
+async def new_backend(ca: Pebble | AriProxy) -> ClientV2Backend:
+    backend, _ = await new_account(ca)
     return backend
 
 
@@ -262,3 +283,94 @@ async def test_untrusted_ca_is_an_issuance_error(pebble: Pebble) -> None:
     with pytest.raises(IssuanceError, match="SSL"):
         await backend.ensure_account(None, ())
     await backend.aclose()
+
+
+# -- resuming an order ------------------------------------------------------------------------------
+
+
+def posts_after(proxy: AriProxy, mark: int) -> list[str]:
+    """The paths POSTed through ``proxy`` since its ``mark``-th request."""
+    return [path for method, path in proxy.requests[mark:] if method == "POST"]
+
+
+async def open_validated_order(backend: ClientV2Backend, provision: dict[str, ChallengeTask]) -> tuple[OrderHandle, bytes]:
+    csr_pem = crypto.make_csr(crypto.generate_key(KeyType.ECDSA_P256), DOMAINS)
+    order = await backend.new_order(DOMAINS, csr_pem)
+    await validate(backend, order, Challenge.HTTP_01, provision)
+    return order, csr_pem
+
+
+async def test_resumed_valid_order_is_downloaded_not_finalized_again(
+    pebble: Pebble, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    provision = await start_http01(nursery, pebble)
+    with AriProxy(pebble, tmp_path, ari=False) as proxy:
+        backend, account = await new_account(proxy)
+        try:
+            order, csr_pem = await open_validated_order(backend, provision)
+            mark = len(proxy.requests)
+            chain = await backend.finalize(order, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+            finalize_path = posts_after(proxy, mark)[0]
+        finally:
+            await backend.aclose()
+        restarted, _ = await new_account(proxy, account.key_pem)  # as after a crash after finalize
+        try:
+            mark = len(proxy.requests)
+            resumed = await restarted.resume_order(order.url)
+            assert resumed.url == order.url
+            assert sorted(resumed.domains) == sorted(DOMAINS)
+            assert restarted.challenges(resumed, Challenge.HTTP_01) == []
+            await restarted.wait_authorizations(resumed, trio.current_time() + ISSUANCE_TIMEOUT)
+            again = await restarted.finalize(resumed, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+        finally:
+            await restarted.aclose()
+    assert again == chain  # the same certificate: no second issuance
+    verify_chain(again, await pebble.roots(), DOMAINS)
+    resumed_posts = posts_after(proxy, mark)
+    assert finalize_path not in resumed_posts
+    assert resumed_posts.count(urlsplit(order.url).path) == 1  # one look at the order, then the download
+
+
+async def test_resumed_processing_order_is_polled_until_valid(
+    pebble: Pebble, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    provision = await start_http01(nursery, pebble)
+    with AriProxy(pebble, tmp_path, ari=False) as proxy:
+        backend = await new_backend(proxy)
+        try:
+            order, csr_pem = await open_validated_order(backend, provision)
+            chain = await backend.finalize(order, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+            proxy.report_processing(2)  # the next two looks at the order say "processing"
+            mark = len(proxy.requests)
+            resumed = await backend.resume_order(order.url)
+            again = await backend.finalize(resumed, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+        finally:
+            await backend.aclose()
+    assert again == chain
+    order_path = urlsplit(order.url).path
+    posts = posts_after(proxy, mark)
+    assert posts.count(order_path) == 3  # processing (resume), processing (poll), valid (poll)
+    assert len(posts) == 4  # ... and the certificate: the CSR was not sent again
+
+
+@pytest.mark.parametrize("pebble", [{"authz_reuse": 0}], indirect=True)
+async def test_resumed_pending_order_is_validated_and_finalized(pebble: Pebble, nursery: trio.Nursery) -> None:
+    provision = await start_http01(nursery, pebble)
+    first, account = await new_account(pebble)
+    try:
+        csr_pem = crypto.make_csr(crypto.generate_key(KeyType.ECDSA_P256), DOMAINS)
+        order = await first.new_order(DOMAINS, csr_pem)
+    finally:
+        await first.aclose()
+    backend, _ = await new_account(pebble, account.key_pem)
+    try:
+        resumed = await backend.resume_order(order.url)
+        tasks = await validate(backend, resumed, Challenge.HTTP_01, provision)
+        assert sorted(t.domain for t in tasks) == sorted(DOMAINS)
+        chain = await backend.finalize(resumed, csr_pem, trio.current_time() + ISSUANCE_TIMEOUT)
+        verify_chain(chain, await pebble.roots(), DOMAINS)
+        with pytest.raises(IssuanceError) as caught:
+            await backend.resume_order(order.url.rsplit("/", 1)[0] + "/no-such-order")
+        assert caught.value.status == 404
+    finally:
+        await backend.aclose()

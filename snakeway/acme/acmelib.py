@@ -1,0 +1,100 @@
+"""Adapters over the ``acme`` and ``josepy`` libraries, for :mod:`snakeway.acme.backend` only.
+
+Everything here runs in the backend's worker threads or is pure: the retrying
+network, the ``newOrder`` payload with ``replaces``, the generic challenge answer,
+the account key's JWK, and small readers of the library's objects. With
+:mod:`snakeway.acme.backend`, this is the only module that imports ``acme`` and
+``josepy``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import requests
+from acme import challenges as acme_challenges
+from acme import client as acme_client
+from acme import messages
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.json_util import field as jose_field
+from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
+
+from snakeway.acme import crypto
+from snakeway.acme.schedule import parse_retry_after
+
+logger = logging.getLogger(__name__)
+
+BAD_NONCE_ROUNDS = 8  # ClientNetwork.post tries twice per round: 16 tries in all
+
+# An order in one of these states has had its CSR: finalize only polls or downloads it.
+FINALIZED = (messages.STATUS_VALID, messages.STATUS_PROCESSING, messages.STATUS_INVALID)
+
+
+class Network(acme_client.ClientNetwork):
+    """``ClientNetwork`` that retries ``badNonce`` until it gets through.
+
+    The CA did not act on a request it refused for its nonce, so a retry is safe;
+    the library alone retries only once.
+    """
+
+    def post(self, *args: object, **kwargs: object) -> requests.Response:
+        for round_ in range(1, BAD_NONCE_ROUNDS + 1):
+            try:
+                return super().post(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or round_ == BAD_NONCE_ROUNDS:
+                    raise
+                logger.debug("badNonce twice in a row, retrying (round %d)", round_)
+        raise AssertionError("unreachable")
+
+
+class NewOrder(messages.NewOrder):
+    """``newOrder`` payload with RFC 9773's ``replaces`` (acme 5.x's ``NewOrder`` lacks it; None is not sent)."""
+
+    replaces: str | None = jose_field("replaces", omitempty=True)
+
+
+class EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):
+    """Serializes to ``{}``: the answer to any key-authorization challenge (RFC 8555 §7.5.1)."""
+
+    typ = "snakeway-generic"
+
+
+def directory_url(client: acme_client.ClientV2, name: str) -> str | None:
+    """The directory's ``name`` URL, or None when the CA does not offer it."""
+    try:
+        return str(client.directory[name])
+    except KeyError:
+        return None
+
+
+def jwk_for(key_pem: bytes) -> tuple[JWK, JWASignature]:
+    """The account key's JWK and signature algorithm (RSA, or ECDSA P-256/384/521).
+
+    Raises:
+        ValueError: Another key type or curve.
+    """
+    key = crypto.load_private_key(key_pem)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algs = {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}
+        if key.curve.name not in algs:
+            raise ValueError(f"unsupported account key curve {key.curve.name}")
+        return JWKEC(key=key), algs[key.curve.name]
+    return JWKRSA(key=key), RS256
+
+
+def authz_failure(authzr: messages.AuthorizationResource) -> str:
+    """Why an authorization is not valid, with the CA's reason per challenge."""
+    authz = authzr.body
+    errors = [f"{c.chall.to_partial_json().get('type')}: {c.error}" for c in authz.challenges if c.error]
+    reason = "; ".join(errors) if errors else "no reason given"
+    return f"authorization for {authz.identifier.value} is {authz.status.name}: {reason}"
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    """The response's ``Retry-After`` as seconds from now, or None."""
+    now = datetime.now(UTC)
+    when = parse_retry_after(response.headers.get("Retry-After"), now)
+    return None if when is None else max(0.0, (when - now).total_seconds())
