@@ -73,6 +73,8 @@ class IssuanceError(SnakewayError):
             or 503), as an aware UTC datetime; ``None`` if it did not say.
         problem_type: The RFC 7807 problem ``type`` (e.g.
             ``urn:ietf:params:acme:error:rateLimited``), if the CA sent one.
+        stage: Which step of an issuance failed (``"order"``, ``"validation"``,
+            ``"finalize"``), set by the one that runs them; None elsewhere.
     """
 
     def __init__(
@@ -87,3 +89,4 @@ class IssuanceError(SnakewayError):
         self.status = status
         self.retry_after = retry_after
         self.problem_type = problem_type
+        self.stage: str | None = None

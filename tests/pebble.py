@@ -136,6 +136,7 @@ async def run_pebble(
     authz_reuse: int | None = None,
     api_port: int | None = None,
     va_sleep: int | None = None,
+    validity_seconds: int | None = None,
 ) -> AsyncIterator[Pebble]:
     """Run pebble-challtestsrv and pebble until the block exits.
 
@@ -153,6 +154,8 @@ async def run_pebble(
             (``PEBBLE_VA_SLEEPTIME``) instead of ``PEBBLE_VA_NOSLEEP``.
         api_port: where the ACME API listens (default: a free port), to
             bring a CA back at the same address after an outage.
+        validity_seconds: ``certificateValidityPeriod``: the lifetime of the
+            certificates Pebble issues (default 5 years), for short-lived ones.
 
     Yields:
         The running :class:`Pebble`, once its directory answers.
@@ -181,6 +184,8 @@ async def run_pebble(
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
     }
+    if validity_seconds is not None:
+        config["certificateValidityPeriod"] = validity_seconds
     ca_file, config_file = await trio.to_thread.run_sync(_write_files, workdir, config)
     env = dict(os.environ, PEBBLE_VA_NOSLEEP="1") if va_sleep is None else dict(os.environ, PEBBLE_VA_SLEEPTIME=str(va_sleep))
     if nonce_reject is not None:

@@ -19,13 +19,16 @@ order in flight. Around the steps:
   instead of ordering a new one, which would spend one of the CA's duplicate certificates for nothing.
   The record is dropped once the certificate is saved, or when the CA no longer has a usable order.
 
-Every failure is an :class:`~snakeway.errors.IssuanceError`; :class:`ValidationFailed` says it was
-the proof of control that failed (the budget counts those per name).
+Every failure is an :class:`~snakeway.errors.IssuanceError` whose ``stage`` says which step failed:
+``"order"``, ``"validation"`` (the CA could not validate a name: the budget counts those per name) or
+``"finalize"``; what is permanent depends on it (:func:`snakeway.acme.schedule.is_permanent`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import trio
@@ -48,10 +51,6 @@ ACCOUNT_LOCK = "acme-account.lock"
 # A stored order older than this is not resumed (CAs let orders expire after about a week).
 RESUME_WITHIN = timedelta(days=6)
 ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
-
-
-class ValidationFailed(IssuanceError):
-    """The CA could not validate a name: counted against the failed-validation budget."""
 
 
 class Issuer:
@@ -104,22 +103,21 @@ class Issuer:
             return resumed
         key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
         csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)
-        order = await self._new_order(cert, csr_pem, replaces)
-        tasks = self.backend.challenges(order, cert.challenge)
+        with _stage("order"):
+            order = await self._new_order(cert, csr_pem, replaces)
+            tasks = self.backend.challenges(order, cert.challenge)
         try:
-            await self._provision(tasks)
-            for task in tasks:
-                await self.backend.answer(task)
-            try:
+            with _stage("order"):
+                await self._provision(tasks)
+                for task in tasks:
+                    await self.backend.answer(task)
+            with _stage("validation"):
                 await self.backend.wait_authorizations(order, deadline)
-            except IssuanceError as exc:
-                if str(exc).startswith("timed out"):
-                    raise
-                raise ValidationFailed(str(exc), status=exc.status, problem_type=exc.problem_type) from exc
         finally:
             await self._cleanup(tasks)
         await self.store.save_order(OrderRecord(cert.name, order.url, key_pem, now))
-        chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+        with _stage("finalize"):
+            chain_pem = await self.backend.finalize(order, csr_pem, deadline)
         return CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
 
     async def _new_order(self, cert: ManagedCert, csr_pem: bytes, replaces: str | None) -> OrderHandle:
@@ -200,3 +198,14 @@ class Issuer:
 
 def _challenge_key(task: ChallengeTask) -> str:
     return http01_key(task.token) if task.kind is Challenge.HTTP_01 else tls_alpn_key(task.domain)
+
+
+@contextlib.contextmanager
+def _stage(stage: str) -> Iterator[None]:
+    """Mark an :class:`IssuanceError` raised inside with the step that failed (a time-out is no verdict)."""
+    try:
+        yield
+    except IssuanceError as exc:
+        if exc.stage is None and not str(exc).startswith("timed out"):
+            exc.stage = stage
+        raise

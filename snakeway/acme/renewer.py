@@ -25,6 +25,7 @@ validation per name when the CA could not validate, a certificate when one is is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +37,7 @@ from snakeway.acme import budget, crypto
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.decide import Order, PollAri, SaveAgain, Stored, Wait, decide
-from snakeway.acme.issuing import Issuer, ValidationFailed
+from snakeway.acme.issuing import Issuer
 from snakeway.acme.lanes import OrderLane
 from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, is_permanent, next_check
@@ -94,7 +95,7 @@ class Renewer:
         self.coordinator = coordinator
         self.issuer = issuer
         self.lane = OrderLane(settings.acme.max_concurrent_orders)
-        self.limits = budget.RateLimits.of(settings.acme.rate_limits)
+        self.limits = budget.RateLimits(**dataclasses.asdict(settings.acme.rate_limits))
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
         self._ari = True  # until the CA shows it has no ARI
         self._budget_lock = trio.Lock()
@@ -186,9 +187,9 @@ class Renewer:
                 return refused
             replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh is not None and action.renewal and self._ari \
                 else None
-            return await self._issue(cert, state, replaces)
+            return await self._issue(cert, state, replaces, action.renewal)
 
-    async def _issue(self, cert: ManagedCert, state: RenewalState, replaces: str | None) -> datetime:
+    async def _issue(self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool) -> datetime:
         started = trio.current_time()
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         try:
@@ -198,15 +199,16 @@ class Renewer:
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
             return await self._failed(cert, state, exc)
-        await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now()))
+        await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now(), renewal=renewal))
         self.own[cert.cert_id] = bundle.serial
-        await self.publish(cert, bundle)
+        await self.publish(cert, bundle)  # served at once, saved or not
+        wake = await self._keep(cert, bundle, state)
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
             day_text(bundle.not_after),
         )
-        return await self._keep(cert, bundle, state)
+        return wake
 
     async def _keep(self, cert: ManagedCert, bundle: CertBundle, state: RenewalState) -> datetime:
         """Save a newly issued ``bundle``; if the store refuses, serve it from memory and retry the save."""
@@ -241,8 +243,9 @@ class Renewer:
         now = self.clock.now()
         retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
         problem = exc.problem_type if isinstance(exc, IssuanceError) else None
-        permanent = is_permanent(problem, finalizing=False) or len(cert.domains) > MAX_NAMES
-        if isinstance(exc, ValidationFailed):
+        stage = exc.stage if isinstance(exc, IssuanceError) else None
+        permanent = is_permanent(problem, stage=stage or "order") or len(cert.domains) > MAX_NAMES
+        if stage == "validation":
             await self._record(lambda ledger: budget.record_failed_validation(ledger, cert.domains, now))
         reason = str(exc) or "issuance timed out"
         state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent)

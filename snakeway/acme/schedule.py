@@ -65,7 +65,7 @@ MAX_ERROR_LENGTH = 1000
 
 ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
 # Problems that retrying the same order cannot cure (RFC 8555 section 6.7).
-PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa", "unauthorized"})
+PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa"})
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -128,23 +128,27 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
     return now + timedelta(seconds=interval_seconds * factor)
 
 
-def is_permanent(problem_type: str | None, *, finalizing: bool) -> bool:
+def is_permanent(problem_type: str | None, *, stage: str) -> bool:
     """Whether an ACME problem will come back however often the same order is retried.
 
-    ``rejectedIdentifier``, ``caa`` and ``unauthorized`` always are; ``malformed``
-    only when it answers the finalize request (our CSR), since elsewhere it may
-    be a transient fault of the CA or of the way to it.
+    ``rejectedIdentifier`` and ``caa`` always are. ``unauthorized`` is when it answers the order or the
+    finalize request (the account may not have these names), not when a challenge failed: the CA sends it
+    for a wrong or unreachable challenge answer too, the everyday "DNS does not point here yet", which the
+    ordinary back-off and the failed-validation budget handle. ``malformed`` is only when it answers the
+    finalize request (our CSR), since elsewhere it may be a transient fault of the CA or of the way to it.
 
     Args:
         problem_type: The problem document's ``type``, a full URN such as
             ``urn:ietf:params:acme:error:caa`` (the bare name is accepted too),
             or None when the failure was not an ACME problem.
-        finalizing: The problem answered the finalize request.
+        stage: Which step the problem answered: ``"order"``, ``"validation"`` or ``"finalize"``.
     """
     if problem_type is None:
         return False
     name = problem_type.removeprefix(ACME_ERROR_PREFIX)
-    return name in PERMANENT_PROBLEMS or (finalizing and name == "malformed")
+    if name == "unauthorized":
+        return stage != "validation"
+    return name in PERMANENT_PROBLEMS or (stage == "finalize" and name == "malformed")
 
 
 # --- per-certificate state ---------------------------------------------------------------------

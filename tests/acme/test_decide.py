@@ -114,9 +114,9 @@ def test_an_unsaved_certificate_is_saved_again_never_ordered_again() -> None:
 
 
 @given(
-    age=st.timedelta(min_value=timedelta(0), max_value=timedelta(days=200)),
-    lifetime=st.timedelta(min_value=timedelta(hours=1), max_value=timedelta(days=398)),
-    renew_within=st.none() | st.timedelta(min_value=timedelta(0), max_value=timedelta(days=100)),
+    age=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=200)),
+    lifetime=st.timedeltas(min_value=timedelta(hours=1), max_value=timedelta(days=398)),
+    renew_within=st.none() | st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=100)),
 )
 def test_never_an_order_with_more_than_half_the_lifetime_left(
     age: timedelta, lifetime: timedelta, renew_within: timedelta | None

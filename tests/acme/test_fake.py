@@ -455,7 +455,7 @@ PROTOCOL_METHODS = sorted(
 
 def test_protocol_method_list() -> None:
     expected = ["ensure_account", "new_order", "challenges", "answer", "wait_authorizations", "finalize",
-                "renewal_info", "aclose"]
+                "renewal_info", "resume_order", "aclose"]
     assert sorted(expected) == PROTOCOL_METHODS
     assert set(STEPS) == set(PROTOCOL_METHODS) - {"aclose"}
 

@@ -8,11 +8,13 @@ the redirect listener (``http_port``) and TLS-ALPN-01 on the TLS listener
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trio
 
+from snakeway.acme.filestore import FileStore
 from snakeway.config.model import (
     AcmeSettings,
     Bind,
@@ -44,7 +46,7 @@ def acme_config(
     upstream: int,
     *,
     challenge: Challenge = Challenge.HTTP_01,
-    renew_within_days: float = 30,
+    renew_within_days: float | None = 30,
     check_interval_seconds: float = 600,
     directory_url: str | None = None,
     certificate_per_domain: bool = False,
@@ -128,12 +130,13 @@ async def test_certificate_per_domain_gives_each_name_its_own(
     assert sorted(p.name for p in (tmp_path / "certs").iterdir() if not p.name.startswith(".")) == sorted(NAMES)
 
 
+@pytest.mark.parametrize("pebble", [{"validity_seconds": 16}], indirect=True)
 async def test_renewal_without_restart_while_clients_handshake(
     nursery: trio.Nursery, pebble: Pebble, tmp_path: Path
 ) -> None:
     upstream, _ = await start_upstream(nursery)
-    # Pebble's certificates last 5 years: 4000 days means "renew at every check".
-    config = acme_config(pebble, tmp_path, upstream, renew_within_days=4000, check_interval_seconds=0.5)
+    # 16-second certificates are renewed with half their lifetime left, 8 seconds after issuance.
+    config = acme_config(pebble, tmp_path, upstream, renew_within_days=None, check_interval_seconds=0.5)
     server = Server(config)
     await nursery.start(server.serve)
     await wait_for_certificate(server)
@@ -173,17 +176,23 @@ async def test_stored_certificates_survive_a_ca_outage(
     workdir.mkdir()
     state = tmp_path / "state"
 
-    async with run_pebble(workdir, http_port=http_port, tls_port=tls_port, api_port=api_port) as pebble:
+    # 40-second certificates: due for renewal 20 seconds after issuance.
+    async with run_pebble(workdir, http_port=http_port, tls_port=tls_port, api_port=api_port,
+                          validity_seconds=40) as pebble:
         async with trio.open_nursery() as first_run:
-            server = Server(acme_config(pebble, state, upstream))
+            server = Server(acme_config(pebble, state, upstream, renew_within_days=None))
             await first_run.start(server.serve)
             await wait_for_certificate(server)
             first_serials = await assert_serves_every_name(pebble, tls_port)
             server.shutdown()
         root = await pebble.roots()
+    stored = await FileStore(state / "certs", state / "acme").load(NAMES[0])
+    assert stored is not None
+    half_life = stored.not_before + (stored.not_after - stored.not_before) / 2
+    await trio.sleep((half_life - datetime.now(UTC)).total_seconds() + 0.5)
 
     # The CA is gone. Start again with renewal due: the stored certificate is served.
-    config = acme_config(pebble, state, upstream, renew_within_days=4000)
+    config = acme_config(pebble, state, upstream, renew_within_days=None)
     server = Server(config, loader=lambda: config)
     with caplog.at_level(logging.ERROR, logger="snakeway.acme.manager"):
         await nursery.start(server.serve)

@@ -20,7 +20,7 @@ from snakeway.acme.manager import CertManager
 from snakeway.acme.store import MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.config.model import AcmeSettings, TlsAutomation
-from snakeway.testing import FakeCA, TrioLinkedClock, inline
+from snakeway.testing import AriPolicy, FakeCA, TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry, Served
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -171,13 +171,27 @@ async def test_one_failing_name_does_not_stop_the_others(nursery: trio.Nursery, 
 
 async def test_ari_window_brings_renewal_forward(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     rig = Rig()
+    rig.ca.ari = AriPolicy()
     await nursery.start(rig.manager.run)
     await trio.sleep(1)
-    # The CA suggests renewing on day 20 (say, ahead of a revocation).
-    rig.ca.renewal_window = (EPOCH + timedelta(days=20), EPOCH + timedelta(days=21))
+    # The CA now suggests renewing on day 20 (say, ahead of a revocation); seen at the next ARI poll.
+    rig.ca.ari = AriPolicy(window=lambda nb, na, serial: (EPOCH + timedelta(days=20), EPOCH + timedelta(days=21)))
     while len(rig.ca.orders) < 2:
         await trio.sleep(600)
-    assert rig.days() == pytest.approx(20, abs=0.02)
+    assert 20 <= rig.days() <= 21.01  # a random moment inside the window
+
+
+async def test_ari_window_can_move_renewal_later(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    rig = Rig()
+    # 90-day certificates: the lifetime rule says day 60; the CA says days 70 to 72.
+    rig.ca.ari = AriPolicy(window=lambda nb, na, serial: (nb + timedelta(days=70), nb + timedelta(days=72)))
+    await nursery.start(rig.manager.run)
+    while len(rig.ca.orders) < 2:
+        await trio.sleep(600)
+    assert 70 <= rig.days() <= 72.01
+    # Polled once at issuance, then every 6 hours (the CA's Retry-After): 4 a day, in one worker.
+    polls = rig.ca.calls.count("renewal_info")
+    assert polls <= 1 + 4 * rig.days() + 1
 
 
 async def test_retry_now_skips_the_back_off(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:

@@ -13,14 +13,14 @@ import pytest
 import trio
 import trio.testing
 
-from snakeway.acme import manager as manager_module
+from snakeway.acme import watch as watch_module
 from snakeway.acme.coordination import LocalCoordinator
 from snakeway.acme.store import CertBundle, MemoryStore
 from snakeway.testing import TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry
 from tests.acme.test_manager_startup import EPOCH, A, issued_memory_store, make_manager
 
-POLL = manager_module.GENERATION_POLL_SECONDS
+POLL = watch_module.GENERATION_POLL_SECONDS
 SAFETY_SCAN = 10.0
 
 

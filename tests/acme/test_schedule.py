@@ -307,23 +307,25 @@ def test_permanent_failure_backs_off_a_day_and_needs_attention() -> None:
 
 
 @pytest.mark.parametrize(
-    ("problem", "finalizing", "permanent"),
+    ("problem", "stage", "permanent"),
     [
-        ("urn:ietf:params:acme:error:rejectedIdentifier", False, True),
-        ("urn:ietf:params:acme:error:caa", False, True),
-        ("urn:ietf:params:acme:error:unauthorized", True, True),
-        ("caa", False, True),
-        ("urn:ietf:params:acme:error:malformed", True, True),
-        ("urn:ietf:params:acme:error:malformed", False, False),
-        ("urn:ietf:params:acme:error:rateLimited", False, False),
-        ("urn:ietf:params:acme:error:serverInternal", True, False),
-        ("urn:ietf:params:acme:error:badNonce", False, False),
-        ("urn:example:caa", False, False),
-        (None, True, False),
+        ("urn:ietf:params:acme:error:rejectedIdentifier", "order", True),
+        ("urn:ietf:params:acme:error:caa", "validation", True),
+        ("urn:ietf:params:acme:error:unauthorized", "finalize", True),
+        ("urn:ietf:params:acme:error:unauthorized", "order", True),
+        ("urn:ietf:params:acme:error:unauthorized", "validation", False),  # a wrong challenge answer
+        ("caa", "order", True),
+        ("urn:ietf:params:acme:error:malformed", "finalize", True),
+        ("urn:ietf:params:acme:error:malformed", "order", False),
+        ("urn:ietf:params:acme:error:rateLimited", "order", False),
+        ("urn:ietf:params:acme:error:serverInternal", "finalize", False),
+        ("urn:ietf:params:acme:error:badNonce", "order", False),
+        ("urn:example:caa", "order", False),
+        (None, "finalize", False),
     ],
 )
-def test_is_permanent(problem: str | None, finalizing: bool, permanent: bool) -> None:
-    assert is_permanent(problem, finalizing=finalizing) is permanent
+def test_is_permanent(problem: str | None, stage: str, permanent: bool) -> None:
+    assert is_permanent(problem, stage=stage) is permanent
 
 
 WINDOW = RenewalInfo(NOW + 60 * DAY, NOW + 62 * DAY, retry_after=NOW + 3 * HOUR)
