@@ -350,7 +350,7 @@ class Renewer:
         if lazy is None or lazy.error is None:
             return
         try:
-            await self._publish(cert, bundle)
+            await self.publish(cert, bundle)
         except CertificateError as exc:
             logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
             return

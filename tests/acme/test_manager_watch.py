@@ -43,11 +43,11 @@ class ScriptedCoordinator(LocalCoordinator):
 
 async def running_worker(nursery: trio.Nursery) -> tuple[MemoryStore, ScriptedCoordinator, CertRegistry]:
     store = await issued_memory_store(A)
-    manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
-    manager.offload = inline
     coordinator = ScriptedCoordinator()
     coordinator.stamp[A.name] = "v1"
-    manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
+    manager, registry = make_manager(
+        (A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator, watch_interval=SAFETY_SCAN
+    )
     await nursery.start(manager.run)
     return store, coordinator, registry
 
@@ -125,9 +125,9 @@ async def test_a_worker_does_not_pick_up_its_own_save(
     caplog.set_level(logging.INFO, logger="snakeway.acme")
     coordinator = ScriptedCoordinator()
     store = SlowSavingStore(coordinator)
-    manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH))
-    manager.offload = inline
-    manager.coordinator, manager.watch_interval = coordinator, SAFETY_SCAN
+    manager, registry = make_manager(
+        (A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator, watch_interval=SAFETY_SCAN
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         with trio.fail_after(60):
