@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from snakeway.acme import crypto
 from snakeway.acme.ari import RenewalInfo
+from snakeway.acme.ari_wire import MAX_BODY
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
 from tests.acme.test_backend_pebble import DOMAINS, issue, new_backend, start_http01, verify_chain
@@ -28,8 +30,12 @@ ARI_TIMEOUT = 10.0  # far more than a GET on 127.0.0.1 takes; only a request stu
 
 
 async def test_renewal_info_reads_the_window_explanation_and_retry_after(
-    pebble: Pebble, nursery: trio.Nursery, tmp_path: Path
+    pebble: Pebble, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A trust bundle from the environment must not replace the configured CA file for ARI either.
+    other = tmp_path / "unrelated-ca.pem"
+    other.write_bytes(trustme.CA().cert_pem.bytes())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
     provision = await start_http01(nursery, pebble)
     with AriProxy(pebble, tmp_path) as proxy:
         backend = await new_backend(proxy)
@@ -67,6 +73,9 @@ async def test_malformed_and_failed_answers_are_issuance_errors(
             proxy.set_answer(b"<html>maintenance</html>")
             with pytest.raises(IssuanceError, match="not JSON"):
                 await backend.renewal_info(chain)
+            proxy.set_answer(b" " * (MAX_BODY + 1))
+            with pytest.raises(IssuanceError, match="larger than"):
+                await backend.renewal_info(chain)
             busy = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}
             proxy.set_answer(busy, status=429, retry_after=120)
             with pytest.raises(IssuanceError, match="HTTP 429: 'slow down'") as caught:
@@ -80,7 +89,7 @@ async def test_malformed_and_failed_answers_are_issuance_errors(
             assert info is not None and (info.start, info.end) == (START, END)
         finally:
             await backend.aclose()
-    assert len(proxy.ari_requests) == 5
+    assert len(proxy.ari_requests) == 6
 
 
 async def test_renewal_order_carries_replaces_when_the_ca_offers_ari(
