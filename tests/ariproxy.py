@@ -9,12 +9,12 @@ it: the ACME client talks to the proxy only. On top of that it:
 * adds ``renewalInfo`` to the directory (unless ``ari=False``);
 * answers ``GET /renewal-info/<certID>`` itself, from :meth:`AriProxy.set_window`
   or :meth:`AriProxy.set_answer` (404 when nothing is set);
-* records the decoded JWS payload of every newOrder request
+* records the decoded JWS payload of every newOrder request the CA acted on
   (:attr:`AriProxy.new_order_payloads`), every ARI CertID asked for
   (:attr:`AriProxy.ari_requests`) and every ``(method, path)``
   (:attr:`AriProxy.requests`);
 * answers a newOrder whose ``replaces`` is in :meth:`AriProxy.mark_replaced`
-  with ``409 alreadyReplaced``, can hold newOrder answers
+  with ``409 alreadyReplaced``, can hold newOrder requests
   (:meth:`AriProxy.hold_new_orders`), and can report a valid order as
   ``processing`` a few times (:meth:`AriProxy.report_processing`).
 
@@ -38,6 +38,7 @@ import socket
 import ssl
 import threading
 from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +61,22 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class Gate:
+    """Where :meth:`AriProxy.hold_new_orders` holds newOrder requests.
+
+    Attributes:
+        arrived: Set once a newOrder request waits at the gate.
+        released: Set by :meth:`release`; the held requests then go on to Pebble.
+    """
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class AriProxy:
     """Pebble behind a front that offers ARI (see the module docstring).
 
@@ -73,7 +90,8 @@ class AriProxy:
         directory_url: The ACME directory to give the client.
         ca_file: PEM bundle trusting the proxy (and Pebble's API) for the client.
         renewal_info_url: The directory's ``renewalInfo`` URL.
-        new_order_payloads: The JSON payload of each newOrder request, in order.
+        new_order_payloads: The JSON payload of each newOrder request the CA acted on, in order (a
+            request Pebble refused with ``badNonce``, which the client sends again, is left out).
         ari_requests: The CertID of each ARI GET, in order.
         requests: ``(method, path)`` of every request, in order.
     """
@@ -93,7 +111,7 @@ class AriProxy:
         self._lock = threading.Lock()
         self._answers: dict[str | None, tuple[int, bytes, dict[str, str]]] = {}
         self._replaced: set[str] = set()
-        self._gates: list[threading.Event] = []
+        self._gates: list[Gate] = []
         self._processing = 0
         self._connections: set[socket.socket] = set()
         self._new_order_path: str | None = None
@@ -141,9 +159,9 @@ class AriProxy:
         with self._lock:
             self._replaced.add(cert_id)
 
-    def hold_new_orders(self) -> threading.Event:
-        """Hold every newOrder answer until the returned event is set (it is set at stop)."""
-        gate = threading.Event()
+    def hold_new_orders(self) -> Gate:
+        """Hold every newOrder request (before Pebble sees it) until the gate is released (it is at stop)."""
+        gate = Gate()
         with self._lock:
             self._gates.append(gate)
         return gate
@@ -168,7 +186,7 @@ class AriProxy:
         """Stop serving, close every connection and join every thread."""
         with self._lock:
             for gate in self._gates:
-                gate.set()
+                gate.release()
             connections = list(self._connections)
         if self._thread.is_alive():
             self._server.shutdown()
@@ -190,15 +208,7 @@ class AriProxy:
         if path.startswith(RENEWAL_INFO_PATH + "/") and self.ari:
             return self._renewal_info(method, path.removeprefix(RENEWAL_INFO_PATH + "/"))
         if method == "POST" and path == self._new_order_path:
-            payload = _jws_payload(body)
-            with self._lock:
-                self.new_order_payloads.append(payload)
-                refused = payload.get("replaces") in self._replaced
-                gates = list(self._gates)
-            if refused:
-                return self._already_replaced(headers)
-            for gate in gates:
-                gate.wait()
+            return self._new_order(path, headers, body)
         if path == self._directory_path:
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
             return self._directory(self._forward(method, path, headers, body))
@@ -215,6 +225,23 @@ class AriProxy:
             return _problem(404, "urn:ietf:params:acme:error:malformed", f"no renewal information for {cert_id}")
         status, raw, headers = answer
         return _Reply(status, list(headers.items()), raw)
+
+    def _new_order(self, path: str, headers: list[tuple[str, str]], body: bytes) -> _Reply:
+        payload = _jws_payload(body)
+        with self._lock:
+            refused = payload.get("replaces") in self._replaced
+            gates = list(self._gates)
+        if refused:
+            reply = self._already_replaced(headers)
+        else:
+            for gate in gates:
+                gate.arrived.set()
+                gate.released.wait()
+            reply = self._forward("POST", path, headers, body)
+        if not (reply.status == 400 and b"badNonce" in reply.body):  # Pebble refuses some nonces; the client retries
+            with self._lock:
+                self.new_order_payloads.append(payload)
+        return reply
 
     def _already_replaced(self, headers: list[tuple[str, str]]) -> _Reply:
         reply = _problem(409, ALREADY_REPLACED, "the certificate named in replaces has already been replaced")

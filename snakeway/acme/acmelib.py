@@ -17,6 +17,7 @@ from acme import challenges as acme_challenges
 from acme import client as acme_client
 from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy import errors as jose_errors
 from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
@@ -91,6 +92,15 @@ def authz_failure(authzr: messages.AuthorizationResource) -> str:
     errors = [f"{c.chall.to_partial_json().get('type')}: {c.error}" for c in authz.challenges if c.error]
     reason = "; ".join(errors) if errors else "no reason given"
     return f"authorization for {authz.identifier.value} is {authz.status.name}: {reason}"
+
+
+def problem_of(response: requests.Response) -> messages.Error | None:
+    """The RFC 7807 problem an error response carries, if any."""
+    try:
+        body = response.json()
+        return messages.Error.from_json(body) if isinstance(body, dict) else None
+    except (ValueError, jose_errors.Error):  # not JSON, or not a problem document
+        return None
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:

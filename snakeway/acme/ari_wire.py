@@ -135,17 +135,19 @@ def _clip(text: str, limit: int = 60) -> str:
 # --- the blocking half (worker threads) ---------------------------------------------------------
 
 
-def open_session(verify: str | bool, user_agent: str) -> requests.Session:
-    """A session for ARI GETs only: ``verify`` is a CA file or ``True``; proxies from the environment apply."""
+def open_session(user_agent: str) -> requests.Session:
+    """A session for ARI GETs only (proxies from the environment apply)."""
     session = requests.Session()
-    session.verify = verify
     session.headers["User-Agent"] = user_agent
     session.headers["Accept"] = "application/json"
     return session
 
 
-def fetch_renewal_info(session: requests.Session, url: str, timeout: float) -> RenewalInfo:
+def fetch_renewal_info(session: requests.Session, url: str, *, verify: str | bool, timeout: float) -> RenewalInfo:
     """GET one renewalInfo resource and parse it (blocking: run it in a worker thread).
+
+    ``verify`` (a CA file, or ``True`` for the system store) goes with the request:
+    a session's own ``verify`` loses to ``REQUESTS_CA_BUNDLE`` in requests.
 
     Raises:
         IssuanceError: The request failed, the CA answered an error status
@@ -153,7 +155,7 @@ def fetch_renewal_info(session: requests.Session, url: str, timeout: float) -> R
             the body is too large or not JSON, or the answer is malformed.
     """
     try:
-        with session.get(url, timeout=timeout, stream=True) as response:
+        with session.get(url, verify=verify, timeout=timeout, stream=True) as response:
             raw = _read_bounded(response)
     except requests.RequestException as exc:
         raise IssuanceError(f"ARI request {url} failed: {type(exc).__name__}: {exc}") from exc

@@ -116,7 +116,7 @@ class ClientV2Backend:
         self._jwk: JWK | None = None
         self._last_response: requests.Response | None = None  # of the call in progress
         self._ari_limiter = trio.CapacityLimiter(ARI_CONCURRENCY)
-        self._ari_session = ari_wire.open_session(self._verify, user_agent)
+        self._ari_session = ari_wire.open_session(user_agent)
 
     async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
@@ -143,8 +143,12 @@ class ClientV2Backend:
         retry_after = None
         if response is not None and status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-        problem_type = exc.typ if isinstance(exc, messages.Error) else None
-        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        problem = exc if isinstance(exc, messages.Error) else None
+        if problem is None and response is not None and not response.ok:
+            problem = acmelib.problem_of(response)  # acme raises a bare ConflictError for any 409
+        problem_type = problem.typ if problem is not None else None
+        reason = problem if problem is not None else exc
+        message = f"{type(exc).__name__}: {reason}" if str(reason) else type(exc).__name__
         return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
 
     def _require(self) -> tuple[acme_client.ClientV2, acmelib.Network]:
@@ -387,7 +391,7 @@ class ClientV2Backend:
         except (ValueError, CertificateError) as exc:
             raise IssuanceError(f"no ARI CertID: {exc}") from exc
         url = f"{base.rstrip('/')}/{cert_id}"
-        fetch = partial(ari_wire.fetch_renewal_info, self._ari_session, url, self._timeout)
+        fetch = partial(ari_wire.fetch_renewal_info, self._ari_session, url, verify=self._verify, timeout=self._timeout)
         return await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
 
     async def aclose(self) -> None:
