@@ -322,7 +322,8 @@ class RenewalState:
         """The state after the CA answered ``info`` about the certificate ``serial`` at ``now``.
 
         The moment in the window is drawn with ``jitter`` only when the window
-        (or the certificate) changed; the same window keeps its moment. The
+        (or the certificate) changed, or the kept moment is not inside it; the
+        same window keeps its moment. The
         next poll is when the answer's Retry-After says (see
         :func:`snakeway.acme.timing.next_ari_poll`).
 
@@ -331,7 +332,7 @@ class RenewalState:
         """
         moment = self.ari_moment
         same = self.ari is not None and (self.ari.start, self.ari.end) == (info.start, info.end)
-        if not same or self.ari_serial != serial or moment is None:
+        if not same or self.ari_serial != serial or moment is None or not info.start <= moment <= info.end:
             moment = ari_moment(info, jitter)
         else:
             require_jitter(jitter)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import pytest
 import trio
@@ -27,19 +28,7 @@ from snakeway.acme.schedule import (
 )
 from snakeway.clock import SystemClock, sleep_until
 from snakeway.testing import TrioLinkedClock
-
-NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
-DAY = timedelta(days=1)
-HOUR = timedelta(hours=1)
-
-moments = st.datetimes(
-    min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
-    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
-    timezones=st.just(UTC),
-)
-spans = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=800))
-jitters = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
-
+from tests.acme.strategies import DAY, HOUR, NOW, jitters, moments, renewal_infos, spans
 
 # --- renewal_due / renewal_time ----------------------------------------------------------------
 
@@ -208,14 +197,6 @@ def test_state_transitions() -> None:
     assert len(state.failed(NOW, "x" * 5000).last_error or "") == 1000
 
 
-@st.composite
-def renewal_infos(draw: st.DrawFn) -> RenewalInfo:
-    start = draw(moments)
-    end = start + draw(st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=60)))
-    url = draw(st.none() | st.text())
-    return RenewalInfo(start, end, url, draw(st.none() | moments))
-
-
 states = st.builds(
     RenewalState,
     name=st.sampled_from(["a.test", "*.b.test"]),
@@ -341,6 +322,8 @@ def test_ari_moment_is_drawn_once_per_window() -> None:
     moved = RenewalInfo(NOW + 70 * DAY, NOW + 72 * DAY)
     assert same.with_ari(moved, "01ab", NOW, jitter=0.75).ari_moment == NOW + 71.5 * DAY
     assert same.with_ari(WINDOW, "02cd", NOW, jitter=0.75).ari_moment == NOW + 61.5 * DAY  # a new certificate
+    stray = replace(first, ari_moment=NOW)  # a kept moment outside its window (a hand-edited file)
+    assert stray.with_ari(WINDOW, "01ab", NOW, jitter=0.5).ari_moment == NOW + 61 * DAY
 
 
 def test_failed_ari_poll_keeps_the_answer_and_asks_again_in_6_hours() -> None:
