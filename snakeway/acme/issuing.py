@@ -155,7 +155,8 @@ class Issuer:
                            cert.name, exc)
             await self.store.delete_order(cert.name)
             return None
-        logger.info("certificate for %s: finished the order interrupted after finalize (%s)", cert.name, record.order_url)
+        logger.info("certificate for %s: finished the order interrupted after finalize (%s)",
+                    cert.name, record.order_url)
         return bundle
 
     async def ensure_account(self) -> None:

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.schedule import RenewalState
-from snakeway.acme.timing import renewal_moment
 from snakeway.acme.store import CertBundle, CertStore, open_store
+from snakeway.acme.timing import renewal_moment
 from snakeway.config.model import Config
 
 COLUMNS = ("NAMES", "ISSUER", "NOT AFTER", "STATE", "NEXT CHECK", "LAST ERROR")

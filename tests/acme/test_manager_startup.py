@@ -21,8 +21,8 @@ from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.schedule import RenewalState
 from snakeway.acme.manager import SPREAD_FIRST_CHECKS_ABOVE, CertManager
+from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, CertStore, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.clock import SystemClock, WallClock
@@ -30,8 +30,8 @@ from snakeway.config.model import AcmeSettings, TlsAutomation
 from snakeway.testing import FakeCA, TrioLinkedClock, inline
 from snakeway.tls import sources
 from snakeway.tls.registry import CertRegistry, Served
-from snakeway.tls.sources import Offload
 from snakeway.tls.sni import listener_context
+from snakeway.tls.sources import Offload
 from tests.tls.helpers import client_context, handshake
 
 if TYPE_CHECKING:
