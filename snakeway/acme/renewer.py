@@ -201,8 +201,8 @@ class Renewer:
             return await self._failed(cert, state, exc)
         await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now(), renewal=renewal))
         self.own[cert.cert_id] = bundle.serial
-        await self.publish(cert, bundle)  # served at once, saved or not
         wake = await self._keep(cert, bundle, state)
+        await self.publish(cert, bundle)  # served now, saved or not
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
