@@ -10,7 +10,7 @@ order in flight. Around the steps:
   workers share one account (and one rate-limit budget).
 * **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
   exempt it from its limits. A CA that answers ``alreadyReplaced`` (another order already replaced
-  it) gets the order again without it.
+  it) or ``malformed`` (it does not know that certificate) gets the order again without it.
 * **Challenges** are provisioned before they are answered (locally, and through the coordinator for
   the other workers), and removed afterwards, whatever happened.
 * **Resuming.** Right before finalize, the order's URL and the certificate key are kept in the store
@@ -50,7 +50,11 @@ logger = logging.getLogger(__name__)
 ACCOUNT_LOCK = "acme-account.lock"
 # A stored order older than this is not resumed (CAs let orders expire after about a week).
 RESUME_WITHIN = timedelta(days=6)
-ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
+# What a CA answers to a ``replaces`` it will not take: already replaced by another order, or not a
+# certificate it knows (issued by another CA, or to another account). The order goes again without it.
+REFUSED_REPLACES = frozenset({
+    "urn:ietf:params:acme:error:alreadyReplaced", "urn:ietf:params:acme:error:malformed",
+})
 
 
 class Issuer:
@@ -124,10 +128,9 @@ class Issuer:
         try:
             return await self.backend.new_order(cert.domains, csr_pem, replaces=replaces)
         except IssuanceError as exc:
-            if replaces is None or exc.problem_type != ALREADY_REPLACED:
+            if replaces is None or exc.problem_type not in REFUSED_REPLACES:
                 raise
-            logger.info("certificate for %s: the CA says it was already replaced; ordering without 'replaces'",
-                        cert.name)
+            logger.info("certificate for %s: the CA refused 'replaces' (%s); ordering without it", cert.name, exc)
             return await self.backend.new_order(cert.domains, csr_pem)
 
     async def _resume(self, cert: ManagedCert, now: datetime, deadline: float) -> CertBundle | None:
