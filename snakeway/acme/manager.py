@@ -40,6 +40,7 @@ from snakeway.acme.coordination import Coordinator, LocalCoordinator
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.renewer import Renewer
+from snakeway.acme.served import ServedCerts
 from snakeway.acme.startup import load_stored
 from snakeway.acme.store import CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
@@ -116,9 +117,10 @@ class CertManager:
             acme=settings.acme, store=store, backend=backend, coordinator=self.coordinator, http01=http01,
             tlsalpn=tlsalpn, share_challenges=watch_interval is not None, offload=self.offload,
         )
+        self.served = ServedCerts(registry, clock, self.offload)
         self.renewer = Renewer(
-            settings=settings, store=store, backend=backend, registry=registry, clock=clock, rng=self.rng,
-            offload=self.offload, coordinator=self.coordinator, issuer=issuer,
+            settings=settings, store=store, backend=backend, served=self.served, clock=clock, rng=self.rng,
+            coordinator=self.coordinator, issuer=issuer,
         )
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
@@ -145,7 +147,7 @@ class CertManager:
             if self.watch_interval is not None:
                 watch = StoreWatch(
                     store=self.store, coordinator=self.coordinator, clock=self.clock, certs=lambda: self.certs,
-                    ours=self.renewer.ours, publish=self.renewer.publish,
+                    ours=self.served.ours, publish=self.served.publish,
                 )
                 nursery.start_soon(watch.run, self.watch_interval)
             task_status.started()
@@ -218,14 +220,12 @@ class CertManager:
             self.store, certs, self.settings, now,
             spread=len(self.certs) > self.spread_first_checks_above, rng=self.rng, offload=self.offload,
         )
-        self.renewer.published.update(loaded.serials)
         self._first_checks.update(loaded.first_checks)
         missing = [c for c in certs if c.cert_id not in loaded.serials]
         spread = missing_spread(len(missing)) if at_start else 0.0
         for cert in missing if spread else ():
             self._first_checks[cert.cert_id] = now + timedelta(seconds=spread * self.rng.random())
-        if loaded.entries:
-            self.registry.update(loaded.entries)
+        self.served.loaded(loaded.entries, loaded.serials)
 
     async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
         with scope:

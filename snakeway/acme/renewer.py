@@ -17,37 +17,33 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
 * **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
   the write is retried on the failure back-off; it is never ordered again.
 
-The budget (:mod:`snakeway.acme.budget`) is one ledger per CA account in the store, read and written under
-the budget lock, so every worker spends from the same budget: a new order before ordering, a failed
-validation per name when the CA could not validate, a certificate when one is issued.
+The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
+every worker spends from the same budget: a new order before ordering, a failed validation per name when
+the CA could not validate, a certificate when one is issued.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 import trio
 
-from snakeway.acme import budget, crypto
+from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.decide import Order, PollAri, SaveAgain, Stored, Wait, decide
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.lanes import OrderLane
+from snakeway.acme.ledger import SharedBudget
 from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, is_permanent, next_check
+from snakeway.acme.served import ServedCerts
 from snakeway.acme.store import CertBundle, CertStore, StoreError
 from snakeway.clock import WallClock
 from snakeway.config.model import TlsAutomation
 from snakeway.errors import IssuanceError
-from snakeway.tls.certinfo import CertificateError
-from snakeway.tls.registry import CertRegistry
-from snakeway.tls.sources import Offload, entry_from_pem
 
 logger = logging.getLogger("snakeway.acme.manager")
 
@@ -55,8 +51,6 @@ logger = logging.getLogger("snakeway.acme.manager")
 ISSUANCE_TIMEOUT = 300.0
 # When another worker holds a certificate's lock, look again this soon.
 LOCKED_RECHECK_SECONDS = 30.0
-# The lock under which the rate-limit budget is read and spent (not a valid host name).
-BUDGET_LOCK = "acme-budget.lock"
 # ARI polls at the CA at once (their own lane: an order never waits for them).
 ARI_CONCURRENCY = 4
 # Let's Encrypt's limit of names in one certificate.
@@ -68,7 +62,8 @@ class Renewer:
 
     Args:
       settings: ``server.tls_automation``.
-      store, backend, registry, clock, rng, offload, coordinator: as the CertManager's.
+      store, backend, clock, rng, coordinator: as the CertManager's.
+      served: publishes to the cert map.
       issuer: runs the orders.
     """
 
@@ -78,37 +73,26 @@ class Renewer:
         settings: TlsAutomation,
         store: CertStore,
         backend: AcmeBackend,
-        registry: CertRegistry,
+        served: ServedCerts,
         clock: WallClock,
         rng: random.Random,
-        offload: Offload,
         coordinator: Coordinator,
         issuer: Issuer,
     ) -> None:
         self.settings = settings
         self.store = store
         self.backend = backend
-        self.registry = registry
+        self.served = served
         self.clock = clock
         self.rng = rng
-        self.offload = offload
         self.coordinator = coordinator
         self.issuer = issuer
         self.lane = OrderLane(settings.acme.max_concurrent_orders)
-        self.limits = budget.RateLimits(**dataclasses.asdict(settings.acme.rate_limits))
+        self.budget = SharedBudget(acme=settings.acme, store=store, coordinator=coordinator, clock=clock)
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
         self._ari = True  # until the CA shows it has no ARI
-        self._budget_lock = trio.Lock()
-        self.published: dict[str, str] = {}  # cert id -> serial in this process's map
-        # cert id -> serial this process issued and is saving: the store watch can see the save
-        # before the publish, and must not take it for another worker's.
-        self.own: dict[str, str] = {}
         # cert id -> (issued certificate the store refused, its state): served, saved again later.
         self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
-
-    def ours(self, cert_id: str) -> tuple[str | None, ...]:
-        """The serials of ``cert_id`` this worker published or is saving (the store watch skips them)."""
-        return self.published.get(cert_id), self.own.get(cert_id)
 
     def periodic(self) -> datetime:
         """The next periodic check: ``check_interval_seconds`` from now, jittered."""
@@ -128,7 +112,7 @@ class Renewer:
             action = self._decide(cert, state, bundle, periodic, forced)
             if isinstance(action, Wait):
                 if bundle is not None and action.why == "not due":
-                    await self._rebuild_if_unservable(cert, bundle)
+                    await self.served.rebuild_if_unservable(cert, bundle)
                 elif forced and action.why == "the CA asked to wait":
                     logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner",
                                    cert.name, action.until.isoformat(timespec="seconds"))
@@ -174,13 +158,13 @@ class Renewer:
                 return min(self.periodic(), now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
             state, fresh = await self._facts(cert)
             if fresh is not None and bundle is not None and fresh.serial != bundle.serial:
-                await self.publish(cert, fresh)
+                await self.served.publish(cert, fresh)
                 logger.info("certificate for %s: another worker just renewed it; picked up from the store", cert.name)
             action = self._decide(cert, state, fresh, self.periodic(), forced)
             if not isinstance(action, Order):
                 return self.clock.now() if isinstance(action, PollAri) else self.periodic() \
                     if isinstance(action, SaveAgain) else action.until
-            refused = await self._spend(cert, action.renewal)
+            refused = await self.budget.spend_order(cert.domains, renewal=action.renewal)
             if refused is not None:
                 logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
                                cert.name, refused.isoformat(timespec="seconds"))
@@ -199,10 +183,10 @@ class Renewer:
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
             return await self._failed(cert, state, exc)
-        await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now(), renewal=renewal))
-        self.own[cert.cert_id] = bundle.serial
+        await self.budget.issued(cert.domains, renewal=renewal)
+        self.served.saving(cert.cert_id, bundle.serial)
         wake = await self._keep(cert, bundle, state)
-        await self.publish(cert, bundle)  # served now, saved or not
+        await self.served.publish(cert, bundle)  # served now, saved or not
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
@@ -246,12 +230,12 @@ class Renewer:
         stage = exc.stage if isinstance(exc, IssuanceError) else None
         permanent = is_permanent(problem, stage=stage or "order") or len(cert.domains) > MAX_NAMES
         if stage == "validation":
-            await self._record(lambda ledger: budget.record_failed_validation(ledger, cert.domains, now))
+            await self.budget.failed_validation(cert.domains)
         reason = str(exc) or "issuance timed out"
         state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent)
         await self._save_state(state)
         assert state.next_attempt is not None
-        serving = "the current certificate stays in service" if self.registry.entry(cert.cert_id) \
+        serving = "the current certificate stays in service" if self.served.serves(cert.cert_id) \
             else "no certificate is served for it yet"
         what = "failed (needs attention)" if permanent else "issuance failed"
         logger.error(
@@ -266,36 +250,6 @@ class Renewer:
             await self.store.save_state(state)
         except StoreError as exc:  # the in-memory answer still decides this task's next wake-up
             logger.error("certificate %s: could not save its renewal state: %s", state.name, exc)
-
-    # -- the budget ------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _budget(self) -> AsyncIterator[budget.Ledger]:
-        """Hold the budget lock (in this process and across workers) and yield the ledger."""
-        async with self._budget_lock:
-            while True:
-                async with self.coordinator.lock(BUDGET_LOCK) as mine:
-                    if mine:
-                        ledger = await self.store.load_ledger(self.settings.acme.directory_url)
-                        yield ledger or budget.Ledger()
-                        return
-                await trio.sleep(0.05)
-
-    async def _spend(self, cert: ManagedCert, renewal: bool) -> datetime | None:
-        """Spend one new order from the budget; or, refused, when it will allow one."""
-        async with self._budget() as ledger:
-            now = self.clock.now()
-            when = budget.when_allowed(ledger, self.limits, cert.domains, now, renewal=renewal)
-            if when is None:
-                await self.store.save_ledger(self.settings.acme.directory_url, budget.spend_order(ledger, now))
-            return when
-
-    async def _record(self, change: Callable[[budget.Ledger], budget.Ledger]) -> None:
-        try:
-            async with self._budget() as ledger:
-                await self.store.save_ledger(self.settings.acme.directory_url, change(ledger))
-        except StoreError as exc:
-            logger.error("could not record in the rate-limit budget: %s", exc)
 
     # -- ARI ---------------------------------------------------------------
 
@@ -328,30 +282,3 @@ class Renewer:
             if cert.cert_id in self._unsaved:
                 self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], state)
             return True
-
-    # -- publishing ------------------------------------------------------
-
-    async def publish(self, cert: ManagedCert, bundle: CertBundle) -> None:
-        entry, _ = await entry_from_pem(
-            bundle.cert_pem, bundle.key_pem, now=self.clock.now(), source=cert.name, offload=self.offload
-        )
-        self.registry.update({cert.cert_id: entry})
-        self.published[cert.cert_id] = bundle.serial
-
-    async def _rebuild_if_unservable(self, cert: ManagedCert, bundle: CertBundle) -> None:
-        """Publish ``bundle`` again if the served entry's lazy context failed to build.
-
-        A lazy build fails for good (until replaced) so that a handshake never retries it; but the failure may
-        have been passing (out of file descriptors, a save racing the build). The store has just vouched for
-        ``bundle`` in full, so build it again here, validated, in a thread: once per check at most.
-        """
-        entry = self.registry.entry(cert.cert_id)
-        lazy = entry.lazy if entry is not None else None
-        if lazy is None or lazy.error is None:
-            return
-        try:
-            await self.publish(cert, bundle)
-        except CertificateError as exc:
-            logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
-            return
-        logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, lazy.error)
