@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from tests.helpers import closed_port
-from tests.hostile.harness import exchange, running, start_logging_upstream, statuses, write_config
+from tests.hostile.harness import exchange, running, start_logging_upstream, statuses, until_logged, write_config
 
 
 def _request(host: bytes, target: bytes = b"/p") -> bytes:
@@ -42,7 +42,9 @@ async def test_a_redirect_repeats_a_host_name_and_refuses_anything_else(tmp_path
     bind = (', tls = { mode = "internal", domains = ["a.test"] }'
             f", redirect_http_to_https = {{ port = {redirect} }}")
     config, port = write_config(tmp_path, "", workers=1, bind=bind)
-    async with running(config, workers=1):
+    async with running(config, workers=1) as proc:
+        # running() returns once the first listener (HTTPS) listens; the redirect listener opens just after.
+        await until_logged(proc, f"listening on http://127.0.0.1:{redirect}".encode())
         underscored = await exchange(redirect, _request(b"my_host.a.test:80"))
         ipv6 = await exchange(redirect, _request(b"[::1]"))
         escaped = await exchange(redirect, _request(b"a%41.test"))
