@@ -23,9 +23,6 @@ both use it without importing each other.
 
 A certificate whose ``not_after`` is not after its ``not_before`` (never valid) counts as having a lifetime of
 zero: it is due at its ``not_after``. All datetimes are timezone-aware; naive ones raise ``ValueError``.
-
-:func:`renewal_time` and :func:`renewal_due` are the older fixed-window form (renew when less than a fixed
-``renew_within`` remains, or at the start of an ARI window), kept for callers not yet on the lifetime rule.
 """
 
 from __future__ import annotations
@@ -102,65 +99,3 @@ def emergency_time(not_before: datetime, not_after: datetime) -> datetime:
     Raises ``ValueError`` on naive datetimes.
     """
     return not_after - _lifetime(not_before, not_after) // EMERGENCY_SHARE
-
-
-# --- the fixed-window form ---------------------------------------------------------------------
-
-
-def renewal_time(
-    not_before: datetime,
-    not_after: datetime,
-    *,
-    renew_within: timedelta,
-    ari_window: tuple[datetime, datetime] | None = None,
-) -> datetime:
-    """The moment a certificate becomes due under a fixed ``renew_within`` (see :func:`lifetime_renewal_time`).
-
-    ``min(not_after - renew_within, ari_window[0])``. When ``renew_within`` is
-    at least the certificate's lifetime the result is at or before
-    ``not_before`` (due as soon as it exists).
-
-    Args:
-        not_before: Start of validity.
-        not_after: End of validity.
-        renew_within: Renew when less than this is left (>= 0).
-        ari_window: The ARI ``suggestedWindow`` (start, end), if the CA gave one.
-
-    Raises:
-        ValueError: a naive datetime or a negative ``renew_within``.
-    """
-    require_aware(not_before=not_before, not_after=not_after)
-    if renew_within < timedelta(0):
-        raise ValueError(f"renew_within must not be negative, got {renew_within!r}")
-    due = not_after - renew_within
-    if renew_within >= not_after - not_before:
-        due = min(due, not_before)
-    if ari_window is not None:
-        require_aware(ari_start=ari_window[0], ari_end=ari_window[1])
-        due = min(due, ari_window[0])
-    return due
-
-
-def renewal_due(
-    not_before: datetime,
-    not_after: datetime,
-    now: datetime,
-    *,
-    renew_within: timedelta,
-    ari_window: tuple[datetime, datetime] | None = None,
-) -> bool:
-    """Whether a certificate should be renewed at ``now`` under a fixed ``renew_within``.
-
-    True when ``not_after - now <= renew_within`` (an expired certificate is
-    always due), when ``renew_within`` covers the whole lifetime, or when
-    ``now`` has reached the start of the ARI window. Monotone in ``now``:
-    once due, due for every later ``now``.
-
-    Raises:
-        ValueError: see :func:`renewal_time`.
-    """
-    require_aware(now=now)
-    if renew_within >= not_after - not_before:
-        renewal_time(not_before, not_after, renew_within=renew_within, ari_window=ari_window)  # validate
-        return True
-    return now >= renewal_time(not_before, not_after, renew_within=renew_within, ari_window=ari_window)

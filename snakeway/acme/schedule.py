@@ -9,9 +9,8 @@ hypothesis. All datetimes are timezone-aware; naive ones raise ``ValueError``.
 
 * **Due or not** is :mod:`snakeway.acme.timing`: the lifetime rule of
   :mod:`snakeway.renewal` (shared with the local CA), led by the CA's ACME
-  Renewal Information (ARI, RFC 9773) when it answers. The older fixed-window
-  :func:`renewal_time` and :func:`renewal_due` are re-exported here for the
-  callers still on them, as is :func:`parse_retry_after`.
+  Renewal Information (ARI, RFC 9773) when it answers.
+  :func:`parse_retry_after` is re-exported here from there.
 * **Failures.** Back-off grows by a factor of ten: 1 min, 10 min, 100 min,
   then 6 h for every further failure. Up to 10 % jitter is added so that
   many sites that failed together (a CA outage) do not retry together. A
@@ -44,8 +43,6 @@ from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.timing import RETRY_AFTER_CAP as RETRY_AFTER_CAP
 from snakeway.acme.timing import ari_moment, next_ari_poll, require_jitter
 from snakeway.acme.timing import parse_retry_after as parse_retry_after
-from snakeway.renewal import renewal_due as renewal_due
-from snakeway.renewal import renewal_time as renewal_time
 from snakeway.renewal import require_aware
 
 if TYPE_CHECKING:

@@ -2,11 +2,11 @@
 
 Like Caddy's internal issuer: snakeway keeps a private root in ``<state_dir>/pki`` (``root.pem``, and
 ``root.key`` mode 0600, directory 0700), issues each site a 7-day ECDSA P-256 certificate signed by it, and
-renews it by snakeway's one lifetime rule (:func:`renew_within`: with half of a 7-day leaf left). The chain
-served is the leaf alone: a client either trusts the root already (it is in its trust store) or does not, and
-sending the root changes neither. Every worker serves the same leaf: see :mod:`snakeway.tls.leaves`. Users who
-want browsers to trust these certificates add ``root.pem`` (:attr:`LocalCA.root_path`) to their trust store;
-that is why the root, once created, is reused and never silently replaced.
+renews it by snakeway's one lifetime rule (:func:`snakeway.renewal.lifetime_renewal_time`: with half of a
+7-day leaf left). The chain served is the leaf alone: a client either trusts the root already (it is in its
+trust store) or does not, and sending the root changes neither. Every worker serves the same leaf: see
+:mod:`snakeway.tls.leaves`. Users who want browsers to trust these certificates add ``root.pem``
+(:attr:`LocalCA.root_path`) to their trust store; that is why the root, once created, is reused and never silently replaced.
 
 Building certificates is pure (CPU only). :meth:`LocalCA.load_or_create` does blocking file I/O: from trio, run
 it with ``trio.to_thread.run_sync``. Writes are atomic (temporary file, fsync, rename, fsync of the directory),
@@ -29,7 +29,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from snakeway import hostnames
 from snakeway.files import write_atomic
-from snakeway.renewal import renew_before
 from snakeway.tls.certinfo import CertificateError, load_chain
 
 if TYPE_CHECKING:
@@ -48,15 +47,6 @@ ROOT_KEY_FILE = "root.key"
 
 
 # --- renewal schedule (pure) ---------------------------------------------------------------------------------
-
-
-def renew_within(not_before: datetime, not_after: datetime) -> timedelta:
-    """How much validity left makes a leaf due: the default of :func:`snakeway.renewal.renew_before`.
-
-    That is half of the lifetime below 10 days, a third from 10 days on, as for ACME certificates without
-    ``renew_within_days``: a 7-day leaf is renewed after 3.5 days.
-    """
-    return renew_before(not_before, not_after)
 
 
 def canonical_names(names: Iterable[str]) -> tuple[str, ...]:

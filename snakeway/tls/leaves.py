@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snakeway.files import ensure_dir, write_atomic
-from snakeway.renewal import renewal_due
+from snakeway.renewal import lifetime_renewal_time
 from snakeway.tls.certinfo import CertificateError, load_chain, validate_pair
-from snakeway.tls.internal_ca import canonical_names, renew_within
+from snakeway.tls.internal_ca import canonical_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -97,7 +97,6 @@ def _load(ca: LocalCA, names: tuple[str, ...], cert_path: Path, key_path: Path, 
         return None  # missing, torn by a crash between the two writes, or expired: issue anew
     if info.names != names or not ca.issued(leaf):
         return None
-    window = renew_within(info.not_before, info.not_after)
-    if renewal_due(info.not_before, info.not_after, now, renew_within=window):
+    if now >= lifetime_renewal_time(info.not_before, info.not_after):
         return None
     return Leaf(chain, key, issued=False)

@@ -33,11 +33,11 @@ import trio
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Tls, TlsMode
 from snakeway.listeners import cert_ids
-from snakeway.renewal import renewal_time
+from snakeway.renewal import lifetime_renewal_time
 from snakeway.tls.certinfo import CertInfo, validate_pair
 from snakeway.tls.certmap import CertEntry, LazyContext
 from snakeway.tls.contexts import context_from_pem, server_context
-from snakeway.tls.internal_ca import LocalCA, renew_within
+from snakeway.tls.internal_ca import LocalCA
 from snakeway.tls.leaves import shared_leaf
 from snakeway.tls.registry import CertRegistry
 
@@ -124,8 +124,7 @@ class _Issued:
 
 
 def _renew_at(issued: _Issued) -> datetime:
-    window = renew_within(issued.not_before, issued.not_after)
-    return renewal_time(issued.not_before, issued.not_after, renew_within=window)
+    return lifetime_renewal_time(issued.not_before, issued.not_after)
 
 
 @dataclass(frozen=True)

@@ -23,52 +23,15 @@ from snakeway.acme.schedule import (
     next_attempt,
     next_check,
     parse_retry_after,
-    renewal_due,
-    renewal_time,
 )
 from snakeway.clock import SystemClock, sleep_until
 from snakeway.testing import TrioLinkedClock
-from tests.acme.strategies import DAY, HOUR, NOW, jitters, moments, renewal_infos, spans
+from tests.acme.strategies import DAY, HOUR, NOW, jitters, moments, renewal_infos
 
-# --- renewal_due / renewal_time ----------------------------------------------------------------
-
-
-def test_90_day_cert_with_30_day_window_is_due_at_day_60_exactly() -> None:
-    not_before = NOW
-    not_after = NOW + 90 * DAY
-    window = 30 * DAY
-    assert renewal_time(not_before, not_after, renew_within=window) == NOW + 60 * DAY
-    assert renewal_due(not_before, not_after, NOW + 60 * DAY, renew_within=window)
-    assert not renewal_due(not_before, not_after, NOW + 60 * DAY - timedelta(microseconds=1), renew_within=window)
-    assert not renewal_due(not_before, not_after, NOW, renew_within=window)
-    assert renewal_due(not_before, not_after, NOW + 100 * DAY, renew_within=window)  # expired
+# --- back-off ----------------------------------------------------------------------------------
 
 
-def test_window_longer_than_lifetime_is_always_due() -> None:
-    not_before, not_after = NOW, NOW + 6 * DAY  # a short-lived certificate
-    assert renewal_due(not_before, not_after, NOW, renew_within=30 * DAY)
-    assert renewal_due(not_before, not_after, NOW - DAY, renew_within=30 * DAY)
-    assert renewal_time(not_before, not_after, renew_within=30 * DAY) <= not_before
-
-
-def test_ari_window_brings_renewal_forward() -> None:
-    not_before, not_after = NOW, NOW + 90 * DAY
-    window = (NOW + 10 * DAY, NOW + 12 * DAY)
-    assert renewal_time(not_before, not_after, renew_within=30 * DAY, ari_window=window) == window[0]
-    assert not renewal_due(not_before, not_after, NOW + 9 * DAY, renew_within=30 * DAY, ari_window=window)
-    assert renewal_due(not_before, not_after, NOW + 10 * DAY, renew_within=30 * DAY, ari_window=window)
-    late = (NOW + 80 * DAY, NOW + 85 * DAY)  # a later window never delays our own threshold
-    assert renewal_due(not_before, not_after, NOW + 60 * DAY, renew_within=30 * DAY, ari_window=late)
-
-
-def test_naive_datetimes_and_bad_arguments_are_rejected() -> None:
-    naive = datetime(2030, 1, 1)  # noqa: DTZ001
-    with pytest.raises(ValueError, match="timezone-aware"):
-        renewal_due(naive, naive, NOW, renew_within=DAY)
-    with pytest.raises(ValueError, match="timezone-aware"):
-        renewal_due(NOW, NOW + 90 * DAY, naive, renew_within=DAY)
-    with pytest.raises(ValueError, match="negative"):
-        renewal_time(NOW, NOW + DAY, renew_within=-DAY)
+def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="jitter"):
         next_attempt(NOW, 1, None, jitter=1.0)
     with pytest.raises(ValueError, match="negative"):
@@ -77,34 +40,6 @@ def test_naive_datetimes_and_bad_arguments_are_rejected() -> None:
         next_check(NOW, 0, jitter=0.0)
 
 
-@given(moments, spans, spans, moments, moments, st.none() | st.tuples(moments, moments))
-def test_renewal_due_is_monotone_in_now(
-    not_before: datetime,
-    lifetime: timedelta,
-    renew_within: timedelta,
-    t1: datetime,
-    t2: datetime,
-    window: tuple[datetime, datetime] | None,
-) -> None:
-    early, late = sorted((t1, t2))
-    not_after = not_before + lifetime
-    if renewal_due(not_before, not_after, early, renew_within=renew_within, ari_window=window):
-        assert renewal_due(not_before, not_after, late, renew_within=renew_within, ari_window=window)
-
-
-@given(moments, spans, spans, moments)
-def test_renewal_due_agrees_with_renewal_time(
-    not_before: datetime, lifetime: timedelta, renew_within: timedelta, now: datetime
-) -> None:
-    not_after = not_before + lifetime
-    due = renewal_due(not_before, not_after, now, renew_within=renew_within)
-    when = renewal_time(not_before, not_after, renew_within=renew_within)
-    if now >= not_before:
-        assert due == (now >= when)
-    assert when <= not_after
-
-
-# --- back-off ----------------------------------------------------------------------------------
 
 
 def test_backoff_steps() -> None:

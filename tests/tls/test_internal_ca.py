@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.files import write_atomic
-from snakeway.renewal import renewal_due, renewal_time
+from snakeway.renewal import lifetime_renewal_time
 from snakeway.tls.certinfo import CertificateError, validate_pair
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.contexts import context_from_pem
-from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renew_within
+from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA
 from snakeway.tls.sni import listener_context
 from tests.tls.helpers import handshake
 
@@ -160,13 +160,13 @@ async def test_other_root_is_not_trusted(local_ca: LocalCA, tmp_path: Path) -> N
 
 def due(not_before: datetime, not_after: datetime, now: datetime) -> bool:
     """The local CA's renewal decision, as snakeway.tls.leaves takes it."""
-    return renewal_due(not_before, not_after, now, renew_within=renew_within(not_before, not_after))
+    return now >= lifetime_renewal_time(not_before, not_after)
 
 
 def test_due() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     end = start + timedelta(days=9)
-    assert renewal_time(start, end, renew_within=renew_within(start, end)) == start + timedelta(days=4, hours=12)
+    assert lifetime_renewal_time(start, end) == start + timedelta(days=4, hours=12)
     assert not due(start, end, start)
     assert not due(start, end, start + timedelta(days=4, hours=11))
     assert due(start, end, start + timedelta(days=4, hours=12))
@@ -177,11 +177,11 @@ def test_a_leaf_is_renewed_by_the_acme_lifetime_rule() -> None:
     """Half of a leaf shorter than 10 days is left when it is renewed, a third of a longer one."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     week = start + LEAF_LIFETIME
-    assert renewal_time(start, week, renew_within=renew_within(start, week)) == start + LEAF_LIFETIME / 2
+    assert lifetime_renewal_time(start, week) == start + LEAF_LIFETIME / 2
     assert not due(start, week, start + timedelta(days=3, hours=11))
     assert due(start, week, start + timedelta(days=3, hours=12))
     month = start + timedelta(days=30)
-    assert renewal_time(start, month, renew_within=renew_within(start, month)) == start + timedelta(days=20)
+    assert lifetime_renewal_time(start, month) == start + timedelta(days=20)
 
 
 @given(

@@ -14,9 +14,9 @@ from cryptography import x509
 
 from snakeway.config.model import Tls, TlsMode
 from snakeway.listeners import cert_ids
-from snakeway.renewal import renewal_time
+from snakeway.renewal import lifetime_renewal_time
 from snakeway.testing import TrioLinkedClock
-from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA, renew_within
+from snakeway.tls.internal_ca import LEAF_LIFETIME, LocalCA
 from snakeway.tls.leaves import leaf_paths, shared_leaf
 from snakeway.tls.registry import CertRegistry, Served
 from snakeway.tls.sni import listener_context
@@ -58,7 +58,7 @@ def test_renewed_once_due_and_the_renewal_is_then_shared(local_ca: LocalCA) -> N
     first = shared_leaf(local_ca, NAMES, now=NOW)
     cert = x509.load_pem_x509_certificate(first.chain_pem)
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    due_at = renewal_time(not_before, not_after, renew_within=renew_within(not_before, not_after))
+    due_at = lifetime_renewal_time(not_before, not_after)
     assert not shared_leaf(local_ca, NAMES, now=due_at - timedelta(seconds=1)).issued
     renewed = shared_leaf(local_ca, NAMES, now=due_at)  # the first worker to wake
     loaded = shared_leaf(local_ca, NAMES, now=due_at)  # the others, at the same moment
