@@ -100,6 +100,8 @@ class FakeCA:
         seed: Seeds the random faults (``None``: unseeded).
         serial_requests: Serve requests one at a time, ARI excepted, as the real backend's one
             session does.
+        serial_ari: With ``serial_requests``, ARI requests wait their turn too (a backend that
+            sends them through the same session as orders).
         never_valid: Names whose authorizations always fail (a collection, or a predicate).
         invalid_problem: The problem type of such a failure.
         limits: The CA-side rate limits to enforce (``CALimitSettings()``: Let's Encrypt's);
@@ -133,6 +135,7 @@ class FakeCA:
         fault_rate: float = 0.0,
         seed: int | None = 0,
         serial_requests: bool = False,
+        serial_ari: bool = False,
         never_valid: NeverValid = (),
         invalid_problem: str = ACME_ERROR + "incorrectResponse",
         limits: CALimitSettings | None = None,
@@ -153,6 +156,7 @@ class FakeCA:
         self.delay = delay
         self.fault_rate = fault_rate
         self.serial_requests = serial_requests
+        self.serial_ari = serial_ari
         self.unreachable = False
         self._gate = RequestGate(seed)
         self._book = CABook(limits)
@@ -162,6 +166,7 @@ class FakeCA:
         self.issued: list[int] = []
         self.accounts = self._book.accounts
         self.answered: list[ChallengeTask] = []
+        self._answered: set[str] = set()  # their urls
         self.planned: list[PlannedFailure] = []
         self._ids = itertools.count(1)
         self._account: tuple[AccountInfo, str] | None = None  # the current one, as the real backend's session
@@ -255,8 +260,9 @@ class FakeCA:
                 already replaced (``alreadyReplaced``), or a rate limit (429 ``rateLimited``).
         """
         self.calls.append("new_order")
-        if set(crypto.csr_names(csr_pem)) != set(domains):
-            raise ValueError(f"CSR names {crypto.csr_names(csr_pem)} differ from {tuple(domains)}")
+        csr_names = crypto.csr_names(csr_pem)
+        if set(csr_names) != set(domains):
+            raise ValueError(f"CSR names {csr_names} differ from {tuple(domains)}")
         account, _ = self._require()
         await self._enter("new_order")
         names = tuple(dict.fromkeys(domains))
@@ -317,6 +323,7 @@ class FakeCA:
         if task.url not in self._challenges:
             raise IssuanceError(f"no such challenge {task.url}", status=404, problem_type=ACME_ERROR + "malformed")
         self.answered.append(task)
+        self._answered.add(task.url)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
         """Validate the order's answered challenges (with ``validator``, if any).
@@ -330,10 +337,9 @@ class FakeCA:
         self._require()
         await self._enter("wait_authorizations", deadline=deadline, what="authorizations")
         state = unwrap(order)
-        answered = {task.url for task in self.answered}
         for authz in state.authorizations:
             if authz.status == "pending":
-                await self._validate(state, authz, answered, deadline)
+                await self._validate(state, authz, self._answered, deadline)
             if authz.status != "valid":
                 raise IssuanceError(f"authorization for {authz.domain} is {authz.status}: {authz.error}",
                                     problem_type=authz.problem)
@@ -415,7 +421,7 @@ class FakeCA:
         if self.unreachable:
             await trio.lowlevel.checkpoint()
             raise IssuanceError("connection refused", status=None)
-        serial = self.serial_requests and step != "renewal_info"
+        serial = self.serial_requests and (step != "renewal_info" or self.serial_ari)
         await self._gate.enter(self.delay, self.fault_rate, serial=serial, deadline=deadline, what=what)
         self._inject(step)
 

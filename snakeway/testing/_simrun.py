@@ -25,7 +25,7 @@ from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import LocalCoordinator
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
-from snakeway.acme.store import CertBundle
+from snakeway.acme.store import CertBundle, CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.config.model import AcmeSettings, KeyType, TlsAutomation
 from snakeway.testing._clock import TrioLinkedClock
@@ -87,6 +87,7 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
         fault_rate=scenario.fault_rate,
         seed=scenario.seed,
         serial_requests=scenario.serial_requests,
+        serial_ari=scenario.ari_in_queue,
         never_valid=bad,
         limits=scenario.limits,
     )
@@ -94,7 +95,7 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
     certs = [ManagedCert(f"acme:{name}", (name,)) for name in names]
     store = DatedStore()
     if scenario.stored:
-        _fill(store, ca, healthy_names(scenario.certs), scenario)
+        await _fill(store, ca, healthy_names(scenario.certs), scenario)
     outcome = Outcome(ca, [], certs, EPOCH)
     settings = _settings(scenario)
     coordinator = LocalCoordinator()
@@ -107,7 +108,7 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
         registry.configure({LISTENER: Served(tuple(c.cert_id for c in certs))})
         outcome.registries.append(registry)
         managers.append(CertManager(
-            settings=settings, certs=certs, store=store, backend=backend, registry=registry,
+            settings=settings, certs=certs, store=cast(CertStore, store), backend=backend, registry=registry,
             http01=Http01Tokens(), tlsalpn=TlsAlpnChallenges(), clock=clock,
             rng=random.Random(scenario.seed * 1000 + worker), offload=inline, coordinator=coordinator,
         ))
@@ -140,7 +141,7 @@ def _settings(scenario: Scenario) -> TlsAutomation:
     )
 
 
-def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -> None:
+async def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -> None:
     """Certificates already stored at the start, of ages spread evenly over the first half of their lifetime.
 
     One key for all of them: this fills a store, it does not measure key generation.
@@ -151,7 +152,8 @@ def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -
     for name in names:
         not_before = (EPOCH - half * rng.random()).replace(microsecond=0)
         chain = ca.sign((name,), key_pem, not_before=not_before).encode("ascii")
-        store.put(CertBundle.from_pem(name, (name,), chain, key_pem))
+        # Dated by hand: save() parses and checks the PEM once, and fills in issuer and serial.
+        await store.save(CertBundle(name, (name,), chain, key_pem, not_before, not_before + scenario.lifetime))
 
 
 async def _outage(ca: FakeCA, start_day: float, length_days: float) -> None:
@@ -178,9 +180,7 @@ def _backend_for_this_manager(ca: FakeCA) -> AcmeBackend:
     each :class:`~snakeway.acme.ari.RenewalInfo` into one so the simulator runs either CertManager.
     """
     wanted = str(inspect.signature(AcmeBackend.renewal_info).return_annotation)
-    if "RenewalInfo" in wanted:
-        return ca
-    return cast(AcmeBackend, _TupleAri(ca))
+    return cast(AcmeBackend, ca if "RenewalInfo" in wanted else _TupleAri(ca))
 
 
 class _TupleAri:
