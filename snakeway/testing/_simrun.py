@@ -70,9 +70,14 @@ def failing_names(count: int) -> list[str]:
 
 def run(scenario: Scenario) -> Outcome:
     """Run ``scenario`` to its end in simulated time."""
-    logging.getLogger("snakeway").setLevel(scenario.log_level)
+    logger = logging.getLogger("snakeway")
+    level = logger.level
+    logger.setLevel(scenario.log_level)
     holder: list[Outcome] = []
-    trio.run(_main, scenario, holder, clock=trio.testing.MockClock(autojump_threshold=0))
+    try:
+        trio.run(_main, scenario, holder, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.setLevel(level)
     return holder[0]
 
 

@@ -8,6 +8,7 @@ does, the report must say exactly that.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -140,3 +141,10 @@ def test_main_prints_one_json_report(capsys: pytest.CaptureFixture[str]) -> None
     [run] = printed["runs"]
     assert (run["orders"], run["certs"], run["expired_minutes"]) == (1, 1, 0)
     assert run["ari_requests_per_cert_per_day"] >= 1  # asked at least once for its certificate
+
+
+def test_the_log_level_is_restored_after_a_run() -> None:
+    logger = logging.getLogger("snakeway")
+    before = logger.level
+    run_scenario(Scenario(certs=1, days=0.1, log_level=logging.CRITICAL))
+    assert logger.level == before
