@@ -121,6 +121,7 @@ class FakeCA:
         replaces: The ``replaces`` of each order opened (None for an order without).
         records: Per name: orders, failed validations, issued certificates, ARI requests, rateLimited
             answers (:class:`~snakeway.testing.NameRecord`).
+        limits: The enforced :class:`~snakeway.testing.CALimits` and their counters, or None.
     """
 
     def __init__(
@@ -165,6 +166,8 @@ class FakeCA:
         self.replaces: list[str | None] = []
         self.issued: list[int] = []
         self.accounts = self._book.accounts
+        self.records: dict[str, NameRecord] = self._book.records
+        self.limits: CALimits | None = self._book.limits  # with their counters (``peak``, ``used``)
         self.answered: list[ChallengeTask] = []
         self._answered: set[str] = set()  # their urls
         self.planned: list[PlannedFailure] = []
@@ -175,21 +178,12 @@ class FakeCA:
         self._root_key = ec.generate_private_key(ec.SECP256R1())
         self._root = make_root(self._root_key)
 
-    # --- controls ---------------------------------------------------------------------------------
+    # --- counters and controls --------------------------------------------------------------------
 
     @property
     def faults(self) -> int:
         """Random faults answered so far (``fault_rate``)."""
         return self._gate.faults
-
-    @property
-    def records(self) -> dict[str, NameRecord]:
-        return self._book.records
-
-    @property
-    def limits(self) -> CALimits | None:
-        """The enforced limits with their counters (``peak``, ``used``), or None."""
-        return self._book.limits
 
     @property
     def rate_limited(self) -> int:
