@@ -6,7 +6,7 @@ CONFIG  ?= snakeway.hcl.example
 # Debian packages the test suite drives as real peers.
 TEST_DEBS := curl openssl pebble
 
-.PHONY: serve test check install deps clean bench bench-accept fuzz soak
+.PHONY: serve test check install deps clean bench bench-accept fuzz soak simulate
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: $(STAMP)
 # minutes; benchmarks/accept_fairness.py). BENCH_ACCEPT_BASELINE=<git revision> adds snakeway at that revision.
 bench-accept: $(STAMP)
 	$(VPY) -m benchmarks.accept_fairness
+
+# The renewal simulator (docs/testing.md, "The renewal simulator"): the real CertManager against a simulated
+# CA on a mock clock, one JSON report per scenario. SCENARIOS picks presets; SIM_ARGS adds flags to each run.
+SCENARIOS ?= faults never-validate many-ari from-empty
+SIM_ARGS  ?=
+simulate: $(STAMP)
+	@for s in $(SCENARIOS); do $(VPY) -m snakeway.testing.simulate --scenario $$s $(SIM_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

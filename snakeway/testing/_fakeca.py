@@ -93,13 +93,12 @@ class FakeCA:
             failed (connection) validation; other exceptions propagate.
         delay: Seconds of simulated CA latency per request (``trio.sleep``).
         ari: How :meth:`renewal_info` answers (ARI); ``None`` = a CA without ARI.
-        renewal_window: A fixed ARI window ``(start, end)``; when set, :meth:`renewal_info` answers this
-            tuple itself, the answer of the protocol before :class:`~snakeway.acme.ari.RenewalInfo`
-            (``ari`` is the way to get RenewalInfo).
         fault_rate: Probability that a request fails with HTTP 503 or 500 (after its latency).
         seed: Seeds the random faults (``None``: unseeded).
         serial_requests: Serve requests one at a time, ARI excepted, as the real backend's one
             session does.
+        serial_ari: With ``serial_requests``, ARI requests wait their turn too (a backend that
+            sends them through the same session as orders).
         never_valid: Names whose authorizations always fail (a collection, or a predicate).
         invalid_problem: The problem type of such a failure.
         limits: The CA-side rate limits to enforce (``CALimitSettings()``: Let's Encrypt's);
@@ -119,6 +118,7 @@ class FakeCA:
         replaces: The ``replaces`` of each order opened (None for an order without).
         records: Per name: orders, failed validations, issued certificates, ARI requests, rateLimited
             answers (:class:`~snakeway.testing.NameRecord`).
+        limits: The enforced :class:`~snakeway.testing.CALimits` and their counters, or None.
     """
 
     def __init__(
@@ -129,10 +129,10 @@ class FakeCA:
         validator: Validator | None = None,
         delay: float = 0.0,
         ari: AriPolicy | None = None,
-        renewal_window: tuple[datetime, datetime] | None = None,
         fault_rate: float = 0.0,
         seed: int | None = 0,
         serial_requests: bool = False,
+        serial_ari: bool = False,
         never_valid: NeverValid = (),
         invalid_problem: str = ACME_ERROR + "incorrectResponse",
         limits: CALimitSettings | None = None,
@@ -147,12 +147,12 @@ class FakeCA:
         self.lifetime = lifetime
         self.validator = validator
         self.ari = ari
-        self.renewal_window = renewal_window
         self.never_valid = never_valid
         self.invalid_problem = invalid_problem
         self.delay = delay
         self.fault_rate = fault_rate
         self.serial_requests = serial_requests
+        self.serial_ari = serial_ari
         self.unreachable = False
         self._gate = RequestGate(seed)
         self._book = CABook(limits)
@@ -161,7 +161,10 @@ class FakeCA:
         self.replaces: list[str | None] = []
         self.issued: list[int] = []
         self.accounts = self._book.accounts
+        self.records: dict[str, NameRecord] = self._book.records
+        self.limits: CALimits | None = self._book.limits  # with their counters (``peak``, ``used``)
         self.answered: list[ChallengeTask] = []
+        self._answered: set[str] = set()  # their urls
         self.planned: list[PlannedFailure] = []
         self._ids = itertools.count(1)
         self._account: tuple[AccountInfo, str] | None = None  # the current one, as the real backend's session
@@ -170,21 +173,12 @@ class FakeCA:
         self._root_key = ec.generate_private_key(ec.SECP256R1())
         self._root = make_root(self._root_key)
 
-    # --- controls ---------------------------------------------------------------------------------
+    # --- counters and controls --------------------------------------------------------------------
 
     @property
     def faults(self) -> int:
         """Random faults answered so far (``fault_rate``)."""
         return self._gate.faults
-
-    @property
-    def records(self) -> dict[str, NameRecord]:
-        return self._book.records
-
-    @property
-    def limits(self) -> CALimits | None:
-        """The enforced limits with their counters (``peak``, ``used``), or None."""
-        return self._book.limits
 
     @property
     def rate_limited(self) -> int:
@@ -255,8 +249,9 @@ class FakeCA:
                 already replaced (``alreadyReplaced``), or a rate limit (429 ``rateLimited``).
         """
         self.calls.append("new_order")
-        if set(crypto.csr_names(csr_pem)) != set(domains):
-            raise ValueError(f"CSR names {crypto.csr_names(csr_pem)} differ from {tuple(domains)}")
+        csr_names = crypto.csr_names(csr_pem)
+        if set(csr_names) != set(domains):
+            raise ValueError(f"CSR names {csr_names} differ from {tuple(domains)}")
         account, _ = self._require()
         await self._enter("new_order")
         names = tuple(dict.fromkeys(domains))
@@ -317,6 +312,7 @@ class FakeCA:
         if task.url not in self._challenges:
             raise IssuanceError(f"no such challenge {task.url}", status=404, problem_type=ACME_ERROR + "malformed")
         self.answered.append(task)
+        self._answered.add(task.url)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
         """Validate the order's answered challenges (with ``validator``, if any).
@@ -330,10 +326,9 @@ class FakeCA:
         self._require()
         await self._enter("wait_authorizations", deadline=deadline, what="authorizations")
         state = unwrap(order)
-        answered = {task.url for task in self.answered}
         for authz in state.authorizations:
             if authz.status == "pending":
-                await self._validate(state, authz, answered, deadline)
+                await self._validate(state, authz, self._answered, deadline)
             if authz.status != "valid":
                 raise IssuanceError(f"authorization for {authz.domain} is {authz.status}: {authz.error}",
                                     problem_type=authz.problem)
@@ -391,8 +386,6 @@ class FakeCA:
         cert = self._book.lookup(cert_pem)
         await self._enter("renewal_info")
         self._book.ari_requested(cert)
-        if self.renewal_window is not None:
-            return self.renewal_window  # type: ignore[return-value]  # the protocol's older tuple answer
         if self.ari is None:
             return None
         return self.ari.answer(cert, self.clock.now())
@@ -415,7 +408,7 @@ class FakeCA:
         if self.unreachable:
             await trio.lowlevel.checkpoint()
             raise IssuanceError("connection refused", status=None)
-        serial = self.serial_requests and step != "renewal_info"
+        serial = self.serial_requests and (step != "renewal_info" or self.serial_ari)
         await self._gate.enter(self.delay, self.fault_rate, serial=serial, deadline=deadline, what=what)
         self._inject(step)
 

@@ -20,26 +20,29 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from snakeway.acme.store import CertBundle, MemoryStore
 from snakeway.tls.certmap import CertEntry
 from snakeway.tls.registry import CertRegistry
 
 
-class DatedStore(MemoryStore):
-    """A :class:`MemoryStore` that keeps ``(not_before, not_after)`` of each saved bundle, readable at once."""
+class DatedStore:
+    """A :class:`MemoryStore` (every method passed through) that also keeps the dates of each saved bundle.
+
+    ``dates[name]`` is ``(not_before, not_after)`` of the bundle last saved under ``name``, readable
+    without awaiting (the registry's ``update`` is synchronous).
+    """
 
     def __init__(self) -> None:
-        super().__init__()
+        self.inner = MemoryStore()
         self.dates: dict[str, tuple[datetime, datetime]] = {}
 
-    async def save(self, bundle: CertBundle) -> None:
-        await super().save(bundle)
-        self.dates[bundle.name] = (bundle.not_before, bundle.not_after)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
-    def put(self, bundle: CertBundle) -> None:
-        """Store ``bundle`` without verifying it again (filling the store before a run)."""
-        self._bundles[bundle.name] = bundle
+    async def save(self, bundle: CertBundle) -> None:
+        await self.inner.save(bundle)
         self.dates[bundle.name] = (bundle.not_before, bundle.not_after)
 
 

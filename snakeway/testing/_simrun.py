@@ -8,7 +8,6 @@ jumps whenever every task sleeps.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 from collections import Counter
@@ -20,12 +19,11 @@ import trio
 import trio.testing
 
 from snakeway.acme import crypto
-from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import LocalCoordinator
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
-from snakeway.acme.store import CertBundle
+from snakeway.acme.store import CertBundle, CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.config.model import AcmeSettings, KeyType, TlsAutomation
 from snakeway.testing._clock import TrioLinkedClock
@@ -70,9 +68,14 @@ def failing_names(count: int) -> list[str]:
 
 def run(scenario: Scenario) -> Outcome:
     """Run ``scenario`` to its end in simulated time."""
-    logging.getLogger("snakeway").setLevel(scenario.log_level)
+    logger = logging.getLogger("snakeway")
+    level = logger.level
+    logger.setLevel(scenario.log_level)
     holder: list[Outcome] = []
-    trio.run(_main, scenario, holder, clock=trio.testing.MockClock(autojump_threshold=0))
+    try:
+        trio.run(_main, scenario, holder, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.setLevel(level)
     return holder[0]
 
 
@@ -87,6 +90,7 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
         fault_rate=scenario.fault_rate,
         seed=scenario.seed,
         serial_requests=scenario.serial_requests,
+        serial_ari=scenario.ari_in_queue,
         never_valid=bad,
         limits=scenario.limits,
     )
@@ -94,11 +98,10 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
     certs = [ManagedCert(f"acme:{name}", (name,)) for name in names]
     store = DatedStore()
     if scenario.stored:
-        _fill(store, ca, healthy_names(scenario.certs), scenario)
+        await _fill(store, ca, healthy_names(scenario.certs), scenario)
     outcome = Outcome(ca, [], certs, EPOCH)
     settings = _settings(scenario)
     coordinator = LocalCoordinator()
-    backend = _backend_for_this_manager(ca)
     managers = []
     ids = {c.cert_id: c.name for c in certs}
     ids[f"acme:{NEW_NAME}"] = NEW_NAME
@@ -107,7 +110,7 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
         registry.configure({LISTENER: Served(tuple(c.cert_id for c in certs))})
         outcome.registries.append(registry)
         managers.append(CertManager(
-            settings=settings, certs=certs, store=store, backend=backend, registry=registry,
+            settings=settings, certs=certs, store=cast(CertStore, store), backend=ca, registry=registry,
             http01=Http01Tokens(), tlsalpn=TlsAlpnChallenges(), clock=clock,
             rng=random.Random(scenario.seed * 1000 + worker), offload=inline, coordinator=coordinator,
         ))
@@ -140,7 +143,7 @@ def _settings(scenario: Scenario) -> TlsAutomation:
     )
 
 
-def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -> None:
+async def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -> None:
     """Certificates already stored at the start, of ages spread evenly over the first half of their lifetime.
 
     One key for all of them: this fills a store, it does not measure key generation.
@@ -151,7 +154,8 @@ def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -
     for name in names:
         not_before = (EPOCH - half * rng.random()).replace(microsecond=0)
         chain = ca.sign((name,), key_pem, not_before=not_before).encode("ascii")
-        store.put(CertBundle.from_pem(name, (name,), chain, key_pem))
+        # Dated by hand: save() parses and checks the PEM once, and fills in issuer and serial.
+        await store.save(CertBundle(name, (name,), chain, key_pem, not_before, not_before + scenario.lifetime))
 
 
 async def _outage(ca: FakeCA, start_day: float, length_days: float) -> None:
@@ -169,32 +173,6 @@ async def _add_name(at_day: float, managers: list[CertManager], outcome: Outcome
         certs = [*outcome.certs, added]
         registry.configure({LISTENER: Served(tuple(c.cert_id for c in certs))})
         await manager.configure(certs)
-
-
-def _backend_for_this_manager(ca: FakeCA) -> AcmeBackend:
-    """``ca``, or ``ca`` behind an adapter when this snakeway's backend protocol predates RenewalInfo.
-
-    The older protocol answered ``renewal_info`` with a ``(start, end)`` tuple; the adapter turns
-    each :class:`~snakeway.acme.ari.RenewalInfo` into one so the simulator runs either CertManager.
-    """
-    wanted = str(inspect.signature(AcmeBackend.renewal_info).return_annotation)
-    if "RenewalInfo" in wanted:
-        return ca
-    return cast(AcmeBackend, _TupleAri(ca))
-
-
-class _TupleAri:
-    def __init__(self, ca: FakeCA) -> None:
-        self._ca = ca
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ca, name)
-
-    async def renewal_info(self, cert_pem: bytes) -> tuple[datetime, datetime] | None:
-        info = await self._ca.renewal_info(cert_pem)
-        if info is None or isinstance(info, tuple):
-            return info
-        return (info.start, info.end)
 
 
 def first_moment(moments: list[datetime]) -> datetime | None:

@@ -51,6 +51,7 @@ class Scenario:
         ari_retry_after: The ``Retry-After`` of its ARI answers.
         latency: Seconds per CA request.
         serial_requests: CA requests (ARI excepted) served one at a time, as the real backend's session.
+        ari_in_queue: ARI requests wait in that same queue (a backend without a separate ARI session).
         workers: CertManagers sharing the store.
         limits: The CA's rate limits; None: none.
         stored: The healthy certificates are already in the store at the start, of ages spread over
@@ -73,6 +74,7 @@ class Scenario:
     ari_retry_after: timedelta = timedelta(hours=6)
     latency: float = 0.0
     serial_requests: bool = True
+    ari_in_queue: bool = False
     workers: int = 1
     limits: CALimitSettings | None = field(default_factory=CALimitSettings)
     stored: bool = False
@@ -102,7 +104,7 @@ class Report:
         rate_limited: New orders the CA refused with ``rateLimited``.
         healthy_unserved: Names that validate but no worker served at the end.
         new_name_first_order_s / new_name_served_s: From ``configure()`` adding a name to its first
-            order, and to the last worker serving it (None: not added, or never).
+            order, and to the first worker serving it (None: not added, or never).
         random_faults: Requests failed by ``fault_rate``.
         real_seconds: Real time the run took.
     """
@@ -136,9 +138,14 @@ class Report:
 
 def run_scenario(scenario: Scenario) -> Report:
     """Run ``scenario`` (real CertManager, MockClock, FakeCA) and report on it."""
+    return run_detailed(scenario)[0]
+
+
+def run_detailed(scenario: Scenario) -> tuple[Report, Outcome]:
+    """:func:`run_scenario`, with what the report was made from (the CA with its records, the cert maps)."""
     started = time.perf_counter()
     outcome = run(scenario)
-    return _report(scenario, outcome, time.perf_counter() - started)
+    return _report(scenario, outcome, time.perf_counter() - started), outcome
 
 
 def _report(scenario: Scenario, outcome: Outcome, real_seconds: float) -> Report:
@@ -156,7 +163,7 @@ def _report(scenario: Scenario, outcome: Outcome, real_seconds: float) -> Report
         if cert.name in healthy and any(cert.cert_id not in served for served in served_at_end)
     )
     limits = ca.limits
-    added_served = max(outcome.added_served) if len(outcome.added_served) == scenario.workers else None
+    added_served = min(outcome.added_served) if outcome.added_served else None
     return Report(
         scenario=scenario.name,
         days=scenario.days,
@@ -234,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ari", action=argparse.BooleanOptionalAction, default=None, help="the CA answers ARI")
     parser.add_argument("--ari-retry-after", type=_duration, help="Retry-After of ARI answers (6h, ...)")
     parser.add_argument("--latency", type=float, help="seconds per CA request")
+    parser.add_argument("--ari-in-queue", action=argparse.BooleanOptionalAction, default=None,
+                        help="ARI requests wait behind order requests (one session for both)")
     parser.add_argument("--workers", type=int, help="CertManagers sharing one store")
     parser.add_argument("--no-limits", action="store_true", help="the CA enforces no rate limits")
     for bucket, flag in (("new_orders_per_3h", "--new-orders-per-3h"),
@@ -256,7 +265,7 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     runs = PRESETS[args.scenario] if args.scenario else [Scenario()]
     changes: dict[str, Any] = {}
     for name in ("certs", "never_validate", "lifetime", "days", "fault_rate", "ari", "ari_retry_after", "latency",
-                 "workers", "stored", "add_name_at", "check_interval", "renew_within_days", "seed"):
+                 "ari_in_queue", "workers", "stored", "add_name_at", "check_interval", "renew_within_days", "seed"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -6,7 +6,8 @@ renews it by snakeway's one lifetime rule (:func:`snakeway.renewal.lifetime_rene
 7-day leaf left). The chain served is the leaf alone: a client either trusts the root already (it is in its
 trust store) or does not, and sending the root changes neither. Every worker serves the same leaf: see
 :mod:`snakeway.tls.leaves`. Users who want browsers to trust these certificates add ``root.pem``
-(:attr:`LocalCA.root_path`) to their trust store; that is why the root, once created, is reused and never silently replaced.
+(:attr:`LocalCA.root_path`) to their trust store; that is why the root, once created, is reused and never
+silently replaced.
 
 Building certificates is pure (CPU only). :meth:`LocalCA.load_or_create` does blocking file I/O: from trio, run
 it with ``trio.to_thread.run_sync``. Writes are atomic (temporary file, fsync, rename, fsync of the directory),

@@ -15,27 +15,44 @@ from josepy.b64 import b64encode
 from josepy.jwk import JWK
 
 from snakeway.acme import crypto
+from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.clock import SystemClock
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
-from snakeway.testing import STEPS, FakeCA, PlannedFailure, TrioLinkedClock, cert_dates
+from snakeway.testing import (
+    STEPS,
+    AriPolicy,
+    CALimitSettings,
+    FakeCA,
+    PlannedFailure,
+    TrioLinkedClock,
+    cert_dates,
+    lifetime_window,
+)
+from snakeway.testing._fakelimits import registered_domain
 from snakeway.tls.certinfo import leaf_info, load_chain
 
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 DOMAINS = ("a.test", "www.a.test")
 DAY = 86400.0
+ACME = "urn:ietf:params:acme:error:"
 
 
-async def open_order(ca: FakeCA, domains: tuple[str, ...] = DOMAINS) -> tuple[OrderHandle, bytes]:
-    await ca.ensure_account(None, ("mailto:ops@a.test",))
+async def open_order(
+    ca: FakeCA, domains: tuple[str, ...] = DOMAINS, *, replaces: str | None = None
+) -> tuple[OrderHandle, bytes]:
+    key = ca.accounts[0].key_pem if ca.accounts else None  # one account, as the manager keeps
+    await ca.ensure_account(key, ("mailto:ops@a.test",))
     csr = crypto.make_csr(crypto.generate_key(KeyType.ECDSA_P256), domains)
-    return await ca.new_order(domains, csr), csr
+    return await ca.new_order(domains, csr, replaces=replaces), csr
 
 
-async def issue(ca: FakeCA, domains: tuple[str, ...] = DOMAINS, kind: Challenge = Challenge.HTTP_01) -> str:
+async def issue(
+    ca: FakeCA, domains: tuple[str, ...] = DOMAINS, kind: Challenge = Challenge.HTTP_01, *, replaces: str | None = None
+) -> str:
     """The manager's sequence: account, order, challenges, answers, authorizations, finalize."""
-    order, csr = await open_order(ca, domains)
+    order, csr = await open_order(ca, domains, replaces=replaces)
     for task in ca.challenges(order, kind):
         await ca.answer(task)
     deadline = trio.current_time() + 60
@@ -431,13 +448,274 @@ async def test_unreachable_fails_every_request() -> None:
     assert len(ca.issued) == 2
 
 
-async def test_renewal_info_emulates_ari() -> None:
+# --- replaces and resume_order -------------------------------------------------------------------
+
+
+async def test_replaces_is_recorded_and_a_replaced_certificate_cannot_be_replaced_again() -> None:
     ca = FakeCA(SystemClock())
-    cert = (await issue(ca)).encode()
-    assert await ca.renewal_info(cert) is None
-    window = (EPOCH, EPOCH + timedelta(days=1))
-    ca.renewal_window = window
-    assert await ca.renewal_info(cert) == window
+    first = await issue(ca)
+    first_id = crypto.ari_cert_id(first.encode())
+    second = await issue(ca, replaces=first_id)
+    assert ca.replaces == [None, first_id]
+    with pytest.raises(IssuanceError) as info:
+        await open_order(ca, replaces=first_id)
+    assert (info.value.status, info.value.problem_type) == (409, ACME + "alreadyReplaced")
+    assert len(ca.orders) == 2
+    # An order that carries replaces but is never finalized replaces nothing.
+    second_id = crypto.ari_cert_id(second.encode())
+    await open_order(ca, replaces=second_id)
+    await open_order(ca, replaces=second_id)
+    assert ca.replaces[2:] == [second_id, second_id]
+
+
+async def test_replaces_of_an_unknown_certificate_is_malformed() -> None:
+    other = FakeCA(SystemClock())
+    foreign = crypto.ari_cert_id((await issue(other)).encode())
+    ca = FakeCA(SystemClock())
+    with pytest.raises(IssuanceError) as info:
+        await open_order(ca, replaces=foreign)
+    assert (info.value.status, info.value.problem_type) == (400, ACME + "malformed")
+    assert ca.orders == []
+
+
+async def test_resume_order_downloads_the_chain_of_a_valid_order_without_issuing_again() -> None:
+    ca = FakeCA(SystemClock())
+    order, csr = await open_order(ca)
+    for task in ca.challenges(order, Challenge.HTTP_01):
+        await ca.answer(task)
+    deadline = trio.current_time() + 10
+    await ca.wait_authorizations(order, deadline)
+    chain = await ca.finalize(order, csr, deadline)
+
+    resumed = await ca.resume_order(order.url)
+    assert (resumed.url, resumed.domains) == (order.url, DOMAINS)
+    assert await ca.finalize(resumed, csr, deadline) == chain
+    assert len(ca.issued) == 1
+
+    pending, _ = await open_order(ca)
+    with pytest.raises(IssuanceError) as info:
+        await ca.finalize(await ca.resume_order(pending.url), csr, deadline)
+    assert info.value.problem_type == ACME + "orderNotReady"
+    with pytest.raises(IssuanceError) as info:
+        await ca.resume_order(order.url + "0")
+    assert info.value.status == 404
+    ca.fail_next(step="resume_order", status=500)
+    with pytest.raises(IssuanceError):
+        await ca.resume_order(order.url)
+
+
+# --- ARI -------------------------------------------------------------------------------------------
+
+
+async def test_ari_policy_answers_a_window_computed_from_the_certificate(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[datetime, datetime, int]] = []
+
+    def window(not_before: datetime, not_after: datetime, serial: int) -> tuple[datetime, datetime]:
+        seen.append((not_before, not_after, serial))
+        return not_before + timedelta(days=10), not_before + timedelta(days=11)
+
+    policy = AriPolicy(window=window, retry_after=timedelta(hours=3), explanation_url="https://ca.test/why")
+    ca = FakeCA(TrioLinkedClock(EPOCH), ari=policy)
+    await trio.sleep(100)
+    chain = (await issue(ca)).encode()
+    await trio.sleep(50)
+    info = await ca.renewal_info(chain)
+    issued = EPOCH + timedelta(seconds=100)
+    assert info == RenewalInfo(
+        issued + timedelta(days=10), issued + timedelta(days=11),
+        explanation_url="https://ca.test/why", retry_after=EPOCH + timedelta(seconds=150, hours=3),
+    )
+    assert seen == [(issued, issued + timedelta(days=90), load_chain(chain)[0].serial_number)]
+    assert ca.records["a.test"].ari_requests == ca.records["www.a.test"].ari_requests == 1
+
+
+def test_default_ari_window_starts_at_two_thirds_of_the_lifetime() -> None:
+    assert lifetime_window(EPOCH, EPOCH + timedelta(days=90), 1) == (
+        EPOCH + timedelta(days=60), EPOCH + timedelta(days=62)
+    )
+    assert AriPolicy().window is lifetime_window
+    with pytest.raises(ValueError, match="negative"):
+        AriPolicy(retry_after=timedelta(seconds=-1))
+
+
+async def test_malformed_ari_answer_raises_and_no_ari_answers_none() -> None:
+    ca = FakeCA(SystemClock())
+    chain = (await issue(ca)).encode()
+    assert await ca.renewal_info(chain) is None
+    ca.ari = AriPolicy(malformed=True)
+    with pytest.raises(IssuanceError, match="no end") as info:
+        await ca.renewal_info(chain)
+    assert info.value.problem_type == ACME + "malformed"
+    assert ca.records["a.test"].ari_requests == 2
+
+
+async def test_sign_makes_a_certificate_known_to_ari_and_replaces_but_counted_nowhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ca = FakeCA(TrioLinkedClock(EPOCH), ari=AriPolicy())
+    not_before = EPOCH - timedelta(days=10)
+    chain = ca.sign(("s.test",), crypto.generate_key(KeyType.ECDSA_P256), not_before=not_before).encode()
+    assert cert_dates(chain) == (not_before, not_before + timedelta(days=90))
+    assert ca.records == {} and ca.issued == []
+    await ca.ensure_account(None, ())
+    info = await ca.renewal_info(chain)
+    assert info is not None and info.start == not_before + timedelta(days=60)
+    await issue(ca, ("s.test",), replaces=crypto.ari_cert_id(chain))
+    assert len(ca.records["s.test"].issued) == 1
+
+
+# --- load and failure controls ---------------------------------------------------------------------
+
+
+async def outcomes(fault_rate: float, seed: int, n: int = 1000) -> tuple[list[int | None], FakeCA]:
+    ca = FakeCA(SystemClock(), seed=seed, ari=AriPolicy())
+    chain = (await issue(ca)).encode()
+    ca.fault_rate = fault_rate
+    statuses: list[int | None] = []
+    for _ in range(n):
+        try:
+            await ca.renewal_info(chain)
+            statuses.append(None)
+        except IssuanceError as exc:
+            statuses.append(exc.status)
+    return statuses, ca
+
+
+async def test_fault_rate_fails_that_share_of_requests_reproducibly() -> None:
+    statuses, ca = await outcomes(0.3, seed=5)
+    failed = [s for s in statuses if s is not None]
+    assert 250 <= len(failed) <= 350
+    assert set(failed) == {500, 503}
+    assert ca.faults == len(failed)
+    assert (await outcomes(0.3, seed=5))[0] == statuses  # the same seed, the same faults
+    assert (await outcomes(0.3, seed=6))[0] != statuses
+    assert set((await outcomes(1.0, seed=1, n=20))[0]) <= {500, 503}
+    assert set((await outcomes(0.0, seed=1, n=20))[0]) == {None}
+    with pytest.raises(ValueError, match="fault_rate"):
+        FakeCA(SystemClock(), fault_rate=1.5)
+
+
+async def test_serial_requests_wait_their_turn_but_ari_does_not(autojump_clock: trio.testing.MockClock) -> None:
+    ca = FakeCA(TrioLinkedClock(EPOCH), delay=1.0, serial_requests=True)
+    chain = (await issue(ca)).encode()
+    csr = crypto.make_csr(crypto.generate_key(KeyType.ECDSA_P256), DOMAINS)
+
+    async def round_of_requests() -> tuple[list[float], float]:
+        """When two orders and one ARI request sent together finish."""
+        start, done = trio.current_time(), {}
+
+        async def order(label: str) -> None:
+            await ca.new_order(DOMAINS, csr)
+            done[label] = trio.current_time() - start
+
+        async def ari() -> None:
+            await ca.renewal_info(chain)
+            done["ari"] = trio.current_time() - start
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(order, "first")
+            nursery.start_soon(order, "second")
+            nursery.start_soon(ari)
+        return sorted([done["first"], done["second"]]), done["ari"]
+
+    assert await round_of_requests() == ([1.0, 2.0], 1.0)
+    ca.serial_requests = False
+    assert await round_of_requests() == ([1.0, 1.0], 1.0)
+
+
+async def test_names_that_never_validate_fail_their_authorization() -> None:
+    ca = FakeCA(SystemClock(), never_valid={"www.a.test"}, invalid_problem=ACME + "unauthorized")
+    order, _ = await open_order(ca)
+    for task in ca.challenges(order, Challenge.HTTP_01):
+        await ca.answer(task)
+    with pytest.raises(IssuanceError, match="www.a.test is invalid") as info:
+        await ca.wait_authorizations(order, trio.current_time() + 1)
+    assert info.value.problem_type == ACME + "unauthorized"
+    assert (ca.records["a.test"].failed_validations, ca.records["www.a.test"].failed_validations) == (0, 1)
+
+    ca = FakeCA(SystemClock(), never_valid=lambda name: name.startswith("bad"))
+    await issue(ca, ("good.test",))
+    with pytest.raises(IssuanceError) as info:
+        await issue(ca, ("bad.test",))
+    assert info.value.problem_type == ACME + "incorrectResponse"
+    assert ca.records["bad.test"].failed_validations == 1
+    assert len(ca.issued) == 1
+
+
+# --- CA-side rate limits ---------------------------------------------------------------------------
+
+
+async def refused(ca: FakeCA, domains: tuple[str, ...], *, replaces: str | None = None) -> IssuanceError:
+    with pytest.raises(IssuanceError) as info:
+        await open_order(ca, domains, replaces=replaces)
+    assert (info.value.status, info.value.problem_type) == (429, ACME + "rateLimited")
+    return info.value
+
+
+async def test_new_orders_per_account_refused_until_the_oldest_leaves_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ca = FakeCA(TrioLinkedClock(EPOCH), limits=CALimitSettings(new_orders_per_3h=3))
+    for _ in range(3):
+        await open_order(ca, ("a.test",))
+        await trio.sleep(600)
+    error = await refused(ca, ("b.test",))
+    assert error.retry_after == EPOCH + timedelta(hours=3)
+    assert "new orders" in str(error)
+    assert (ca.rate_limited, ca.records["b.test"].rate_limited, len(ca.orders)) == (1, 1, 3)
+    await trio.sleep_until(3 * 3600 - 1)
+    await refused(ca, ("b.test",))
+    await trio.sleep_until(3 * 3600)
+    await open_order(ca, ("b.test",))
+    assert ca.limits is not None and ca.limits.peak["new_orders"] == 3
+
+
+async def test_failed_validations_per_name_per_hour(autojump_clock: trio.testing.MockClock) -> None:
+    limits = CALimitSettings(failed_validations_per_name_per_hour=2)
+    ca = FakeCA(TrioLinkedClock(EPOCH), never_valid={"bad.test"}, limits=limits)
+    for _ in range(2):
+        with pytest.raises(IssuanceError, match="invalid"):
+            await issue(ca, ("bad.test",))
+        await trio.sleep(60)
+    error = await refused(ca, ("bad.test",))
+    assert error.retry_after == EPOCH + timedelta(hours=1)
+    await issue(ca, ("good.test",))  # other names are not held back
+    assert ca.records["bad.test"].failed_validations == 2
+
+
+async def test_duplicate_and_per_domain_limits_with_renewals_and_ari_exempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = CALimitSettings(duplicate_certificates_per_week=2, certificates_per_domain_per_week=2)
+    ca = FakeCA(TrioLinkedClock(EPOCH), limits=limits)
+    await issue(ca, ("x.d.test",))
+    await issue(ca, ("y.d.test",))
+    await trio.sleep(DAY)
+    # Two certificates under d.test: a new set of names under it is refused until the first is a week old...
+    error = await refused(ca, ("z.d.test",))
+    assert error.retry_after == EPOCH + timedelta(days=7)
+    assert "certificates per domain" in str(error)
+    await issue(ca, ("z.e.test",))  # ...other registered domains are not held back...
+    renewed = await issue(ca, ("x.d.test",))  # ...and a renewal of a set issued before is exempt.
+    # Two certificates for exactly {x.d.test}: a third is refused until the first is a week old...
+    error = await refused(ca, ("x.d.test",))
+    assert error.retry_after == EPOCH + timedelta(days=7)
+    assert "duplicate certificates" in str(error)
+    # ...unless it is an ARI renewal (replaces accepted): exempt from every limit.
+    await issue(ca, ("x.d.test",), replaces=crypto.ari_cert_id(renewed.encode()))
+    assert ca.limits is not None
+    assert ca.limits.used("duplicate_certificates", "x.d.test", ca.clock.now()) == 3
+    assert ca.limits.peak == {
+        "new_orders": 3, "failed_validations": 0, "duplicate_certificates": 3, "certificates_per_domain": 4,
+    }
+    assert ca.rate_limited == 2
+
+
+def test_registered_domain_is_the_last_two_labels() -> None:
+    assert registered_domain("*.www.Example.COM") == "example.com"
+    assert registered_domain("a.test.") == "a.test"
+    with pytest.raises(ValueError, match="at least 1"):
+        CALimitSettings(new_orders_per_3h=0)
 
 
 # --- protocol conformance ------------------------------------------------------------------------
@@ -458,14 +736,30 @@ def test_protocol_method_list() -> None:
                 "renewal_info", "resume_order", "aclose"]
     assert sorted(expected) == PROTOCOL_METHODS
     assert set(STEPS) == set(PROTOCOL_METHODS) - {"aclose"}
+    for step in STEPS:
+        assert inspect.iscoroutinefunction(getattr(FakeCA, step)) == (step != "challenges")
 
 
 @pytest.mark.parametrize("name", PROTOCOL_METHODS)
-def test_method_matches_the_protocol(name: str) -> None:
+def test_method_accepts_every_call_the_protocol_allows(name: str) -> None:
+    """Same parameters as the protocol; any extra one is keyword-only with a default (callers may omit it)."""
     expected, actual = getattr(AcmeBackend, name), getattr(FakeCA, name)
     assert inspect.iscoroutinefunction(actual) == inspect.iscoroutinefunction(expected)
-    want, got = inspect.signature(expected), inspect.signature(actual)
-    assert [(p.name, p.kind, p.default) for p in got.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in want.parameters.values()
-    ]
-    assert typing.get_type_hints(actual) == typing.get_type_hints(expected)
+    want = list(inspect.signature(expected).parameters.values())
+    got = list(inspect.signature(actual).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in got[: len(want)]] == [(p.name, p.kind, p.default) for p in want]
+    for extra in got[len(want):]:
+        assert extra.kind is inspect.Parameter.KEYWORD_ONLY and extra.default is not inspect.Parameter.empty
+    want_hints, got_hints = typing.get_type_hints(expected), typing.get_type_hints(actual)
+    assert {k: got_hints[k] for k in want_hints if k != "return"} == {k: v for k, v in want_hints.items() if k != "return"}
+    if name != "renewal_info":  # the engine's protocol answers RenewalInfo (test below)
+        assert got_hints["return"] == want_hints["return"]
+
+
+def test_engine_protocol_additions() -> None:
+    replaces = inspect.signature(FakeCA.new_order).parameters["replaces"]
+    assert (replaces.kind, replaces.default) == (inspect.Parameter.KEYWORD_ONLY, None)
+    assert typing.get_type_hints(FakeCA.new_order)["replaces"] == str | None
+    assert list(inspect.signature(FakeCA.resume_order).parameters) == ["self", "order_url"]
+    assert typing.get_type_hints(FakeCA.resume_order) == {"order_url": str, "return": OrderHandle}
+    assert typing.get_type_hints(FakeCA.renewal_info)["return"] == RenewalInfo | None
