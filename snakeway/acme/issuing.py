@@ -11,6 +11,9 @@ order in flight. Around the steps:
 * **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
   exempt it from its limits. A CA that answers ``alreadyReplaced`` (another order already replaced
   it) or ``malformed`` (it does not know that certificate) gets the order again without it.
+* **Transient failures** (a 5xx without ``Retry-After``, a lost connection) of one request are tried
+  again a few times within the attempt (:data:`TRANSIENT_PAUSES`), so a CA that fails one request in
+  three still issues in one attempt instead of spending back-off steps and new orders.
 * **Challenges** are provisioned before they are answered (locally, and through the coordinator for
   the other workers), and removed afterwards, whatever happened.
 * **Resuming.** Right before finalize, the order's URL and the certificate key are kept in the store
@@ -27,9 +30,11 @@ Every failure is an :class:`~snakeway.errors.IssuanceError` whose ``stage`` says
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import trio
 
@@ -46,8 +51,14 @@ from snakeway.tls.sources import Offload
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # The lock name under which the ACME account is registered (not a valid host name).
 ACCOUNT_LOCK = "acme-account.lock"
+# Pauses between the tries of one request the CA failed transiently (a 5xx, a lost connection): one
+# faulty answer in three must not cost the whole attempt and its back-off.
+TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)
+RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
 # A stored order older than this is not resumed (CAs let orders expire after about a week).
 RESUME_WITHIN = timedelta(days=6)
 # What a CA answers to a ``replaces`` it will not take: already replaced by another order, or not a
@@ -101,27 +112,27 @@ class Issuer:
           deadline: absolute trio time by which the CA must have answered.
           replaces: the ARI CertID of the certificate this one renews, or None.
         """
-        await self.ensure_account()
+        await _retrying(deadline, self.ensure_account)
         resumed = await self._resume(cert, now, deadline)
         if resumed is not None:
             return resumed
         key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
         csr_pem: bytes = await self.offload(crypto.make_csr, key_pem, cert.domains)
         with _stage("order"):
-            order = await self._new_order(cert, csr_pem, replaces)
+            order = await _retrying(deadline, lambda: self._new_order(cert, csr_pem, replaces))
             tasks = self.backend.challenges(order, cert.challenge)
         try:
             with _stage("order"):
                 await self._provision(tasks)
                 for task in tasks:
-                    await self.backend.answer(task)
+                    await _retrying(deadline, functools.partial(self.backend.answer, task))
             with _stage("validation"):
-                await self.backend.wait_authorizations(order, deadline)
+                await _retrying(deadline, lambda: self.backend.wait_authorizations(order, deadline))
         finally:
             await self._cleanup(tasks)
         await self.store.save_order(OrderRecord(cert.name, order.url, key_pem, now))
         with _stage("finalize"):
-            chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+            chain_pem = await _retrying(deadline, lambda: self.backend.finalize(order, csr_pem, deadline))
         return CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
 
     async def _new_order(self, cert: ManagedCert, csr_pem: bytes, replaces: str | None) -> OrderHandle:
@@ -142,9 +153,9 @@ class Issuer:
             await self.store.delete_order(cert.name)
             return None
         try:
-            order = await self.backend.resume_order(record.order_url)
+            order = await _retrying(deadline, lambda: self.backend.resume_order(record.order_url))
             csr_pem: bytes = await self.offload(crypto.make_csr, record.key_pem, cert.domains)
-            chain_pem = await self.backend.finalize(order, csr_pem, deadline)
+            chain_pem = await _retrying(deadline, lambda: self.backend.finalize(order, csr_pem, deadline))
             bundle = CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), record.key_pem)
         except IssuanceError as exc:
             if exc.status is None or exc.status >= 500 or exc.status == 429:
@@ -213,3 +224,27 @@ def _stage(stage: str) -> Iterator[None]:
         if exc.stage is None and not str(exc).startswith("timed out"):
             exc.stage = stage
         raise
+
+
+async def _retrying(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, tried again after a short pause while the CA fails it transiently (see :func:`transient`)."""
+    for pause in (*TRANSIENT_PAUSES, None):
+        try:
+            return await call()
+        except IssuanceError as exc:
+            if pause is None or not transient(exc) or trio.current_time() + pause >= deadline:
+                raise
+            logger.debug("the CA failed a request (%s); trying again in %.0f s", exc, pause)
+            await trio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def transient(exc: IssuanceError) -> bool:
+    """Whether a failed request is worth repeating at once: a 5xx or a lost connection, no Retry-After.
+
+    A CA that asked to wait (``Retry-After``, a 429) is not asked again before; a refusal (4xx) will
+    not change; a time-out has used up the attempt's time already.
+    """
+    if exc.retry_after is not None or exc.problem_type == RATE_LIMITED or str(exc).startswith("timed out"):
+        return False
+    return exc.status is None or exc.status >= 500

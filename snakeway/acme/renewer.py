@@ -171,9 +171,12 @@ class Renewer:
                 return refused
             replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh is not None and action.renewal and self._ari \
                 else None
-            return await self._issue(cert, state, replaces, action.renewal)
+            expires = fresh.not_after if fresh is not None else None
+            return await self._issue(cert, state, replaces, action.renewal, expires)
 
-    async def _issue(self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool) -> datetime:
+    async def _issue(
+        self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool, expires: datetime | None
+    ) -> datetime:
         started = trio.current_time()
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
         try:
@@ -182,7 +185,7 @@ class Renewer:
                     cert, now=self.clock.now(), deadline=started + ISSUANCE_TIMEOUT, replaces=replaces
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
-            return await self._failed(cert, state, exc)
+            return await self._failed(cert, state, exc, expires)
         await self.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
         wake = await self._keep(cert, bundle, state)
@@ -223,7 +226,9 @@ class Renewer:
             logger.info("certificate for %s: saved to the store now", cert.name)
         return wake
 
-    async def _failed(self, cert: ManagedCert, state: RenewalState, exc: Exception) -> datetime:
+    async def _failed(
+        self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None
+    ) -> datetime:
         now = self.clock.now()
         retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
         problem = exc.problem_type if isinstance(exc, IssuanceError) else None
@@ -232,7 +237,7 @@ class Renewer:
         if stage == "validation":
             await self.budget.failed_validation(cert.domains)
         reason = str(exc) or "issuance timed out"
-        state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent)
+        state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent, expires=expires)
         await self._save_state(state)
         assert state.next_attempt is not None
         serving = "the current certificate stays in service" if self.served.serves(cert.cert_id) \

@@ -344,3 +344,16 @@ async def test_sleep_until_notices_a_wall_clock_jump(autojump_clock: trio.testin
     start = trio.current_time()
     await sleep_until(JumpyClock(), NOW + DAY, max_nap=600)
     assert trio.current_time() - start == pytest.approx(3600)
+
+
+def test_the_back_off_shrinks_close_to_expiry() -> None:
+    # 8 hours left: a tenth of that, not the 6-hour cap.
+    assert next_attempt(NOW, 9, None, jitter=0.0, expires=NOW + 8 * HOUR) == NOW + 48 * timedelta(minutes=1)
+    # Far from expiry: the ordinary back-off; never under the first step; a permanent failure waits its day.
+    assert next_attempt(NOW, 9, None, jitter=0.0, expires=NOW + 90 * DAY) == NOW + 6 * HOUR
+    assert next_attempt(NOW, 9, None, jitter=0.0, expires=NOW + timedelta(minutes=2)) == NOW + timedelta(minutes=1)
+    assert next_attempt(NOW, 9, None, jitter=0.0, permanent=True, expires=NOW + HOUR) == NOW + DAY
+    assert next_attempt(NOW, 9, None, jitter=0.0, expires=NOW - HOUR) == NOW + 6 * HOUR  # expired already
+    # The CA's Retry-After still wins.
+    floor = NOW + 3 * HOUR
+    assert next_attempt(NOW, 9, floor, jitter=0.0, expires=NOW + 8 * HOUR) == floor
