@@ -202,7 +202,12 @@ class Renewer:
         await self._record(lambda ledger: budget.record_issued(ledger, cert.domains, self.clock.now(), renewal=renewal))
         self.own[cert.cert_id] = bundle.serial
         wake = await self._keep(cert, bundle, state)
-        await self.publish(cert, bundle)  # served now, saved or not
+        try:
+            await self.publish(cert, bundle)  # served now, saved or not
+        except (CertificateError, OSError) as exc:  # e.g. no file can be written for its context
+            logger.error("certificate for %s: issued, but it cannot be served yet (%s); trying again at the "
+                         "next check once it is saved", cert.name, exc)
+            return min(wake, self.periodic())
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,
@@ -339,19 +344,26 @@ class Renewer:
         self.published[cert.cert_id] = bundle.serial
 
     async def _rebuild_if_unservable(self, cert: ManagedCert, bundle: CertBundle) -> None:
-        """Publish ``bundle`` again if the served entry's lazy context failed to build.
+        """Publish ``bundle`` (again) if this process does not serve it, or its lazy context failed to build.
 
-        A lazy build fails for good (until replaced) so that a handshake never retries it; but the failure may
-        have been passing (out of file descriptors, a save racing the build). The store has just vouched for
-        ``bundle`` in full, so build it again here, validated, in a thread: once per check at most.
+        Publishing fails when no file can be written (a context is built from temporary files): on a full
+        disk, a certificate issued while the store refused it is then served only once the store has taken
+        it, from here. A lazy build fails for good (until replaced) so that a handshake never retries it; but
+        the failure may have been passing (out of file descriptors, a save racing the build). The store has
+        just vouched for ``bundle`` in full, so build it again here, validated, in a thread: once per check
+        at most.
         """
         entry = self.registry.entry(cert.cert_id)
         lazy = entry.lazy if entry is not None else None
-        if lazy is None or lazy.error is None:
+        failed = lazy.error if lazy is not None else None
+        if failed is None and self.published.get(cert.cert_id) == bundle.serial:
             return
         try:
             await self.publish(cert, bundle)
-        except CertificateError as exc:
+        except (CertificateError, OSError) as exc:
             logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
             return
-        logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, lazy.error)
+        if failed is None:
+            logger.info("certificate for %s: serving the stored certificate now", cert.name)
+        else:
+            logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, failed)

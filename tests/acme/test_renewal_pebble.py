@@ -10,6 +10,7 @@ requests the CA received.
 from __future__ import annotations
 
 import re
+import resource
 import signal
 import ssl
 import subprocess
@@ -319,5 +320,51 @@ async def test_a_certificate_the_store_refuses_is_served_and_saved_later_without
             payloads = list(proxy.new_order_payloads)
     stored = await store.load(names[0])
     assert stored is not None and int(stored.serial, 16) == served.serial_number
+    assert len(payloads) == 1
+    assert len(orders(bytes(proc.log))) == 1
+
+
+# Room for every small file snakeway writes (state, account, order, budget), not for a certificate chain.
+FSIZE = 1500
+
+
+async def test_a_certificate_issued_while_no_file_can_be_written_is_served_once_it_is_saved(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Serving a certificate builds its TLS context from files too: when not even those can be written, the
+    certificate is served as soon as the store has taken it (and it is still not ordered again)."""
+    upstream, _ = await start_upstream(nursery)
+    names = ("full.example.test",)
+    config = tmp_path / "snakeway.hcl"
+    store = file_store(tmp_path)
+    async with pebble_at(tmp_path) as pebble:
+        with AriProxy(pebble, tmp_path, ari=False) as proxy:
+            write_config(config, directory_url=proxy.directory_url, ca_file=proxy.ca_file, pebble=pebble,
+                         upstream=upstream, names=names, check_interval=1)
+            ctx = client_context(await pebble.roots())
+            async with snakeway(config, fsize=FSIZE) as proc:
+                nursery.start_soon(follow_log, proc)
+                await until_logged(proc, lambda log: b"issued but not saved" in log, timeout=20)
+                line = next(x for x in bytes(proc.log).splitlines() if b"issued but not saved" in x)
+                assert b"File too large" in line
+                await until_logged(proc, lambda log: b"issued, but it cannot be served yet" in log, timeout=5)
+                await trio.sleep(2)  # checks every second meanwhile
+                assert len(orders(bytes(proc.log))) == 1
+                resource.prlimit(proc.process.pid, resource.RLIMIT_FSIZE,
+                                 (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+                proc.process.send_signal(signal.SIGHUP)  # retry now
+                await until_logged(proc, lambda log: b"saved to the store now" in log, timeout=10)
+                stored = await store.load(names[0])
+                assert stored is not None
+                with trio.fail_after(5):
+                    while True:
+                        try:
+                            served = await handshake(pebble.tls_port, ctx, names[0])
+                            break
+                        except trio.BrokenResourceError:  # no certificate for the name (yet)
+                            await trio.sleep(0.1)
+                assert served.serial_number == int(stored.serial, 16)
+                await stop(proc)
+            payloads = list(proxy.new_order_payloads)
     assert len(payloads) == 1
     assert len(orders(bytes(proc.log))) == 1
