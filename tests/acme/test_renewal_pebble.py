@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import trio
 from cryptography import x509
@@ -33,6 +34,7 @@ from tests.tlshelpers import client_context
 
 ORDERING = re.compile(rb"certificate for ([^:\n]+): ordering from")
 ISSUED = b" issued by "
+WORKER = re.compile(rb"\[(\d+)\] snakeway")
 
 
 def write_config(
@@ -109,10 +111,10 @@ async def follow_log(proc: Running) -> None:
         proc.log += chunk
 
 
-async def until_logged(proc: Running, predicate: object, timeout: float) -> None:
+async def until_logged(proc: Running, predicate: Callable[[bytes], bool], timeout: float) -> None:
     """Wait (while :func:`follow_log` reads) until ``predicate(proc.log)`` holds."""
     with trio.move_on_after(timeout):
-        while not predicate(bytes(proc.log)):  # type: ignore[operator]
+        while not predicate(bytes(proc.log)):
             assert proc.process.returncode is None, proc.log.decode()[-4000:]
             await trio.sleep(0.05)
         return
@@ -133,6 +135,11 @@ def order_times(log: bytes) -> list[datetime]:
         datetime.strptime(m.group(1).decode(), "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)  # logged in local time
         for m in re.finditer(rb"^(\S+ \S+) INFO .*: ordering from", log, re.MULTILINE)
     ]
+
+
+def worker_pids(log: bytes, what: bytes) -> set[int]:
+    """The process ids of the workers that logged ``what``."""
+    return {int(m.group(1)) for line in log.splitlines() if what in line for m in [WORKER.search(line)] if m}
 
 
 def orders(log: bytes) -> list[str]:
@@ -265,11 +272,16 @@ async def test_the_order_budget_holds_across_two_workers(nursery: trio.Nursery, 
     made = orders(log)
     assert len(made) == 2 and len(set(made)) == 2, made
     assert len(payloads) == 2
-    ordered_at_ca = {ident["value"] for p in payloads for ident in p["identifiers"]}  # type: ignore[union-attr]
+    ordered_at_ca = {ident["value"] for p in payloads for ident in cast("list[dict[str, str]]", p["identifiers"])}
     assert ordered_at_ca == set(made)
     assert sorted(await store.list()) == sorted(made)
     for name in set(names) - set(made):
         assert f"certificate for {name}: waiting for the CA's rate limits until".encode() in log
+    # Both workers were refused, and at least one of them had made fewer than two orders itself: they
+    # spend from one budget.
+    workers = worker_pids(log, b"listening on")
+    assert len(workers) == 2
+    assert worker_pids(log, b"waiting for the CA's rate limits") == workers
     # The budget both workers spent from is in the store: the two orders, and the two certificates.
     ledger = await store.load_ledger(proxy.directory_url)
     assert ledger is not None and len(ledger.orders) == 2 and len(ledger.issued) == 2
