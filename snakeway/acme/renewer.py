@@ -15,7 +15,9 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   one order from the rate-limit budget (refused: wait until it allows), order
   (:class:`~snakeway.acme.issuing.Issuer`), write the state.
 * **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
-  the write is retried on the failure back-off; it is never ordered again.
+  the write is retried on the failure back-off; it is never ordered again. (Serving it builds a TLS
+  context from temporary files: if even those cannot be written, it is served at the first check after
+  the store has taken it.)
 
 The budget (:mod:`snakeway.acme.budget`) is one ledger per CA account in the store, read and written under
 the budget lock, so every worker spends from the same budget: a new order before ordering, a failed
