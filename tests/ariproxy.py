@@ -8,10 +8,13 @@ it: the ACME client talks to the proxy only. On top of that it:
 
 * adds ``renewalInfo`` to the directory (unless ``ari=False``);
 * answers ``GET /renewal-info/<certID>`` itself, from :meth:`AriProxy.set_window`
-  or :meth:`AriProxy.set_answer` (404 when nothing is set);
+  or :meth:`AriProxy.set_answer` (404 when nothing is set); an answer set with
+  ``next_certificate=True`` goes to the next certificate asked about, whatever its
+  CertID, and stays with it;
 * records the decoded JWS payload of every newOrder request the CA acted on
   (:attr:`AriProxy.new_order_payloads`), every ARI CertID asked for
-  (:attr:`AriProxy.ari_requests`) and every ``(method, path)``
+  (:attr:`AriProxy.ari_requests`), every certificate chain downloaded
+  (:attr:`AriProxy.certificates`) and every ``(method, path)``
   (:attr:`AriProxy.requests`);
 * answers a newOrder whose ``replaces`` is in :meth:`AriProxy.mark_replaced`
   with ``409 alreadyReplaced``, can hold newOrder requests
@@ -93,6 +96,7 @@ class AriProxy:
         new_order_payloads: The JSON payload of each newOrder request the CA acted on, in order (a
             request Pebble refused with ``badNonce``, which the client sends again, is left out).
         ari_requests: The CertID of each ARI GET, in order.
+        certificates: The PEM chain of each certificate download, in order.
         requests: ``(method, path)`` of every request, in order.
     """
 
@@ -110,6 +114,7 @@ class AriProxy:
         self._directory_path = upstream.path
         self._lock = threading.Lock()
         self._answers: dict[str | None, tuple[int, bytes, dict[str, str]]] = {}
+        self._next_answer: tuple[int, bytes, dict[str, str]] | None = None
         self._replaced: set[str] = set()
         self._gates: list[Gate] = []
         self._processing = 0
@@ -118,6 +123,7 @@ class AriProxy:
         self._new_nonce_path: str | None = None
         self.new_order_payloads: list[dict[str, object]] = []
         self.ari_requests: list[str] = []
+        self.certificates: list[bytes] = []
         self.requests: list[tuple[str, str]] = []
         self._server = _Server(self)
         port = self._server.server_address[1]
@@ -136,23 +142,37 @@ class AriProxy:
         retry_after: int | str | None = None,
         explanation_url: str | None = None,
         cert_id: str | None = None,
+        next_certificate: bool = False,
     ) -> None:
-        """Answer ARI GETs with this suggested window (for ``cert_id`` only, or for every certificate)."""
+        """Answer ARI GETs with this suggested window (see :meth:`set_answer` for ``cert_id`` and ``next_certificate``)."""
         body: dict[str, object] = {"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}}
         if explanation_url is not None:
             body["explanationURL"] = explanation_url
-        self.set_answer(body, retry_after=retry_after, cert_id=cert_id)
+        self.set_answer(body, retry_after=retry_after, cert_id=cert_id, next_certificate=next_certificate)
 
     def set_answer(
-        self, body: object, *, status: int = 200, retry_after: int | str | None = None, cert_id: str | None = None
+        self,
+        body: object,
+        *,
+        status: int = 200,
+        retry_after: int | str | None = None,
+        cert_id: str | None = None,
+        next_certificate: bool = False,
     ) -> None:
-        """Answer ARI GETs with ``body`` (bytes as they are, anything else as JSON) and ``status``."""
+        """Answer ARI GETs with ``body`` (bytes as they are, anything else as JSON) and ``status``.
+
+        The answer is for ``cert_id`` only, or with ``next_certificate`` for the next certificate asked about
+        that has no answer of its own (from then on, for that one only), or else for every certificate.
+        """
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"Content-Type": "application/json" if status < 400 else "application/problem+json"}
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         with self._lock:
-            self._answers[cert_id] = (status, raw, headers)
+            if next_certificate:
+                self._next_answer = (status, raw, headers)
+            else:
+                self._answers[cert_id] = (status, raw, headers)
 
     def mark_replaced(self, cert_id: str) -> None:
         """From now on, a newOrder with ``replaces: cert_id`` gets ``409 alreadyReplaced`` (not forwarded)."""
@@ -213,6 +233,11 @@ class AriProxy:
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
             return self._directory(self._forward(method, path, headers, body))
         reply = self._forward(method, path, headers, body)
+        if reply.status == 200 and any(
+            k.lower() == "content-type" and v.startswith("application/pem-certificate-chain") for k, v in reply.headers
+        ):
+            with self._lock:
+                self.certificates.append(reply.body)
         return self._maybe_processing(reply)
 
     def _renewal_info(self, method: str, cert_id: str) -> _Reply:
@@ -220,6 +245,8 @@ class AriProxy:
             return _problem(405, "urn:ietf:params:acme:error:malformed", "renewalInfo is fetched with GET")
         with self._lock:
             self.ari_requests.append(cert_id)
+            if cert_id not in self._answers and self._next_answer is not None:
+                self._answers[cert_id], self._next_answer = self._next_answer, None
             answer = self._answers.get(cert_id) or self._answers.get(None)
         if answer is None:
             return _problem(404, "urn:ietf:params:acme:error:malformed", f"no renewal information for {cert_id}")

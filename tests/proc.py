@@ -47,30 +47,35 @@ class Running:
                 self.log += chunk
 
 
-def _limit_descriptors(limit: int) -> None:  # runs in the child between fork and exec
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+def _set_limits(nofile: int | None, fsize: int | None) -> None:  # runs in the child between fork and exec
+    if nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    if fsize is not None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
 
 
-async def spawn(config: Path, *, nofile: int | None = None) -> Running:
+async def spawn(config: Path, *, nofile: int | None = None, fsize: int | None = None) -> Running:
     """``snakeway serve`` on ``config``, its stderr captured; the caller stops it.
 
     ``nofile``: the process's RLIMIT_NOFILE (how many descriptors it may hold open).
+    ``fsize``: its soft RLIMIT_FSIZE, the largest file it may write in bytes (the hard limit stays
+    unlimited, so ``resource.prlimit`` can lift it later).
     """
     process = await trio.lowlevel.open_process(
         [PYTHON, "-m", "snakeway", "serve", "--config", str(config)],
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-        preexec_fn=None if nofile is None else partial(_limit_descriptors, nofile),
+        preexec_fn=None if nofile is None and fsize is None else partial(_set_limits, nofile, fsize),
     )
     return Running(process)
 
 
 @asynccontextmanager
 async def snakeway(
-    config: Path, ready: bytes | None = b"listening on ", *, nofile: int | None = None
+    config: Path, ready: bytes | None = b"listening on ", *, nofile: int | None = None, fsize: int | None = None
 ) -> AsyncIterator[Running]:
     """Run snakeway until the block ends (killing it then if still running); wait for ``ready`` first."""
-    running = await spawn(config, nofile=nofile)
+    running = await spawn(config, nofile=nofile, fsize=fsize)
     process = running.process
     try:
         if ready is not None:

@@ -15,7 +15,9 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   one order from the rate-limit budget (refused: wait until it allows), order
   (:class:`~snakeway.acme.issuing.Issuer`), write the state.
 * **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
-  the write is retried on the failure back-off; it is never ordered again.
+  the write is retried on the failure back-off; it is never ordered again. (Serving it builds a TLS
+  context from temporary files: if even those cannot be written, it is served at the first check after
+  the store has taken it.)
 
 The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
 every worker spends from the same budget: a new order before ordering, a failed validation per name when
@@ -44,6 +46,7 @@ from snakeway.acme.store import CertBundle, CertStore, StoreError
 from snakeway.clock import WallClock
 from snakeway.config.model import TlsAutomation
 from snakeway.errors import IssuanceError
+from snakeway.tls.certinfo import CertificateError
 
 logger = logging.getLogger("snakeway.acme.manager")
 
@@ -189,7 +192,12 @@ class Renewer:
         await self.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
         wake = await self._keep(cert, bundle, state)
-        await self.served.publish(cert, bundle)  # served now, saved or not
+        try:
+            await self.served.publish(cert, bundle)  # served now, saved or not
+        except (CertificateError, OSError) as exc:  # e.g. no file can be written for its context
+            logger.error("certificate for %s: issued, but it cannot be served yet (%s); trying again at the "
+                         "next check once it is saved", cert.name, exc)
+            return min(wake, self.periodic())
         logger.info(
             "certificate for %s issued by %s in %.2fs, valid until %s; serving it now",
             ", ".join(cert.domains), bundle.issuer or "the CA", trio.current_time() - started,

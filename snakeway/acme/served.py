@@ -65,19 +65,26 @@ class ServedCerts:
         self._published[cert.cert_id] = bundle.serial
 
     async def rebuild_if_unservable(self, cert: ManagedCert, bundle: CertBundle) -> None:
-        """Publish ``bundle`` again if the served entry's lazy context failed to build.
+        """Publish ``bundle`` (again) if this process does not serve it, or its lazy context failed to build.
 
-        A lazy build fails for good (until replaced) so that a handshake never retries it; but the failure may
-        have been passing (out of file descriptors, a save racing the build). The store has just vouched for
-        ``bundle`` in full, so build it again here, validated, in a thread: once per check at most.
+        Publishing fails when no file can be written (a context is built from temporary files): on a full
+        disk, a certificate issued while the store refused it is then served only once the store has taken
+        it, from here. A lazy build fails for good (until replaced) so that a handshake never retries it; but
+        the failure may have been passing (out of file descriptors, a save racing the build). The store has
+        just vouched for ``bundle`` in full, so build it again here, validated, in a thread: once per check
+        at most.
         """
         entry = self.registry.entry(cert.cert_id)
         lazy = entry.lazy if entry is not None else None
-        if lazy is None or lazy.error is None:
+        failed = lazy.error if lazy is not None else None
+        if failed is None and self._published.get(cert.cert_id) == bundle.serial:
             return
         try:
             await self.publish(cert, bundle)
-        except CertificateError as exc:
+        except (CertificateError, OSError) as exc:
             logger.warning("certificate for %s still cannot be served: %s", cert.name, exc)
             return
-        logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, lazy.error)
+        if failed is None:
+            logger.info("certificate for %s: serving the stored certificate now", cert.name)
+        else:
+            logger.info("certificate for %s: served again after its context failed to build (%s)", cert.name, failed)
