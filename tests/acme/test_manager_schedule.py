@@ -121,8 +121,9 @@ async def test_server_errors_back_off_1_10_100_minutes_and_keep_the_old_certific
     await trio.sleep(1)
     first = rig.served("a.test")
     assert first is not None
-    # Day 60: renewal is due, and the CA answers 500 three times in a row.
-    rig.ca.fail_next(3, status=500, step="new_order")
+    # Day 60: renewal is due, and the CA refuses three attempts in a row (a refusal that is neither
+    # permanent nor worth repeating at once: a 5xx would be tried again within the attempt).
+    rig.ca.fail_next(3, status=400, step="new_order", problem_type="urn:ietf:params:acme:error:malformed")
     await trio.sleep(59.9 * DAY)
     attempts: list[float] = []
     seen = rig.ca.calls.count("new_order")
@@ -147,9 +148,10 @@ async def test_outage_at_start_up_then_recovery_within_one_back_off_step(
     rig = Rig()
     rig.ca.unreachable = True
     await nursery.start(rig.manager.run)
-    await trio.sleep(5)
+    await trio.sleep(20)  # the first attempt tries a lost connection 5 times over 15 seconds
     state = await rig.store.load_state("a.test")
     assert state is not None and state.failures == 1 and "connection refused" in (state.last_error or "")
+    assert rig.ca.calls.count("ensure_account") == 5
     rig.ca.unreachable = False
     await trio.sleep(66)  # the first back-off step: one minute plus at most 10 % jitter
     assert rig.served("a.test") is not None
@@ -198,7 +200,9 @@ async def test_retry_now_skips_the_back_off(nursery: trio.Nursery, autojump_cloc
     rig = Rig()
     rig.ca.unreachable = True
     await nursery.start(rig.manager.run)
-    await trio.sleep(5)
+    await trio.sleep(20)  # the first attempt (and its quick retries of a lost connection) failed
+    state = await rig.store.load_state("a.test")
+    assert state is not None and state.failures == 1
     rig.ca.unreachable = False
     rig.manager.retry_now()
     await trio.sleep(1)

@@ -363,10 +363,29 @@ async def test_two_workers_during_an_outage_do_not_make_paired_orders(autojump_c
         await nursery.start(two.run)
         await trio.sleep(12 * HOUR)
         nursery.cancel_scope.cancel()
-    attempts = ca.calls.count("ensure_account")
     # One worker's back-off: 1, 10, 100 min, then every 6 h: 5 attempts in 12 h, not twice as many.
-    assert attempts <= 6
     state = await store.load_state("a.test")
-    assert state is not None and state.failures == attempts
+    assert state is not None and state.failures <= 6
+    # Each attempt tries the lost connection 5 times (see issuing.TRANSIENT_PAUSES), one attempt at a time.
+    assert ca.calls.count("ensure_account") == 5 * state.failures
 
 
+
+
+@pytest.mark.parametrize(("faults", "failures"), [(4, 0), (5, 1)])
+async def test_a_request_the_ca_fails_transiently_is_tried_again_within_the_attempt(
+    autojump_clock: trio.testing.MockClock, faults: int, failures: int
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    ca = FakeCA(clock)
+    ca.fail_next(faults, status=503, step="finalize")
+    store = MemoryStore()
+    mgr, _ = manager((A,), store, ca, clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    state = await store.load_state("a.test")
+    assert state is not None and state.failures == failures
+    assert ca.calls.count("finalize") == 5  # 1 + 4 quick retries; the fifth failure ends the attempt
+    assert len(ca.orders) == 1
