@@ -58,6 +58,14 @@ def manager(
     ), registry
 
 
+async def run_for(mgr: CertManager, seconds: float) -> None:
+    """Run ``mgr`` for ``seconds`` of (mock) time, then stop it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+
+
 # --- short-lived certificates ------------------------------------------------------------------------------
 
 
@@ -69,10 +77,7 @@ async def test_a_160_hour_certificate_is_renewed_at_half_its_life_not_at_every_c
     store = MemoryStore()
     # renew_within_days = 30 used to make a 160-hour certificate due at every check (144 orders a day).
     mgr, _ = manager((A,), store, ca, clock, automation=settings(renew_within_days=30))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(7 * DAY)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 7 * DAY)
     # Issued at 0, renewed with half the lifetime left: every 80 hours.
     assert len(ca.orders) == 1 + 7 * 24 // 80
     assert ca.records["a.test"].rate_limited == 0
@@ -158,10 +163,7 @@ async def test_forty_names_at_once_at_200_ms_per_request_are_all_issued(autojump
     certs = tuple(cert(f"n{i}.test") for i in range(40))
     store = MemoryStore()
     mgr, _ = manager(certs, store, ca, clock)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(200)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 200)
     assert sorted(await store.list()) == sorted(c.name for c in certs)
     assert not any("timed out" in (s.last_error or "") for s in [await store.load_state(c.name) for c in certs] if s)
 
@@ -244,10 +246,7 @@ async def test_the_cas_retry_after_holds_for_every_worker_after_a_restart(autoju
                  problem_type="urn:ietf:params:acme:error:rateLimited")
     store = MemoryStore()
     mgr, _ = manager((A,), store, ca, clock)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(60)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 60)
     # A new process (restart, or another worker) gets a SIGHUP: still nothing before the CA's moment.
     again, _ = manager((A,), store, ca, clock, seed=9)
     async with trio.open_nursery() as nursery:
@@ -297,9 +296,9 @@ async def test_a_failed_store_write_serves_the_new_certificate_and_never_orders_
 
 
 class LostAfterFinalize(FakeCA):
-    """The CA issues, but the answer to the first finalize never arrives."""
+    """The CA issues, but the answers to the first finalize and its quick retries never arrive."""
 
-    lost = 1
+    lost = 5
 
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
         chain = await super().finalize(order, csr_pem, deadline)
@@ -316,13 +315,11 @@ async def test_an_order_interrupted_after_finalize_is_resumed_not_ordered_again(
     ca = LostAfterFinalize(clock)
     store = MemoryStore()
     mgr, _ = manager((A,), store, ca, clock)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(5 * 60)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 5 * 60)
     bundle = await store.load("a.test")
     assert bundle is not None and len(ca.issued) == 1 and int(bundle.serial, 16) == ca.issued[0]
     assert ca.orders == [A.domains]
+    assert ca.calls.count("resume_order") == 1  # the next attempt picked the stored order up
     assert await store.load_order("a.test") is None
 
 
@@ -334,10 +331,7 @@ async def test_a_corrupt_state_file_keeps_the_longest_back_off(
     ca.unreachable = True
     store = FileStore(tmp_path / "certs", tmp_path / "acme", clock=clock)
     mgr, _ = manager((A,), store, ca, clock)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(5)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 5)
     for path in (tmp_path / "acme").rglob("*.json"):
         if "a.test" in path.name:
             path.write_text("{not json")
@@ -381,10 +375,7 @@ async def test_a_request_the_ca_fails_transiently_is_tried_again_within_the_atte
     ca.fail_next(faults, status=503, step="finalize")
     store = MemoryStore()
     mgr, _ = manager((A,), store, ca, clock)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(mgr.run)
-        await trio.sleep(30)
-        nursery.cancel_scope.cancel()
+    await run_for(mgr, 30)
     state = await store.load_state("a.test")
     assert state is not None and state.failures == failures
     assert ca.calls.count("finalize") == 5  # 1 + 4 quick retries; the fifth failure ends the attempt
