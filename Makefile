@@ -35,7 +35,7 @@ check: $(STAMP)
 test: $(STAMP) deps
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -m "not simulation"
 
 # The fuzz tests (marker `fuzz`) with the `fuzz` hypothesis profile: many more examples than `make test` runs
 # (tests/conftest.py), and no per-test timeout. A failure prints the example that falsified a property.
@@ -59,10 +59,13 @@ bench-accept: $(STAMP)
 	$(VPY) -m benchmarks.accept_fairness
 
 # The renewal simulator (docs/testing.md, "The renewal simulator"): the real CertManager against a simulated
-# CA on a mock clock, one JSON report per scenario. SCENARIOS picks presets; SIM_ARGS adds flags to each run.
+# CA on a mock clock. First the full-scale targets (tests marked `simulation`, a few minutes), then one JSON
+# report per scenario, the figures of docs/internals-certificates.md. SCENARIOS picks presets; SIM_ARGS adds
+# flags to each run.
 SCENARIOS ?= faults never-validate many-ari from-empty
 SIM_ARGS  ?=
 simulate: $(STAMP)
+	$(VPY) -m pytest -q -m simulation --timeout=0
 	@for s in $(SCENARIOS); do $(VPY) -m snakeway.testing.simulate --scenario $$s $(SIM_ARGS) || exit 1; done
 
 clean:

@@ -25,10 +25,11 @@ from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertBundle, CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
-from snakeway.config.model import AcmeSettings, KeyType, TlsAutomation
+from snakeway.config.model import AcmeSettings, KeyType, RateLimitSettings, TlsAutomation
 from snakeway.testing._clock import TrioLinkedClock
 from snakeway.testing._fakeari import AriPolicy
 from snakeway.testing._fakeca import FakeCA
+from snakeway.testing._fakelimits import BUCKETS
 from snakeway.testing._offload import inline
 from snakeway.testing._simrecord import DatedStore, WatchedRegistry
 from snakeway.tls.registry import Served
@@ -134,13 +135,26 @@ async def _main(scenario: Scenario, holder: list[Outcome]) -> None:
     holder.append(outcome)
 
 
+# The CA's buckets, as ``tls_automation.acme.rate_limits`` names them.
+SETTING: Final = {
+    "new_orders": "new_orders_per_3h",
+    "failed_validations": "failed_validations_per_name_per_hour",
+    "duplicate_certificates": "duplicate_certificates_per_week",
+    "certificates_per_domain": "certificates_per_domain_per_week",
+}
+
+
 def _settings(scenario: Scenario) -> TlsAutomation:
+    """snakeway's configuration for the run: its rate limits are the CA's, as an operator would set them."""
     extra: dict[str, Any] = {}
     if scenario.renew_within_days is not None:
         extra["renew_within_days"] = scenario.renew_within_days
-    return TlsAutomation(
-        check_interval_seconds=scenario.check_interval, acme=AcmeSettings(directory_url=DIRECTORY), **extra
-    )
+    known = {}
+    if scenario.limits is not None:
+        known = {SETTING[bucket]: scenario.limits.limit(bucket) for bucket in BUCKETS}
+    limits = RateLimitSettings(**{key: value for key, value in known.items() if value is not None})
+    acme = AcmeSettings(directory_url=DIRECTORY, rate_limits=limits)
+    return TlsAutomation(check_interval_seconds=scenario.check_interval, acme=acme, **extra)
 
 
 async def _fill(store: DatedStore, ca: FakeCA, names: list[str], scenario: Scenario) -> None:
