@@ -7,11 +7,11 @@ them from a worker thread, under its lock.
 A corrupt entry (unparsable, mistyped, for another name) is usually logged as a warning and reported missing:
 the manager then simply makes it again (a new order, a new account). Two records are different, because
 "missing" would mean "no back-off" and "no rate-limit spending": that is how a damaged file would let a broken
-site, or every worker at once, hammer the CA. So a corrupt renewal state loads as :func:`conservative_state`
-(the longest back-off) and a corrupt ledger as :meth:`~snakeway.acme.budget.Ledger.conservative` (nothing
-admitted for an hour), each logged as an error. The damaged file is kept beside as ``<file>.corrupt`` and the
-conservative record written in its place, so the hold runs from the first time the damage was seen instead of
-starting again at every load.
+site, or every worker at once, hammer the CA. So a corrupt renewal state loads as
+:meth:`RenewalState.conservative` (the longest back-off) and a corrupt ledger as
+:meth:`~snakeway.acme.budget.Ledger.conservative` (nothing admitted for an hour), each logged as an error. The
+damaged file is kept beside as ``<file>.corrupt`` and the conservative record written in its place, so the hold
+runs from the first time the damage was seen instead of starting again at every load.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from snakeway.acme.entries import (
     save_keyed,
     sha256_hex,
 )
-from snakeway.acme.schedule import BACKOFF_CAP, BACKOFF_STEPS, RenewalState
+from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import AccountRecord, OrderRecord, name_to_path_part
 from snakeway.files import fsync_dir, write_atomic
 
@@ -96,27 +96,12 @@ def _load_or_hold(
 # --- renewal state ---------------------------------------------------------------------------------
 
 
-def conservative_state(name: str, now: datetime, reason: str) -> RenewalState:
-    """What a renewal state that cannot be read stands for: the longest back-off, starting ``now``.
-
-    Failures at the cap of the back-off (so the next failure keeps it there) and the next attempt
-    :data:`~snakeway.acme.schedule.BACKOFF_CAP` (6 h) away: a damaged file must not let a failing site retry
-    at once, nor reset a ``Retry-After`` it may have held.
-    """
-    return RenewalState(
-        name=name,
-        failures=len(BACKOFF_STEPS) + 1,
-        last_error=f"the renewal state file was corrupt ({reason}); the back-off was kept at its longest",
-        next_attempt=now + BACKOFF_CAP,
-    )
-
-
 def _state_path(data_dir: Path, name: str) -> Path:
     return data_dir / "state" / f"{name_to_path_part(name)}.json"
 
 
 def read_state(data_dir: Path, name: str, now: datetime) -> RenewalState | None:
-    """The renewal state of ``name``; None if absent, :func:`conservative_state` if corrupt (see above)."""
+    """The renewal state of ``name``; None if absent, :meth:`RenewalState.conservative` if corrupt (see above)."""
     path = _state_path(data_dir, name)
 
     def parse() -> RenewalState:
@@ -126,7 +111,7 @@ def read_state(data_dir: Path, name: str, now: datetime) -> RenewalState | None:
         return state
 
     def hold(reason: str) -> RenewalState:
-        return conservative_state(name, now, reason)
+        return RenewalState.conservative(name, now, reason)
 
     def encode(state: RenewalState) -> bytes:
         return dump_json(state.to_json())

@@ -83,7 +83,6 @@ import trio
 
 from snakeway.acme import filerecords
 from snakeway.acme.entries import KEY_MODE, CorruptEntry, dump_json, field, parse_json, read_existing, remove_tree
-from snakeway.acme.filerecords import conservative_state as conservative_state
 from snakeway.acme.store import (
     AccountRecord,
     CertBundle,
@@ -336,7 +335,7 @@ class FileStore:
     # --- renewal state, accounts, orders, ledgers: small JSON files (snakeway.acme.filerecords) ---------
 
     async def load_state(self, name: str) -> RenewalState | None:
-        """The renewal state of ``name``; a corrupt one loads as :func:`conservative_state` (the longest back-off)."""
+        """The renewal state of ``name``; a corrupt one loads as :meth:`RenewalState.conservative`."""
         check_name(name)
         now = self._clock.now()
         return await self._run(

@@ -503,7 +503,7 @@ async def test_corrupt_state_keeps_the_longest_back_off(
 
 
 def test_conservative_state_is_the_cap_of_the_back_off() -> None:
-    state = filestore.conservative_state("a.test", NOW, "not valid JSON")
+    state = RenewalState.conservative("a.test", NOW, "not valid JSON")
     assert state.next_attempt == NOW + BACKOFF_CAP
     # One more failure keeps the cap: the back-off cannot shrink from here.
     assert state.failed(NOW, "again").next_attempt == NOW + BACKOFF_CAP
