@@ -164,18 +164,17 @@ class Renewer:
                 await self.served.publish(cert, fresh)
                 logger.info("certificate for %s: another worker just renewed it; picked up from the store", cert.name)
             action = self._decide(cert, state, fresh, self.periodic(), forced)
-            if not isinstance(action, Order):
-                return self.clock.now() if isinstance(action, PollAri) else self.periodic() \
-                    if isinstance(action, SaveAgain) else action.until
+            if not isinstance(action, Order):  # waiting now, or ARI first: check again then
+                return action.until if isinstance(action, Wait) else self.clock.now()
             refused = await self.budget.spend_order(cert.domains, renewal=action.renewal)
             if refused is not None:
                 logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
                                cert.name, refused.isoformat(timespec="seconds"))
                 return refused
-            replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh is not None and action.renewal and self._ari \
-                else None
-            expires = fresh.not_after if fresh is not None else None
-            return await self._issue(cert, state, replaces, action.renewal, expires)
+            if fresh is None:
+                return await self._issue(cert, state, None, action.renewal, None)
+            replaces = crypto.ari_cert_id(fresh.cert_pem) if action.renewal and self._ari else None
+            return await self._issue(cert, state, replaces, action.renewal, fresh.not_after)
 
     async def _issue(
         self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool, expires: datetime | None
@@ -276,22 +275,35 @@ class Renewer:
                 return True  # changed meanwhile: decide again
             if state.ari_serial == bundle.serial and state.ari_next_poll and self.clock.now() < state.ari_next_poll:
                 return True  # another worker asked meanwhile
-            try:
-                await self.issuer.ensure_account()
-                info = await self.backend.renewal_info(bundle.cert_pem)
-            except IssuanceError as exc:
-                logger.warning("certificate for %s: renewal information (ARI) failed: %s; using the lifetime rule",
-                               cert.name, exc)
-                state = state.ari_failed(self.clock.now(), str(exc), bundle.serial)
-            else:
-                if info is None:
-                    self._ari = False
-                    return True
-                state = state.with_ari(info, bundle.serial, self.clock.now(), self.rng.random())
-                if info.explanation_url:
-                    logger.info("certificate for %s: the CA explains its renewal window at %s",
-                                cert.name, info.explanation_url)
-            await self._save_state(state)
+            now, jitter = self.clock.now(), self.rng.random()
+            answered = await ask_ari(self.issuer, self.backend, cert, bundle, state, now, jitter)
+            if answered is None:
+                self._ari = False  # the CA has no ARI
+                return True
+            await self._save_state(answered)
             if cert.cert_id in self._unsaved:
-                self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], state)
+                self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], answered)
             return True
+
+
+async def ask_ari(
+    issuer: Issuer, backend: AcmeBackend, cert: ManagedCert, bundle: CertBundle, state: RenewalState,
+    now: datetime, jitter: float,
+) -> RenewalState | None:
+    """``state`` after asking the CA's ARI about ``bundle``; None when the CA offers no ARI.
+
+    A failed or malformed answer is logged and kept as such in the state (the lifetime rule applies, and
+    the CA is asked again after the default interval); an ``explanationURL`` is logged.
+    """
+    try:
+        await issuer.ensure_account()
+        info = await backend.renewal_info(bundle.cert_pem)
+    except IssuanceError as exc:
+        logger.warning("certificate for %s: renewal information (ARI) failed: %s; using the lifetime rule",
+                       cert.name, exc)
+        return state.ari_failed(now, str(exc), bundle.serial)
+    if info is None:
+        return None
+    if info.explanation_url:
+        logger.info("certificate for %s: the CA explains its renewal window at %s", cert.name, info.explanation_url)
+    return state.with_ari(info, bundle.serial, now, jitter)
