@@ -20,6 +20,7 @@ import pytest
 from snakeway.testing import CALimitSettings
 from snakeway.testing.simulate import PRESETS, Report, Scenario, run_detailed, run_scenario
 
+
 def simulation(test):  # type: ignore[no-untyped-def]
     """A full-scale run: minutes, not the suite's two-minute limit per test."""
     return pytest.mark.simulation(pytest.mark.timeout(1800)(test))
