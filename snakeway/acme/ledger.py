@@ -8,8 +8,9 @@ gives that decision one ledger per CA account, read and written under the budget
 never both spend the last order of a bucket. Three events are written: a new order (before it is
 made), a failed validation of each name, and a certificate issued.
 
-A ledger that cannot be written refuses the order (and says so): a budget that cannot be kept cannot be
-promised.
+Orders this worker is running count as issued while they run (see :meth:`SharedBudget.spend_order`); another
+worker's show up once recorded. A ledger that cannot be written refuses the order (and says so): a budget that
+cannot be kept cannot be promised.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ BUDGET_LOCK = "acme-budget.lock"
 LOCK_POLL_SECONDS = 0.05
 # When the ledger cannot be written, an order waits this long before asking again.
 UNWRITABLE_RETRY = timedelta(minutes=1)
+# When only this worker's orders in flight fill a bucket, an order waits this long before asking again.
+IN_FLIGHT_RETRY = timedelta(minutes=1)
 
 
 class SharedBudget:
@@ -55,6 +58,7 @@ class SharedBudget:
         self.coordinator = coordinator
         self.clock = clock
         self._lock = trio.Lock()
+        self._in_flight: list[tuple[tuple[str, ...], bool]] = []  # (names, renewal) of orders running here
 
     @contextlib.asynccontextmanager
     async def _held(self) -> AsyncIterator[budget.Ledger]:
@@ -69,18 +73,38 @@ class SharedBudget:
                 await trio.sleep(LOCK_POLL_SECONDS)
 
     async def spend_order(self, names: Iterable[str], *, renewal: bool) -> datetime | None:
-        """Spend one new order for ``names``: None if spent, else when the budget will allow it."""
+        """Spend one new order for ``names``: None if spent, else when the budget will allow it.
+
+        A spent order is *in flight* until :meth:`landed`: its certificate counts as issued already, so
+        that several orders running at once cannot together pass a per-certificate bucket (50 new
+        certificates of one registered domain a week) that each alone would fit.
+        """
         names = tuple(names)
         try:
             async with self._held() as ledger:
                 now = self.clock.now()
                 when = budget.when_allowed(ledger, self.limits, names, now, renewal=renewal)
+                if when is None and self._in_flight:
+                    with_flights = ledger
+                    for flight, flight_renewal in self._in_flight:
+                        with_flights = budget.record_issued(with_flights, flight, now, renewal=flight_renewal)
+                    if budget.when_allowed(with_flights, self.limits, names, now, renewal=renewal) is not None:
+                        when = now + IN_FLIGHT_RETRY  # one of those orders may yet fail and leave room
                 if when is None:
                     await self.store.save_ledger(self.directory_url, budget.spend_order(ledger, now))
+                    self._in_flight.append((names, renewal))
                 return when
         except StoreError as exc:
             logger.error("the rate-limit budget cannot be written (%s); not ordering for %s", exc, names[0])
             return self.clock.now() + UNWRITABLE_RETRY
+
+    def landed(self, names: Iterable[str]) -> None:
+        """The order for ``names`` spent with :meth:`spend_order` has ended (issued and recorded, or failed)."""
+        names = tuple(names)
+        for index, (flight, _) in enumerate(self._in_flight):
+            if flight == names:
+                del self._in_flight[index]
+                return
 
     async def failed_validation(self, names: Iterable[str]) -> None:
         """Record that the CA could not validate ``names``."""

@@ -171,10 +171,11 @@ class Renewer:
                 logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
                                cert.name, refused.isoformat(timespec="seconds"))
                 return refused
-            if fresh is None:
-                return await self._issue(cert, state, None, action.renewal, None)
-            replaces = crypto.ari_cert_id(fresh.cert_pem) if action.renewal and self._ari else None
-            return await self._issue(cert, state, replaces, action.renewal, fresh.not_after)
+            replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh and action.renewal and self._ari else None
+            try:
+                return await self._issue(cert, state, replaces, action.renewal, fresh.not_after if fresh else None)
+            finally:
+                self.budget.landed(cert.domains)
 
     async def _issue(
         self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool, expires: datetime | None

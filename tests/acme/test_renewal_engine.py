@@ -380,3 +380,17 @@ async def test_a_request_the_ca_fails_transiently_is_tried_again_within_the_atte
     assert state is not None and state.failures == failures
     assert ca.calls.count("finalize") == 5  # 1 + 4 quick retries; the fifth failure ends the attempt
     assert len(ca.orders) == 1
+
+
+async def test_orders_in_flight_together_never_pass_the_per_domain_limit(autojump_clock: trio.testing.MockClock) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    # Six names of one registered domain, four orders at a time, a CA that allows 3 certificates a week.
+    certs = tuple(cert(f"n{i}.example.test") for i in range(6))
+    ca = FakeCA(clock, delay=1.0, limits=CALimitSettings(certificates_per_domain_per_week=3))
+    automation = settings(rate_limits=RateLimitSettings(certificates_per_domain_per_week=3))
+    store = MemoryStore()
+    mgr, _ = manager(certs, store, ca, clock, automation=automation)
+    await run_for(mgr, DAY)
+    assert ca.rate_limited == 0
+    assert ca.limits is not None and ca.limits.peak["certificates_per_domain"] == 3
+    assert len(await store.list()) == 3
