@@ -300,6 +300,8 @@ async def open_validated_order(backend: ClientV2Backend, provision: dict[str, Ch
     return order, csr_pem
 
 
+# Counts the POSTs the backend makes: Pebble rejects no nonce here (a badNonce retry would count twice).
+@pytest.mark.parametrize("pebble", [{"nonce_reject": 0}], indirect=True)
 async def test_resumed_valid_order_is_downloaded_not_finalized_again(
     pebble: Pebble, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -331,6 +333,8 @@ async def test_resumed_valid_order_is_downloaded_not_finalized_again(
     assert resumed_posts.count(urlsplit(order.url).path) == 1  # one look at the order, then the download
 
 
+# Counts the POSTs the backend makes: Pebble rejects no nonce here (a badNonce retry would count twice).
+@pytest.mark.parametrize("pebble", [{"nonce_reject": 0}], indirect=True)
 async def test_resumed_processing_order_is_polled_until_valid(
     pebble: Pebble, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
