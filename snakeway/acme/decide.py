@@ -90,6 +90,10 @@ class Order:
 
 Action = Wait | PollAri | SaveAgain | Order
 
+# Why a certificate waits, when its shell cares: healthy and not due yet; held by the CA's Retry-After.
+NOT_DUE = "not due"
+CA_ASKED = "the CA asked to wait"
+
 
 def decide(
     *,
@@ -133,9 +137,9 @@ def decide(
             until = min(moment, periodic)
             if ari and state.ari_next_poll is not None:
                 until = min(until, state.ari_next_poll)
-            return Wait(until, "not due")
+            return Wait(until, NOT_DUE)
     if state.retry_after is not None and now < state.retry_after:
-        return Wait(state.retry_after, "the CA asked to wait")
+        return Wait(state.retry_after, CA_ASKED)
     if not forced and not state.may_attempt(now):
         assert state.next_attempt is not None
         return Wait(state.next_attempt, "backing off after a failure")

@@ -35,7 +35,7 @@ import trio
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.coordination import Coordinator
-from snakeway.acme.decide import Order, PollAri, SaveAgain, Stored, Wait, decide
+from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, Stored, Wait, decide
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.lanes import OrderLane
 from snakeway.acme.ledger import SharedBudget
@@ -114,9 +114,9 @@ class Renewer:
             state, bundle = await self._facts(cert)
             action = self._decide(cert, state, bundle, periodic, forced)
             if isinstance(action, Wait):
-                if bundle is not None and action.why == "not due":
+                if bundle is not None and action.why == NOT_DUE:
                     await self.served.rebuild_if_unservable(cert, bundle)
-                elif forced and action.why == "the CA asked to wait":
+                elif forced and action.why == CA_ASKED:
                     logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner",
                                    cert.name, action.until.isoformat(timespec="seconds"))
                 return action.until
@@ -140,14 +140,10 @@ class Renewer:
     def _decide(
         self, cert: ManagedCert, state: RenewalState, bundle: CertBundle | None, periodic: datetime, forced: bool
     ) -> Wait | PollAri | SaveAgain | Order:
-        stored = None
-        if bundle is not None:
-            covers = set(cert.domains) <= set(bundle.domains)
-            stored = Stored(bundle.not_before, bundle.not_after, bundle.serial, covers)
         days = self.settings.renew_within_days
         return decide(
-            now=self.clock.now(), state=state, stored=stored, ari=self._ari, periodic=periodic, forced=forced,
-            renew_within=timedelta(days=days) if days is not None else None,
+            now=self.clock.now(), state=state, stored=stored(cert, bundle), ari=self._ari, periodic=periodic,
+            forced=forced, renew_within=timedelta(days=days) if days is not None else None,
             unsaved=cert.cert_id in self._unsaved,
         )
 
@@ -285,6 +281,13 @@ class Renewer:
             if cert.cert_id in self._unsaved:
                 self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], answered)
             return True
+
+
+def stored(cert: ManagedCert, bundle: CertBundle | None) -> Stored | None:
+    """What :func:`~snakeway.acme.decide.decide` needs to know of ``bundle``."""
+    if bundle is None:
+        return None
+    return Stored(bundle.not_before, bundle.not_after, bundle.serial, set(cert.domains) <= set(bundle.domains))
 
 
 async def ask_ari(
