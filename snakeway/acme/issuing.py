@@ -43,7 +43,7 @@ from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.store import AccountRecord, CertBundle, CertStore, OrderRecord
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore, OrderRecord, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.config.model import AcmeSettings, Challenge
 from snakeway.errors import IssuanceError
@@ -104,16 +104,20 @@ class Issuer:
         self._account_lock = trio.Lock()
         self._account_ready = False
 
-    async def issue(self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None) -> CertBundle:
+    async def issue(
+        self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None, serving: str | None = None
+    ) -> CertBundle:
         """Obtain a certificate for ``cert``: resume an order in flight, or order anew.
 
         Args:
           now: wall time, for the order record.
           deadline: absolute trio time by which the CA must have answered.
           replaces: the ARI CertID of the certificate this one renews, or None.
+          serving: the serial of the stored certificate: an order in flight that gives it again is done already
+            (its record outlived it) and is not finished twice.
         """
         await _retrying(deadline, self.ensure_account)
-        resumed = await self._resume(cert, now, deadline)
+        resumed = await self._resume(cert, now, deadline, serving)
         if resumed is not None:
             return resumed
         key_pem: bytes = await self.offload(crypto.generate_key, cert.key_type)
@@ -144,13 +148,15 @@ class Issuer:
             logger.info("certificate for %s: the CA refused 'replaces' (%s); ordering without it", cert.name, exc)
             return await self.backend.new_order(cert.domains, csr_pem)
 
-    async def _resume(self, cert: ManagedCert, now: datetime, deadline: float) -> CertBundle | None:
+    async def _resume(
+        self, cert: ManagedCert, now: datetime, deadline: float, serving: str | None
+    ) -> CertBundle | None:
         """The certificate of an order interrupted after finalize, or None to order anew."""
         record = await self.store.load_order(cert.name)
         if record is None:
             return None
         if now - record.created > RESUME_WITHIN:
-            await self.store.delete_order(cert.name)
+            await self._drop_order(cert.name)
             return None
         try:
             order = await _retrying(deadline, lambda: self.backend.resume_order(record.order_url))
@@ -162,16 +168,26 @@ class Issuer:
                 raise  # the CA is unwell: keep the order for the next attempt
             logger.info("certificate for %s: the order in flight cannot be finished (%s); ordering anew",
                         cert.name, exc)
-            await self.store.delete_order(cert.name)
+            await self._drop_order(cert.name)
             return None
         except ValueError as exc:  # the order's certificate does not fit (names, key)
             logger.warning("certificate for %s: the order in flight gave an unusable certificate (%s); ordering anew",
                            cert.name, exc)
-            await self.store.delete_order(cert.name)
+            await self._drop_order(cert.name)
+            return None
+        if bundle.serial == serving:  # the record outlived the certificate it gave: that one is stored already
+            await self._drop_order(cert.name)
             return None
         logger.info("certificate for %s: finished the order interrupted after finalize (%s)",
                     cert.name, record.order_url)
         return bundle
+
+    async def _drop_order(self, name: str) -> None:
+        """Forget the order in flight of ``name``; a store that refuses leaves it, to be dropped next time."""
+        try:
+            await self.store.delete_order(name)
+        except StoreError as exc:
+            logger.warning("certificate for %s: could not drop the finished order's record: %s", name, exc)
 
     async def ensure_account(self) -> None:
         """Register (or find) the account, once per process; workers share it through the store."""

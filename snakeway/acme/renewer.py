@@ -26,6 +26,7 @@ the CA could not validate, a certificate when one is issued.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from datetime import datetime, timedelta
@@ -167,24 +168,25 @@ class Renewer:
                 logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
                                cert.name, refused.isoformat(timespec="seconds"))
                 return refused
-            replaces = crypto.ari_cert_id(fresh.cert_pem) if fresh and action.renewal and self._ari else None
             try:
-                return await self._issue(cert, state, replaces, action.renewal, fresh.not_after if fresh else None)
+                return await self._issue(cert, state, fresh, action.renewal)
             finally:
                 self.budget.landed(cert.domains)
 
     async def _issue(
-        self, cert: ManagedCert, state: RenewalState, replaces: str | None, renewal: bool, expires: datetime | None
+        self, cert: ManagedCert, state: RenewalState, current: CertBundle | None, renewal: bool
     ) -> datetime:
         started = trio.current_time()
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
+        replaces = crypto.ari_cert_id(current.cert_pem) if current and renewal and self._ari else None
         try:
             with trio.fail_after(ISSUANCE_TIMEOUT):
                 bundle = await self.issuer.issue(
-                    cert, now=self.clock.now(), deadline=started + ISSUANCE_TIMEOUT, replaces=replaces
+                    cert, now=self.clock.now(), deadline=started + ISSUANCE_TIMEOUT, replaces=replaces,
+                    serving=current.serial if current else None,
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
-            return await self._failed(cert, state, exc, expires)
+            return await self._failed(cert, state, exc, current.not_after if current else None)
         await self.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
         wake = await self._keep(cert, bundle, state)
@@ -216,7 +218,8 @@ class Renewer:
             )
             return state.next_attempt
         self._unsaved.pop(cert.cert_id, None)
-        await self.store.delete_order(cert.name)
+        with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
+            await self.store.delete_order(cert.name)
         await self._save_state(state.succeeded(now))
         return now  # ask ARI about the new certificate at once (when the CA has ARI)
 

@@ -394,3 +394,23 @@ async def test_orders_in_flight_together_never_pass_the_per_domain_limit(autojum
     assert ca.rate_limited == 0
     assert ca.limits is not None and ca.limits.peak["certificates_per_domain"] == 3
     assert len(await store.list()) == 3
+
+
+class KeepsOrders(MemoryStore):
+    """A store that cannot delete an order in flight (the delete fails, the record stays)."""
+
+    async def delete_order(self, name: str) -> None:
+        raise StoreError("Read-only file system")
+
+
+async def test_an_order_record_left_behind_never_gives_the_old_certificate_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    ca = FakeCA(clock, lifetime=timedelta(hours=160))
+    store = KeepsOrders()
+    mgr, _ = manager((A,), store, ca, clock)
+    await run_for(mgr, 4 * DAY)  # issued at 0, renewed after 80 hours, with the first order's record still there
+    assert len(ca.orders) == 2 and len(ca.issued) == 2
+    bundle = await store.load("a.test")
+    assert bundle is not None and int(bundle.serial, 16) == ca.issued[1]
