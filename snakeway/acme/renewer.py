@@ -217,7 +217,8 @@ class Renewer:
                 cert.name, exc, state.next_attempt.isoformat(timespec="seconds"),
             )
             return state.next_attempt
-        self._unsaved.pop(cert.cert_id, None)
+        if self._unsaved.pop(cert.cert_id, None) is not None:
+            logger.info("certificate for %s: saved to the store now", cert.name)
         with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
             await self.store.delete_order(cert.name)
         await self._save_state(state.succeeded(now))
@@ -228,10 +229,7 @@ class Renewer:
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
                 return self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS)
-            wake = await self._keep(cert, bundle, state)
-        if cert.cert_id not in self._unsaved:
-            logger.info("certificate for %s: saved to the store now", cert.name)
-        return wake
+            return await self._keep(cert, bundle, state)
 
     async def _failed(
         self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None
