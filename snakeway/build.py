@@ -35,7 +35,7 @@ from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.manager import CertManager
-from snakeway.acme.store import CertStore, open_store
+from snakeway.acme.store import CertStore, MemoryStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
@@ -145,15 +145,17 @@ class Builder:
         self.shared.health.cooldown = server.upstream.failure_cooldown_seconds
 
 
-def coordinator(config: Config) -> Coordinator:
+def coordinator(config: Config, store: CertStore | None = None) -> Coordinator:
     """How this process coordinates certificate work with every other process sharing its store.
 
     A filesystem store is coordinated through its files whatever ``server.workers`` is: other workers, other
     snakeway processes on this host and other machines (over a shared filesystem) may use the same directories.
-    The memory store lives in this process only.
+    The memory store lives in this process only; so does a :class:`MemoryStore` given as ``store`` in place of
+    the configured one.
     """
     automation = config.server.tls_automation
-    if automation is None or automation.cert_store.type is not StoreType.FILESYSTEM:
+    if (automation is None or automation.cert_store.type is not StoreType.FILESYSTEM
+            or isinstance(store, MemoryStore)):
         return LocalCoordinator()
     state_dir = config.server.state_dir
     cert_dir = automation.cert_store.cert_dir or state_dir / "certs"

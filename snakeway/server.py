@@ -94,7 +94,7 @@ class Server:
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
         self.builder = Builder(self.shared, self.certs, self.internal, self.clock, reuse_port=worker)
         self.runtime: Runtime = self.builder.runtime(config)
-        self.coordinator = coordinator(config)
+        self.coordinator = coordinator(config, cert_store)
         shared = self.coordinator if is_shared(self.coordinator) else None
         self.http01 = Http01Tokens(shared)
         self.tlsalpn = TlsAlpnChallenges(shared)
