@@ -28,12 +28,14 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
+import trio
+
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.manager import CertManager
-from snakeway.acme.store import CertStore, open_store
+from snakeway.acme.store import CertStore, MemoryStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
@@ -46,8 +48,8 @@ from snakeway.tls.registry import CertRegistry, Served
 from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer, InternalPlan, load_manual
 
-# With several workers: how often each compares every certificate's stamp in the store even though the store's
-# generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/watch.py).
+# Over a shared store: how often each process compares every certificate's stamp in the store even though the
+# store's generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/watch.py).
 WATCH_INTERVAL = 10.0
 
 
@@ -143,10 +145,17 @@ class Builder:
         self.shared.health.cooldown = server.upstream.failure_cooldown_seconds
 
 
-def coordinator(config: Config, *, worker: bool) -> Coordinator:
-    """How this process coordinates certificate work with other workers sharing a filesystem store."""
+def coordinator(config: Config, store: CertStore | None = None) -> Coordinator:
+    """How this process coordinates certificate work with every other process sharing its store.
+
+    A filesystem store is coordinated through its files whatever ``server.workers`` is: other workers, other
+    snakeway processes on this host and other machines (over a shared filesystem) may use the same directories.
+    The memory store lives in this process only; so does a :class:`MemoryStore` given as ``store`` in place of
+    the configured one.
+    """
     automation = config.server.tls_automation
-    if not worker or automation is None or automation.cert_store.type is not StoreType.FILESYSTEM:
+    if (automation is None or automation.cert_store.type is not StoreType.FILESYSTEM
+            or isinstance(store, MemoryStore)):
         return LocalCoordinator()
     state_dir = config.server.state_dir
     cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
@@ -163,10 +172,10 @@ def cert_manager(
     *,
     backend: AcmeBackend | None,
     store: CertStore | None,
-    worker: bool,
+    listening: trio.Event | None = None,
 ) -> CertManager | None:
     """The ACME certificate manager, if ``config`` automates certificates; ``backend`` and ``store`` default to
-    the configured CA and store."""
+    the configured CA and store; no order starts before ``listening`` is set (None: at once)."""
     automation = config.server.tls_automation
     if automation is None:
         return None
@@ -187,5 +196,12 @@ def cert_manager(
         tlsalpn=tlsalpn,
         clock=clock,
         coordinator=coordinator,
-        watch_interval=WATCH_INTERVAL if worker else None,
+        watch_interval=WATCH_INTERVAL if is_shared(coordinator) else None,
+        listening=listening,
     )
+
+
+def is_shared(coordinator: Coordinator) -> bool:
+    """Whether other processes use the store ``coordinator`` coordinates: their certificates are watched for,
+    and challenges are answered for them."""
+    return not isinstance(coordinator, LocalCoordinator)

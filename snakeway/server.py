@@ -36,7 +36,7 @@ from snakeway.acme.managed import managed_certs
 from snakeway.acme.store import CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind
-from snakeway.build import Builder, Prepared, cert_manager, coordinator
+from snakeway.build import Builder, Prepared, cert_manager, coordinator, is_shared
 from snakeway.clock import SystemClock, WallClock
 from snakeway.config.model import Config
 from snakeway.connection import handle
@@ -94,13 +94,15 @@ class Server:
         self.internal = InternalIssuer(self.certs, config.server.state_dir, self.clock)
         self.builder = Builder(self.shared, self.certs, self.internal, self.clock, reuse_port=worker)
         self.runtime: Runtime = self.builder.runtime(config)
-        self.coordinator = coordinator(config, worker=worker)
-        shared = self.coordinator if self.worker else None
+        self.coordinator = coordinator(config, cert_store)
+        shared = self.coordinator if is_shared(self.coordinator) else None
         self.http01 = Http01Tokens(shared)
         self.tlsalpn = TlsAlpnChallenges(shared)
+        # Set once every listener is bound: the plain listener answers HTTP-01, the TLS ones TLS-ALPN-01.
+        self._listening = trio.Event()
         self.manager = cert_manager(
             config, self.certs, self.http01, self.tlsalpn, self.clock, self.coordinator,
-            backend=acme_backend, store=cert_store, worker=worker,
+            backend=acme_backend, store=cert_store, listening=self._listening,
         )
         self.drain = Drain()
         self._stop = trio.Event()
@@ -225,6 +227,7 @@ class Server:
                         sockets = await bind(spec, reuse_port=self.worker)
                         tls = listener_context(self.certs.holder(spec.key)) if spec.role is Role.HTTPS else None
                         self._serve_listener(spec, sockets, tls)
+                    self._listening.set()  # the certificate manager may order now
                     task_status.started()
                     self._serving.set()
                     accept.start_soon(self._run_reloads)

@@ -17,11 +17,11 @@ def http01_key(token: str) -> str:
 
 
 class Http01Tokens:
-    """Tokens of this process's orders, and (with workers) those of the others.
+    """Tokens of this process's orders, and those of other processes sharing the store.
 
     Args:
-      shared: where other worker processes publish their tokens; None when
-        this process is the only one.
+      shared: where other processes (workers, other nodes) publish their
+        tokens; None when this process is the only one.
     """
 
     def __init__(self, shared: Coordinator | None = None) -> None:

@@ -1,7 +1,9 @@
 """Coordination between processes that share one certificate store.
 
-With ``server.workers`` above 1, every worker process runs a CertManager over
-the same store. Three things keep them in step:
+Every process using a filesystem store runs a CertManager over it and may
+share it with others: the workers of one server, and separate snakeway
+processes on one host or on several machines mounting the same directories.
+Three things keep them in step:
 
 * **one order per certificate**: issuance happens under :meth:`lock`, an
   exclusive, non-blocking lock per certificate name. A worker that does not
@@ -17,8 +19,8 @@ the same store. Three things keep them in step:
   land on any worker, so key authorizations are shared through
   :meth:`put_challenge` / :meth:`get_challenge`.
 
-:class:`LocalCoordinator` does the same within one process (``workers = 1``
-or the memory store). A networked store for several machines implements the
+:class:`LocalCoordinator` does the same within one process (the memory
+store). A networked store for several machines implements the
 same protocol.
 """
 

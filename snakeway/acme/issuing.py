@@ -75,9 +75,9 @@ class Issuer:
       acme: ``tls_automation.acme``.
       store: where the account and orders in flight are kept.
       backend: the CA.
-      coordinator: locks and shared challenges between workers.
+      coordinator: locks and shared challenges between processes sharing the store.
       http01, tlsalpn: the challenge answers served by this process.
-      share_challenges: whether other workers may receive the CA's validation connection.
+      share_challenges: whether other processes (workers, other nodes) may receive the CA's validation connection.
       offload: runs CPU-bound work (keys, CSRs).
     """
 
@@ -213,7 +213,7 @@ class Issuer:
                 self.http01.add(task.token, task.key_authorization)
             else:
                 self.tlsalpn.add(task.domain, task.key_authorization)
-            if self.share_challenges:  # other workers may get the CA's connection
+            if self.share_challenges:  # other processes may get the CA's connection
                 await self.coordinator.put_challenge(_challenge_key(task), task.key_authorization)
 
     async def _cleanup(self, tasks: list[ChallengeTask]) -> None:

@@ -6,8 +6,11 @@ Theory of operation
 certificate into the cert map, so the first handshake after start-up already has it. Then one task per
 certificate loops: :meth:`snakeway.acme.renewer.Renewer.check` does what the certificate needs now
 (wait, ask the CA's ARI, order, save again: see there) and names the time of the next check; the task
-sleeps until then, or until :meth:`CertManager.retry_now` (SIGHUP) wakes it. With several workers, a
-:class:`~snakeway.acme.watch.StoreWatch` puts certificates other workers saved into this worker's map.
+sleeps until then, or until :meth:`CertManager.retry_now` (SIGHUP) wakes it. The first checks wait for
+``listening``: the server sets it once every listener is bound, so no order (nor ARI question) starts before
+the listeners that answer the CA's validation are up, while stored certificates are served from the first
+handshake. When other processes share the store, a :class:`~snakeway.acme.watch.StoreWatch` puts certificates
+they saved into this process's map.
 
 Each certificate has its own error boundary: an unexpected error is logged with its traceback and the
 certificate is checked again at the next periodic check; the certificate that was being served stays
@@ -77,10 +80,12 @@ class CertManager:
       clock: wall time.
       rng: jitter source.
       offload: runs CPU-bound work (keys, contexts); default a worker thread.
-      coordinator: locks and shared challenges between worker processes
-        (default: this process only).
-      watch_interval: with several workers, how often to look for
-        certificates another worker saved (seconds); None: never.
+      coordinator: locks and shared challenges between processes sharing
+        the store (default: this process only).
+      watch_interval: when other processes share the store, how often to
+        look for certificates they saved (seconds); None: never.
+      listening: set once the listeners that answer challenges are bound;
+        no certificate is checked (so none ordered) before. None: at once.
       spread_first_checks_above: with more certificates than this, the first
         checks of stored ones that are not due are spread out (see above).
     """
@@ -100,6 +105,7 @@ class CertManager:
         offload: Offload | None = None,
         coordinator: Coordinator | None = None,
         watch_interval: float | None = None,
+        listening: trio.Event | None = None,
         spread_first_checks_above: int = SPREAD_FIRST_CHECKS_ABOVE,
     ) -> None:
         self.settings = settings
@@ -112,6 +118,7 @@ class CertManager:
         self.offload: Offload = offload or trio.to_thread.run_sync
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.watch_interval = watch_interval
+        self.listening = listening
         self.spread_first_checks_above = spread_first_checks_above
         issuer = Issuer(
             acme=settings.acme, store=store, backend=backend, coordinator=self.coordinator, http01=http01,
@@ -229,6 +236,8 @@ class CertManager:
 
     async def _keep_fresh(self, cert: ManagedCert, scope: trio.CancelScope) -> None:
         with scope:
+            if self.listening is not None:
+                await self.listening.wait()
             while True:
                 try:
                     wake = await self.check(cert)

@@ -153,13 +153,14 @@ class Renewer:
         now = self.clock.now()
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
-                # Another worker is ordering it (or asking ARI about it); its result arrives through the store.
-                logger.info("certificate for %s: another worker is ordering it", cert.name)
+                # Another process (a worker, or another node sharing the store) is ordering it, or asking ARI
+                # about it; its result arrives through the store.
+                logger.info("certificate for %s: another process sharing the store is ordering it", cert.name)
                 return min(self.periodic(), now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
             state, fresh = await self._facts(cert)
             if fresh is not None and bundle is not None and fresh.serial != bundle.serial:
                 await self.served.publish(cert, fresh)
-                logger.info("certificate for %s: another worker just renewed it; picked up from the store", cert.name)
+                logger.info("certificate for %s: another process just renewed it; picked up from the store", cert.name)
             action = self._decide(cert, state, fresh, self.periodic(), forced)
             if not isinstance(action, Order):  # waiting now, or ARI first: check again then
                 return action.until if isinstance(action, Wait) else self.clock.now()

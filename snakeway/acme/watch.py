@@ -1,12 +1,12 @@
-"""Picking up certificates another worker saved (several workers share one store).
+"""Picking up certificates another process saved (workers, or several nodes, sharing one file store).
 
 Theory of operation
 -------------------
-Only the worker that holds a certificate's lock orders it; every other worker must notice the new
+Only the process that holds a certificate's lock orders it; every other process must notice the new
 certificate in the store and put it in its own cert map. :class:`StoreWatch` polls the coordinator's
 cheap *generation* (one ``stat`` of the store) every ``GENERATION_POLL_SECONDS``; when it changes, and at
 least every ``interval`` seconds (the reconciliation that catches anything missed), it compares each
-certificate's *stamp* with the last one seen and loads those that changed. A certificate this worker
+certificate's *stamp* with the last one seen and loads those that changed. A certificate this process
 published itself, or is saving right now, is left alone.
 """
 
