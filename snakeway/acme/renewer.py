@@ -153,8 +153,7 @@ class Renewer:
         now = self.clock.now()
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
-                # Another process (a worker, or another node sharing the store) is ordering it, or asking ARI
-                # about it; its result arrives through the store.
+                # Another process sharing the store is ordering it (or asking ARI); the result comes through it.
                 logger.info("certificate for %s: another process sharing the store is ordering it", cert.name)
                 return min(self.periodic(), now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
             state, fresh = await self._facts(cert)
