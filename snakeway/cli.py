@@ -110,6 +110,8 @@ def check(config: Config, path: Path) -> int:
 
     from snakeway import check as checks
 
+    for line in checks.config_warnings(config):
+        print(line, file=sys.stderr)
     try:
         for line in trio.run(checks.store_warnings, config, datetime.now(UTC)):
             print(line, file=sys.stderr)

@@ -57,7 +57,15 @@ from snakeway.acme import crypto
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
 from snakeway.acme.entries import CorruptEntry, field, parse_json
 from snakeway.acme.filerecords import encode_ledger
-from snakeway.acme.redisrecords import RedisKeys, Sealer, corrupt_copy, encode_meta, parse_bundle, parse_meta
+from snakeway.acme.redisrecords import (
+    RedisKeys,
+    Sealer,
+    corrupt_copy,
+    encode_meta,
+    parse_bundle,
+    parse_meta,
+    read_key_file,
+)
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError, check_name
 from snakeway.clock import SystemClock
@@ -67,6 +75,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
     from snakeway.clock import WallClock
+    from snakeway.config.model import CertStoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,25 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 DEFAULT_PREFIX = "snakeway"
+
+
+def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None) -> RedisStore:
+    """The store ``tls_automation.cert_store`` describes (``type = "redis"``); reads the encryption key file.
+
+    Raises:
+        StoreError: The key file cannot be read or does not hold a key (the configuration checked it, but it may
+            have changed since).
+    """
+    if settings.url is None:
+        raise StoreError('cert_store type = "redis" needs a url')
+    key, source = None, ""
+    if settings.encryption_key_file is not None:
+        source = str(settings.encryption_key_file)
+        try:
+            key = read_key_file(settings.encryption_key_file)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the Redis store's encryption_key_file {source}: {exc}") from exc
+    return RedisStore(settings.url, key_prefix=settings.key_prefix, encryption_key=key, key_source=source, clock=clock)
 
 
 def redacted(url: str) -> str:
