@@ -1,0 +1,102 @@
+"""A real `python -m snakeway serve` with its certificates in a real redis-server, against Pebble."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from snakeway.acme.redisstore import RedisStore
+from tests.acme.test_redisstore import raw_values
+from tests.helpers import start_upstream
+from tests.pebble import Pebble, free_port, run_pebble
+from tests.proc import snakeway
+
+if TYPE_CHECKING:
+    from tests.redisserver import RedisServer
+
+NAMES = ("redis.example.test", "www.redis.example.test")
+KEY = bytes(range(7, 39))
+
+
+def write_config(path: Path, pebble: Pebble, redis_url: str, key_file: Path, upstream: int) -> None:
+    state = path.parent / "state"
+    path.write_text(
+        f"""
+server {{
+  version   = 1
+  workers   = 1
+  state_dir = "{state}"
+  tls_automation = {{
+    check_interval_seconds = 600
+    acme = {{
+      directory_url = "{pebble.directory_url}"
+      ca_file       = "{pebble.ca_file}"
+      contact_email = ["ops@example.test"]
+    }}
+    cert_store = {{ type = "redis", url = "{redis_url}", key_prefix = "edge", encryption_key_file = "{key_file}" }}
+  }}
+}}
+ingress "site" {{
+  bind = {{
+    interface = "127.0.0.1"
+    port      = {pebble.tls_port}
+    tls       = {{ mode = "acme", domains = {list(NAMES)!r}, challenge = "http-01" }}
+    redirect_http_to_https = {{ port = {pebble.http_port} }}
+  }}
+  services = [{{
+    name      = "app"
+    routes    = [{{ hosts = ["*"], path = "/" }}]
+    upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}]
+  }}]
+}}
+""".replace("'", '"')
+    )
+
+
+async def served_certificate(port: int, roots: bytes) -> bytes:
+    """The DER leaf served for ``NAMES[0]`` on ``port``, verified against Pebble's roots."""
+    context = ssl.create_default_context(cadata=roots.decode())
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname=NAMES[0])
+    try:
+        await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+    finally:
+        await stream.aclose()
+
+
+async def test_serve_obtains_into_redis_and_a_restart_loads_it(
+    nursery: trio.Nursery, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    upstream, _ = await start_upstream(nursery)
+    key_file = tmp_path / "store.key"
+    key_file.write_bytes(base64.b64encode(KEY) + b"\n")
+    config = tmp_path / "snakeway.hcl"
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    store = RedisStore(url, key_prefix="edge", encryption_key=KEY)
+    workdir = tmp_path / "pebble"
+    workdir.mkdir()
+    async with run_pebble(workdir, http_port=free_port(), tls_port=free_port()) as pebble:
+        write_config(config, pebble, url, key_file, upstream)
+        roots = await pebble.roots()
+        async with snakeway(config, ready=b"listening on ") as proc:
+            await proc.wait_for(b"issued by", timeout=60)
+            first = await served_certificate(pebble.tls_port, roots)
+        bundle = await store.load(NAMES[0])
+        assert bundle is not None and bundle.domains == NAMES
+        assert await store.load_account(pebble.directory_url) is not None
+        values = await raw_values(url)
+        assert not [key for key, value in values.items() if b"PRIVATE KEY" in value]
+        assert not (tmp_path / "state" / "certs").exists()  # nothing went to the file store
+
+        async with snakeway(config, ready=b"listening on ") as proc:
+            await proc.wait_for(b"loaded stored certificate", timeout=30)
+            assert await served_certificate(pebble.tls_port, roots) == first
+            assert b"issued by" not in proc.log
+            assert b"ordering from" not in proc.log
+        assert await store.load(NAMES[0]) == bundle
