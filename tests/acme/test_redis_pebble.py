@@ -100,3 +100,34 @@ async def test_serve_obtains_into_redis_and_a_restart_loads_it(
             assert b"issued by" not in proc.log
             assert b"ordering from" not in proc.log
         assert await store.load(NAMES[0]) == bundle
+
+        # Another key file: snakeway says why it cannot start, in one line, and orders nothing.
+        key_file.write_bytes(base64.b64encode(bytes(32)))
+        async with snakeway(config, ready=None) as proc:
+            with trio.fail_after(30):
+                await proc.drain_log()
+                assert await proc.process.wait() == 1
+        assert proc.log.decode().splitlines()[-1] == (
+            f"snakeway: cannot decrypt edge:cert:{NAMES[0]} with {key_file}: wrong encryption_key_file, "
+            "or a value moved there from another key"
+        )
+        assert b"Traceback" not in proc.log and b"ordering from" not in proc.log
+        assert await store.load(NAMES[0]) == bundle
+
+
+async def test_serve_says_when_redis_is_down(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Until a node keeps a local copy, a store it cannot reach at start is a one-line refusal, not a traceback."""
+    config = tmp_path / "snakeway.hcl"
+    port = redis_server.port
+    await redis_server.stop()
+    key_file = tmp_path / "store.key"
+    key_file.write_bytes(base64.b64encode(KEY))
+    fake = Pebble(f"https://127.0.0.1:{free_port()}/dir", key_file, free_port(), free_port(), "", tmp_path)
+    write_config(config, fake, f"redis://:s3cret@127.0.0.1:{port}/0", key_file, free_port())
+    async with snakeway(config, ready=None) as proc:
+        with trio.fail_after(30):
+            await proc.drain_log()
+            assert await proc.process.wait() == 1
+    last = proc.log.decode().splitlines()[-1]
+    assert last.startswith(f"snakeway: cannot index certificates: Redis at redis://127.0.0.1:{port}/0: "), last
+    assert b"Traceback" not in proc.log and b"s3cret" not in proc.log
