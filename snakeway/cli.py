@@ -103,8 +103,8 @@ def _reporting_errors(run: Callable[[], int]) -> int:
         reported, rest = group.split((SnakewayError, OSError))
         if reported is None or rest is not None:
             raise
-        for exc in _leaves(reported):
-            _report_error(exc)
+        for error in _leaves(reported):
+            _report_error(error)
         return 1
 
 
