@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,12 @@ async def test_serve_obtains_into_redis_and_a_restart_loads_it(
         values = await raw_values(url)
         assert not [key for key, value in values.items() if b"PRIVATE KEY" in value]
         assert not (tmp_path / "state" / "certs").exists()  # nothing went to the file store
+        listing = await trio.run_process(
+            [sys.executable, "-m", "snakeway", "certs", "--config", str(config)], capture_stdout=True,
+            capture_stderr=True,
+        )
+        row = listing.stdout.decode().splitlines()[1]
+        assert row.startswith(", ".join(NAMES)) and "valid" in row and "Pebble" in row
 
         async with snakeway(config, ready=b"listening on ") as proc:
             await proc.wait_for(b"loaded stored certificate", timeout=30)
