@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, final
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,6 +34,8 @@ from snakeway.acme.store import CertBundle, StoredMeta, StoreError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from snakeway.acme.schedule import RenewalState
 
 ENCRYPTION_KEY_BYTES = 32
 SEALED_MARKER = b"aesgcm1:"
@@ -201,3 +204,17 @@ def parse_bundle(name: str, meta_data: bytes | None, chain: bytes | None, key_pe
     ):
         raise CorruptEntry("the metadata disagrees with the certificate")
     return bundle
+
+
+def encode_state(state: RenewalState) -> bytes:
+    return json.dumps(state.to_json(), separators=(",", ":")).encode()
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages: ``redis://:secret@h:6379/0`` -> ``redis://h:6379/0``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

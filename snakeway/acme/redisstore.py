@@ -47,7 +47,6 @@ import json
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, final
-from urllib.parse import urlsplit
 
 import coredis
 from coredis.exceptions import RedisError
@@ -62,9 +61,11 @@ from snakeway.acme.redisrecords import (
     Sealer,
     corrupt_copy,
     encode_meta,
+    encode_state,
     parse_bundle,
     parse_meta,
     read_key_file,
+    redacted,
 )
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError, check_name
@@ -103,16 +104,6 @@ def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read the Redis store's encryption_key_file {source}: {exc}") from exc
     return RedisStore(settings.url, key_prefix=settings.key_prefix, encryption_key=key, key_source=source, clock=clock)
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for messages: ``redis://:secret@h:6379/0`` -> ``redis://h:6379/0``."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 @final
@@ -203,6 +194,34 @@ class RedisStore:
                 found[name] = parse_bundle(name, meta, parts.get(b"chain"), key_pem)
             except (CorruptEntry, ValueError) as exc:
                 logger.warning("ignoring unusable certificate %r in Redis (%s): %s", name, where, exc)
+        return found
+
+    async def pems(self, names: builtins.list[str]) -> dict[str, tuple[bytes, bytes]]:
+        """The chain and opened private key of each stored certificate of ``names``, in one transaction.
+
+        Not validated (start-up trusts them as it trusts the index; OpenSSL checks the pair when it builds the
+        context). Absent names and entries with a part missing are left out.
+
+        Raises:
+            StoreError: Redis fails, or a key cannot be opened (see :class:`~snakeway.acme.redisrecords.Sealer`).
+        """
+        wanted = [check_name(name) for name in names]
+        if not wanted:
+            return {}
+
+        def queue(pipeline: Any) -> None:
+            for name in wanted:
+                pipeline.hmget(self.keys.cert(name), ["chain", "key"])
+
+        replies = await self._pipeline("load certificates", queue)
+        found: dict[str, tuple[bytes, bytes]] = {}
+        for name, (chain, sealed) in zip(wanted, replies, strict=True):
+            if chain is None or sealed is None:
+                continue
+            try:
+                found[name] = (chain, self._sealer.open(sealed, self.keys.cert(name)))
+            except CorruptEntry as exc:
+                logger.warning("ignoring unusable certificate %r in Redis (%s): %s", name, self.keys.cert(name), exc)
         return found
 
     async def save(self, bundle: CertBundle) -> None:
@@ -300,12 +319,12 @@ class RedisStore:
         consequence = f"renewal of {name!r} keeps the longest back-off and waits until {now + BACKOFF_CAP}"
         return await self._load_or_hold(
             f"renewal state of {name!r}", self.keys.state(name), parse,
-            lambda reason: RenewalState.conservative(name, now, reason), _encode_state, consequence,
+            lambda reason: RenewalState.conservative(name, now, reason), encode_state, consequence,
         )
 
     async def save_state(self, state: RenewalState) -> None:
         key = self.keys.state(check_name(state.name))
-        await self._run(f"save renewal state of {state.name!r}", lambda client: client.set(key, _encode_state(state)))
+        await self._run(f"save renewal state of {state.name!r}", lambda client: client.set(key, encode_state(state)))
 
     async def load_ledger(self, directory_url: str) -> Ledger | None:
         """The rate-limit ledger of ``directory_url``'s account; a corrupt one loads as :meth:`Ledger.conservative`."""
@@ -396,6 +415,3 @@ class RedisStore:
         key = self.keys.order(check_name(name))
         await self._run(f"delete order for {name!r}", lambda client: client.delete([key]))
 
-
-def _encode_state(state: RenewalState) -> bytes:
-    return json.dumps(state.to_json(), separators=(",", ":")).encode()

@@ -12,14 +12,21 @@ from typing import TYPE_CHECKING
 
 import coredis
 import pytest
+import trio
 import trustme
 
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
+from snakeway.acme.managed import ManagedCert
 from snakeway.acme.redisrecords import encode_meta
 from snakeway.acme.redisstore import RedisStore
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import AccountRecord, OrderRecord, StoreError
+from snakeway.clock import SystemClock
+from snakeway.tls.sni import listener_context
+from tests.acme.test_manager_startup import make_bundle as make_startup_bundle
+from tests.acme.test_manager_startup import make_manager
 from tests.acme.test_store import DIRECTORY, NOW, FixedClock, SteppedClock, a_ledger, key_pem, make_bundle
+from tests.tls.helpers import client_context, handshake
 
 if TYPE_CHECKING:
     from tests.redisserver import RedisServer
@@ -195,3 +202,32 @@ async def test_a_refused_password_is_a_store_error(redis_server: RedisServer) ->
     with pytest.raises(StoreError, match=f"cannot index certificates: Redis at redis://127.0.0.1:{redis_server.port}/0"):
         await RedisStore(f"redis://:wrong@127.0.0.1:{redis_server.port}/0").index()
     assert await RedisStore(f"redis://:right@127.0.0.1:{redis_server.port}/0").index() == {}
+
+
+async def test_start_up_reads_every_stored_certificate_in_two_requests(
+    redis_server: RedisServer, ca: trustme.CA
+) -> None:
+    """Not one connection per certificate: the index and the PEMs, one request each, contexts built on first use."""
+    certs = [ManagedCert(f"acme:{name}", (name,)) for name in ("a.test", "b.test", "c.test", "d.test")]
+    store = RedisStore(redis_server.url, encryption_key=KEY)
+    for cert in certs:
+        await store.save(make_startup_bundle(ca, cert))
+    before = connections(redis_server)
+    manager, registry = make_manager(tuple(certs), store, SystemClock())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        assert connections(redis_server) - before == 2 + 1  # the index, the PEMs, and this question
+        for cert in certs:
+            entry = registry.entry(cert.cert_id)
+            assert entry is not None and entry.lazy is not None and entry.built is None
+        base = listener_context(registry.holder("listener"))
+        for name in ("a.test", "d.test"):
+            outcome = await handshake(base, client_context(ca), name)
+            assert outcome.ok, outcome.client_error
+        nursery.cancel_scope.cancel()
+
+
+def connections(server: RedisServer) -> int:
+    """How many connections the server has accepted so far."""
+    stats = server.raw("INFO", "stats").decode()
+    return int(stats.split("total_connections_received:")[1].split()[0])
