@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from snakeway.acme.entries import CorruptEntry, field, parse_json
+from snakeway.acme.entries import CorruptEntry, bundle_meta, meta_fields, parse_json
 from snakeway.acme.store import CertBundle, StoredMeta, StoreError
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 ENCRYPTION_KEY_BYTES = 32
 SEALED_MARKER = b"aesgcm1:"
 NONCE_BYTES = 12
-META_VERSION = 1
 
 
 def read_key_file(path: Path) -> bytes:
@@ -150,17 +149,7 @@ def corrupt_copy(key: str) -> str:
 
 def encode_meta(bundle: CertBundle, saved_at: datetime) -> bytes:
     """The index entry of ``bundle``: compact JSON (the index of 10,000 certificates is parsed at start-up)."""
-    meta = {
-        "version": META_VERSION,
-        "name": bundle.name,
-        "domains": list(bundle.domains),
-        "not_before": bundle.not_before.isoformat(),
-        "not_after": bundle.not_after.isoformat(),
-        "issuer": bundle.issuer,
-        "serial": bundle.serial,
-        "saved_at": saved_at.isoformat(),
-    }
-    return json.dumps(meta, separators=(",", ":")).encode()
+    return json.dumps(bundle_meta(bundle, saved_at), separators=(",", ":")).encode()
 
 
 def parse_meta(name: str, data: bytes) -> tuple[StoredMeta, str]:
@@ -169,20 +158,8 @@ def parse_meta(name: str, data: bytes) -> tuple[StoredMeta, str]:
     Raises:
         CorruptEntry, ValueError: Unparsable, for another name or version, or invalid fields.
     """
-    meta = parse_json(data, "metadata")
-    if meta.get("version") != META_VERSION or meta.get("name") != name:
-        raise CorruptEntry(f"metadata is for {meta.get('name')!r}, version {meta.get('version')!r}")
-    domains = field(meta, "domains", list, "metadata")
-    if not all(isinstance(d, str) for d in domains):
-        raise CorruptEntry("metadata: domains should be strings")
-    stored = StoredMeta(
-        name=name,
-        domains=tuple(domains),
-        not_before=datetime.fromisoformat(field(meta, "not_before", str, "metadata")),
-        not_after=datetime.fromisoformat(field(meta, "not_after", str, "metadata")),
-        serial=field(meta, "serial", str, "metadata"),
-    )
-    return stored, field(meta, "issuer", str, "metadata")
+    domains, not_before, not_after, issuer, serial = meta_fields(parse_json(data, "metadata"), name, "metadata")
+    return StoredMeta(name, domains, not_before, not_after, serial), issuer
 
 
 def parse_bundle(name: str, meta_data: bytes | None, chain: bytes | None, key_pem: bytes | None) -> CertBundle:
