@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from snakeway.acme.redisstore import RedisStore
+from tests.acme.test_crash_pebble import NAMES
+from tests.acme.test_crash_pebble import write_config as crash_config
 from tests.acme.test_redisstore import raw_values
 from tests.helpers import start_upstream
 from tests.pebble import Pebble, free_port, run_pebble
@@ -19,43 +21,19 @@ from tests.proc import snakeway
 if TYPE_CHECKING:
     from tests.redisserver import RedisServer
 
-NAMES = ("redis.example.test", "www.redis.example.test")
 KEY = bytes(range(7, 39))
 
 
 def write_config(path: Path, pebble: Pebble, redis_url: str, key_file: Path, upstream: int) -> None:
+    """The crash test's configuration, with the certificates in Redis instead of files."""
+    crash_config(path, pebble, upstream)
     state = path.parent / "state"
-    path.write_text(
-        f"""
-server {{
-  version   = 1
-  workers   = 1
-  state_dir = "{state}"
-  tls_automation = {{
-    check_interval_seconds = 600
-    acme = {{
-      directory_url = "{pebble.directory_url}"
-      ca_file       = "{pebble.ca_file}"
-      contact_email = ["ops@example.test"]
-    }}
-    cert_store = {{ type = "redis", url = "{redis_url}", key_prefix = "edge", encryption_key_file = "{key_file}" }}
-  }}
-}}
-ingress "site" {{
-  bind = {{
-    interface = "127.0.0.1"
-    port      = {pebble.tls_port}
-    tls       = {{ mode = "acme", domains = {list(NAMES)!r}, challenge = "http-01" }}
-    redirect_http_to_https = {{ port = {pebble.http_port} }}
-  }}
-  services = [{{
-    name      = "app"
-    routes    = [{{ hosts = ["*"], path = "/" }}]
-    upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}]
-  }}]
-}}
-""".replace("'", '"')
-    )
+    file_store = f'cert_store = {{ type = "filesystem", cert_dir = "{state}/certs" }}'
+    redis_store = (f'cert_store = {{ type = "redis", url = "{redis_url}", key_prefix = "edge", '
+                   f'encryption_key_file = "{key_file}" }}')
+    text = path.read_text()
+    assert file_store in text
+    path.write_text(text.replace(file_store, redis_store).replace(f'data_dir      = "{state}/acme"', ""))
 
 
 async def served_certificate(port: int, roots: bytes) -> bytes:
