@@ -9,6 +9,8 @@ certificate store rather than on the file alone:
   buy nothing, and a short-lived certificate would be renewed at every check),
   so the setting is clamped for that certificate; the warning says when the
   certificate will really be renewed.
+- A Redis certificate store without ``encryption_key_file`` (:func:`config_warnings`): private keys are
+  stored in clear.
 
 The comparison is pure (:func:`clamped_renewal`); :func:`store_warnings` reads the
 store's index the way ``python -m snakeway certs`` reads the store. Warnings
@@ -24,9 +26,10 @@ from snakeway.acme.managed import day_text, managed_certs
 from snakeway.acme.store import CertStore, StoredMeta, open_store
 from snakeway.config import hcl
 from snakeway.config.hcl import format_key_path
-from snakeway.config.model import Config
+from snakeway.config.model import Config, StoreType
 
 RENEW_WITHIN_PATH = ("server", "tls_automation", "renew_within_days")
+STORE_PATH = ("server", "tls_automation", "cert_store")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,25 @@ def clamp_message(clamped: Clamped, renew_within_days: float) -> str:
     )
 
 
+def config_warnings(config: Config) -> list[str]:
+    """Warnings about the configuration alone, as ``FILE:LINE: key.path: warning: ...``.
+
+    - A Redis store without ``encryption_key_file`` keeps private keys in clear: anyone who can read the
+      database (or a dump of it) has them.
+    """
+    automation = config.server.tls_automation
+    if automation is None:
+        return []
+    store = automation.cert_store
+    if store.type is not StoreType.REDIS or store.encryption_key_file is not None:
+        return []
+    where = _where(config, STORE_PATH)
+    return [
+        f"{where}warning: no encryption_key_file: private keys are stored in Redis in clear "
+        "(make a key with `openssl rand -base64 32`)"
+    ]
+
+
 async def store_warnings(config: Config, now: datetime, store: CertStore | None = None) -> list[str]:
     """Every warning about ``config`` and the certificates in its store, as ``FILE:LINE: key.path: warning: ...``.
 
@@ -100,7 +122,7 @@ async def store_warnings(config: Config, now: datetime, store: CertStore | None 
     found = [clamped_renewal(m.name, m.not_before, m.not_after, days) for m in stored if m.not_after > now]
     if not any(found):
         return []
-    where = _where(config)
+    where = _where(config, RENEW_WITHIN_PATH)
     return [f"{where}{clamp_message(c, days)}" for c in found if c is not None]
 
 
@@ -114,9 +136,9 @@ async def _stored(store: CertStore, names: list[str]) -> list[StoredMeta]:
     return [StoredMeta.of(bundle) for bundle in bundles if bundle is not None]
 
 
-def _where(config: Config) -> str:
-    """``FILE:LINE: server.tls_automation.renew_within_days: `` (the key is in the entry file)."""
+def _where(config: Config, path: tuple[str, ...]) -> str:
+    """``FILE:LINE: key.path: `` of a ``server`` key (it is in the entry file)."""
     if config.source is None:
         return ""
-    line = hcl.load(config.source).line(RENEW_WITHIN_PATH)
-    return f"{config.source}:{line}: {format_key_path(RENEW_WITHIN_PATH)}: "
+    line = hcl.load(config.source).line(path)
+    return f"{config.source}:{line}: {format_key_path(path)}: "

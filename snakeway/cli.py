@@ -96,12 +96,30 @@ def _run_server(config: Config, loader: Callable[[], Config], worker: WorkerEnv 
 def _reporting_errors(run: Callable[[], int]) -> int:
     try:
         return run()
-    except SnakewayError as exc:
+    except (SnakewayError, OSError) as exc:
+        _report_error(exc)
+        return 1
+    except BaseExceptionGroup as group:  # the same errors, raised in a task (the certificate store's, at start)
+        reported, rest = group.split((SnakewayError, OSError))
+        if reported is None or rest is not None:
+            raise
+        for error in _leaves(reported):
+            _report_error(error)
+        return 1
+
+
+def _report_error(exc: BaseException) -> None:
+    if isinstance(exc, SnakewayError):
         print(f"snakeway: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    else:
         print(f"snakeway: cannot start: {exc}", file=sys.stderr)
-        return 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def check(config: Config, path: Path) -> int:
@@ -110,6 +128,8 @@ def check(config: Config, path: Path) -> int:
 
     from snakeway import check as checks
 
+    for line in checks.config_warnings(config):
+        print(line, file=sys.stderr)
     try:
         for line in trio.run(checks.store_warnings, config, datetime.now(UTC)):
             print(line, file=sys.stderr)

@@ -258,7 +258,7 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
         (_AUTOMATION, 'cert_store = { type = "memory", cert_dir = "certs" }', "cert_store",
          "server.tls_automation.cert_store.cert_dir", 'only applies with type = "filesystem", not "memory"'),
         (_AUTOMATION, 'cert_store = { type = "s3" }', "cert_store", "server.tls_automation.cert_store.type",
-         'unknown store type "s3"; expected one of: filesystem, memory'),
+         'unknown store type "s3"; expected one of: filesystem, memory, redis'),
         # bind.tls: shape and mode
         (_TLS, "tls = {}", "tls =", "ingress.site.bind.tls.mode", "required key is missing"),
         (_TLS, 'tls = "acme"', "tls =", "ingress.site.bind.tls", 'expected an object, got string "acme"'),

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from snakeway.acme import crypto
@@ -19,9 +20,12 @@ from snakeway.files import write_atomic
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from snakeway.acme.store import CertBundle
+
 T = TypeVar("T")
 
 KEY_MODE = 0o600
+META_VERSION = 1
 
 logger = logging.getLogger("snakeway.acme.filestore")
 
@@ -88,3 +92,37 @@ def remove_tree(path: Path) -> None:
         pass
     except OSError:
         logger.warning("could not remove %s", path, exc_info=True)
+
+
+def bundle_meta(bundle: CertBundle, saved_at: datetime) -> dict[str, object]:
+    """What a store records beside a certificate, so that its index needs no PEM and a load can cross-check."""
+    return {
+        "version": META_VERSION,
+        "name": bundle.name,
+        "domains": list(bundle.domains),
+        "not_before": bundle.not_before.isoformat(),
+        "not_after": bundle.not_after.isoformat(),
+        "issuer": bundle.issuer,
+        "serial": bundle.serial,
+        "saved_at": saved_at.isoformat(),
+    }
+
+
+def meta_fields(meta: dict[str, object], name: str, what: str) -> tuple[tuple[str, ...], datetime, datetime, str, str]:
+    """``(domains, not_before, not_after, issuer, serial)`` of a :func:`bundle_meta` record that must be ``name``'s.
+
+    Raises:
+        CorruptEntry, ValueError: Another name or version, a missing or mistyped field, an unreadable date.
+    """
+    if meta.get("version") != META_VERSION or meta.get("name") != name:
+        raise CorruptEntry(f"{what} is for {meta.get('name')!r}, version {meta.get('version')!r}")
+    domains = field(meta, "domains", list, what)
+    if not all(isinstance(d, str) for d in domains):
+        raise CorruptEntry(f"{what}: domains should be strings")
+    return (
+        tuple(domains),
+        datetime.fromisoformat(field(meta, "not_before", str, what)),
+        datetime.fromisoformat(field(meta, "not_after", str, what)),
+        field(meta, "issuer", str, what),
+        field(meta, "serial", str, what),
+    )

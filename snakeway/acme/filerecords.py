@@ -131,7 +131,7 @@ def _ledger_path(data_dir: Path, directory_url: str) -> Path:
     return data_dir / "ledgers" / f"{sha256_hex(directory_url.encode())[:16]}.json"
 
 
-def _encode_ledger(directory_url: str, ledger: Ledger) -> bytes:
+def encode_ledger(directory_url: str, ledger: Ledger) -> bytes:
     # Compact, not indented: the standard library's fast encoder only runs without indentation.
     return json.dumps({"directory_url": directory_url, "ledger": ledger.to_json()}, separators=(",", ":")).encode()
 
@@ -147,7 +147,7 @@ def read_ledger(data_dir: Path, directory_url: str, now: datetime) -> Ledger | N
         return Ledger.from_json(field(data, "ledger", dict, path.name))
 
     def encode(ledger: Ledger) -> bytes:
-        return _encode_ledger(directory_url, ledger)
+        return encode_ledger(directory_url, ledger)
 
     consequence = f"no order is started before {now + CONSERVATIVE_HOLD}"
     return _load_or_hold(
@@ -156,7 +156,7 @@ def read_ledger(data_dir: Path, directory_url: str, now: datetime) -> Ledger | N
 
 
 def write_ledger(data_dir: Path, directory_url: str, ledger: Ledger) -> None:
-    write_atomic(_ledger_path(data_dir, directory_url), _encode_ledger(directory_url, ledger), KEY_MODE)
+    write_atomic(_ledger_path(data_dir, directory_url), encode_ledger(directory_url, ledger), KEY_MODE)
 
 
 # --- accounts --------------------------------------------------------------------------------------

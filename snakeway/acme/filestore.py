@@ -82,7 +82,16 @@ from typing import TYPE_CHECKING, TypeVar, final
 import trio
 
 from snakeway.acme import filerecords
-from snakeway.acme.entries import KEY_MODE, CorruptEntry, dump_json, field, parse_json, read_existing, remove_tree
+from snakeway.acme.entries import (
+    KEY_MODE,
+    CorruptEntry,
+    bundle_meta,
+    dump_json,
+    meta_fields,
+    parse_json,
+    read_existing,
+    remove_tree,
+)
 from snakeway.acme.store import (
     AccountRecord,
     CertBundle,
@@ -109,7 +118,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PUBLIC_MODE = 0o644
-META_VERSION = 1
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -201,25 +209,12 @@ class FileStore:
             if not os.path.isdir(version):
                 raise CorruptEntry("not a directory (dangling link?)") from exc
             raise CorruptEntry("meta.json is missing") from exc
-        meta = parse_json(data, "meta.json")
-        if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise CorruptEntry(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
-        domains = field(meta, "domains", list, "meta.json")
-        if not all(isinstance(d, str) for d in domains):
-            raise CorruptEntry("meta.json: domains should be strings")
+        domains, not_before, not_after, _, serial = meta_fields(parse_json(data, "meta.json"), name, "meta.json")
         cert_path, key_path = os.path.join(version, "cert.pem"), os.path.join(version, "key.pem")
         for path in (cert_path, key_path):
             if not os.path.isfile(path):
                 raise CorruptEntry(f"{os.path.basename(path)} is missing")
-        return StoredMeta(
-            name=name,
-            domains=tuple(domains),
-            not_before=datetime.fromisoformat(field(meta, "not_before", str, "meta.json")),
-            not_after=datetime.fromisoformat(field(meta, "not_after", str, "meta.json")),
-            serial=field(meta, "serial", str, "meta.json"),
-            cert_path=cert_path,
-            key_path=key_path,
-        )
+        return StoredMeta(name, domains, not_before, not_after, serial, cert_path, key_path)
 
     def _entry_parts(self) -> builtins.list[str]:
         """The file names of ``cert_dir`` that may be certificates (not hidden), sorted."""
@@ -243,35 +238,16 @@ class FileStore:
         meta = parse_json(read_existing(version / "meta.json"), "meta.json")
         cert_pem = read_existing(version / "cert.pem")
         key_pem = read_existing(version / "key.pem")
-        if meta.get("version") != META_VERSION or meta.get("name") != name:
-            raise CorruptEntry(f"meta.json is for {meta.get('name')!r}, version {meta.get('version')!r}")
-        domains = field(meta, "domains", list, "meta.json")
-        if not all(isinstance(d, str) for d in domains):
-            raise CorruptEntry("meta.json: domains should be strings")
-        bundle = CertBundle.from_pem(name, tuple(domains), cert_pem, key_pem)
-        recorded = (
-            datetime.fromisoformat(field(meta, "not_before", str, "meta.json")),
-            datetime.fromisoformat(field(meta, "not_after", str, "meta.json")),
-            field(meta, "issuer", str, "meta.json"),
-            field(meta, "serial", str, "meta.json"),
-        )
-        if recorded != (bundle.not_before, bundle.not_after, bundle.issuer, bundle.serial):
+        domains, *recorded = meta_fields(meta, name, "meta.json")
+        bundle = CertBundle.from_pem(name, domains, cert_pem, key_pem)
+        if tuple(recorded) != (bundle.not_before, bundle.not_after, bundle.issuer, bundle.serial):
             raise CorruptEntry("meta.json disagrees with cert.pem")
         return bundle
 
     def _save_bundle(self, bundle: CertBundle, saved_at: datetime) -> None:
         bundle = bundle.verified()  # raises ValueError: never persist what cannot be served
         part = name_to_path_part(bundle.name)
-        meta: dict[str, object] = {
-            "version": META_VERSION,
-            "name": bundle.name,
-            "domains": list(bundle.domains),
-            "not_before": bundle.not_before.isoformat(),
-            "not_after": bundle.not_after.isoformat(),
-            "issuer": bundle.issuer,
-            "serial": bundle.serial,
-            "saved_at": saved_at.isoformat(),
-        }
+        meta = bundle_meta(bundle, saved_at)
         ensure_dir(self.cert_dir)
         token = secrets.token_hex(8)
         version = self.cert_dir / f".{part}@{token}"

@@ -1,13 +1,15 @@
 """Where certificates, renewal state, ACME accounts, orders in flight and rate-limit ledgers are kept.
 
 The :class:`CertStore` protocol is small, async and deals in frozen
-dataclasses. Two implementations share one contract-test suite:
+dataclasses. Three implementations share one contract-test suite:
 
 * :class:`MemoryStore` keeps everything in dicts (tests and
   ``cert_store { type = "memory" }``), in one process: with several workers
   each has its own.
 * :class:`snakeway.acme.filestore.FileStore` keeps everything on disk,
   atomically and with private keys mode 0600.
+* :class:`snakeway.acme.redisstore.RedisStore` keeps everything in Redis,
+  private keys sealed with AES-GCM.
 
 Use :func:`open_store` to build the one the configuration asks for.
 
@@ -396,7 +398,7 @@ class MemoryStore:
 
 
 def open_store(settings: CertStoreSettings, data_dir: Path | None, state_dir: Path) -> CertStore:
-    """The store the configuration asks for. No I/O happens until first use.
+    """The store the configuration asks for. No I/O happens until first use, but reading Redis's encryption key.
 
     Args:
         settings: ``tls_automation.cert_store``.
@@ -404,9 +406,16 @@ def open_store(settings: CertStoreSettings, data_dir: Path | None, state_dir: Pa
             or None for ``<state_dir>/acme``.
         state_dir: ``server.state_dir``; certificates default to
             ``<state_dir>/certs``.
+
+    Raises:
+        StoreError: Redis's ``encryption_key_file`` cannot be read or holds no key.
     """
     if settings.type is StoreType.MEMORY:
         return MemoryStore()
+    if settings.type is StoreType.REDIS:
+        from snakeway.acme import redisstore
+
+        return redisstore.from_settings(settings)
     # Imported here: filestore builds on the records above, so a top-level
     # import would be circular.
     from snakeway.acme import filestore

@@ -26,6 +26,7 @@ from snakeway.config.hcl import KeyPath, quote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 REDIRECT_STATUSES = (301, 302, 307, 308)
 # http:// is accepted only for a CA on this machine (a test CA such as pebble).
@@ -226,6 +227,65 @@ def _email(f: File, value: object, path: KeyPath) -> str | None:
 def _check_store(f: File, path: KeyPath, store: model.CertStoreSettings) -> None:
     if store.cert_dir is not None and store.type is not model.StoreType.FILESYSTEM:
         f.report((*path, "cert_dir"), f'only applies with type = "filesystem", not {quote(store.type.value)}')
+    if store.type is model.StoreType.REDIS:
+        if store.url is None:
+            f.report(path, 'type = "redis" needs url (such as "redis://127.0.0.1:6379/0")')
+        return
+    redis_only = {
+        "url": store.url is not None,
+        "key_prefix": store.key_prefix != model.CertStoreSettings.key_prefix,
+        "encryption_key_file": store.encryption_key_file is not None,
+    }
+    for key, written in redis_only.items():
+        if written:
+            f.report((*path, key), f'only applies with type = "redis", not {quote(store.type.value)}')
+
+
+def _redis_url(f: File, value: object, path: KeyPath) -> str | None:
+    """``redis://`` or ``rediss://`` (TLS), with a host, an optional port and an optional database number."""
+    url = cv.text(f, value, path)
+    if url is None:
+        return None
+    expected = 'expected redis://[[user]:password@]host[:port][/db] or rediss://..., got'
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        f.report(path, f"{expected} {quote(url)} (bad port)")
+        return None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        f.report(path, f"{expected} {quote(url)}")
+        return None
+    if port == 0:
+        f.report(path, f"{expected} {quote(url)} (bad port)")
+        return None
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        f.report(path, f"{expected} {quote(url)} (the database is a number)")
+        return None
+    return url
+
+
+def _key_prefix(f: File, value: object, path: KeyPath) -> str | None:
+    prefix = cv.text(f, value, path)
+    if prefix is not None and (any(c.isspace() for c in prefix) or not prefix.isprintable()):
+        f.report(path, f"expected a prefix without spaces or control characters, got {quote(prefix)}")
+        return None
+    return prefix
+
+
+def _encryption_key_file(f: File, value: object, path: KeyPath) -> Path | None:
+    """An existing file holding 32 bytes in base64: the key that seals private keys in Redis."""
+    from snakeway.acme.redisrecords import read_key_file  # the store's own reader: one definition of the format
+
+    resolved = cv.existing_file(f, value, path)
+    if resolved is None:
+        return None
+    try:
+        read_key_file(resolved)
+    except (OSError, ValueError) as exc:
+        f.report(path, f"{resolved}: {exc}")
+        return None
+    return resolved
 
 
 _rate_limits = cv.schema(
@@ -244,7 +304,13 @@ _acme = cv.schema(
     model.AcmeSettings,
 )
 _cert_store = cv.schema(
-    {"type": Key(cv.choice(_STORE_TYPES, "store type")), "cert_dir": Key(cv.file_path)},
+    {
+        "type": Key(cv.choice(_STORE_TYPES, "store type")),
+        "cert_dir": Key(cv.file_path),
+        "url": Key(_redis_url),
+        "key_prefix": Key(_key_prefix),
+        "encryption_key_file": Key(_encryption_key_file),
+    },
     model.CertStoreSettings,
     _check_store,
 )

@@ -194,6 +194,7 @@ class ClientSettings:
 class StoreType(enum.Enum):
     FILESYSTEM = "filesystem"
     MEMORY = "memory"
+    REDIS = "redis"
 
 
 # What an ACME CA issues at most in one certificate (Let's Encrypt's limit, and the common one).
@@ -227,7 +228,10 @@ class AcmeSettings:
 @dataclass(frozen=True)
 class CertStoreSettings:
     type: StoreType = StoreType.FILESYSTEM
-    cert_dir: Path | None = None       # default <state_dir>/certs
+    cert_dir: Path | None = None       # default <state_dir>/certs (filesystem)
+    url: str | None = None             # redis:// or rediss:// (redis; required)
+    key_prefix: str = "snakeway"       # every Redis key starts with "<key_prefix>:" (redis)
+    encryption_key_file: Path | None = None  # 32 bytes in base64 sealing private keys (redis); None: in clear
 
 
 @dataclass(frozen=True)

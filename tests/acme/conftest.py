@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.pebble import Pebble, free_port, run_pebble
+from tests.redisserver import RedisServer, run_redis
 
 
 @pytest.fixture
@@ -22,3 +23,10 @@ async def pebble(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     workdir = tmp_path_factory.mktemp("pebble")
     async with run_pebble(workdir, http_port=free_port(), tls_port=free_port(), **options) as running:
         yield running
+
+
+@pytest.fixture
+async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisServer]:
+    """A running ``redis-server`` of this test's own on a free loopback port (see :mod:`tests.redisserver`)."""
+    async with run_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

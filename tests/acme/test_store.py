@@ -18,6 +18,7 @@ import trustme
 from snakeway.acme import filerecords, filestore
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger, RateLimits, record_issued, spend_order, when_allowed
 from snakeway.acme.filestore import FileStore
+from snakeway.acme.redisstore import RedisStore
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import (
     AccountRecord,
@@ -34,10 +35,11 @@ from snakeway.acme.store import (
 )
 from snakeway.clock import SystemClock
 from snakeway.config.model import CertStoreSettings, StoreType
+from tests.redisserver import run_redis
 from tests.tls.helpers import self_signed
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 DIRECTORY = "https://acme.test/directory"
@@ -75,11 +77,15 @@ def key_pem(ca: trustme.CA) -> bytes:
     return ca.issue_cert("key.test").private_key_pem.bytes()
 
 
-@pytest.fixture(params=["memory", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> CertStore:
+@pytest.fixture(params=["memory", "file", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CertStore]:
     if request.param == "memory":
-        return MemoryStore()
-    return FileStore(tmp_path / "certs", tmp_path / "acme", clock=FixedClock())
+        yield MemoryStore()
+    elif request.param == "file":
+        yield FileStore(tmp_path / "certs", tmp_path / "acme", clock=FixedClock())
+    else:
+        async with run_redis(tmp_path) as server:
+            yield RedisStore(server.url, encryption_key=bytes(range(32)), clock=FixedClock())
 
 
 @pytest.fixture

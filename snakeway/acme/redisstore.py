@@ -1,0 +1,417 @@
+"""A :class:`~snakeway.acme.store.CertStore` in Redis (or Valkey), on the coredis client.
+
+Theory of operation
+-------------------
+Layout, every key under ``<prefix>:`` (``snakeway`` by default; records in :mod:`snakeway.acme.redisrecords`)::
+
+    certs                     hash  name -> metadata JSON (names, dates, issuer, serial, saved_at): the index
+    cert:<name>               hash  chain -> full chain PEM, key -> private key (sealed)
+    state:<name>              string  RenewalState JSON
+    account:<directory URL>   hash  meta -> {"uri", "contact"} JSON, key -> account key (sealed)
+    order:<name>              hash  meta -> {"order_url", "created"} JSON, key -> certificate key (sealed)
+    ledger:<directory URL>    string  rate-limit Ledger JSON
+    state:<name>:corrupt, ledger:<URL>:corrupt   a damaged record, kept when its conservative one replaced it
+
+**Atomic bundles.** A save writes the certificate's hash and its index entry in one ``MULTI``/``EXEC``
+transaction, so a reader never sees a new certificate beside an old key or index entry. Every other record is
+one key, replaced whole.
+
+**Private keys** are sealed with AES-256-GCM when ``encryption_key_file`` is set (see
+:class:`~snakeway.acme.redisrecords.Sealer`), so a copy of the database (an RDB file, a replica, ``MONITOR``)
+does not give them away. A key that cannot be opened (no key file, or another one) is a configuration mistake,
+not damage: it raises :class:`~snakeway.acme.store.StoreError` instead of being treated as missing, because
+"missing" would order every certificate again.
+
+**Distrust on load**, as the file store: every load re-validates (PEM, key against certificate, metadata
+against certificate). A damaged entry is logged and reported missing; a damaged renewal state or ledger loads
+as its conservative record, which replaces it (the damaged value kept under ``<key>:corrupt``) so the hold runs
+from the first time the damage was seen.
+
+**The index** is one ``HGETALL`` (or ``HMGET``) of the ``certs`` hash: no PEM is parsed. Its
+:class:`~snakeway.acme.store.StoredMeta` have no paths; the manager builds those contexts from ``load``.
+
+**Connections.** coredis runs its connections in tasks of a nursery the client opens, so each operation opens a
+client, runs its commands and closes it again: the store needs no lifetime of its own, and a Redis that went
+away and came back needs no reconnection logic. Operations are rare (start-up, renewals, checks), so the extra
+connection costs nothing that matters. Nothing but Redis commands runs inside a client's context, so an error
+there is Redis's: a refused connection, a timeout or an error reply raises ``StoreError``. Only PEM validation
+and decryption, outside, raise anything else.
+
+Several workers (or machines) sharing one Redis need a coordinator that works over it; that does not exist yet,
+so the configuration refuses ``workers > 1`` with this store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, final
+
+import coredis
+from coredis.exceptions import RedisError
+from coredis.retry import NoRetryPolicy
+
+from snakeway.acme import crypto
+from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
+from snakeway.acme.entries import CorruptEntry, field, parse_json
+from snakeway.acme.filerecords import encode_ledger
+from snakeway.acme.redisrecords import (
+    RedisKeys,
+    Sealer,
+    corrupt_copy,
+    encode_meta,
+    encode_state,
+    parse_bundle,
+    parse_meta,
+    read_key_file,
+    redacted,
+)
+from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
+from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError, check_name
+from snakeway.clock import SystemClock
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Awaitable, Callable, Iterable
+
+    from snakeway.clock import WallClock
+    from snakeway.config.model import CertStoreSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0
+DEFAULT_PREFIX = "snakeway"
+
+
+def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None) -> RedisStore:
+    """The store ``tls_automation.cert_store`` describes (``type = "redis"``); reads the encryption key file.
+
+    Raises:
+        StoreError: The key file cannot be read or does not hold a key (the configuration checked it, but it may
+            have changed since).
+    """
+    if settings.url is None:
+        raise StoreError('cert_store type = "redis" needs a url')
+    key, source = None, ""
+    if settings.encryption_key_file is not None:
+        source = str(settings.encryption_key_file)
+        try:
+            key = read_key_file(settings.encryption_key_file)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the Redis store's encryption_key_file {source}: {exc}") from exc
+    return RedisStore(settings.url, key_prefix=settings.key_prefix, encryption_key=key, key_source=source, clock=clock)
+
+
+@final
+class RedisStore:
+    """Certificates, renewal state, accounts, orders and ledgers in Redis at ``url``, under ``key_prefix``.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` for TLS.
+        key_prefix: Every key starts with ``<key_prefix>:``.
+        encryption_key: 32 bytes to seal private keys with, or None to store them in clear.
+        key_source: Where ``encryption_key`` came from (its file), for error messages.
+        clock: Source of ``saved_at`` and of the moment a conservative record starts from.
+
+    Construction does no I/O. See the module docstring for the layout and guarantees.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        encryption_key: bytes | None = None,
+        key_source: str = "",
+        clock: WallClock | None = None,
+    ) -> None:
+        self.url = url
+        self.keys = RedisKeys(key_prefix)
+        self._sealer = Sealer(encryption_key, key_source)
+        self._clock: WallClock = clock if clock is not None else SystemClock()
+        self._where = redacted(url)
+
+    async def _run(self, action: str, commands: Callable[[Any], Awaitable[T]]) -> T:
+        """``commands(client)`` on a fresh client; any failure of Redis raises :class:`StoreError`."""
+        client = coredis.Redis.from_url(
+            self.url, connect_timeout=CONNECT_TIMEOUT, stream_timeout=COMMAND_TIMEOUT, retry_policy=NoRetryPolicy()
+        )
+        try:
+            async with client:
+                return await commands(client)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot {action}: Redis at {self._where}: {exc}") from exc
+        except BaseExceptionGroup as group:  # raised through the client's nursery
+            failed, rest = group.split((RedisError, OSError))
+            if failed is None or rest is not None:
+                raise
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise StoreError(f"cannot {action}: Redis at {self._where}: {first}") from group
+
+    async def _pipeline(self, action: str, queue: Callable[[Any], None]) -> tuple[Any, ...]:
+        """The replies of the commands ``queue(pipeline)`` adds, run as one ``MULTI``/``EXEC`` transaction."""
+
+        async def run(client: Any) -> tuple[Any, ...]:
+            async with client.pipeline(transaction=True) as pipeline:
+                queue(pipeline)
+            return tuple(pipeline.results)
+
+        return await self._run(action, run)
+
+    # --- certificate bundles ---------------------------------------------------------------------
+
+    async def load(self, name: str) -> CertBundle | None:
+        check_name(name)
+        return (await self._load_bundles([name])).get(name)
+
+    async def _load_bundles(self, names: builtins.list[str]) -> dict[str, CertBundle]:
+        """The bundles of ``names`` that exist and are usable, in one transaction."""
+
+        def queue(pipeline: Any) -> None:
+            pipeline.hmget(self.keys.certs, names)
+            for name in names:
+                pipeline.hgetall(self.keys.cert(name))
+
+        if not names:
+            return {}
+        action = f"load certificate {names[0]!r}" if len(names) == 1 else "load certificates"
+        replies = await self._pipeline(action, queue)
+        metas, hashes = replies[0], replies[1:]
+        found: dict[str, CertBundle] = {}
+        for name, meta, parts in zip(names, metas, hashes, strict=True):
+            if meta is None and not parts:
+                continue  # absent
+            where = self.keys.cert(name)
+            try:
+                key = parts.get(b"key")
+                key_pem = self._sealer.open(key, where) if key is not None else None
+                found[name] = parse_bundle(name, meta, parts.get(b"chain"), key_pem)
+            except (CorruptEntry, ValueError) as exc:
+                logger.warning("ignoring unusable certificate %r in Redis (%s): %s", name, where, exc)
+        return found
+
+    async def pems(self, names: builtins.list[str]) -> dict[str, tuple[bytes, bytes]]:
+        """The chain and opened private key of each stored certificate of ``names``, in one transaction.
+
+        Not validated (start-up trusts them as it trusts the index; OpenSSL checks the pair when it builds the
+        context). Absent names and entries with a part missing are left out.
+
+        Raises:
+            StoreError: Redis fails, or a key cannot be opened (see :class:`~snakeway.acme.redisrecords.Sealer`).
+        """
+        wanted = [check_name(name) for name in names]
+        if not wanted:
+            return {}
+
+        def queue(pipeline: Any) -> None:
+            for name in wanted:
+                pipeline.hmget(self.keys.cert(name), ["chain", "key"])
+
+        replies = await self._pipeline("load certificates", queue)
+        found: dict[str, tuple[bytes, bytes]] = {}
+        for name, (chain, sealed) in zip(wanted, replies, strict=True):
+            if chain is None or sealed is None:
+                continue
+            try:
+                found[name] = (chain, self._sealer.open(sealed, self.keys.cert(name)))
+            except CorruptEntry as exc:
+                logger.warning("ignoring unusable certificate %r in Redis (%s): %s", name, self.keys.cert(name), exc)
+        return found
+
+    async def save(self, bundle: CertBundle) -> None:
+        bundle = bundle.verified()  # raises ValueError: never persist what cannot be served
+        where = self.keys.cert(bundle.name)
+        meta = encode_meta(bundle, self._clock.now())
+        sealed = self._sealer.seal(bundle.key_pem, where)
+
+        def queue(pipeline: Any) -> None:
+            pipeline.delete([where])
+            pipeline.hset(where, {"chain": bundle.cert_pem, "key": sealed})
+            pipeline.hset(self.keys.certs, {bundle.name: meta})
+
+        await self._pipeline(f"save certificate {bundle.name!r}", queue)
+
+    async def delete(self, name: str) -> None:
+        check_name(name)
+
+        def queue(pipeline: Any) -> None:
+            pipeline.delete([self.keys.cert(name)])
+            pipeline.hdel(self.keys.certs, [name])
+
+        await self._pipeline(f"delete certificate {name!r}", queue)
+
+    async def list(self) -> builtins.list[str]:
+        """The names of every usable certificate (each fully validated, as the file store does)."""
+        raw = await self._run("list certificates", lambda client: client.hkeys(self.keys.certs))
+        names = []
+        for value in raw:
+            try:
+                names.append(check_name(value.decode()))
+            except (UnicodeDecodeError, ValueError):
+                logger.warning("ignoring %r in Redis (%s): not a certificate name", value, self.keys.certs)
+        return sorted(await self._load_bundles(names))
+
+    async def index(self, names: Iterable[str] | None = None) -> dict[str, StoredMeta]:
+        """See :class:`~snakeway.acme.store.CertIndex`: one read of the ``certs`` hash, no PEM parsed."""
+        if names is None:
+            raw = await self._run("index certificates", lambda client: client.hgetall(self.keys.certs))
+            entries = [(key.decode(errors="replace"), value) for key, value in raw.items()]
+        else:
+            wanted = [check_name(name) for name in names]
+            if not wanted:
+                return {}
+            values = await self._run("index certificates", lambda client: client.hmget(self.keys.certs, wanted))
+            entries = list(zip(wanted, values, strict=True))
+        found: dict[str, StoredMeta] = {}
+        for name, value in sorted(entries):
+            if value is None:
+                continue
+            try:
+                found[name] = parse_meta(check_name(name), value)[0]
+            except (CorruptEntry, ValueError) as exc:
+                logger.warning("ignoring unusable certificate %r in Redis (%s): %s", name, self.keys.certs, exc)
+        return found
+
+    # --- renewal state and ledgers: a corrupt one holds ------------------------------------------
+
+    async def _load_or_hold(self, what: str, key: str, parse: Callable[[bytes], T], hold: Callable[[str], T],
+                            encode: Callable[[T], bytes], consequence: str) -> T | None:
+        """None if ``key`` is absent, its parsed value, or ``hold(reason)`` written in its place (see above)."""
+        value = await self._run(f"load {what}", lambda client: client.get(key))
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (CorruptEntry, ValueError) as exc:
+            reason = str(exc)
+        record = hold(reason)
+        aside = corrupt_copy(key)
+        logger.error("%s in Redis (%s) is corrupt (%s), kept as %s: %s", what, key, reason, aside, consequence)
+        try:
+            replacement = encode(record)
+
+            def queue(pipeline: Any) -> None:
+                pipeline.set(aside, value)
+                pipeline.set(key, replacement)
+
+            await self._pipeline(f"replace the corrupt {what}", queue)
+        except StoreError as exc:  # the hold still applies to this load; the next one sees the damage again
+            logger.warning("could not replace the corrupt %s in Redis: %s", what, exc)
+        return record
+
+    async def load_state(self, name: str) -> RenewalState | None:
+        """The renewal state of ``name``; a corrupt one loads as :meth:`RenewalState.conservative`."""
+        check_name(name)
+        now = self._clock.now()
+
+        def parse(value: bytes) -> RenewalState:
+            state = RenewalState.from_json(parse_json(value, "renewal state"))
+            if state.name != name:
+                raise CorruptEntry(f"state is for {state.name!r}")
+            return state
+
+        consequence = f"renewal of {name!r} keeps the longest back-off and waits until {now + BACKOFF_CAP}"
+        return await self._load_or_hold(
+            f"renewal state of {name!r}", self.keys.state(name), parse,
+            lambda reason: RenewalState.conservative(name, now, reason), encode_state, consequence,
+        )
+
+    async def save_state(self, state: RenewalState) -> None:
+        key = self.keys.state(check_name(state.name))
+        await self._run(f"save renewal state of {state.name!r}", lambda client: client.set(key, encode_state(state)))
+
+    async def load_ledger(self, directory_url: str) -> Ledger | None:
+        """The rate-limit ledger of ``directory_url``'s account; a corrupt one loads as :meth:`Ledger.conservative`."""
+        now = self._clock.now()
+
+        def parse(value: bytes) -> Ledger:
+            data = parse_json(value, "ledger")
+            if data.get("directory_url") != directory_url:
+                raise CorruptEntry(f"ledger is for {data.get('directory_url')!r}")
+            return Ledger.from_json(field(data, "ledger", dict, "ledger"))
+
+        return await self._load_or_hold(
+            f"rate-limit ledger for {directory_url}", self.keys.ledger(directory_url), parse,
+            lambda _: Ledger.conservative(now), lambda ledger: encode_ledger(directory_url, ledger),
+            f"no order is started before {now + CONSERVATIVE_HOLD}",
+        )
+
+    async def save_ledger(self, directory_url: str, ledger: Ledger) -> None:
+        key, value = self.keys.ledger(directory_url), encode_ledger(directory_url, ledger)
+        await self._run(f"save rate-limit ledger for {directory_url}", lambda client: client.set(key, value))
+
+    # --- accounts and orders: JSON and a sealed key in one hash ----------------------------------
+
+    async def _load_keyed(self, what: str, key: str) -> tuple[dict[str, object], bytes] | None:
+        """The ``meta`` JSON and opened ``key`` of the hash at ``key``; None if absent or corrupt (logged)."""
+        parts = await self._run(f"load {what}", lambda client: client.hgetall(key))
+        if not parts:
+            return None
+        try:
+            meta, sealed = parts.get(b"meta"), parts.get(b"key")
+            if meta is None or sealed is None:
+                raise CorruptEntry("meta or key missing")
+            key_pem = self._sealer.open(sealed, key)
+            crypto.load_private_key(key_pem)
+            return parse_json(meta, "meta"), key_pem
+        except (CorruptEntry, ValueError) as exc:
+            logger.warning("ignoring unusable %s in Redis (%s): %s", what, key, exc)
+            return None
+
+    async def _save_keyed(self, what: str, key: str, meta: dict[str, object], key_pem: bytes) -> None:
+        crypto.load_private_key(key_pem)  # ValueError before anything is written
+        value = {"meta": json.dumps(meta, separators=(",", ":")).encode(), "key": self._sealer.seal(key_pem, key)}
+
+        def queue(pipeline: Any) -> None:
+            pipeline.delete([key])
+            pipeline.hset(key, value)
+
+        await self._pipeline(f"save {what}", queue)
+
+    async def load_account(self, directory_url: str) -> AccountRecord | None:
+        what = f"ACME account for {directory_url}"
+        loaded = await self._load_keyed(what, self.keys.account(directory_url))
+        if loaded is None:
+            return None
+        meta, key_pem = loaded
+        uri, contact = meta.get("uri"), meta.get("contact")
+        if (uri is not None and not isinstance(uri, str)) or not isinstance(contact, list) or not all(
+            isinstance(c, str) for c in contact
+        ):
+            logger.warning("ignoring unusable %s in Redis: bad uri or contact", what)
+            return None
+        return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
+
+    async def save_account(self, account: AccountRecord) -> None:
+        meta: dict[str, object] = {"uri": account.uri, "contact": list(account.contact)}
+        await self._save_keyed(
+            f"ACME account for {account.directory_url}", self.keys.account(account.directory_url), meta, account.key_pem
+        )
+
+    async def load_order(self, name: str) -> OrderRecord | None:
+        what = f"order for {check_name(name)!r}"
+        loaded = await self._load_keyed(what, self.keys.order(name))
+        if loaded is None:
+            return None
+        meta, key_pem = loaded
+        try:
+            created = datetime.fromisoformat(field(meta, "created", str, "order"))
+            return OrderRecord(name, field(meta, "order_url", str, "order"), key_pem, created)
+        except (CorruptEntry, ValueError) as exc:
+            logger.warning("ignoring unusable %s in Redis: %s", what, exc)
+            return None
+
+    async def save_order(self, order: OrderRecord) -> None:
+        meta: dict[str, object] = {"order_url": order.order_url, "created": order.created.isoformat()}
+        await self._save_keyed(f"order for {order.name!r}", self.keys.order(order.name), meta, order.key_pem)
+
+    async def delete_order(self, name: str) -> None:
+        key = self.keys.order(check_name(name))
+        await self._run(f"delete order for {name!r}", lambda client: client.delete([key]))
+
