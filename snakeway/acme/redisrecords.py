@@ -141,6 +141,14 @@ class RedisKeys:
     def ledger(self, directory_url: str) -> str:
         return f"{self.prefix}:ledger:{directory_url}"
 
+    def lease(self, name: str) -> str:
+        """String: the owner id of whoever holds the lease ``name``, expiring with it."""
+        return f"{self.prefix}:lease:{name}"
+
+    def token(self, name: str) -> str:
+        """String: the last fencing token issued for the lease ``name`` (a counter that only grows)."""
+        return f"{self.prefix}:token:{name}"
+
 
 def corrupt_copy(key: str) -> str:
     """Where a damaged renewal state or ledger is kept when its conservative replacement is written."""

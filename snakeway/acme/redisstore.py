@@ -106,6 +106,31 @@ def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None
     return RedisStore(settings.url, key_prefix=settings.key_prefix, encryption_key=key, key_source=source, clock=clock)
 
 
+async def run_commands(url: str, action: str, commands: Callable[[Any], Awaitable[T]]) -> T:
+    """``commands(client)`` on a fresh client of the Redis at ``url``, closed again (see "Connections" above).
+
+    Raises:
+        StoreError: A refused connection, a timeout or an error reply; the message names ``action`` and the
+            server (without its password).
+    """
+    client = coredis.Redis.from_url(
+        url, connect_timeout=CONNECT_TIMEOUT, stream_timeout=COMMAND_TIMEOUT, retry_policy=NoRetryPolicy()
+    )
+    try:
+        async with client:
+            return await commands(client)
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {exc}") from exc
+    except BaseExceptionGroup as group:  # raised through the client's nursery
+        failed, rest = group.split((RedisError, OSError))
+        if failed is None or rest is not None:
+            raise
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {first}") from group
+
+
 @final
 class RedisStore:
     """Certificates, renewal state, accounts, orders and ledgers in Redis at ``url``, under ``key_prefix``.
@@ -133,26 +158,10 @@ class RedisStore:
         self.keys = RedisKeys(key_prefix)
         self._sealer = Sealer(encryption_key, key_source)
         self._clock: WallClock = clock if clock is not None else SystemClock()
-        self._where = redacted(url)
 
     async def _run(self, action: str, commands: Callable[[Any], Awaitable[T]]) -> T:
         """``commands(client)`` on a fresh client; any failure of Redis raises :class:`StoreError`."""
-        client = coredis.Redis.from_url(
-            self.url, connect_timeout=CONNECT_TIMEOUT, stream_timeout=COMMAND_TIMEOUT, retry_policy=NoRetryPolicy()
-        )
-        try:
-            async with client:
-                return await commands(client)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot {action}: Redis at {self._where}: {exc}") from exc
-        except BaseExceptionGroup as group:  # raised through the client's nursery
-            failed, rest = group.split((RedisError, OSError))
-            if failed is None or rest is not None:
-                raise
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise StoreError(f"cannot {action}: Redis at {self._where}: {first}") from group
+        return await run_commands(self.url, action, commands)
 
     async def _pipeline(self, action: str, queue: Callable[[Any], None]) -> tuple[Any, ...]:
         """The replies of the commands ``queue(pipeline)`` adds, run as one ``MULTI``/``EXEC`` transaction."""
