@@ -150,13 +150,19 @@ def coordinator(config: Config, store: CertStore | None = None) -> Coordinator:
 
     A filesystem store is coordinated through its files whatever ``server.workers`` is: other workers, other
     snakeway processes on this host and other machines (over a shared filesystem) may use the same directories.
+    A Redis store is coordinated through the same Redis, under its key prefix, for the same reasons.
     The memory store lives in this process only; so does a :class:`MemoryStore` given as ``store`` in place of
     the configured one.
     """
     automation = config.server.tls_automation
-    if (automation is None or automation.cert_store.type is not StoreType.FILESYSTEM
-            or isinstance(store, MemoryStore)):
+    if automation is None or automation.cert_store.type is StoreType.MEMORY or isinstance(store, MemoryStore):
         return LocalCoordinator()
+    settings = automation.cert_store
+    if settings.type is StoreType.REDIS:
+        from snakeway.acme.rediscoord import RedisCoordinator  # coredis only loads with a Redis store
+
+        assert settings.url is not None  # the configuration requires it
+        return RedisCoordinator(settings.url, key_prefix=settings.key_prefix)
     state_dir = config.server.state_dir
     cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
     return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")

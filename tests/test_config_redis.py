@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from snakeway import cli
+from snakeway import build, cli
+from snakeway.acme.rediscoord import RedisCoordinator
 from snakeway.acme.redisstore import RedisStore
 from snakeway.acme.store import StoreError, open_store
 from snakeway.config.load import load_config
@@ -112,13 +113,15 @@ def test_a_key_file_without_a_key_is_refused(tmp_path: Path, content: bytes, say
                               f"encryption_key_file: {key}: {says}")
 
 
-def test_several_workers_over_redis_are_refused(tmp_path: Path) -> None:
-    text = config_text(tmp_path, '{ type = "redis", url = "redis://h" }', workers=4)
-    main = write(tmp_path, "main.hcl", text)
-    assert problems(main) == [
-        f"{main}:{line_of(text, 'workers')}: server.workers: workers > 1 needs cert_store type = \"filesystem\": "
-        "coordination of several workers or machines over Redis is not available yet"
-    ]
+def test_several_workers_over_redis_coordinate_through_it(tmp_path: Path) -> None:
+    store = '{ type = "redis", url = "redis://cache.internal:6380/2", key_prefix = "edge" }'
+    main = write(tmp_path, "main.hcl", config_text(tmp_path, store, workers=4))
+    config = load_config(main)  # accepted: no longer refused
+    assert config.server.workers == 4
+    coordinator = build.coordinator(config)
+    assert isinstance(coordinator, RedisCoordinator)
+    assert (coordinator.url, coordinator.keys.prefix) == ("redis://cache.internal:6380/2", "edge")
+    assert build.is_shared(coordinator)  # the store watch and shared challenges are on
 
 
 def test_check_warns_without_a_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,6 +149,15 @@ class RedisKeys:
         """String: the last fencing token issued for the lease ``name`` (a counter that only grows)."""
         return f"{self.prefix}:token:{name}"
 
+    @property
+    def generation(self) -> str:
+        """String: a counter incremented with every certificate saved, so other processes notice cheaply."""
+        return f"{self.prefix}:generation"
+
+    def challenge(self, key: str) -> str:
+        """String: the key authorization of an ACME challenge, expiring on its own."""
+        return f"{self.prefix}:challenge:{key}"
+
 
 def corrupt_copy(key: str) -> str:
     """Where a damaged renewal state or ledger is kept when its conservative replacement is written."""

@@ -13,8 +13,9 @@ Layout, every key under ``<prefix>:`` (``snakeway`` by default; records in :mod:
     state:<name>:corrupt, ledger:<URL>:corrupt   a damaged record, kept when its conservative one replaced it
 
 **Atomic bundles.** A save writes the certificate's hash and its index entry in one ``MULTI``/``EXEC``
-transaction, so a reader never sees a new certificate beside an old key or index entry. Every other record is
-one key, replaced whole.
+transaction, so a reader never sees a new certificate beside an old key or index entry; the same transaction
+increments the ``generation`` counter, which other processes poll to notice it. Every other record is one key,
+replaced whole.
 
 **Private keys** are sealed with AES-256-GCM when ``encryption_key_file`` is set (see
 :class:`~snakeway.acme.redisrecords.Sealer`), so a copy of the database (an RDB file, a replica, ``MONITOR``)
@@ -37,8 +38,8 @@ connection costs nothing that matters. Nothing but Redis commands runs inside a 
 there is Redis's: a refused connection, a timeout or an error reply raises ``StoreError``. Only PEM validation
 and decryption, outside, raise anything else.
 
-Several workers (or machines) sharing one Redis need a coordinator that works over it; that does not exist yet,
-so the configuration refuses ``workers > 1`` with this store.
+Several workers (or machines) sharing one Redis coordinate through it with
+:class:`~snakeway.acme.rediscoord.RedisCoordinator`.
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ class RedisStore:
             pipeline.delete([where])
             pipeline.hset(where, {"chain": bundle.cert_pem, "key": sealed})
             pipeline.hset(self.keys.certs, {bundle.name: meta})
+            pipeline.incr(self.keys.generation)
 
         await self._pipeline(f"save certificate {bundle.name!r}", queue)
 

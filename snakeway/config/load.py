@@ -340,12 +340,6 @@ def _access_log(f: File, value: object, path: KeyPath) -> str | Path | None:
 _shutdown = cv.schema(
     {"drain_seconds": Key(cv.seconds())}, lambda drain_seconds=model.ServerSettings.drain_seconds: float(drain_seconds)
 )
-def _check_server(f: File, path: KeyPath, server: model.ServerSettings) -> None:
-    """Workers coordinate certificate work through the file store's directory; over Redis they cannot yet."""
-    automation = server.tls_automation
-    if server.workers > 1 and automation is not None and automation.cert_store.type is model.StoreType.REDIS:
-        f.report((*path, "workers"), 'workers > 1 needs cert_store type = "filesystem": coordination of several '
-                 "workers or machines over Redis is not available yet")
 
 
 _server = cv.schema(
@@ -362,7 +356,6 @@ _server = cv.schema(
         "via": Key(cv.boolean),
     },
     model.ServerSettings,
-    _check_server,
 )
 
 

@@ -67,8 +67,9 @@ async def test_private_keys_are_sealed_with_a_key_file(redis_server: RedisServer
     assert sorted(values) == [
         b"snakeway:account:https://acme.test/directory/key", b"snakeway:account:https://acme.test/directory/meta",
         b"snakeway:cert:a.test/chain", b"snakeway:cert:a.test/key", b"snakeway:certs/a.test",
-        b"snakeway:order:a.test/key", b"snakeway:order:a.test/meta",
+        b"snakeway:generation", b"snakeway:order:a.test/key", b"snakeway:order:a.test/meta",
     ]
+    assert values[b"snakeway:generation"] == b"1"  # one certificate saved
     assert b"BEGIN CERTIFICATE" in values[b"snakeway:cert:a.test/chain"]
     assert not [key for key, value in values.items() if b"PRIVATE KEY" in value]
     for key in (b"snakeway:cert:a.test/key", b"snakeway:account:https://acme.test/directory/key",
