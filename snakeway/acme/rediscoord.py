@@ -121,8 +121,13 @@ class RedisCoordinator:
         await run_commands(self.url, "share a challenge", lambda c: c.set(where, value, ex=self.challenge_ttl))
 
     async def get_challenge(self, key: str) -> str | None:
+        """The shared answer of ``key``; None (logged) if Redis cannot be read: a validation left unanswered."""
         where = self.keys.challenge(key)
-        value = await run_commands(self.url, "read a challenge", lambda c: c.get(where))
+        try:
+            value = await run_commands(self.url, "read a challenge", lambda c: c.get(where))
+        except StoreError as exc:
+            logger.warning("cannot answer a challenge another process may hold: %s", exc)
+            return None
         return None if value is None else bytes(value).decode(errors="replace")
 
     async def delete_challenge(self, key: str) -> None:

@@ -19,7 +19,7 @@ import trio
 
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.store import CertBundle, CertStore
+from snakeway.acme.store import CertBundle, CertStore, StoreError
 from snakeway.clock import WallClock
 
 logger = logging.getLogger(__name__)
@@ -56,20 +56,37 @@ class StoreWatch:
         self.publish = publish
 
     async def run(self, interval: float) -> None:
-        """Watch for ever; a full scan at least every ``interval`` seconds."""
-        generation = await self.coordinator.generation()
-        stamps = await self.coordinator.stamps(c.name for c in self.certs().values())
-        scanned, changed = trio.current_time(), False
+        """Watch for ever; a full scan at least every ``interval`` seconds.
+
+        A store that cannot be read (Redis away) is logged once, when it starts and when it ends, and
+        watched again at the next poll: the certificates served meanwhile stay as they are.
+        """
+        generation: object = None
+        stamps: dict[str, str | None] | None = None
+        scanned, changed, failing = trio.current_time(), False, False
         while True:
+            try:
+                if stamps is None:  # the first look: what is served now is the baseline
+                    generation = await self.coordinator.generation()
+                    stamps = await self.coordinator.stamps(c.name for c in self.certs().values())
+                    scanned = trio.current_time()
+                else:
+                    seen = await self.coordinator.generation()
+                    # Also scan on the poll after a change: one more change within the same clock tick leaves
+                    # the generation as it was.
+                    was_changed, changed = changed, seen != generation
+                    if changed or was_changed or trio.current_time() - scanned >= interval:
+                        stamps = await self._scan(stamps)
+                        generation, scanned = seen, trio.current_time()
+            except StoreError as exc:
+                if not failing:
+                    logger.warning("cannot watch the certificate store for new certificates: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("watching the certificate store again")
+                failing = False
             await trio.sleep(GENERATION_POLL_SECONDS)
-            seen = await self.coordinator.generation()
-            # Also scan on the poll after a change: one more change within the same clock tick leaves the
-            # generation as it was.
-            was_changed, changed = changed, seen != generation
-            if not (changed or was_changed or trio.current_time() - scanned >= interval):
-                continue
-            generation, scanned = seen, trio.current_time()
-            stamps = await self._scan(stamps)
 
     async def _scan(self, last: dict[str, str | None]) -> dict[str, str | None]:
         certs = list(self.certs().values())

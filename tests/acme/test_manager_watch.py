@@ -15,7 +15,7 @@ import trio.testing
 
 from snakeway.acme import watch as watch_module
 from snakeway.acme.coordination import LocalCoordinator
-from snakeway.acme.store import CertBundle, MemoryStore
+from snakeway.acme.store import CertBundle, MemoryStore, StoreError
 from snakeway.testing import TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry
 from tests.acme.test_manager_startup import EPOCH, A, issued_memory_store, make_manager
@@ -137,3 +137,47 @@ async def test_a_worker_does_not_pick_up_its_own_save(
         nursery.cancel_scope.cancel()
     assert caplog.text.count("issued by") == 1
     assert "picked up from the store" not in caplog.text
+
+
+class FlakyCoordinator(ScriptedCoordinator):
+    """A shared store that can be away (Redis stopped): every read raises StoreError meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = False
+
+    async def generation(self) -> object:
+        if self.away:
+            await trio.lowlevel.checkpoint()
+            raise StoreError("cannot read the store generation: Redis at redis://127.0.0.1:1/0: refused")
+        return await super().generation()
+
+
+async def test_a_store_away_is_logged_once_and_the_watch_resumes(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=watch_module.__name__)
+    store = await issued_memory_store(A)
+    coordinator = FlakyCoordinator()
+    coordinator.stamp[A.name] = "v1"
+    manager, registry = make_manager(
+        (A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator, watch_interval=SAFETY_SCAN
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        served = registry.entry(A.cert_id)
+        coordinator.away = True
+        await trio.sleep(SAFETY_SCAN * 3)  # many polls and safety scans while away: the worker keeps serving
+        assert registry.entry(A.cert_id) is served
+        await store.save(await newer_bundle())
+        coordinator.stamp[A.name] = "v2"
+        coordinator.generation_now += 1
+        coordinator.away = False
+        assert await seconds_until_served(registry, 1.0) <= POLL * 1.2
+        nursery.cancel_scope.cancel()
+    messages = [r.getMessage() for r in caplog.records if r.name == watch_module.__name__]
+    assert [m for m in messages if "cannot watch" in m] == [
+        "cannot watch the certificate store for new certificates: "
+        "cannot read the store generation: Redis at redis://127.0.0.1:1/0: refused"
+    ]
+    assert "watching the certificate store again" in messages

@@ -16,6 +16,7 @@ import trustme
 from snakeway.acme.rediscoord import RedisCoordinator
 from snakeway.acme.redisstore import RedisStore
 from tests.acme.test_store import make_bundle
+from tests.pebble import free_port
 
 if TYPE_CHECKING:
     from tests.redisserver import RedisServer
@@ -128,3 +129,11 @@ async def test_generation_changes_on_every_save_and_stamps_follow_the_serial(
     assert renewed[NAME] is not None and str(second.serial) in renewed[NAME]
     assert renewed != stamps
     assert await a.stamps([]) == {}
+
+
+async def test_a_challenge_lookup_with_redis_away_is_unanswered_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    away = RedisCoordinator(f"redis://127.0.0.1:{free_port()}/0")
+    assert await away.get_challenge("http-01:token-1") is None
+    assert "cannot answer a challenge another process may hold: cannot read a challenge: Redis at" in caplog.text
