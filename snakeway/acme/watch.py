@@ -79,6 +79,8 @@ class StoreWatch:
                         stamps = await self._scan(stamps)
                         generation, scanned = seen, trio.current_time()
             except StoreError as exc:
+                if stamps is None:
+                    stamps = {}  # no baseline: the first scan that works compares every certificate
                 if not failing:
                     logger.warning("cannot watch the certificate store for new certificates: %s", exc)
                 failing = True

@@ -153,8 +153,9 @@ class FlakyCoordinator(ScriptedCoordinator):
         return await super().generation()
 
 
+@pytest.mark.parametrize("away_at_start", [False, True])
 async def test_a_store_away_is_logged_once_and_the_watch_resumes(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, away_at_start: bool
 ) -> None:
     caplog.set_level(logging.INFO, logger=watch_module.__name__)
     store = await issued_memory_store(A)
@@ -163,6 +164,7 @@ async def test_a_store_away_is_logged_once_and_the_watch_resumes(
     manager, registry = make_manager(
         (A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator, watch_interval=SAFETY_SCAN
     )
+    coordinator.away = away_at_start  # then the watch has no baseline to compare with yet
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         served = registry.entry(A.cert_id)

@@ -10,10 +10,12 @@ that both are up when it is ordered.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import ssl
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -119,11 +121,16 @@ async def until_served(ctx: ssl.SSLContext, ports: list[int], timeout: float = 3
                 await trio.sleep(0.1)
 
 
-async def test_two_single_worker_processes_sharing_a_file_store_order_once_and_both_serve(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
+class WriteNode(Protocol):
+    def __call__(
+        self, path: Path, *, names: tuple[str, ...], pebble: Pebble, upstream: int, tls_port: int, plain_port: int
+    ) -> None: ...
+
+
+async def two_nodes_order_once_and_both_serve(nursery: trio.Nursery, tmp_path: Path, write: WriteNode) -> None:
+    """Two single-worker processes configured by ``write`` (sharing one store) serve ``FIRST``, then are reloaded
+    with ``NAMES``: exactly one of them orders it, both serve it, and validations reach both."""
     upstream, _ = await start_upstream(nursery)
-    shared = tmp_path / "shared"
     tls_ports, plain_ports = [free_port(), free_port()], [free_port(), free_port()]
     configs = []
     for i in range(2):
@@ -136,8 +143,8 @@ async def test_two_single_worker_processes_sharing_a_file_store_order_once_and_b
 
             def configure(names: tuple[str, ...]) -> None:
                 for i, config in enumerate(configs):
-                    write_config(config, names=names, shared=shared, pebble=pebble, upstream=upstream,
-                                 tls_port=tls_ports[i], plain_port=plain_ports[i])
+                    write(config, names=names, pebble=pebble, upstream=upstream, tls_port=tls_ports[i],
+                          plain_port=plain_ports[i])
 
             configure(FIRST)
             async with snakeway(configs[0]) as first, snakeway(configs[1]) as second:
@@ -166,3 +173,10 @@ async def test_two_single_worker_processes_sharing_a_file_store_order_once_and_b
     # that did not order.
     assert all(line == b"HTTP/1.1 200 OK" for _, line in balancer.answers), balancer.answers
     assert any(index != orderer for index, _ in balancer.answers[-len(NAMES):]), balancer.answers
+
+
+async def test_two_single_worker_processes_sharing_a_file_store_order_once_and_both_serve(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    await two_nodes_order_once_and_both_serve(nursery, tmp_path, functools.partial(write_config,
+                                                                                  shared=tmp_path / "shared"))
