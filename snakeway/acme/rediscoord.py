@@ -7,8 +7,9 @@ Theory of operation
   task renews the lease every third of its ttl while the block runs, and the block releases it at exit. A holder
   that dies stops renewing, so its lease expires within ``ttl`` and another process takes the work over. A
   holder that loses its lease (a renewal refused because another process took it after a pause, or Redis
-  unreachable until the lease's expiry) cancels its block: an order in progress is abandoned rather than
-  finished beside the new holder's;
+  unreachable until the lease's expiry) cancels its block, and leaving the lock raises ``StoreError``: an
+  order in progress is abandoned rather than finished beside the new holder's, and the caller's error path
+  (the certificate is checked again later) takes over;
 * **a new certificate reaches every process**: :meth:`RedisCoordinator.generation` reads the ``generation``
   counter that :meth:`RedisStore.save <snakeway.acme.redisstore.RedisStore.save>` increments in the
   transaction of every save; :meth:`RedisCoordinator.stamps` are the serials of the ``certs`` index (one
@@ -68,23 +69,27 @@ class RedisCoordinator:
         """True (and the lease ``name`` held while the block runs) or False if another process holds it.
 
         Raises:
-            StoreError: Redis cannot be reached to take the lease.
+            StoreError: Redis cannot be reached to take the lease, or the lease was lost while the block ran
+                (the block was cancelled then: its work is abandoned, and the caller's error path says so).
         """
         lease = await self.leases.acquire(name, new_owner(), self.lease_ttl)
         if lease is None:
             yield False
             return
+        lost: list[str] = []
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keep, lease, nursery.cancel_scope)
+                nursery.start_soon(self._keep, lease, nursery.cancel_scope, lost)
                 yield True
                 nursery.cancel_scope.cancel()  # the block is done: stop renewing
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self.leases.release(lease)
+        if lost:
+            raise StoreError(f"lost the lock on {name!r} ({lost[0]}): the work under it was abandoned")
 
-    async def _keep(self, lease: Lease, block: trio.CancelScope) -> None:
-        """Renew ``lease`` every third of its ttl; cancel ``block`` once it is lost."""
+    async def _keep(self, lease: Lease, block: trio.CancelScope, lost: list[str]) -> None:
+        """Renew ``lease`` every third of its ttl; once it is lost, say why in ``lost`` and cancel ``block``."""
         interval = self.lease_ttl / 3
         while True:
             await trio.sleep(interval)
@@ -98,6 +103,7 @@ class RedisCoordinator:
                     continue
                 reason = str(exc)
             logger.error("lost the lock on %r (%s): abandoning the work in progress under it", lease.name, reason)
+            lost.append(reason)
             block.cancel()
             return
 

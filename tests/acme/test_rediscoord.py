@@ -15,6 +15,7 @@ import trustme
 
 from snakeway.acme.rediscoord import RedisCoordinator
 from snakeway.acme.redisstore import RedisStore
+from snakeway.acme.store import StoreError
 from tests.acme.test_store import make_bundle
 from tests.pebble import free_port
 
@@ -68,7 +69,7 @@ async def test_a_lock_is_renewed_while_its_block_runs(redis_server: RedisServer)
 async def test_a_lost_lease_cancels_the_block(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     a, b = pair(redis_server, ttl=SHORT)
     reached_end = False
-    with trio.fail_after(5):
+    with trio.fail_after(5), pytest.raises(StoreError, match="lost the lock on 'example.com'.*abandoned"):
         async with a.lock(NAME) as mine:
             assert mine
             # Another process takes the name over (as after a pause longer than the ttl): a's next renewal fails.
@@ -85,7 +86,7 @@ async def test_a_lost_lease_cancels_the_block(redis_server: RedisServer, caplog:
 
 async def test_leaving_a_cancelled_block_leaves_the_new_holder_alone(redis_server: RedisServer) -> None:
     a, b = pair(redis_server, ttl=SHORT)
-    with trio.fail_after(5):
+    with trio.fail_after(5), pytest.raises(StoreError):
         async with a.lock(NAME) as mine:
             assert mine
             async with coredis.Redis.from_url(redis_server.url) as client:
