@@ -82,6 +82,12 @@ class RedisCoordinator:
                 nursery.start_soon(self._keep, lease, nursery.cancel_scope, lost)
                 yield True
                 nursery.cancel_scope.cancel()  # the block is done: stop renewing
+        except BaseExceptionGroup as group:
+            # The block's own exception, as the caller raised it (the renewing task raises nothing), not wrapped
+            # by the nursery: callers catch StoreError, IssuanceError... as with any other coordinator.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self.leases.release(lease)

@@ -138,3 +138,13 @@ async def test_a_challenge_lookup_with_redis_away_is_unanswered_not_an_error(
     away = RedisCoordinator(f"redis://127.0.0.1:{free_port()}/0")
     assert await away.get_challenge("http-01:token-1") is None
     assert "cannot answer a challenge another process may hold: cannot read a challenge: Redis at" in caplog.text
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(redis_server: RedisServer) -> None:
+    a, b = pair(redis_server)
+    with pytest.raises(StoreError, match="the store failed inside"):  # not wrapped in an exception group
+        async with a.lock(NAME) as mine:
+            assert mine
+            raise StoreError("the store failed inside")
+    async with b.lock(NAME) as theirs:
+        assert theirs  # released on the way out
