@@ -40,10 +40,15 @@ from snakeway.acme.store import name_to_path_part
 from snakeway.files import write_atomic
 
 LOCK_DIR = "locks"
+# How often a store watch looks at a cheap generation mark (one stat of a local or shared directory).
+GENERATION_POLL_SECONDS = 0.05
 CHALLENGE_DIR = "challenges"
 
 
 class Coordinator(Protocol):
+    # How often the store watch asks for :meth:`generation` (seconds): what one look costs decides it.
+    poll_seconds: float
+
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]: ...
     async def generation(self) -> object: ...
@@ -54,6 +59,8 @@ class Coordinator(Protocol):
 
 class LocalCoordinator:
     """Coordination inside one process."""
+
+    poll_seconds = GENERATION_POLL_SECONDS
 
     def __init__(self) -> None:
         self._held: set[str] = set()
@@ -100,6 +107,8 @@ class FileCoordinator:
         to its current version, so the link target is a version stamp).
       data_dir: where lock files and shared challenges live.
     """
+
+    poll_seconds = GENERATION_POLL_SECONDS  # one stat
 
     def __init__(self, cert_dir: Path, data_dir: Path) -> None:
         self._cert_dir = cert_dir

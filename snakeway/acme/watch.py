@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 Only the process that holds a certificate's lock orders it; every other process must notice the new
-certificate in the store and put it in its own cert map. :class:`StoreWatch` polls the coordinator's
-cheap *generation* (one ``stat`` of the store) every ``GENERATION_POLL_SECONDS``; when it changes, and at
-least every ``interval`` seconds (the reconciliation that catches anything missed), it compares each
-certificate's *stamp* with the last one seen and loads those that changed. A certificate this process
-published itself, or is saving right now, is left alone.
+certificate in the store and put it in its own cert map. :class:`StoreWatch` polls the coordinator's cheap
+*generation* (one ``stat`` of a file store, one Redis read) every ``coordinator.poll_seconds``; when it
+changes, and at least every ``interval`` seconds (the reconciliation that catches anything missed), it
+compares each certificate's *stamp* with the last one seen and loads those that changed. A certificate this
+process published itself, or is saving right now, is left alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
+from snakeway.acme.coordination import GENERATION_POLL_SECONDS as GENERATION_POLL_SECONDS
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.store import CertBundle, CertStore, StoreError
@@ -25,7 +26,6 @@ from snakeway.clock import WallClock
 logger = logging.getLogger(__name__)
 
 # How often to look whether the store changed (one stat; see coordination.py).
-GENERATION_POLL_SECONDS = 0.05
 
 
 class StoreWatch:
@@ -88,7 +88,7 @@ class StoreWatch:
                 if failing:
                     logger.info("watching the certificate store again")
                 failing = False
-            await trio.sleep(GENERATION_POLL_SECONDS)
+            await trio.sleep(self.coordinator.poll_seconds)
 
     async def _scan(self, last: dict[str, str | None]) -> dict[str, str | None]:
         certs = list(self.certs().values())
