@@ -49,7 +49,7 @@ from snakeway.tls.sni import listener_context
 from snakeway.tls.sources import InternalIssuer, InternalPlan, load_manual
 
 # Over a shared store: how often each process compares every certificate's stamp in the store even though the
-# store's generation did not change (a safety net; a change is seen within GENERATION_POLL_SECONDS, see acme/coordination.py).
+# store's generation did not change (a safety net; a change is seen within the coordinator's poll_seconds).
 WATCH_INTERVAL = 10.0
 
 
