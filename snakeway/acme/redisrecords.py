@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from snakeway.acme.entries import CorruptEntry, bundle_meta, meta_fields, parse_json
-from snakeway.acme.store import CertBundle, StoredMeta, StoreError
+from snakeway.acme.entries import CorruptEntry, bundle_meta, field, meta_fields, parse_json
+from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -212,3 +212,33 @@ def redacted(url: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# --- accounts and orders: their ``meta`` JSON beside a sealed key -----------------------------------------
+
+
+def account_meta(account: AccountRecord) -> dict[str, object]:
+    """The ``meta`` JSON of an account's hash."""
+    return {"uri": account.uri, "contact": list(account.contact)}
+
+
+def parse_account(directory_url: str, meta: dict[str, object], key_pem: bytes) -> AccountRecord:
+    """The account whose hash holds ``meta`` and ``key_pem``; raises :class:`CorruptEntry` for a bad one."""
+    uri, contact = meta.get("uri"), meta.get("contact")
+    if (uri is not None and not isinstance(uri, str)) or not isinstance(contact, list) or not all(
+        isinstance(c, str) for c in contact
+    ):
+        raise CorruptEntry("bad uri or contact")
+    return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
+
+
+def order_meta(order: OrderRecord) -> dict[str, object]:
+    """The ``meta`` JSON of an order's hash."""
+    return {"order_url": order.order_url, "created": order.created.isoformat()}
+
+
+def parse_order(name: str, meta: dict[str, object], key_pem: bytes) -> OrderRecord:
+    """The order in flight whose hash holds ``meta`` and ``key_pem``; raises CorruptEntry or ValueError."""
+    created = datetime.fromisoformat(field(meta, "created", str, "order"))
+    return OrderRecord(name, field(meta, "order_url", str, "order"), key_pem, created)
+

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import coredis
@@ -60,11 +59,15 @@ from snakeway.acme.filerecords import encode_ledger
 from snakeway.acme.redisrecords import (
     RedisKeys,
     Sealer,
+    account_meta,
     corrupt_copy,
     encode_meta,
     encode_state,
+    order_meta,
+    parse_account,
     parse_bundle,
     parse_meta,
+    parse_order,
     read_key_file,
     redacted,
 )
@@ -359,8 +362,9 @@ class RedisStore:
 
     # --- accounts and orders: JSON and a sealed key in one hash ----------------------------------
 
-    async def _load_keyed(self, what: str, key: str) -> tuple[dict[str, object], bytes] | None:
-        """The ``meta`` JSON and opened ``key`` of the hash at ``key``; None if absent or corrupt (logged)."""
+    async def _load_keyed(self, what: str, key: str, parse: Callable[[dict[str, object], bytes], T]) -> T | None:
+        """``parse(meta, key_pem)`` of the hash at ``key`` (its ``meta`` JSON and opened ``key``); None if absent or
+        corrupt (logged)."""
         parts = await self._run(f"load {what}", lambda client: client.hgetall(key))
         if not parts:
             return None
@@ -370,7 +374,7 @@ class RedisStore:
                 raise CorruptEntry("meta or key missing")
             key_pem = self._sealer.open(sealed, key)
             crypto.load_private_key(key_pem)
-            return parse_json(meta, "meta"), key_pem
+            return parse(parse_json(meta, "meta"), key_pem)
         except (CorruptEntry, ValueError) as exc:
             logger.warning("ignoring unusable %s in Redis (%s): %s", what, key, exc)
             return None
@@ -386,43 +390,23 @@ class RedisStore:
         await self._pipeline(f"save {what}", queue)
 
     async def load_account(self, directory_url: str) -> AccountRecord | None:
-        what = f"ACME account for {directory_url}"
-        loaded = await self._load_keyed(what, self.keys.account(directory_url))
-        if loaded is None:
-            return None
-        meta, key_pem = loaded
-        uri, contact = meta.get("uri"), meta.get("contact")
-        if (uri is not None and not isinstance(uri, str)) or not isinstance(contact, list) or not all(
-            isinstance(c, str) for c in contact
-        ):
-            logger.warning("ignoring unusable %s in Redis: bad uri or contact", what)
-            return None
-        return AccountRecord(directory_url=directory_url, key_pem=key_pem, uri=uri, contact=tuple(contact))
-
-    async def save_account(self, account: AccountRecord) -> None:
-        meta: dict[str, object] = {"uri": account.uri, "contact": list(account.contact)}
-        await self._save_keyed(
-            f"ACME account for {account.directory_url}", self.keys.account(account.directory_url), meta, account.key_pem
+        key = self.keys.account(directory_url)
+        return await self._load_keyed(
+            f"ACME account for {directory_url}", key, lambda meta, pem: parse_account(directory_url, meta, pem)
         )
 
+    async def save_account(self, account: AccountRecord) -> None:
+        key = self.keys.account(account.directory_url)
+        await self._save_keyed(f"ACME account for {account.directory_url}", key, account_meta(account), account.key_pem)
+
     async def load_order(self, name: str) -> OrderRecord | None:
-        what = f"order for {check_name(name)!r}"
-        loaded = await self._load_keyed(what, self.keys.order(name))
-        if loaded is None:
-            return None
-        meta, key_pem = loaded
-        try:
-            created = datetime.fromisoformat(field(meta, "created", str, "order"))
-            return OrderRecord(name, field(meta, "order_url", str, "order"), key_pem, created)
-        except (CorruptEntry, ValueError) as exc:
-            logger.warning("ignoring unusable %s in Redis: %s", what, exc)
-            return None
+        key = self.keys.order(check_name(name))
+        return await self._load_keyed(f"order for {name!r}", key, lambda meta, pem: parse_order(name, meta, pem))
 
     async def save_order(self, order: OrderRecord) -> None:
-        meta: dict[str, object] = {"order_url": order.order_url, "created": order.created.isoformat()}
-        await self._save_keyed(f"order for {order.name!r}", self.keys.order(order.name), meta, order.key_pem)
+        key = self.keys.order(order.name)
+        await self._save_keyed(f"order for {order.name!r}", key, order_meta(order), order.key_pem)
 
     async def delete_order(self, name: str) -> None:
         key = self.keys.order(check_name(name))
         await self._run(f"delete order for {name!r}", lambda client: client.delete([key]))
-
