@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from snakeway import hostnames
+from snakeway.acme.challenges import SharedAnswers
 from snakeway.tls import contexts
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class TlsAlpnChallenges:
 
     def __init__(self, shared: Coordinator | None = None) -> None:
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self.shared = shared
+        self.shared = SharedAnswers(shared) if shared is not None else None
 
     def add(self, domain: str, key_authorization: str) -> None:
         """Serve the challenge certificate for ``domain`` to ``acme-tls/1`` clients from now on.
@@ -179,7 +180,7 @@ class TlsAlpnChallenges:
         name = hostnames.normalize_host(hello.server_name)
         if name is None:
             return None
-        key_authorization = await self.shared.get_challenge(tls_alpn_key(name))
+        key_authorization = await self.shared.get(tls_alpn_key(name))
         if key_authorization is None:
             return None
         return await trio.to_thread.run_sync(
