@@ -78,7 +78,8 @@ class StoreError(SnakewayError):
 class FencedOut(StoreError):
     """A write refused by the fencing check: it was made under a lock another process has taken over since.
 
-    Nothing of the write was applied; the newer holder's data stands. See "Fences" in
+    Nothing of the write was applied; the newer holder's data stands. The store logs it (a warning saying
+    the write was rejected by the fencing check) as it raises it. See "Fences" in
     :mod:`snakeway.acme.coordination`.
     """
 
