@@ -134,7 +134,10 @@ class Renewer:
           forced: a "retry now": skip the failure back-off (never a CA's Retry-After nor the budget).
         """
         try:
-            return await self._check(cert, forced)
+            try:
+                return await self._check(cert, forced)
+            except LockLost as lost:  # in _order, _poll_ari or _save_again: the work under the lock was cancelled
+                return await self._lost(cert, lost)
         except FencedOut as exc:  # a write under this process's lock, which another process has taken over
             logger.info("certificate %s: another process has taken it over (%s)", cert.name, exc)
             return self._soon()
@@ -143,27 +146,24 @@ class Renewer:
 
     async def _check(self, cert: ManagedCert, forced: bool) -> datetime:
         periodic = self.periodic()
-        try:
-            for _ in range(3):  # at most: an ARI poll, then a decision on its answer
-                state, bundle = await self._facts(cert)
-                action = self._decide(cert, state, bundle, periodic, forced)
-                if isinstance(action, Wait):
-                    if bundle is not None and action.why == NOT_DUE:
-                        await self.served.rebuild_if_unservable(cert, bundle)
-                    elif forced and action.why == CA_ASKED:
-                        logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner",
-                                       cert.name, action.until.isoformat(timespec="seconds"))
-                    return action.until
-                if isinstance(action, SaveAgain):
-                    return await self._save_again(cert)
-                if isinstance(action, Order):
-                    async with self.lane.turn(action.urgency):
-                        return await self._order(cert, bundle, forced)
-                assert isinstance(action, PollAri) and bundle is not None
-                if not await self._poll_ari(cert, bundle):
-                    return min(periodic, self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
-        except LockLost as lost:  # in _order, _poll_ari or _save_again: their work was cancelled
-            return await self._lost(cert, lost)
+        for _ in range(3):  # at most: an ARI poll, then a decision on its answer
+            state, bundle = await self._facts(cert)
+            action = self._decide(cert, state, bundle, periodic, forced)
+            if isinstance(action, Wait):
+                if bundle is not None and action.why == NOT_DUE:
+                    await self.served.rebuild_if_unservable(cert, bundle)
+                elif forced and action.why == CA_ASKED:
+                    logger.warning("certificate %s: the CA asked to wait until %s; not retrying sooner",
+                                   cert.name, action.until.isoformat(timespec="seconds"))
+                return action.until
+            if isinstance(action, SaveAgain):
+                return await self._save_again(cert)
+            if isinstance(action, Order):
+                async with self.lane.turn(action.urgency):
+                    return await self._order(cert, bundle, forced)
+            assert isinstance(action, PollAri) and bundle is not None
+            if not await self._poll_ari(cert, bundle):
+                return min(periodic, self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
         return periodic
 
     def _soon(self) -> datetime:
