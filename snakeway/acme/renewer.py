@@ -138,8 +138,7 @@ class Renewer:
                 return await self._check(cert, forced)
             except LockLost as lost:  # in _order, _poll_ari or _save_again: the work under the lock was cancelled
                 return await self._lost(cert, lost)
-        except FencedOut as exc:  # a write under this process's lock, which another process has taken over
-            logger.info("certificate %s: another process has taken it over (%s)", cert.name, exc)
+        except FencedOut:  # a write under a lock another process has taken over since (the store logged it)
             return self._soon()
         except StoreError as exc:
             return self._store_away(exc)

@@ -25,7 +25,7 @@ import trustme
 from snakeway.acme.backend import OrderHandle
 from snakeway.acme.coordination import Fence, LocalCoordinator, LockLost, current_fence, fenced
 from snakeway.acme.schedule import RenewalState
-from snakeway.acme.store import CertBundle, FencedOut, MemoryStore, StoreError
+from snakeway.acme.store import CertBundle, FencedOut, MemoryStore, OrderRecord, StoreError
 from snakeway.testing import FakeCA, TrioLinkedClock
 from tests.acme.test_renewal_engine import EPOCH, HOUR, A, cert, manager, run_for
 
@@ -57,6 +57,10 @@ class FencingStore(MemoryStore):
     async def save_state(self, state: RenewalState) -> None:
         self._check("save_state")
         await super().save_state(state)
+
+    async def save_order(self, order: OrderRecord) -> None:
+        self._check("save_order")
+        await super().save_order(order)
 
     async def delete_order(self, name: str) -> None:
         self._check("delete_order")
@@ -103,33 +107,45 @@ def other_nodes_certificate(clock: TrioLinkedClock) -> CertBundle:
     return CertBundle.from_pem("a.test", ("a.test",), chain, leaf.private_key_pem.bytes())
 
 
-class TakenOverAtFinalize(FakeCA):
-    """While the CA finalizes the first order, another node takes ``a.test`` over and saves its certificate."""
+class TakenOver(FakeCA):
+    """While the CA validates or finalizes the first order, another node takes ``a.test`` over and saves its
+    certificate."""
 
     coordinator: LeaseCoordinator
     store: FencingStore
+    at = "finalize"  # or "validation"
     notice = True  # this node's renewal task notices the loss at once (else: only its next write does)
     theirs: CertBundle | None = None
 
+    async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
+        await super().wait_authorizations(order, deadline)
+        if self.at == "validation":
+            await self._take_over()
+
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
         chain = await super().finalize(order, csr_pem, deadline)
-        if self.theirs is None:
-            fence = self.coordinator.take_over("a.test")
-            self.theirs = other_nodes_certificate(self.clock)
-            with fenced(fence):
-                await self.store.save(self.theirs)
-                await self.store.save_state(RenewalState(name="a.test").succeeded(self.clock.now()))
-            if self.notice:
-                self.coordinator.notice_lost("a.test")
+        if self.at == "finalize":
+            await self._take_over()
         return chain
 
+    async def _take_over(self) -> None:
+        if self.theirs is not None:
+            return
+        fence = self.coordinator.take_over("a.test")
+        self.theirs = other_nodes_certificate(self.clock)
+        with fenced(fence):
+            await self.store.save(self.theirs)
+            await self.store.save_state(RenewalState(name="a.test").succeeded(self.clock.now()))
+        if self.notice:
+            self.coordinator.notice_lost("a.test")
 
-def taken_over(notice: bool) -> tuple[TakenOverAtFinalize, FencingStore, LeaseCoordinator, TrioLinkedClock]:
+
+def taken_over(notice: bool, at: str = "finalize") -> tuple[TakenOver, FencingStore, LeaseCoordinator, TrioLinkedClock]:
     clock = TrioLinkedClock(EPOCH)
     store = FencingStore()
     coordinator = LeaseCoordinator(store)
-    ca = TakenOverAtFinalize(clock)
-    ca.coordinator, ca.store, ca.notice = coordinator, store, notice
+    ca = TakenOver(clock)
+    ca.coordinator, ca.store, ca.notice, ca.at = coordinator, store, notice, at
     return ca, store, coordinator, clock
 
 
@@ -298,4 +314,26 @@ async def test_while_the_store_is_away_the_served_certificate_stays_and_nothing_
         assert mgr.served.ours(A.cert_id)[0] == served.serial
         nursery.cancel_scope.cancel()
     assert ca.orders == [] and store.failed > 6 * HOUR / 15
+    assert problems(caplog) == []
+
+
+async def test_an_order_record_refused_by_the_fence_abandons_the_order_quietly(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca, store, coordinator, clock = taken_over(notice=False, at="validation")
+    mgr, _ = manager((A,), store, ca, clock, coordinator=coordinator)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        while ca.theirs is None:
+            await trio.sleep(1)
+        await trio.sleep(1)
+        assert [method for method, _ in store.refused] == ["save_order"]  # the order is abandoned there
+        assert mgr.next_checks[A.cert_id] <= clock.now() + timedelta(seconds=30)
+        await trio.sleep(6 * HOUR)
+        nursery.cancel_scope.cancel()
+    stored = await store.load("a.test")
+    assert stored is not None and ca.theirs is not None and stored.serial == ca.theirs.serial
+    assert mgr.served.ours(A.cert_id)[0] == ca.theirs.serial
+    assert ca.orders == [A.domains] and "finalize" not in ca.calls
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]  # not taken for the store away
     assert problems(caplog) == []
