@@ -26,6 +26,7 @@ from snakeway.acme.backend import OrderHandle
 from snakeway.acme.coordination import Fence, LocalCoordinator, LockLost, current_fence, fenced
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, FencedOut, MemoryStore, OrderRecord, StoreError
+from snakeway.clock import WallClock
 from snakeway.testing import FakeCA, TrioLinkedClock
 from tests.acme.test_renewal_engine import EPOCH, HOUR, A, cert, manager, run_for
 
@@ -99,7 +100,7 @@ class LeaseCoordinator(LocalCoordinator):
         self._blocks[name].cancel()
 
 
-def other_nodes_certificate(clock: TrioLinkedClock) -> CertBundle:
+def other_nodes_certificate(clock: WallClock) -> CertBundle:
     ca = trustme.CA()
     start = clock.now() - timedelta(hours=1)
     leaf = ca.issue_cert("a.test", not_before=start, not_after=start + timedelta(days=90))
