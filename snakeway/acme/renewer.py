@@ -16,9 +16,8 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   (:class:`~snakeway.acme.issuing.Issuer`), write the state.
 * **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
   the write is retried on the failure back-off; it is never ordered again, and dropped if another process
-  has saved a newer certificate meanwhile. (Serving it builds a TLS
-  context from temporary files: if even those cannot be written, it is served at the first check after
-  the store has taken it.)
+  has saved a newer certificate meanwhile. (Serving it builds a TLS context from temporary files: if even
+  those cannot be written, it is served at the first check after the store has taken it.)
 
 Another process can take a certificate over while this one works on it, when this one's lock is a lease
 that ran out during a pause (see "Fences" in :mod:`snakeway.acme.coordination`):
