@@ -28,7 +28,7 @@ from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, FencedOut, MemoryStore, OrderRecord, StoreError
 from snakeway.clock import WallClock
 from snakeway.testing import FakeCA, TrioLinkedClock
-from tests.acme.test_renewal_engine import EPOCH, HOUR, A, cert, manager, run_for
+from tests.acme.test_renewal_engine import EPOCH, HOUR, A, FullDisk, cert, manager, run_for
 
 B = cert("b.test")
 
@@ -340,34 +340,20 @@ async def test_an_order_record_refused_by_the_fence_abandons_the_order_quietly(
     assert problems(caplog) == []
 
 
-class RefusesThisNodesSaves(MemoryStore):
-    """A store that refuses this node's certificate saves while ``full``; another node's go through."""
-
-    full = True
-
-    async def save(self, bundle: CertBundle) -> None:
-        if self.full:
-            raise StoreError("No space left on device")
-        await super().save(bundle)
-
-    async def save_from_another_node(self, bundle: CertBundle) -> None:
-        await super().save(bundle)
-
-
 async def test_an_unsaved_certificate_never_replaces_a_newer_one_another_node_saved_meanwhile(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     clock = TrioLinkedClock(EPOCH)
     ca = FakeCA(clock)
-    store = RefusesThisNodesSaves()
+    store = FullDisk()  # refuses this node's saves while full
     mgr, _ = manager((A,), store, ca, clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(mgr.run)
         await trio.sleep(2 * HOUR)
         assert ca.orders == [A.domains] and await store.load("a.test") is None  # served from memory meanwhile
         theirs = other_nodes_certificate(clock)  # another node took over (this one's lease lost) and renewed it
-        await store.save_from_another_node(theirs)
+        await MemoryStore.save(store, theirs)  # its save went through
         store.full = False
         await trio.sleep(12 * HOUR)  # past this node's next "save again"
         nursery.cancel_scope.cancel()
