@@ -162,7 +162,7 @@ def coordinator(config: Config, store: CertStore | None = None) -> Coordinator:
         from snakeway.acme.rediscoord import RedisCoordinator  # coredis only loads with a Redis store
 
         assert settings.url is not None  # the configuration requires it
-        return RedisCoordinator(settings.url, key_prefix=settings.key_prefix)
+        return RedisCoordinator(settings.url, key_prefix=settings.key_prefix, lease_ttl=settings.lease_seconds)
     state_dir = config.server.state_dir
     cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
     return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")

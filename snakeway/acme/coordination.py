@@ -20,8 +20,29 @@ Three things keep them in step:
   :meth:`put_challenge` / :meth:`get_challenge`.
 
 :class:`LocalCoordinator` does the same within one process (the memory
-store). A networked store for several machines implements the
-same protocol.
+store). :class:`~snakeway.acme.rediscoord.RedisCoordinator` implements the
+same protocol for several machines sharing one Redis store.
+
+Fences
+------
+A lock whose holder can lose it without dying (a lease that expires while its
+holder is paused) comes with a :class:`Fence`: the lock's name and a fencing
+token that only grows from one holder to the next. The rule: **every store write
+made while a lock is held presents that lock's token**, the innermost lock's
+when locks nest (the rate-limit ledger, written under the budget lock inside a
+certificate's lock, presents the budget lock's token). The coordinator puts the
+fence in a context variable for its block (:func:`fenced`,
+:func:`current_fence`), so a store finds it there without every caller passing
+it along; a store that can check it refuses a write whose token is older than
+the newest one issued, raising :class:`~snakeway.acme.store.FencedOut`. A lost
+lock is raised as :class:`LockLost`, which carries its fence: a write made under
+it afterwards (``with fenced(lost.fence): ...``) goes through only if nobody has
+taken the lock over since.
+
+:class:`LocalCoordinator` and :class:`FileCoordinator` set no fence: a
+``flock(2)`` holder that pauses keeps its lock (the kernel releases it only
+when the holder dies), so nobody takes over meanwhile and there is nothing to
+fence.
 """
 
 from __future__ import annotations
@@ -30,13 +51,15 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
-from snakeway.acme.store import name_to_path_part
+from snakeway.acme.store import StoreError, name_to_path_part
 from snakeway.files import write_atomic
 
 LOCK_DIR = "locks"
@@ -45,10 +68,52 @@ GENERATION_POLL_SECONDS = 0.05
 CHALLENGE_DIR = "challenges"
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The lock ``name`` held with fencing ``token``: what a write made under it presents."""
+
+    name: str
+    token: int
+
+
+# The innermost fence of the running task (None: no fenced lock held). Trio tasks start with a copy of their
+# parent's context, so a task started inside a lock's block writes under its fence too.
+_fence: ContextVar[Fence | None] = ContextVar("snakeway_fence", default=None)
+
+
+def current_fence() -> Fence | None:
+    """The fence every store write of the running task presents now (see "Fences" above)."""
+    return _fence.get()
+
+
+@contextlib.contextmanager
+def fenced(fence: Fence | None) -> Iterator[None]:
+    """Make ``fence`` the running task's fence for the block (None: no fence), and the previous one after it."""
+    reset = _fence.set(fence)
+    try:
+        yield
+    finally:
+        _fence.reset(reset)
+
+
+class LockLost(StoreError):
+    """A lock was lost while its block ran (its block was cancelled: the work under it is abandoned).
+
+    Attributes:
+        fence: The lost lock's fence: writes under it are refused once another process has taken the lock.
+    """
+
+    def __init__(self, message: str, fence: Fence) -> None:
+        super().__init__(message)
+        self.fence = fence
+
+
 class Coordinator(Protocol):
     # How often the store watch asks for :meth:`generation` (seconds): what one look costs decides it.
     poll_seconds: float
 
+    # Exclusive and non-blocking: True for the holder, False for everyone else. A lock that can be lost while
+    # its holder lives runs its block under its Fence and raises LockLost at exit once lost (see "Fences").
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]: ...
     async def generation(self) -> object: ...

@@ -7,9 +7,15 @@ Theory of operation
   task renews the lease every third of its ttl while the block runs, and the block releases it at exit. A holder
   that dies stops renewing, so its lease expires within ``ttl`` and another process takes the work over. A
   holder that loses its lease (a renewal refused because another process took it after a pause, or Redis
-  unreachable until the lease's expiry) cancels its block, and leaving the lock raises ``StoreError``: an
-  order in progress is abandoned rather than finished beside the new holder's, and the caller's error path
-  (the certificate is checked again later) takes over;
+  unreachable until the lease's expiry) cancels its block, and leaving the lock raises
+  :class:`~snakeway.acme.coordination.LockLost`: an order in progress is abandoned rather than finished beside
+  the new holder's, and the caller's error path (the certificate is checked again later) takes over;
+* **no late writes**: the block runs under the lease's :class:`~snakeway.acme.coordination.Fence` (name and
+  fencing token), so every store write made in it presents the token and
+  :class:`~snakeway.acme.redisstore.RedisStore` applies it only if no newer lease on the name has been taken
+  since. Cancelling the block is not enough on its own: a process that paused past its lease runs on from
+  where it stopped (a save half sent, say) before its renewal task notices anything; the fence refuses what it
+  writes then, as it refuses the failure the caller records under ``LockLost.fence`` afterwards;
 * **a new certificate reaches every process**: :meth:`RedisCoordinator.generation` reads the ``generation``
   counter that :meth:`RedisStore.save <snakeway.acme.redisstore.RedisStore.save>` increments in the
   transaction of every save; :meth:`RedisCoordinator.stamps` are the serials of the ``certs`` index (one
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
+from snakeway.acme.coordination import Fence, LockLost, fenced
 from snakeway.acme.redislease import RedisLeases, new_owner
 from snakeway.acme.redisrecords import RedisKeys
 from snakeway.acme.redisstore import DEFAULT_PREFIX, run_commands
@@ -72,19 +79,25 @@ class RedisCoordinator:
     async def lock(self, name: str) -> AsyncIterator[bool]:
         """True (and the lease ``name`` held while the block runs) or False if another process holds it.
 
+        The block runs under the lease's fence (:func:`~snakeway.acme.coordination.fenced`): every store write in
+        it presents the lease's token.
+
         Raises:
-            StoreError: Redis cannot be reached to take the lease, or the lease was lost while the block ran
-                (the block was cancelled then: its work is abandoned, and the caller's error path says so).
+            LockLost: The lease was lost while the block ran (the block was cancelled then: its work is abandoned,
+                and the caller's error path says so); it carries the lost fence.
+            StoreError: Redis cannot be reached to take the lease.
         """
         lease = await self.leases.acquire(name, new_owner(), self.lease_ttl)
         if lease is None:
             yield False
             return
         lost: list[str] = []
+        fence = Fence(name, lease.token)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep, lease, nursery.cancel_scope, lost)
-                yield True
+                with fenced(fence):
+                    yield True
                 nursery.cancel_scope.cancel()  # the block is done: stop renewing
         except BaseExceptionGroup as group:
             # The block's own exception, as the caller raised it (the renewing task raises nothing), not wrapped
@@ -96,7 +109,7 @@ class RedisCoordinator:
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self.leases.release(lease)
         if lost:
-            raise StoreError(f"lost the lock on {name!r} ({lost[0]}): the work under it was abandoned")
+            raise LockLost(f"lost the lock on {name!r} ({lost[0]}): the work under it was abandoned", fence)
 
     async def _keep(self, lease: Lease, block: trio.CancelScope, lost: list[str]) -> None:
         """Renew ``lease`` every third of its ttl; once it is lost, say why in ``lost`` and cancel ``block``."""

@@ -12,10 +12,19 @@ Layout, every key under ``<prefix>:`` (``snakeway`` by default; records in :mod:
     ledger:<directory URL>    string  rate-limit Ledger JSON
     state:<name>:corrupt, ledger:<URL>:corrupt   a damaged record, kept when its conservative one replaced it
 
-**Atomic bundles.** A save writes the certificate's hash and its index entry in one ``MULTI``/``EXEC``
-transaction, so a reader never sees a new certificate beside an old key or index entry; the same transaction
-increments the ``generation`` counter, which other processes poll to notice it. Every other record is one key,
-replaced whole.
+**Atomic bundles.** A save writes the certificate's hash and its index entry in one transaction, so a reader
+never sees a new certificate beside an old key or index entry; the same transaction increments the
+``generation`` counter, which other processes poll to notice it. Every other record is one key, replaced whole.
+
+**Fenced writes.** Every write (``save``, ``save_state``, ``save_order``, ``delete_order``, ``save_ledger``,
+``save_account``) made while the running task holds a lock presents that lock's fencing token
+(:func:`~snakeway.acme.coordination.current_fence`, set by
+:class:`~snakeway.acme.rediscoord.RedisCoordinator` for the lock's block): its transaction runs as the fenced
+Lua script of :mod:`snakeway.acme.redislease`, which applies it only if no newer lease on that name has been
+taken since. A refused write changes nothing, is logged ("rejected by the fencing check") and raises
+:class:`~snakeway.acme.store.FencedOut`: a process that paused past its lease cannot overwrite the work of the
+one that took over. Without a fence (start-up, the CLI, corrupt records replaced while loading) a transaction
+is a plain ``MULTI``/``EXEC``.
 
 **Private keys** are sealed with AES-256-GCM when ``encryption_key_file`` is set (see
 :class:`~snakeway.acme.redisrecords.Sealer`), so a copy of the database (an RDB file, a replica, ``MONITOR``)
@@ -54,11 +63,13 @@ from coredis.retry import NoRetryPolicy
 
 from snakeway.acme import crypto
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
+from snakeway.acme.coordination import current_fence
 from snakeway.acme.entries import CorruptEntry, field, parse_json
 from snakeway.acme.filerecords import encode_ledger
 from snakeway.acme.redisrecords import (
     RedisKeys,
     Sealer,
+    Write,
     account_meta,
     corrupt_copy,
     encode_meta,
@@ -72,7 +83,15 @@ from snakeway.acme.redisrecords import (
     redacted,
 )
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
-from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError, check_name
+from snakeway.acme.store import (
+    AccountRecord,
+    CertBundle,
+    FencedOut,
+    OrderRecord,
+    StoredMeta,
+    StoreError,
+    check_name,
+)
 from snakeway.clock import SystemClock
 
 if TYPE_CHECKING:
@@ -177,6 +196,25 @@ class RedisStore:
 
         return await self._run(action, run)
 
+    async def _write(self, action: str, writes: builtins.list[Write], subject: str = "the certificate") -> None:
+        """Apply ``writes`` together: fenced while the running task holds a lock, else as one transaction.
+
+        Raises:
+            FencedOut: The fence's lease has been taken over since: nothing was written (logged).
+            StoreError: Redis failed.
+        """
+        fence = current_fence()
+        if fence is None:
+            await self._pipeline(action, lambda pipeline: _queue(pipeline, writes))
+            return
+        from snakeway.acme.redislease import RedisLeases  # it builds on this module (run_commands)
+
+        leases = RedisLeases(self.url, key_prefix=self.keys.prefix)
+        if not await leases.fenced_write(fence, writes, action=action):
+            refused = FencedOut(action, fence.name, fence.token, subject)
+            logger.warning("a write to the certificate store was rejected by the fencing check: %s", refused)
+            raise refused
+
     # --- certificate bundles ---------------------------------------------------------------------
 
     async def load(self, name: str) -> CertBundle | None:
@@ -243,13 +281,11 @@ class RedisStore:
         meta = encode_meta(bundle, self._clock.now())
         sealed = self._sealer.seal(bundle.key_pem, where)
 
-        def queue(pipeline: Any) -> None:
-            pipeline.delete([where])
-            pipeline.hset(where, {"chain": bundle.cert_pem, "key": sealed})
-            pipeline.hset(self.keys.certs, {bundle.name: meta})
-            pipeline.incr(self.keys.generation)
-
-        await self._pipeline(f"save certificate {bundle.name!r}", queue)
+        await self._write(f"save certificate {bundle.name!r}", [
+            Write("hreplace", where, ("chain", bundle.cert_pem, "key", sealed)),
+            Write("hset", self.keys.certs, (bundle.name, meta)),
+            Write("incr", self.keys.generation),
+        ])
 
     async def delete(self, name: str) -> None:
         check_name(name)
@@ -338,7 +374,7 @@ class RedisStore:
 
     async def save_state(self, state: RenewalState) -> None:
         key = self.keys.state(check_name(state.name))
-        await self._run(f"save renewal state of {state.name!r}", lambda client: client.set(key, encode_state(state)))
+        await self._write(f"save renewal state of {state.name!r}", [Write("set", key, (encode_state(state),))])
 
     async def load_ledger(self, directory_url: str) -> Ledger | None:
         """The rate-limit ledger of ``directory_url``'s account; a corrupt one loads as :meth:`Ledger.conservative`."""
@@ -358,7 +394,8 @@ class RedisStore:
 
     async def save_ledger(self, directory_url: str, ledger: Ledger) -> None:
         key, value = self.keys.ledger(directory_url), encode_ledger(directory_url, ledger)
-        await self._run(f"save rate-limit ledger for {directory_url}", lambda client: client.set(key, value))
+        await self._write(f"save rate-limit ledger for {directory_url}", [Write("set", key, (value,))],
+                          "the rate-limit budget")
 
     # --- accounts and orders: JSON and a sealed key in one hash ----------------------------------
 
@@ -379,15 +416,11 @@ class RedisStore:
             logger.warning("ignoring unusable %s in Redis (%s): %s", what, key, exc)
             return None
 
-    async def _save_keyed(self, what: str, key: str, meta: dict[str, object], key_pem: bytes) -> None:
+    async def _save_keyed(self, what: str, key: str, meta: dict[str, object], key_pem: bytes,
+                          subject: str = "the certificate") -> None:
         crypto.load_private_key(key_pem)  # ValueError before anything is written
-        value = {"meta": json.dumps(meta, separators=(",", ":")).encode(), "key": self._sealer.seal(key_pem, key)}
-
-        def queue(pipeline: Any) -> None:
-            pipeline.delete([key])
-            pipeline.hset(key, value)
-
-        await self._pipeline(f"save {what}", queue)
+        value = ("meta", json.dumps(meta, separators=(",", ":")).encode(), "key", self._sealer.seal(key_pem, key))
+        await self._write(f"save {what}", [Write("hreplace", key, value)], subject)
 
     async def load_account(self, directory_url: str) -> AccountRecord | None:
         key = self.keys.account(directory_url)
@@ -397,7 +430,8 @@ class RedisStore:
 
     async def save_account(self, account: AccountRecord) -> None:
         key = self.keys.account(account.directory_url)
-        await self._save_keyed(f"ACME account for {account.directory_url}", key, account_meta(account), account.key_pem)
+        await self._save_keyed(f"ACME account for {account.directory_url}", key, account_meta(account), account.key_pem,
+                               "the account")
 
     async def load_order(self, name: str) -> OrderRecord | None:
         key = self.keys.order(check_name(name))
@@ -409,4 +443,17 @@ class RedisStore:
 
     async def delete_order(self, name: str) -> None:
         key = self.keys.order(check_name(name))
-        await self._run(f"delete order for {name!r}", lambda client: client.delete([key]))
+        await self._write(f"delete order for {name!r}", [Write("del", key)])
+
+
+def _queue(pipeline: Any, writes: Iterable[Write]) -> None:
+    """Queue ``writes`` on a ``MULTI``/``EXEC`` pipeline: what the fenced script does, without the fence."""
+    for write in writes:
+        if write.op in ("del", "hreplace"):
+            pipeline.delete([write.key])
+        if write.op == "set":
+            pipeline.set(write.key, write.args[0])
+        if write.op in ("hset", "hreplace") and write.args:
+            pipeline.hset(write.key, dict(zip(write.args[::2], write.args[1::2], strict=True)))
+        if write.op == "incr":
+            pipeline.incr(write.key)
