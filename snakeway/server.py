@@ -134,6 +134,10 @@ class Server:
         """
         self._reload_wanted.set()
 
+    async def wait_serving(self) -> None:
+        """Return once every listener is open (never, if start-up fails or is stopped)."""
+        await self._serving.wait()
+
     async def reload(self) -> bool:
         """Re-read the configuration and certificates; on any problem keep the running ones.
 
