@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from errno import EISDIR, ENOENT
 from pathlib import Path
 
 from snakeway import hostnames
@@ -171,13 +172,17 @@ def _claims(config: Config, names: dict[ListenerKey, list[str] | None]) -> list[
         covered = names.get((ingress.bind.interface, ingress.bind.port))
         if ingress.bind.tls is None or covered is None:
             continue
+        listener = f"{ingress.bind.url_host}:{ingress.bind.port}"
         for path, name in _claimed(ingress):
             if uncovered(covered, name):
-                listener = f"{ingress.bind.url_host}:{ingress.bind.port}"
+                consequence = (
+                    "handshakes without a name it knows would be refused" if path[-1] == "default"
+                    else "clients asking for it would refuse the certificate they get"
+                )
                 errors.append(Finding(
                     locate.ingress_entry(config, ingress, path),
-                    f"no certificate on {listener} covers {name!r} (it has {', '.join(covered) or 'none'}); "
-                    "clients asking for it would refuse the certificate they get",
+                    f"no certificate on {listener} covers {name!r} (they cover {', '.join(covered) or 'nothing'}); "
+                    + consequence,
                 ))
     return errors
 
@@ -209,12 +214,12 @@ def _paths(config: Config) -> list[Finding]:
     )
     if needs_state and (why := unwritable_dir(server.state_dir)):
         errors.append(Finding(locate.server_entry(config, "state_dir"), f"{server.state_dir}: {why}"))
+    # Said as start-up says it when it meets them (the error of the system call).
     if server.pid_file is not None and not server.pid_file.parent.is_dir():
-        errors.append(Finding(locate.server_entry(config, "pid_file"),
-                              f"{server.pid_file}: its directory does not exist"))
+        errors.append(Finding(locate.server_entry(config, "pid_file"), f"{server.pid_file}: {os.strerror(ENOENT)}"))
     log = server.access_log
     if isinstance(log, Path) and log.is_dir():
-        errors.append(Finding(locate.server_entry(config, "access_log"), f"{log}: is a directory"))
+        errors.append(Finding(locate.server_entry(config, "access_log"), f"{log}: {os.strerror(EISDIR)}"))
     return errors
 
 
