@@ -111,21 +111,20 @@ def _run_server(
     config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None, *, debug: bool = False
 ) -> int:
     progress = _Progress()
-    failed_at_start = None
-    if worker is not None:
-        handoff = worker.handoff
 
-        def failed_at_start(lines: list[str]) -> int:
-            if progress.serving:
-                return _print_lines("snakeway: ", lines)
-            handoff.failed([f"{CANNOT_START}{line}" for line in lines])  # the supervisor prints them, once
-            return START_FAILED
+    def report(lines: list[str]) -> int:
+        if progress.serving:  # it started, then failed
+            return _print_lines("snakeway: ", lines)
+        if worker is None:
+            return _print_lines(CANNOT_START, lines)
+        try:
+            worker.handoff.failed([f"{CANNOT_START}{line}" for line in lines])  # the supervisor prints them, once
+        except OSError:
+            _print_lines(CANNOT_START, lines)
+        return START_FAILED
 
     return _reporting_errors(
-        lambda: trio.run(partial(serve, config, loader, worker, progress)) or 0,
-        config,
-        debug=debug,
-        report=failed_at_start,
+        lambda: trio.run(partial(serve, config, loader, worker, progress)) or 0, config, debug=debug, report=report
     )
 
 

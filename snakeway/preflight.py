@@ -206,13 +206,7 @@ def _paths(config: Config) -> list[Finding]:
     """The directories and files start-up writes: the state directory, the pid file, the access log."""
     server = config.server
     errors = []
-    automation = server.tls_automation
-    needs_state = (
-        server.workers > 1
-        or any(i.bind.tls is not None and i.bind.tls.mode is TlsMode.INTERNAL for i in config.ingresses)
-        or (automation is not None and automation.cert_store.type is StoreType.FILESYSTEM)
-    )
-    if needs_state and (why := unwritable_dir(server.state_dir)):
+    if why := state_dir_problem(config):
         errors.append(Finding(locate.server_entry(config, "state_dir"), f"{server.state_dir}: {why}"))
     # Said as start-up says it when it meets them (the error of the system call).
     if server.pid_file is not None and not server.pid_file.parent.is_dir():
@@ -221,6 +215,19 @@ def _paths(config: Config) -> list[Finding]:
     if isinstance(log, Path) and log.is_dir():
         errors.append(Finding(locate.server_entry(config, "access_log"), f"{log}: {os.strerror(EISDIR)}"))
     return errors
+
+
+def state_dir_problem(config: Config) -> str | None:
+    """Why ``state_dir`` cannot be used, if something needs it: internal certificates, a filesystem certificate
+    store, several workers (their private directory); None if it can be, or nothing needs it."""
+    server = config.server
+    automation = server.tls_automation
+    needed = (
+        server.workers > 1
+        or any(i.bind.tls is not None and i.bind.tls.mode is TlsMode.INTERNAL for i in config.ingresses)
+        or (automation is not None and automation.cert_store.type is StoreType.FILESYSTEM)
+    )
+    return unwritable_dir(server.state_dir) if needed else None
 
 
 def unwritable_dir(path: Path) -> str | None:

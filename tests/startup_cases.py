@@ -133,6 +133,16 @@ def _state_dir_not_a_directory(d: Path, f: Files, workers: int) -> tuple[Path, s
     return config, f"{config}:{line_of(config, 'state_dir =')}: server.state_dir: {f.plain}: not a directory"
 
 
+def _acme_state_dir_under_a_file(d: Path, f: Files, workers: int) -> tuple[Path, str]:
+    acme = 'tls_automation = { acme = { directory_url = "https://127.0.0.1:9/dir" } }'
+    tls = 'tls = { mode = "acme", domains = ["a.test"], challenge = "tls-alpn-01" }'
+    config = write_config(d, workers=workers, tls=tls, server=acme)
+    state = f.plain / "state"
+    config.write_text(config.read_text().replace(str(d / "state"), str(state)))
+    where = f"{config}:{line_of(config, 'state_dir =')}: server.state_dir"
+    return config, f"{where}: {state}: {f.plain} is not a directory"
+
+
 def _pid_file_without_directory(d: Path, f: Files, workers: int) -> tuple[Path, str]:
     pid_file = d / "run" / "snakeway.pid"
     config = write_config(d, workers=workers, server=f'pid_file = "{pid_file}"')
@@ -151,6 +161,7 @@ CASES = [
     Case("key_not_pem_included", _key_not_pem_included),
     Case("missing_cert", _missing_cert),
     Case("state_dir_not_a_directory", _state_dir_not_a_directory),
+    Case("acme_state_dir_under_a_file", _acme_state_dir_under_a_file),
     Case("pid_file_without_directory", _pid_file_without_directory),
     Case("access_log_is_a_directory", _access_log_is_a_directory),
 ]

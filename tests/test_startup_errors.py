@@ -29,7 +29,7 @@ WORKERS = (1, 2)
 def serve(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "snakeway", "serve", *extra, "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
     )
 
 
