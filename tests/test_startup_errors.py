@@ -83,9 +83,7 @@ async def test_a_new_worker_that_cannot_start_stops_snakeway_instead_of_being_re
     files = make_files(tmp_path)
     tls = f'tls = {{ mode = "manual", cert = "{files.cert}", key = "{files.key}" }}'
     config = write_config(tmp_path, workers=2, tls=tls)
-    async with snakeway(config, ready=None) as proc:
-        while proc.log.count(b"listening on") < 2:
-            await proc.read_more()
+    async with snakeway(config, ready=b"2 workers serving") as proc:
         pid = int(proc.log.split(b"listening on")[0].rsplit(b"[", 1)[1].split(b"]")[0])
         files.key.write_bytes(files.other_key.read_bytes())  # the next worker reads a key that does not match
         os.kill(pid, signal.SIGKILL)
@@ -97,6 +95,7 @@ async def test_a_new_worker_that_cannot_start_stops_snakeway_instead_of_being_re
     assert log.count(PREFIX) == 1
     assert f"{PREFIX}{where}: {files.cert}: the private key does not match the certificate\n" in log
     assert log.count("starting a new one") == 1  # after the SIGKILL; the worker that could not start is not
+    assert log.count("SIGTERM: shutting down") == 1  # the other worker was serving: it stopped gracefully
     assert "Traceback" not in log
 
 
