@@ -21,7 +21,7 @@ spreads new connections across them. The parent
 * restarts a worker that dies: at once if it ran for a while, else after a
   back-off that doubles with each death at start in a row (0.5 s, 1 s, 2 s...,
   at most 10 s), whatever killed it. If it keeps *failing* right after start
-  (a broken configuration or a port in use), it gives up and exits 1. A
+  for another reason (a crash), it gives up and exits 1. A
   worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
   ``kill``, the OOM killer) did not fail by itself and never counts towards
   giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does (see
@@ -235,6 +235,7 @@ class Supervisor:
     def _exited(self, number: int, slot: _Slot, code: int) -> None:
         pid, slot.pid = slot.pid, None
         self.ws_counts.give_back(number)
+        why: list[str] = []
         if pid is not None:
             why = self.handoff.failure(pid) if code == START_FAILED else []
             self.handoff.forget(pid)

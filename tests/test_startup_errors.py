@@ -16,6 +16,7 @@ import trio
 
 from snakeway import fatal
 from snakeway.binder import ListenError
+from snakeway.config import locate
 from snakeway.config.load import load_config
 from snakeway.listeners import listener_specs
 from snakeway.tls.certinfo import CertificateError
@@ -121,3 +122,17 @@ def test_errors_of_several_tasks_are_one_line_per_mistake(tmp_path: Path) -> Non
 def test_a_bug_is_not_a_mistake_and_keeps_its_traceback() -> None:
     assert fatal.mistakes(ExceptionGroup("tasks", [OSError(2, "gone"), KeyError("x")]), None) is None
     assert fatal.mistakes(OSError(2, "No such file or directory", "/x"), None) == ["/x: No such file or directory"]
+
+
+def test_the_entry_of_a_file_in_a_list_of_certificates_and_of_a_default(tmp_path: Path) -> None:
+    files = make_files(tmp_path)
+    tls = (f'tls = {{ mode = "manual", certs = [{{ cert = "{files.cert}", key = "{files.key}" }},\n'
+           f'      {{ cert = "{files.cert}", key = "{files.other_key}" }}] }}')
+    config_path = write_config(tmp_path, workers=1, tls=tls)
+    config = load_config(config_path)
+    assert locate.file_entry(config, files.other_key) == (
+        f"{config_path}:{line_of(config_path, str(files.other_key))}: ingress.web.bind.tls.certs[1].key"
+    )
+    assert locate.file_entry(config, tmp_path / "elsewhere.pem") is None
+    assert locate.server_entry(config, "pid_file") is None  # not written: the default is at fault, not an entry
+    assert locate.server_entry(config, "workers") == f"{config_path}:{line_of(config_path, 'workers ')}: server.workers"
