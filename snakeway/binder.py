@@ -13,10 +13,11 @@ from collections.abc import Iterable
 
 import trio
 
+from snakeway.errors import SnakewayError
 from snakeway.listeners import ListenerSpec
 
 
-class ListenError(OSError):
+class ListenError(SnakewayError, OSError):
     """A listener's port cannot be bound: ``key`` and ``url`` say which listener, ``reason`` why."""
 
     def __init__(self, errno: int | None, spec: ListenerSpec, reason: str) -> None:
