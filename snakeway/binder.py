@@ -13,14 +13,25 @@ from collections.abc import Iterable
 
 import trio
 
+from snakeway.errors import SnakewayError
 from snakeway.listeners import ListenerSpec
+
+
+class ListenError(SnakewayError, OSError):
+    """A listener's port cannot be bound: ``key`` and ``url`` say which listener, ``reason`` why."""
+
+    def __init__(self, errno: int | None, spec: ListenerSpec, reason: str) -> None:
+        super().__init__(errno, f"cannot listen on {spec.url()}: {reason}")
+        self.key = spec.key
+        self.url = spec.url()
+        self.reason = reason
 
 
 async def bind(spec: ListenerSpec, *, reuse_port: bool) -> list[socket.socket]:
     """Listening sockets for ``spec``: one per address of its interface, or one shared port (``reuse_port``).
 
     Raises:
-      OSError: the port cannot be bound; the message names the listener.
+      ListenError: the port cannot be bound; the message names the listener.
     """
     try:
         if reuse_port:
@@ -28,7 +39,7 @@ async def bind(spec: ListenerSpec, *, reuse_port: bool) -> list[socket.socket]:
         listeners = await trio.open_tcp_listeners(spec.port, host=spec.interface)
         return [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {spec.url()}: {exc.strerror or exc}") from exc
+        raise ListenError(exc.errno, spec, exc.strerror or str(exc)) from exc
 
 
 def close_all(bound: Iterable[list[socket.socket]]) -> None:

@@ -7,7 +7,9 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from functools import partial
 from pathlib import Path
@@ -15,12 +17,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from snakeway import __version__
+from snakeway import __version__, fatal
 from snakeway.config.load import load_config
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
+from snakeway.fatal import CANNOT_START
+from snakeway.handoff import START_FAILED
 
 if TYPE_CHECKING:
+    from snakeway.server import Server
     from snakeway.supervisor import WorkerEnv
 
 DEFAULT_CONFIG = "snakeway.hcl"
@@ -46,19 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
         )
+        if name == "serve":
+            cmd.add_argument(
+                "--debug", action="store_true", help="print the traceback of an error that stops start-up too"
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = config_path(args.config)
+    prefix = CANNOT_START if args.command == "serve" else ""
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        for problem in exc.problems:
+            print(f"{prefix}{problem}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{prefix}{path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if args.command == "check":
         return check(config, path)
@@ -83,51 +94,85 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module("snakeway.acme.backend")
 
         def run_worker(worker_config: Config, env: WorkerEnv) -> int:
-            return _run_server(worker_config, partial(load_config, path), env)
+            return _run_server(worker_config, partial(load_config, path), env, debug=args.debug)
 
-        return _reporting_errors(lambda: Supervisor(config, run_worker).run())
-    return _run_server(config, partial(load_config, path))
-
-
-def _run_server(config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None) -> int:
-    return _reporting_errors(lambda: trio.run(partial(serve, config, loader, worker)) or 0)
+        return _reporting_errors(lambda: Supervisor(config, run_worker).run(), config, debug=args.debug)
+    return _run_server(config, partial(load_config, path), debug=args.debug)
 
 
-def _reporting_errors(run: Callable[[], int]) -> int:
+@dataclass
+class _Progress:
+    """Whether the server got as far as serving: an error before then is one that stopped start-up."""
+
+    serving: bool = False
+
+
+def _run_server(
+    config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None, *, debug: bool = False
+) -> int:
+    progress = _Progress()
+
+    def report(lines: list[str]) -> int:
+        if progress.serving:  # it started, then failed
+            return _print_lines("snakeway: ", lines)
+        if worker is None:
+            return _print_lines(CANNOT_START, lines)
+        try:
+            worker.handoff.failed([f"{CANNOT_START}{line}" for line in lines])  # the supervisor prints them, once
+        except OSError:
+            _print_lines(CANNOT_START, lines)
+        return START_FAILED
+
+    return _reporting_errors(
+        lambda: trio.run(partial(serve, config, loader, worker, progress)) or 0, config, debug=debug, report=report
+    )
+
+
+def _reporting_errors(
+    run: Callable[[], int],
+    config: Config,
+    *,
+    debug: bool = False,
+    report: Callable[[list[str]], int] | None = None,
+) -> int:
+    """``run()``; a mistake it raises (see :mod:`snakeway.fatal`) is told in one line each and gives 1.
+
+    ``report`` tells the lines instead (a worker hands them to its supervisor) and gives the exit status.
+    A bug keeps its traceback; with ``debug`` a mistake has one too, before its line.
+    """
     try:
         return run()
-    except (SnakewayError, OSError) as exc:
-        _report_error(exc)
-        return 1
-    except BaseExceptionGroup as group:  # the same errors, raised in a task (the certificate store's, at start)
-        reported, rest = group.split((SnakewayError, OSError))
-        if reported is None or rest is not None:
+    except BaseException as exc:
+        lines = fatal.mistakes(exc, config)
+        if lines is None:
             raise
-        for error in _leaves(reported):
-            _report_error(error)
-        return 1
+        if debug:
+            traceback.print_exception(exc)
+        if report is not None:
+            return report(lines)
+        return _print_lines(CANNOT_START, lines)
 
 
-def _report_error(exc: BaseException) -> None:
-    if isinstance(exc, SnakewayError):
-        print(f"snakeway: {exc}", file=sys.stderr)
-    else:
-        print(f"snakeway: cannot start: {exc}", file=sys.stderr)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
+def _print_lines(prefix: str, lines: list[str]) -> int:
+    for line in lines:
+        print(f"{prefix}{line}", file=sys.stderr)
+    return 1
 
 
 def check(config: Config, path: Path) -> int:
-    """The configuration loaded: say so, with a warning line for each setting the stored certificates change."""
+    """The configuration loaded: check what start-up would read (see :mod:`snakeway.preflight`), then say
+    whether it is valid, with a warning line for each port in use and each setting the stored certificates
+    change. Exit status 1 if there is an error."""
     from datetime import datetime
 
     from snakeway import check as checks
+    from snakeway import preflight
 
+    found = preflight.findings(config, datetime.now(UTC))
+    for finding in found:
+        print(finding if finding.where else f"{path}: {finding}", file=sys.stderr)
+    if any(not finding.warning for finding in found):
+        return 1
     for line in checks.config_warnings(config):
         print(line, file=sys.stderr)
     try:
@@ -176,7 +221,9 @@ def trust(config: Config) -> int:
     return 0
 
 
-async def serve(config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None) -> None:
+async def serve(
+    config: Config, loader: Callable[[], Config], worker: WorkerEnv | None = None, progress: _Progress | None = None
+) -> None:
     from snakeway.server import Server
 
     if worker is None:
@@ -187,5 +234,18 @@ async def serve(config: Config, loader: Callable[[], Config], worker: WorkerEnv 
         await nursery.start(server.serve_signals)
         if worker is not None:
             nursery.start_soon(_exit_with_parent, server.shutdown)
+        nursery.start_soon(_note_serving, server, worker, progress)
         await server.serve()
         nursery.cancel_scope.cancel()
+
+
+async def _note_serving(server: Server, worker: WorkerEnv | None, progress: _Progress | None) -> None:
+    """Once ``server`` serves: note it in ``progress``, and tell the supervisor (see :mod:`snakeway.handoff`)."""
+    await server.wait_serving()
+    if progress is not None:
+        progress.serving = True
+    if worker is not None:
+        try:
+            await trio.to_thread.run_sync(worker.handoff.started)
+        except OSError as exc:
+            logging.getLogger("snakeway").warning("cannot tell the supervisor this worker started: %s", exc)

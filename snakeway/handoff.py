@@ -15,6 +15,12 @@ file appears whole or not at all (written aside, then renamed). A reload
 that failed publishes nothing, so a configuration that a worker rejected
 (a syntax error, an unreadable certificate, a port in use) never becomes
 what new workers start with.
+
+The same directory carries how each worker's start-up ended, so that a
+mistake that stops every worker is told once, by the supervisor: a worker
+that is serving leaves ``started-<pid>``; one that could not start leaves
+``failed-<pid>`` holding the lines that say why (see :mod:`snakeway.fatal`)
+and exits with :data:`START_FAILED`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from snakeway.config.model import Config
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"config-(\d+)-(\d+)\.pickle")
+# A worker's exit status when it could not start and said why in its ``failed-<pid>`` file (EX_CONFIG).
+START_FAILED = 78
 
 
 def stamp() -> int:
@@ -84,6 +92,41 @@ class ConfigHandoff:
         for old in found[:-1]:
             old.path.unlink(missing_ok=True)
         return found[-1]
+
+    def started(self) -> None:
+        """In a worker: it is serving (every listener is open).
+
+        Raises:
+          OSError: the file cannot be written.
+        """
+        (self.directory / f"started-{os.getpid()}").touch()
+
+    def failed(self, lines: list[str]) -> None:
+        """In a worker: it could not start, for the reasons in ``lines``; it exits with :data:`START_FAILED` next.
+
+        Raises:
+          OSError: the file cannot be written.
+        """
+        name = f"failed-{os.getpid()}"
+        aside = self.directory / f".{name}.part"
+        aside.write_text("".join(f"{line}\n" for line in lines))
+        os.replace(aside, self.directory / name)
+
+    def has_started(self, pid: int) -> bool:
+        """In the supervisor: whether worker ``pid`` said it is serving."""
+        return (self.directory / f"started-{pid}").exists()
+
+    def failure(self, pid: int) -> list[str]:
+        """In the supervisor: why worker ``pid`` could not start; empty if it did not say."""
+        try:
+            return (self.directory / f"failed-{pid}").read_text().splitlines()
+        except OSError:
+            return []
+
+    def forget(self, pid: int) -> None:
+        """In the supervisor: worker ``pid`` is gone; remove what it left about its start."""
+        for name in (f"started-{pid}", f"failed-{pid}"):
+            (self.directory / name).unlink(missing_ok=True)
 
     @staticmethod
     def load(published: Published) -> Config | None:

@@ -14,8 +14,10 @@ how it ended, and keeps the :class:`Streak` this returns in the worker's slot.
   starts at once.
 * **Giving up.** A worker that *failed* (it exited, or crashed on a signal such
   as SIGSEGV or SIGABRT) soon after start :data:`QUICK_EXITS_TO_GIVE_UP` times in
-  a row means the configuration cannot run (a port in use, a certificate that
-  cannot be read): the supervisor stops. A worker killed by SIGKILL, SIGTERM,
+  a row means it cannot run (a crash at every start): the supervisor stops. (A
+  worker that could not start because of a mistake, a port in use or a
+  certificate that cannot be read, stops the supervisor at once without
+  coming here: see :mod:`snakeway.supervisor`.) A worker killed by SIGKILL, SIGTERM,
   SIGINT or SIGHUP (an operator's ``kill``, the OOM killer) did not fail by
   itself: it is backed off like any other quick death but never counts towards
   giving up (nor breaks a run of failures).

@@ -20,6 +20,7 @@ during start-up stops start-up where it is.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ from snakeway.connection import handle
 from snakeway.errors import ConfigError, SnakewayError
 from snakeway.handoff import ConfigHandoff, stamp
 from snakeway.listeners import ListenerKey, ListenerSpec, Role
+from snakeway.preflight import state_dir_problem
 from snakeway.proxy.balance import Health
 from snakeway.proxy.listener import Drain, ListenerContext
 from snakeway.proxy.pool import UpstreamPool
@@ -134,6 +136,10 @@ class Server:
         """
         self._reload_wanted.set()
 
+    async def wait_serving(self) -> None:
+        """Return once every listener is open (never, if start-up fails or is stopped)."""
+        await self._serving.wait()
+
     async def reload(self) -> bool:
         """Re-read the configuration and certificates; on any problem keep the running ones.
 
@@ -188,11 +194,14 @@ class Server:
 
         Raises:
           SnakewayError: a certificate cannot be loaded or issued.
-          OSError: a listener cannot be opened.
+          OSError: a listener cannot be opened; ``state_dir`` cannot be used (and something needs it).
         """
         pid_file = None
         try:
             with self._starting:
+                state_dir = self.runtime.config.server.state_dir
+                if why := state_dir_problem(self.runtime.config):  # say so now, not when a certificate needs it
+                    raise OSError(errno.EINVAL, why, str(state_dir))
                 self.builder.commit(await self.builder.prepare(self.runtime, []))
                 server = self.runtime.config.server
                 if not self.worker and server.pid_file is not None:

@@ -12,10 +12,16 @@ spreads new connections across them. The parent
   (graceful shutdown), then waits for them and exits 0; a worker that is
   still running ``drain_seconds`` + 5 s later is killed; a SIGHUP during
   the shutdown is not forwarded (workers ignore one too);
+* stops, and exits 1, when a worker could not start because of a mistake (a
+  port in use, a certificate that does not match its key): the worker says
+  why through the private directory below instead of printing it, and the
+  parent prints that once, however many workers met the same mistake, and
+  restarts none (see :mod:`snakeway.handoff`). The workers still starting
+  then are killed, those already serving stop gracefully;
 * restarts a worker that dies: at once if it ran for a while, else after a
   back-off that doubles with each death at start in a row (0.5 s, 1 s, 2 s...,
   at most 10 s), whatever killed it. If it keeps *failing* right after start
-  (a broken configuration or a port in use), it gives up and exits 1. A
+  for another reason (a crash), it gives up and exits 1. A
   worker killed by SIGKILL, SIGTERM, SIGINT or SIGHUP (an operator's
   ``kill``, the OOM killer) did not fail by itself and never counts towards
   giving up; one that crashed on a signal (SIGSEGV, SIGABRT...) does (see
@@ -64,7 +70,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
-from snakeway.handoff import ConfigHandoff
+from snakeway.handoff import START_FAILED, ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
 from snakeway.restarts import Streak, after_death, killed
 from snakeway.rundir import RunDirectory
@@ -108,6 +114,7 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(config.server.workers)]
         self.stopping = False
         self.failed = False
+        self.announced = False  # "N workers serving" was logged
         self.kill_at: float | None = None
         self.sighup_at = 0  # time.monotonic_ns() of the last SIGHUP forwarded
         self.private = RunDirectory.create(config.server.state_dir)
@@ -119,7 +126,7 @@ class Supervisor:
             raise
 
     def run(self) -> int:
-        """Run the workers until shutdown; 0, or 1 if they kept failing at start."""
+        """Run the workers until shutdown; 0, or 1 if one could not start or they kept failing at start."""
         try:
             return self._run()
         finally:  # only in the supervisor: a worker leaves through os._exit
@@ -140,7 +147,6 @@ class Supervisor:
         # worker when a collection touches it (the advice of the gc module's documentation).
         gc.freeze()
         try:
-            logger.info("starting %d workers", len(self.slots))
             for number in range(len(self.slots)):
                 self._fork(number, previous_mask)
             while self._running():
@@ -176,6 +182,7 @@ class Supervisor:
         self._reap()
         if not self.stopping:
             self._adopt_newest()
+            self._announce()
         now = time.monotonic()
         if self.kill_at is not None and now >= self.kill_at:
             for slot in self.slots:
@@ -207,6 +214,12 @@ class Supervisor:
                 slot.config_stamp = self.config_stamp
                 _kill(slot.pid, signal.SIGHUP)
 
+    def _announce(self) -> None:
+        """Once, when every worker of the first start is serving: say so."""
+        if not self.announced and all(s.pid is not None and self.handoff.has_started(s.pid) for s in self.slots):
+            self.announced = True
+            logger.info("%d workers serving", len(self.slots))
+
     def _reap(self) -> None:
         while True:
             try:
@@ -220,9 +233,16 @@ class Supervisor:
                     self._exited(number, slot, os.waitstatus_to_exitcode(status))
 
     def _exited(self, number: int, slot: _Slot, code: int) -> None:
-        slot.pid = None
+        pid, slot.pid = slot.pid, None
         self.ws_counts.give_back(number)
+        why: list[str] = []
+        if pid is not None:
+            why = self.handoff.failure(pid) if code == START_FAILED else []
+            self.handoff.forget(pid)
         if self.stopping:
+            return
+        if code == START_FAILED:
+            self._failed_at_start(number, why)
             return
         now = time.monotonic()
         slot.streak, delay = after_death(slot.streak, lived=now - slot.started, code=code)
@@ -235,6 +255,17 @@ class Supervisor:
         when = f" in {delay:g} s" if delay else ""
         logger.warning("worker %d %s; starting a new one%s", number, how, when)
         slot.restart_at = now + delay
+
+    def _failed_at_start(self, number: int, why: list[str]) -> None:
+        """A worker could not start: print why, once, and stop snakeway (restarting it would fail again)."""
+        for line in why or [f"snakeway: cannot start: worker {number} could not start"]:
+            print(line, file=sys.stderr)
+        sys.stderr.flush()
+        self.failed = True
+        for slot in self.slots:  # nothing to drain in a worker that is not serving yet, and nothing to say
+            if slot.pid is not None and not self.handoff.has_started(slot.pid):
+                _kill(slot.pid, signal.SIGKILL)
+        self._stop_all()
 
     def _signal_all(self, signum: signal.Signals) -> None:
         for slot in self.slots:

@@ -41,7 +41,23 @@ class CertificateError(SnakewayError):
     """A certificate or key cannot be served; the message names the source and says why.
 
     Not to be confused with :class:`ssl.CertificateError` (a verification failure on the client side).
+
+    Attributes:
+        source: The file (or other source) at fault, when the error was made by :meth:`about`; else None.
+        reason: What is wrong with it (the whole message when ``source`` is None).
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.source: str | None = None
+        self.reason = message
+
+    @classmethod
+    def about(cls, source: str, reason: str) -> CertificateError:
+        """``source: reason``, with both kept apart for a caller that places the source itself."""
+        error = cls(f"{source}: {reason}")
+        error.source, error.reason = source, reason
+        return error
 
 
 @final
@@ -67,7 +83,9 @@ class CertInfo:
     fingerprint: str
 
 
-def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str = "certificate") -> CertInfo:
+def validate_pair(
+    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str = "certificate", key_source: str | None = None
+) -> CertInfo:
     """Check that a PEM chain (leaf first) and an unencrypted PEM private key can be served together.
 
     Args:
@@ -75,6 +93,7 @@ def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
         key_pem: The leaf's private key.
         now: The current wall-clock time, timezone-aware.
         source: How to name the pair in error messages, e.g. the certificate's file name.
+        key_source: How to name the key when it cannot be read (its file name); ``source`` if None.
 
     Returns:
         The leaf's :class:`CertInfo`.
@@ -86,17 +105,19 @@ def validate_pair(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str
     """
     if now.tzinfo is None:
         raise ValueError("validate_pair needs a timezone-aware 'now'")
-    info = parse_pair(cert_pem, key_pem, source=source)
+    info = parse_pair(cert_pem, key_pem, source=source, key_source=key_source)
     if info.not_after <= now:
-        raise CertificateError(f"{source}: the certificate expired on {info.not_after:%Y-%m-%d %H:%M:%S} UTC")
+        raise CertificateError.about(source, f"the certificate expired on {info.not_after:%Y-%m-%d %H:%M:%S} UTC")
     if not info.names:
-        raise CertificateError(
-            f"{source}: the certificate names no host (no subjectAltName DNS or IP entry); clients would reject it"
+        raise CertificateError.about(
+            source, "the certificate names no host (no subjectAltName DNS or IP entry); clients would reject it"
         )
     return info
 
 
-def parse_pair(cert_pem: bytes, key_pem: bytes, *, source: str = "certificate") -> CertInfo:
+def parse_pair(
+    cert_pem: bytes, key_pem: bytes, *, source: str = "certificate", key_source: str | None = None
+) -> CertInfo:
     """Parse a PEM chain (leaf first) and check that the unencrypted PEM private key belongs to the leaf.
 
     Unlike :func:`validate_pair` this does not look at the dates or the names: a stored certificate that has
@@ -106,6 +127,7 @@ def parse_pair(cert_pem: bytes, key_pem: bytes, *, source: str = "certificate") 
         cert_pem: The certificate chain, leaf first, then intermediates.
         key_pem: The leaf's private key.
         source: How to name the pair in error messages.
+        key_source: How to name the key when it cannot be read; ``source`` if None.
 
     Returns:
         The leaf's :class:`CertInfo`.
@@ -115,12 +137,12 @@ def parse_pair(cert_pem: bytes, key_pem: bytes, *, source: str = "certificate") 
     """
     chain = load_chain(cert_pem, source)
     leaf = chain[0]
-    key_spki = _public_key_der(_load_key(key_pem, source))
+    key_spki = _public_key_der(_load_key(key_pem, key_source or source))
     if _spki(leaf) != key_spki:
         hint = ""
         if any(_spki(other) == key_spki for other in chain[1:]):
             hint = " (the key matches a later certificate: put the leaf certificate first)"
-        raise CertificateError(f"{source}: the private key does not match the certificate{hint}")
+        raise CertificateError.about(source, f"the private key does not match the certificate{hint}")
     return cert_info(leaf)
 
 
@@ -174,9 +196,9 @@ def load_chain(cert_pem: bytes, source: str = "certificate") -> list[x509.Certif
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:  # also raised for "no PEM certificate found"
-        raise CertificateError(f"{source}: cannot read the certificate chain ({exc})") from exc
+        raise CertificateError.about(source, f"cannot read the certificate chain ({_pem_reason(exc)})") from exc
     if not chain:
-        raise CertificateError(f"{source}: no PEM certificate found")
+        raise CertificateError.about(source, "no PEM certificate found")
     return chain
 
 
@@ -184,9 +206,17 @@ def _load_key(key_pem: bytes, source: str) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(key_pem, password=None)
     except TypeError as exc:  # encrypted key, no password
-        raise CertificateError(f"{source}: the private key is encrypted; snakeway needs an unencrypted key") from exc
+        raise CertificateError.about(source, "the private key is encrypted; snakeway needs an unencrypted key") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"{source}: cannot read the private key ({exc})") from exc
+        raise CertificateError.about(source, f"cannot read the private key ({_pem_reason(exc)})") from exc
+
+
+def _pem_reason(exc: Exception) -> str:
+    """Why cryptography could not read a PEM file, without the advice and link it adds to the message."""
+    text = str(exc)
+    if text.startswith("Unable to load PEM file"):
+        return f"not PEM: {text.rsplit('. ', 1)[-1]}"
+    return text
 
 
 def _public_key_der(key: PrivateKeyTypes) -> bytes:

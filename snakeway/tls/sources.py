@@ -53,13 +53,21 @@ class Offload(Protocol):
     def __call__(self, fn: Callable[[*Ts], T], /, *args: *Ts) -> Awaitable[T]: ...
 
 
-def _entry_from_pem(cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str) -> tuple[CertEntry, CertInfo]:
-    info = validate_pair(cert_pem, key_pem, now=now, source=source)
+def _entry_from_pem(
+    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str, key_source: str | None = None
+) -> tuple[CertEntry, CertInfo]:
+    info = validate_pair(cert_pem, key_pem, now=now, source=source, key_source=key_source)
     return CertEntry(info.names, context_from_pem(cert_pem, key_pem)), info
 
 
 async def entry_from_pem(
-    cert_pem: bytes, key_pem: bytes, *, now: datetime, source: str, offload: Offload | None = None
+    cert_pem: bytes,
+    key_pem: bytes,
+    *,
+    now: datetime,
+    source: str,
+    key_source: str | None = None,
+    offload: Offload | None = None,
 ) -> tuple[CertEntry, CertInfo]:
     """Validate a pair and build its context in a worker thread.
 
@@ -72,7 +80,7 @@ async def entry_from_pem(
       CertificateError: the pair cannot be served (see ``validate_pair``).
     """
     return await (offload or trio.to_thread.run_sync)(
-        lambda: _entry_from_pem(cert_pem, key_pem, now=now, source=source)
+        lambda: _entry_from_pem(cert_pem, key_pem, now=now, source=source, key_source=key_source)
     )
 
 
@@ -108,7 +116,9 @@ async def load_manual(tls_blocks: list[Tls], *, now: datetime) -> dict[str, Cert
             continue
         for files, cert_id in zip(tls.certs, cert_ids(tls), strict=True):
             cert_pem, key_pem = await trio.to_thread.run_sync(_read_pair, files.cert, files.key)
-            entries[cert_id], _ = await entry_from_pem(cert_pem, key_pem, now=now, source=str(files.cert))
+            entries[cert_id], _ = await entry_from_pem(
+                cert_pem, key_pem, now=now, source=str(files.cert), key_source=str(files.key)
+            )
     return entries
 
 

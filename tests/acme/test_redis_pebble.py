@@ -93,7 +93,7 @@ async def test_serve_obtains_into_redis_and_a_restart_loads_it(
                 await proc.drain_log()
                 assert await proc.process.wait() == 1
         assert proc.log.decode().splitlines()[-1] == (
-            f"snakeway: cannot decrypt edge:cert:{NAMES[0]} with {key_file}: wrong encryption_key_file, "
+            f"snakeway: cannot start: cannot decrypt edge:cert:{NAMES[0]} with {key_file}: wrong encryption_key_file, "
             "or a value moved there from another key"
         )
         assert b"Traceback" not in proc.log and b"ordering from" not in proc.log
@@ -114,5 +114,5 @@ async def test_serve_says_when_redis_is_down(tmp_path: Path, redis_server: Redis
             await proc.drain_log()
             assert await proc.process.wait() == 1
     last = proc.log.decode().splitlines()[-1]
-    assert last.startswith(f"snakeway: cannot index certificates: Redis at redis://127.0.0.1:{port}/0: "), last
+    assert last.startswith(f"snakeway: cannot start: cannot index certificates: Redis at redis://127.0.0.1:{port}/0: "), last
     assert b"Traceback" not in proc.log and b"s3cret" not in proc.log

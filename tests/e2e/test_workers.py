@@ -166,20 +166,6 @@ async def closed(port: int) -> bool:
     return False
 
 
-async def test_a_port_in_use_stops_snakeway_with_exit_code_1(nursery: trio.Nursery, tmp_path: Path) -> None:
-    upstream, _ = await start_upstream(nursery)
-    config = tmp_path / "snakeway.hcl"
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        plain_config(config, taken.getsockname()[1], upstream)
-        async with snakeway(config, ready=None) as proc:
-            await proc.wait_for(b"keeps exiting at start", timeout=30)
-            with trio.fail_after(10):
-                assert await proc.process.wait() == 1
-    assert b"Address already in use" in proc.log
-
-
 def resuming_requests(port: int, context: ssl.SSLContext, count: int) -> list[bool]:
     """``count`` HTTPS requests on new connections, each offering the previous one's session; whether each resumed."""
     session, resumed = None, []
