@@ -134,8 +134,8 @@ class CachedStore:
         kept = await self._from_copy(self.copy.index) or {}
         serving = sum(1 for meta in kept.values() if meta.not_after > now)
         logger.warning(
-            "Redis at %s unreachable (%s): serving %d certificates from the local copy in %s",
-            redacted(self.redis.url), cause, serving, self.copy_dir,
+            "Redis at %s unreachable (%s): serving %d %s from the local copy in %s", redacted(self.redis.url),
+            cause, serving, "certificate" if serving == 1 else "certificates", self.copy_dir,
         )
 
     # --- the copy --------------------------------------------------------------------------------------------

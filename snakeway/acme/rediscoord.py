@@ -158,8 +158,9 @@ class RedisCoordinator:
             was, self._push_lost = self._push_lost, True
             if was is not True:
                 logger.warning(
-                    "lost the push of new certificates from Redis at %s (%s): subscribing again, and looking "
-                    "for them every %.0f s meanwhile", redacted(self.url), reason, self.poll_seconds,
+                    "%s the push of new certificates from Redis at %s (%s): subscribing again, and looking "
+                    "for them every %.0f s meanwhile", "lost" if was is None else "cannot subscribe to",
+                    redacted(self.url), reason, self.poll_seconds,
                 )
             if was is None:  # it was subscribed: try again soon
                 delay = PUSH_RECONNECT_FIRST

@@ -114,7 +114,7 @@ async def test_with_redis_away_reads_come_from_the_copy_and_each_change_is_logge
     assert await store.load(NAME) == bundle  # the refused save left the copy as it was
     assert state_lines(caplog) == [
         f"Redis at {redis_server.url} unreachable (Unable to establish a connection to 127.0.0.1:"
-        f"{redis_server.port}): serving 1 certificates from the local copy in {tmp_path}/state/redis-cache"
+        f"{redis_server.port}): serving 1 certificate from the local copy in {tmp_path}/state/redis-cache"
     ]
 
     await redis_server.start()  # empty: restarted without persistence

@@ -111,7 +111,7 @@ async def test_serve_says_when_redis_is_down(tmp_path: Path, redis_server: Redis
     write_config(config, fake, f"redis://:s3cret@127.0.0.1:{port}/0", key_file, free_port())
     async with snakeway(config, ready=b"listening on ") as proc:
         await proc.wait_for(b"from the local copy", timeout=10)
-        await proc.wait_for(b"lost the push of new certificates", timeout=10)
+        await proc.wait_for(b"cannot subscribe to the push of new certificates", timeout=10)
     assert (f"Redis at redis://127.0.0.1:{port}/0 unreachable (Unable to establish a connection to 127.0.0.1:"
             f"{port}): serving 0 certificates from the local copy in {tmp_path}/state/redis-cache") in proc.log.decode()
     assert b"s3cret" not in proc.log
