@@ -186,7 +186,12 @@ def cert_manager(
     if automation is None:
         return None
     acme = automation.acme
-    if store is None:
+    if store is None and automation.cert_store.type is StoreType.REDIS:
+        from snakeway.acme.cachedstore import open_cached  # coredis only loads with a Redis store
+
+        # Served from a local copy while Redis is away (`check` and `certs` read Redis itself).
+        store = open_cached(automation.cert_store, config.server.state_dir)
+    elif store is None:
         store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
     if backend is None:
         from snakeway.acme.backend import ClientV2Backend

@@ -14,7 +14,10 @@ Three things keep them in step:
   version marks of stored certificates, which each worker compares when
   :meth:`generation` (one ``stat`` of the store, polled every few
   milliseconds) changes, and at least every ``watch_interval``; it loads the
-  certificates whose stamp changed;
+  certificates whose stamp changed. Between two looks the watch waits in
+  :meth:`wait_changed`: a coordinator that is told of changes (Redis pub/sub,
+  kept up by :meth:`follow_changes`) ends that wait early; the filesystem
+  ones just sleep;
 * **any worker answers a challenge**: the CA's validation connection may
   land on any worker, so key authorizations are shared through
   :meth:`put_challenge` / :meth:`get_challenge`.
@@ -115,6 +118,11 @@ class Coordinator(Protocol):
     # Exclusive and non-blocking: True for the holder, False for everyone else. A lock that can be lost while
     # its holder lives runs its block under its Fence and raises LockLost at exit once lost (see "Fences").
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
+    # Run by the store watch in its nursery for as long as it watches: keeps up whatever tells this coordinator
+    # of changes (a Redis subscription); returns at once when there is nothing to keep up.
+    async def follow_changes(self) -> None: ...
+    # Wait up to ``seconds`` between two looks; True, and early, when told of a change meanwhile.
+    async def wait_changed(self, seconds: float) -> bool: ...
     async def stamps(self, names: Iterable[str]) -> dict[str, str | None]: ...
     async def generation(self) -> object: ...
     async def put_challenge(self, key: str, value: str) -> None: ...
@@ -130,6 +138,14 @@ class LocalCoordinator:
     def __init__(self) -> None:
         self._held: set[str] = set()
         self._challenges: dict[str, str] = {}
+
+    async def follow_changes(self) -> None:
+        """Nothing to follow: nobody announces changes here (the watch looks every ``poll_seconds``)."""
+        await trio.lowlevel.checkpoint()
+
+    async def wait_changed(self, seconds: float) -> bool:
+        """Sleep ``seconds``; never told of a change, so False."""
+        return await sleep_between_looks(seconds)
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str) -> AsyncIterator[bool]:
@@ -179,6 +195,14 @@ class FileCoordinator:
         self._cert_dir = cert_dir
         self._locks = data_dir / LOCK_DIR
         self._challenges = data_dir / CHALLENGE_DIR
+
+    async def follow_changes(self) -> None:
+        """Nothing to follow: a ``stat`` every ``poll_seconds`` is how changes are seen."""
+        await trio.lowlevel.checkpoint()
+
+    async def wait_changed(self, seconds: float) -> bool:
+        """Sleep ``seconds``; never told of a change, so False."""
+        return await sleep_between_looks(seconds)
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str) -> AsyncIterator[bool]:
@@ -234,6 +258,12 @@ class FileCoordinator:
 
     def _challenge_path(self, key: str) -> Path:
         return self._challenges / hashlib.sha256(key.encode()).hexdigest()
+
+
+async def sleep_between_looks(seconds: float) -> bool:
+    """:meth:`Coordinator.wait_changed` of a coordinator that is never told of changes: sleep, then False."""
+    await trio.sleep(seconds)
+    return False
 
 
 def _try_lock(path: Path) -> int | None:

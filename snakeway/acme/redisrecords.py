@@ -168,6 +168,11 @@ class RedisKeys:
         """String: a counter incremented with every certificate saved, so other processes notice cheaply."""
         return f"{self.prefix}:generation"
 
+    @property
+    def saved(self) -> str:
+        """Pub/sub channel: the name of every certificate saved, published after its save."""
+        return f"{self.prefix}:saved"
+
     def challenge(self, key: str) -> str:
         """String: the key authorization of an ACME challenge, expiring on its own."""
         return f"{self.prefix}:challenge:{key}"

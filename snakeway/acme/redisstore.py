@@ -9,6 +9,7 @@ Layout, every key under ``<prefix>:`` (``snakeway`` by default; records in :mod:
     state:<name>              string  RenewalState JSON
     account:<directory URL>   hash  meta -> {"uri", "contact"} JSON, key -> account key (sealed)
     order:<name>              hash  meta -> {"order_url", "created"} JSON, key -> certificate key (sealed)
+    saved                     pub/sub channel  the name of each certificate saved (see "Push")
     ledger:<directory URL>    string  rate-limit Ledger JSON
     state:<name>:corrupt, ledger:<URL>:corrupt   a damaged record, kept when its conservative one replaced it
 
@@ -46,6 +47,12 @@ away and came back needs no reconnection logic. Operations are rare (start-up, r
 connection costs nothing that matters. Nothing but Redis commands runs inside a client's context, so an error
 there is Redis's: a refused connection, a timeout or an error reply raises ``StoreError``. Only PEM validation
 and decryption, outside, raise anything else.
+
+**Push.** Once a save is written, the store publishes the certificate's name on the ``<prefix>:saved``
+channel, so every process subscribed through :class:`~snakeway.acme.rediscoord.RedisCoordinator` loads it at
+once. The ``PUBLISH`` is its own command after the write, whichever way the write was made, so only a
+certificate that is stored is announced; a process that missed the message (disconnected meanwhile) still
+finds the certificate through the ``generation`` counter and its periodic full scan.
 
 Several workers (or machines) sharing one Redis coordinate through it with
 :class:`~snakeway.acme.rediscoord.RedisCoordinator`.
@@ -145,13 +152,22 @@ async def run_commands(url: str, action: str, commands: Callable[[Any], Awaitabl
     except (RedisError, OSError) as exc:
         raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {exc}") from exc
     except BaseExceptionGroup as group:  # raised through the client's nursery
-        failed, rest = group.split((RedisError, OSError))
-        if failed is None or rest is not None:
-            raise
-        first: BaseException = failed
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {first}") from group
+        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {redis_failure(group)}") from group
+
+
+def redis_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of the Redis errors (or ``OSError``) ``group`` holds, raised through coredis's nurseries.
+
+    Raises:
+        BaseExceptionGroup: ``group`` itself, if it holds anything else.
+    """
+    failed, rest = group.split((RedisError, OSError))
+    if failed is None or rest is not None:
+        raise group
+    first: BaseException = failed
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 @final
@@ -286,6 +302,19 @@ class RedisStore:
             Write("hset", self.keys.certs, (bundle.name, meta)),
             Write("incr", self.keys.generation),
         ])
+        await self._announce(bundle.name)
+
+    async def _announce(self, name: str) -> None:
+        """Publish ``name`` on the ``saved`` channel once its save is written (see "Push" above).
+
+        A failure is logged, not raised: the certificate is saved, and other processes find it at their next
+        look at the ``generation`` counter or their next full scan.
+        """
+        try:
+            await self._run(f"announce certificate {name!r}", lambda client: client.publish(self.keys.saved, name))
+        except StoreError as exc:
+            logger.warning("certificate %r saved, but other processes will only see it at their next look: %s",
+                           name, exc)
 
     async def delete(self, name: str) -> None:
         check_name(name)
