@@ -50,6 +50,11 @@ class RedisServer:
         """One command over a plain socket, its reply's raw RESP bytes (blocking; for tests that look inside)."""
         return _command(self.port, command)
 
+    async def restart(self) -> None:
+        """Start the stopped server again on its port and directory (from its ``dump.rdb`` if one was saved)."""
+        assert self.process.returncode is not None, "still running"
+        self.process = await _launch(self.port, self.workdir)
+
     async def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
         if self.process.returncode is not None:
@@ -90,18 +95,15 @@ def _answers(port: int) -> bool:
         return False
 
 
-@asynccontextmanager
-async def run_redis(workdir: Path) -> AsyncIterator[RedisServer]:
-    """A ``redis-server`` on a free loopback port with ``workdir`` as its directory; stopped at exit."""
+async def _launch(port: int, workdir: Path) -> trio.Process:
+    """``redis-server`` on ``port`` with ``workdir`` as its directory, once it answers ``PING``."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(f"redis-server is not installed: {_INSTALL_HINT}")
-    port = free_port()
     log = workdir / "redis.log"
     argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(workdir), "--save", "",
             "--appendonly", "no", "--logfile", str(log)]
     process = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
-    server = RedisServer(port, workdir, process)
     try:
         with trio.fail_after(STARTUP_TIMEOUT):
             while not await trio.to_thread.run_sync(_answers, port):
@@ -109,6 +111,20 @@ async def run_redis(workdir: Path) -> AsyncIterator[RedisServer]:
                     details = log.read_text() if log.exists() else ""
                     pytest.fail(f"redis-server exited at start ({process.returncode}):\n{details}")
                 await trio.sleep(0.02)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
+        raise
+    return process
+
+
+@asynccontextmanager
+async def run_redis(workdir: Path) -> AsyncIterator[RedisServer]:
+    """A ``redis-server`` on a free loopback port with ``workdir`` as its directory; stopped at exit."""
+    port = free_port()
+    server = RedisServer(port, workdir, await _launch(port, workdir))
+    try:
         yield server
     finally:
         with trio.CancelScope(shield=True):
