@@ -216,9 +216,13 @@ class Node:
     proc: Running | None = None
 
     @property
+    def process(self) -> trio.Process:
+        assert self.proc is not None, "not started"
+        return self.proc.process
+
+    @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.process.pid
+        return self.process.pid
 
     @property
     def log(self) -> bytes:
