@@ -162,7 +162,7 @@ def coordinator(config: Config, store: CertStore | None = None) -> Coordinator:
         from snakeway.acme.rediscoord import RedisCoordinator  # coredis only loads with a Redis store
 
         assert settings.url is not None  # the configuration requires it
-        return RedisCoordinator(settings.url, key_prefix=settings.key_prefix)
+        return RedisCoordinator(settings.url, key_prefix=settings.key_prefix, lease_ttl=settings.lease_seconds)
     state_dir = config.server.state_dir
     cert_dir = automation.cert_store.cert_dir or state_dir / "certs"
     return FileCoordinator(cert_dir, automation.acme.data_dir or state_dir / "acme")
@@ -186,7 +186,12 @@ def cert_manager(
     if automation is None:
         return None
     acme = automation.acme
-    if store is None:
+    if store is None and automation.cert_store.type is StoreType.REDIS:
+        from snakeway.acme.cachedstore import open_cached  # coredis only loads with a Redis store
+
+        # Served from a local copy while Redis is away (`check` and `certs` read Redis itself).
+        store = open_cached(automation.cert_store, config.server.state_dir)
+    elif store is None:
         store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
     if backend is None:
         from snakeway.acme.backend import ClientV2Backend

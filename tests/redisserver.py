@@ -50,10 +50,10 @@ class RedisServer:
         """One command over a plain socket, its reply's raw RESP bytes (blocking; for tests that look inside)."""
         return _command(self.port, command)
 
-    async def restart(self) -> None:
-        """Start the stopped server again on its port and directory (from its ``dump.rdb`` if one was saved)."""
-        assert self.process.returncode is not None, "still running"
-        self.process = await _launch(self.port, self.workdir)
+    async def start(self) -> None:
+        """Start the server again (after :meth:`stop`) on the same port, empty: a restart without persistence."""
+        assert self.process.returncode is not None, "redis-server is still running"
+        self.process = await _start(self.port, self.workdir)
 
     async def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
@@ -95,7 +95,7 @@ def _answers(port: int) -> bool:
         return False
 
 
-async def _launch(port: int, workdir: Path) -> trio.Process:
+async def _start(port: int, workdir: Path) -> trio.Process:
     """``redis-server`` on ``port`` with ``workdir`` as its directory, once it answers ``PING``."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -113,8 +113,7 @@ async def _launch(port: int, workdir: Path) -> trio.Process:
                 await trio.sleep(0.02)
     except BaseException:
         with trio.CancelScope(shield=True):
-            process.kill()
-            await process.wait()
+            await RedisServer(port, workdir, process).stop()
         raise
     return process
 
@@ -123,7 +122,7 @@ async def _launch(port: int, workdir: Path) -> trio.Process:
 async def run_redis(workdir: Path) -> AsyncIterator[RedisServer]:
     """A ``redis-server`` on a free loopback port with ``workdir`` as its directory; stopped at exit."""
     port = free_port()
-    server = RedisServer(port, workdir, await _launch(port, workdir))
+    server = RedisServer(port, workdir, await _start(port, workdir))
     try:
         yield server
     finally:

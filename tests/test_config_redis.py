@@ -61,6 +61,18 @@ def test_redis_defaults(tmp_path: Path) -> None:
     assert config.server.tls_automation is not None
     store = config.server.tls_automation.cert_store
     assert (store.url, store.key_prefix, store.encryption_key_file) == ("redis://h", "snakeway", None)
+    assert store.lease_seconds == 30
+    coordinator = build.coordinator(config)
+    assert isinstance(coordinator, RedisCoordinator) and coordinator.lease_ttl == 30
+
+
+def test_lease_seconds_is_the_coordinators_lease(tmp_path: Path) -> None:
+    store = '{ type = "redis", url = "redis://h", lease_seconds = 3 }'
+    config = load_config(write(tmp_path, "main.hcl", config_text(tmp_path, store)))
+    assert config.server.tls_automation is not None
+    assert config.server.tls_automation.cert_store.lease_seconds == 3
+    coordinator = build.coordinator(config)
+    assert isinstance(coordinator, RedisCoordinator) and coordinator.lease_ttl == 3
 
 
 @pytest.mark.parametrize(
@@ -82,7 +94,17 @@ def test_redis_defaults(tmp_path: Path) -> None:
          "cert_store.encryption_key_file", "file does not exist: {dir}/missing.key"),
         ('{ type = "redis", url = "redis://h", prefix = "x" }', "cert_store.prefix",
          'unknown key "prefix" (did you mean "key_prefix"?); allowed keys: type, cert_dir, url, key_prefix, '
-         "encryption_key_file"),
+         "encryption_key_file, lease_seconds"),
+        ('{ type = "redis", url = "redis://h", lease_seconds = 2.5 }', "cert_store.lease_seconds",
+         "must be at least 3 (the lease is renewed every third of it), got 2.5"),
+        ('{ type = "redis", url = "redis://h", lease_seconds = 0 }', "cert_store.lease_seconds",
+         "must be greater than 0, got 0"),
+        ('{ type = "redis", url = "redis://h", lease_seconds = -30 }', "cert_store.lease_seconds",
+         "must be greater than 0, got -30"),
+        ('{ type = "redis", url = "redis://h", lease_seconds = "30s" }', "cert_store.lease_seconds",
+         'expected a number of seconds, got string "30s"'),
+        ('{ type = "filesystem", lease_seconds = 10 }', "cert_store.lease_seconds",
+         'only applies with type = "redis", not "filesystem"'),
         ('{ type = "filesystem", url = "redis://h" }', "cert_store.url",
          'only applies with type = "redis", not "filesystem"'),
         ('{ type = "memory", key_prefix = "x" }', "cert_store.key_prefix",

@@ -16,7 +16,11 @@ So each lease comes with a **fencing token**: ``<prefix>:token:<name>``, a count
 script that sets the lease, so the tokens of one name only grow and every lease has its own. Every write made
 under a lease presents the token, and a Lua script applies it only if no higher token has been issued since
 (the presented token is at least the counter's value); otherwise it writes nothing and says so. Redis runs one
-script at a time, so check and write are one step.
+script at a time, so check and write are one step. The script applies a list of writes (``set``,
+``hset``, ``hreplace``, ``del``, ``incr``) together: a whole certificate save (its hash, its index entry and
+the ``generation`` counter) is one fenced write. :class:`~snakeway.acme.redisstore.RedisStore` makes every
+write this way while its task holds a lock (the fence :class:`~snakeway.acme.rediscoord.RedisCoordinator` sets
+for the lock's block, see :mod:`snakeway.acme.coordination`).
 
 What a paused node **cannot** do: overwrite anything once another node has taken the lease, however late it
 wakes (the newer holder's token is higher), nor renew or release the newer holder's lease (both check owner and
@@ -36,15 +40,17 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from snakeway.acme.redisrecords import RedisKeys
+from snakeway.acme.redisrecords import RedisKeys, Write
 from snakeway.acme.redisstore import DEFAULT_PREFIX, run_commands
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from snakeway.acme.coordination import Fence
 
 # KEYS: lease, token. ARGV: owner, ttl in ms. The new token, or nil if the lease is held.
 ACQUIRE = """
@@ -79,6 +85,7 @@ for i = 2, #KEYS do
   at = at + 2 + n
   if op == 'del' or op == 'hreplace' then redis.call('DEL', KEYS[i]) end
   if op == 'set' then redis.call('SET', KEYS[i], args[1]) end
+  if op == 'incr' then redis.call('INCR', KEYS[i]) end
   if (op == 'hset' or op == 'hreplace') and n > 0 then redis.call('HSET', KEYS[i], unpack(args)) end
 end
 return 1
@@ -106,19 +113,6 @@ class Lease:
     owner: str
     token: int
     expires_at: float
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write of a fenced transaction on the Redis key ``key``.
-
-    ``op`` is ``set`` (a string; ``args`` is its value), ``hset`` (fields into a hash; ``args`` is field, value,
-    field, value...), ``hreplace`` (the same after deleting the hash) or ``del`` (no ``args``).
-    """
-
-    op: Literal["set", "hset", "hreplace", "del"]
-    key: str
-    args: tuple[bytes | str, ...] = ()
 
 
 @final
@@ -173,8 +167,25 @@ class RedisLeases:
         value = await run_commands(self.url, f"read lease {name!r}", lambda client: client.get(key))
         return None if value is None else bytes(value).decode(errors="replace")
 
-    async def fenced_write(self, lease: Lease, writes: Sequence[Write]) -> bool:
+    async def holders(self, names: Sequence[str]) -> dict[str, str | None]:
+        """The owner id of whoever holds each lease of ``names`` now (None if nobody), in one read."""
+        wanted = list(names)
+        if not wanted:
+            return {}
+        keys = [self.keys.lease(name) for name in wanted]
+        values = await run_commands(self.url, "read leases", lambda client: client.mget(keys))
+        return {
+            name: None if value is None else bytes(value).decode(errors="replace")
+            for name, value in zip(wanted, values, strict=True)
+        }
+
+    async def fenced_write(self, lease: Lease | Fence, writes: Sequence[Write], *, action: str = "") -> bool:
         """Apply ``writes`` atomically if no token above ``lease.token`` has been issued; else write nothing.
+
+        Args:
+            lease: The lease (or its :class:`~snakeway.acme.coordination.Fence`) the writes are made under.
+            writes: What to write, in order.
+            action: What the writes are, for the error message (default: a write under the lease).
 
         Returns:
             Whether the writes were applied. False means a newer lease exists: the caller's work is stale.
@@ -183,7 +194,7 @@ class RedisLeases:
         for write in writes:
             args += [write.op, len(write.args), *write.args]
         written = await self._eval(
-            f"write under lease {lease.name!r}", FENCED_WRITE,
+            action or f"write under lease {lease.name!r}", FENCED_WRITE,
             [self.keys.token(lease.name), *(write.key for write in writes)], args,
         )
         return bool(written)

@@ -1,7 +1,8 @@
 """What a :class:`~snakeway.acme.redisstore.RedisStore` writes to Redis, and how it reads it back.
 
 Pure functions, no I/O but reading the key file: the key names under the prefix (:class:`RedisKeys`), the
-encryption of private keys (:class:`Sealer`), and the JSON of a certificate's metadata. The layout is described
+encryption of private keys (:class:`Sealer`), the JSON of a certificate's metadata, and the writes a save is made
+of (:class:`Write`, applied in one transaction or by a fenced script). The layout is described
 in :mod:`snakeway.acme.redisstore` and docs/cluster.md.
 
 Sealed values
@@ -23,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Literal, final
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
@@ -115,6 +116,19 @@ class Sealer:
 
 
 @dataclass(frozen=True)
+class Write:
+    """One write of a transaction on the Redis key ``key`` (plain, or fenced by :mod:`snakeway.acme.redislease`).
+
+    ``op`` is ``set`` (a string; ``args`` is its value), ``hset`` (fields into a hash; ``args`` is field, value,
+    field, value...), ``hreplace`` (the same after deleting the hash), ``del`` or ``incr`` (no ``args``).
+    """
+
+    op: Literal["set", "hset", "hreplace", "del", "incr"]
+    key: str
+    args: tuple[bytes | str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RedisKeys:
     """The Redis keys of everything a store keeps, under ``prefix``."""
 
@@ -153,6 +167,11 @@ class RedisKeys:
     def generation(self) -> str:
         """String: a counter incremented with every certificate saved, so other processes notice cheaply."""
         return f"{self.prefix}:generation"
+
+    @property
+    def saved(self) -> str:
+        """Pub/sub channel: the name of every certificate saved, published after its save."""
+        return f"{self.prefix}:saved"
 
     def challenge(self, key: str) -> str:
         """String: the key authorization of an ACME challenge, expiring on its own."""

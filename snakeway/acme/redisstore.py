@@ -9,13 +9,23 @@ Layout, every key under ``<prefix>:`` (``snakeway`` by default; records in :mod:
     state:<name>              string  RenewalState JSON
     account:<directory URL>   hash  meta -> {"uri", "contact"} JSON, key -> account key (sealed)
     order:<name>              hash  meta -> {"order_url", "created"} JSON, key -> certificate key (sealed)
+    saved                     pub/sub channel  the name of each certificate saved (see "Push")
     ledger:<directory URL>    string  rate-limit Ledger JSON
     state:<name>:corrupt, ledger:<URL>:corrupt   a damaged record, kept when its conservative one replaced it
 
-**Atomic bundles.** A save writes the certificate's hash and its index entry in one ``MULTI``/``EXEC``
-transaction, so a reader never sees a new certificate beside an old key or index entry; the same transaction
-increments the ``generation`` counter, which other processes poll to notice it. Every other record is one key,
-replaced whole.
+**Atomic bundles.** A save writes the certificate's hash and its index entry in one transaction, so a reader
+never sees a new certificate beside an old key or index entry; the same transaction increments the
+``generation`` counter, which other processes poll to notice it. Every other record is one key, replaced whole.
+
+**Fenced writes.** Every write (``save``, ``save_state``, ``save_order``, ``delete_order``, ``save_ledger``,
+``save_account``) made while the running task holds a lock presents that lock's fencing token
+(:func:`~snakeway.acme.coordination.current_fence`, set by
+:class:`~snakeway.acme.rediscoord.RedisCoordinator` for the lock's block): its transaction runs as the fenced
+Lua script of :mod:`snakeway.acme.redislease`, which applies it only if no newer lease on that name has been
+taken since. A refused write changes nothing, is logged ("rejected by the fencing check") and raises
+:class:`~snakeway.acme.store.FencedOut`: a process that paused past its lease cannot overwrite the work of the
+one that took over. Without a fence (start-up, the CLI, corrupt records replaced while loading) a transaction
+is a plain ``MULTI``/``EXEC``.
 
 **Private keys** are sealed with AES-256-GCM when ``encryption_key_file`` is set (see
 :class:`~snakeway.acme.redisrecords.Sealer`), so a copy of the database (an RDB file, a replica, ``MONITOR``)
@@ -38,6 +48,12 @@ connection costs nothing that matters. Nothing but Redis commands runs inside a 
 there is Redis's: a refused connection, a timeout or an error reply raises ``StoreError``. Only PEM validation
 and decryption, outside, raise anything else.
 
+**Push.** Once a save is written, the store publishes the certificate's name on the ``<prefix>:saved``
+channel, so every process subscribed through :class:`~snakeway.acme.rediscoord.RedisCoordinator` loads it at
+once. The ``PUBLISH`` is its own command after the write, whichever way the write was made, so only a
+certificate that is stored is announced; a process that missed the message (disconnected meanwhile) still
+finds the certificate through the ``generation`` counter and its periodic full scan.
+
 Several workers (or machines) sharing one Redis coordinate through it with
 :class:`~snakeway.acme.rediscoord.RedisCoordinator`.
 """
@@ -54,11 +70,13 @@ from coredis.retry import NoRetryPolicy
 
 from snakeway.acme import crypto
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
+from snakeway.acme.coordination import current_fence
 from snakeway.acme.entries import CorruptEntry, field, parse_json
 from snakeway.acme.filerecords import encode_ledger
 from snakeway.acme.redisrecords import (
     RedisKeys,
     Sealer,
+    Write,
     account_meta,
     corrupt_copy,
     encode_meta,
@@ -72,7 +90,15 @@ from snakeway.acme.redisrecords import (
     redacted,
 )
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
-from snakeway.acme.store import AccountRecord, CertBundle, OrderRecord, StoredMeta, StoreError, check_name
+from snakeway.acme.store import (
+    AccountRecord,
+    CertBundle,
+    FencedOut,
+    OrderRecord,
+    StoredMeta,
+    StoreError,
+    check_name,
+)
 from snakeway.clock import SystemClock
 
 if TYPE_CHECKING:
@@ -126,13 +152,22 @@ async def run_commands(url: str, action: str, commands: Callable[[Any], Awaitabl
     except (RedisError, OSError) as exc:
         raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {exc}") from exc
     except BaseExceptionGroup as group:  # raised through the client's nursery
-        failed, rest = group.split((RedisError, OSError))
-        if failed is None or rest is not None:
-            raise
-        first: BaseException = failed
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {first}") from group
+        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {redis_failure(group)}") from group
+
+
+def redis_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of the Redis errors (or ``OSError``) ``group`` holds, raised through coredis's nurseries.
+
+    Raises:
+        BaseExceptionGroup: ``group`` itself, if it holds anything else.
+    """
+    failed, rest = group.split((RedisError, OSError))
+    if failed is None or rest is not None:
+        raise group
+    first: BaseException = failed
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 @final
@@ -176,6 +211,25 @@ class RedisStore:
             return tuple(pipeline.results)
 
         return await self._run(action, run)
+
+    async def _write(self, action: str, writes: builtins.list[Write], subject: str = "the certificate") -> None:
+        """Apply ``writes`` together: fenced while the running task holds a lock, else as one transaction.
+
+        Raises:
+            FencedOut: The fence's lease has been taken over since: nothing was written (logged).
+            StoreError: Redis failed.
+        """
+        fence = current_fence()
+        if fence is None:
+            await self._pipeline(action, lambda pipeline: _queue(pipeline, writes))
+            return
+        from snakeway.acme.redislease import RedisLeases  # it builds on this module (run_commands)
+
+        leases = RedisLeases(self.url, key_prefix=self.keys.prefix)
+        if not await leases.fenced_write(fence, writes, action=action):
+            refused = FencedOut(action, fence.name, fence.token, subject)
+            logger.warning("a write to the certificate store was rejected by the fencing check: %s", refused)
+            raise refused
 
     # --- certificate bundles ---------------------------------------------------------------------
 
@@ -243,13 +297,24 @@ class RedisStore:
         meta = encode_meta(bundle, self._clock.now())
         sealed = self._sealer.seal(bundle.key_pem, where)
 
-        def queue(pipeline: Any) -> None:
-            pipeline.delete([where])
-            pipeline.hset(where, {"chain": bundle.cert_pem, "key": sealed})
-            pipeline.hset(self.keys.certs, {bundle.name: meta})
-            pipeline.incr(self.keys.generation)
+        await self._write(f"save certificate {bundle.name!r}", [
+            Write("hreplace", where, ("chain", bundle.cert_pem, "key", sealed)),
+            Write("hset", self.keys.certs, (bundle.name, meta)),
+            Write("incr", self.keys.generation),
+        ])
+        await self._announce(bundle.name)
 
-        await self._pipeline(f"save certificate {bundle.name!r}", queue)
+    async def _announce(self, name: str) -> None:
+        """Publish ``name`` on the ``saved`` channel once its save is written (see "Push" above).
+
+        A failure is logged, not raised: the certificate is saved, and other processes find it at their next
+        look at the ``generation`` counter or their next full scan.
+        """
+        try:
+            await self._run(f"announce certificate {name!r}", lambda client: client.publish(self.keys.saved, name))
+        except StoreError as exc:
+            logger.warning("certificate %r saved, but other processes will only see it at their next look: %s",
+                           name, exc)
 
     async def delete(self, name: str) -> None:
         check_name(name)
@@ -338,7 +403,7 @@ class RedisStore:
 
     async def save_state(self, state: RenewalState) -> None:
         key = self.keys.state(check_name(state.name))
-        await self._run(f"save renewal state of {state.name!r}", lambda client: client.set(key, encode_state(state)))
+        await self._write(f"save renewal state of {state.name!r}", [Write("set", key, (encode_state(state),))])
 
     async def load_ledger(self, directory_url: str) -> Ledger | None:
         """The rate-limit ledger of ``directory_url``'s account; a corrupt one loads as :meth:`Ledger.conservative`."""
@@ -358,7 +423,8 @@ class RedisStore:
 
     async def save_ledger(self, directory_url: str, ledger: Ledger) -> None:
         key, value = self.keys.ledger(directory_url), encode_ledger(directory_url, ledger)
-        await self._run(f"save rate-limit ledger for {directory_url}", lambda client: client.set(key, value))
+        await self._write(f"save rate-limit ledger for {directory_url}", [Write("set", key, (value,))],
+                          "the rate-limit budget")
 
     # --- accounts and orders: JSON and a sealed key in one hash ----------------------------------
 
@@ -379,15 +445,11 @@ class RedisStore:
             logger.warning("ignoring unusable %s in Redis (%s): %s", what, key, exc)
             return None
 
-    async def _save_keyed(self, what: str, key: str, meta: dict[str, object], key_pem: bytes) -> None:
+    async def _save_keyed(self, what: str, key: str, meta: dict[str, object], key_pem: bytes,
+                          subject: str = "the certificate") -> None:
         crypto.load_private_key(key_pem)  # ValueError before anything is written
-        value = {"meta": json.dumps(meta, separators=(",", ":")).encode(), "key": self._sealer.seal(key_pem, key)}
-
-        def queue(pipeline: Any) -> None:
-            pipeline.delete([key])
-            pipeline.hset(key, value)
-
-        await self._pipeline(f"save {what}", queue)
+        value = ("meta", json.dumps(meta, separators=(",", ":")).encode(), "key", self._sealer.seal(key_pem, key))
+        await self._write(f"save {what}", [Write("hreplace", key, value)], subject)
 
     async def load_account(self, directory_url: str) -> AccountRecord | None:
         key = self.keys.account(directory_url)
@@ -397,7 +459,8 @@ class RedisStore:
 
     async def save_account(self, account: AccountRecord) -> None:
         key = self.keys.account(account.directory_url)
-        await self._save_keyed(f"ACME account for {account.directory_url}", key, account_meta(account), account.key_pem)
+        await self._save_keyed(f"ACME account for {account.directory_url}", key, account_meta(account), account.key_pem,
+                               "the account")
 
     async def load_order(self, name: str) -> OrderRecord | None:
         key = self.keys.order(check_name(name))
@@ -409,4 +472,17 @@ class RedisStore:
 
     async def delete_order(self, name: str) -> None:
         key = self.keys.order(check_name(name))
-        await self._run(f"delete order for {name!r}", lambda client: client.delete([key]))
+        await self._write(f"delete order for {name!r}", [Write("del", key)])
+
+
+def _queue(pipeline: Any, writes: Iterable[Write]) -> None:
+    """Queue ``writes`` on a ``MULTI``/``EXEC`` pipeline: what the fenced script does, without the fence."""
+    for write in writes:
+        if write.op in ("del", "hreplace"):
+            pipeline.delete([write.key])
+        if write.op == "set":
+            pipeline.set(write.key, write.args[0])
+        if write.op in ("hset", "hreplace") and write.args:
+            pipeline.hset(write.key, dict(zip(write.args[::2], write.args[1::2], strict=True)))
+        if write.op == "incr":
+            pipeline.incr(write.key)

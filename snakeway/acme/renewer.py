@@ -19,6 +19,23 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   context from temporary files: if even those cannot be written, it is served at the first check after
   the store has taken it.)
 
+Another process can take a certificate over while this one works on it, when this one's lock is a lease
+that ran out during a pause (see "Fences" in :mod:`snakeway.acme.coordination`):
+
+* **A lost lock** (:class:`~snakeway.acme.coordination.LockLost`) cancels the work under it. The attempt is
+  recorded as failed in the renewal state *under the lost lock's fence*: if nobody took the certificate
+  over (the store was away until the lease ran out), the failure is kept and backs off as any other; if
+  another process did, the store refuses the write and its state stands. The certificate is checked again
+  soon (:data:`LOCKED_RECHECK_SECONDS`), and then follows the other process's work.
+* **A refused save** (:class:`~snakeway.acme.store.FencedOut`) of a newly issued certificate means another
+  process has taken the certificate over and has, or will have, saved its own: this one is dropped (not
+  kept in memory to be saved again, which would overwrite the newer one), and the store's is served.
+
+**The store away** (a Redis that cannot be reached): a check that cannot read or write the store changes
+nothing (no order, the served certificate stays) and is tried again in :data:`STORE_RETRY_SECONDS`. The
+worker says so once when the store starts failing and once when it answers again, not once per
+certificate per retry.
+
 The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
 every worker spends from the same budget: a new order before ordering, a failed validation per name when
 the CA could not validate, a certificate when one is issued.
@@ -35,7 +52,7 @@ import trio
 
 from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend
-from snakeway.acme.coordination import Coordinator
+from snakeway.acme.coordination import Coordinator, LockLost, fenced
 from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, Stored, Wait, decide
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.lanes import OrderLane
@@ -43,7 +60,7 @@ from snakeway.acme.ledger import SharedBudget
 from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, is_permanent, next_check
 from snakeway.acme.served import ServedCerts
-from snakeway.acme.store import CertBundle, CertStore, StoreError
+from snakeway.acme.store import CertBundle, CertStore, FencedOut, StoreError
 from snakeway.clock import WallClock
 from snakeway.config.model import TlsAutomation
 from snakeway.errors import IssuanceError
@@ -55,6 +72,11 @@ logger = logging.getLogger("snakeway.acme.manager")
 ISSUANCE_TIMEOUT = 300.0
 # When another worker holds a certificate's lock, look again this soon.
 LOCKED_RECHECK_SECONDS = 30.0
+# When the store cannot be reached, check a certificate again after this many seconds, jittered up to half as
+# much again: renewals resume within seconds of the store's return, while the retries of many certificates
+# spread out rather than arriving at a recovering Redis together.
+STORE_RETRY_SECONDS = 10.0
+STORE_RETRY_JITTER = 0.5
 # ARI polls at the CA at once (their own lane: an order never waits for them).
 ARI_CONCURRENCY = 4
 # Let's Encrypt's limit of names in one certificate.
@@ -97,6 +119,7 @@ class Renewer:
         self._ari = True  # until the CA shows it has no ARI
         # cert id -> (issued certificate the store refused, its state): served, saved again later.
         self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
+        self._store_failing = False  # said once for every certificate, until the store answers again
 
     def periodic(self) -> datetime:
         """The next periodic check: ``check_interval_seconds`` from now, jittered."""
@@ -110,6 +133,17 @@ class Renewer:
         Args:
           forced: a "retry now": skip the failure back-off (never a CA's Retry-After nor the budget).
         """
+        try:
+            try:
+                return await self._check(cert, forced)
+            except LockLost as lost:  # in _order, _poll_ari or _save_again: the work under the lock was cancelled
+                return await self._lost(cert, lost)
+        except FencedOut:  # a write under a lock another process has taken over since (the store logged it)
+            return self._soon()
+        except StoreError as exc:
+            return self._store_away(exc)
+
+    async def _check(self, cert: ManagedCert, forced: bool) -> datetime:
         periodic = self.periodic()
         for _ in range(3):  # at most: an ARI poll, then a decision on its answer
             state, bundle = await self._facts(cert)
@@ -131,12 +165,47 @@ class Renewer:
                 return min(periodic, self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
         return periodic
 
+    def _soon(self) -> datetime:
+        """When to look again at a certificate another process holds (or has just taken over)."""
+        return min(self.periodic(), self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
+
+    def _store_away(self, exc: StoreError) -> datetime:
+        """The store failed during a check: nothing changes; say so once, and check again shortly."""
+        if not self._store_failing:
+            self._store_failing = True
+            logger.warning(
+                "certificate store unreachable (%s): renewals wait until it is back; checking every %g-%g s",
+                exc, STORE_RETRY_SECONDS, STORE_RETRY_SECONDS * (1 + STORE_RETRY_JITTER),
+            )
+        delay = STORE_RETRY_SECONDS * (1 + STORE_RETRY_JITTER * self.rng.random())
+        return self.clock.now() + timedelta(seconds=delay)
+
+    def _store_back(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            logger.info("certificate store reachable again: renewals resume")
+
+    async def _lost(self, cert: ManagedCert, lost: LockLost) -> datetime:
+        """Record the attempt a lost lock cancelled as failed, under the lost fence; check again soon.
+
+        If another process has taken the certificate over since, the store refuses the write (its state stands).
+        A lost lock nested in the certificate's (the account's) is the certificate's failure too, but its fence
+        is not the certificate's: nothing is recorded then.
+        """
+        if lost.fence.name == cert.name:
+            with fenced(lost.fence):
+                state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
+                await self._save_state(state.failed(self.clock.now(), str(lost), None, self.rng.random()))
+        return self._soon()
+
     async def _facts(self, cert: ManagedCert) -> tuple[RenewalState, CertBundle | None]:
         unsaved = self._unsaved.get(cert.cert_id)
         if unsaved is not None:
             return unsaved[1], unsaved[0]
         state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
-        return state, await self.store.load(cert.name)
+        bundle = await self.store.load(cert.name)
+        self._store_back()
+        return state, bundle
 
     def _decide(
         self, cert: ManagedCert, state: RenewalState, bundle: CertBundle | None, periodic: datetime, forced: bool
@@ -189,7 +258,9 @@ class Renewer:
             return await self._failed(cert, state, exc, current.not_after if current else None)
         await self.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
-        wake = await self._keep(cert, bundle, state)
+        wake, kept = await self._keep(cert, bundle, state)
+        if not kept:
+            return wake
         try:
             await self.served.publish(cert, bundle)  # served now, saved or not
         except (CertificateError, OSError) as exc:  # e.g. no file can be written for its context
@@ -203,11 +274,23 @@ class Renewer:
         )
         return wake
 
-    async def _keep(self, cert: ManagedCert, bundle: CertBundle, state: RenewalState) -> datetime:
-        """Save a newly issued ``bundle``; if the store refuses, serve it from memory and retry the save."""
+    async def _keep(self, cert: ManagedCert, bundle: CertBundle, state: RenewalState) -> tuple[datetime, bool]:
+        """Save a newly issued ``bundle``; if the store refuses, serve it from memory and retry the save.
+
+        Returns:
+            When to check again, and whether ``bundle`` is kept (False: dropped, another process took over).
+        """
         now = self.clock.now()
         try:
             await self.store.save(bundle)
+        except FencedOut:  # saving it later would overwrite the newer holder's certificate
+            self._unsaved.pop(cert.cert_id, None)
+            logger.warning("certificate for %s: the new certificate (serial %s) is dropped: another process has "
+                           "taken the certificate over; serving the store's", cert.name, bundle.serial)
+            current = await self.store.load(cert.name)
+            if current is not None:
+                await self.served.rebuild_if_unservable(cert, current)
+            return self._soon(), False
         except StoreError as exc:
             state = state.failed(now, f"the new certificate could not be saved: {exc}", None, self.rng.random())
             self._unsaved[cert.cert_id] = (bundle, state)
@@ -216,20 +299,21 @@ class Renewer:
                 "certificate for %s: issued but not saved (%s); serving it from memory, saving again at %s",
                 cert.name, exc, state.next_attempt.isoformat(timespec="seconds"),
             )
-            return state.next_attempt
+            return state.next_attempt, True
         if self._unsaved.pop(cert.cert_id, None) is not None:
             logger.info("certificate for %s: saved to the store now", cert.name)
         with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
             await self.store.delete_order(cert.name)
         await self._save_state(state.succeeded(now))
-        return now  # ask ARI about the new certificate at once (when the CA has ARI)
+        return now, True  # ask ARI about the new certificate at once (when the CA has ARI)
 
     async def _save_again(self, cert: ManagedCert) -> datetime:
         bundle, state = self._unsaved[cert.cert_id]
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
                 return self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS)
-            return await self._keep(cert, bundle, state)
+            wake, _ = await self._keep(cert, bundle, state)
+            return wake
 
     async def _failed(
         self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None
@@ -258,6 +342,8 @@ class Renewer:
     async def _save_state(self, state: RenewalState) -> None:
         try:
             await self.store.save_state(state)
+        except FencedOut:  # another process has taken the certificate over: its state stands (the store said so)
+            pass
         except StoreError as exc:  # the in-memory answer still decides this task's next wake-up
             logger.error("certificate %s: could not save its renewal state: %s", state.name, exc)
 

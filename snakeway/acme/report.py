@@ -1,17 +1,22 @@
-"""``python -m snakeway certs``: the managed certificates as a table, read from the store."""
+"""``python -m snakeway certs``: the managed certificates as a table, read from the store.
+
+With a Redis store the table has a ``LEASE`` column: the node holding a lease on each certificate right now
+(its owner id, ``<host>:<pid>:<random>``: the node ordering it), or ``-``. Other stores have no leases to show.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, CertStore, open_store
 from snakeway.acme.timing import renewal_moment
-from snakeway.config.model import Config
+from snakeway.config.model import Config, StoreType
 
 COLUMNS = ("NAMES", "ISSUER", "NOT AFTER", "STATE", "NEXT CHECK", "LAST ERROR")
+LEASE_COLUMN = "LEASE"  # before LAST ERROR, with a store that has leases
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,7 @@ class Row:
     state: str
     next_check: str
     last_error: str
+    lease: str | None = None  # who holds a lease on it ("-": nobody); None: the store has no leases
 
 
 def describe(
@@ -76,22 +82,41 @@ async def rows(config: Config, now: datetime, store: CertStore | None = None) ->
         return []
     if store is None:
         store = open_store(automation.cert_store, automation.acme.data_dir, config.server.state_dir)
+    certs = managed_certs(config)
+    holders = await _lease_holders(config, store, [cert.name for cert in certs])
     out = []
-    for cert in managed_certs(config):
+    for cert in certs:
         bundle = await store.load(cert.name)
         state = await store.load_state(cert.name)
         days = automation.renew_within_days
         renew_within = timedelta(days=days) if days is not None else None
-        out.append(describe(cert.domains, bundle, state, now=now, renew_within=renew_within))
+        row = describe(cert.domains, bundle, state, now=now, renew_within=renew_within)
+        out.append(row if holders is None else replace(row, lease=holders.get(cert.name) or "-"))
     return out
 
 
+async def _lease_holders(config: Config, store: CertStore, names: list[str]) -> dict[str, str | None] | None:
+    """Who holds a lease on each of ``names`` (one read), with a Redis store; None with a store without leases."""
+    automation = config.server.tls_automation
+    if automation is None or automation.cert_store.type is not StoreType.REDIS:
+        return None
+    from snakeway.acme.redislease import RedisLeases  # coredis only loads with a Redis store
+    from snakeway.acme.redisstore import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return None
+    return await RedisLeases(store.url, key_prefix=store.keys.prefix).holders(names)
+
+
 def render(table: list[Row]) -> str:
-    """A plain-text table, columns padded to their widest cell."""
-    cells = [list(COLUMNS)] + [
-        [r.names, r.issuer, r.not_after, r.state, r.next_check, r.last_error] for r in table
+    """A plain-text table, columns padded to their widest cell (``LEASE`` only if a row has a lease field)."""
+    leases = any(r.lease is not None for r in table)
+    columns = [*COLUMNS[:-1], *([LEASE_COLUMN] if leases else []), COLUMNS[-1]]
+    cells = [columns] + [
+        [r.names, r.issuer, r.not_after, r.state, r.next_check, *([r.lease or "-"] if leases else []), r.last_error]
+        for r in table
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS) - 1)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns) - 1)]
     lines = []
     for row in cells:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

@@ -75,6 +75,23 @@ class StoreError(SnakewayError):
     """
 
 
+class FencedOut(StoreError):
+    """A write refused by the fencing check: it was made under a lock another process has taken over since.
+
+    Nothing of the write was applied; the newer holder's data stands. The store logs it (a warning saying
+    the write was rejected by the fencing check) as it raises it. See "Fences" in
+    :mod:`snakeway.acme.coordination`.
+    """
+
+    def __init__(self, action: str, name: str, token: int, subject: str = "the certificate") -> None:
+        super().__init__(
+            f"cannot {action}: fencing token {token} of the lease on {name!r} is outdated "
+            f"(another node has taken {subject} over)"
+        )
+        self.name = name
+        self.token = token
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a certificate name in canonical form, else raise ``ValueError``.
 

@@ -8,6 +8,11 @@ certificate in the store and put it in its own cert map. :class:`StoreWatch` pol
 changes, and at least every ``interval`` seconds (the reconciliation that catches anything missed), it
 compares each certificate's *stamp* with the last one seen and loads those that changed. A certificate this
 process published itself, or is saving right now, is left alone.
+
+Between two looks it waits in ``coordinator.wait_changed``. A coordinator that is told of saves (Redis
+pub/sub) ends that wait as a save is announced, and the watch scans at once: that is what brings a new
+certificate to every node within a second, while the generation is only polled every few seconds. The task
+that keeps the coordinator told (its subscription) runs in the watch's own nursery, for as long as the watch.
 """
 
 from __future__ import annotations
@@ -61,9 +66,14 @@ class StoreWatch:
         A store that cannot be read (Redis away) is logged once, when it starts and when it ends, and
         watched again at the next poll: the certificates served meanwhile stay as they are.
         """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.coordinator.follow_changes)
+            await self._watch(interval)
+
+    async def _watch(self, interval: float) -> None:
         generation: object = None
         stamps: dict[str, str | None] | None = None
-        scanned, changed, failing = trio.current_time(), False, False
+        scanned, changed, failing, told = trio.current_time(), False, False, False
         while True:
             try:
                 if stamps is None:  # the first look: what is served now is the baseline
@@ -75,7 +85,7 @@ class StoreWatch:
                     # Also scan on the poll after a change: one more change within the same clock tick leaves
                     # the generation as it was.
                     was_changed, changed = changed, seen != generation
-                    if changed or was_changed or trio.current_time() - scanned >= interval:
+                    if told or changed or was_changed or trio.current_time() - scanned >= interval:
                         stamps = await self._scan(stamps)
                         generation, scanned = seen, trio.current_time()
             except StoreError as exc:
@@ -88,7 +98,7 @@ class StoreWatch:
                 if failing:
                     logger.info("watching the certificate store again")
                 failing = False
-            await trio.sleep(self.coordinator.poll_seconds)
+            told = await self.coordinator.wait_changed(self.coordinator.poll_seconds)
 
     async def _scan(self, last: dict[str, str | None]) -> dict[str, str | None]:
         certs = list(self.certs().values())

@@ -32,6 +32,9 @@ REDIRECT_STATUSES = (301, 302, 307, 308)
 # http:// is accepted only for a CA on this machine (a test CA such as pebble).
 LOCAL_ACME_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
+# The shortest lease a Redis store accepts: renewed every third of it, a renewal must fit with room to spare.
+MIN_LEASE_SECONDS = 3.0
+
 _EMAIL = re.compile(r"[^@\s]+@([^@\s]+)\Z")
 _MODES = {m.value: m for m in model.TlsMode}
 _CHALLENGES = {
@@ -235,6 +238,7 @@ def _check_store(f: File, path: KeyPath, store: model.CertStoreSettings) -> None
         "url": store.url is not None,
         "key_prefix": store.key_prefix != model.CertStoreSettings.key_prefix,
         "encryption_key_file": store.encryption_key_file is not None,
+        "lease_seconds": store.lease_seconds != model.CertStoreSettings.lease_seconds,
     }
     for key, written in redis_only.items():
         if written:
@@ -288,6 +292,15 @@ def _encryption_key_file(f: File, value: object, path: KeyPath) -> Path | None:
     return resolved
 
 
+def _lease_seconds(f: File, value: object, path: KeyPath) -> float | None:
+    """Seconds of a lock's lease: at least :data:`MIN_LEASE_SECONDS`, renewed every third of it."""
+    seconds = cv.seconds(positive=True)(f, value, path)
+    if seconds is not None and seconds < MIN_LEASE_SECONDS:
+        f.report(path, f"must be at least {MIN_LEASE_SECONDS:g} (the lease is renewed every third of it), got {value}")
+        return None
+    return seconds
+
+
 _rate_limits = cv.schema(
     {field.name: Key(cv.integer(1)) for field in dataclasses.fields(model.RateLimitSettings)},
     model.RateLimitSettings,
@@ -310,6 +323,7 @@ _cert_store = cv.schema(
         "url": Key(_redis_url),
         "key_prefix": Key(_key_prefix),
         "encryption_key_file": Key(_encryption_key_file),
+        "lease_seconds": Key(_lease_seconds),
     },
     model.CertStoreSettings,
     _check_store,

@@ -232,6 +232,7 @@ class CertStoreSettings:
     url: str | None = None             # redis:// or rediss:// (redis; required)
     key_prefix: str = "snakeway"       # every Redis key starts with "<key_prefix>:" (redis)
     encryption_key_file: Path | None = None  # 32 bytes in base64 sealing private keys (redis); None: in clear
+    lease_seconds: float = 30.0        # a lock's lease, renewed every third of it; a dead holder's ends (redis)
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,48 @@ async def test_a_store_away_is_logged_once_and_the_watch_resumes(
         "cannot read the store generation: Redis at redis://127.0.0.1:1/0: refused"
     ]
     assert "watching the certificate store again" in messages
+
+
+class TellingCoordinator(ScriptedCoordinator):
+    """A coordinator told of every save (as Redis pub/sub tells it), whose generation is only polled rarely."""
+
+    poll_seconds = SAFETY_SCAN / 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = trio.Event()
+        self.following = False
+
+    async def follow_changes(self) -> None:
+        self.following = True
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.following = False
+
+    async def wait_changed(self, seconds: float) -> bool:
+        with trio.move_on_after(seconds):
+            await self.told.wait()
+        told, self.told = self.told.is_set(), trio.Event()
+        return told
+
+
+async def test_a_save_the_coordinator_is_told_of_is_scanned_for_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Told of a save, the watch scans at once: neither the generation poll nor the safety scan is waited for."""
+    store = await issued_memory_store(A)
+    coordinator = TellingCoordinator()
+    coordinator.stamp[A.name] = "v1"
+    manager, registry = make_manager(
+        (A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator, watch_interval=SAFETY_SCAN
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(1)
+        assert coordinator.following  # the watch keeps the coordinator's news coming while it watches
+        await store.save(await newer_bundle())
+        coordinator.stamp[A.name] = "v2"  # the generation stays: only being told says there is something new
+        coordinator.told.set()
+        assert await seconds_until_served(registry, 1.0) <= POLL
+        nursery.cancel_scope.cancel()
