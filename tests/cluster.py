@@ -85,6 +85,7 @@ class RoundRobin:
         self.gate = Gate()
         self._next = itertools.count()
         self.answers: list[tuple[int, bytes]] = []  # (index of the port, first line of the answer)
+        self.returned = 0  # bytes passed from backends to clients
 
     async def serve(self, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await trio.serve_tcp(self._handle, port, host=LOOPBACK, task_status=task_status)
@@ -129,10 +130,18 @@ class RoundRobin:
                         while data := await backend.receive_some(65536):
                             answer += data
                             await client.send_all(data)
+                            self.returned += len(data)
                         nursery.cancel_scope.cancel()
                 except* (trio.BrokenResourceError, OSError):
                     pass  # either side reset the connection: the answer so far is recorded
             self.answers.append((index, bytes(answer).split(b"\r\n", 1)[0]))
+
+
+def replacing(key: str) -> Callable[[bytes], bool]:
+    """A :class:`Gate` match for the data of a fenced write that replaces the Redis hash ``key`` whole (the
+    ``hreplace`` of :mod:`snakeway.acme.redislease`'s script: a certificate, an order in flight, an account)."""
+    wanted = key.encode()
+    return lambda data: b"hreplace" in data and wanted in data
 
 
 def pebble_orders(pebble: Pebble | Path) -> int:
@@ -223,6 +232,17 @@ class Node:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def running(self) -> Running:
+        assert self.proc is not None, "not started"
+        return self.proc
+
+    @property
+    def redis_gate(self) -> Gate:
+        """The gate on its way to Redis (with ``redis_relays``)."""
+        assert self.relay is not None, "no relay to Redis"
+        return self.relay.gate
 
     @property
     def log(self) -> bytes:
@@ -392,20 +412,22 @@ async def run_cluster(
         names = list(names)
         for node in nodes:
             write(node, names)
-        async with cluster._stack:
-            if start:
-                for node in nodes:
-                    await cluster.start(node)
-            try:
-                yield cluster
-            finally:
-                for node in nodes:  # a stopped node must go on to die of the kill
-                    if node.proc is not None and node.proc.process.returncode is None:
-                        node.proc.process.send_signal(signal.SIGCONT)
-                cluster.release_validations()
-                for node in nodes:
-                    if node.relay is not None:
-                        node.relay.gate.open()
-        for node in nodes:  # for a look after a failure
-            node.config.with_name("snakeway.log").write_bytes(node.log)
+        try:
+            async with cluster._stack:
+                if start:
+                    for node in nodes:
+                        await cluster.start(node)
+                try:
+                    yield cluster
+                finally:
+                    for node in nodes:  # a stopped node must go on to die of the kill
+                        if node.proc is not None and node.proc.process.returncode is None:
+                            node.proc.process.send_signal(signal.SIGCONT)
+                    cluster.release_validations()
+                    for node in nodes:
+                        if node.relay is not None:
+                            node.relay.gate.open()
+        finally:
+            for node in nodes:  # for a look after a failure
+                node.config.with_name("snakeway.log").write_bytes(node.log)
         nursery.cancel_scope.cancel()
