@@ -190,12 +190,16 @@ class CachedStore:
         kept = await self._from_copy(lambda: self.copy.load(name))
         if kept is None or kept.not_after <= self._clock.now():
             return None
+        return await self._write_back(f"the certificate for {name}", kept, self.redis.save)
+
+    async def _write_back(self, what: str, kept: T, save: Callable[[T], Awaitable[None]]) -> T:
+        """``save(kept)``: the copy's ``kept`` into Redis, which lacks it; returns ``kept``, served either way."""
         try:
-            await self._redis(lambda: self.redis.save(kept))
+            await self._redis(lambda: save(kept))
         except RedisAway:
             return kept  # gone again meanwhile: serve the copy, re-seed on a later look
-        logger.warning("re-seeded Redis at %s with the certificate for %s from the local copy (Redis had none)",
-                       redacted(self.redis.url), name)
+        logger.warning("re-seeded Redis at %s with %s from the local copy (Redis had none)",
+                       redacted(self.redis.url), what)
         return kept
 
     # --- certificates ------------------------------------------------------------------------------------------
@@ -269,13 +273,7 @@ class CachedStore:
         kept = await self._from_copy(lambda: self.copy.load_account(directory_url))
         if kept is None:
             return None
-        try:
-            await self._redis(lambda: self.redis.save_account(kept))
-        except RedisAway:
-            return kept
-        logger.warning("re-seeded Redis at %s with the ACME account for %s from the local copy (Redis had none)",
-                       redacted(self.redis.url), directory_url)
-        return kept
+        return await self._write_back(f"the ACME account for {directory_url}", kept, self.redis.save_account)
 
     async def save_account(self, account: AccountRecord) -> None:
         await self._redis(lambda: self.redis.save_account(account))

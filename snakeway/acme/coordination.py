@@ -115,6 +115,8 @@ class Coordinator(Protocol):
     # How often the store watch asks for :meth:`generation` (seconds): what one look costs decides it.
     poll_seconds: float
 
+    # Exclusive and non-blocking: True for the holder, False for everyone else. A lock that can be lost while
+    # its holder lives runs its block under its Fence and raises LockLost at exit once lost (see "Fences").
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]: ...
     # Run by the store watch in its nursery for as long as it watches: keeps up whatever tells this coordinator
     # of changes (a Redis subscription); returns at once when there is nothing to keep up.

@@ -15,9 +15,9 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   one order from the rate-limit budget (refused: wait until it allows), order
   (:class:`~snakeway.acme.issuing.Issuer`), write the state.
 * **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
-  the write is retried on the failure back-off; it is never ordered again. (Serving it builds a TLS
-  context from temporary files: if even those cannot be written, it is served at the first check after
-  the store has taken it.)
+  the write is retried on the failure back-off; it is never ordered again, and dropped if another process
+  has saved a newer certificate meanwhile. (Serving it builds a TLS context from temporary files: if even
+  those cannot be written, it is served at the first check after the store has taken it.)
 
 Another process can take a certificate over while this one works on it, when this one's lock is a lease
 that ran out during a pause (see "Fences" in :mod:`snakeway.acme.coordination`):
@@ -312,6 +312,15 @@ class Renewer:
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
                 return self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS)
+            stored = await self.store.load(cert.name)
+            if stored is not None and stored.not_before > bundle.not_before:
+                # Another process renewed it meanwhile (it took the work over after this one lost its lock, say):
+                # saving the older certificate now would replace the newer one.
+                del self._unsaved[cert.cert_id]
+                logger.info("certificate for %s: another process has saved a newer certificate meanwhile; dropping "
+                            "the unsaved one (serial %s) and serving the store's", cert.name, bundle.serial)
+                await self.served.rebuild_if_unservable(cert, stored)
+                return self.clock.now()  # decide again on the store's
             wake, _ = await self._keep(cert, bundle, state)
             return wake
 

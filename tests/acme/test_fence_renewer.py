@@ -26,8 +26,9 @@ from snakeway.acme.backend import OrderHandle
 from snakeway.acme.coordination import Fence, LocalCoordinator, LockLost, current_fence, fenced
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, FencedOut, MemoryStore, OrderRecord, StoreError
+from snakeway.clock import WallClock
 from snakeway.testing import FakeCA, TrioLinkedClock
-from tests.acme.test_renewal_engine import EPOCH, HOUR, A, cert, manager, run_for
+from tests.acme.test_renewal_engine import EPOCH, HOUR, A, FullDisk, cert, manager, run_for
 
 B = cert("b.test")
 
@@ -99,7 +100,7 @@ class LeaseCoordinator(LocalCoordinator):
         self._blocks[name].cancel()
 
 
-def other_nodes_certificate(clock: TrioLinkedClock) -> CertBundle:
+def other_nodes_certificate(clock: WallClock) -> CertBundle:
     ca = trustme.CA()
     start = clock.now() - timedelta(hours=1)
     leaf = ca.issue_cert("a.test", not_before=start, not_after=start + timedelta(days=90))
@@ -337,3 +338,27 @@ async def test_an_order_record_refused_by_the_fence_abandons_the_order_quietly(
     assert ca.orders == [A.domains] and "finalize" not in ca.calls
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]  # not taken for the store away
     assert problems(caplog) == []
+
+
+async def test_an_unsaved_certificate_never_replaces_a_newer_one_another_node_saved_meanwhile(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock = TrioLinkedClock(EPOCH)
+    ca = FakeCA(clock)
+    store = FullDisk()  # refuses this node's saves while full
+    mgr, _ = manager((A,), store, ca, clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        await trio.sleep(2 * HOUR)
+        assert ca.orders == [A.domains] and await store.load("a.test") is None  # served from memory meanwhile
+        theirs = other_nodes_certificate(clock)  # another node took over (this one's lease lost) and renewed it
+        await MemoryStore.save(store, theirs)  # its save went through
+        store.full = False
+        await trio.sleep(12 * HOUR)  # past this node's next "save again"
+        nursery.cancel_scope.cancel()
+    stored = await store.load("a.test")
+    assert stored is not None and stored.serial == theirs.serial
+    assert mgr.served.ours(A.cert_id)[0] == theirs.serial
+    assert ca.orders == [A.domains]
+    assert any("another process has saved a newer certificate meanwhile" in r.getMessage() for r in caplog.records)

@@ -15,13 +15,18 @@ import pytest
 import trio
 import trustme
 
+from snakeway.acme.backend import OrderHandle
 from snakeway.acme.coordination import Fence, LockLost, current_fence, fenced
 from snakeway.acme.ledger import BUDGET_LOCK
+from snakeway.acme.managed import ManagedCert
 from snakeway.acme.rediscoord import RedisCoordinator
 from snakeway.acme.redislease import RedisLeases
 from snakeway.acme.redisstore import RedisStore
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import AccountRecord, FencedOut, OrderRecord
+from snakeway.testing import FakeCA, TrioLinkedClock
+from tests.acme.test_fence_renewer import other_nodes_certificate
+from tests.acme.test_renewal_engine import EPOCH, manager
 from tests.acme.test_store import DIRECTORY, NOW, FixedClock, a_ledger, key_pem, make_bundle
 
 if TYPE_CHECKING:
@@ -211,3 +216,44 @@ async def test_a_lost_lock_raises_lock_lost_with_its_fence_and_writes_under_it_a
     with fenced(lost.value.fence), pytest.raises(FencedOut):
         await store.save_state(RenewalState(name=NAME, failures=1, last_error="lost the lock"))
     assert await store.load_state(NAME) == RenewalState(name=NAME)
+
+
+# --- the whole chain: a certificate manager whose lease another node takes over mid-order -------------------
+
+
+async def test_a_node_whose_lease_was_taken_over_mid_order_has_its_late_write_rejected(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Real time, real Redis: the renewal task notices the lost lease, and what the node writes then is refused."""
+    clock = TrioLinkedClock(EPOCH)
+    store = RedisStore(redis_server.url, clock=clock)
+    coordinator = RedisCoordinator(redis_server.url, lease_ttl=0.3)
+    theirs: list[str] = []
+
+    class TakenOver(FakeCA):
+        async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
+            chain = await super().finalize(order, csr_pem, deadline)
+            if not theirs:  # this node "paused" past its lease: node b took the certificate and saved its own
+                fence = await take_over(redis_server)
+                bundle = other_nodes_certificate(clock)
+                with fenced(fence):
+                    await store.save(bundle)
+                theirs.append(bundle.serial)
+                await trio.sleep(1)  # this node wakes up: its renewal task finds the lease gone
+            return chain
+
+    cert = ManagedCert("acme:a.test", (NAME,))
+    mgr, _ = manager((cert,), store, TakenOver(clock), clock, coordinator=coordinator)  # type: ignore[arg-type]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mgr.run)
+            while not any("rejected by the fencing check" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    [rejected] = [r for r in caplog.records if "rejected by the fencing check" in r.getMessage()]
+    assert rejected.levelno == logging.WARNING
+    assert "save renewal state of 'a.test'" in rejected.getMessage()  # the failed attempt, recorded too late
+    assert "lost the lock on 'a.test'" in caplog.text
+    stored = await store.load(NAME)
+    assert stored is not None and [stored.serial] == theirs  # the store keeps the newer node's certificate
+    assert await store.load_state(NAME) is None  # and nothing of this node's failed attempt

@@ -36,6 +36,14 @@ def write_config(path: Path, pebble: Pebble, redis_url: str, key_file: Path, ups
     path.write_text(text.replace(file_store, redis_store).replace(f'data_dir      = "{state}/acme"', ""))
 
 
+async def node_files(nursery: trio.Nursery, tmp_path: Path, url: str) -> tuple[int, Path, Path, RedisStore]:
+    """An upstream's port, the store's key file, where the configuration goes, and a view into the store."""
+    upstream, _ = await start_upstream(nursery)
+    key_file = tmp_path / "store.key"
+    key_file.write_bytes(base64.b64encode(KEY) + b"\n")
+    return upstream, key_file, tmp_path / "snakeway.hcl", RedisStore(url, key_prefix="edge", encryption_key=KEY)
+
+
 async def served_certificate(port: int, roots: bytes) -> bytes:
     """The DER leaf served for ``NAMES[0]`` on ``port``, verified against Pebble's roots."""
     context = ssl.create_default_context(cadata=roots.decode())
@@ -52,12 +60,8 @@ async def served_certificate(port: int, roots: bytes) -> bytes:
 async def test_serve_obtains_into_redis_and_a_restart_loads_it(
     nursery: trio.Nursery, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    upstream, _ = await start_upstream(nursery)
-    key_file = tmp_path / "store.key"
-    key_file.write_bytes(base64.b64encode(KEY) + b"\n")
-    config = tmp_path / "snakeway.hcl"
     url = f"redis://127.0.0.1:{redis_server.port}/0"
-    store = RedisStore(url, key_prefix="edge", encryption_key=KEY)
+    upstream, key_file, config, store = await node_files(nursery, tmp_path, url)
     workdir = tmp_path / "pebble"
     workdir.mkdir()
     async with run_pebble(workdir, http_port=free_port(), tls_port=free_port()) as pebble:
