@@ -168,6 +168,18 @@ def redis_value(redis: RedisServer, *command: str) -> bytes | None:
     return rest[: int(size)]
 
 
+def redis_array(redis: RedisServer, *command: str) -> list[bytes]:
+    """The array-of-bulk-strings reply of one command (``HGETALL``...) (blocking)."""
+    head, _, rest = redis.raw(*command).partition(b"\r\n")
+    assert head.startswith(b"*"), head
+    items = []
+    for _ in range(int(head[1:])):
+        size, _, rest = rest.partition(b"\r\n")
+        items.append(rest[: int(size[1:])])
+        rest = rest[int(size[1:]) + 2:]
+    return items
+
+
 def node_config(
     *,
     state_dir: Path,
@@ -259,13 +271,9 @@ class Cluster:
     tls: RoundRobin  # in front of Pebble's tlsPort: the nodes' TLS ports
     nodes: list[Node]
     write: Callable[[Node, Iterable[str]], None]
-    roots: bytes = b""
+    context: ssl.SSLContext  # a client's, trusting the root Pebble issues under
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _nursery: trio.Nursery | None = None
-
-    def context(self) -> ssl.SSLContext:
-        """A client context trusting only the root Pebble issues under."""
-        return client_context(self.roots)
 
     def orders(self) -> int:
         return pebble_orders(self.pebble)
@@ -311,44 +319,51 @@ class Cluster:
         return found[0]
 
     def stored_serial(self, name: str) -> int | None:
-        """The serial the store's index holds for ``name``."""
-        meta = redis_value(self.redis, "HGET", f"{PREFIX}:certs", name)
-        return None if meta is None else int(json.loads(meta)["serial"], 16)
+        """The serial the store's index holds for ``name`` (blocking)."""
+        return self.stored_serials().get(name)
+
+    def stored_serials(self) -> dict[str, int]:
+        """The serial the store's index holds for each name (blocking)."""
+        fields = redis_array(self.redis, "HGETALL", f"{PREFIX}:certs")
+        pairs = zip(fields[::2], fields[1::2], strict=True)
+        return {name.decode(): int(json.loads(meta)["serial"], 16) for name, meta in pairs}
 
     async def served(self, node: Node, name: str) -> int | None:
         """The serial ``node`` serves for ``name`` (verified against Pebble's root), or None if no valid one."""
         try:
-            return (await handshake(node.tls_port, self.context(), name)).serial_number
+            return (await handshake(node.tls_port, self.context, name)).serial_number
         except (ssl.SSLError, trio.BrokenResourceError, OSError):
             return None
 
     async def until_served(
         self, names: Iterable[str], *, nodes: Iterable[Node] | None = None, unlike: Mapping[str, int] | None = None,
-        timeout: float = 60,
+        timeout: float = 60, confirm: bool = True,
     ) -> dict[str, int]:
-        """Wait until each of ``nodes`` (default: every running one) serves, for each of ``names``, one valid
-        certificate, the same on every node and not the one ``unlike`` names; those serials."""
+        """Wait until each of ``nodes`` (default: every running one) serves, for each of ``names``, the certificate
+        the store's index holds, valid and not the one ``unlike`` names; those serials.
+
+        Only a name the index holds a new certificate for is asked for (so a poll of many names costs few
+        handshakes); ``confirm`` asks every node for every name once more at the end.
+        """
         chosen = [n for n in (self.nodes if nodes is None else nodes) if n.proc is not None]
         names, unlike = list(names), unlike or {}
         seen: dict[tuple[int, str], int] = {}
         with trio.fail_after(timeout):
-            while True:
+            while len(seen) < len(chosen) * len(names):
+                stored = await trio.to_thread.run_sync(self.stored_serials)
                 for node in chosen:
                     for name in names:
-                        if (node.index, name) not in seen:
-                            serial = await self.served(node, name)
-                            if serial is not None and serial != unlike.get(name):
-                                seen[node.index, name] = serial
-                if len(seen) == len(chosen) * len(names):
-                    # Every node serves a new one: the same one? (Then confirm with a fresh look.)
-                    serials = {name: {seen[n.index, name] for n in chosen} for name in names}
-                    if all(len(s) == 1 for s in serials.values()):
-                        for node in chosen:
-                            for name in names:
-                                assert await self.served(node, name) == seen[node.index, name]
-                        return {name: s.pop() for name, s in serials.items()}
-                    seen = {}
-                await trio.sleep(0.2)
+                        serial = stored.get(name)
+                        if serial is None or serial == unlike.get(name) or seen.get((node.index, name)) == serial:
+                            continue
+                        seen.pop((node.index, name), None)
+                        if await self.served(node, name) == serial:
+                            seen[node.index, name] = serial
+                await trio.sleep(0.05)
+            if confirm:
+                for node, name in itertools.product(chosen, names):
+                    assert await self.served(node, name) == seen[node.index, name], (node.index, name)
+        return {name: seen[chosen[0].index, name] for name in names}
 
 
 @asynccontextmanager
@@ -405,7 +420,7 @@ async def run_cluster(
             if node.relay is not None:
                 await nursery.start(node.relay.serve, node.relay_port)
         cluster = Cluster(pebble, redis, RoundRobin([n.plain_port for n in nodes]),
-                          RoundRobin([n.tls_port for n in nodes]), nodes, write, await pebble.roots())
+                          RoundRobin([n.tls_port for n in nodes]), nodes, write, client_context(await pebble.roots()))
         cluster._nursery = nursery
         await nursery.start(cluster.http.serve, pebble.http_port)
         await nursery.start(cluster.tls.serve, pebble.tls_port)
