@@ -18,7 +18,7 @@ from tests.cluster import PREFIX, Cluster, Node, replacing, run_cluster
 from tests.helpers import start_upstream
 
 NAMES = tuple(f"n{i}.cluster.example.test" for i in range(20))
-LIFETIME = 50  # seconds: Pebble's certificates in the renewal test, renewed at half their lifetime
+LIFETIME = 60  # seconds: Pebble's certificates in the renewal test, renewed at half their lifetime
 
 
 async def test_three_nodes_order_twenty_certificates_once_each_serve_all_and_renew_each_once(
