@@ -144,18 +144,14 @@ def replacing(key: str) -> Callable[[bytes], bool]:
     return lambda data: b"hreplace" in data and wanted in data
 
 
-def pebble_orders(pebble: Pebble | Path) -> int:
-    """How many orders Pebble made (from its own log): ``pebble`` or the directory of its log."""
-    return len(ADDED_ORDER.findall(_pebble_log(pebble)))
+def pebble_orders(pebble: Pebble) -> int:
+    """How many orders Pebble made (from its own log)."""
+    return len(ADDED_ORDER.findall((pebble.log_dir / "pebble.log").read_bytes()))
 
 
-def pebble_issued(pebble: Pebble | Path) -> list[int]:
+def pebble_issued(pebble: Pebble) -> list[int]:
     """The serials of the certificates Pebble issued, in order (from its own log)."""
-    return [int(serial, 16) for serial in ISSUED_SERIAL.findall(_pebble_log(pebble))]
-
-
-def _pebble_log(pebble: Pebble | Path) -> bytes:
-    return ((pebble.log_dir if isinstance(pebble, Pebble) else pebble) / "pebble.log").read_bytes()
+    return [int(serial, 16) for serial in ISSUED_SERIAL.findall((pebble.log_dir / "pebble.log").read_bytes())]
 
 
 def redis_value(redis: RedisServer, *command: str) -> bytes | None:

@@ -14,7 +14,7 @@ import trio
 
 from snakeway.acme.renewer import STORE_RETRY_JITTER, STORE_RETRY_SECONDS
 from tests.acme.test_renewal_pebble import until_logged
-from tests.cluster import PREFIX, Cluster, Node, replacing, run_cluster
+from tests.cluster import PREFIX, Cluster, Node, pebble_issued, replacing, run_cluster
 from tests.helpers import start_upstream
 
 NAMES = tuple(f"n{i}.cluster.example.test" for i in range(20))
@@ -35,6 +35,8 @@ async def test_three_nodes_order_twenty_certificates_once_each_serve_all_and_ren
         renewed = await cluster.until_served(NAMES, unlike=first, timeout=LIFETIME)
         assert cluster.orders() == 2 * len(NAMES)
         assert all(cluster.stored_serial(name) == renewed[name] for name in NAMES)
+        # Every certificate Pebble issued was served: none ordered for nothing.
+        assert sorted(pebble_issued(cluster.pebble)) == sorted([*first.values(), *renewed.values()])
 
 
 LEASE_SECONDS = 3  # the store's lease on a certificate being ordered (the least it takes)
