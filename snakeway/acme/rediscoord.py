@@ -252,4 +252,3 @@ def _stamp(value: bytes | None) -> str | None:
         return f"{data.get('serial')}@{data.get('saved_at')}"
     except (ValueError, AttributeError):
         return bytes(value).hex()[:64]  # damaged: any change of it is still a change
-
