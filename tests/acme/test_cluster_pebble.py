@@ -21,6 +21,11 @@ NAMES = tuple(f"n{i}.cluster.example.test" for i in range(20))
 LIFETIME = 60  # seconds: Pebble's certificates in the renewal test, renewed at half their lifetime
 
 
+def tracebacks(cluster: Cluster) -> list[int]:
+    """The nodes whose log shows an unexpected error (a traceback)."""
+    return [node.index for node in cluster.nodes if b"Traceback" in node.log]
+
+
 async def test_three_nodes_order_twenty_certificates_once_each_serve_all_and_renew_each_once(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -37,6 +42,7 @@ async def test_three_nodes_order_twenty_certificates_once_each_serve_all_and_ren
         assert all(cluster.stored_serial(name) == renewed[name] for name in NAMES)
         # Every certificate Pebble issued was served: none ordered for nothing.
         assert sorted(pebble_issued(cluster.pebble)) == sorted([*first.values(), *renewed.values()])
+    assert tracebacks(cluster) == []
 
 
 LEASE_SECONDS = 3  # the store's lease on a certificate being ordered (the least it takes)
@@ -77,6 +83,7 @@ async def test_another_node_completes_the_order_of_a_node_killed_while_holding_i
         assert cluster.orders() == 2  # the killed node's, and the one that took over
     assert b"issued by" not in holder.log
     assert sum(b"issued by" in node.log for node in survivors) == 1
+    assert tracebacks(cluster) == []
 
 
 async def test_a_node_paused_past_its_lease_mid_order_cannot_write_over_the_node_that_took_over(
@@ -168,3 +175,4 @@ async def test_with_redis_away_nodes_serve_on_and_issue_a_name_added_meanwhile_o
         assert during > 100  # handshakes went on all the while
         assert cluster.orders() == len(names) + 1
         assert all(node.process.returncode is None for node in cluster.nodes)
+    assert tracebacks(cluster) == []
