@@ -47,8 +47,8 @@ fuzz: $(STAMP) deps
 soak: $(STAMP)
 	$(VPY) -m benchmarks.soak
 
-# Side-by-side benchmarks against Caddy and nginx (docs/benchmarks.md); installs wrk, caddy, nginx and
-# pebble when missing. BENCH_ROUNDS, BENCH_SECONDS and friends: see benchmarks/run.py.
+# Side-by-side benchmarks against Caddy and nginx (docs/benchmarks.md); installs wrk, caddy, nginx, pebble
+# and redis-server when missing. BENCH_ROUNDS, BENCH_SECONDS and friends: see benchmarks/run.py.
 bench: $(STAMP)
 	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[bench]'
 	$(VPY) -m benchmarks.run

@@ -14,6 +14,7 @@ PACKAGES = {
     "nginx": ["nginx"],
     "caddy": ["caddy"],
     "pebble": ["pebble", "pebble-challtestsrv"],
+    "redis-server": ["redis-server"],
 }
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -81,6 +82,7 @@ def versions() -> dict[str, str]:
         ("nginx", ["nginx", "-v"]),
         ("wrk", ["wrk", "-v"]),
         ("pebble", ["dpkg-query", "-W", "-f=${Version}", "pebble"]),
+        ("redis-server", ["redis-server", "--version"]),
         ("openssl", ["openssl", "version"]),
     ):
         binary = which(argv[0])
@@ -88,6 +90,7 @@ def versions() -> dict[str, str]:
     found["wrk"] = re.sub(r"\s*\[.*", "", found["wrk"]).removeprefix("wrk ")  # "wrk 4.1.0 [epoll] Copyright ..."
     found["nginx"] = found["nginx"].replace("nginx version: ", "").removeprefix("nginx/")
     found["caddy"] = found["caddy"].split()[0] if found["caddy"].strip() else found["caddy"]
+    found["redis-server"] = re.sub(r"^Redis server v=(\S+).*", r"\1", found["redis-server"])  # "Redis server v=7.0.15 sha=..."
     found["openssl"] = " ".join(found["openssl"].split()[1:2]) or found["openssl"]  # "OpenSSL 3.0.19 27 Jan ..."
     return found
 

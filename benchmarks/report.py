@@ -65,6 +65,8 @@ def cell_text(row: Row, name: str) -> str:
         text = f"{value:.2f} s"
     elif n == 7:
         text = f"{value:.1f} s (first name after {_m(row, name, 'first_s'):.1f} s)"
+    elif n == 10:
+        text = f"{value:.1f} s, {_m(row, name, 'orders'):.0f} orders"
     else:
         text = (f"RSS {value:,.0f} MiB (idle {_m(row, name, 'base_rss_mib'):,.0f} MiB, "
                 f"+{_m(row, name, 'kib_per_conn'):.1f} KiB/conn, {_m(row, name, 'held'):,.0f} held; "

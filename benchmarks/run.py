@@ -3,9 +3,10 @@
 Environment (all optional):
 
 - ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (10): rounds, and seconds per wrk/WebSocket measurement.
-- ``BENCH_SLOW_ROUNDS`` (1): rounds of rows 7-9 (50 names, 10,000 certificates, 10,000 connections).
-- ``BENCH_ROWS`` ("1-9"): which rows, e.g. ``1,2,6`` or ``1-5``.
-- ``BENCH_NAMES`` (50), ``BENCH_STORED_CERTS`` (10000), ``BENCH_IDLE_CONNECTIONS`` (10000).
+- ``BENCH_SLOW_ROUNDS`` (1): rounds of rows 7-10 (50 names, 10,000 certificates, 10,000 connections, 3 nodes).
+- ``BENCH_ROWS`` ("1-10"): which rows, e.g. ``1,2,6`` or ``1-5``.
+- ``BENCH_NAMES`` (50), ``BENCH_STORED_CERTS`` (10000), ``BENCH_IDLE_CONNECTIONS`` (10000),
+  ``BENCH_CLUSTER_NAMES`` (100: row 10).
 - ``BENCH_ACME_TIMEOUT`` (240 s; ×5 for the many-names row), ``BENCH_STORE_TIMEOUT`` (240 s),
   ``BENCH_WS_CONNECTIONS`` (8). ``BENCH_DEBUG``: print tracebacks of failed cells.
 - ``SNAKEWAY_WORKERS``: write ``workers = N`` into snakeway's server block (default: snakeway's own).
@@ -28,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import contenders, deps, procs, report, rows, rows_acme, rows_scale
+from benchmarks import contenders, deps, procs, report, rows, rows_acme, rows_cluster, rows_scale
 from benchmarks.certs import CA
 
 
@@ -37,7 +38,7 @@ def _int(name: str, default: int) -> int:
 
 
 def selected_rows() -> set[int]:
-    spec = os.environ.get("BENCH_ROWS", "1-9").replace(" ", "")
+    spec = os.environ.get("BENCH_ROWS", "1-10").replace(" ", "")
     chosen: set[int] = set()
     for part in filter(None, spec.split(",")):
         low, _, high = part.partition("-")
@@ -73,6 +74,7 @@ def main() -> int:
     rounds, seconds = _int("BENCH_ROUNDS", 3), float(os.environ.get("BENCH_SECONDS", "10"))
     slow_rounds = _int("BENCH_SLOW_ROUNDS", 1)
     names, stored, idle = _int("BENCH_NAMES", 50), _int("BENCH_STORED_CERTS", 10000), _int("BENCH_IDLE_CONNECTIONS", 10000)
+    cluster_names = _int("BENCH_CLUSTER_NAMES", rows_cluster.DEFAULT_NAMES)
     chosen = selected_rows()
     started = time.monotonic()
     unavailable = deps.ensure_packages()
@@ -93,7 +95,8 @@ def main() -> int:
               "absolute figures will be low; the per-round ratios suffer less", flush=True)
     print(f"machine: {meta['machine']}\nversions: {meta['versions']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="snakeway-bench-"))
-    table = [*rows.throughput_rows(seconds, rounds), *rows_acme.acme_rows(names), *rows_scale.scale_rows(stored, idle)]
+    table = [*rows.throughput_rows(seconds, rounds), *rows_acme.acme_rows(names), *rows_scale.scale_rows(stored, idle),
+             *rows_cluster.cluster_rows(cluster_names)]
     table = [row for row in table if row.number in chosen]
     interrupted = False
     try:
@@ -124,6 +127,8 @@ def main() -> int:
                 rows_scale.run_stored(by_number[8], setup, stored, slow_rounds)
             if 9 in by_number:
                 rows_scale.run_idle(by_number[9], setup, slow_rounds)
+            if 10 in by_number:
+                rows_cluster.run_cluster_row(by_number[10], setup, slow_rounds, cluster_names)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping everything", flush=True)
@@ -153,7 +158,7 @@ def report_and_exit(table: list[rows.Row], meta: dict[str, object], started: flo
         return 0
     data = report.to_json(table, meta)
     results_dir = report.RESULTS.parent
-    if set(meta["settings"]["rows"]) == set(range(1, 10)):  # type: ignore[index]
+    if set(meta["settings"]["rows"]) == set(range(1, 11)):  # type: ignore[index]
         json_path, chart_path = report.RESULTS, report.CHART
     else:  # a subset of rows must not replace the published results
         json_path, chart_path = results_dir / "partial.json", results_dir / "partial.png"

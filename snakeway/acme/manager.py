@@ -146,16 +146,19 @@ class CertManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load stored certificates, report started, then keep every certificate fresh."""
+        watch = None
+        if self.watch_interval is not None:
+            watch = StoreWatch(
+                store=self.store, coordinator=self.coordinator, clock=self.clock, certs=lambda: self.certs,
+                ours=self.served.ours, publish=self.served.publish,
+            )
+            await watch.first_look()
         await self._load_stored(self.certs.values(), at_start=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for cert in self.certs.values():
                 self._start(cert)
-            if self.watch_interval is not None:
-                watch = StoreWatch(
-                    store=self.store, coordinator=self.coordinator, clock=self.clock, certs=lambda: self.certs,
-                    ours=self.served.ours, publish=self.served.publish,
-                )
+            if watch is not None and self.watch_interval is not None:
                 nursery.start_soon(watch.run, self.watch_interval)
             task_status.started()
             await trio.sleep_forever()

@@ -59,6 +59,17 @@ class StoreWatch:
         self.certs = certs
         self.ours = ours
         self.publish = publish
+        self._baseline: tuple[object, dict[str, str | None]] | None = None
+
+    async def first_look(self) -> None:
+        """Take the baseline (generation and stamps) now, before the stored certificates are loaded, so that one
+        another process saves in between is a change to pick up rather than part of the baseline. A store that
+        cannot be read leaves the first look to :meth:`run`."""
+        try:
+            self._baseline = (await self.coordinator.generation(),
+                              await self.coordinator.stamps(c.name for c in self.certs().values()))
+        except StoreError:
+            pass
 
     async def run(self, interval: float) -> None:
         """Watch for ever; a full scan at least every ``interval`` seconds.
@@ -71,8 +82,7 @@ class StoreWatch:
             await self._watch(interval)
 
     async def _watch(self, interval: float) -> None:
-        generation: object = None
-        stamps: dict[str, str | None] | None = None
+        generation, stamps = self._baseline or (None, None)
         scanned, changed, failing, told = trio.current_time(), False, False, False
         while True:
             try:

@@ -105,6 +105,44 @@ async def test_without_a_new_generation_the_safety_scan_finds_it(autojump_clock:
         nursery.cancel_scope.cancel()
 
 
+class SavedDuringStartUp(MemoryStore):
+    """A store into which another worker saves ``newer`` right after this worker's start-up has read it."""
+
+    def __init__(self, coordinator: ScriptedCoordinator) -> None:
+        super().__init__()
+        self.coordinator = coordinator
+        self.newer: CertBundle | None = None
+
+    async def load(self, name: str) -> CertBundle | None:
+        bundle = await super().load(name)
+        if self.newer is not None:
+            await super().save(self.newer)
+            self.newer = None
+            self.coordinator.stamp[name] = "v2"
+            self.coordinator.generation_now += 1
+        return bundle
+
+
+async def test_a_certificate_saved_while_the_worker_starts_is_picked_up_within_a_poll(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    coordinator = ScriptedCoordinator()
+    store = SavedDuringStartUp(coordinator)
+    older = await (await issued_memory_store(A)).load(A.name)
+    assert older is not None
+    await store.save(older)
+    coordinator.stamp[A.name] = "v1"
+    store.newer = await newer_bundle()
+    # Its first check is spread out (a minute or so away): only the watch brings the newer one in soon.
+    manager, registry = make_manager((A,), store, TrioLinkedClock(EPOCH), offload=inline, coordinator=coordinator,
+                                     watch_interval=SAFETY_SCAN, spread_above=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        assert store.newer is None  # saved while the worker read the store at start-up
+        assert await seconds_until_served(registry, POLL * 2) <= POLL * 1.2
+        nursery.cancel_scope.cancel()
+
+
 class SlowSavingStore(MemoryStore):
     """A store whose save is visible (new generation and stamp) a while before it returns."""
 

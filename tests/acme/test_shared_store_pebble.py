@@ -2,7 +2,7 @@
 
 Two ``python -m snakeway serve`` processes (as on two machines sharing the store over NFS, or two on one
 host) have their own state directories and listeners, and the same ``cert_dir`` and ACME ``data_dir``.
-Pebble's HTTP-01 validations reach them through a small round-robin TCP balancer in the test, as a load
+Pebble's HTTP-01 validations reach them through the round-robin TCP balancer of :mod:`tests.cluster`, as a load
 balancer in front of several nodes would: so some land on the process that did not order. The certificate
 under test is added by a reload of both while both are serving (a configuration deployed to every node), so
 that both are up when it is ordered.
@@ -11,7 +11,6 @@ that both are up when it is ordered.
 from __future__ import annotations
 
 import functools
-import itertools
 import signal
 import ssl
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Protocol
 import trio
 
 from tests.acme.test_renewal_pebble import ISSUED, follow_log, handshake, orders, pebble_at, stop, until_logged
-from tests.helpers import LOOPBACK, start_upstream
+from tests.cluster import RoundRobin
+from tests.helpers import start_upstream
 from tests.pebble import Pebble, free_port
 from tests.proc import snakeway
 from tests.tlshelpers import client_context
@@ -65,49 +65,6 @@ ingress "site" {{
 }}
 """
     )
-
-
-class RoundRobin:
-    """A TCP balancer: each connection goes to the next of ``ports`` (skipping one that refuses it, as a
-    load balancer skips a node that is down); remembers where each went and the status line that came back."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self._next = itertools.count()
-        self.answers: list[tuple[int, bytes]] = []  # (index of the port, first line of the answer)
-
-    async def serve(self, port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await trio.serve_tcp(self._handle, port, host=LOOPBACK, task_status=task_status)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        first = next(self._next)
-        for index in (i % len(self.ports) for i in range(first, first + len(self.ports))):
-            try:
-                backend = await trio.open_tcp_stream(LOOPBACK, self.ports[index])
-                break
-            except OSError:
-                continue
-        else:
-            await client.aclose()
-            return
-        answer = bytearray()
-        async with client, backend:
-
-            async def upstream() -> None:
-                while data := await client.receive_some(65536):
-                    await backend.send_all(data)
-                await backend.send_eof()
-
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(upstream)
-                    while data := await backend.receive_some(65536):
-                        answer += data
-                        await client.send_all(data)
-                    nursery.cancel_scope.cancel()
-            except* (trio.BrokenResourceError, OSError):
-                pass  # either side reset the connection: the answer so far is recorded
-        self.answers.append((index, bytes(answer).split(b"\r\n", 1)[0]))
 
 
 async def until_served(ctx: ssl.SSLContext, ports: list[int], timeout: float = 30) -> set[int]:
