@@ -223,7 +223,8 @@ class Renewer:
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
                 # Another process sharing the store is ordering it (or asking ARI); the result comes through it.
-                logger.info("certificate for %s: another process sharing the store is ordering it", cert.name)
+                # Routine in a cluster (every other node, at each of its checks while the order runs): debug only.
+                logger.debug("certificate for %s: another process sharing the store is ordering it", cert.name)
                 return min(self.periodic(), now + timedelta(seconds=LOCKED_RECHECK_SECONDS))
             state, fresh = await self._facts(cert)
             if fresh is not None and bundle is not None and fresh.serial != bundle.serial:
