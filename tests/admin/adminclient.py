@@ -100,9 +100,9 @@ async def eventually(check: Any, timeout: float = 5.0) -> Any:
 
 
 @asynccontextmanager
-async def serving(config: Path, admin: Admin, *, workers: int = 2) -> AsyncIterator[Running]:
+async def serving(config: Path, admin: Admin, *, workers: int = 2, https: bool = False) -> AsyncIterator[Running]:
     """snakeway on ``config`` until the block ends; entered once every worker listens on the admin port too."""
     async with running(config, workers=workers) as proc:
-        scheme = "https" if admin.tls is not None else "http"
+        scheme = "https" if https or admin.tls is not None else "http"
         await until_logged(proc, f"listening on {scheme}://127.0.0.1:{admin.port}".encode(), workers)
         yield proc
