@@ -138,7 +138,10 @@ class Supervisor:
 
     def _run(self) -> int:
         server = self.config.server
-        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
+        admin = self.config.admin
+        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses) or (
+            admin is not None and admin.internal_tls
+        ):
             from snakeway.tls.internal_ca import LocalCA
 
             LocalCA.load_or_create(server.state_dir)

@@ -378,7 +378,7 @@ def _admin(f: File, value: object, path: KeyPath) -> model.Admin | None:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         f.report(here, f"{admin.token_file}: {why}")
         return None
-    return dataclasses.replace(admin, tokens=tokens)
+    return dataclasses.replace(admin, tokens=tokens, source=f.doc.path, at=tuple(str(key) for key in path))
 
 
 # --- the entry file --------------------------------------------------------------------------------------------

@@ -168,6 +168,12 @@ class Admin:
     token_file: Path
     tokens: tuple[bytes, ...] = field(default=(), repr=False)
     tls: Tls | None = None
+    source: Path | None = None  # the file that writes it
+    at: tuple[str, ...] = ("bind_admin",)  # its key path in that file
+
+    @property
+    def internal_tls(self) -> bool:
+        return self.tls is not None and self.tls.mode is TlsMode.INTERNAL
 
     @property
     def url_host(self) -> str:

@@ -65,3 +65,14 @@ async def test_certs_shows_what_the_listeners_serve_and_renewing_a_file_certific
                                                  "replace its files and reload"})
         status, _, body = await admin.request("POST", "/admin/certs/internal:localhost/retry")
         assert status == 409 and "internal certificate" in body["error"]
+
+
+async def test_with_two_workers_both_serve_the_admin_certificate_of_the_one_local_ca(tmp_path: Path) -> None:
+    line, admin = admin_block(tmp_path, tls='mode = "internal", domains = ["localhost"]')
+    config, _ = write_config(tmp_path, "", line, workers=2)
+    async with serving(config, admin, workers=2, https=True):
+        admin.tls = client_context(tmp_path / "state" / "pki" / "root.pem")
+        serials = {(await served_leaf(admin.port, admin.tls, "localhost")).serial_number for _ in range(20)}
+        assert len(serials) == 1  # one certificate, shared by both workers, and verified against root.pem
+        (listed,) = (await admin.get("/admin/certs"))["certificates"]
+        assert listed["serial"] == f"{serials.pop():x}"

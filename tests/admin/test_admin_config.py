@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import trustme
 
+from snakeway import preflight
 from snakeway.config.load import load_config
 from snakeway.config.model import TlsMode
 from snakeway.errors import ConfigError
 from snakeway.listeners import Role, listener_specs
+from tests.tlshelpers import write_leaf
 
 TOKEN = "t" * 32
 AUTH = 'auth = { bearer = { token_file = "tokens" } }'
@@ -116,3 +120,19 @@ def test_without_bind_admin_there_is_no_admin_listener(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, f"server {{ version = 1 }}\n{INGRESS}"))
     assert config.admin is None
     assert all(spec.role is not Role.ADMIN for spec in listener_specs(config).values())
+
+
+def test_check_reads_the_admin_listeners_certificate_and_port(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    one, other = write_leaf(ca, tmp_path, "localhost"), write_leaf(ca, tmp_path, "other.test")
+    path = write(tmp_path, "server { version = 1 }\n"
+                           f'bind_admin = {{ port = 8440, tls = {{ mode = "manual", cert = "{one.cert}", '
+                           f'key = "{other.key}" }}, {AUTH} }}\n')
+    table = tmp_path / "tcp"  # the kernel's table of sockets: 127.0.0.1:8440 is listening
+    table.write_text(" sl local_address rem_address st\n 0: 0100007F:20F8 00000000:0000 0A 0\n")
+    found = [str(f) for f in preflight.findings(load_config(path), datetime.now(UTC), proc_net=[table])]
+    assert found == [
+        f"{path}:2: bind_admin.tls.cert: {one.cert}: the private key does not match the certificate",
+        f"{path}:2: bind_admin.port: warning: https://127.0.0.1:8440: something already listens on "
+        "port 8440 (snakeway itself, if it is running?)",
+    ]
