@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,29 @@ async def test_a_token_file_changed_then_reloaded_takes_effect(tmp_path: Path, w
 
         await eventually(old_refused_everywhere)
         assert (await admin.request("GET", "/admin/health"))[0] == 200
+
+
+async def test_a_worker_killed_and_replaced_loses_none_of_its_counts(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery)
+    line, admin = admin_block(tmp_path)
+    config, port = write_config(tmp_path, proxy_to(upstream), line)
+    async with serving(config, admin) as proc:
+        for _ in range(60):
+            assert (await get(port, "/")).status == 200
+
+        async def counted(total: int) -> object:
+            return (await admin.get("/admin/stats"))["requests"]["total"] == total
+
+        await eventually(lambda: counted(60))
+        await trio.sleep(0.6)  # every worker has written its figures since its last request
+        await until_logged(proc, b"snakeway.access", 60)
+        victim = int(bytes(proc.log).split(b"snakeway.access")[0].rsplit(b"[", 1)[1].split(b"]")[0])
+        os.kill(victim, signal.SIGKILL)
+        await until_logged(proc, b"starting a new one")
+        await until_logged(proc, f"listening on http://127.0.0.1:{admin.port}".encode(), 3)
+        for _ in range(10):
+            assert (await get(port, "/")).status == 200
+        await eventually(lambda: counted(70))
+        await trio.sleep(1.2)  # the new worker has written its figures: its predecessor's counts included
+        stats = await admin.get("/admin/stats")
+        assert (stats["workers"], stats["requests"]["total"], stats["services"]["app"]["successes"]) == (2, 70, 70)
