@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from tests.helpers import LOOPBACK, Client, closed_port
+from tests.hostile import harness
 from tests.hostile.harness import running, until_logged
 from tests.proc import Running
 
@@ -70,25 +71,12 @@ def admin_block(directory: Path, *, port: int | None = None, tls: str = "") -> t
 def write_config(
     directory: Path, ingress_body: str, admin_line: str, *, workers: int = 2, port: int | None = None, bind: str = "",
 ) -> tuple[Path, int]:
-    """A configuration with one ingress on 127.0.0.1 and the admin listener: (its path, the ingress port)."""
-    listen = port or closed_port()
-    path = directory / "snakeway.hcl"
-    path.write_text(
-        f"""
-server {{
-  version   = 1
-  workers   = {workers}
-  state_dir = "{directory / 'state'}"
-  upstream  = {{ failure_cooldown_seconds = 60 }}
-}}
-{admin_line}
-ingress "web" {{
-  bind = {{ interface = "127.0.0.1", port = {listen} {bind} }}
-  {ingress_body}
-}}
-"""
-    )
-    return path, listen
+    """A configuration with one ingress on 127.0.0.1 that holds the admin listener: (its path, the ingress port).
+
+    Upstreams refused cool down for a minute, so that a test sees them down.
+    """
+    return harness.write_config(directory, f"{ingress_body}\n  {admin_line}", workers=workers, port=port, bind=bind,
+                                server="upstream = { failure_cooldown_seconds = 60 }")
 
 
 async def eventually(check: Any, timeout: float = 5.0) -> Any:

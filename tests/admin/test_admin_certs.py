@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 
-import trio
 import trustme
-from cryptography import x509
 
+from tests.acme.test_renewal_pebble import handshake
 from tests.admin.adminclient import admin_block, serving, write_config
-from tests.helpers import LOOPBACK
 from tests.tlshelpers import client_context, write_leaf
-
-
-async def served_leaf(port: int, ctx: ssl.SSLContext, name: str) -> x509.Certificate:
-    stream = trio.SSLStream(await trio.open_tcp_stream(LOOPBACK, port), ctx, server_hostname=name)
-    try:
-        await stream.do_handshake()
-        return x509.load_der_x509_certificate(stream.getpeercert(binary_form=True))
-    finally:
-        await trio.aclose_forcefully(stream)
 
 
 def iso(moment: datetime) -> str:
@@ -37,8 +25,8 @@ async def test_certs_shows_what_the_listeners_serve_and_renewing_a_file_certific
     async with serving(config, admin, workers=1, https=True):
         # Verified against the local CA: the admin listener's certificate is the internal one listed below.
         admin.tls = client_context(tmp_path / "state" / "pki" / "root.pem")
-        internal = await served_leaf(admin.port, admin.tls, "localhost")
-        manual = await served_leaf(port, client_context(ca.cert_pem.bytes()), "site.test")
+        internal = await handshake(admin.port, admin.tls, "localhost")
+        manual = await handshake(port, client_context(ca.cert_pem.bytes()), "site.test")
         listed = {c["id"]: c for c in (await admin.get("/admin/certs"))["certificates"]}
         assert set(listed) == {f"manual:{files.cert}", "internal:localhost"}
         now = datetime.now(UTC)
@@ -72,7 +60,7 @@ async def test_with_two_workers_both_serve_the_admin_certificate_of_the_one_loca
     config, _ = write_config(tmp_path, "", line, workers=2)
     async with serving(config, admin, workers=2, https=True):
         admin.tls = client_context(tmp_path / "state" / "pki" / "root.pem")
-        serials = {(await served_leaf(admin.port, admin.tls, "localhost")).serial_number for _ in range(20)}
+        serials = {(await handshake(admin.port, admin.tls, "localhost")).serial_number for _ in range(20)}
         assert len(serials) == 1  # one certificate, shared by both workers, and verified against root.pem
         (listed,) = (await admin.get("/admin/certs"))["certificates"]
         assert listed["serial"] == f"{serials.pop():x}"
