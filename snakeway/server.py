@@ -101,8 +101,9 @@ class Server:
     ) -> None:
         self._loader = loader
         self._handoff = handoff
-        # One of several worker processes sharing the ports (see supervisor.py).
+        # One of several worker processes sharing the ports (see supervisor.py); its supervisor is its parent.
         self.worker = worker
+        self._supervisor = os.getppid() if worker else None
         self.clock = clock or SystemClock()
         upstream = config.server.upstream
         self.shared = Shared(
@@ -187,8 +188,10 @@ class Server:
         reloads itself. The outcome is that of the first reload that starts after this call.
         """
         after = self._reloads_started
-        if self.worker:
-            os.kill(os.getppid(), signal.SIGHUP)
+        if self._supervisor is not None:
+            if os.getppid() != self._supervisor:  # never signal whoever adopted this orphan
+                return ReloadOutcome(after, time.time(), False, "the supervisor is gone; this worker is stopping")
+            os.kill(self._supervisor, signal.SIGHUP)
         else:
             self.request_reload()
         with trio.move_on_after(timeout):
@@ -311,7 +314,7 @@ class Server:
             earlier = None
         if earlier is not None:
             self.shared.counters.add(earlier)
-        nursery.start_soon(figures.run, self.admin.snapshot)
+        nursery.start_soon(figures.run, self.admin.shared_snapshot)
 
     async def _run_reloads(self) -> None:
         """Apply the reloads :meth:`request_reload` asks for, one at a time. Runs until cancelled."""

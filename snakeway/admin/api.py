@@ -82,6 +82,10 @@ class AdminApi:
                 ))
         return snapshot(shared.counters, endpoints, [s.name for s in services], pid=os.getpid(), at=time.time())
 
+    def shared_snapshot(self) -> Snapshot | None:
+        """This worker's figures for its siblings, when the configuration has an admin listener to show them."""
+        return self.snapshot() if self.server.runtime.config.admin is not None else None
+
     async def merged(self) -> Snapshot:
         """The whole server's figures."""
         mine = self.snapshot()

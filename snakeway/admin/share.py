@@ -80,11 +80,12 @@ class SharedFigures:
             found.append(snap)
         return found
 
-    async def run(self, take: Callable[[], Snapshot]) -> None:
-        """Write ``take()`` every :data:`INTERVAL` seconds. Runs until cancelled."""
+    async def run(self, take: Callable[[], Snapshot | None]) -> None:
+        """Write ``take()`` every :data:`INTERVAL` seconds (None: nothing to write now). Runs until cancelled."""
         while True:
             try:
-                await trio.to_thread.run_sync(self.write, take())
+                if (snap := take()) is not None:
+                    await trio.to_thread.run_sync(self.write, snap)
             except OSError as exc:
                 logger.warning("cannot write this worker's figures for the admin API: %s", exc)
             await trio.sleep(INTERVAL)
