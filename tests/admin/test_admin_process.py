@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 
 from tests.admin.adminclient import admin_block, eventually, serving, write_config
 from tests.helpers import closed_port, get, start_upstream
 from tests.hostile.harness import proxy_to, until_logged
+from tests.hostile.test_workers_hostile import accept_websocket, open_websockets
 
 REALM = b'Bearer realm="snakeway-admin"'
 
@@ -209,3 +212,28 @@ async def test_a_worker_killed_and_replaced_loses_none_of_its_counts(nursery: tr
         await trio.sleep(1.2)  # the new worker has written its figures: its predecessor's counts included
         stats = await admin.get("/admin/stats")
         assert (stats["workers"], stats["requests"]["total"], stats["services"]["app"]["successes"]) == (2, 70, 70)
+
+
+async def test_open_websockets_are_counted_over_both_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream = await nursery.start(
+        partial(trio_websocket.serve_websocket, accept_websocket, "127.0.0.1", 0, ssl_context=None)
+    )
+    line, admin = admin_block(tmp_path)
+    config, port = write_config(tmp_path, proxy_to(upstream.port, "/ws", ", enable_websocket = true"), line)
+    async with serving(config, admin):
+        opened, refused = await open_websockets(port, 6)
+        assert (len(opened), refused) == (6, [])
+
+        async def websockets(open_now: int, upgrades: int) -> bool:
+            stats, upstreams = await admin.get("/admin/stats"), await admin.get("/admin/upstreams")
+            app = stats["services"]["app"]
+            return (app["websockets_open"], app["responses"]["1xx"], upstreams["services"]["app"][0]["in_flight"]) \
+                == (open_now, upgrades, open_now)
+
+        await eventually(lambda: websockets(6, 0))  # a 101 is counted when its tunnel ends
+        for ws in opened[:4]:
+            await ws.aclose()
+        await eventually(lambda: websockets(2, 4))
+        for ws in opened[4:]:
+            await ws.aclose()
+        await eventually(lambda: websockets(0, 6))
