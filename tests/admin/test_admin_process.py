@@ -166,6 +166,11 @@ async def test_bad_input_gets_a_clear_json_error(tmp_path: Path) -> None:
             assert list(answer) == ["error"] and answer["error"].startswith(message), answer
             if want == 405:
                 assert headers["allow"] == (b"POST" if "reload" in target else b"GET")
+        status, headers, answer = await admin.request("POST", "/admin/reload", body=b" " * 70_000)
+        assert (status, headers["connection"]) == (413, b"close")
+        assert answer["error"].startswith("the body must be at most 65536 bytes")
+        status, headers, _ = await admin.request("POST", "/admin/reload", token="y" * 40, body=b"{}")
+        assert (status, headers["connection"]) == (401, b"close")  # refused before its body was read
 
 
 @pytest.mark.parametrize("workers", [1, 2])
