@@ -40,7 +40,7 @@ from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
 from snakeway.config.model import Config, StoreType
-from snakeway.listeners import ListenerKey, ListenerSpec, Role, cert_ids, default_name
+from snakeway.listeners import ListenerKey, ListenerSpec, cert_ids, default_name
 from snakeway.proxy.accesslog import LogFile
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
 from snakeway.tls.certmap import CertEntry, CertMap, CertMapHolder, canonical_entry
@@ -120,11 +120,11 @@ class Builder:
             entries = manual | prepared.internal.entries
             prepared.entries = {cert_id: canonical_entry(entry) for cert_id, entry in entries.items()}
             for key, spec in runtime.listeners.items():
-                if spec.role is Role.HTTPS:
+                if spec.tls:  # HTTPS, or an admin listener with tls
                     served = Served(tuple(i for tls in spec.tls for i in cert_ids(tls)), default_name(spec))
                     prepared.served[key] = (served, self.certs.existing_holder(key) or CertMapHolder(CertMap.empty()))
             for spec in new:
-                if spec.role is Role.HTTPS:
+                if spec.tls:  # HTTPS, or an admin listener with tls
                     prepared.tls_contexts[spec.key] = listener_context(prepared.served[spec.key][1])
             prepared.log = LogFile.open(runtime.config.server.access_log)
             for spec in new:

@@ -229,7 +229,12 @@ async def serve(
     if worker is None:
         server = Server(config, loader)
     else:
-        server = Server(config, loader, worker=True, handoff=worker.handoff, ws_counts=worker.ws_counts)
+        from snakeway.admin.share import SharedFigures
+
+        figures = SharedFigures(worker.run_dir, worker.number) if worker.run_dir is not None else None
+        server = Server(
+            config, loader, worker=True, handoff=worker.handoff, ws_counts=worker.ws_counts, figures=figures
+        )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve_signals)
         if worker is not None:

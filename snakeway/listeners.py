@@ -4,6 +4,7 @@ Ingresses that share an interface and a port share one listener: their
 routes form one routing table and, on a TLS listener, their certificates one
 certificate map. A ``redirect_http_to_https`` adds a plain listener whose only
 jobs are to answer ACME HTTP-01 challenges and to redirect to the TLS port.
+A ``bind_admin`` adds the admin listener (:mod:`snakeway.admin`), TLS or not.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Role(enum.Enum):
     HTTP = "http"          # plain HTTP: routes
     HTTPS = "https"        # TLS, then routes
     REDIRECT = "redirect"  # plain HTTP: ACME challenges, then a redirect to HTTPS
+    ADMIN = "admin"        # the admin API (bind_admin), TLS or not
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class ListenerSpec:
 
     @property
     def scheme(self) -> str:
-        return "https" if self.role is Role.HTTPS else "http"
+        return "https" if self.tls else "http"
 
     @property
     def handshake_timeout(self) -> float:
@@ -76,6 +78,10 @@ def listener_specs(config: Config) -> dict[ListenerKey, ListenerSpec]:
             )
     for rkey, spec in redirects.items():
         specs.setdefault(rkey, spec)
+    if (admin := config.admin) is not None:  # the loader gives it a port of its own
+        specs[(admin.interface, admin.port)] = ListenerSpec(
+            admin.interface, admin.port, Role.ADMIN, (admin.tls,) if admin.tls else ()
+        )
     return specs
 
 

@@ -124,11 +124,12 @@ def _certificates(config: Config, now: datetime) -> tuple[list[Finding], dict[Li
     (None for a listener with a certificate that cannot be read: what it covers is unknown)."""
     errors: list[Finding] = []
     names: dict[ListenerKey, list[str] | None] = {}
-    for ingress in config.ingresses:
-        tls = ingress.bind.tls
+    binds = [((i.bind.interface, i.bind.port), i.bind.tls) for i in config.ingresses]
+    if config.admin is not None:
+        binds.append(((config.admin.interface, config.admin.port), config.admin.tls))
+    for key, tls in binds:
         if tls is None:
             continue
-        key = (ingress.bind.interface, ingress.bind.port)
         listener = names.setdefault(key, [])
         if tls.mode is not TlsMode.MANUAL:
             if listener is not None:
@@ -225,6 +226,7 @@ def state_dir_problem(config: Config) -> str | None:
     needed = (
         server.workers > 1
         or any(i.bind.tls is not None and i.bind.tls.mode is TlsMode.INTERNAL for i in config.ingresses)
+        or (config.admin is not None and config.admin.internal_tls)
         or (automation is not None and automation.cert_store.type is StoreType.FILESYSTEM)
     )
     return unwritable_dir(server.state_dir) if needed else None

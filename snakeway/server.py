@@ -23,9 +23,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -36,6 +39,9 @@ from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.store import CertStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
+from snakeway.admin import listener as admin_listener
+from snakeway.admin.api import AdminApi
+from snakeway.admin.share import SharedFigures
 from snakeway.binder import bind
 from snakeway.build import Builder, Prepared, cert_manager, coordinator, is_shared
 from snakeway.clock import SystemClock, WallClock
@@ -57,6 +63,16 @@ from snakeway.tls.sources import InternalIssuer
 
 logger = logging.getLogger("snakeway")
 
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How the ``number``-th reload of this process ended, at ``at`` (Unix time): applied, or why not."""
+
+    number: int
+    at: float
+    applied: bool
+    error: str | None
+
 class Server:
     """A running configuration.
 
@@ -67,6 +83,7 @@ class Server:
       worker: one of several processes sharing the ports (see :mod:`snakeway.supervisor`).
       handoff: where a worker leaves each configuration it applied, for the supervisor.
       ws_counts: the WebSocket counts shared by every worker; None counts in this process.
+      figures: where this worker leaves its figures for the admin API of its siblings (several workers).
     """
 
     def __init__(
@@ -80,11 +97,13 @@ class Server:
         worker: bool = False,
         handoff: ConfigHandoff | None = None,
         ws_counts: SharedWebSocketCounts | None = None,
+        figures: SharedFigures | None = None,
     ) -> None:
         self._loader = loader
         self._handoff = handoff
-        # One of several worker processes sharing the ports (see supervisor.py).
+        # One of several worker processes sharing the ports (see supervisor.py); its supervisor is its parent.
         self.worker = worker
+        self._supervisor = os.getppid() if worker else None
         self.clock = clock or SystemClock()
         upstream = config.server.upstream
         self.shared = Shared(
@@ -117,6 +136,11 @@ class Server:
         self.addresses: dict[ListenerKey, tuple[str, int]] = {}
         self._accept: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+        self.figures = figures
+        self.admin = AdminApi(self, figures)
+        self.last_reload: ReloadOutcome | None = None
+        self._reloads_started = 0
+        self._reload_ended = trio.Event()
 
     # -- control ---------------------------------------------------------
 
@@ -146,17 +170,49 @@ class Server:
         Everything new is prepared first (:meth:`Builder.prepare`); only if all of it succeeded is it
         applied, by assignments that cannot fail, and what it replaced closed.
         """
-        if self._loader is None:
-            return False
+        self._reloads_started += 1
+        number = self._reloads_started
         try:
-            read_at = stamp()
-            config = await trio.to_thread.run_sync(self._loader)
-            runtime = self.builder.runtime(config, self.runtime)
-            new = [spec for key, spec in runtime.listeners.items() if key not in self._listeners]
-            prepared = await self.builder.prepare(runtime, new)
+            applied = await self._reload()
         except (ConfigError, SnakewayError, OSError, ValueError) as exc:
             logger.error("reload failed, the running configuration stays:\n%s", exc)
+            self._reload_done(number, str(exc))
             return False
+        self._reload_done(number, None if applied else "there is no configuration file to read again")
+        return applied
+
+    async def reload_everywhere(self, timeout: float) -> ReloadOutcome | None:  # noqa: ASYNC109 - an answer, not an error
+        """Reload every worker as SIGHUP does and return this one's outcome (None: not ended in ``timeout``).
+
+        A worker asks its supervisor (the parent process), which sends every worker SIGHUP; a single process
+        reloads itself. The outcome is that of the first reload that starts after this call.
+        """
+        after = self._reloads_started
+        if self._supervisor is not None:
+            if os.getppid() != self._supervisor:  # never signal whoever adopted this orphan
+                return ReloadOutcome(after, time.time(), False, "the supervisor is gone; this worker is stopping")
+            os.kill(self._supervisor, signal.SIGHUP)
+        else:
+            self.request_reload()
+        with trio.move_on_after(timeout):
+            while self.last_reload is None or self.last_reload.number <= after:
+                await self._reload_ended.wait()
+            return self.last_reload
+        return None
+
+    def _reload_done(self, number: int, error: str | None) -> None:
+        self.last_reload = ReloadOutcome(number, time.time(), error is None, error)
+        self._reload_ended.set()
+        self._reload_ended = trio.Event()
+
+    async def _reload(self) -> bool:
+        if self._loader is None:
+            return False
+        read_at = stamp()
+        config = await trio.to_thread.run_sync(self._loader)
+        runtime = self.builder.runtime(config, self.runtime)
+        new = [spec for key, spec in runtime.listeners.items() if key not in self._listeners]
+        prepared = await self.builder.prepare(runtime, new)
         self._commit(prepared)
         logger.info("configuration reloaded")
         if self.manager is not None:
@@ -223,6 +279,8 @@ class Server:
         """The background tasks, the listeners and the reloads; then, once stopped, the drain."""
         async with trio.open_nursery() as root:
             root.start_soon(self.shared.pool.run)
+            if self.figures is not None:
+                await self._share_figures(root, self.figures)
             await root.start(self.internal.run)
             if self.manager is not None:
                 await root.start(self.manager.run)
@@ -234,7 +292,7 @@ class Server:
                     self._accept = accept
                     for spec in self.runtime.listeners.values():
                         sockets = await bind(spec, reuse_port=self.worker)
-                        tls = listener_context(self.certs.holder(spec.key)) if spec.role is Role.HTTPS else None
+                        tls = listener_context(self.certs.holder(spec.key)) if spec.tls else None
                         self._serve_listener(spec, sockets, tls)
                     self._listening.set()  # the certificate manager may order now
                     task_status.started()
@@ -246,6 +304,17 @@ class Server:
                 drain = self.runtime.config.server.drain_seconds
                 handlers.cancel_scope.deadline = trio.current_time() + drain
             root.cancel_scope.cancel()
+
+    async def _share_figures(self, nursery: trio.Nursery, figures: SharedFigures) -> None:
+        """Go on from the counts of the worker this one replaces, and write this one's figures from now on."""
+        try:
+            earlier = await trio.to_thread.run_sync(figures.predecessor)
+        except OSError as exc:
+            logger.warning("cannot read the figures of the worker this one replaces: %s", exc)
+            earlier = None
+        if earlier is not None:
+            self.shared.counters.add(earlier)
+        nursery.start_soon(figures.run, self.admin.shared_snapshot)
 
     async def _run_reloads(self) -> None:
         """Apply the reloads :meth:`request_reload` asks for, one at a time. Runs until cancelled."""
@@ -264,7 +333,6 @@ class Server:
         after it, even during start-up, shuts down at once. Once shutting down, the
         handlers stay so that a late signal cannot end the drain.
         """
-        import signal
 
         wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with trio.open_signal_receiver(*wanted) as signals:
@@ -296,7 +364,11 @@ class Server:
         )
         scope = trio.CancelScope()
         self._listeners[spec.key] = scope
-        self._accept.start_soon(self._accept_loop, scope, sockets, partial(handle, ctx, tls_context, self.tlsalpn))
+        if spec.role is Role.ADMIN:
+            handler: Handler = partial(admin_listener.handle, self.admin, spec, tls_context, self.tlsalpn)
+        else:
+            handler = partial(handle, ctx, tls_context, self.tlsalpn)
+        self._accept.start_soon(self._accept_loop, scope, sockets, handler)
         logger.info("listening on %s", spec.url(sockname[1]))
 
     async def _accept_loop(self, scope: trio.CancelScope, sockets: list[socket.socket], handler: Handler) -> None:

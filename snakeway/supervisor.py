@@ -67,6 +67,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snakeway.config.model import Config, TlsMode
@@ -92,6 +93,8 @@ class WorkerEnv:
 
     handoff: ConfigHandoff
     ws_counts: SharedWebSocketCounts
+    number: int = 0  # the worker's slot, 0 to workers - 1
+    run_dir: Path | None = None  # the supervisor's private directory (snakeway/rundir.py)
 
 
 @dataclass
@@ -135,7 +138,10 @@ class Supervisor:
 
     def _run(self) -> int:
         server = self.config.server
-        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
+        admin = self.config.admin
+        if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses) or (
+            admin is not None and admin.internal_tls
+        ):
             from snakeway.tls.internal_ca import LocalCA
 
             LocalCA.load_or_create(server.state_dir)
@@ -302,7 +308,7 @@ class Supervisor:
             os.dup2(devnull, 0)
             os.close(devnull)
             self.ws_counts.join(number)
-            code = self.run_worker(config, WorkerEnv(self.handoff, self.ws_counts))
+            code = self.run_worker(config, WorkerEnv(self.handoff, self.ws_counts, number, self.private.path))
         except BaseException:
             logger.exception("worker %d failed", number)
         finally:

@@ -244,10 +244,12 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          'unknown key "tlz" (did you mean "tls"?); allowed keys: interface, port, tls, redirect_http_to_https'),
         ("port = 9000", "port = 9000, tls = true", "tls",
          "ingress.web.services[0].upstreams[0].endpoint.tls", 'unknown key "tls"; allowed keys: host, port'),
+        ("  bind =", "  admin = 1\n  bind =", "admin", "ingress.web.admin",
+         'unknown key "admin" (did you mean "bind_admin"?); allowed keys: bind, services, static_files, bind_admin'),
         ("  bind =", "  bind_admin = 1\n  bind =", "bind_admin", "ingress.web.bind_admin",
-         'unknown key "bind_admin"; allowed keys: bind, services, static_files'),
+         "expected an object, got number 1"),
         ("  bind =", "  service = []\n  bind =", "service =", "ingress.web.service",
-         'unknown key "service" (did you mean "services"?); allowed keys: bind, services, static_files'),
+         'unknown key "service" (did you mean "services"?); allowed keys: bind, services, static_files, bind_admin'),
         ('  bind = { interface = "loopback", port = 8080 }\n', "", 'ingress "web"', "ingress.web.bind",
          "required key is missing"),
         ('name      = "api"', "", "services = [{", "ingress.web.services[0].name", "required key is missing"),
@@ -330,7 +332,7 @@ def test_defaults_inside_an_ingress(tmp_path: Path) -> None:
          "server.client.underscores_in_headers", 'expected true or false, got string "on"'),
         ("server {\n  version = 1\n}\n", "", 'ingress "web"', "server", "required key is missing"),
         ('ingress "web" {', 'servers = 1\ningress "web" {', "servers", "servers",
-         'unknown key "servers" (did you mean "server"?); allowed keys: server, include, ingress'),
+         'unknown key "servers" (did you mean "server"?); allowed keys: server, include, ingress, bind_admin'),
     ],
 )
 def test_each_problem_names_file_line_and_key(
@@ -541,7 +543,7 @@ def test_problems_in_included_files_name_that_file(tmp_path: Path) -> None:
         f"127.0.0.1:8080 at {main}:8 (ingress.web.services[0].routes[0].hosts[0])",
         f"{bad}:6: services[0].upstreams[0].endpoint.port: must be between 1 and 65535, got 70000",
         f'{bad}:9: server: unknown key "server" (did you mean "services"?); allowed keys: bind, services, '
-        "static_files",
+        "static_files, bind_admin",
         f"{broken}:3: syntax error: unexpected end of file (unclosed brace, bracket or string?)",
         f'{web}:1: ingress name "web" is already used at {main}:4 (ingress.web)',
         f"{web}:1: bind.port: port 8080 is already bound to 127.0.0.1 at {main}:5 (ingress.web.bind.port); "

@@ -22,6 +22,9 @@ The rules, in order:
    have passed. Then: order, with an urgency for the order lane (missing or expired first, then the
    nearest renewal moment).
 
+A forced renewal (``renew``, from the admin API) skips rule 2: it orders a certificate that is not due,
+as rule 3 says (never before a ``Retry-After``, back-off skipped).
+
 The rate-limit budget is consulted by the shell at the moment it spends from it (under the budget lock,
 :mod:`snakeway.acme.budget`), since that is the only moment its answer holds.
 """
@@ -105,6 +108,7 @@ def decide(
     periodic: datetime,
     forced: bool = False,
     unsaved: bool = False,
+    renew: bool = False,
 ) -> Action:
     """The next step for one certificate (see the module docstring).
 
@@ -117,6 +121,8 @@ def decide(
         periodic: The next periodic check: no wait lasts longer.
         forced: A "retry now" (SIGHUP): skips the failure back-off, never a CA's Retry-After.
         unsaved: ``stored`` was issued but is not in the store yet.
+        renew: A forced renewal (the admin API): order now, due or not; as ``forced``, never before a CA's
+            ``Retry-After``.
     """
     if unsaved:
         if not forced and not state.may_attempt(now):
@@ -124,7 +130,8 @@ def decide(
             return Wait(state.next_attempt, "saving the new certificate failed; trying again then")
         return SaveAgain()
     moment: datetime | None = None
-    if stored is not None and stored.covers:
+    forced = forced or renew
+    if stored is not None and stored.covers and not renew:
         mine = state.ari_serial == stored.serial  # the ARI fields are about this certificate
         if ari and (not mine or state.ari_next_poll is None or now >= state.ari_next_poll):
             return PollAri()

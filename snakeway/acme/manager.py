@@ -133,6 +133,8 @@ class CertManager:
         self._tasks: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._forced: set[str] = set()
+        self._renew: set[str] = set()  # forced renewals asked for (renew_one)
+        self._checked: dict[str, trio.Event] = {}  # cert id -> set when the check asked for by retry_one ends
         self._naps: dict[str, trio.CancelScope] = {}
         self._first_checks: dict[str, datetime] = {}  # cert id -> spread-out first check (see _load_stored)
         # Certificates whose task starts at their spread-out first check: a heap of (when, order, cert, scope).
@@ -186,6 +188,31 @@ class CertManager:
             self._start_all = True
             if self._starter_nap is not None:
                 self._starter_nap.cancel()
+
+    def retry_one(self, cert_id: str, *, renew: bool = False) -> trio.Event:
+        """Check ``cert_id`` at once, skipping any back-off; with ``renew``, order a new certificate even if the
+        stored one is not due (never before a CA's Retry-After, nor beyond the budget).
+
+        Returns:
+          An event set when that check has ended (whatever it did).
+
+        Raises:
+          KeyError: ``cert_id`` is not a certificate this manager keeps.
+        """
+        if cert_id not in self.certs:
+            raise KeyError(cert_id)
+        self._forced.add(cert_id)
+        if renew:
+            self._renew.add(cert_id)
+        done = self._checked.setdefault(cert_id, trio.Event())
+        nap = self._naps.get(cert_id)
+        if nap is not None:
+            nap.cancel()
+        if self._deferred:  # its first check may have been spread out: start those tasks now
+            self._start_all = True
+            if self._starter_nap is not None:
+                self._starter_nap.cancel()
+        return done
 
     def _start(self, cert: ManagedCert) -> None:
         """Start ``cert``'s task now or, if its first check was spread out (see :meth:`_load_stored`), then."""
@@ -264,4 +291,11 @@ class CertManager:
         # task would check again and again without napping.
         forced = cert.cert_id in self._forced
         self._forced.discard(cert.cert_id)
-        return await self.renewer.check(cert, forced=forced)
+        renew = cert.cert_id in self._renew
+        self._renew.discard(cert.cert_id)
+        done = self._checked.pop(cert.cert_id, None)  # asked for before this check began: this is the one
+        try:
+            return await self.renewer.check(cert, forced=forced, renew=renew)
+        finally:
+            if done is not None:
+                done.set()

@@ -127,15 +127,16 @@ class Renewer:
 
     # -- one check -------------------------------------------------------
 
-    async def check(self, cert: ManagedCert, *, forced: bool) -> datetime:
+    async def check(self, cert: ManagedCert, *, forced: bool, renew: bool = False) -> datetime:
         """Do what ``cert`` needs now; returns when to check it next.
 
         Args:
           forced: a "retry now": skip the failure back-off (never a CA's Retry-After nor the budget).
+          renew: a forced renewal: order even when the certificate is not due (as ``forced`` otherwise).
         """
         try:
             try:
-                return await self._check(cert, forced)
+                return await self._check(cert, forced, renew)
             except LockLost as lost:  # in _order, _poll_ari or _save_again: the work under the lock was cancelled
                 return await self._lost(cert, lost)
         except FencedOut:  # a write under a lock another process has taken over since (the store logged it)
@@ -143,11 +144,11 @@ class Renewer:
         except StoreError as exc:
             return self._store_away(exc)
 
-    async def _check(self, cert: ManagedCert, forced: bool) -> datetime:
+    async def _check(self, cert: ManagedCert, forced: bool, renew: bool = False) -> datetime:
         periodic = self.periodic()
         for _ in range(3):  # at most: an ARI poll, then a decision on its answer
             state, bundle = await self._facts(cert)
-            action = self._decide(cert, state, bundle, periodic, forced)
+            action = self._decide(cert, state, bundle, periodic, forced, renew)
             if isinstance(action, Wait):
                 if bundle is not None and action.why == NOT_DUE:
                     await self.served.rebuild_if_unservable(cert, bundle)
@@ -159,7 +160,7 @@ class Renewer:
                 return await self._save_again(cert)
             if isinstance(action, Order):
                 async with self.lane.turn(action.urgency):
-                    return await self._order(cert, bundle, forced)
+                    return await self._order(cert, bundle, forced, renew)
             assert isinstance(action, PollAri) and bundle is not None
             if not await self._poll_ari(cert, bundle):
                 return min(periodic, self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
@@ -208,16 +209,17 @@ class Renewer:
         return state, bundle
 
     def _decide(
-        self, cert: ManagedCert, state: RenewalState, bundle: CertBundle | None, periodic: datetime, forced: bool
+        self, cert: ManagedCert, state: RenewalState, bundle: CertBundle | None, periodic: datetime, forced: bool,
+        renew: bool = False,
     ) -> Wait | PollAri | SaveAgain | Order:
         days = self.settings.renew_within_days
         return decide(
             now=self.clock.now(), state=state, stored=stored(cert, bundle), ari=self._ari, periodic=periodic,
             forced=forced, renew_within=timedelta(days=days) if days is not None else None,
-            unsaved=cert.cert_id in self._unsaved,
+            unsaved=cert.cert_id in self._unsaved, renew=renew,
         )
 
-    async def _order(self, cert: ManagedCert, bundle: CertBundle | None, forced: bool) -> datetime:
+    async def _order(self, cert: ManagedCert, bundle: CertBundle | None, forced: bool, renew: bool = False) -> datetime:
         """Lock, read the state again, spend from the budget, order, write the state: in that order."""
         now = self.clock.now()
         async with self.coordinator.lock(cert.name) as mine:
@@ -230,7 +232,8 @@ class Renewer:
             if fresh is not None and bundle is not None and fresh.serial != bundle.serial:
                 await self.served.publish(cert, fresh)
                 logger.info("certificate for %s: another process just renewed it; picked up from the store", cert.name)
-            action = self._decide(cert, state, fresh, self.periodic(), forced)
+                renew = False  # the renewal asked for has just happened
+            action = self._decide(cert, state, fresh, self.periodic(), forced, renew)
             if not isinstance(action, Order):  # waiting now, or ARI first: check again then
                 return action.until if isinstance(action, Wait) else self.clock.now()
             refused = await self.budget.spend_order(cert.domains, renewal=action.renewal)

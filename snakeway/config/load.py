@@ -22,13 +22,16 @@ Theory of operation:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snakeway.admin import auth
 from snakeway.config import _convert as cv
 from snakeway.config import _tls, hcl, model
 from snakeway.config._convert import File, Key
@@ -85,6 +88,8 @@ class _Loader:
         self.unknown_bind = False  # a bind failed to convert: the listeners are not all known
         self.http01: list[tuple[File, KeyPath]] = []
         self.acme_certs: dict[str, tuple[tuple[str, ...], str]] = {}  # store name -> (domains, where)
+        self.admin: tuple[model.Admin, File, KeyPath] | None = None  # the bind_admin, and where it is
+        self.admin_at: str | None = None  # where the first bind_admin is written (valid or not)
 
     def read(self, path: Path) -> File | None:
         try:
@@ -95,12 +100,13 @@ class _Loader:
 
     def load(self, path: Path) -> model.Config | None:
         f = self.read(path)
-        top = None if f is None else f.table(f.doc.data, (), ("server", "include", "ingress"), ["server"])
+        top = None if f is None else f.table(f.doc.data, (), ("server", "include", "ingress", "bind_admin"), ["server"])
         if f is None or top is None:
             return None
         raw_server = top.get("server")
         self.automation = isinstance(raw_server, dict) and raw_server.get("tls_automation") is not None
         server = f.get(top, (), "server", _server)
+        self.bind_admin(f, top, ())
         ingresses: list[model.Ingress | None] = []
         if "ingress" in top and (inline := f.table(top["ingress"], ("ingress",), None)) is not None:
             ingresses.extend(self.ingress(f, body, ("ingress", name), name) for name, body in inline.items())
@@ -115,18 +121,23 @@ class _Loader:
         if not self.plain_listener and not self.unknown_bind:
             for g, challenge in self.http01:
                 g.report(challenge, HTTP01_NEEDS_PLAIN)
+        self.check_admin_port()
         if server is None or None in ingresses:
             return None
-        return model.Config(server=server, ingresses=tuple(i for i in ingresses if i is not None), source=path)
+        admin = self.admin[0] if self.admin is not None else None
+        return model.Config(
+            server=server, ingresses=tuple(i for i in ingresses if i is not None), source=path, admin=admin
+        )
 
     def ingress(self, f: File, value: object, path: KeyPath, name: str) -> model.Ingress | None:
         """An ``ingress "name" { }`` block, or a whole included file."""
         if not name:
             f.report(path, "the ingress name must not be empty")
         self.claim(f, self.ingress_names, name, path, "ingress name")
-        t = f.table(value, path, ("bind", "services", "static_files"), ["bind"])
+        t = f.table(value, path, ("bind", "services", "static_files", "bind_admin"), ["bind"])
         if t is None:
             return None
+        self.bind_admin(f, t, path)
         bind = f.get(t, path, "bind", _bind(automation=self.automation))
         if bind is None:
             self.unknown_bind = True
@@ -138,6 +149,29 @@ class _Loader:
             return None
         sites = tuple(site for group in static for site in group)
         return model.Ingress(name=name, bind=bind, services=services, static_files=sites, source=f.doc.path)
+
+    def bind_admin(self, f: File, table: dict[str, object], path: KeyPath) -> None:
+        """A ``bind_admin`` in the entry file or an ingress: one per server."""
+        if "bind_admin" not in table:
+            return
+        here = (*path, "bind_admin")
+        if self.admin_at is not None:
+            f.report(here, f"the admin listener is already set at {self.admin_at}; a server has one bind_admin")
+            return
+        self.admin_at = f.where(here)
+        admin = _admin(f, table["bind_admin"], here)
+        if admin is not None:
+            self.admin = (admin, f, here)
+
+    def check_admin_port(self) -> None:
+        """The admin listener's port is its own: no ingress nor redirect listens on it."""
+        if self.admin is None:
+            return
+        admin, f, here = self.admin
+        used = self.ports.get(admin.port)
+        if used is not None:
+            f.report((*here, "port"), f"port {admin.port} is already bound at {used.where}; "
+                     "the admin listener needs a port of its own")
 
     def claim(self, f: File, claimed: dict[str, str], name: str, path: KeyPath, what: str) -> None:
         if name in claimed:
@@ -292,6 +326,59 @@ def _bind(*, automation: bool) -> cv.Convert[model.Bind]:
         "redirect_http_to_https": Key(_tls.redirect, field="redirect"),
     }
     return cv.schema(keys, build, check)
+
+
+# --- the admin listener ---------------------------------------------------------------------------------------
+
+ADMIN_DEFAULT_INTERFACE = "127.0.0.1"
+_ADMIN_TLS_MODES = (model.TlsMode.MANUAL.value, model.TlsMode.INTERNAL.value)
+_bearer = cv.schema({"token_file": Key(cv.existing_file, required=True)}, lambda token_file: token_file)
+_admin_auth = cv.schema({"bearer": Key(_bearer, required=True)}, lambda bearer: bearer)
+
+
+def _admin_tls(f: File, value: object, path: KeyPath) -> model.Tls | None:
+    """``bind_admin.tls``: manual or internal certificates (an ACME CA could not validate a loopback name)."""
+    mode = value.get("mode") if isinstance(value, dict) else None
+    if isinstance(mode, str) and mode not in _ADMIN_TLS_MODES:
+        f.report((*path, "mode"), f"the admin listener takes mode \"manual\" or \"internal\", got {quote(mode)}")
+        return None
+    tls = _tls.tls(automation=False)(f, value, path)
+    if tls is not None and tls.mode is model.TlsMode.INTERNAL and tls.default is None:
+        # curl and most clients send no SNI to an IP address: answer those with the first name's certificate.
+        tls = dataclasses.replace(tls, default=tls.domains[0])
+    return tls
+
+
+_admin_schema = cv.schema(
+    {
+        "interface": Key(cv.interface),
+        "port": Key(cv.port, required=True),
+        "tls": Key(_admin_tls),
+        "auth": Key(_admin_auth, required=True, field="token_file"),
+    },
+    lambda port, token_file, interface=ADMIN_DEFAULT_INTERFACE, tls=None: model.Admin(
+        interface, port, token_file, tls=tls
+    ),
+)
+
+
+def _admin(f: File, value: object, path: KeyPath) -> model.Admin | None:
+    """``bind_admin``: never on a wildcard address; its token file is read now (and on every reload)."""
+    admin = _admin_schema(f, value, path)
+    if admin is None:
+        return None
+    if ipaddress.ip_address(admin.interface).is_unspecified:
+        f.report((*path, "interface"), f"the admin listener must not listen on every interface "
+                 f"({admin.interface}): name one address, such as 127.0.0.1")
+        return None
+    here = (*path, "auth", "bearer", "token_file")
+    try:
+        tokens = auth.parse_tokens(admin.token_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        f.report(here, f"{admin.token_file}: {why}")
+        return None
+    return dataclasses.replace(admin, tokens=tokens, source=f.doc.path, at=tuple(str(key) for key in path))
 
 
 # --- the entry file --------------------------------------------------------------------------------------------

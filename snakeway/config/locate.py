@@ -40,6 +40,9 @@ def listener_entry(config: Config, interface: str, port: int) -> str | None:
             return ingress_entry(config, ingress, ("bind", "port"))
         if bind.redirect is not None and bind.redirect.port == port:
             return ingress_entry(config, ingress, ("bind", "redirect_http_to_https", "port"))
+    admin = config.admin
+    if admin is not None and admin.source is not None and (admin.interface, admin.port) == (interface, port):
+        return _written(admin.source, (*admin.at, "port"))
     return None
 
 
@@ -55,6 +58,13 @@ def file_entry(config: Config, path: Path | str) -> str | None:
                 if named == wanted:
                     single = ingress_entry(config, ingress, (*TLS, key))
                     return single or ingress_entry(config, ingress, (*TLS, "certs", index, key))
+    admin = config.admin
+    if admin is not None and admin.tls is not None and admin.source is not None:
+        for index, files in enumerate(admin.tls.certs):
+            for key, named in (("cert", files.cert), ("key", files.key)):
+                if named == wanted:
+                    return _written(admin.source, (*admin.at, "tls", key)) or _written(
+                        admin.source, (*admin.at, "tls", "certs", index, key))
     automation = config.server.tls_automation
     if automation is not None and automation.acme.ca_file == wanted and config.source is not None:
         return _written(config.source, CA_FILE)

@@ -156,6 +156,31 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """``bind_admin``: the admin listener, its optional TLS and the bearer tokens it accepts.
+
+    ``interface`` is an IP literal that is not a wildcard. ``tokens`` are the lines of ``token_file``
+    as read when the configuration was loaded (a reload reads the file again).
+    """
+
+    interface: str
+    port: int
+    token_file: Path
+    tokens: tuple[bytes, ...] = field(default=(), repr=False)
+    tls: Tls | None = None
+    source: Path | None = None  # the file that writes it
+    at: tuple[str, ...] = ("bind_admin",)  # its key path in that file
+
+    @property
+    def internal_tls(self) -> bool:
+        return self.tls is not None and self.tls.mode is TlsMode.INTERNAL
+
+    @property
+    def url_host(self) -> str:
+        return f"[{self.interface}]" if ":" in self.interface else self.interface
+
+
+@dataclass(frozen=True)
 class Ingress:
     name: str
     bind: Bind
@@ -281,3 +306,4 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     ingresses: tuple[Ingress, ...] = ()
     source: Path | None = None
+    admin: Admin | None = None  # bind_admin, in the entry file or one ingress

@@ -67,9 +67,12 @@ class Health:
             raise ValueError(f"cooldown must be >= 0, got {cooldown!r}")
         self.cooldown = cooldown
         self._down_until: dict[Endpoint, float] = {}
+        # Refused or timed-out connects per endpoint since start (the admin API's "failures").
+        self.failures: dict[Endpoint, int] = {}
 
     def mark_failed(self, endpoint: Endpoint, now: float) -> None:
         """Skip ``endpoint`` until ``now + cooldown``; never shortens a cooldown."""
+        self.failures[endpoint] = self.failures.get(endpoint, 0) + 1
         until = now + self.cooldown
         self._down_until[endpoint] = max(until, self._down_until.get(endpoint, until))
 

@@ -30,6 +30,7 @@ import h11
 import trio
 
 from snakeway import hostnames
+from snakeway.admin.figures import ServiceCounts
 from snakeway.config.model import Route, StaticSite
 from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
@@ -92,6 +93,9 @@ class Http1Connection:
         self._valid_host: bytes | None = None
         self._covered = False
         self._fctx_runtime: Runtime | None = None
+        # The admin API's counters: the server's, and the service the request in progress went to.
+        self._totals = ctx.shared.counters.totals
+        self._counts: ServiceCounts | None = None
 
     async def run(self) -> None:
         try:
@@ -110,6 +114,11 @@ class Http1Connection:
         self.requests += 1
         started = trio.current_time()
         status, keep = await self._respond(request)
+        self._totals[status // 100] += 1  # an increment: see snakeway/admin/figures.py
+        counts = self._counts
+        if counts is not None:
+            counts.by_class[status // 100] += 1
+            self._counts = None
         access = self.ctx.shared.access
         if access.enabled:
             access.request(self.client_ip, request.method, request.target, request.http_version, status,
@@ -254,6 +263,7 @@ class Http1Connection:
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
                 fctx = self._forward_context(runtime, spec)
+                self._counts = match.target.counts
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)
                 if status == 101:
                     return status, False
@@ -310,10 +320,14 @@ class Http1Connection:
                 raise RequestFailed(
                     426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)
                 )
-            return await proxy_websocket(
-                self.h, request, headers, target, route, svc.balancer, fctx,
-                self.ctx.shared.slots,
-            )
+            svc.counts.websockets_open += 1
+            try:
+                return await proxy_websocket(
+                    self.h, request, headers, target, route, svc.balancer, fctx,
+                    self.ctx.shared.slots,
+                )
+            finally:
+                svc.counts.websockets_open -= 1
         return await forward(self.h, request, headers, target, route, svc.balancer, fctx)
 
     async def _acme_challenge(self, token: str, *, known_only: bool) -> tuple[int, bool] | None:

@@ -105,6 +105,8 @@ class UpstreamConnection:
         self.h11 = H11Stream(stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size))
         self.idle_since = now
         self.reused = False
+        # The pool's count of open connections per endpoint, lowered once when this one closes.
+        self.open_counts: dict[Endpoint, int] | None = None
         # Made once: acquire() asks it on every reuse (see _peer_gone).
         self.readable_poll = _readable_poll(stream)
 
@@ -126,6 +128,13 @@ class UpstreamConnection:
 
     async def aclose(self) -> None:
         """Close at once, without a graceful shutdown; never blocks."""
+        counts, self.open_counts = self.open_counts, None
+        if counts is not None:
+            left = counts[self.endpoint] - 1
+            if left:
+                counts[self.endpoint] = left
+            else:
+                del counts[self.endpoint]
         await trio.aclose_forcefully(self.stream)
 
     def __repr__(self) -> str:
@@ -160,6 +169,8 @@ class UpstreamPool:
         self._max_incomplete_event_size = max_incomplete_event_size
         # endpoint -> idle connections, oldest first. No empty lists kept.
         self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
+        # endpoint -> connections open, idle or in use; changed only when one opens or closes (no zeros kept).
+        self._open_counts: dict[Endpoint, int] = {}
         self._closed = False
 
     # --- I/O -------------------------------------------------------------------------------------
@@ -235,12 +246,15 @@ class UpstreamPool:
             raise UpstreamConnectError(endpoint, "timed out", timed_out=True) from None
         except OSError as exc:
             raise UpstreamConnectError(endpoint, _describe(exc)) from exc
-        return UpstreamConnection(
+        conn = UpstreamConnection(
             endpoint,
             stream,
             now=trio.current_time(),
             max_incomplete_event_size=self._max_incomplete_event_size,
         )
+        conn.open_counts = self._open_counts
+        self._open_counts[endpoint] = self._open_counts.get(endpoint, 0) + 1
+        return conn
 
     # --- decisions (synchronous; return what to close) ------------------------------------------
 
@@ -291,6 +305,13 @@ class UpstreamPool:
         """When the next idle connection expires (trio time), or None if none is idle."""
         idle_seconds = self.settings.pool_idle_seconds
         return min((idle[0].expires_at(idle_seconds) for idle in self._idle.values()), default=None)
+
+    def in_use(self, endpoint: Endpoint) -> int:
+        """Connections to ``endpoint`` carrying an exchange now (open ones that are not idle).
+
+        Counted from opens and closes only, so a request on a kept-alive connection costs nothing here.
+        """
+        return self._open_counts.get(endpoint, 0) - len(self._idle.get(endpoint, ()))
 
     def idle_count(self, endpoint: Endpoint | None = None) -> int:
         """Idle connections to ``endpoint``, or to all endpoints."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from snakeway.admin.figures import Counters, ServiceCounts
 from snakeway.config.model import Config, Route, Service, StaticSite
 from snakeway.listeners import ListenerKey, ListenerSpec, listener_specs
 from snakeway.proxy.accesslog import AccessLog
@@ -25,6 +26,7 @@ from snakeway.proxy.websocket import WebSocketSlots
 class ServiceTarget:
     service: Service
     balancer: Balancer
+    counts: ServiceCounts = field(default_factory=ServiceCounts)  # the admin API's figures
 
 
 Target = ServiceTarget | StaticSite
@@ -38,6 +40,7 @@ class Shared:
     health: Health
     slots: WebSocketSlots = field(default_factory=WebSocketSlots)
     access: AccessLog = field(default_factory=AccessLog)
+    counters: Counters = field(default_factory=Counters)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def build_runtime(config: Config, shared: Shared, previous: Runtime | None = Non
             if old is not None and old.service == service:
                 target = old
             else:
-                target = ServiceTarget(service, Balancer(service, shared.health))
+                target = ServiceTarget(service, Balancer(service, shared.health), shared.counters.service(service.name))
             targets[service.name] = target
             entries.extend((route, target) for route in service.routes)
         entries.extend((site.route, site) for site in ingress.static_files)

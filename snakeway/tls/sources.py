@@ -131,6 +131,8 @@ class _Issued:
     domains: tuple[str, ...]
     not_before: datetime
     not_after: datetime
+    serial: int = 0
+    issuer: str = ""
 
 
 def _renew_at(issued: _Issued) -> datetime:
@@ -224,6 +226,10 @@ class InternalIssuer:
                     )
                     nursery.cancel_scope.cancel()
 
+    def issued(self) -> dict[str, tuple[tuple[str, ...], datetime, datetime, int, str]]:
+        """Every internal certificate served now: cert id -> (names, not_before, not_after, serial, issuer)."""
+        return {i: (v.domains, v.not_before, v.not_after, v.serial, v.issuer) for i, v in self._issued.items()}
+
     def not_after(self, cert_id: str) -> datetime | None:
         issued = self._issued.get(cert_id)
         return issued.not_after if issued else None
@@ -251,7 +257,7 @@ class InternalIssuer:
             entries[cert_id], info = await entry_from_pem(
                 leaf.chain_pem, leaf.key_pem, now=now, source=f"internal certificate {cert_id}"
             )
-            issued[cert_id] = _Issued(domains, info.not_before, info.not_after)
+            issued[cert_id] = _Issued(domains, info.not_before, info.not_after, info.serial, info.issuer)
             logger.info(
                 "internal certificate for %s %s, valid until %s", ", ".join(domains),
                 "issued" if leaf.issued else "loaded", f"{info.not_after:%Y-%m-%d %H:%M} UTC",

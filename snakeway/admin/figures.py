@@ -1,0 +1,170 @@
+"""The figures the admin API shows: request counters, and one worker's snapshot of them merged with others'.
+
+Theory of operation
+-------------------
+The request path counts into plain objects and never does more than an increment: a
+:class:`ServiceCounts` per service (made once per service name, kept across reloads) whose ``by_class`` list
+is indexed by the status class (``status // 100``), and the server's totals, the same kind of list. Nothing
+is locked: a worker is one thread, and an increment runs between two checkpoints.
+
+With several workers, each one turns its figures into a :class:`Snapshot` (a JSON-able dict, see
+:func:`snapshot`) at least once a second and leaves it where its siblings can read it (:mod:`.share`). The
+worker that answers an admin request merges every worker's snapshot, its own taken just now, with
+:func:`merge`: counters are summed; an upstream is healthy only if no worker has it cooling down; its
+failures and connections in use are summed too. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, final
+
+# The response classes counted, by status // 100 (499, a client that went away, is a 4xx as in nginx).
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+OTHER = "other"
+Snapshot = dict[str, Any]
+
+
+def new_classes() -> list[int]:
+    """A counter per status class, indexed by ``status // 100``: 0 to 9, as a status has three digits
+    (an upstream may send 600 to 999; those are shown as ``other``)."""
+    return [0] * 10
+
+
+@final
+class ServiceCounts:
+    """One service's counters; the request path adds to ``by_class[status // 100]``.
+
+    Attributes:
+      by_class: responses by status class (index ``status // 100``).
+      websockets_open: WebSocket upgrades being handled or tunnels open now.
+    """
+
+    __slots__ = ("by_class", "websockets_open")
+
+    def __init__(self) -> None:
+        self.by_class = new_classes()
+        self.websockets_open = 0
+
+
+@final
+class Counters:
+    """Every counter of one process: per service, and for every request the listeners answered."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceCounts] = {}
+        self.totals = new_classes()
+
+    def service(self, name: str) -> ServiceCounts:
+        """The counters of service ``name``, made on first use and kept across reloads."""
+        counts = self.services.get(name)
+        if counts is None:
+            counts = self.services[name] = ServiceCounts()
+        return counts
+
+    def add(self, earlier: Snapshot) -> None:
+        """Start from the counts of an earlier snapshot (a worker replacing one that died)."""
+        _add_classes(self.totals, earlier.get("requests", {}))
+        for name, service in earlier.get("services", {}).items():
+            _add_classes(self.service(name).by_class, service.get("responses", {}))
+
+
+def _add_classes(into: list[int], responses: Mapping[str, int]) -> None:
+    for index, name in enumerate((*CLASSES, OTHER), start=1):  # "other" goes to 6xx: summed alike
+        value = responses.get(name, 0)
+        into[index] += value if isinstance(value, int) else 0
+
+
+def _classes(by_class: list[int]) -> dict[str, int]:
+    """The counts by class, and ``other``: statuses 600 to 999, which only an upstream can send."""
+    return {**{name: by_class[index] for index, name in enumerate(CLASSES, start=1)}, OTHER: sum(by_class[6:])}
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """One upstream endpoint as this worker sees it now."""
+
+    service: str
+    endpoint: str
+    weight: int
+    down_for: float | None  # seconds its cooldown has left; None when it is not cooling down
+    failures: int
+    in_use: int
+
+
+def snapshot(
+    counters: Counters, endpoints: Iterable[EndpointState], services: Iterable[str], *, pid: int, at: float
+) -> Snapshot:
+    """This worker's figures as JSON-able data; ``services``: the configured ones, in configuration order."""
+    upstreams: dict[str, list[dict[str, Any]]] = {}
+    for e in endpoints:
+        upstreams.setdefault(e.service, []).append({
+            "endpoint": e.endpoint, "weight": e.weight, "healthy": e.down_for is None, "down_for_seconds":
+            e.down_for, "failures": e.failures, "in_flight": e.in_use,
+        })
+    return {
+        "pid": pid,
+        "at": at,
+        "requests": _classes(counters.totals),
+        "services": {
+            name: {
+                "responses": _classes(counts.by_class),
+                "websockets_open": counts.websockets_open,
+            }
+            for name, counts in counters.services.items()
+        },
+        "configured": list(services),
+        "upstreams": upstreams,
+    }
+
+
+def merge(snapshots: list[Snapshot]) -> Snapshot:
+    """The figures of the whole server from every worker's snapshot (the answering worker's first).
+
+    Counters are summed over every snapshot. Only the first snapshot's configured services are shown (the
+    answering worker runs the newest configuration); counts of a service no longer configured stay in the
+    totals only. An upstream endpoint is healthy when no worker has it cooling down (``down_for_seconds``:
+    the longest cooldown left); failures and connections in flight are summed.
+    """
+    first = snapshots[0] if snapshots else {}
+    configured: list[str] = list(first.get("configured", []))
+    totals = new_classes()
+    per_service = {name: new_classes() for name in configured}
+    websockets = dict.fromkeys(configured, 0)
+    upstreams: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in configured}
+    for snap in snapshots:
+        _add_classes(totals, snap.get("requests", {}))
+        for name, service in snap.get("services", {}).items():
+            if name in per_service:
+                _add_classes(per_service[name], service.get("responses", {}))
+                websockets[name] += int(service.get("websockets_open", 0))
+        for name, endpoints in snap.get("upstreams", {}).items():
+            if name not in upstreams:
+                continue
+            for e in endpoints:
+                seen = upstreams[name].setdefault(e["endpoint"], {**e, "failures": 0, "in_flight": 0})
+                seen["failures"] += e["failures"]
+                seen["in_flight"] += e["in_flight"]
+                if e["down_for_seconds"] is not None:
+                    seen["healthy"] = False
+                    seen["down_for_seconds"] = max(seen["down_for_seconds"] or 0.0, e["down_for_seconds"])
+    return {
+        "workers": len(snapshots),
+        "requests": _with_sums(totals),
+        "services": {
+            name: {**_with_sums(per_service[name]), "websockets_open": websockets[name]} for name in configured
+        },
+        "upstreams": {name: list(upstreams[name].values()) for name in configured},
+    }
+
+
+def _with_sums(by_class: list[int]) -> dict[str, Any]:
+    """``total``, ``successes`` (1xx to 3xx), ``client_errors`` (4xx), ``failures`` (5xx) and each class."""
+    return {
+        "total": sum(by_class),
+        "successes": by_class[1] + by_class[2] + by_class[3],
+        "client_errors": by_class[4],
+        "failures": by_class[5],
+        "responses": _classes(by_class),
+    }
