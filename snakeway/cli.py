@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from snakeway import __version__, fatal
+from snakeway import __version__, fatal, logs
 from snakeway.config.load import load_config
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "certs":
         return certs(config)
     workers = config.server.workers
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        if workers > 1
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.server.log, with_pid=workers > 1)
     if workers > 1:
         from snakeway.supervisor import Supervisor
 

@@ -218,6 +218,8 @@ class Server:
                     await self.manager.backend.aclose()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
+            if self._serving.is_set():  # the last line of a shutdown; a supervisor says it once for its workers
+                logger.log(logging.DEBUG if self.worker else logging.INFO, "stopped")
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         """The background tasks, the listeners and the reloads; then, once stopped, the drain."""

@@ -69,6 +69,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from snakeway import logs
 from snakeway.config.model import Config, TlsMode
 from snakeway.handoff import START_FAILED, ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
@@ -155,6 +156,8 @@ class Supervisor:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            if not self.failed:  # the last line of a shutdown, once every worker has exited
+                logger.info("stopped")
         return 1 if self.failed else 0
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -302,6 +305,7 @@ class Supervisor:
             os.dup2(devnull, 0)
             os.close(devnull)
             self.ws_counts.join(number)
+            logs.in_worker(number)
             code = self.run_worker(config, WorkerEnv(self.handoff, self.ws_counts))
         except BaseException:
             logger.exception("worker %d failed", number)

@@ -253,6 +253,23 @@ def default_state_dir() -> Path:
     return Path(base) / "snakeway"
 
 
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+# The levels server.log.level names, as the logging module numbers them.
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """``server.log``: how snakeway writes its log (stderr) and its access lines."""
+
+    format: LogFormat = LogFormat.TEXT
+    level: int = LOG_LEVELS["info"]  # a logging level: what the server log keeps (access lines follow access_log)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     version: int = 1
@@ -266,6 +283,7 @@ class ServerSettings:
     workers: int = field(default_factory=lambda: _cpu_count())
     # "stderr", "off", or a file (appended to; opened again on reload).
     access_log: str | Path = "stderr"
+    log: LogSettings = field(default_factory=LogSettings)
     # Whether proxied requests and responses get "Via: 1.1 snakeway" (RFC 9110 §7.6.3).
     via: bool = True
 

@@ -126,6 +126,7 @@ async def forward(
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
+        down.served_by = conn.endpoint
         exchange = Exchange(down, conn, ctx, limit)
         try:
             status = await exchange.run(up_request, body)

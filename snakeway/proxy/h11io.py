@@ -112,6 +112,10 @@ class H11Stream:
         self.http10_keep_alive = False
         # Headers every response of ours carries (server role): the listener's Strict-Transport-Security.
         self.own_headers: Headers = ()
+        # For the access log (server role): bytes written for the response in flight, and what answered it
+        # (an upstream's Endpoint, or a word of snakeway.proxy.accesslog); the connection resets both.
+        self.sent = 0
+        self.served_by: object = "-"
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """The next event, reading from the stream as h11 needs.
@@ -152,6 +156,7 @@ class H11Stream:
     async def send_raw(self, data: bytes) -> None:
         if not data:
             return
+        self.sent += len(data)
         try:
             await self.stream.send_all(data)
         except BaseException:
