@@ -109,6 +109,9 @@ class AccessLog:
         self._fd: int | None = None
         self._pid = ""
         self._json = False
+        # Fields as written, by their bytes: a method, Host, User-Agent or version comes back request after
+        # request, and a lookup costs less than escaping again. None (a header the request lacks) is "-".
+        self._known: dict[bytes | None, str] = {}
         self._second = -1
         self._stamp = ""
         self._failed = False
@@ -118,6 +121,7 @@ class AccessLog:
         old = self._file
         self._file, self._fd = opened, opened.fd
         self._json = json
+        self._known = {None: "null" if json else "-"}
         self._second = -1
         if json:
             worker = logs.worker()
@@ -137,7 +141,7 @@ class AccessLog:
 
     def request(
         self, client_ip: str, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]],
-        status: int, sent: int, seconds: float, upstream: object, handshake: HandshakeInfo | None,
+        status: int, sent: int, seconds: float, upstream: str, handshake: HandshakeInfo | None,
     ) -> None:
         """One line for a request: ``headers`` are its headers as a list, ``sent`` the bytes of the
         response (head included), ``upstream`` what answered (an endpoint, ``static``, ``redirect`` or ``-``)."""
@@ -150,11 +154,19 @@ class AccessLog:
                 host = value
             elif name == b"user-agent":
                 agent = value
+        known = self._known
+        if (written_host := known.get(host)) is None:
+            written_host = self._learn(host)
+        if (written_agent := known.get(agent)) is None:
+            written_agent = self._learn(agent)
+        if (written_method := known.get(method)) is None:
+            written_method = self._learn(method)
         now = time.time()
         second = int(now)
         if self._json:
             line = self._json_line(
-                now, client_ip, method, target, version, host, agent, status, sent, seconds, upstream, handshake
+                now, client_ip, written_method, target, version, written_host, written_agent, status, sent, seconds,
+                upstream, handshake,
             )
         else:
             if second != self._second:  # logging's asctime, formatted once a second
@@ -164,10 +176,8 @@ class AccessLog:
                 tls = f" sni={escape_text(handshake.sni) if handshake.sni else '-'} {handshake.tls_version}"
             line = (
                 f"{self._stamp},{int((now - second) * 1000):03d} INFO{self._pid} snakeway.access: {client_ip} "
-                f'{escape(host) if host is not None else "-"} '
-                f'"{escape(method)} {escape(target)} HTTP/{version.decode("ascii")}" '
-                f"{status} {sent} {seconds * 1000:.1f}ms {upstream}{tls} "
-                f'"{escape(agent) if agent is not None else "-"}"\n'
+                f'{written_host} "{written_method} {escape(target)} HTTP/{version.decode("ascii")}" '
+                f'{status} {sent} {seconds * 1000:.1f}ms {upstream}{tls} "{written_agent}"\n'
             )
         try:
             os.write(fd, line.encode("utf-8", "backslashreplace"))
@@ -176,10 +186,21 @@ class AccessLog:
                 self._failed = True
                 logger.error("cannot write the access log: %s; lines are dropped while this lasts", exc)
 
+    def _learn(self, field: bytes | None) -> str:
+        """``field`` as written (escaped; a JSON string in JSON), remembered if short."""
+        assert field is not None  # None is known from the start
+        written = _json_bytes(field) if self._json else escape(field)
+        if len(field) <= KNOWN_FIELD_BYTES:
+            if len(self._known) >= KNOWN_FIELDS:
+                self._known = {None: self._known[None]}
+            self._known[field] = written
+        return written
+
     def _json_line(
-        self, now: float, client_ip: str, method: bytes, target: bytes, version: bytes, host: bytes | None,
-        agent: bytes | None, status: int, sent: int, seconds: float, upstream: object, handshake: HandshakeInfo | None,
+        self, now: float, client_ip: str, method: str, target: bytes, version: bytes, host: str, agent: str,
+        status: int, sent: int, seconds: float, upstream: str, handshake: HandshakeInfo | None,
     ) -> str:
+        """The JSON line: ``method``, ``host`` and ``agent`` are JSON strings (or ``null``) already."""
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
@@ -191,13 +212,17 @@ class AccessLog:
         served = "null" if upstream == NOBODY else f'"{upstream}"'  # endpoints and names need no escaping
         return (
             f'{{"time":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info","logger":"snakeway.access"'
-            f'{self._pid},"client":"{client_ip}","host":{_json_bytes(host)},'
-            f'"method":{_json_bytes(method)},"path":{_json_bytes(target)},'
+            f'{self._pid},"client":"{client_ip}","host":{host},'
+            f'"method":{method},"path":{_json_bytes(target)},'
             f'"protocol":"HTTP/{version.decode("ascii")}","status":{status},"bytes":{sent},'
             f'"duration_ms":{seconds * 1000:.1f},"upstream":{served},'
-            f'"sni":{sni},"tls_version":{tls},"user_agent":{_json_bytes(agent)}}}\n'
+            f'"sni":{sni},"tls_version":{tls},"user_agent":{agent}}}\n'
         )
 
+
+# Fields remembered as written (AccessLog._known): at most this many, of at most this many bytes each.
+KNOWN_FIELDS = 1024
+KNOWN_FIELD_BYTES = 256
 
 # What ``upstream`` is when nothing but snakeway answered (an error, an ACME challenge).
 NOBODY = "-"

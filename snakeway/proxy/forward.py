@@ -126,7 +126,7 @@ async def forward(
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
-        down.served_by = conn.endpoint
+        down.served_by = conn.label
         exchange = Exchange(down, conn, ctx, limit)
         try:
             status = await exchange.run(up_request, body)

@@ -113,9 +113,9 @@ class H11Stream:
         # Headers every response of ours carries (server role): the listener's Strict-Transport-Security.
         self.own_headers: Headers = ()
         # For the access log (server role): bytes written for the response in flight, and what answered it
-        # (an upstream's Endpoint, or a word of snakeway.proxy.accesslog); the connection resets both.
+        # (an upstream's host:port, or a word of snakeway.proxy.accesslog); the connection resets both.
         self.sent = 0
-        self.served_by: object = "-"
+        self.served_by = "-"
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """The next event, reading from the stream as h11 needs.
