@@ -215,6 +215,7 @@ _PROXY_ROUTE = {
     "ws_max_connections": Key(cv.nullable(cv.integer(1))),
     "max_body_bytes": Key(cv.nullable(cv.integer(0))),
     "ws_idle_timeout_seconds": Key(cv.seconds(positive=True)),
+    "strip_prefix": Key(cv.boolean),
 }
 _STATIC_ROUTE = {
     **_ROUTE,

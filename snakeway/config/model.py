@@ -54,6 +54,8 @@ class Route:
     max_body_bytes: int | None = None
     # A WebSocket tunnel with no byte moving either way for this long is closed.
     ws_idle_timeout_seconds: float = 3600.0
+    # Proxied routes: the upstream gets the path without ``path`` (static files always strip it).
+    strip_prefix: bool = False
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.accesslog import NOBODY, REDIRECT, STATIC, escape
-from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward
+from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward, stripped
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.runtime import Runtime, ServiceTarget
@@ -314,6 +314,8 @@ class Http1Connection:
         svc: ServiceTarget,
         fctx: ForwardContext,
     ) -> int:
+        if route.strip_prefix:
+            target = stripped(target, route.path)
         if wants_websocket(headers):
             if not route.enable_websocket:
                 raise RequestFailed(
