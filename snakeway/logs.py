@@ -7,6 +7,10 @@ several) and ``message`` (plus ``traceback`` when there is one). A message that 
 JSON. The access log (:mod:`snakeway.proxy.accesslog`) writes its lines itself, in the same format, with the
 same ``time``, ``pid`` and ``worker``.
 
+With several workers, what concerns the whole server is said once, by the supervisor (a signal it
+forwards to every worker, the local CA's path); a worker writes its own acknowledgement of it at
+``debug`` level only (:func:`said_once`).
+
 ``level`` is what the server log keeps (``debug``, ``info``, ``warning``, ``error``); access lines are not
 filtered by it (``server.access_log = "off"`` turns them off). A reload applies a changed ``server.log``.
 """
@@ -79,6 +83,12 @@ def reconfigure(settings: LogSettings, *, with_pid: bool) -> None:
     if _handler is not None:
         _handler.setFormatter(formatter(settings, with_pid=with_pid))
         logging.getLogger().setLevel(settings.level)
+
+
+def said_once(level: int) -> int:
+    """The level of a line that every worker would write alike (a signal forwarded to each, the local CA's
+    path): ``debug`` in a worker of several, whose supervisor writes it once; else ``level``."""
+    return logging.DEBUG if _worker is not None else level
 
 
 def in_worker(number: int) -> None:

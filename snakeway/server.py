@@ -30,6 +30,7 @@ from functools import partial
 
 import trio
 
+from snakeway import logs
 from snakeway.accept import Handler, serve_sockets
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
@@ -272,15 +273,16 @@ class Server:
         with trio.open_signal_receiver(*wanted) as signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
             task_status.started()
+            level = logs.said_once(logging.INFO)  # a worker's supervisor has said it, for every worker
             async for signum in signals:
                 if self._stop.is_set():
-                    logger.info("%s ignored: shutting down", signal.Signals(signum).name)
+                    logger.log(level, "%s ignored: shutting down", signal.Signals(signum).name)
                 elif signum == signal.SIGHUP:
                     later = "" if self._serving.is_set() else " once started"
-                    logger.info("SIGHUP: reloading the configuration%s", later)
+                    logger.log(level, "SIGHUP: reloading the configuration%s", later)
                     self.request_reload()
                 else:
-                    logger.info("%s: shutting down", signal.Signals(signum).name)
+                    logger.log(level, "%s: shutting down", signal.Signals(signum).name)
                     self.shutdown()
 
     def _serve_listener(

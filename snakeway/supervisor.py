@@ -139,7 +139,8 @@ class Supervisor:
         if any(i.bind.tls and i.bind.tls.mode is TlsMode.INTERNAL for i in self.config.ingresses):
             from snakeway.tls.internal_ca import LocalCA
 
-            LocalCA.load_or_create(server.state_dir)
+            ca = LocalCA.load_or_create(server.state_dir)
+            logger.info("local CA: %s (python -m snakeway trust)", ca.root_path)  # once, not by each worker
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
             server.pid_file.write_text(f"{os.getpid()}\n")

@@ -23,7 +23,7 @@ ACCESS_KEYS = {
 }
 
 
-def site(tmp_path: Path, fmt: str, upstream: int, *, level: str = "info") -> tuple[Path, int, int]:
+def site(tmp_path: Path, fmt: str, upstream: int, *, level: str = "info", workers: int = 2) -> tuple[Path, int, int]:
     """A configuration: TLS (internal CA) on one port, its redirect on another; /api proxied, /files static."""
     files = tmp_path / "files"
     files.mkdir()
@@ -32,6 +32,7 @@ def site(tmp_path: Path, fmt: str, upstream: int, *, level: str = "info") -> tup
     config, port = write_config(
         tmp_path,
         proxy_to(upstream, "/api") + (STATIC % files),
+        workers=workers,
         server=f'log = {{ format = "{fmt}", level = "{level}" }}',
         bind=f', tls = {{ mode = "internal", domains = ["a.test"] }}, '
         f"redirect_http_to_https = {{ port = {redirect}, status = 308 }}",
@@ -92,6 +93,12 @@ async def test_json_lines_parse_and_access_lines_carry_every_field(nursery: trio
     assert {"time", "level", "logger", "pid", "message"} <= set(server[0])
     assert sum(e["message"] == "2 workers serving" and "worker" not in e for e in server) == 1
     assert sorted(e["worker"] for e in server if e["message"].startswith("listening on https://")) == [0, 1]
+    # What concerns the whole server is said once, by the supervisor, not again by each worker.
+    said_once = [(e["message"], "worker" in e) for e in server if e["message"].startswith(("local CA: ", "SIGTERM"))]
+    assert said_once == [
+        (f"local CA: {tmp_path / 'state' / 'pki' / 'root.pem'} (python -m snakeway trust)", False),
+        ("SIGTERM: shutting down the workers", False),
+    ]
     assert server[-1]["message"] == "stopped" and "worker" not in server[-1]
     assert sum(e["message"] == "stopped" for e in server) == 1
 
@@ -122,19 +129,22 @@ async def test_a_client_that_sends_nothing_is_logged_at_debug_level_only(
     for level in ("info", "debug"):
         directory = tmp_path / level
         directory.mkdir()
-        config, port, redirect = site(directory, "json", upstream, level=level)
-        async with running(config) as proc:
+        # One worker: it takes the connections in turn, so the empty ones are handled before curl's request.
+        config, port, redirect = site(directory, "json", upstream, level=level, workers=1)
+        async with running(config, workers=1) as proc:
             for listen in (port, redirect):  # connect, send nothing, close
                 stream = await trio.open_tcp_stream(LOOPBACK, listen)
                 await stream.aclose()
-            assert await curl(directory, port, "/api/after") == 200  # logged after the two connections
+            assert await curl(directory, port, "/api/after") == 200
             await until_logged(proc, b'"path":"/api/after"')
+            if level == "debug":
+                await until_logged(proc, b"closed before sending anything", 2)
             log = await stop(proc)
         entries = [json.loads(line) for line in log.decode().splitlines()]
         quiet = [e for e in entries if "sending anything" in e.get("message", "") or "sent nothing" in
                  e.get("message", "")]
-        assert not [e for e in entries if e["level"] in ("warning", "error")]
+        assert not [e for e in entries if e["level"] in ("warning", "error")], entries
         if level == "info":
-            assert quiet == [] and not [e for e in entries if e["level"] == "debug"]
+            assert quiet == [] and not [e for e in entries if e["level"] == "debug"], entries
         else:
-            assert len(quiet) == 2 and all(e["level"] == "debug" for e in quiet)
+            assert len(quiet) == 2 and all(e["level"] == "debug" for e in quiet), entries
