@@ -174,8 +174,9 @@ class AccessLog:
             tls = ""
             if handshake is not None:
                 tls = f" sni={escape_text(handshake.sni) if handshake.sni else '-'} {handshake.tls_version}"
+            ms = _MILLISECONDS[int((now - second) * 1000)]
             line = (
-                f"{self._stamp},{int((now - second) * 1000):03d} INFO{self._pid} snakeway.access: {client_ip} "
+                f"{self._stamp},{ms} INFO{self._pid} snakeway.access: {client_ip} "
                 f'{written_host} "{written_method} {escape(target)} HTTP/{version.decode("ascii")}" '
                 f'{status} {sent} {seconds * 1000:.1f}ms {upstream}{tls} "{written_agent}"\n'
             )
@@ -209,9 +210,10 @@ class AccessLog:
             tls = f'"{handshake.tls_version}"'
         else:
             sni = tls = "null"
+        ms = _MILLISECONDS[int((now - second) * 1000)]
         served = "null" if upstream == NOBODY else f'"{upstream}"'  # endpoints and names need no escaping
         return (
-            f'{{"time":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info","logger":"snakeway.access"'
+            f'{{"time":"{self._stamp}.{ms}Z","level":"info","logger":"snakeway.access"'
             f'{self._pid},"client":"{client_ip}","host":{host},'
             f'"method":{method},"path":{_json_bytes(target)},'
             f'"protocol":"HTTP/{version.decode("ascii")}","status":{status},"bytes":{sent},'
@@ -219,6 +221,9 @@ class AccessLog:
             f'"sni":{sni},"tls_version":{tls},"user_agent":{agent}}}\n'
         )
 
+
+# A stamp's milliseconds, 000 to 999: an index costs a third of formatting one with :03d.
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))
 
 # Fields remembered as written (AccessLog._known): at most this many, of at most this many bytes each.
 KNOWN_FIELDS = 1024
