@@ -269,3 +269,17 @@ ingress "a" {{
         result = await trio.run_process([*command, "-sS", "-o", "/dev/null", "-w", "%{http_code}"],
                                         capture_stdout=True)
         assert result.stdout == b"200"
+
+
+def test_certs_renew_from_the_command_line_without_admin(tmp_path: Path) -> None:
+    config = tmp_path / "snakeway.hcl"
+    config.write_text("server {\n  version = 1\n}\n")
+    for argv in (["certs", "renew", "a.test", "--config", str(config)], ["--config", str(config), "certs", "renew",
+                                                                          "a.test"]):
+        result = run(*argv)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.startswith("snakeway: certs renew: needs the admin listener (bind_admin)")
+    listing = run("certs", "--config", str(config))  # the listing, as before
+    assert (listing.returncode, listing.stderr) == (
+        0, "no certificates are managed: this configuration has no server.tls_automation\n"
+    )
