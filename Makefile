@@ -11,8 +11,11 @@ TEST_DEBS := curl openssl pebble redis-server
 $(VPY):
 	$(PY) -m venv $(VENV)
 
+# The distribution is snakeway-proxy ("snakeway" on PyPI is another project); a .venv made when it was
+# called snakeway loses that old name first, so one distribution owns the snakeway package.
 $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
+	@! $(VPY) -m pip show -q snakeway 2>/dev/null || $(VPY) -m pip uninstall -q -y snakeway
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from snakeway import logs
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
@@ -39,7 +40,7 @@ from snakeway.acme.store import CertStore, MemoryStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
-from snakeway.config.model import Config, StoreType
+from snakeway.config.model import Config, LogFormat, StoreType
 from snakeway.listeners import ListenerKey, ListenerSpec, cert_ids, default_name
 from snakeway.proxy.accesslog import LogFile
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
@@ -140,7 +141,8 @@ class Builder:
         assert prepared.internal is not None and prepared.log is not None
         self.internal.commit(prepared.internal)
         self.certs.replace(prepared.served, prepared.entries)
-        self.shared.access.reopen(prepared.log, with_pid=server.workers > 1)
+        self.shared.access.reopen(prepared.log, with_pid=server.workers > 1, json=server.log.format is LogFormat.JSON)
+        logs.reconfigure(server.log, with_pid=server.workers > 1)
         self.shared.pool.settings = server.upstream
         self.shared.health.cooldown = server.upstream.failure_cooldown_seconds
 

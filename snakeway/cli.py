@@ -1,4 +1,4 @@
-"""``python -m snakeway``: serve, check and version."""
+"""``python -m snakeway``: serve, check, reload, certs, trust and version."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from snakeway import __version__, fatal
+from snakeway import __version__, control, fatal, logs
 from snakeway.config.load import load_config
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
@@ -35,26 +35,39 @@ def config_path(arg: str | None) -> Path:
     return Path(arg or os.environ.get("SNAKEWAY_CONFIG") or DEFAULT_CONFIG)
 
 
+def _config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before the command and after it; a subcommand's default must not hide the one given before.
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None if top else argparse.SUPPRESS,
+        help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snakeway", description="A reverse proxy on trio.")
     parser.add_argument("--version", action="version", version=f"snakeway {__version__}")
+    _config_option(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "run the proxy in the foreground"),
         ("check", "validate the configuration and exit"),
-        ("trust", "print the path of the local CA's root certificate (mode = \"internal\")"),
-        ("certs", "list the ACME-managed certificates and their renewal state"),
+        ("reload", "make the running server read its configuration again (admin listener, else SIGHUP)"),
+        ("trust", "print the local CA's root certificate (mode = \"internal\") and how to use it"),
+        ("certs", "list the ACME-managed certificates and their renewal state; `certs renew NAME` renews one"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument(
-            "--config",
-            metavar="PATH",
-            help=f"configuration file (default: $SNAKEWAY_CONFIG or ./{DEFAULT_CONFIG})",
-        )
+        _config_option(cmd, top=False)
         if name == "serve":
             cmd.add_argument(
                 "--debug", action="store_true", help="print the traceback of an error that stops start-up too"
             )
+        if name == "certs":
+            actions = cmd.add_subparsers(dest="certs_command", required=False)
+            renew = actions.add_parser("renew", help="renew a certificate now, through the admin listener")
+            renew.add_argument("name", metavar="NAME", help="the certificate's id or one of its names")
+            _config_option(renew, top=False)
     return parser
 
 
@@ -76,15 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "trust":
         return trust(config)
     if args.command == "certs":
+        if getattr(args, "certs_command", None) == "renew":
+            return control.renew(config, args.name)
         return certs(config)
+    if args.command == "reload":
+        return control.reload(config)
     workers = config.server.workers
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-        if workers > 1
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.server.log, with_pid=workers > 1)
     if workers > 1:
         from snakeway.supervisor import Supervisor
 
@@ -208,17 +219,50 @@ async def _exit_with_parent(shutdown: Callable[[], None]) -> None:
 
 
 def trust(config: Config) -> int:
-    """Create the local CA if needed and print where its root certificate is."""
+    """Create the local CA if needed, print where its root certificate is and how to use it (stderr)."""
     from snakeway.tls.internal_ca import LocalCA
 
     ca = LocalCA.load_or_create(config.server.state_dir)
     print(ca.root_path)
-    print(
-        "Add this certificate to your trust store to trust snakeway's internal certificates, e.g.\n"
-        f"  curl --cacert {ca.root_path} https://localhost:8443/",
-        file=sys.stderr,
-    )
+    commands = curl_commands(config, ca.root_path)
+    if not commands:
+        print('No listener of this configuration has tls mode = "internal" yet; add the root to your trust store '
+              "to trust the certificates snakeway's local CA issues.", file=sys.stderr)
+        return 0
+    print("Add this certificate to your trust store to trust snakeway's internal certificates, or give it to "
+          "your client:", file=sys.stderr)
+    for command in commands:
+        print(f"  {command}", file=sys.stderr)
     return 0
+
+
+def curl_commands(config: Config, root: Path) -> list[str]:
+    """A curl command for each listener with internal certificates: its first name, its real port and address."""
+    import ipaddress
+
+    from snakeway.config.model import TlsMode
+
+    commands = []
+    for ingress in config.ingresses:
+        bind, tls = ingress.bind, ingress.bind.tls
+        if tls is None or tls.mode is not TlsMode.INTERNAL or not tls.domains:
+            continue
+        name = tls.default or tls.domains[0]
+        address = ipaddress.ip_address(bind.interface)
+        if address.is_unspecified:  # listening everywhere: this machine's loopback reaches it
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        try:
+            is_ip = ipaddress.ip_address(name) is not None
+        except ValueError:
+            is_ip = False
+        host = f"[{name}]" if is_ip and ":" in name else name
+        url = f"https://{host}:{bind.port}/"
+        if is_ip or (name == "localhost" and address.is_loopback):
+            commands.append(f"curl --cacert {root} {url}")
+        else:  # the name may not resolve to the listener's address: tell curl where it is
+            where = f"[{address}]" if address.version == 6 else str(address)
+            commands.append(f"curl --cacert {root} --resolve {name}:{bind.port}:{where} {url}")
+    return commands
 
 
 async def serve(

@@ -33,6 +33,7 @@ from functools import partial
 
 import trio
 
+from snakeway import logs
 from snakeway.accept import Handler, serve_sockets
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
@@ -274,6 +275,8 @@ class Server:
                     await self.manager.backend.aclose()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
+            if self._serving.is_set():  # the last line of a shutdown; a supervisor says it once for its workers
+                logger.log(logging.DEBUG if self.worker else logging.INFO, "stopped")
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         """The background tasks, the listeners and the reloads; then, once stopped, the drain."""
@@ -338,15 +341,16 @@ class Server:
         with trio.open_signal_receiver(*wanted) as signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
             task_status.started()
+            level = logs.said_once(logging.INFO)  # a worker's supervisor has said it, for every worker
             async for signum in signals:
                 if self._stop.is_set():
-                    logger.info("%s ignored: shutting down", signal.Signals(signum).name)
+                    logger.log(level, "%s ignored: shutting down", signal.Signals(signum).name)
                 elif signum == signal.SIGHUP:
                     later = "" if self._serving.is_set() else " once started"
-                    logger.info("SIGHUP: reloading the configuration%s", later)
+                    logger.log(level, "SIGHUP: reloading the configuration%s", later)
                     self.request_reload()
                 else:
-                    logger.info("%s: shutting down", signal.Signals(signum).name)
+                    logger.log(level, "%s: shutting down", signal.Signals(signum).name)
                     self.shutdown()
 
     def _serve_listener(

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snakeway import logs
 from snakeway.config.model import Config, TlsMode
 from snakeway.handoff import START_FAILED, ConfigHandoff
 from snakeway.proxy.wscount import SharedWebSocketCounts
@@ -144,7 +145,8 @@ class Supervisor:
         ):
             from snakeway.tls.internal_ca import LocalCA
 
-            LocalCA.load_or_create(server.state_dir)
+            ca = LocalCA.load_or_create(server.state_dir)
+            logger.info("local CA: %s (python -m snakeway trust)", ca.root_path)  # once, not by each worker
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if server.pid_file is not None:
             server.pid_file.write_text(f"{os.getpid()}\n")
@@ -161,6 +163,8 @@ class Supervisor:
             if server.pid_file is not None:
                 server.pid_file.unlink(missing_ok=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            if not self.failed:  # the last line of a shutdown, once every worker has exited
+                logger.info("stopped")
         return 1 if self.failed else 0
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -308,6 +312,7 @@ class Supervisor:
             os.dup2(devnull, 0)
             os.close(devnull)
             self.ws_counts.join(number)
+            logs.in_worker(number)
             code = self.run_worker(config, WorkerEnv(self.handoff, self.ws_counts, number, self.private.path))
         except BaseException:
             logger.exception("worker %d failed", number)

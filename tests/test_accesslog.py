@@ -1,7 +1,8 @@
-"""The access log's escaping of the fields a client chooses (method, request target, SNI)."""
+"""The access log's escaping of the fields a client chooses (Host, method, request target, User-Agent, SNI)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -57,16 +58,42 @@ def test_a_quote_in_the_target_cannot_forge_a_field_or_a_line(tmp_path: Path) ->
     try:
         target = b'/x" 200 0.1ms\n2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 "GET /forged'
         handshake = HandshakeInfo(client="127.0.0.1:1", tls_version="TLSv1.3", cipher="x", sni='evil"\n.test')
-        log.request("127.0.0.1", b"GET", target, b"1.1", 404, 0.001, handshake)
+        headers = [(b"host", b'a.test"\n'), (b"user-agent", b'ua" "x\n')]
+        log.request("127.0.0.1", b"GET", target, b"1.1", headers, 404, 99, 0.001, "-", handshake)
     finally:
         log.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 1
-    assert lines[0].count('"') == 2
+    assert lines[0].count('"') == 4
     forged = r"/x\x22 200 0.1ms\x0A2026-01-01 00:00:00,000 INFO snakeway.access: 6.6.6.6 \x22GET /forged"
-    assert f'"GET {forged} HTTP/1.1" 404' in lines[0]
-    assert lines[0].endswith(r"sni=evil\x22\x0A.test TLSv1.3")
+    assert f'127.0.0.1 a.test\\x22\\x0A "GET {forged} HTTP/1.1" 404 99 ' in lines[0]
+    assert lines[0].endswith(r'sni=evil\x22\x0A.test TLSv1.3 "ua\x22 \x22x\x0A"')
     assert os.stat(path).st_size == len(lines[0]) + 1
+
+
+def test_a_json_line_keeps_what_a_client_sent_in_its_fields(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog()
+    log.reopen(LogFile.open(path), with_pid=False, json=True)
+    try:
+        target = b'/x","status":200,"y":"\n{"forged":1}'
+        handshake = HandshakeInfo(client="127.0.0.1:1", tls_version="TLSv1.2", cipher="x", sni='evil"\n.test')
+        headers = [(b"user-agent", "caf\u00e9\\".encode())]
+        log.request("127.0.0.1", b"GET", target, b"1.1", headers, 502, 7, 0.0123, "-", handshake)
+    finally:
+        log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["path"] == r'/x\x22,\x22status\x22:200,\x22y\x22:\x22\x0A{\x22forged\x22:1}'
+    assert unescape(entry["path"]) == target
+    assert (entry["status"], entry["bytes"], entry["duration_ms"]) == (502, 7, 12.3)
+    assert (entry["host"], entry["upstream"], entry["sni"], entry["tls_version"]) == (
+        None, None, r"evil\x22\x0A.test", "TLSv1.2"
+    )
+    assert unescape(entry["user_agent"]) == "caf\u00e9\\".encode()
+    assert entry["pid"] == os.getpid() and "worker" not in entry
+
 
 
 def _is_open(fd: int) -> bool:
@@ -85,7 +112,7 @@ def test_reopen_closes_the_replaced_file_and_a_log_file_closes_once(tmp_path: Pa
     assert first.fd is not None and second.fd is not None
     log.reopen(second, with_pid=False)
     assert not _is_open(first.fd)
-    log.request("127.0.0.1", b"GET", b"/", b"1.1", 200, 0.001, None)
+    log.request("127.0.0.1", b"GET", b"/", b"1.1", [], 200, 0, 0.001, "static", None)
     assert (tmp_path / "second.log").read_text().count("\n") == 1
     assert (tmp_path / "first.log").read_text() == ""
     log.close()

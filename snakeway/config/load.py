@@ -249,6 +249,7 @@ _PROXY_ROUTE = {
     "ws_max_connections": Key(cv.nullable(cv.integer(1))),
     "max_body_bytes": Key(cv.nullable(cv.integer(0))),
     "ws_idle_timeout_seconds": Key(cv.seconds(positive=True)),
+    "strip_prefix": Key(cv.boolean),
 }
 _STATIC_ROUTE = {
     **_ROUTE,
@@ -424,6 +425,15 @@ def _access_log(f: File, value: object, path: KeyPath) -> str | Path | None:
     return resolved
 
 
+_log = cv.schema(
+    {
+        "format": Key(cv.choice({f.value: f for f in model.LogFormat}, "log format")),
+        "level": Key(cv.choice(model.LOG_LEVELS, "log level")),
+    },
+    model.LogSettings,
+)
+
+
 _shutdown = cv.schema(
     {"drain_seconds": Key(cv.seconds())}, lambda drain_seconds=model.ServerSettings.drain_seconds: float(drain_seconds)
 )
@@ -440,6 +450,7 @@ _server = cv.schema(
         "tls_automation": Key(cv.nullable(_tls.tls_automation)),
         "workers": Key(cv.integer(1, 256)),
         "access_log": Key(_access_log),
+        "log": Key(_log),
         "via": Key(cv.boolean),
     },
     model.ServerSettings,

@@ -54,6 +54,8 @@ class Route:
     max_body_bytes: int | None = None
     # A WebSocket tunnel with no byte moving either way for this long is closed.
     ws_idle_timeout_seconds: float = 3600.0
+    # Proxied routes: the upstream gets the path without ``path`` (static files always strip it).
+    strip_prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,23 @@ def default_state_dir() -> Path:
     return Path(base) / "snakeway"
 
 
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+# The levels server.log.level names, as the logging module numbers them.
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """``server.log``: how snakeway writes its log (stderr) and its access lines."""
+
+    format: LogFormat = LogFormat.TEXT
+    level: int = LOG_LEVELS["info"]  # a logging level: what the server log keeps (access lines follow access_log)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     version: int = 1
@@ -291,6 +310,7 @@ class ServerSettings:
     workers: int = field(default_factory=lambda: _cpu_count())
     # "stderr", "off", or a file (appended to; opened again on reload).
     access_log: str | Path = "stderr"
+    log: LogSettings = field(default_factory=LogSettings)
     # Whether proxied requests and responses get "Via: 1.1 snakeway" (RFC 9110 §7.6.3).
     via: bool = True
 

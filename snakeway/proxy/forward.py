@@ -42,6 +42,7 @@ from snakeway.proxy.exchange import StaleConnection
 from snakeway.proxy.h11io import H11Stream, relayed_request
 from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection
 from snakeway.proxy.request_body import NO_BODY, ReadBody, read_body, read_first
+from snakeway.proxy.routing import strip_prefix
 from snakeway.proxy.strict import Target
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,20 @@ DROPPED_REQUEST_HEADERS = frozenset({b"expect"})
 def content_length(headers: hdr.Headers) -> int | None:
     value = hdr.get_header(headers, b"content-length")
     return int(value) if value is not None else None
+
+
+def stripped(target: Target, prefix: str) -> Target:
+    """``target`` as a route with ``strip_prefix`` forwards it: without the route's path ``prefix``.
+
+    ``/api/users?id=1`` on ``/api`` goes up as ``/users?id=1``, ``/api`` as ``/``; the query is kept as sent.
+    ``OPTIONS *`` has no path to strip.
+    """
+    rest = strip_prefix(prefix, target.path)
+    if rest is None or target.path == "*":
+        return target
+    path = "/" + rest
+    # The target is the (normalised) path then the query: the path's characters are its bytes (Latin-1).
+    return Target(host=target.host, path=path, target=path.encode("latin-1") + target.target[len(target.path) :])
 
 
 def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext) -> h11.Request:
@@ -126,6 +141,7 @@ async def forward(
     retrying = False
     while True:
         conn = await connect(balancer, ctx)
+        down.served_by = conn.label
         exchange = Exchange(down, conn, ctx, limit)
         try:
             status = await exchange.run(up_request, body)

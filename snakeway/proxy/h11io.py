@@ -11,6 +11,7 @@ progress of a write rather than the whole of it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
@@ -18,6 +19,7 @@ import h11
 import trio
 
 from snakeway.proxy.headers import get_header, has_token
+from snakeway.proxy.validators import http_date
 from snakeway.tcp import TcpStream
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
@@ -26,6 +28,19 @@ from snakeway.tcp import TcpStream
 READ_SIZE = 128 * 1024
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+class _DateCache:
+    second = -1
+    value = b""
+
+
+def current_date() -> bytes:
+    """The ``Date`` of a response snakeway writes (RFC 9110 section 6.6.1): formatted once a second."""
+    second = int(time.time())
+    if second != _DateCache.second:
+        _DateCache.second, _DateCache.value = second, http_date(second)
+    return _DateCache.value
 
 
 def reason_phrase(status: int) -> bytes:
@@ -112,6 +127,10 @@ class H11Stream:
         self.http10_keep_alive = False
         # Headers every response of ours carries (server role): the listener's Strict-Transport-Security.
         self.own_headers: Headers = ()
+        # For the access log (server role): bytes written for the response in flight, and what answered it
+        # (an upstream's host:port, or a word of snakeway.proxy.accesslog); the connection resets both.
+        self.sent = 0
+        self.served_by = "-"
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """The next event, reading from the stream as h11 needs.
@@ -152,6 +171,7 @@ class H11Stream:
     async def send_raw(self, data: bytes) -> None:
         if not data:
             return
+        self.sent += len(data)
         try:
             await self.stream.send_all(data)
         except BaseException:
@@ -161,10 +181,13 @@ class H11Stream:
     async def send_response(
         self, status: int, headers: Headers, body: bytes = b"", *, reason: bytes = b""
     ) -> None:
-        """A whole response in one write, with :attr:`own_headers`; the body is dropped for HEAD, 204 and 304."""
+        """A whole response in one write, with ``Date`` and :attr:`own_headers`; the body is dropped for HEAD,
+        204 and 304."""
         reason = reason or reason_phrase(status)
         events: list[h11.Event] = [
-            h11.Response(status_code=status, headers=[*headers, *self.own_headers], reason=reason)
+            h11.Response(
+                status_code=status, headers=[*headers, (b"date", current_date()), *self.own_headers], reason=reason
+            )
         ]
         if body and self.request_method != b"HEAD" and status not in (204, 304):
             events.append(h11.Data(data=body))

@@ -35,8 +35,8 @@ from snakeway.config.model import Route, StaticSite
 from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
-from snakeway.proxy.accesslog import escape
-from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward
+from snakeway.proxy.accesslog import NOBODY, REDIRECT, STATIC, escape
+from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward, stripped
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.runtime import Runtime, ServiceTarget
@@ -96,6 +96,7 @@ class Http1Connection:
         # The admin API's counters: the server's, and the service the request in progress went to.
         self._totals = ctx.shared.counters.totals
         self._counts: ServiceCounts | None = None
+        self._headers: list[hdr.Header] = []  # the request's in flight, as a list (for the access log)
 
     async def run(self) -> None:
         try:
@@ -113,6 +114,9 @@ class Http1Connection:
             return False
         self.requests += 1
         started = trio.current_time()
+        h = self.h
+        h.sent = 0
+        h.served_by = NOBODY
         status, keep = await self._respond(request)
         self._totals[status // 100] += 1  # an increment: see snakeway/admin/figures.py
         counts = self._counts
@@ -121,8 +125,8 @@ class Http1Connection:
             self._counts = None
         access = self.ctx.shared.access
         if access.enabled:
-            access.request(self.client_ip, request.method, request.target, request.http_version, status,
-                           trio.current_time() - started, HANDSHAKE.get())
+            access.request(self.client_ip, request.method, request.target, request.http_version, self._headers,
+                           status, h.sent, trio.current_time() - started, h.served_by, HANDSHAKE.get())
         return (
             keep
             and not self.ctx.drain.closing
@@ -159,12 +163,16 @@ class Http1Connection:
                 self.h.http10_keep_alive = event.http_version == b"1.0" and keep_http10_alive(conn, event)
                 return event
             if event is not h11.NEED_DATA:
+                if self.requests == 0 and not self.scanner.started:  # a probe, a browser's spare connection
+                    logger.debug("client %s closed before sending anything", self.client_ip)
                 return None  # ConnectionClosed: the client is done
             if head_started is None and self.scanner.started:
                 head_started = trio.current_time()
             if head_started is None:
                 data = await self._receive_idle(idle_deadline)
                 if data is None:
+                    if self.requests == 0:
+                        logger.debug("client %s sent nothing in %gs; closing", self.client_ip, idle_for)
                     return None
                 rejection = self.scanner.feed(data)
                 if data[:1] in strict.NEWLINES:
@@ -223,7 +231,7 @@ class Http1Connection:
 
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
-        headers = hdr.header_list(request.headers)  # walked here and again by the forwarder
+        headers = self._headers = hdr.header_list(request.headers)  # walked here, by the forwarder, the log
         if (
             not self.client.underscores_in_headers
             and self.scanner.head_contains(b"_")  # cheap, and false for many heads
@@ -260,6 +268,7 @@ class Http1Connection:
             if match is None:
                 raise RequestFailed(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
+                self.h.served_by = STATIC
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
                 fctx = self._forward_context(runtime, spec)
@@ -315,6 +324,8 @@ class Http1Connection:
         svc: ServiceTarget,
         fctx: ForwardContext,
     ) -> int:
+        if route.strip_prefix:
+            target = stripped(target, route.path)
         if wants_websocket(headers):
             if not route.enable_websocket:
                 raise RequestFailed(
@@ -352,6 +363,7 @@ class Http1Connection:
             await self._error(400, "a redirect needs a valid Host header", None)
             return 400, False
         location = redirect_location(host, target.target.decode("latin-1"), spec.redirect_port)
+        self.h.served_by = REDIRECT
         headers = [(b"location", location.encode("latin-1")), (b"content-type", b"text/plain")]
         await self.h.send_response(spec.redirect_status, headers, f"Redirecting to {location}\n".encode("latin-1"))
         return spec.redirect_status, await self._finish_request_body()

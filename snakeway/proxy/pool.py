@@ -101,6 +101,7 @@ class UpstreamConnection:
         max_incomplete_event_size: int = MAX_RESPONSE_HEAD,
     ) -> None:
         self.endpoint = endpoint
+        self.label = str(endpoint)  # as the access log names it: once per connection, not per request
         self.stream = stream
         self.h11 = H11Stream(stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size))
         self.idle_since = now

@@ -52,6 +52,22 @@ def path_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
+def strip_prefix(prefix: str, path: str) -> str | None:
+    """What of ``path`` follows the route prefix ``prefix``, without its leading ``/``; None if it does not match.
+
+    ``/static`` leaves ``a/b.css`` of ``/static/a/b.css`` and ``""`` of ``/static``; ``/`` leaves ``a`` of ``/a``.
+    Static files look the remainder up in their directory; a proxied route with ``strip_prefix`` sends
+    ``/`` + the remainder upstream.
+    """
+    if prefix == "/":
+        return path[1:]
+    if path == prefix:
+        return ""
+    if path.startswith(prefix + "/"):
+        return path[len(prefix) + 1 :]
+    return None
+
+
 @dataclass(frozen=True)
 class Match(Generic[T]):
     route: Route

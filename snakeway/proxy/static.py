@@ -61,6 +61,7 @@ from typing import final
 from urllib.parse import quote, unquote_to_bytes
 
 from snakeway.config.model import StaticSite
+from snakeway.proxy.routing import strip_prefix
 from snakeway.proxy.validators import (
     etag_matches,
     header_map,
@@ -201,7 +202,7 @@ def plan_static(
         return error_reply(405, ((b"allow", b"GET, HEAD"),))
     if _BAD_CHARS.search(path) or not path.startswith("/"):
         return error_reply(400)
-    rel = _strip_prefix(site.route.path, path)
+    rel = strip_prefix(site.route.path, path)
     if rel is None:
         return error_reply(404)
     names = _decode_segments(rel)
@@ -230,16 +231,6 @@ def plan_static(
 
 
 # -- URL to filesystem path ------------------------------------------------------------
-
-
-def _strip_prefix(prefix: str, path: str) -> str | None:
-    if prefix == "/":
-        return path[1:]
-    if path == prefix:
-        return ""
-    if path.startswith(prefix + "/"):
-        return path[len(prefix) + 1 :]
-    return None
 
 
 def _decode_segments(rel: str) -> list[str] | ErrorReply:

@@ -21,7 +21,7 @@ import h11
 import trio
 
 from snakeway.config.model import StaticSite
-from snakeway.proxy.h11io import H11Stream
+from snakeway.proxy.h11io import H11Stream, current_date, reason_phrase
 from snakeway.proxy.static import Reply, SendFile, error_reply, plan_static, split_target
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,11 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, 
 
 
 async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
-    headers = [*reply.headers, *h11s.own_headers]  # own: the listener's Strict-Transport-Security
-    events: list[h11.Event] = [h11.Response(status_code=reply.status, headers=headers)]
+    # own: the listener's Strict-Transport-Security
+    headers = [*reply.headers, (b"date", current_date()), *h11s.own_headers]
+    events: list[h11.Event] = [
+        h11.Response(status_code=reply.status, headers=headers, reason=reason_phrase(reply.status))
+    ]
     if reply.body and not head_only:
         events.append(h11.Data(data=reply.body))
     events.append(h11.EndOfMessage())
@@ -92,8 +95,10 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         if size < plan.start + plan.length:
             logger.warning("static file %s shrank between stat and open", plan.path)
             return await _send_reply(h11s, error_reply(500), head_only=head_only)
-        headers = [*plan.headers, *h11s.own_headers]
-        pending: list[h11.Event] = [h11.Response(status_code=plan.status, headers=headers)]
+        headers = [*plan.headers, (b"date", current_date()), *h11s.own_headers]
+        pending: list[h11.Event] = [
+            h11.Response(status_code=plan.status, headers=headers, reason=reason_phrase(plan.status))
+        ]
         if head_only or plan.length == 0:
             await h11s.send(*pending, h11.EndOfMessage())
             return plan.status

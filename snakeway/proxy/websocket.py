@@ -117,6 +117,7 @@ async def proxy_websocket(
             headers=[*up_request.headers, *UPGRADE_HEADERS],
         )
         conn = await connect(balancer, ctx)
+        down.served_by = conn.label
         try:
             exchange = Exchange(down, conn, ctx, limit=0)
             with exchange.timeouts():  # the handshake is timed, the tunnel is not

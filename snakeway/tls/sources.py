@@ -30,6 +30,7 @@ from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
+from snakeway import logs
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import Tls, TlsMode
 from snakeway.listeners import cert_ids
@@ -186,7 +187,7 @@ class InternalIssuer:
         ca = self._ca
         if wanted and ca is None:
             ca = await trio.to_thread.run_sync(LocalCA.load_or_create, self._state_dir)
-            logger.info("local CA: %s (python -m snakeway trust)", ca.root_path)
+            logger.log(logs.said_once(logging.INFO), "local CA: %s (python -m snakeway trust)", ca.root_path)
         missing = {cert_id: domains for cert_id, domains in wanted.items() if cert_id not in self._issued}
         entries, issued = await self._obtain(ca, missing)
         return InternalPlan(wanted, ca, entries, issued)

@@ -18,8 +18,8 @@ from tests.helpers import get, service_config, start_snakeway, start_upstream
 from tests.tlshelpers import client_context, manual, tls_request, write_leaf
 
 LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO( \[\d+\])? snakeway\.access: 127\.0\.0\.1 "GET (\S+) HTTP/1\.1" (\d{3}) '
-    r"[\d.]+ms( sni=\S+ TLSv1\.[23])?$"
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO( \[\d+\])? snakeway\.access: 127\.0\.0\.1 \S+ "GET (\S+) HTTP/1\.1" (\d{3}) '
+    r'\d+ [\d.]+ms \S+( sni=\S+ TLSv1\.[23])? "[^"]*"$'
 )
 
 

@@ -196,6 +196,6 @@ async def test_a_session_resumes_on_whichever_worker_the_client_reaches(
         with trio.fail_after(10):
             while proc.log.count(b'"GET /r') < 16:
                 await proc.read_more()
-    served_by = {int(m.group(2)): int(m.group(1)) for m in re.finditer(rb'\[(\d+)\] snakeway\.access: \S+ "GET /r(\d+) ', proc.log)}
+    served_by = {int(m.group(2)): int(m.group(1)) for m in re.finditer(rb'\[(\d+)\] snakeway\.access: \S+ \S+ "GET /r(\d+) ', proc.log)}
     assert len(set(served_by.values())) == 2, served_by  # the kernel spread the connections over both workers
     assert resumed == [False] + [True] * 15

@@ -44,14 +44,15 @@ async def test_a_quote_in_the_target_cannot_forge_access_log_fields(nursery: tri
     config, port = write_config(tmp_path, proxy_to(upstream), server=f'access_log = "{access}"')
     forged = b'/x"-"GET/\\'  # unescaped, the quote would end the field early
     async with running(config):
-        answer = await exchange(port, b"GET " + forged + b" HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        answer = await exchange(port, b"GET " + forged + b" HTTP/1.1\r\nHost: x.test\r\nUser-Agent: a\" \"b\r\n\r\n")
         assert statuses(answer) == [200]
         with trio.fail_after(5):
             while not access.exists() or not access.read_bytes().endswith(b"\n"):
                 await trio.sleep(0.02)
     (line,) = access.read_text().splitlines()
-    assert line.count('"') == 2, line
+    assert line.count('"') == 4, line  # the request line's and the User-Agent's, nothing more
     assert r'"GET /x\x22-\x22GET/\x5C HTTP/1.1" 200 ' in line
+    assert line.endswith(r' "a\x22 \x22b"'), line
 
 
 async def test_if_modified_since_in_year_9999_gets_the_file(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ async def test_key_exchange_only_over_x25519_and_p256(nursery: trio.Nursery, tmp
             assert "CONNECTION ESTABLISHED" not in output and "Server Temp Key" not in output, (version, groups, output)
 
 
-ACCESS_PID = re.compile(rb"INFO \[(\d+)\] snakeway\.access: 127\.0\.0\.1 \"GET /app\?n=(\d+) ")
+ACCESS_PID = re.compile(rb"INFO \[(\d+)\] snakeway\.access: 127\.0\.0\.1 \S+ \"GET /app\?n=(\d+) ")
 
 
 async def test_internal_mode_every_worker_presents_the_same_leaf_without_the_root(

@@ -317,7 +317,8 @@ def private_directories(state_dir: Path) -> list[Path]:
 
 async def test_a_sighup_during_the_drain_does_not_cut_it_short(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream, arrived = await start_slow_upstream(nursery, 1.5)
-    config, listen = write_config(tmp_path, proxy_to(upstream))
+    # At debug level: a worker's acknowledgement of a signal its supervisor forwards is a debug line.
+    config, listen = write_config(tmp_path, proxy_to(upstream), server='log = { level = "debug" }')
     async with running(config) as proc:
         (private,) = private_directories(tmp_path / "state")
         assert private.stat().st_mode & 0o777 == 0o700
@@ -388,10 +389,14 @@ async def test_a_sigterm_after_a_sighup_during_start_up_stops_snakeway_at_once(
     nursery: trio.Nursery, tmp_path: Path, workers: int
 ) -> None:
     upstream, _ = await start_logging_upstream(nursery)
-    config, _ = write_config(tmp_path, proxy_to(upstream), workers=workers, bind=INTERNAL)
+    # At debug level: what a worker's supervisor says for all (the local CA, a signal) each worker says at debug.
+    config, _ = write_config(
+        tmp_path, proxy_to(upstream), workers=workers, bind=INTERNAL, server='log = { level = "debug" }'
+    )
     with hold_leaf_lock(tmp_path / "state", ["a.test"]):
         async with snakeway(config, ready=None) as proc:
-            await until_logged(proc, b"local CA:", workers)  # start-up now waits for the leaf's lock
+            # Each worker's start-up now waits for the leaf's lock (the supervisor names the CA first).
+            await until_logged(proc, b"local CA:", workers + (workers > 1))
             proc.process.send_signal(signal.SIGHUP)
             await until_logged(proc, b"SIGHUP: reloading the configuration", workers)
             proc.process.send_signal(signal.SIGTERM)
