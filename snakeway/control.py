@@ -26,26 +26,12 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
 from urllib.parse import quote
 
-from snakeway.config.model import Config, Tls, TlsMode
+from snakeway.config.model import Admin, Config, Tls, TlsMode
 from snakeway.errors import SnakewayError
 
 TIMEOUT_SECONDS = 180.0  # the admin listener waits up to 120 s for a reload to end, and answers then
-
-
-class AdminSettings(Protocol):
-    """What the CLI reads of ``bind_admin`` (``Config.admin``)."""
-
-    @property
-    def interface(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def token_file(self) -> Path: ...
-    @property
-    def tls(self) -> Tls | None: ...
 
 
 class Unreachable(SnakewayError):
@@ -58,14 +44,13 @@ class Answer:
     body: dict[str, object]
 
 
-def admin_of(config: Config) -> AdminSettings | None:
+def admin_of(config: Config) -> Admin | None:
     """The configuration's ``bind_admin``, if it has one."""
-    return cast("AdminSettings | None", getattr(config, "admin", None))
+    return config.admin
 
 
-def url_of(admin: AdminSettings) -> str:
-    host = f"[{admin.interface}]" if ":" in admin.interface else admin.interface
-    return f"{'https' if admin.tls is not None else 'http'}://{host}:{admin.port}"
+def url_of(admin: Admin) -> str:
+    return f"{'https' if admin.tls is not None else 'http'}://{admin.url_host}:{admin.port}"
 
 
 # --- the commands -----------------------------------------------------------------------------------------------
@@ -159,7 +144,7 @@ def send_signal(config: Config, signum: signal.Signals) -> int:
 # --- the admin listener -------------------------------------------------------------------------------------------
 
 
-def token(admin: AdminSettings) -> str:
+def token(admin: Admin) -> str:
     """The first token of ``token_file`` (one per line)."""
     try:
         lines = admin.token_file.read_text().splitlines()
@@ -172,7 +157,7 @@ def token(admin: AdminSettings) -> str:
     raise Unreachable(f"{admin.token_file} holds no token")
 
 
-def post(admin: AdminSettings, path: str, state_dir: Path) -> Answer:
+def post(admin: Admin, path: str, state_dir: Path) -> Answer:
     """``POST path`` to the admin listener with the bearer token; its status and JSON body.
 
     Raises:
@@ -201,7 +186,7 @@ def post(admin: AdminSettings, path: str, state_dir: Path) -> Answer:
     return Answer(response.status, body)
 
 
-def _connection(admin: AdminSettings, state_dir: Path) -> http.client.HTTPConnection:
+def _connection(admin: Admin, state_dir: Path) -> http.client.HTTPConnection:
     if admin.tls is None:
         return http.client.HTTPConnection(admin.interface, admin.port, timeout=TIMEOUT_SECONDS)
     return _PinnedHTTPS(admin.interface, admin.port, admin.tls, state_dir)

@@ -22,27 +22,12 @@ import trio
 from snakeway import control
 from snakeway.cli import build_parser, curl_commands
 from snakeway.config.load import load_config
-from snakeway.config.model import Config, Tls
+from snakeway.config.model import Admin, Config
 from tests.e2e.test_cli import write_config
 from tests.helpers import closed_port, get, start_upstream
 from tests.proc import PYTHON, snakeway
 
 TOKEN = "t" * 40
-
-
-@dataclass(frozen=True)
-class AdminStandIn:
-    """``bind_admin`` as the CLI reads it (``Config.admin``)."""
-
-    interface: str
-    port: int
-    token_file: Path
-    tls: Tls | None = None
-
-
-@dataclass(frozen=True)
-class ConfigWithAdmin(Config):
-    admin: AdminStandIn | None = None
 
 
 @dataclass
@@ -86,7 +71,7 @@ def fake_admin() -> Iterator[tuple[FakeAdmin, int]]:
 def with_admin(tmp_path: Path, port: int) -> Config:
     tokens = tmp_path / "admin.tokens"
     tokens.write_text(f"\n{TOKEN}\n{'u' * 40}\n")
-    return ConfigWithAdmin(admin=AdminStandIn("127.0.0.1", port, tokens))
+    return Config(admin=Admin("127.0.0.1", port, tokens))
 
 
 def test_reload_posts_to_the_admin_listener_with_the_first_token(
