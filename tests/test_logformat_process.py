@@ -132,6 +132,7 @@ async def test_a_client_that_sends_nothing_is_logged_at_debug_level_only(
         # One worker: it takes the connections in turn, so the empty ones are handled before curl's request.
         config, port, redirect = site(directory, "json", upstream, level=level, workers=1)
         async with running(config, workers=1) as proc:
+            await until_logged(proc, b"listening on", 2)  # both listeners, the redirect's too
             for listen in (port, redirect):  # connect, send nothing, close
                 stream = await trio.open_tcp_stream(LOOPBACK, listen)
                 await stream.aclose()
