@@ -53,6 +53,7 @@ class AdminApi:
             "certs": self.certs,
             "renew": self.renew,
             "retry": self.retry,
+            "status": self.status,
         }
 
     def tokens(self) -> tuple[bytes, ...]:
@@ -112,6 +113,12 @@ class AdminApi:
     async def stats(self, call: Call) -> Answer:
         figures = await self.merged()
         return 200, {"workers": figures["workers"], "requests": figures["requests"], "services": figures["services"]}
+
+    async def status(self, call: Call) -> Answer:
+        """What the status page shows (the listener renders it): certificates, upstreams, workers."""
+        figures = await self.merged()
+        return 200, {"certificates": await self._cert_views(), "services": figures["upstreams"],
+                     "workers": figures["workers"]}
 
     # -- reload ----------------------------------------------------------------------------------
 
