@@ -19,7 +19,6 @@ import time
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
 
 import h11
 import trio
@@ -166,8 +165,7 @@ class _Connection:
 
     async def _login(self, body: bytes, tokens: tuple[bytes, ...]) -> bool:
         """``POST /login``: a valid token in the form gets a session cookie and a redirect to the status page."""
-        offered = parse_qs(body.decode("latin-1"), max_num_fields=8).get("token", [""])[0].strip()
-        if not auth.authorized(b"Bearer " + offered.encode("latin-1"), tokens):
+        if not auth.authorized(b"Bearer " + session.form_token(body), tokens):
             logger.warning("admin: status page login from %s refused: not a valid token", self.client)
             await self._send_html(401, page.login_form("That is not a valid token."))
             return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from urllib.parse import parse_qs
 
 COOKIE = "snakeway_admin_session"
 LIFETIME_SECONDS = 12 * 3600
@@ -57,6 +58,16 @@ def from_cookie_header(headers: list[bytes]) -> str | None:
             if eq and name == COOKIE:
                 return value
     return None
+
+
+def form_token(body: bytes) -> bytes:
+    """The ``token`` field of the login form's body (form-encoded); empty when there is none or it is garbled."""
+    try:
+        fields = parse_qs(body.decode("ascii"), max_num_fields=8, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return b""
+    token = fields.get("token", [""])[0].strip()
+    return token.encode("ascii") if token.isascii() else b""
 
 
 def set_cookie(value: str) -> bytes:

@@ -159,3 +159,10 @@ def test_slash_needs_a_token_or_a_session_and_refused_is_the_login_form() -> Non
     assert routes.decide(b"GET", b"/login", None, TOKENS) == routes.UNAUTHORIZED
     refused = routes.decide(b"POST", b"/", bearer, TOKENS)
     assert isinstance(refused, routes.Error) and refused.status == 405
+
+
+def test_the_token_is_read_from_the_form_and_anything_garbled_is_no_token() -> None:
+    assert session.form_token(b"token=abc%2B%2F%3D&x=1") == b"abc+/="
+    assert session.form_token(b"token=+abc+") == b"abc"  # white space around it, as in the token file
+    for garbled in (b"", b"token", b"x=1", b"&".join([b"a=1"] * 20) + b"&token=abc", b"token=\xff", b"token=%C3%A9"):
+        assert session.form_token(garbled) == b""

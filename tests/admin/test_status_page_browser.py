@@ -66,6 +66,8 @@ async def test_the_login_form_trades_a_token_for_a_session_that_a_token_change_r
         wrong = await admin_http(admin, "POST", "/login", form, b"token=" + b"x" * 43)
         assert wrong.status == 401 and b"That is not a valid token." in wrong.body
         assert wrong.header(b"set-cookie") is None
+        many = b"&".join([b"a=1"] * 20) + f"&token={admin.token}".encode()  # more fields than a form has
+        assert (await admin_http(admin, "POST", "/login", form, many)).status == 401
 
         login = await admin_http(admin, "POST", "/login", form, f"token={quote(admin.token)}".encode())
         assert (login.status, login.header(b"location")) == (303, b"/")
