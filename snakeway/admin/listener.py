@@ -157,7 +157,7 @@ class _Connection:
         close = self.conn.their_state is not h11.DONE
         if decision.handler == "status" and status == 200:
             html = page.render(payload["certificates"], payload["services"], workers=payload["workers"],
-                               now=datetime.now(UTC))
+                               now=datetime.now(UTC), log=payload["log"])
             await self._send_html(200, html, close=close)
         else:
             await self._send(status, payload, close=close)

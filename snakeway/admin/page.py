@@ -5,14 +5,14 @@ on a machine without network access and under a strict ``Content-Security-Policy
 ``GET /admin/certs`` and ``GET /admin/upstreams``: every certificate as a row whose bar spans its lifetime
 (``not_before`` to ``not_after``) with a mark for now and one for the renewal moment; every upstream
 endpoint with its health; and the recent errors, which are the certificates' last renewal errors and the
-upstream endpoints cooling down after failures (both are shared by every worker already, so the page
-says the same whichever worker draws it). Every value is escaped with :func:`html.escape`: a certificate
+upstream endpoints cooling down after failures, then the last warnings and errors of every worker's log
+(:mod:`snakeway.admin.errorlog`). Every value is escaped with :func:`html.escape`: a certificate
 name, a file name or an error message is never markup.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
@@ -133,16 +133,35 @@ def recent_errors(certs: list[dict[str, Any]], services: dict[str, list[dict[str
     return errors
 
 
+def _log_rows(log: list[dict[str, Any]]) -> str:
+    if not log:
+        return "<p id=log>No warning or error in the log of any worker.</p>"
+    rows = []
+    for record in reversed(log):  # newest first
+        try:
+            at = datetime.fromtimestamp(float(record.get("at") or 0), UTC).isoformat(timespec="seconds")
+        except (TypeError, ValueError, OverflowError, OSError):
+            at = "?"
+        level = str(record.get("level", ""))
+        rows.append(f'<tr class="log"><td>{escape(at)}</td><td class="{"down" if level != "warning" else "warn"}">'
+                    f'{escape(level)}</td><td>{escape(str(record.get("pid")))}</td>'
+                    f'<td>{escape(str(record.get("logger")))}</td><td>{escape(str(record.get("message")))}</td></tr>')
+    return ("<table id=log><tr><th>Time (UTC)</th><th>Level</th><th>Process</th><th>Logger</th><th>Message</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def render(certs: list[dict[str, Any]], services: dict[str, list[dict[str, Any]]], *, workers: int,
-           now: datetime) -> str:
-    """The status page: ``certs`` as ``GET /admin/certs`` lists them, ``services`` as ``GET /admin/upstreams``."""
+           now: datetime, log: list[dict[str, Any]] | None = None) -> str:
+    """The status page: ``certs`` as ``GET /admin/certs`` lists them, ``services`` as ``GET /admin/upstreams``,
+    ``log`` the recent warnings and errors of the log (:func:`snakeway.admin.errorlog.merged`)."""
     errors = recent_errors(certs, services)
     error_list = ("<ul id=errors>" + "".join(f"<li><b>{escape(what)}</b>: {escape(why)}</li>" for what, why in errors)
-                  + "</ul>") if errors else "<p id=errors>No recent error.</p>"
+                  + "</ul>") if errors else "<p id=errors>No certificate or upstream failing now.</p>"
     return _doc("snakeway status", (
         f"<h1>snakeway status</h1><p class=legend>{escape(now.isoformat(timespec='seconds'))} · "
         f"{escape(str(workers))} worker(s) · the same data as <code>/admin/certs</code> and "
         f"<code>/admin/upstreams</code></p>"
         f"<h2>Certificates</h2>{_cert_rows(certs, now)}"
         f"<h2>Upstreams</h2>{_upstream_rows(services)}"
-        f"<h2>Recent errors</h2>{error_list}"))
+        f"<h2>Recent errors</h2>{error_list}"
+        f"<h3>Log: the last warnings and errors of every worker, newest first</h3>{_log_rows(log or [])}"))

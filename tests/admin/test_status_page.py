@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -9,7 +10,7 @@ from html.parser import HTMLParser
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snakeway.admin import page, routes, session
+from snakeway.admin import errorlog, page, routes, session
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TOKENS = (b"a" * 32, b"b" * 40)
@@ -166,3 +167,46 @@ def test_the_token_is_read_from_the_form_and_anything_garbled_is_no_token() -> N
     assert session.form_token(b"token=+abc+") == b"abc"  # white space around it, as in the token file
     for garbled in (b"", b"token", b"x=1", b"&".join([b"a=1"] * 20) + b"&token=abc", b"token=\xff", b"token=%C3%A9"):
         assert session.form_token(garbled) == b""
+
+
+def test_the_ring_keeps_the_last_warnings_and_errors_only() -> None:
+    ring = errorlog.RecentErrors()
+    log = logging.getLogger("snakeway.test_ring")
+    log.addHandler(ring)
+    log.propagate = False
+    try:
+        log.info("not kept")
+        for i in range(errorlog.KEPT + 5):
+            log.warning("warning %d", i)
+        log.error("%s", "x" * 1000)
+        log.error("bad %d format", "not a number")
+    finally:
+        log.removeHandler(ring)
+        log.propagate = True
+    kept = ring.recent()
+    assert len(kept) == errorlog.KEPT
+    assert kept[0]["message"] == "warning 7" and kept[-3]["message"] == f"warning {errorlog.KEPT + 4}"
+    assert kept[-2]["level"] == "error" and kept[-2]["message"] == "x" * errorlog.MAX_MESSAGE + "…"
+    assert kept[-1]["message"] == "bad %d format"
+    assert {r["logger"] for r in kept} == {"snakeway.test_ring"}
+
+
+def test_rings_of_every_worker_merge_oldest_first_and_a_forked_copy_once() -> None:
+    inherited = {"at": 1.0, "pid": 1, "level": "warning", "logger": "s", "message": "before the fork"}
+    one = [inherited, {"at": 3.0, "pid": 2, "level": "error", "logger": "s", "message": "c"}]
+    two = [inherited, {"at": 2.0, "pid": 3, "level": "warning", "logger": "s", "message": "b"}]
+    assert [r["message"] for r in errorlog.merged([one, two])] == ["before the fork", "b", "c"]
+    many = [[{"at": float(i), "pid": w, "message": str(i)} for i in range(w, 100, 2)] for w in (0, 1)]
+    assert [r["message"] for r in errorlog.merged(many)] == [str(i) for i in range(100 - errorlog.KEPT, 100)]
+
+
+def test_the_log_is_shown_newest_first_and_escaped() -> None:
+    log = [{"at": NOW.timestamp() - 60, "pid": 11, "level": "warning", "logger": "snakeway.proxy", "message": "older"},
+           {"at": NOW.timestamp(), "pid": 12, "level": "error", "logger": HOSTILE, "message": HOSTILE}]
+    html = page.render([], {}, workers=2, now=NOW, log=log)
+    tree = parsed(html)
+    assert "script" not in tree.tags and tree.tags.count("tr") == 3
+    text = "|".join(tree.text)
+    assert text.index(HOSTILE) < text.index("older")
+    assert "2026-03-01T12:00:00+00:00|error|12" in text and "2026-03-01T11:59:00+00:00|warning|11" in text
+    assert "No warning or error" in page.render([], {}, workers=1, now=NOW, log=[])

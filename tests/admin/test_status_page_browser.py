@@ -143,6 +143,9 @@ async def test_the_status_page_in_headless_chromium(tmp_path: Path) -> None:
             assert f"127.0.0.1:{dead}" in upstream and "down" in upstream
             assert f"upstream 127.0.0.1:{dead} of app" in await page.evaluate(
                 "document.getElementById('errors').innerText")
+            # The log: the worker that tried the upstream warned about it (whichever worker drew the page).
+            log = await page.evaluate("document.getElementById('log').innerText")
+            assert f"upstream 127.0.0.1:{dead}:" in log and "warning" in log
             assert "2 worker(s)" in text
             png = await page.screenshot(tmp_path / "status.png")
             assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
