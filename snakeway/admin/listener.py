@@ -141,8 +141,11 @@ class _Connection:
             decision = routes.with_body(decision, body)
         if isinstance(decision, routes.Error):
             if decision.status == 401:
-                logger.warning("admin: %s %s from %s refused: no valid bearer token", request.method.decode(
-                    "ascii", "replace"), request.target.decode("ascii", "replace")[:200], self.client)
+                # A browser opening the status page without credentials is shown the login form: not a warning.
+                visit = decision.login_form and authorization is None and cookie is None
+                logger.log(logging.INFO if visit else logging.WARNING,
+                           "admin: %s %s from %s refused: no valid bearer token", request.method.decode(
+                               "ascii", "replace"), request.target.decode("ascii", "replace")[:200], self.client)
             close = self.conn.their_state is not h11.DONE  # a body not read: no next request can follow
             if decision.login_form:
                 await self._send_html(decision.status, page.login_form(), decision.headers, close=close)

@@ -14,6 +14,8 @@ import trio
 from tests.admin.adminclient import Admin, admin_block, eventually, serving, write_config
 from tests.admin.browser import CHROMIUM, chromium
 from tests.helpers import LOOPBACK, Client, Response, closed_port
+from tests.hostile.harness import until_logged
+from tests.proc import Running
 from tests.tlshelpers import client_context
 
 NAME = "status.test"
@@ -43,6 +45,11 @@ async def through_ingress(port: int, ctx: ssl.SSLContext) -> int:
         await trio.aclose_forcefully(stream)
 
 
+def levels(proc: Running, text: bytes) -> list[bytes]:
+    """The levels of the log lines that hold ``text``, in order."""
+    return [line.split()[2] for line in bytes(proc.log).splitlines() if text in line]
+
+
 async def admin_http(admin: Admin, method: str, target: str, headers: list[tuple[str, str]] | None = None,
                      body: bytes = b"") -> Response:
     client = await Client.connect(admin.port)
@@ -55,7 +62,7 @@ async def admin_http(admin: Admin, method: str, target: str, headers: list[tuple
 
 async def test_the_login_form_trades_a_token_for_a_session_that_a_token_change_revokes(tmp_path: Path) -> None:
     config, port, admin, dead = configure(tmp_path)
-    async with serving(config, admin):
+    async with serving(config, admin) as proc:
         refused = await admin_http(admin, "GET", "/")
         assert refused.status == 401
         assert refused.header(b"www-authenticate") == b'Bearer realm="snakeway-admin"'
@@ -66,6 +73,13 @@ async def test_the_login_form_trades_a_token_for_a_session_that_a_token_change_r
         wrong = await admin_http(admin, "POST", "/login", form, b"token=" + b"x" * 43)
         assert wrong.status == 401 and b"That is not a valid token." in wrong.body
         assert wrong.header(b"set-cookie") is None
+        await until_logged(proc, b"admin: status page login from 127.0.0.1")
+        assert levels(proc, b"admin: status page login from 127.0.0.1") == [b"WARNING"]
+        # A browser's first visit, without any credentials, is an info line; a wrong token a warning.
+        assert levels(proc, b"admin: GET / from 127.0.0.1") == [b"INFO"]
+        assert (await admin_http(admin, "GET", "/", [("authorization", "Bearer " + "x" * 43)])).status == 401
+        await until_logged(proc, b"admin: GET / from 127.0.0.1", 2)
+        assert levels(proc, b"admin: GET / from 127.0.0.1") == [b"INFO", b"WARNING"]
         many = b"&".join([b"a=1"] * 20) + f"&token={admin.token}".encode()  # more fields than a form has
         assert (await admin_http(admin, "POST", "/login", form, many)).status == 401
 
