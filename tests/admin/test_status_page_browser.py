@@ -124,6 +124,7 @@ async def test_the_status_page_in_headless_chromium(tmp_path: Path) -> None:
             return not upstreams["services"]["app"][0]["healthy"]
 
         await eventually(marked_down)
+        await trio.sleep(1.2)  # the worker that saw it has written its figures since, for the other to read
         cert = next(c for c in (await admin.get("/admin/certs"))["certificates"] if c["id"] == f"internal:{NAME}")
 
         async with chromium(tmp_path / "chromium") as page:
