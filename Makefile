@@ -3,8 +3,8 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 CONFIG  ?= snakeway.hcl.example
-# Debian packages the test suite drives as real peers.
-TEST_DEBS := curl openssl pebble redis-server
+# Debian packages the test suite drives as real peers (chromium: the status page, in a headless browser).
+TEST_DEBS := curl openssl pebble redis-server chromium
 
 .PHONY: serve test check install deps clean bench bench-accept fuzz soak simulate
 

@@ -21,6 +21,7 @@ import trio
 
 from snakeway.acme.store import StoreError
 from snakeway.admin import certs as views
+from snakeway.admin import errorlog
 from snakeway.admin.figures import EndpointState, Snapshot, merge, snapshot
 from snakeway.admin.routes import Call
 from snakeway.config.model import TlsMode
@@ -45,6 +46,7 @@ class AdminApi:
         self.server = server
         self.figures = figures
         self.started = time.time()
+        errorlog.install()
         self._handlers: dict[str, Callable[[Call], Awaitable[Answer]]] = {
             "health": self.health,
             "upstreams": self.upstreams,
@@ -53,6 +55,7 @@ class AdminApi:
             "certs": self.certs,
             "renew": self.renew,
             "retry": self.retry,
+            "status": self.status,
         }
 
     def tokens(self) -> tuple[bytes, ...]:
@@ -80,17 +83,22 @@ class AdminApi:
                     round(until - now, 3) if until is not None and until > now else None,
                     shared.health.failures.get(endpoint, 0), shared.pool.in_use(endpoint),
                 ))
-        return snapshot(shared.counters, endpoints, [s.name for s in services], pid=os.getpid(), at=time.time())
+        figures = snapshot(shared.counters, endpoints, [s.name for s in services], pid=os.getpid(), at=time.time())
+        figures["recent_errors"] = errorlog.RING.recent()
+        return figures
 
     def shared_snapshot(self) -> Snapshot | None:
         """This worker's figures for its siblings, when the configuration has an admin listener to show them."""
         return self.snapshot() if self.server.runtime.config.admin is not None else None
 
+    async def snapshots(self) -> list[Snapshot]:
+        """Every worker's figures, this worker's (taken now) first."""
+        others = await trio.to_thread.run_sync(self.figures.others) if self.figures is not None else []
+        return [self.snapshot(), *others]
+
     async def merged(self) -> Snapshot:
         """The whole server's figures."""
-        mine = self.snapshot()
-        others = await trio.to_thread.run_sync(self.figures.others) if self.figures is not None else []
-        return merge([mine, *others])
+        return merge(await self.snapshots())
 
     async def health(self, call: Call) -> Answer:
         figures = await self.merged()
@@ -112,6 +120,14 @@ class AdminApi:
     async def stats(self, call: Call) -> Answer:
         figures = await self.merged()
         return 200, {"workers": figures["workers"], "requests": figures["requests"], "services": figures["services"]}
+
+    async def status(self, call: Call) -> Answer:
+        """What the status page shows (the listener renders it): certificates, upstreams, recent log errors."""
+        snapshots = await self.snapshots()
+        figures = merge(snapshots)
+        return 200, {"certificates": await self._cert_views(), "services": figures["upstreams"],
+                     "workers": figures["workers"],
+                     "log": errorlog.merged(s.get("recent_errors", []) for s in snapshots)}
 
     # -- reload ----------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ its head, before its body is read; the handlers of :class:`snakeway.admin.api.Ad
 an error included, is a JSON object with ``Content-Type: application/json``; an unexpected error in a
 handler is logged with its traceback and answered ``500`` with a one-line message, never the traceback.
 Connections are kept alive between requests; a request whose body was not read (refused before it) closes
-the connection after its answer.
+the connection after its answer. The status page (``GET /``), its login form and ``POST /login`` are the
+exceptions: HTML (:mod:`snakeway.admin.page`), and a session cookie (:mod:`snakeway.admin.session`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import socket
 import ssl
 import time
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -22,7 +24,7 @@ import h11
 import trio
 
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
-from snakeway.admin import routes
+from snakeway.admin import auth, page, routes, session
 from snakeway.admin.api import AdminApi
 from snakeway.listeners import ListenerSpec
 from snakeway.proxy.validators import http_date
@@ -124,20 +126,31 @@ class _Connection:
         authorization = next((v for k, v in request.headers if k == b"authorization"), None)
         if all(k != b"transfer-encoding" and (k != b"content-length" or v == b"0") for k, v in request.headers):
             await self._receive_event()  # the EndOfMessage of a request without a body: it is read to its end
-        decision = routes.decide(request.method, request.target, authorization, self.api.tokens())
+        tokens = self.api.tokens()
+        cookie = session.from_cookie_header([v for k, v in request.headers if k == b"cookie"])
+        signed_in = cookie is not None and session.valid(cookie, tokens, time.time())
+        decision = routes.decide(request.method, request.target, authorization, tokens, session=signed_in)
         if isinstance(decision, routes.Call) and request.method == b"POST":
             body = await self._read_body()
             if body is None:
                 await self._send(413, {"error": f"the body must be at most {routes.MAX_BODY_BYTES} bytes and "
                                                 f"arrive within {BODY_TIMEOUT:g} s"}, close=True)
                 return False
+            if decision.handler == "login":
+                return await self._login(body, tokens)
             decision = routes.with_body(decision, body)
         if isinstance(decision, routes.Error):
             if decision.status == 401:
-                logger.warning("admin: %s %s from %s refused: no valid bearer token", request.method.decode(
-                    "ascii", "replace"), request.target.decode("ascii", "replace")[:200], self.client)
+                # A browser opening the status page without credentials is shown the login form: not a warning.
+                visit = decision.login_form and authorization is None and cookie is None
+                logger.log(logging.INFO if visit else logging.WARNING,
+                           "admin: %s %s from %s refused: no valid bearer token", request.method.decode(
+                               "ascii", "replace"), request.target.decode("ascii", "replace")[:200], self.client)
             close = self.conn.their_state is not h11.DONE  # a body not read: no next request can follow
-            await self._send(decision.status, {"error": decision.message}, decision.headers, close=close)
+            if decision.login_form:
+                await self._send_html(decision.status, page.login_form(), decision.headers, close=close)
+            else:
+                await self._send(decision.status, {"error": decision.message}, decision.headers, close=close)
             return not close
         try:
             status, payload = await self.api.call(decision)
@@ -145,18 +158,48 @@ class _Connection:
             logger.exception("admin: %s failed", decision.handler)
             status, payload = 500, {"error": f"internal error in {decision.handler}: {type(exc).__name__}"}
         close = self.conn.their_state is not h11.DONE
-        await self._send(status, payload, close=close)
+        if decision.handler == "status" and status == 200:
+            html = page.render(payload["certificates"], payload["services"], workers=payload["workers"],
+                               now=datetime.now(UTC), log=payload["log"])
+            await self._send_html(200, html, close=close)
+        else:
+            await self._send(status, payload, close=close)
         return not close
+
+    async def _login(self, body: bytes, tokens: tuple[bytes, ...]) -> bool:
+        """``POST /login``: a valid token in the form gets a session cookie and a redirect to the status page."""
+        if not auth.authorized(b"Bearer " + session.form_token(body), tokens):
+            logger.warning("admin: status page login from %s refused: not a valid token", self.client)
+            await self._send_html(401, page.login_form("That is not a valid token."))
+            return True
+        cookie = session.new_session(tokens, time.time())
+        headers = ((b"location", b"/"), (b"set-cookie", session.set_cookie(cookie)))
+        await self._send_html(303, page.redirect_to_status(), headers)
+        return True
 
     async def _send(
         self, status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = (), *,
         close: bool = False,
     ) -> None:
+        await self._send_body(status, json.dumps(payload, indent=2).encode() + b"\n", b"application/json",
+                              headers, close=close)
+
+    async def _send_html(
+        self, status: int, html: str, headers: tuple[tuple[bytes, bytes], ...] = (), *, close: bool = False,
+    ) -> None:
+        # No script, style only inline, no frame around it: a page nothing can be injected into or framed.
+        policy = (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; "
+                  b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+        await self._send_body(status, html.encode(), b"text/html; charset=utf-8", (policy, *headers), close=close)
+
+    async def _send_body(
+        self, status: int, body: bytes, content_type: bytes, headers: tuple[tuple[bytes, bytes], ...], *,
+        close: bool,
+    ) -> None:
         if self.conn.our_state is not h11.SEND_RESPONSE:
             return
-        body = json.dumps(payload, indent=2).encode() + b"\n"
         head = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
             (b"date", http_date(time.time())),

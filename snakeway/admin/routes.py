@@ -37,6 +37,8 @@ ROUTES: tuple[Route, ...] = (
     Route(("admin", "certs"), (b"GET",), "certs"),
     Route(("admin", "certs", "{id}", "renew"), (b"POST",), "renew", CERT_ACTION_KEYS),
     Route(("admin", "certs", "{id}", "retry"), (b"POST",), "retry", CERT_ACTION_KEYS),
+    Route(("",), (b"GET",), "status"),
+    Route(("login",), (b"POST",), "login")  # form-encoded, answered without authorization,
 )
 
 # The longest body an admin request may have.
@@ -59,12 +61,15 @@ class Error:
     status: int
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    # Answered with the status page's login form (HTML) rather than JSON.
+    login_form: bool = False
 
 
 UNAUTHORIZED = Error(
     401, "a valid bearer token is required (Authorization: Bearer <token>)",
     ((b"www-authenticate", auth.REALM),),
 )
+LOGIN_REQUIRED = Error(UNAUTHORIZED.status, UNAUTHORIZED.message, UNAUTHORIZED.headers, login_form=True)
 
 
 def match(path: str) -> tuple[list[Route], str | None] | None:
@@ -118,14 +123,18 @@ def parse_body(route: Route, body: bytes) -> dict[str, Any] | Error:
     return value
 
 
-def decide(method: bytes, target: bytes, authorization: bytes | None, tokens: tuple[bytes, ...]) -> Call | Error:
+def decide(
+    method: bytes, target: bytes, authorization: bytes | None, tokens: tuple[bytes, ...], *, session: bool = False,
+) -> Call | Error:
     """What to do with one admin request, from its head (its body, if any, goes to :func:`with_body`).
 
-    See the module docstring for the order of the checks.
+    ``session``: the request carries a valid session cookie of the status page, which authorizes it as a
+    bearer token does. See the module docstring for the order of the checks; ``POST /login`` alone is
+    answered without authorization, and ``/`` refused is the login form.
     """
-    if not auth.authorized(authorization, tokens):
-        return UNAUTHORIZED
     path = target.split(b"?", 1)[0].decode("latin-1")
+    if not (session or auth.authorized(authorization, tokens)) and not (method == b"POST" and path == "/login"):
+        return LOGIN_REQUIRED if path == "/" else UNAUTHORIZED
     found = match(path)
     if found is None:
         return Error(404, f"no admin endpoint {path}")
