@@ -37,6 +37,12 @@ def two_nodes(store: MemoryStore | None = None) -> tuple[SharedBudget, SharedBud
     return node(store, coordinator, clock), node(store, coordinator, clock), clock
 
 
+async def fill(budget: SharedBudget) -> None:
+    """Order the first LIMIT names on ``budget``: the bucket is full of its orders in flight."""
+    for names in NAMES[:LIMIT]:
+        assert await budget.spend_order(names, renewal=False) is None
+
+
 async def spend_all(pairs: list[tuple[SharedBudget, tuple[str, ...]]]) -> dict[tuple[str, ...], datetime | None]:
     """Every ``spend_order`` at once; the answer of each, by names."""
     answers: dict[tuple[str, ...], datetime | None] = {}
@@ -67,8 +73,7 @@ async def test_a_failed_order_frees_its_room_for_the_other_node_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     one, two, _ = two_nodes()
-    for names in NAMES[:LIMIT]:
-        assert await one.spend_order(names, renewal=False) is None
+    await fill(one)
     assert await two.spend_order(NAMES[LIMIT], renewal=False) is not None
     await one.landed(NAMES[0])  # ended without a certificate
     assert await two.spend_order(NAMES[LIMIT], renewal=False) is None
@@ -76,8 +81,7 @@ async def test_a_failed_order_frees_its_room_for_the_other_node_at_once(
 
 async def test_an_issued_certificate_holds_its_room_for_the_week(autojump_clock: trio.testing.MockClock) -> None:
     one, two, clock = two_nodes()
-    for names in NAMES[:LIMIT]:
-        assert await one.spend_order(names, renewal=False) is None
+    await fill(one)
     await trio.sleep(60)
     issued_at = clock.now()
     for names in NAMES[:LIMIT]:
@@ -92,8 +96,7 @@ async def test_a_node_that_died_mid_order_leaves_its_certificates_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     one, two, _ = two_nodes()
-    for names in NAMES[:LIMIT]:
-        assert await one.spend_order(names, renewal=False) is None
+    await fill(one)
     # "one" never lands its orders (it died). Past the bound, they may have been issued: wait for the window.
     await trio.sleep(PENDING_BOUND.total_seconds())
     assert await two.spend_order(NAMES[LIMIT], renewal=False) == EPOCH + CERTIFICATE_WINDOW
@@ -101,8 +104,7 @@ async def test_a_node_that_died_mid_order_leaves_its_certificates_counted(
 
 async def test_landing_releases_even_when_the_order_is_cancelled(autojump_clock: trio.testing.MockClock) -> None:
     one, two, _ = two_nodes()
-    for names in NAMES[:LIMIT]:
-        assert await one.spend_order(names, renewal=False) is None
+    await fill(one)
     with trio.CancelScope() as scope:
         scope.cancel()
         await one.landed(NAMES[0])
