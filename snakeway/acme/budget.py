@@ -43,9 +43,11 @@ Everything here is pure: no trio, no I/O, no clock. The caller passes ``now``
   moved on, and a ``rateLimited`` answer with its ``Retry-After`` remains the
   backstop for the rest.
 
-The budget sees only recorded events: an order in flight has spent its order
-but not yet its validations or its certificate, so a caller running orders
-concurrently keeps room for them (or records pessimistically).
+* **Orders in flight.** A certificate being ordered is an :class:`Issued`
+  marked ``pending``: it counts in every bucket a certificate counts in, so
+  orders running at once (in any process sharing the ledger) cannot together
+  pass a certificate bucket. :mod:`snakeway.acme.reservation` reserves,
+  settles and releases these entries.
 """
 
 from __future__ import annotations
@@ -150,16 +152,19 @@ class Issued:
         names: Its names (canonicalised by :func:`names_key`).
         renewal: Whether the caller recorded it as a renewal (exempt from, and not counted toward, the
             per-domain bucket).
+        pending: Ordered at ``at``, not yet issued (see :mod:`snakeway.acme.reservation`); counted the same.
     """
 
     at: datetime
     names: tuple[str, ...]
     renewal: bool = False
+    pending: bool = False
 
     def __post_init__(self) -> None:
         require_aware(at=self.at)
         object.__setattr__(self, "names", names_key(self.names))
         object.__setattr__(self, "renewal", bool(self.renewal))
+        object.__setattr__(self, "pending", bool(self.pending))
 
     @cached_property
     def domains(self) -> frozenset[str]:
@@ -243,12 +248,17 @@ class Ledger:
         )
 
     def to_json(self) -> dict[str, object]:
-        """A JSON-ready dict; moments as integer microseconds since the epoch (UTC)."""
+        """A JSON-ready dict; moments as integer microseconds since the epoch (UTC).
+
+        Pending certificates are listed apart, under ``pending``: a reader that predates them still reads
+        the rest (and a ledger written before them has no such key).
+        """
         return {
             "version": LEDGER_VERSION,
             "orders": [_to_micros(when) for when in self.orders],
             "failed_validations": [[_to_micros(when), name] for when, name in self.failed_validations],
-            "issued": [[_to_micros(cert.at), list(cert.names), cert.renewal] for cert in self.issued],
+            "issued": [_issued_json(cert) for cert in self.issued if not cert.pending],
+            "pending": [_issued_json(cert) for cert in self.issued if cert.pending],
             "blocked_until": None if self.blocked_until is None else _to_micros(self.blocked_until),
         }
 
@@ -269,15 +279,16 @@ class Ledger:
                 raise ValueError(f"failed_validations: expected [moment, name], got {item!r}")
             failures.append((_from_micros(item[0], "failed_validations"), item[1]))
         issued = []
-        for item in _list(data, "issued"):
-            if (
-                not isinstance(item, list)
-                or len(item) != 3
-                or not isinstance(item[1], list)
-                or not isinstance(item[2], bool)
-            ):
-                raise ValueError(f"issued: expected [moment, [names], renewal], got {item!r}")
-            issued.append(Issued(_from_micros(item[0], "issued"), tuple(item[1]), item[2]))
+        for key in ("issued", "pending"):
+            for item in _list(data, key):
+                if (
+                    not isinstance(item, list)
+                    or len(item) != 3
+                    or not isinstance(item[1], list)
+                    or not isinstance(item[2], bool)
+                ):
+                    raise ValueError(f"{key}: expected [moment, [names], renewal], got {item!r}")
+                issued.append(Issued(_from_micros(item[0], key), tuple(item[1]), item[2], key == "pending"))
         blocked = data.get("blocked_until")
         return cls(
             orders=orders,
@@ -285,6 +296,10 @@ class Ledger:
             issued=tuple(issued),
             blocked_until=None if blocked is None else _from_micros(blocked, "blocked_until"),
         )
+
+
+def _issued_json(cert: Issued) -> list[object]:
+    return [_to_micros(cert.at), list(cert.names), cert.renewal]
 
 
 def _to_micros(when: datetime) -> int:

@@ -5,12 +5,18 @@ Theory of operation
 :mod:`snakeway.acme.budget` decides (purely) whether an order fits the CA's limits; :class:`SharedBudget`
 gives that decision one ledger per CA account, read and written under the budget lock, in this process
 (a :class:`trio.Lock`) and across workers (the coordinator's lock, polled), so that two workers can
-never both spend the last order of a bucket. Three events are written: a new order (before it is
-made), a failed validation of each name, and a certificate issued.
+never both spend the last order of a bucket. Four events are written: a new order with its certificate
+reserved (before the order is made), a failed validation of each name, the certificate issued (settling
+the reservation), and an order that ended without one (releasing it).
 
-Orders this worker is running count as issued while they run (see :meth:`SharedBudget.spend_order`); another
-worker's show up once recorded. A ledger that cannot be written refuses the order (and says so): a budget that
-cannot be kept cannot be promised.
+Orders in flight are in the ledger itself, as pending certificates (see :mod:`snakeway.acme.reservation`),
+so every process and every node sharing the store counts every order running anywhere. This process
+keeps only the handle of each reservation it made, to settle or release it. A release that cannot be
+written (the store away, the lock out of reach for :data:`LAND_TIMEOUT`) is logged and leaves the pending
+entry: it counts as a certificate issued once stale, which is stricter, never looser, than the CA.
+
+A ledger that cannot be written refuses the order (and says so): a budget that cannot be kept cannot be
+promised.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from datetime import datetime, timedelta
 
 import trio
 
-from snakeway.acme import budget
+from snakeway.acme import budget, reservation
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.store import CertStore, StoreError
 from snakeway.clock import WallClock
@@ -37,8 +43,11 @@ BUDGET_LOCK = "acme-budget.lock"
 LOCK_POLL_SECONDS = 0.05
 # When the ledger cannot be written, an order waits this long before asking again.
 UNWRITABLE_RETRY = timedelta(minutes=1)
-# When only this worker's orders in flight fill a bucket, an order waits this long before asking again.
+# When orders in flight (of any process) fill a bucket, an order waits this long before asking again.
 IN_FLIGHT_RETRY = timedelta(minutes=1)
+# How long an order that ended tries to release its reservation (the order's own task is ending, maybe
+# cancelled: this is shielded, so it is kept short).
+LAND_TIMEOUT = 10.0
 
 
 class SharedBudget:
@@ -58,7 +67,8 @@ class SharedBudget:
         self.coordinator = coordinator
         self.clock = clock
         self._lock = trio.Lock()
-        self._in_flight: list[tuple[tuple[str, ...], bool]] = []  # (names, renewal) of orders running here
+        # The reservation of each order this process is running, by its names (see _reservation).
+        self._reserved: dict[tuple[str, ...], list[budget.Issued]] = {}
 
     @contextlib.asynccontextmanager
     async def _held(self) -> AsyncIterator[budget.Ledger]:
@@ -75,36 +85,54 @@ class SharedBudget:
     async def spend_order(self, names: Iterable[str], *, renewal: bool) -> datetime | None:
         """Spend one new order for ``names``: None if spent, else when the budget will allow it.
 
-        A spent order is *in flight* until :meth:`landed`: its certificate counts as issued already, so
-        that several orders running at once cannot together pass a per-certificate bucket (50 new
-        certificates of one registered domain a week) that each alone would fit.
+        A spent order is *in flight* until :meth:`issued` or :meth:`landed`: its certificate is reserved in
+        the ledger, in the same write as the order, and counts as issued for every process, so that orders
+        running at once on several nodes cannot together pass a per-certificate bucket (50 new certificates
+        of one registered domain a week) that each alone would fit. When orders in flight fill a bucket,
+        the answer is :data:`IN_FLIGHT_RETRY` away (one of them may fail), not the end of the window.
         """
         names = tuple(names)
         try:
             async with self._held() as ledger:
                 now = self.clock.now()
-                when = budget.when_allowed(ledger, self.limits, names, now, renewal=renewal)
-                if when is None and self._in_flight:
-                    with_flights = ledger
-                    for flight, flight_renewal in self._in_flight:
-                        with_flights = budget.record_issued(with_flights, flight, now, renewal=flight_renewal)
-                    if budget.when_allowed(with_flights, self.limits, names, now, renewal=renewal) is not None:
-                        when = now + IN_FLIGHT_RETRY  # one of those orders may yet fail and leave room
+                when = reservation.when_reservable(
+                    ledger, self.limits, names, now, renewal=renewal, retry=IN_FLIGHT_RETRY
+                )
                 if when is None:
-                    await self.store.save_ledger(self.directory_url, budget.spend_order(ledger, now))
-                    self._in_flight.append((names, renewal))
+                    entry = reservation.reservation(names, now, renewal=renewal)
+                    await self.store.save_ledger(self.directory_url, reservation.reserve(ledger, entry, now))
+                    self._reserved.setdefault(entry.names, []).append(entry)
                 return when
         except StoreError as exc:
             logger.error("the rate-limit budget cannot be written (%s); not ordering for %s", exc, names[0])
             return self.clock.now() + UNWRITABLE_RETRY
 
-    def landed(self, names: Iterable[str]) -> None:
-        """The order for ``names`` spent with :meth:`spend_order` has ended (issued and recorded, or failed)."""
-        names = tuple(names)
-        for index, (flight, _) in enumerate(self._in_flight):
-            if flight == names:
-                del self._in_flight[index]
-                return
+    def _reservation(self, names: Iterable[str]) -> budget.Issued | None:
+        """Take the handle of this process's oldest reservation for ``names`` (None: it has none)."""
+        key = budget.names_key(names)
+        entries = self._reserved.get(key)
+        if not entries:
+            return None
+        entry = entries.pop(0)
+        if not entries:
+            del self._reserved[key]
+        return entry
+
+    async def landed(self, names: Iterable[str]) -> None:
+        """The order for ``names`` spent with :meth:`spend_order` has ended; release it if it was not issued.
+
+        Meant for a ``finally``: shielded from cancellation for at most :data:`LAND_TIMEOUT`; a release
+        that cannot be written is logged, never raised (the pending entry stays, counted: stricter).
+        """
+        entry = self._reservation(names)
+        if entry is None:  # issued (settled), or never reserved
+            return
+        what = f"release the rate-limit reservation for {entry.names[0]}"
+        with trio.CancelScope(shield=True), trio.move_on_after(LAND_TIMEOUT) as scope:
+            await self._record(lambda ledger: reservation.release(ledger, entry, self.clock.now()), what)
+        if scope.cancelled_caught:
+            logger.error("could not release the rate-limit reservation for %s in %.0fs; it counts as issued",
+                         entry.names[0], LAND_TIMEOUT)
 
     async def failed_validation(self, names: Iterable[str]) -> None:
         """Record that the CA could not validate ``names``."""
@@ -112,13 +140,19 @@ class SharedBudget:
         await self._record(lambda ledger: budget.record_failed_validation(ledger, names, self.clock.now()))
 
     async def issued(self, names: Iterable[str], *, renewal: bool) -> None:
-        """Record a certificate issued for ``names``."""
+        """Record a certificate issued for ``names``, settling the order's reservation."""
         names = tuple(names)
-        await self._record(lambda ledger: budget.record_issued(ledger, names, self.clock.now(), renewal=renewal))
+        entry = self._reservation(names)
+        if entry is None:  # not reserved by this process: recorded as issued all the same
+            await self._record(lambda ledger: budget.record_issued(ledger, names, self.clock.now(), renewal=renewal))
+            return
+        await self._record(lambda ledger: reservation.settle(ledger, entry, self.clock.now()))
 
-    async def _record(self, change: Callable[[budget.Ledger], budget.Ledger]) -> None:
+    async def _record(
+        self, change: Callable[[budget.Ledger], budget.Ledger], what: str = "record in the rate-limit budget"
+    ) -> None:
         try:
             async with self._held() as ledger:
                 await self.store.save_ledger(self.directory_url, change(ledger))
         except StoreError as exc:
-            logger.error("could not record in the rate-limit budget: %s", exc)
+            logger.error("could not %s: %s", what, exc)

@@ -37,8 +37,9 @@ worker says so once when the store starts failing and once when it answers again
 certificate per retry.
 
 The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
-every worker spends from the same budget: a new order before ordering, a failed validation per name when
-the CA could not validate, a certificate when one is issued.
+every worker spends from the same budget: a new order with its certificate reserved before ordering, a
+failed validation per name when the CA could not validate, the certificate settled when it is issued, and
+the reservation released when the order ends without one.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ class Renewer:
             try:
                 return await self._issue(cert, state, fresh, action.renewal)
             finally:
-                self.budget.landed(cert.domains)
+                await self.budget.landed(cert.domains)  # shielded, bounded, never raises
 
     async def _issue(
         self, cert: ManagedCert, state: RenewalState, current: CertBundle | None, renewal: bool

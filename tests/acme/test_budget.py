@@ -26,6 +26,7 @@ from snakeway.acme.budget import (
     usage,
     when_allowed,
 )
+from snakeway.acme.reservation import PENDING_BOUND, release, reservation, reserve, settle, when_reservable
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 TICK = timedelta(microseconds=1)
@@ -227,6 +228,8 @@ def test_naive_datetimes_are_refused() -> None:
         {"version": 1, "issued": [[1, "a.test", False]]},
         {"version": 1, "issued": [[1, [7], False]]},
         {"version": 1, "blocked_until": "soon"},
+        {"version": 1, "pending": [[1, ["a.test"]]]},
+        {"version": 1, "pending": {}},
     ],
 )
 def test_malformed_json_is_refused(data: dict[str, object]) -> None:
@@ -254,7 +257,9 @@ ledgers = st.builds(
     Ledger,
     orders=st.lists(moments, max_size=8).map(tuple),
     failed_validations=st.lists(st.tuples(moments, st.sampled_from(NAMES)), max_size=8).map(tuple),
-    issued=st.lists(st.builds(Issued, moments, name_sets.map(tuple), st.booleans()), max_size=8).map(tuple),
+    issued=st.lists(
+        st.builds(Issued, moments, name_sets.map(tuple), st.booleans(), st.booleans()), max_size=8
+    ).map(tuple),
     blocked_until=st.none() | moments,
 )
 
@@ -405,7 +410,7 @@ json_values = st.recursive(
 
 @given(
     base=ledgers,
-    key=st.sampled_from(["orders", "failed_validations", "issued", "blocked_until", "version"]),
+    key=st.sampled_from(["orders", "failed_validations", "issued", "pending", "blocked_until", "version"]),
     value=json_values,
 )
 def test_damaged_json_parses_or_raises_value_error(base: Ledger, key: str, value: object) -> None:
@@ -415,3 +420,126 @@ def test_damaged_json_parses_or_raises_value_error(base: Ledger, key: str, value
         Ledger.from_json(data)
     except ValueError:
         pass
+
+
+# --- orders in flight: reserve, settle, release -------------------------------------------------
+
+
+def test_a_pending_certificate_is_stored_apart_and_an_old_ledger_still_loads() -> None:
+    ledger = reserve(Ledger(), reservation(["a.test"], NOW, renewal=False), NOW)
+    data = ledger.to_json()
+    micros = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // TICK
+    assert data["issued"] == [] and data["pending"] == [[micros, ["a.test"], False]]
+    assert Ledger.from_json(json.loads(json.dumps(data))) == ledger
+    old = {"version": 1, "orders": [], "failed_validations": [], "issued": [[0, ["a.test"], True]]}
+    assert Ledger.from_json(old).issued == (Issued(datetime(1970, 1, 1, tzinfo=UTC), ("a.test",), True),)
+
+
+def test_a_pending_certificate_counts_in_every_bucket_a_certificate_counts_in() -> None:
+    limits = RateLimits(duplicate_certificates_per_week=1, certificates_per_domain_per_week=1)
+    entry = reservation(["www.a.test"], NOW, renewal=False)
+    ledger = reserve(Ledger(), entry, NOW)
+    assert when_allowed(ledger, limits, ["b.a.test"], NOW, renewal=False) == NOW + CERTIFICATE_WINDOW  # domain
+    assert when_allowed(ledger, limits, ["www.a.test"], NOW, renewal=True) == NOW + CERTIFICATE_WINDOW  # duplicate
+    assert usage(ledger, limits, NOW)["certificates_per_domain_per_week"] == 1.0
+    renewing = reserve(Ledger(), reservation(["www.a.test"], NOW, renewal=True), NOW)
+    assert when_allowed(renewing, limits, ["b.a.test"], NOW, renewal=False) is None  # a renewal, as when issued
+
+
+def test_orders_in_flight_are_asked_again_soon_and_stale_ones_wait_for_the_window() -> None:
+    limits = RateLimits(certificates_per_domain_per_week=1)
+    entry = reservation(["a.test"], NOW, renewal=False)
+    ledger = reserve(Ledger(), entry, NOW)
+    assert when_reservable(ledger, limits, ["b.a.test"], NOW, renewal=False, retry=MINUTE) == NOW + MINUTE
+    later = NOW + PENDING_BOUND  # no order runs this long: its certificate may have been issued
+    assert when_reservable(ledger, limits, ["b.a.test"], later, renewal=False, retry=MINUTE) == NOW + CERTIFICATE_WINDOW
+    issued = record_issued(Ledger(), ["a.test"], NOW)
+    assert when_reservable(issued, limits, ["b.a.test"], NOW, renewal=False, retry=MINUTE) == NOW + CERTIFICATE_WINDOW
+    # A certificate fills the bucket for 2 more minutes, an order in flight after that: ask again then.
+    mixed = reserve(record_issued(Ledger(), ["a.test"], NOW - CERTIFICATE_WINDOW + 2 * MINUTE), entry, NOW)
+    assert when_reservable(mixed, limits, ["b.a.test"], NOW, renewal=False, retry=MINUTE) == NOW + 2 * MINUTE
+    with pytest.raises(ValueError, match="pending"):
+        reserve(Ledger(), Issued(NOW, ("a.test",)), NOW)
+
+
+def test_release_frees_the_room_at_once_and_settle_counts_at_issuance() -> None:
+    limits = RateLimits(certificates_per_domain_per_week=1)
+    entry = reservation(["a.test"], NOW, renewal=False)
+    ledger = reserve(Ledger(), entry, NOW)
+    assert when_allowed(release(ledger, entry, NOW + MINUTE), limits, ["b.a.test"], NOW + MINUTE, renewal=False) is None
+    settled = settle(ledger, entry, NOW + 5 * MINUTE)
+    assert settled.issued == (Issued(NOW + 5 * MINUTE, ("a.test",)),)
+    assert when_allowed(settled, limits, ["b.a.test"], NOW, renewal=False) == NOW + 5 * MINUTE + CERTIFICATE_WINDOW
+
+
+@given(ledger=ledgers, limits=small_limits, now=moments, names=name_sets, renewal=st.booleans(), asked=name_sets,
+       asked_renewal=st.booleans(), later=st.timedeltas(timedelta(0), timedelta(days=8)))
+def test_reserve_then_release_gives_back_the_ledgers_admissions(
+    ledger: Ledger, limits: RateLimits, now: datetime, names: list[str], renewal: bool, asked: list[str],
+    asked_renewal: bool, later: timedelta,
+) -> None:
+    """Only the order stays spent (the CA counted it): every answer is that of the ledger with one more order."""
+    entry = reservation(names, now, renewal=renewal)
+    released = release(reserve(ledger, entry, now), entry, now + later)
+    at = now + later
+    assert when_allowed(released, limits, asked, at, renewal=asked_renewal) == when_allowed(
+        spend_order(ledger, now), limits, asked, at, renewal=asked_renewal
+    )
+
+
+@given(ledger=ledgers, now=moments, names=name_sets, renewal=st.booleans(),
+       later=st.timedeltas(timedelta(0), PENDING_BOUND))
+def test_reserve_then_settle_counts_exactly_one_certificate(
+    ledger: Ledger, now: datetime, names: list[str], renewal: bool, later: timedelta
+) -> None:
+    entry = reservation(names, now, renewal=renewal)
+    settled = settle(reserve(ledger, entry, now), entry, now + later)
+    assert settled == record_issued(spend_order(ledger, now), names, now + later, renewal=renewal)
+    before = spend_order(ledger, now).pruned(now + later).issued
+    assert len(settled.issued) == len(before) + 1
+    assert sum(cert.pending for cert in settled.issued) == sum(cert.pending for cert in before)
+
+
+@given(
+    limits=small_limits,
+    start=moments,
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([timedelta(0), timedelta(seconds=1), timedelta(minutes=3), timedelta(hours=4)]),
+            name_sets,
+            st.booleans(),  # renewal
+            st.sampled_from(["order", "order", "settle", "release"]),
+            st.integers(0, 100),  # which order in flight settles or fails
+        ),
+        max_size=40,
+    ),
+)
+def test_reservations_never_admit_more_than_a_bucket_holds(
+    limits: RateLimits, start: datetime, steps: list[tuple[timedelta, list[str], bool, str, int]]
+) -> None:
+    """Orders that start whenever ``when_reservable`` says None, then end in any order, issued or failed, keep
+    every bucket within its limit: counting the orders in flight, and counting the certificates issued."""
+    ledger, now, flying = Ledger(), start, list[Issued]()
+    real = Oracle(limits)  # the CA's view: certificates issued, none in flight
+    for advance, names, renewal, action, pick in steps:
+        now += advance
+        if action == "order":
+            if when_reservable(ledger, limits, names, now, renewal=renewal, retry=MINUTE) is not None:
+                continue
+            with_flights = Oracle(limits, real.orders, real.failures, real.issued + [
+                (entry.at, frozenset(entry.names), entry.renewal) for entry in flying
+            ])
+            assert with_flights.allows(frozenset(names_key(names)), now, renewal=renewal)
+            entry = reservation(names, now, renewal=renewal)
+            ledger = reserve(ledger, entry, now)
+            real.orders.append(now)
+            flying.append(entry)
+        elif flying:
+            entry = flying.pop(pick % len(flying))
+            if action == "settle":
+                ledger = settle(ledger, entry, now)
+                real.issued.append((now, frozenset(entry.names), entry.renewal))
+            else:
+                ledger = release(ledger, entry, now)
+        assert max(usage(ledger, limits, now).values()) <= 1.0
+    assert real.within_limits()

@@ -396,6 +396,27 @@ async def test_orders_in_flight_together_never_pass_the_per_domain_limit(autojum
     assert len(await store.list()) == 3
 
 
+async def test_two_nodes_ordering_at_once_never_pass_the_per_domain_limit_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    # The same six names on two nodes sharing one store: each could fit 3 in its own orders in flight.
+    certs = tuple(cert(f"n{i}.example.test") for i in range(6))
+    ca = FakeCA(clock, delay=1.0, limits=CALimitSettings(certificates_per_domain_per_week=3))
+    automation = settings(rate_limits=RateLimitSettings(certificates_per_domain_per_week=3))
+    store, shared = MemoryStore(), LocalCoordinator()
+    one, _ = manager(certs, store, ca, clock, automation=automation, coordinator=shared, seed=1)
+    two, _ = manager(certs, store, ca, clock, automation=automation, coordinator=shared, seed=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(one.run)
+        await nursery.start(two.run)
+        await trio.sleep(DAY)
+        nursery.cancel_scope.cancel()
+    assert ca.rate_limited == 0
+    assert ca.limits is not None and ca.limits.peak["certificates_per_domain"] == 3
+    assert len(await store.list()) == 3
+
+
 class KeepsOrders(MemoryStore):
     """A store that cannot delete an order in flight (the delete fails, the record stays)."""
 
