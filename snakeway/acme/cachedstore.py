@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, TypeVar, final
 import trio
 from coredis.exceptions import RedisError
 
-from snakeway.acme import redisstore
+from snakeway.acme import redisclient, redisstore
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.redisrecords import redacted
 from snakeway.acme.store import StoreError
@@ -129,7 +129,7 @@ class CachedStore:
         self._away = True
         cause = exc.__cause__
         if isinstance(cause, BaseExceptionGroup):
-            cause = redisstore.redis_failure(cause)
+            cause = redisclient.redis_failure(cause)
         now = self._clock.now()
         kept = await self._from_copy(self.copy.index) or {}
         serving = sum(1 for meta in kept.values() if meta.not_after > now)

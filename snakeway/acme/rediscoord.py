@@ -49,9 +49,9 @@ from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
 from snakeway.acme.coordination import Fence, LockLost, fenced
+from snakeway.acme.redisclient import CONNECT_TIMEOUT, DEFAULT_PREFIX, redis_failure, run_commands
 from snakeway.acme.redislease import RedisLeases, new_owner
 from snakeway.acme.redisrecords import RedisKeys, redacted
-from snakeway.acme.redisstore import CONNECT_TIMEOUT, DEFAULT_PREFIX, redis_failure, run_commands
 from snakeway.acme.store import StoreError
 
 if TYPE_CHECKING:

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from snakeway.acme.redisclient import DEFAULT_PREFIX, run_commands
 from snakeway.acme.redisrecords import RedisKeys, Write
-from snakeway.acme.redisstore import DEFAULT_PREFIX, run_commands
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -41,12 +41,7 @@ from the first time the damage was seen.
 **The index** is one ``HGETALL`` (or ``HMGET``) of the ``certs`` hash: no PEM is parsed. Its
 :class:`~snakeway.acme.store.StoredMeta` have no paths; the manager builds those contexts from ``load``.
 
-**Connections.** coredis runs its connections in tasks of a nursery the client opens, so each operation opens a
-client, runs its commands and closes it again: the store needs no lifetime of its own, and a Redis that went
-away and came back needs no reconnection logic. Operations are rare (start-up, renewals, checks), so the extra
-connection costs nothing that matters. Nothing but Redis commands runs inside a client's context, so an error
-there is Redis's: a refused connection, a timeout or an error reply raises ``StoreError``. Only PEM validation
-and decryption, outside, raise anything else.
+**Connections**: each operation opens a client and closes it again (:mod:`snakeway.acme.redisclient`).
 
 **Push.** Once a save is written, the store publishes the certificate's name on the ``<prefix>:saved``
 channel, so every process subscribed through :class:`~snakeway.acme.rediscoord.RedisCoordinator` loads it at
@@ -64,15 +59,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
-import coredis
-from coredis.exceptions import RedisError
-from coredis.retry import NoRetryPolicy
-
 from snakeway.acme import crypto
 from snakeway.acme.budget import CONSERVATIVE_HOLD, Ledger
 from snakeway.acme.coordination import current_fence
 from snakeway.acme.entries import CorruptEntry, field, parse_json
 from snakeway.acme.filerecords import encode_ledger
+from snakeway.acme.redisclient import DEFAULT_PREFIX, run_commands
+from snakeway.acme.redislease import RedisLeases
 from snakeway.acme.redisrecords import (
     RedisKeys,
     Sealer,
@@ -87,7 +80,6 @@ from snakeway.acme.redisrecords import (
     parse_meta,
     parse_order,
     read_key_file,
-    redacted,
 )
 from snakeway.acme.schedule import BACKOFF_CAP, RenewalState
 from snakeway.acme.store import (
@@ -112,11 +104,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CONNECT_TIMEOUT = 5.0
-COMMAND_TIMEOUT = 10.0
-DEFAULT_PREFIX = "snakeway"
-
-
 def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None) -> RedisStore:
     """The store ``tls_automation.cert_store`` describes (``type = "redis"``); reads the encryption key file.
 
@@ -134,40 +121,6 @@ def from_settings(settings: CertStoreSettings, *, clock: WallClock | None = None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read the Redis store's encryption_key_file {source}: {exc}") from exc
     return RedisStore(settings.url, key_prefix=settings.key_prefix, encryption_key=key, key_source=source, clock=clock)
-
-
-async def run_commands(url: str, action: str, commands: Callable[[Any], Awaitable[T]]) -> T:
-    """``commands(client)`` on a fresh client of the Redis at ``url``, closed again (see "Connections" above).
-
-    Raises:
-        StoreError: A refused connection, a timeout or an error reply; the message names ``action`` and the
-            server (without its password).
-    """
-    client = coredis.Redis.from_url(
-        url, connect_timeout=CONNECT_TIMEOUT, stream_timeout=COMMAND_TIMEOUT, retry_policy=NoRetryPolicy()
-    )
-    try:
-        async with client:
-            return await commands(client)
-    except (RedisError, OSError) as exc:
-        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {exc}") from exc
-    except BaseExceptionGroup as group:  # raised through the client's nursery
-        raise StoreError(f"cannot {action}: Redis at {redacted(url)}: {redis_failure(group)}") from group
-
-
-def redis_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first of the Redis errors (or ``OSError``) ``group`` holds, raised through coredis's nurseries.
-
-    Raises:
-        BaseExceptionGroup: ``group`` itself, if it holds anything else.
-    """
-    failed, rest = group.split((RedisError, OSError))
-    if failed is None or rest is not None:
-        raise group
-    first: BaseException = failed
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
 
 
 @final
@@ -223,7 +176,6 @@ class RedisStore:
         if fence is None:
             await self._pipeline(action, lambda pipeline: _queue(pipeline, writes))
             return
-        from snakeway.acme.redislease import RedisLeases  # it builds on this module (run_commands)
 
         leases = RedisLeases(self.url, key_prefix=self.keys.prefix)
         if not await leases.fenced_write(fence, writes, action=action):
