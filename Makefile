@@ -4,7 +4,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 CONFIG  ?= snakeway.hcl.example
 # Debian packages the test suite drives as real peers (chromium: the status page, in a headless browser).
-TEST_DEBS := curl openssl pebble redis-server chromium
+TEST_DEBS := curl openssl pebble redis-server chromium systemd
 
 .PHONY: serve test check install deps clean bench bench-accept fuzz soak simulate
 
