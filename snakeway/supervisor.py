@@ -118,6 +118,7 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(config.server.workers)]
         self.stopping = False
         self.failed = False
+        self.why_failed: list[str] = []  # the one line (or lines) of a worker that could not start
         self.announced = False  # "N workers serving" was logged
         self.kill_at: float | None = None
         self.sighup_at = 0  # time.monotonic_ns() of the last SIGHUP forwarded
@@ -165,6 +166,11 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             if not self.failed:  # the last line of a shutdown, once every worker has exited
                 logger.info("stopped")
+            # After every worker has exited, so that it is the last thing said (with --debug, after the workers'
+            # tracebacks).
+            for line in self.why_failed:
+                print(line, file=sys.stderr)
+            sys.stderr.flush()
         return 1 if self.failed else 0
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -267,10 +273,8 @@ class Supervisor:
         slot.restart_at = now + delay
 
     def _failed_at_start(self, number: int, why: list[str]) -> None:
-        """A worker could not start: print why, once, and stop snakeway (restarting it would fail again)."""
-        for line in why or [f"snakeway: cannot start: worker {number} could not start"]:
-            print(line, file=sys.stderr)
-        sys.stderr.flush()
+        """A worker could not start: stop snakeway (restarting it would fail again), and say why once, last."""
+        self.why_failed = why or [f"snakeway: cannot start: worker {number} could not start"]
         self.failed = True
         for slot in self.slots:  # nothing to drain in a worker that is not serving yet, and nothing to say
             if slot.pid is not None and not self.handoff.has_started(slot.pid):
