@@ -2,7 +2,8 @@
 
 A thin shell: :func:`snakeway.admin.routes.decide` says what a request asks for (or why it is refused) from
 its head, before its body is read; the handlers of :class:`snakeway.admin.api.AdminApi` do it. Every answer,
-an error included, is a JSON object with ``Content-Type: application/json``; an unexpected error in a
+an error included, is a JSON object with ``Content-Type: application/json`` (but for ``GET /metrics``'s
+Prometheus text); an unexpected error in a
 handler is logged with its traceback and answered ``500`` with a one-line message, never the traceback.
 Connections are kept alive between requests; a request whose body was not read (refused before it) closes
 the connection after its answer.
@@ -23,7 +24,7 @@ import trio
 
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.admin import routes
-from snakeway.admin.api import AdminApi
+from snakeway.admin.api import AdminApi, Text
 from snakeway.listeners import ListenerSpec
 from snakeway.proxy.validators import http_date
 from snakeway.tcp import TcpStream
@@ -149,14 +150,17 @@ class _Connection:
         return not close
 
     async def _send(
-        self, status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = (), *,
+        self, status: int, payload: dict[str, Any] | Text, headers: tuple[tuple[bytes, bytes], ...] = (), *,
         close: bool = False,
     ) -> None:
         if self.conn.our_state is not h11.SEND_RESPONSE:
             return
-        body = json.dumps(payload, indent=2).encode() + b"\n"
+        if isinstance(payload, Text):
+            body, content_type = payload.body, payload.content_type
+        else:
+            body, content_type = json.dumps(payload, indent=2).encode() + b"\n", b"application/json"
         head = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
             (b"date", http_date(time.time())),

@@ -37,6 +37,7 @@ ROUTES: tuple[Route, ...] = (
     Route(("admin", "certs"), (b"GET",), "certs"),
     Route(("admin", "certs", "{id}", "renew"), (b"POST",), "renew", CERT_ACTION_KEYS),
     Route(("admin", "certs", "{id}", "retry"), (b"POST",), "retry", CERT_ACTION_KEYS),
+    Route(("metrics",), (b"GET",), "metrics"),
 )
 
 # The longest body an admin request may have.
