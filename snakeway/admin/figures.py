@@ -64,6 +64,8 @@ class Counters:
         self.duration_sum = 0.0
         # Workers that died and were replaced in this worker's slot before it.
         self.restarts = 0
+        # TLS handshakes on the proxy listeners by outcome: "ok" or why one failed (snakeway.tls.handshake).
+        self.handshakes: dict[str, int] = {}
 
     def service(self, name: str) -> ServiceCounts:
         """The counters of service ``name``, made on first use and kept across reloads."""
@@ -78,6 +80,7 @@ class Counters:
         _add_list(self.durations, earlier.get("durations", []))
         self.duration_sum += _number(earlier.get("duration_sum_seconds"))
         self.restarts += int(_number(earlier.get("restarts"))) + 1
+        _add_dict(self.handshakes, earlier.get("tls_handshakes"))
         for name, service in earlier.get("services", {}).items():
             _add_classes(self.service(name).by_class, service.get("responses", {}))
 
@@ -92,6 +95,13 @@ def _add_list(into: list[int], values: object) -> None:
     if isinstance(values, list) and len(values) == len(into):
         for index, value in enumerate(values):
             into[index] += value if isinstance(value, int) else 0
+
+
+def _add_dict(into: dict[str, int], values: object) -> None:
+    if isinstance(values, dict):
+        for key, value in values.items():
+            if isinstance(key, str) and isinstance(value, int):
+                into[key] = into.get(key, 0) + value
 
 
 def _number(value: object) -> float:
@@ -132,6 +142,7 @@ def snapshot(
         "durations": list(counters.durations),
         "duration_sum_seconds": counters.duration_sum,
         "restarts": counters.restarts,
+        "tls_handshakes": dict(counters.handshakes),
         "services": {
             name: {
                 "responses": _classes(counts.by_class),
@@ -161,7 +172,9 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
     durations = [0] * (len(DURATION_BUCKETS) + 1)
     duration_sum = 0.0
     restarts = alive = 0
+    handshakes: dict[str, int] = {}
     for snap in snapshots:
+        _add_dict(handshakes, snap.get("tls_handshakes"))
         _add_classes(totals, snap.get("requests", {}))
         _add_list(durations, snap.get("durations", []))
         duration_sum += _number(snap.get("duration_sum_seconds"))
@@ -185,6 +198,7 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
         "workers": len(snapshots),
         "workers_alive": alive,
         "restarts": restarts,
+        "tls_handshakes": handshakes,
         "requests": _with_sums(totals),
         "durations": durations,
         "duration_sum_seconds": duration_sum,

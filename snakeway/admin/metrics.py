@@ -47,6 +47,7 @@ class FiguresCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
         yield from self._upstreams()
+        yield from self._tls()
         yield from self._certificates()
         yield from self._workers()
 
@@ -90,6 +91,17 @@ class FiguresCollector:
                 failures.add_metric(key, e["failures"])
                 open_now.add_metric(key, e["in_flight"])
         yield from (healthy, failures, open_now)
+
+    def _tls(self) -> Iterator[Metric]:
+        handshakes = dict(self.figures.get("tls_handshakes", {}))
+        done = CounterMetricFamily("snakeway_tls_handshakes", "TLS handshakes completed on the proxy listeners.",
+                                   value=handshakes.pop("ok", 0))
+        failed = CounterMetricFamily("snakeway_tls_handshake_failures",
+                                     "TLS handshakes that failed on the proxy listeners, by reason.",
+                                     labels=("reason",))
+        for reason in sorted(handshakes):
+            failed.add_metric((reason,), handshakes[reason])
+        yield from (done, failed)
 
     def _certificates(self) -> Iterator[Metric]:
         labels = ("id", "kind")

@@ -67,6 +67,8 @@ def test_requests_and_durations_are_summed_over_workers(requests: list) -> None:
 def test_upstreams_certificates_and_workers() -> None:
     alive, dead = Counters(), Counters()
     dead.restarts = 1
+    alive.handshakes.update({"ok": 5, "timeout": 1})
+    dead.handshakes.update({"ok": 2, "plain_http": 3})
     up = EndpointState("app", "127.0.0.1:9001", 1, None, 3, 2)
     down = EndpointState("app", "127.0.0.1:9002", 1, 12.5, 1, 0)
     first = snap(alive, [up, down], pid=10)
@@ -85,6 +87,9 @@ def test_upstreams_certificates_and_workers() -> None:
     assert got["snakeway_certificate_next_attempt_timestamp_seconds", cert] == datetime(
         2026, 12, 5, 11, tzinfo=UTC).timestamp()
     assert got["snakeway_certificate_renewal_failures", cert] == 2
+    assert got["snakeway_tls_handshakes_total", ()] == 7
+    assert got["snakeway_tls_handshake_failures_total", (("reason", "timeout"),)] == 1
+    assert got["snakeway_tls_handshake_failures_total", (("reason", "plain_http"),)] == 3
     assert got["snakeway_workers_alive", ()] == 1
     assert got["snakeway_worker_restarts_total", ()] == 1
 

@@ -120,3 +120,27 @@ async def test_the_expiry_gauge_is_the_certificates_not_after(tmp_path: Path) ->
         renewal = got["snakeway_certificate_renewal_timestamp_seconds", cert]
         assert renewal == datetime.fromisoformat(listed["renewal_at"]).timestamp()
         assert leaf.not_valid_before_utc.timestamp() < renewal < leaf.not_valid_after_utc.timestamp()
+
+
+async def test_tls_handshakes_on_the_proxy_listener_are_counted_by_outcome(tmp_path: Path) -> None:
+    line, admin = admin_block(tmp_path)
+    config, port = write_config(tmp_path, "", line, bind=', tls = { mode = "internal", domains = ["site.test"] }')
+    async with serving(config, admin, https=False):
+        context = client_context(tmp_path / "state" / "pki" / "root.pem")
+        for _ in range(6):
+            await handshake(port, context, "site.test")
+        for _ in range(2):  # plain HTTP on the TLS port
+            stream = await trio.open_tcp_stream(LOOPBACK, port)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            with trio.fail_after(10):
+                while await stream.receive_some(4096):
+                    pass
+            await stream.aclose()
+
+        async def settled() -> object:
+            got = await samples(admin)
+            plain = got.get(("snakeway_tls_handshake_failures_total", (("reason", "plain_http"),)))
+            return got if got["snakeway_tls_handshakes_total", ()] == 6 and plain == 2 else None
+
+        got = await eventually(settled)
+        assert {k[1] for k in got if k[0] == "snakeway_tls_handshake_failures_total"} == {(("reason", "plain_http"),)}
