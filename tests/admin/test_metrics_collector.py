@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_left
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -111,3 +113,37 @@ def test_metrics_is_one_route_behind_the_token() -> None:
     assert decide(b"GET", b"/metrics", b"Bearer " + token, (token,)) == Call("metrics")
     assert decide(b"GET", b"/metrics", None, (token,)).status == 401  # type: ignore[union-attr]
     assert decide(b"POST", b"/metrics", b"Bearer " + token, (token,)).status == 405  # type: ignore[union-attr]
+
+
+def family_names() -> set[str]:
+    """The metric names a scrape shows (a histogram's and counters' base names as written in queries)."""
+    counters = Counters()
+    counters.handshakes["ok"] = 1
+    text = render(merge([snap(counters, [EndpointState("app", "127.0.0.1:1", 1, None, 0, 0)])]), [CERT], {})
+    names = set()
+    for family in text_string_to_metric_families(text.decode()):
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+def test_the_docs_list_every_metric_and_only_those() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = docs.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(snakeway_\w+)` \|", section, re.MULTILINE))
+    assert listed == family_names()
+
+
+def test_the_grafana_dashboard_is_importable_and_queries_only_metrics_that_exist() -> None:
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    assert dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    assert dashboard["panels"]
+    known = family_names()
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["type"] and panel["gridPos"]
+        assert panel["targets"]
+        for target in panel["targets"]:
+            for name in re.findall(r"snakeway_\w+", target["expr"]):
+                used.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    assert used <= known, used - known
+    assert used == known - {"snakeway_certificate_renewal_timestamp_seconds"}  # every other metric has a panel
