@@ -66,6 +66,8 @@ class Counters:
         self.restarts = 0
         # TLS handshakes on the proxy listeners by outcome: "ok" or why one failed (snakeway.tls.handshake).
         self.handshakes: dict[str, int] = {}
+        # Calls to the ACME CA: ``acme_requests[endpoint][outcome]`` (snakeway.acme.backend).
+        self.acme_requests: dict[str, dict[str, int]] = {}
 
     def service(self, name: str) -> ServiceCounts:
         """The counters of service ``name``, made on first use and kept across reloads."""
@@ -81,6 +83,7 @@ class Counters:
         self.duration_sum += _number(earlier.get("duration_sum_seconds"))
         self.restarts += int(_number(earlier.get("restarts"))) + 1
         _add_dict(self.handshakes, earlier.get("tls_handshakes"))
+        _add_nested(self.acme_requests, earlier.get("acme_requests"))
         for name, service in earlier.get("services", {}).items():
             _add_classes(self.service(name).by_class, service.get("responses", {}))
 
@@ -102,6 +105,13 @@ def _add_dict(into: dict[str, int], values: object) -> None:
         for key, value in values.items():
             if isinstance(key, str) and isinstance(value, int):
                 into[key] = into.get(key, 0) + value
+
+
+def _add_nested(into: dict[str, dict[str, int]], values: object) -> None:
+    if isinstance(values, dict):
+        for key, inner in values.items():
+            if isinstance(key, str):
+                _add_dict(into.setdefault(key, {}), inner)
 
 
 def _number(value: object) -> float:
@@ -143,6 +153,7 @@ def snapshot(
         "duration_sum_seconds": counters.duration_sum,
         "restarts": counters.restarts,
         "tls_handshakes": dict(counters.handshakes),
+        "acme_requests": {endpoint: dict(outcomes) for endpoint, outcomes in counters.acme_requests.items()},
         "services": {
             name: {
                 "responses": _classes(counts.by_class),
@@ -173,8 +184,10 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
     duration_sum = 0.0
     restarts = alive = 0
     handshakes: dict[str, int] = {}
+    acme: dict[str, dict[str, int]] = {}
     for snap in snapshots:
         _add_dict(handshakes, snap.get("tls_handshakes"))
+        _add_nested(acme, snap.get("acme_requests"))
         _add_classes(totals, snap.get("requests", {}))
         _add_list(durations, snap.get("durations", []))
         duration_sum += _number(snap.get("duration_sum_seconds"))
@@ -199,6 +212,7 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
         "workers_alive": alive,
         "restarts": restarts,
         "tls_handshakes": handshakes,
+        "acme_requests": acme,
         "requests": _with_sums(totals),
         "durations": durations,
         "duration_sum_seconds": duration_sum,

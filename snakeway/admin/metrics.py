@@ -119,7 +119,12 @@ class FiguresCollector:
                 if (moment := cert.get(field)) is not None:
                     family.add_metric(key, datetime.fromisoformat(moment).timestamp())
             failures.add_metric(key, cert.get("failures", 0))
-        yield from (not_after, renewal, failures, next_attempt)
+        acme = CounterMetricFamily("snakeway_acme_requests", "Calls to the ACME CA, by endpoint and outcome.",
+                                   labels=("endpoint", "outcome"))
+        for endpoint, outcomes in sorted(self.figures.get("acme_requests", {}).items()):
+            for outcome, value in sorted(outcomes.items()):
+                acme.add_metric((endpoint, outcome), value)
+        yield from (not_after, renewal, failures, next_attempt, acme)
 
     def _workers(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("snakeway_workers_alive", "Worker processes running now.",

@@ -9,11 +9,13 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acme.test_renewal_pebble import handshake
+from tests.acme.test_renewal_pebble import ISSUED, follow_log, handshake, pebble_at
+from tests.acme.test_renewal_pebble import until_logged as pebble_logged
+from tests.acme.test_renewal_pebble import write_config as pebble_config
 from tests.admin.adminclient import Admin, admin_block, eventually, serving, write_config
 from tests.helpers import LOOPBACK, Client, start_upstream
 from tests.hostile.harness import proxy_to
-from tests.proc import Running
+from tests.proc import Running, snakeway
 from tests.tlshelpers import client_context
 
 
@@ -144,3 +146,29 @@ async def test_tls_handshakes_on_the_proxy_listener_are_counted_by_outcome(tmp_p
 
         got = await eventually(settled)
         assert {k[1] for k in got if k[0] == "snakeway_tls_handshake_failures_total"} == {(("reason", "plain_http"),)}
+
+
+async def test_acme_requests_to_pebble_are_counted_by_endpoint(nursery: trio.Nursery, tmp_path: Path) -> None:
+    upstream, _ = await start_upstream(nursery)
+    config = tmp_path / "snakeway.hcl"
+    line, admin = admin_block(tmp_path)
+    async with pebble_at(tmp_path) as pebble:
+        pebble_config(config, directory_url=pebble.directory_url, ca_file=pebble.ca_file, pebble=pebble,
+                      upstream=upstream, names=("metrics.example.test",), workers=2)
+        config.write_text(config.read_text() + line + "\n")
+        async with snakeway(config) as proc:
+            nursery.start_soon(follow_log, proc)
+            await pebble_logged(proc, lambda log: ISSUED in log and log.count(
+                b"listening on http://127.0.0.1:" + str(admin.port).encode()) == 2, timeout=30)
+
+            async def settled() -> object:
+                got = await samples(admin)
+                return got if got.get(("snakeway_acme_requests_total", (("endpoint", "certificate"),
+                                                                         ("outcome", "ok")))) == 1 else None
+
+            got = await eventually(settled)
+            acme = {dict(labels)["endpoint"]: value for (name, labels), value in got.items()
+                    if name == "snakeway_acme_requests_total" and dict(labels)["outcome"] == "ok"}
+            assert acme["newOrder"] == 1  # one worker ordered it, the other read it from the store
+            assert acme["finalize"] == 1
+            assert acme["challenge"] >= 1
