@@ -181,6 +181,7 @@ def cert_manager(
     backend: AcmeBackend | None,
     store: CertStore | None,
     listening: trio.Event | None = None,
+    acme_counts: dict[str, dict[str, int]] | None = None,
 ) -> CertManager | None:
     """The ACME certificate manager, if ``config`` automates certificates; ``backend`` and ``store`` default to
     the configured CA and store; no order starts before ``listening`` is set (None: at once)."""
@@ -198,7 +199,7 @@ def cert_manager(
     if backend is None:
         from snakeway.acme.backend import ClientV2Backend
 
-        backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file)
+        backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file, counts=acme_counts)
     return CertManager(
         settings=automation,
         certs=managed_certs(config),

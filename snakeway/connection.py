@@ -56,6 +56,7 @@ async def _serve(
                 timeout=ctx.spec.handshake_timeout,
                 client=f"{client_ip}:{client_port}",
                 challenges=challenges,
+                counts=ctx.shared.counters.handshakes,
             )
             if tls_stream is None:
                 return

@@ -88,6 +88,8 @@ class ClientV2Backend:
         ca_file: PEM trust root for the CA's API; ``None`` uses the system store.
         user_agent: Sent with every request.
         timeout: Seconds per HTTP request.
+        counts: Calls to the CA by endpoint and outcome (``ok``, ``http_<status>`` or ``error``), incremented
+            here: ``counts[endpoint][outcome]``; the admin API's figures.
 
     Resource handling:
         Call :meth:`aclose` to close the HTTP sessions.
@@ -105,7 +107,9 @@ class ClientV2Backend:
         ca_file: Path | None = None,
         user_agent: str = USER_AGENT,
         timeout: int = NETWORK_TIMEOUT,
+        counts: dict[str, dict[str, int]] | None = None,
     ) -> None:
+        self.counts: dict[str, dict[str, int]] = counts if counts is not None else {}
         self._directory_url = directory_url
         self._verify: str | bool = str(ca_file) if ca_file is not None else True
         self._user_agent = user_agent
@@ -118,8 +122,19 @@ class ClientV2Backend:
         self._ari_limiter = trio.CapacityLimiter(ARI_CONCURRENCY)
         self._ari_session = ari_wire.open_session(user_agent)
 
-    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        return await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
+    async def _run(self, endpoint: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``fn(*args)`` in the worker thread, counted as a call to ``endpoint``."""
+        try:
+            result = await trio.to_thread.run_sync(partial(self._call, fn, *args), limiter=self._limiter)
+        except IssuanceError as exc:
+            self._count(endpoint, f"http_{exc.status}" if exc.status is not None else "error")
+            raise
+        self._count(endpoint, "ok")
+        return result
+
+    def _count(self, endpoint: str, outcome: str) -> None:
+        outcomes = self.counts.setdefault(endpoint, {})
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run ``fn`` (in the worker thread) and translate library errors."""
@@ -173,7 +188,7 @@ class ClientV2Backend:
         if account_key_pem is None:
             account_key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
         jwk, alg = acmelib.jwk_for(account_key_pem)
-        uri = await self._run(self._register, jwk, alg, contact)
+        uri = await self._run("newAccount", self._register, jwk, alg, contact)
         return AccountInfo(key_pem=account_key_pem, uri=uri)
 
     def _register(self, jwk: JWK, alg: JWASignature, contact: tuple[str, ...]) -> str:
@@ -225,7 +240,7 @@ class ClientV2Backend:
             replaces = None
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in names]
         payload = acmelib.NewOrder(identifiers=identifiers, replaces=replaces)
-        orderr = await self._run(self._open_order, client.directory["newOrder"], payload)
+        orderr = await self._run("newOrder", self._open_order, client.directory["newOrder"], payload)
         return OrderHandle(url=str(orderr.uri), domains=tuple(domains), resource=orderr)
 
     async def resume_order(self, order_url: str) -> OrderHandle:
@@ -239,7 +254,7 @@ class ClientV2Backend:
             IssuanceError: The CA does not know the order, or could not be reached.
         """
         self._require()
-        orderr = await self._run(self._open_order, order_url, None)
+        orderr = await self._run("order", self._open_order, order_url, None)
         domains = tuple(str(identifier.value) for identifier in orderr.body.identifiers)
         return OrderHandle(url=order_url, domains=domains, resource=orderr)
 
@@ -296,7 +311,7 @@ class ClientV2Backend:
         """Tell the CA that ``task`` is ready to be validated (POST ``{}``)."""
         client, _ = self._require()
         response = acmelib.EmptyResponse(key_authorization=task.key_authorization)
-        await self._run(client.answer_challenge, _challenge_body(task), response)
+        await self._run("challenge", client.answer_challenge, _challenge_body(task), response)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
         """Poll the order's authorizations until all are valid.
@@ -312,7 +327,7 @@ class ClientV2Backend:
             still: list[messages.AuthorizationResource] = []
             hint: float | None = None
             for authzr in pending:
-                fresh, response = await self._run(client.poll, authzr)
+                fresh, response = await self._run("authorization", client.poll, authzr)
                 status = fresh.body.status
                 if status == messages.STATUS_VALID:
                     continue
@@ -345,15 +360,15 @@ class ClientV2Backend:
         hint: float | None = None
         if body.status not in acmelib.FINALIZED:  # pending (as new_order saw it) or ready: send the CSR
             try:
-                body, hint = await self._run(self._order_step, finalize_url, request)
+                body, hint = await self._run("finalize", self._order_step, finalize_url, request)
             except IssuanceError as exc:
                 if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
                     raise
-                body, hint = await self._run(self._order_step, order.url, None)
+                body, hint = await self._run("order", self._order_step, order.url, None)
         delay = POLL_FIRST
         while True:
             if body.status == messages.STATUS_VALID and body.certificate is not None:
-                chain = await self._run(self._post, body.certificate, None)
+                chain = await self._run("certificate", self._post, body.certificate, None)
                 return str(chain.text)
             if body.status == messages.STATUS_INVALID:
                 error = body.error
@@ -362,9 +377,9 @@ class ClientV2Backend:
                 raise IssuanceError(f"order {order.url} is invalid{detail}", problem_type=problem)
             await _nap(deadline, hint if hint is not None else delay, "the order")
             delay = min(delay * 2, POLL_MAX)
-            body, hint = await self._run(self._order_step, order.url, None)
+            body, hint = await self._run("order", self._order_step, order.url, None)
             if body.status == messages.STATUS_READY:  # we polled after orderNotReady
-                body, hint = await self._run(self._order_step, finalize_url, request)
+                body, hint = await self._run("finalize", self._order_step, finalize_url, request)
 
     def _order_step(self, url: str, obj: JSONDeSerializable | None) -> tuple[messages.Order, float | None]:
         """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
@@ -392,7 +407,13 @@ class ClientV2Backend:
             raise IssuanceError(f"no ARI CertID: {exc}") from exc
         url = f"{base.rstrip('/')}/{cert_id}"
         fetch = partial(ari_wire.fetch_renewal_info, self._ari_session, url, verify=self._verify, timeout=self._timeout)
-        return await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
+        try:
+            info = await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
+        except IssuanceError as exc:
+            self._count("renewalInfo", f"http_{exc.status}" if exc.status is not None else "error")
+            raise
+        self._count("renewalInfo", "ok")
+        return info
 
     async def aclose(self) -> None:
         """Close the HTTP sessions (waits for an order call in flight; an ARI GET in flight still completes)."""

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import trio
 
 from snakeway.acme.store import StoreError
 from snakeway.admin import certs as views
-from snakeway.admin import errorlog
+from snakeway.admin import errorlog, metrics
 from snakeway.admin.figures import EndpointState, Snapshot, merge, snapshot
 from snakeway.admin.routes import Call
 from snakeway.config.model import TlsMode
@@ -36,7 +37,17 @@ logger = logging.getLogger(__name__)
 RELOAD_WAIT_SECONDS = 120.0  # how long POST /admin/reload waits for the outcome
 CERT_WAIT_SECONDS = 60.0  # how long renew and retry wait for the check they asked for, unless told
 
-Answer = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Text:
+    """An answer that is not JSON: its body and content type (``GET /metrics``)."""
+
+    body: bytes
+    content_type: bytes
+
+
+Answer = tuple[int, dict[str, Any] | Text]
 
 
 class AdminApi:
@@ -56,6 +67,7 @@ class AdminApi:
             "renew": self.renew,
             "retry": self.retry,
             "status": self.status,
+            "metrics": self.metrics,
         }
 
     def tokens(self) -> tuple[bytes, ...]:
@@ -128,6 +140,11 @@ class AdminApi:
         return 200, {"certificates": await self._cert_views(), "services": figures["upstreams"],
                      "workers": figures["workers"],
                      "log": errorlog.merged(s.get("recent_errors", []) for s in snapshots)}
+    async def metrics(self, call: Call) -> Answer:
+        figures = await self.merged()
+        ingress_of = {s.name: i.name for i in self.server.runtime.config.ingresses for s in i.services}
+        text = metrics.render(figures, await self._cert_views(), ingress_of)
+        return 200, Text(text, metrics.CONTENT_TYPE.encode())
 
     # -- reload ----------------------------------------------------------------------------------
 

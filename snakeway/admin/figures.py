@@ -25,6 +25,10 @@ CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 OTHER = "other"
 Snapshot = dict[str, Any]
 
+# The upper bounds, in seconds, of the request duration histogram's buckets (the last one, +Inf, is implied:
+# ``Counters.durations`` has one more slot than this tuple). Fixed, so that every worker's counts add up.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 
 def new_classes() -> list[int]:
     """A counter per status class, indexed by ``status // 100``: 0 to 9, as a status has three digits
@@ -55,6 +59,15 @@ class Counters:
     def __init__(self) -> None:
         self.services: dict[str, ServiceCounts] = {}
         self.totals = new_classes()
+        # Requests by duration: ``durations[bisect_left(DURATION_BUCKETS, seconds)]``, and their sum.
+        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        # Workers that died and were replaced in this worker's slot before it.
+        self.restarts = 0
+        # TLS handshakes on the proxy listeners by outcome: "ok" or why one failed (snakeway.tls.handshake).
+        self.handshakes: dict[str, int] = {}
+        # Calls to the ACME CA: ``acme_requests[endpoint][outcome]`` (snakeway.acme.backend).
+        self.acme_requests: dict[str, dict[str, int]] = {}
 
     def service(self, name: str) -> ServiceCounts:
         """The counters of service ``name``, made on first use and kept across reloads."""
@@ -66,6 +79,11 @@ class Counters:
     def add(self, earlier: Snapshot) -> None:
         """Start from the counts of an earlier snapshot (a worker replacing one that died)."""
         _add_classes(self.totals, earlier.get("requests", {}))
+        _add_list(self.durations, earlier.get("durations", []))
+        self.duration_sum += _number(earlier.get("duration_sum_seconds"))
+        self.restarts += int(_number(earlier.get("restarts"))) + 1
+        _add_dict(self.handshakes, earlier.get("tls_handshakes"))
+        _add_nested(self.acme_requests, earlier.get("acme_requests"))
         for name, service in earlier.get("services", {}).items():
             _add_classes(self.service(name).by_class, service.get("responses", {}))
 
@@ -74,6 +92,30 @@ def _add_classes(into: list[int], responses: Mapping[str, int]) -> None:
     for index, name in enumerate((*CLASSES, OTHER), start=1):  # "other" goes to 6xx: summed alike
         value = responses.get(name, 0)
         into[index] += value if isinstance(value, int) else 0
+
+
+def _add_list(into: list[int], values: object) -> None:
+    if isinstance(values, list) and len(values) == len(into):
+        for index, value in enumerate(values):
+            into[index] += value if isinstance(value, int) else 0
+
+
+def _add_dict(into: dict[str, int], values: object) -> None:
+    if isinstance(values, dict):
+        for key, value in values.items():
+            if isinstance(key, str) and isinstance(value, int):
+                into[key] = into.get(key, 0) + value
+
+
+def _add_nested(into: dict[str, dict[str, int]], values: object) -> None:
+    if isinstance(values, dict):
+        for key, inner in values.items():
+            if isinstance(key, str):
+                _add_dict(into.setdefault(key, {}), inner)
+
+
+def _number(value: object) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _classes(by_class: list[int]) -> dict[str, int]:
@@ -107,6 +149,11 @@ def snapshot(
         "pid": pid,
         "at": at,
         "requests": _classes(counters.totals),
+        "durations": list(counters.durations),
+        "duration_sum_seconds": counters.duration_sum,
+        "restarts": counters.restarts,
+        "tls_handshakes": dict(counters.handshakes),
+        "acme_requests": {endpoint: dict(outcomes) for endpoint, outcomes in counters.acme_requests.items()},
         "services": {
             name: {
                 "responses": _classes(counts.by_class),
@@ -133,8 +180,19 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
     per_service = {name: new_classes() for name in configured}
     websockets = dict.fromkeys(configured, 0)
     upstreams: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in configured}
+    durations = [0] * (len(DURATION_BUCKETS) + 1)
+    duration_sum = 0.0
+    restarts = alive = 0
+    handshakes: dict[str, int] = {}
+    acme: dict[str, dict[str, int]] = {}
     for snap in snapshots:
+        _add_dict(handshakes, snap.get("tls_handshakes"))
+        _add_nested(acme, snap.get("acme_requests"))
         _add_classes(totals, snap.get("requests", {}))
+        _add_list(durations, snap.get("durations", []))
+        duration_sum += _number(snap.get("duration_sum_seconds"))
+        restarts += int(_number(snap.get("restarts")))
+        alive += snap.get("alive", True) is not False
         for name, service in snap.get("services", {}).items():
             if name in per_service:
                 _add_classes(per_service[name], service.get("responses", {}))
@@ -151,7 +209,13 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
                     seen["down_for_seconds"] = max(seen["down_for_seconds"] or 0.0, e["down_for_seconds"])
     return {
         "workers": len(snapshots),
+        "workers_alive": alive,
+        "restarts": restarts,
+        "tls_handshakes": handshakes,
+        "acme_requests": acme,
         "requests": _with_sums(totals),
+        "durations": durations,
+        "duration_sum_seconds": duration_sum,
         "services": {
             name: {**_with_sums(per_service[name]), "websockets_open": websockets[name]} for name in configured
         },

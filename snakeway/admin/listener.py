@@ -2,7 +2,8 @@
 
 A thin shell: :func:`snakeway.admin.routes.decide` says what a request asks for (or why it is refused) from
 its head, before its body is read; the handlers of :class:`snakeway.admin.api.AdminApi` do it. Every answer,
-an error included, is a JSON object with ``Content-Type: application/json``; an unexpected error in a
+an error included, is a JSON object with ``Content-Type: application/json`` (but for ``GET /metrics``'s
+Prometheus text); an unexpected error in a
 handler is logged with its traceback and answered ``500`` with a one-line message, never the traceback.
 Connections are kept alive between requests; a request whose body was not read (refused before it) closes
 the connection after its answer. The status page (``GET /``), its login form and ``POST /login`` are the
@@ -25,7 +26,7 @@ import trio
 
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.admin import auth, page, routes, session
-from snakeway.admin.api import AdminApi
+from snakeway.admin.api import AdminApi, Text
 from snakeway.listeners import ListenerSpec
 from snakeway.proxy.validators import http_date
 from snakeway.tcp import TcpStream
@@ -158,7 +159,7 @@ class _Connection:
             logger.exception("admin: %s failed", decision.handler)
             status, payload = 500, {"error": f"internal error in {decision.handler}: {type(exc).__name__}"}
         close = self.conn.their_state is not h11.DONE
-        if decision.handler == "status" and status == 200:
+        if decision.handler == "status" and status == 200 and not isinstance(payload, Text):
             html = page.render(payload["certificates"], payload["services"], workers=payload["workers"],
                                now=datetime.now(UTC), log=payload["log"])
             await self._send_html(200, html, close=close)
@@ -178,9 +179,12 @@ class _Connection:
         return True
 
     async def _send(
-        self, status: int, payload: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = (), *,
+        self, status: int, payload: dict[str, Any] | Text, headers: tuple[tuple[bytes, bytes], ...] = (), *,
         close: bool = False,
     ) -> None:
+        if isinstance(payload, Text):
+            await self._send_body(status, payload.body, payload.content_type, headers, close=close)
+            return
         await self._send_body(status, json.dumps(payload, indent=2).encode() + b"\n", b"application/json",
                               headers, close=close)
 

@@ -38,7 +38,8 @@ ROUTES: tuple[Route, ...] = (
     Route(("admin", "certs", "{id}", "renew"), (b"POST",), "renew", CERT_ACTION_KEYS),
     Route(("admin", "certs", "{id}", "retry"), (b"POST",), "retry", CERT_ACTION_KEYS),
     Route(("",), (b"GET",), "status"),
-    Route(("login",), (b"POST",), "login")  # form-encoded, answered without authorization,
+    Route(("login",), (b"POST",), "login"),  # form-encoded, answered without authorization
+    Route(("metrics",), (b"GET",), "metrics"),
 )
 
 # The longest body an admin request may have.

@@ -74,6 +74,7 @@ class SharedFigures:
             if snap is None:
                 continue
             if not _alive(snap.get("pid")):
+                snap["alive"] = False
                 snap["upstreams"] = {}
                 for service in snap.get("services", {}).values():
                     service["websockets_open"] = 0

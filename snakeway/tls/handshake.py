@@ -107,6 +107,7 @@ async def accept_tls(
     timeout: float,  # noqa: ASYNC109 - a timeout here ends in a quiet close that only we can do (see Args)
     client: str,
     challenges: AlpnChallenges | None = None,
+    counts: dict[str, int] | None = None,
 ) -> trio.SSLStream[trio.abc.Stream] | None:
     """Run the server side of a TLS handshake on a fresh connection.
 
@@ -120,6 +121,9 @@ async def accept_tls(
         challenges: While any TLS-ALPN-01 challenge is pending, the ClientHello is parsed here (the SNI
             callback cannot see the ALPN offer); a validation connection (ALPN ``acme-tls/1`` for a pending
             name) is answered with the challenge certificate and closed, and ``None`` is returned.
+        counts: Handshakes by outcome, incremented here: ``ok`` for a completed handshake, else the reason
+            of the failure (``plain_http``, ``closed``, ``timeout``, ``refused``: no certificate for the name
+            asked for, ``error``: any other TLS error or broken connection).
 
     Returns:
         The ready ``trio.SSLStream`` (``https_compatible``), with :data:`HANDSHAKE` set in the calling task's
@@ -134,16 +138,19 @@ async def accept_tls(
         propagates; ``stream`` may then be closed or not, and the caller closes it (closing twice is harmless).
     """
     transport: trio.abc.Stream = stream
+    refused = False  # no certificate for the name the client asked for: a fatal alert was sent
     try:
         with trio.fail_after(timeout):
             prefix = await _read_first_bytes(stream)
             verdict = sniff.classify(prefix)
             if verdict is sniff.FirstBytes.PLAIN_HTTP:
                 logger.debug("TLS: plain HTTP from %s on a TLS port; answering 400", client)
+                _count(counts, "plain_http")
                 await _refuse_plain_http(stream)
                 return None
             if not prefix:
                 logger.debug("TLS: %s closed before sending anything", client)
+                _count(counts, "closed")
                 await trio.aclose_forcefully(stream)
                 return None
             if challenges is not None and challenges.wants_hello():
@@ -165,10 +172,12 @@ async def accept_tls(
                     if choice.alert is not None:
                         # Nothing was sent yet (the callback runs before the ServerHello): a plaintext alert is
                         # what OpenSSL queued and trio.SSLStream dropped.
+                        refused = True
                         await stream.send_all(fatal_alert_record(choice.alert))
                     raise
     except (trio.TooSlowError, trio.BrokenResourceError) as exc:
         logger.debug("TLS: handshake with %s failed: %r", client, exc.__cause__ or exc)
+        _count(counts, "timeout" if isinstance(exc, trio.TooSlowError) else "refused" if refused else "error")
         await trio.aclose_forcefully(transport)
         return None
     cipher = ssl_stream.cipher()
@@ -181,7 +190,13 @@ async def accept_tls(
         cert_names=choice.cert_names,
     )
     HANDSHAKE.set(info)
+    _count(counts, "ok")
     return ssl_stream
+
+
+def _count(counts: dict[str, int] | None, outcome: str) -> None:
+    if counts is not None:
+        counts[outcome] = counts.get(outcome, 0) + 1
 
 
 async def _alpn_challenge(

@@ -40,7 +40,7 @@ def test_without_a_valid_token_everything_is_401_with_the_challenge(method: byte
 
 
 @pytest.mark.parametrize("target", [b"/admin", b"/admin/nothing", b"/admin/certs/x", b"/admin/certs//renew",
-                                    b"/admin/certs/x/renew/more", b"admin/health", b"/metrics"])
+                                    b"/admin/certs/x/renew/more", b"admin/health", b"/metrics/x"])
 def test_unknown_paths_are_404(target: bytes) -> None:
     decision = decide(b"GET", target, AUTH, TOKENS)
     assert isinstance(decision, Error) and decision.status == 404
