@@ -182,6 +182,7 @@ def cert_manager(
     store: CertStore | None,
     listening: trio.Event | None = None,
     acme_counts: dict[str, dict[str, int]] | None = None,
+    attempts: dict[str, int] | None = None,
 ) -> CertManager | None:
     """The ACME certificate manager, if ``config`` automates certificates; ``backend`` and ``store`` default to
     the configured CA and store; no order starts before ``listening`` is set (None: at once)."""
@@ -212,6 +213,7 @@ def cert_manager(
         coordinator=coordinator,
         watch_interval=WATCH_INTERVAL if is_shared(coordinator) else None,
         listening=listening,
+        attempts=attempts,
     )
 
 

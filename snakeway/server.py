@@ -125,7 +125,7 @@ class Server:
         self.manager = cert_manager(
             config, self.certs, self.http01, self.tlsalpn, self.clock, self.coordinator,
             backend=acme_backend, store=cert_store, listening=self._listening,
-            acme_counts=self.shared.counters.acme_requests,
+            acme_counts=self.shared.counters.acme_requests, attempts=self.shared.counters.renewal_attempts,
         )
         self.drain = Drain()
         self._stop = trio.Event()

@@ -107,6 +107,7 @@ class CertManager:
         watch_interval: float | None = None,
         listening: trio.Event | None = None,
         spread_first_checks_above: int = SPREAD_FIRST_CHECKS_ABOVE,
+        attempts: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.certs = {c.cert_id: c for c in certs}
@@ -127,7 +128,7 @@ class CertManager:
         self.served = ServedCerts(registry, clock, self.offload)
         self.renewer = Renewer(
             settings=settings, store=store, backend=backend, served=self.served, clock=clock, rng=self.rng,
-            coordinator=self.coordinator, issuer=issuer,
+            coordinator=self.coordinator, issuer=issuer, attempts=attempts,
         )
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}

@@ -105,6 +105,7 @@ class Renewer:
         rng: random.Random,
         coordinator: Coordinator,
         issuer: Issuer,
+        attempts: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -114,6 +115,8 @@ class Renewer:
         self.rng = rng
         self.coordinator = coordinator
         self.issuer = issuer
+        # Orders carried out, by outcome ("issued", "failed"): what the admin API's metrics count.
+        self.attempts: dict[str, int] = attempts if attempts is not None else {}
         self.lane = OrderLane(settings.acme.max_concurrent_orders)
         self.budget = SharedBudget(acme=settings.acme, store=store, coordinator=coordinator, clock=clock)
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
@@ -261,6 +264,7 @@ class Renewer:
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
             return await self._failed(cert, state, exc, current.not_after if current else None)
+        self.attempts["issued"] = self.attempts.get("issued", 0) + 1
         await self.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
         wake, kept = await self._keep(cert, bundle, state)
@@ -333,6 +337,7 @@ class Renewer:
         self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None
     ) -> datetime:
         now = self.clock.now()
+        self.attempts["failed"] = self.attempts.get("failed", 0) + 1
         retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
         problem = exc.problem_type if isinstance(exc, IssuanceError) else None
         stage = exc.stage if isinstance(exc, IssuanceError) else None

@@ -68,6 +68,8 @@ class Counters:
         self.handshakes: dict[str, int] = {}
         # Calls to the ACME CA: ``acme_requests[endpoint][outcome]`` (snakeway.acme.backend).
         self.acme_requests: dict[str, dict[str, int]] = {}
+        # Orders the certificate manager carried out, by outcome ("issued", "failed"; snakeway.acme.renewer).
+        self.renewal_attempts: dict[str, int] = {}
 
     def service(self, name: str) -> ServiceCounts:
         """The counters of service ``name``, made on first use and kept across reloads."""
@@ -84,6 +86,7 @@ class Counters:
         self.restarts += int(_number(earlier.get("restarts"))) + 1
         _add_dict(self.handshakes, earlier.get("tls_handshakes"))
         _add_nested(self.acme_requests, earlier.get("acme_requests"))
+        _add_dict(self.renewal_attempts, earlier.get("renewal_attempts"))
         for name, service in earlier.get("services", {}).items():
             _add_classes(self.service(name).by_class, service.get("responses", {}))
 
@@ -154,6 +157,7 @@ def snapshot(
         "restarts": counters.restarts,
         "tls_handshakes": dict(counters.handshakes),
         "acme_requests": {endpoint: dict(outcomes) for endpoint, outcomes in counters.acme_requests.items()},
+        "renewal_attempts": dict(counters.renewal_attempts),
         "services": {
             name: {
                 "responses": _classes(counts.by_class),
@@ -185,7 +189,9 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
     restarts = alive = 0
     handshakes: dict[str, int] = {}
     acme: dict[str, dict[str, int]] = {}
+    attempts: dict[str, int] = {}
     for snap in snapshots:
+        _add_dict(attempts, snap.get("renewal_attempts"))
         _add_dict(handshakes, snap.get("tls_handshakes"))
         _add_nested(acme, snap.get("acme_requests"))
         _add_classes(totals, snap.get("requests", {}))
@@ -213,6 +219,7 @@ def merge(snapshots: list[Snapshot]) -> Snapshot:
         "restarts": restarts,
         "tls_handshakes": handshakes,
         "acme_requests": acme,
+        "renewal_attempts": attempts,
         "requests": _with_sums(totals),
         "durations": durations,
         "duration_sum_seconds": duration_sum,

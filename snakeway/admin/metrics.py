@@ -124,7 +124,12 @@ class FiguresCollector:
         for endpoint, outcomes in sorted(self.figures.get("acme_requests", {}).items()):
             for outcome, value in sorted(outcomes.items()):
                 acme.add_metric((endpoint, outcome), value)
-        yield from (not_after, renewal, failures, next_attempt, acme)
+        attempts = CounterMetricFamily("snakeway_certificate_renewal_attempts",
+                                       "Orders of certificates carried out, by outcome (issued or failed).",
+                                       labels=("outcome",))
+        for outcome, value in sorted(self.figures.get("renewal_attempts", {}).items()):
+            attempts.add_metric((outcome,), value)
+        yield from (not_after, renewal, failures, next_attempt, attempts, acme)
 
     def _workers(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("snakeway_workers_alive", "Worker processes running now.",

@@ -73,6 +73,8 @@ def test_upstreams_certificates_and_workers() -> None:
     dead.handshakes.update({"ok": 2, "plain_http": 3})
     alive.acme_requests["newOrder"] = {"ok": 1, "http_429": 2}
     dead.acme_requests["newOrder"] = {"ok": 4}
+    alive.renewal_attempts.update({"issued": 1, "failed": 2})
+    dead.renewal_attempts.update({"issued": 3})
     up = EndpointState("app", "127.0.0.1:9001", 1, None, 3, 2)
     down = EndpointState("app", "127.0.0.1:9002", 1, 12.5, 1, 0)
     first = snap(alive, [up, down], pid=10)
@@ -96,6 +98,8 @@ def test_upstreams_certificates_and_workers() -> None:
     assert got["snakeway_tls_handshake_failures_total", (("reason", "plain_http"),)] == 3
     assert got["snakeway_acme_requests_total", (("endpoint", "newOrder"), ("outcome", "ok"))] == 5
     assert got["snakeway_acme_requests_total", (("endpoint", "newOrder"), ("outcome", "http_429"))] == 2
+    assert got["snakeway_certificate_renewal_attempts_total", (("outcome", "issued"),)] == 4
+    assert got["snakeway_certificate_renewal_attempts_total", (("outcome", "failed"),)] == 2
     assert got["snakeway_workers_alive", ()] == 1
     assert got["snakeway_worker_restarts_total", ()] == 1
 
@@ -104,6 +108,7 @@ def test_a_worker_replacing_a_dead_one_counts_a_restart_and_keeps_the_durations(
     first = Counters()
     observe(first, 0.2)
     first.acme_requests["newOrder"] = {"ok": 1}
+    first.renewal_attempts["issued"] = 1
     second = Counters()
     second.add(snap(first))
     third = Counters()
@@ -112,6 +117,7 @@ def test_a_worker_replacing_a_dead_one_counts_a_restart_and_keeps_the_durations(
     assert merged["restarts"] == 2
     assert sum(merged["durations"]) == 1 and merged["duration_sum_seconds"] == 0.2
     assert merged["acme_requests"] == {"newOrder": {"ok": 1}}
+    assert merged["renewal_attempts"] == {"issued": 1}
 
 
 def test_metrics_is_one_route_behind_the_token() -> None:
@@ -126,6 +132,7 @@ def family_names() -> set[str]:
     counters = Counters()
     counters.handshakes["ok"] = 1
     counters.acme_requests["newOrder"] = {"ok": 1}
+    counters.renewal_attempts["issued"] = 1
     text = render(merge([snap(counters, [EndpointState("app", "127.0.0.1:1", 1, None, 0, 0)])]), [CERT], {})
     names = set()
     for family in text_string_to_metric_families(text.decode()):

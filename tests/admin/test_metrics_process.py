@@ -170,5 +170,6 @@ async def test_acme_requests_to_pebble_are_counted_by_endpoint(nursery: trio.Nur
             acme = {dict(labels)["endpoint"]: value for (name, labels), value in got.items()
                     if name == "snakeway_acme_requests_total" and dict(labels)["outcome"] == "ok"}
             assert acme["newOrder"] == 1  # one worker ordered it, the other read it from the store
+            assert got[("snakeway_certificate_renewal_attempts_total", (("outcome", "issued"),))] == 1
             assert acme["finalize"] == 1
             assert acme["challenge"] >= 1
