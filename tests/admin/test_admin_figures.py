@@ -90,6 +90,7 @@ def test_websockets_open_are_summed() -> None:
 
 def test_no_snapshot_no_figures() -> None:
     assert merge([]) == {"workers": 0, "workers_alive": 0, "restarts": 0, "tls_handshakes": {}, "acme_requests": {},
+                         "renewal_attempts": {},
                          "requests": merge([])["requests"],
                          "durations": [0] * 13, "duration_sum_seconds": 0.0, "services": {}, "upstreams": {}}
     assert merge([])["requests"]["total"] == 0
