@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.helpers import closed_port, repo_root
-from tests.hostile.harness import exchange, proxy_to, running, start_logging_upstream, write_config
+from tests.hostile.harness import exchange, proxy_to, running, start_logging_upstream, until_logged, write_config
 
 PYTHON = sys.executable
 
@@ -67,7 +67,9 @@ async def test_the_redirect_to_https_is_dated_too(nursery: trio.Nursery, tmp_pat
         tmp_path, proxy_to(upstream), workers=1,
         bind=f', tls = {{ mode = "internal", domains = ["a.test"] }}, redirect_http_to_https = {{ port = {redirect} }}',
     )
-    async with running(config, workers=1):
+    async with running(config, workers=1) as proc:
+        # running() returns once the first listener (HTTPS) listens; the redirect listener opens just after.
+        await until_logged(proc, f"listening on http://127.0.0.1:{redirect}".encode())
         line, headers = head_of(await exchange(redirect, b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"))
     assert line == b"HTTP/1.1 308 Permanent Redirect"
     assert_dated_now(headers)

@@ -11,7 +11,7 @@ import trio
 from cryptography import x509
 
 from tests.helpers import LOOPBACK, closed_port, start_upstream
-from tests.hostile.harness import exchange, running, statuses, write_config
+from tests.hostile.harness import exchange, running, statuses, until_logged, write_config
 from tests.tlshelpers import client_context, tls_request
 
 STS = b"strict-transport-security"
@@ -76,7 +76,8 @@ async def test_hsts_on_every_https_response_and_never_on_plain_http(nursery: tri
     hsts = ", hsts = { max_age_seconds = 63072000, include_subdomains = true, preload = true }"
     config, port, redirect = tls_config(tmp_path, upstream, tls_extra=hsts)
     expected = [b"max-age=63072000; includeSubDomains; preload"]
-    async with running(config):
+    async with running(config) as proc:
+        await until_logged(proc, f"listening on http://127.0.0.1:{redirect}".encode(), 2)  # both workers
         context = client_context(root_of(tmp_path))
         proxied = await tls_exchange(port, context, GET % b"/app")
         static = await tls_exchange(port, context, GET % b"/static/f.txt")
