@@ -26,11 +26,11 @@ class Admin:
     tls: ssl.SSLContext | None = None
     server_name: str = "localhost"
 
-    async def request(
+    async def exchange(
         self, method: str, target: str, *, token: str | None = "", body: bytes = b"",
         headers: list[tuple[str, str]] | None = None,
-    ) -> tuple[int, dict[str, bytes], Any]:
-        """(status, headers, the JSON body) of one request; ``token=None`` sends no Authorization header."""
+    ) -> Any:
+        """The response to one request, whatever its body; ``token=None`` sends no Authorization header."""
         hdrs = [("host", "localhost"), *(headers or [])]
         if token is not None:
             hdrs.append(("authorization", f"Bearer {token or self.token}"))
@@ -40,9 +40,16 @@ class Admin:
         client = Client(stream)  # type: ignore[arg-type]  # any trio stream will do
         try:
             with trio.fail_after(30):
-                response = await client.request(method, target, hdrs, body)
+                return await client.request(method, target, hdrs, body)
         finally:
             await client.aclose()
+
+    async def request(
+        self, method: str, target: str, *, token: str | None = "", body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> tuple[int, dict[str, bytes], Any]:
+        """(status, headers, the JSON body) of one request; ``token=None`` sends no Authorization header."""
+        response = await self.exchange(method, target, token=token, body=body, headers=headers)
         assert response.header(b"content-type") == b"application/json", response
         assert b"Traceback" not in response.body
         return response.status, {k.decode(): v for k, v in response.headers}, json.loads(response.body)

@@ -21,18 +21,7 @@ from tests.tlshelpers import client_context
 
 async def scrape(admin: Admin, token: str | None = "") -> tuple[int, bytes, bytes]:
     """(status, content type, body) of GET /metrics; ``token=None`` sends no Authorization header."""
-    headers = [("host", "localhost")]
-    if token is not None:
-        headers.append(("authorization", f"Bearer {token or admin.token}"))
-    stream: trio.abc.Stream = await trio.open_tcp_stream(LOOPBACK, admin.port)
-    if admin.tls is not None:
-        stream = trio.SSLStream(stream, admin.tls, server_hostname=admin.server_name, https_compatible=True)
-    client = Client(stream)  # type: ignore[arg-type]  # any trio stream will do
-    try:
-        with trio.fail_after(30):
-            response = await client.request("GET", "/metrics", headers)
-    finally:
-        await client.aclose()
+    response = await admin.exchange("GET", "/metrics", token=token)
     return response.status, response.header(b"content-type") or b"", response.body
 
 
