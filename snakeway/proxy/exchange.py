@@ -2,14 +2,13 @@
 
 :func:`snakeway.proxy.forward.forward` picks the upstream and retries; an
 :class:`Exchange` moves the bytes of one attempt, each wait under a timeout
-of its own (see the class docstring for how they share one cancel scope).
+of its own (see the class docstring for how they share the client connection's
+one cancel scope).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import trio
 from snakeway.config.model import UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Health
+from snakeway.proxy.deadlines import Deadlines
+from snakeway.proxy.deadlines import Wait as Wait  # re-exported: what the exchange's waits are
 from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamPool
@@ -60,46 +61,32 @@ class StaleConnection(RequestFailed):
         super().__init__(502, "the upstream closed a kept-alive connection")
 
 
-# A wait whose deadline is within this of the one already set keeps that one (nginx's
-# NGX_TIMER_LAZY_DELAY, 300 ms, for the same reason): moving a deadline is the costliest part
-# of arming a wait, and consecutive waits of one exchange mostly have the same timeout. The kept
-# deadline may be the earlier one, so short timeouts get a slack of a tenth of themselves at most.
-LAZY_DEADLINE_SECONDS = 0.3
-LAZY_DEADLINE_SHARE = 0.1
-
-
-class Wait(enum.Enum):
-    """What an exchange waits for; each has its own timeout and error."""
-
-    CLIENT_READ = enum.auto()  # the request body: the client's body timeout, 408
-    UPSTREAM_WRITE = enum.auto()  # the upstream taking the request: read timeout, 504
-    UPSTREAM_READ = enum.auto()  # the response: read timeout, 504 (close once it began)
-
-
 class Exchange:
     """One request and its response between a client and an upstream connection.
 
     Timeouts: every wait (a read or a write on either hop) has a time limit of
-    its own, as if each ran under its own ``trio.fail_after``. But a
-    ``fail_after`` costs about three times as much as moving the deadline of a
-    scope already entered (some 70 000 CPU instructions against 20 000; a
-    small proxied request takes 1.5 million), and even a small exchange waits
-    three times. So the waits of an exchange share one scope, opened by
-    :meth:`timeouts`, and each wait first re-arms it (:meth:`_arm`) with its
-    own deadline and the :class:`Wait` that names the error should that
-    deadline pass. Every wait inside :meth:`timeouts` must be armed, but for
-    the writes to the client: the client's transport times those by their
-    progress (:class:`snakeway.tcp.TcpStream`'s send timeout). A write to the
-    client runs under the deadline the last wait left, which must not cut it
-    short when the client reads slowly but steadily: the transport lifts it
+    its own, as if each ran under its own ``trio.fail_after``. None has a
+    scope of its own: each wait first re-arms the deadline of the client
+    connection's one scope (:meth:`_arm`, on ``down.deadlines``, see
+    :mod:`snakeway.proxy.deadlines`) and names the :class:`Wait` whose error
+    is owed should that deadline pass. The deadline passing cancels the
+    connection's scope: the exchange is abandoned where it is, and the
+    connection answers for the wait (504, 408, or a close once the response
+    began). Outside a connection (``down.deadlines`` is None: a caller of its
+    own) :meth:`run` makes a scope for the exchange, as :meth:`timeouts` does
+    for a stretch of it, and the error is raised here.
+
+    Every wait of the exchange must be armed, but for the writes to the
+    client: the client's transport times those by their progress
+    (:class:`snakeway.tcp.TcpStream`'s send timeout). A write to the client
+    runs under the deadline the last wait left, which must not cut it short
+    when the client reads slowly but steadily: the transport lifts it
     (:meth:`_lift_deadline`, its ``on_send_blocked``) once the write has to
     wait for the client. The hook is set around the exchange's own writes to
     the client (:meth:`to_client`) and only there: under TLS the transport
     also writes while the request body is read (an alert, a key update), and
     a wait of such a write must not lift the body read's deadline. A write
-    that does not wait, nearly all of them, costs nothing more; and the last
-    write of a response (all of a small one) is made after the scope, by
-    :meth:`run`, with no hook to set.
+    that does not wait, nearly all of them, costs nothing more.
     """
 
     def __init__(
@@ -111,8 +98,10 @@ class Exchange:
         self.ctx = ctx
         self.limit = limit
         self.response_started = False
-        self._scope: trio.CancelScope | None = None
-        self._waiting = Wait.UPSTREAM_WRITE
+        # The deadline the waits arm: the client connection's, or this exchange's own inside timeouts().
+        self._deadlines = down.deadlines
+        # The scope a blocked write to the client lifts the deadline of (None: no deadline to lift).
+        self._scope = None if down.deadlines is None else down.deadlines.scope
 
     async def run(self, up_request: h11.Request, body: ReadBody | None = None) -> int:
         """Send the request, then relay the response; returns the status.
@@ -120,22 +109,14 @@ class Exchange:
         ``body`` is what was read of the request body already: when complete,
         it is sent with the head and nothing more is read from the client.
         """
-        # What timeouts() does, written out: on the path every request takes, a generator-based
-        # context manager costs more than the scope it manages.
-        scope = self._scope = trio.CancelScope()
-        try:
-            with scope:
-                if body is not None and body.complete:
-                    await self.to_upstream([up_request, *body.events])
-                else:
-                    await self.send_request(up_request, body)
-                status, last = await self._relay()
-        finally:
-            self._scope = None
-        if scope.cancelled_caught:
-            raise self._timeout_error()
-        # The response's last write (all of a small one), once the exchange's deadline is gone;
-        # the client's transport times it, as every client write.
+        if self._deadlines is None:  # not under a client connection's deadline: time the exchange here
+            with self.timeouts():
+                return await self.run(up_request, body)
+        if body is not None and body.complete:
+            await self.to_upstream([up_request, *body.events])
+        else:
+            await self.send_request(up_request, body)
+        status, last = await self._relay()
         await self.to_client(*last)
         return status
 
@@ -143,52 +124,49 @@ class Exchange:
 
     @contextmanager
     def timeouts(self) -> Iterator[None]:
-        """Run a stretch of the exchange whose waits are timed.
+        """Run a stretch of the exchange whose waits are timed by a scope of its own.
+
+        For a caller that is no client connection's request, and for the
+        WebSocket handshake (its tunnel must not be timed by the waits before).
 
         Raises:
           RequestFailed, ClientGone: a wait ran out of time (which one depends on the wait).
         """
-        scope = self._scope = trio.CancelScope()
+        outer = self._deadlines
+        scope = trio.CancelScope()
+        deadlines = self._deadlines = Deadlines(scope)
+        self._scope = scope
         try:
             with scope:
                 yield
         finally:
-            self._scope = None
+            self._deadlines = outer
+            self._scope = None if outer is None else outer.scope
         if scope.cancelled_caught:
-            raise self._timeout_error()
+            raise self._timeout_error(deadlines.waiting)
 
     def _arm(self, wait: Wait, seconds: float) -> None:
         """Give the wait about to start ``seconds`` from now."""
-        scope = self._scope
-        assert scope is not None, "a wait outside Exchange.timeouts()"
-        if scope.cancel_called:
-            # The last wait's deadline passed just as it ended: its error
-            # stands, raised at the next checkpoint.
-            return
-        self._waiting = wait
-        deadline = trio.current_time() + seconds
-        if abs(deadline - scope.deadline) >= min(LAZY_DEADLINE_SECONDS, seconds * LAZY_DEADLINE_SHARE):
-            scope.deadline = deadline
+        deadlines = self._deadlines
+        assert deadlines is not None, "a wait outside Exchange.timeouts()"
+        deadlines.arm(wait, seconds)
 
     def _lift_deadline(self) -> None:
         """A write of :meth:`to_client` waits for the client: no deadline of the exchange's applies.
 
         The client's transport times the wait by its progress (a ``SendTimeout``
         is a ``BrokenResourceError``). The deadline the last wait left is lifted,
-        unless it passed already (its error stands, as in :meth:`_arm`); the next
-        wait arms one again.
+        unless it passed already (its error stands); the next wait arms one again.
         """
-        scope = self._scope
-        if scope is not None and not scope.cancel_called:
-            scope.deadline = math.inf
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.lift()
 
-    def _timeout_error(self) -> Exception:
-        wait = self._waiting
-        if wait is Wait.CLIENT_READ:
-            return RequestFailed(408, "client too slow sending the request body")
-        if wait is Wait.UPSTREAM_WRITE:
-            return RequestFailed(504, "upstream stopped reading the request")
-        return self._upstream_failed("upstream timed out", status=504)
+    def _timeout_error(self, wait: Wait) -> Exception:
+        """What the exchange raises when ``wait`` ran out of time under :meth:`timeouts`."""
+        if wait is Wait.UPSTREAM_READ:
+            return self._upstream_failed(wait.reason, status=wait.status)
+        return RequestFailed(wait.status, wait.reason)
 
     # -- request ---------------------------------------------------------
 

@@ -31,9 +31,10 @@ import logging
 import h11
 import trio
 
-from snakeway.config.model import Route
+from snakeway.config.model import Route, UpstreamSettings
 from snakeway.proxy import headers as hdr
 from snakeway.proxy.balance import Balancer
+from snakeway.proxy.deadlines import LAZY_DEADLINE_SECONDS, Wait
 from snakeway.proxy.errors import ClientGone as ClientGone  # re-exported: the errors of forwarding
 from snakeway.proxy.errors import RequestFailed as RequestFailed
 from snakeway.proxy.exchange import Exchange as Exchange  # re-exported: what forward() runs
@@ -88,6 +89,18 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
     return relayed_request(request.method, target.target, out)
 
 
+def connect_budget(settings: UpstreamSettings, upstreams: int) -> float:
+    """Seconds the connection's deadline allows :func:`connect` (armed as ``UPSTREAM_CONNECT``).
+
+    The pool times each attempt (``connection_timeout_seconds``, then the
+    next upstream is tried), so this only has to stay out of their way: time
+    for every upstream to be tried, and the lazy slack a deadline may be kept
+    early by. It is the read timeout when that is longer, the timeout of the
+    exchange's first wait: the deadline armed here then seldom has to move.
+    """
+    return max(settings.read_timeout_seconds, upstreams * settings.connection_timeout_seconds + LAZY_DEADLINE_SECONDS)
+
+
 async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
     """A connection to the first upstream, in the balancer's order, that accepts one.
 
@@ -139,7 +152,10 @@ async def forward(
         body = await read_body(down, buffer_bytes=ctx.buffer_body, limit=limit, timeout=ctx.body_timeout)
     retry_allowed = request.method in IDEMPOTENT and (not with_body or (body is not None and body.complete))
     retrying = False
+    deadlines = down.deadlines
     while True:
+        if deadlines is not None:
+            deadlines.arm(Wait.UPSTREAM_CONNECT, connect_budget(ctx.settings, len(balancer.service.upstreams)))
         conn = await connect(balancer, ctx)
         down.served_by = conn.label
         exchange = Exchange(down, conn, ctx, limit)

@@ -18,6 +18,7 @@ from http import HTTPStatus
 import h11
 import trio
 
+from snakeway.proxy.deadlines import Deadlines
 from snakeway.proxy.headers import get_header, has_token
 from snakeway.proxy.validators import http_date
 from snakeway.tcp import TcpStream
@@ -121,6 +122,9 @@ class H11Stream:
         # The TCP stream under ``stream`` (itself, or under TLS) where the owner set it: a client's
         # (Http1Connection), for the forwarder's TcpStream.on_send_blocked.
         self.tcp: TcpStream | None = None
+        # The deadline of the connection ``stream`` serves (server role), set by its Http1Connection: what
+        # times the forwarder's waits. None outside a connection: the forwarder's waits then time themselves.
+        self.deadlines: Deadlines | None = None
         # Method of the request in flight (server role): a HEAD gets no body.
         self.request_method = b""
         # The request in flight is HTTP/1.0 and the connection is kept (keep_http10_alive).

@@ -2,10 +2,18 @@
 
 Theory of operation
 -------------------
-A connection task reads a request head under two clocks: while nothing of
-the next request has arrived, the keep-alive idle timeout (expiry closes the
-connection silently); once its first byte is in, the header timeout (expiry
-answers 408 and closes). Empty lines before a request line are skipped
+A connection task runs in one cancel scope for its whole life, whose
+deadline each wait re-arms (:class:`~snakeway.proxy.deadlines.Deadlines`,
+shared with the forwarder through ``H11Stream.deadlines``). A request head
+is read under two clocks: while nothing of the next request has arrived,
+the keep-alive idle timeout (expiry closes the connection silently; so does
+shutdown); once its first byte is in, the header timeout (expiry answers 408
+and closes). When a deadline passes, the scope is cancelled wherever the
+connection was, and outside it the connection answers for the wait that was
+armed (:meth:`Http1Connection._expired`: 408, 504, or nothing once a
+response began), logs the request, and closes. What is not a timed wait
+(static files, snakeway's own replies, a WebSocket tunnel) lifts the
+deadline first. Empty lines before a request line are skipped
 (RFC 9112 section 2.2), which h11 alone would refuse: they are kept from h11
 (:meth:`Http1Connection._skip_empty_lines`). The raw head bytes also pass a
 :class:`~snakeway.proxy.strict.HeadScanner`, and the parsed request the
@@ -37,6 +45,7 @@ from snakeway.listeners import ListenerSpec, Role, redirect_location
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
 from snakeway.proxy.accesslog import NOBODY, REDIRECT, STATIC, escape
+from snakeway.proxy.deadlines import Deadlines, Wait
 from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward, stripped
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
@@ -86,6 +95,11 @@ class Http1Connection:
         self.h.own_headers = runtime.listeners[ctx.key].response_headers
         tcp = getattr(stream, "transport_stream", stream)  # under TLS, trio.SSLStream's
         self.h.tcp = tcp if isinstance(tcp, TcpStream) else None
+        # The connection's one cancel scope and the deadline its waits arm (see snakeway.proxy.deadlines).
+        self.deadlines = self.h.deadlines = Deadlines(trio.CancelScope())
+        # The request in flight (None between two) and when it was read: for its log line, should it be cut.
+        self._request: h11.Request | None = None
+        self._started = 0.0
         self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
         self._linger = False
@@ -102,13 +116,20 @@ class Http1Connection:
         self._headers: list[hdr.Header] = []  # the request's in flight, as a list (for the access log)
 
     async def run(self) -> None:
+        deadlines = self.deadlines
+        drain = self.ctx.drain
+        drain.add(deadlines)
         try:
-            while await self._one_cycle():
-                self.h.conn.start_next_cycle()
+            with deadlines.scope:
+                while await self._one_cycle():
+                    self.h.conn.start_next_cycle()
+            if deadlines.scope.cancelled_caught:
+                await self._expired()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A reply of snakeway's own (redirect, ACME answer) that could not be sent.
             logger.debug("client %s gone: %s", self.client_ip, exc)
         finally:
+            drain.remove(deadlines)
             await self._close()
 
     async def _one_cycle(self) -> bool:
@@ -116,14 +137,27 @@ class Http1Connection:
         if request is None:
             return False
         self.requests += 1
-        started = trio.current_time()
+        self._started = trio.current_time()
+        self._request = request
         h = self.h
         h.sent = 0
         h.served_by = NOBODY
         status, keep = await self._respond(request)
+        self._account(request, status)
+        return (
+            keep
+            and not self.ctx.drain.closing
+            and self.h.conn.our_state is h11.DONE
+            and self.h.conn.their_state is h11.DONE
+        )
+
+    def _account(self, request: h11.Request, status: int) -> None:
+        """Count the request in flight, answered with ``status``, and log it; no request is in flight after."""
+        self._request = None
+        h = self.h
         # Increments only: see snakeway/admin/figures.py. The duration costs a clock read and a bisection of
         # a 12-entry tuple (the access log below reuses the value).
-        elapsed = trio.current_time() - started
+        elapsed = trio.current_time() - self._started
         self._totals[status // 100] += 1
         self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
         self._counters.duration_sum += elapsed
@@ -135,12 +169,28 @@ class Http1Connection:
         if access.enabled:
             access.request(self.client_ip, request.method, request.target, request.http_version, self._headers,
                            status, h.sent, elapsed, h.served_by, HANDSHAKE.get())
-        return (
-            keep
-            and not self.ctx.drain.closing
-            and self.h.conn.our_state is h11.DONE
-            and self.h.conn.their_state is h11.DONE
-        )
+
+    async def _expired(self) -> None:
+        """The connection's deadline passed, or shutdown closed it while idle: answer for the wait armed.
+
+        Runs outside the connection's cancelled scope; the connection closes after. Nothing is
+        owed for an idle wait, and nothing can be said once a response began (the log says 499).
+        """
+        wait = self.deadlines.waiting
+        request = self._request
+        if request is None:  # between two requests, or in a head
+            if wait is Wait.HEAD:
+                await self._reject(strict.Rejection(wait.status, wait.reason))
+            elif self.requests == 0 and not self.scanner.started:
+                logger.debug("client %s sent nothing in time; closing", self.client_ip)
+            return
+        status = 499
+        if wait.status and self.h.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = wait.status
+            await self._error(status, wait.reason, request, close=True)
+        else:
+            logger.debug("client %s: %s; closing", self.client_ip, wait.reason)
+        self._account(request, status)
 
     # -- reading ---------------------------------------------------------
 
@@ -151,11 +201,11 @@ class Http1Connection:
         # header timeout, a kept-alive one the idle timeout, and shutdown
         # closes either at once. From the first byte on, the head must be
         # complete within the header timeout.
-        idle_for = (
-            self.client.header_timeout_seconds if self.requests == 0 else self.client.idle_timeout_seconds
+        self.deadlines.arm(
+            Wait.IDLE,
+            self.client.header_timeout_seconds if self.requests == 0 else self.client.idle_timeout_seconds,
         )
-        idle_deadline = trio.current_time() + idle_for
-        head_started: float | None = None
+        head_deadline: float | None = None
         pending, closed = conn.trailing_data
         if pending and pending[:1] in strict.NEWLINES:
             conn = self._skip_empty_lines(pending, closed)
@@ -174,24 +224,20 @@ class Http1Connection:
                 if self.requests == 0 and not self.scanner.started:  # a probe, a browser's spare connection
                     logger.debug("client %s closed before sending anything", self.client_ip)
                 return None  # ConnectionClosed: the client is done
-            if head_started is None and self.scanner.started:
-                head_started = trio.current_time()
-            if head_started is None:
-                data = await self._receive_idle(idle_deadline)
+            if head_deadline is None and self.scanner.started:
+                head_deadline = trio.current_time() + self.client.header_timeout_seconds
+            if head_deadline is None:
+                data = await self._receive_idle()
                 if data is None:
-                    if self.requests == 0:
-                        logger.debug("client %s sent nothing in %gs; closing", self.client_ip, idle_for)
-                    return None
+                    return None  # shutdown
                 rejection = self.scanner.feed(data)
                 if data[:1] in strict.NEWLINES:
                     data = data.lstrip(b"\r\n")  # empty lines before the request line
                     if not data:
                         continue
             else:
-                data = await self._receive_head(head_started)
-                if data is None:
-                    rejection = strict.Rejection(408, "client too slow sending the request head")
-                    break
+                self.deadlines.arm_at(Wait.HEAD, head_deadline)
+                data = await self._receive()
                 rejection = self.scanner.feed(data)
             conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
         await self._reject(rejection)
@@ -214,22 +260,17 @@ class Http1Connection:
         self.h.conn = conn
         return conn
 
-    async def _receive_idle(self, deadline: float) -> bytes | bytearray | None:
-        drain = self.ctx.drain
-        with trio.CancelScope(deadline=deadline) as scope:
-            drain.add_idle(scope)
-            try:
-                return await self._receive()
-            finally:
-                drain.remove_idle(scope)
-        return None
+    async def _receive_idle(self) -> bytes | bytearray | None:
+        """A read while no byte of the next request is in: shutdown may close the connection (None once it began)."""
+        if self.ctx.drain.closing:
+            return None
+        deadlines = self.deadlines
+        deadlines.idle = True
+        data = await self._receive()
+        deadlines.idle = False
+        return data
 
-    async def _receive_head(self, since: float) -> bytes | bytearray | None:
-        with trio.move_on_at(since + self.client.header_timeout_seconds):
-            return await self._receive()
-        return None
-
-    async def _receive(self) -> bytes | bytearray | None:
+    async def _receive(self) -> bytes | bytearray:
         try:
             return await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -260,6 +301,7 @@ class Http1Connection:
         self.h.own_headers = spec.response_headers  # a reload applies from this request on
         host = target.host.decode("latin-1")
         if target.path.startswith(ACME_CHALLENGE_PREFIX) and spec.role is not Role.HTTPS:
+            self.deadlines.lift()
             answered = await self._acme_challenge(
                 target.path[len(ACME_CHALLENGE_PREFIX) :], known_only=spec.role is Role.HTTP
             )
@@ -277,6 +319,7 @@ class Http1Connection:
                 raise RequestFailed(404, "no route for this host and path")
             if isinstance(match.target, StaticSite):
                 self.h.served_by = STATIC
+                self.deadlines.lift()  # a file is sent at the pace the client reads it
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
                 fctx = self._forward_context(runtime, spec)
@@ -340,6 +383,7 @@ class Http1Connection:
                     426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)
                 )
             svc.counts.websockets_open += 1
+            self.deadlines.lift()  # the handshake and the tunnel time themselves
             try:
                 return await proxy_websocket(
                     self.h, request, headers, target, route, svc.balancer, fctx,
@@ -367,6 +411,7 @@ class Http1Connection:
 
     async def _redirect(self, spec: ListenerSpec, host: str, target: strict.Target) -> tuple[int, bool]:
         assert spec.redirect_port is not None
+        self.deadlines.lift()
         if hostnames.route_host(host) is None:  # a Location may repeat a host name or IP address only
             await self._error(400, "a redirect needs a valid Host header", None)
             return 400, False
@@ -377,14 +422,21 @@ class Http1Connection:
         return spec.redirect_status, await self._finish_request_body()
 
     async def _error(
-        self, status: int, reason: str, request: h11.Request | None, extra: tuple[tuple[bytes, bytes], ...] = ()
+        self,
+        status: int,
+        reason: str,
+        request: h11.Request | None,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        close: bool = False,
     ) -> bool:
-        """Send an error response; returns whether the connection may be kept."""
+        """Send an error response (``Connection: close`` if ``close``); returns whether the connection may be kept."""
         what = f'"{escape(request.method)} {escape(request.target)}"' if request else "-"
         logger.warning("%s %s -> %d: %s", self.client_ip, what, status, reason)
         if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return False  # the response had begun: closing is all that is left
-        close = self.h.conn.their_state not in REQUEST_READ and (
+        self.deadlines.lift()
+        close = close or self.h.conn.their_state not in REQUEST_READ and (
             self.h.conn.they_are_waiting_for_100_continue or status in (408, 413)
         )
         headers = [(b"content-type", b"text/plain; charset=utf-8"), *extra]
@@ -402,6 +454,7 @@ class Http1Connection:
         logger.warning("%s rejected -> %d: %s", self.client_ip, rejection.status, rejection.reason)
         if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        self.deadlines.lift()
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
         try:
             await self.h.send_response(
@@ -417,6 +470,7 @@ class Http1Connection:
             return True
         if conn.they_are_waiting_for_100_continue:
             return False
+        self.deadlines.lift()  # the drain below has a time limit of its own
         dropped = 0
         with trio.move_on_after(self.client.header_timeout_seconds):
             while dropped <= DRAIN_LIMIT:

@@ -11,41 +11,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import trio
-
 from snakeway.listeners import ListenerKey, ListenerSpec
+from snakeway.proxy.deadlines import Deadlines
 from snakeway.proxy.runtime import Runtime, Shared
 
 
 class Drain:
     """Tells connections that the server is shutting down.
 
-    Connections waiting idle between requests are woken and close at once;
-    those in a request finish it and then close.
+    Connections waiting idle between requests are closed at once; those in a
+    request finish it and then close. A connection registers its
+    :class:`~snakeway.proxy.deadlines.Deadlines` once, for its whole life, and
+    says when it is idle with their ``idle`` flag: nothing is done per request.
     """
 
     def __init__(self) -> None:
         self.closing = False
-        self._idle: set[trio.CancelScope] = set()
+        self._connections: set[Deadlines] = set()
 
-    def add_idle(self, scope: trio.CancelScope) -> None:
-        """Cancel ``scope`` on shutdown (at once if it has begun) until :meth:`remove_idle`.
+    def add(self, deadlines: Deadlines) -> None:
+        """Close the connection of ``deadlines`` on shutdown if it is idle then, until :meth:`remove`.
 
-        A pair of calls rather than a context manager: a connection waits
-        idle once per request, and a generator-based context manager would
-        cost more than the bookkeeping it wraps.
+        A connection that becomes idle after shutdown began looks at :attr:`closing` first.
         """
-        if self.closing:
-            scope.cancel()
-        self._idle.add(scope)
+        self._connections.add(deadlines)
 
-    def remove_idle(self, scope: trio.CancelScope) -> None:
-        self._idle.discard(scope)
+    def remove(self, deadlines: Deadlines) -> None:
+        self._connections.discard(deadlines)
 
     def close(self) -> None:
         self.closing = True
-        for scope in self._idle:
-            scope.cancel()
+        for deadlines in self._connections:
+            if deadlines.idle:
+                deadlines.cancel()
 
 
 class ChallengeAnswers(Protocol):

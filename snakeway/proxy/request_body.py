@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from snakeway.proxy.deadlines import Deadlines, Wait
 from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 
@@ -67,6 +68,12 @@ async def read_body(
 ) -> ReadBody:
     """Read the request body until it ends, or until more than ``buffer_bytes`` of it are in.
 
+    Each read is armed on the connection's deadline (``down.deadlines``,
+    :class:`~snakeway.proxy.deadlines.Deadlines`) as a ``CLIENT_READ`` wait:
+    when one is late the connection's scope is cancelled and the connection
+    answers 408. Outside a connection (``down.deadlines`` is None) the reads
+    get a scope of their own and a late one raises the 408 here.
+
     Args:
       down: the client's connection; its request head has been read.
       buffer_bytes: read no further once more than this has arrived.
@@ -74,39 +81,48 @@ async def read_body(
       timeout: seconds allowed for each read (the client's body timeout).
 
     Raises:
-      RequestFailed: 408 when a read ran out of time, 413 past ``limit``.
+      RequestFailed: 408 when a read ran out of time (outside a connection), 413 past ``limit``.
       ClientGone: the client closed the connection mid-body.
       h11.RemoteProtocolError: the body is malformed.
       trio.BrokenResourceError: the transport failed (also while sending 100 Continue).
     """
+    deadlines = down.deadlines
+    if deadlines is not None:
+        return await _read(down, deadlines, buffer_bytes, limit, timeout)
+    with trio.CancelScope() as scope:
+        return await _read(down, Deadlines(scope), buffer_bytes, limit, timeout)
+    raise RequestFailed(408, Wait.CLIENT_READ.reason)
+
+
+async def _read(
+    down: H11Stream, deadlines: Deadlines, buffer_bytes: int, limit: int | None, timeout: float  # noqa: ASYNC109
+) -> ReadBody:
     conn = down.conn
     if conn.they_are_waiting_for_100_continue:
+        # Armed first: a client that reads no 100 Continue sends no body either.
+        deadlines.arm(Wait.CLIENT_READ, timeout)
         await down.send(CONTINUE)
     events: list[h11.Event] = []
     size = 0
-    # One scope for all reads, its deadline moved before each: a body this small
-    # takes a read or two, and only requests with a body come here.
-    with trio.CancelScope() as scope:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                scope.deadline = trio.current_time() + timeout
-                data = await down.stream.receive_some(READ_SIZE)
-                if not data and conn.their_state is h11.SEND_BODY:
-                    raise ClientGone("client closed the connection mid-body")
-                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
-                continue
-            if type(event) is h11.Data:
-                size += len(event.data)
-                if limit is not None and size > limit:
-                    raise RequestFailed(413, f"request body over the limit of {limit} bytes")
-                events.append(event)
-                if size > buffer_bytes:
-                    return ReadBody(tuple(events), size, complete=False)
-            elif type(event) is h11.EndOfMessage:
-                # Request trailers are dropped, as when a body streams.
-                events.append(h11.EndOfMessage())
-                return ReadBody(tuple(events), size, complete=True)
-            else:
-                raise ClientGone(f"unexpected event {event!r}")
-    raise RequestFailed(408, "client too slow sending the request body")
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            deadlines.arm(Wait.CLIENT_READ, timeout)
+            data = await down.stream.receive_some(READ_SIZE)
+            if not data and conn.their_state is h11.SEND_BODY:
+                raise ClientGone("client closed the connection mid-body")
+            conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
+            continue
+        if type(event) is h11.Data:
+            size += len(event.data)
+            if limit is not None and size > limit:
+                raise RequestFailed(413, f"request body over the limit of {limit} bytes")
+            events.append(event)
+            if size > buffer_bytes:
+                return ReadBody(tuple(events), size, complete=False)
+        elif type(event) is h11.EndOfMessage:
+            # Request trailers are dropped, as when a body streams.
+            events.append(h11.EndOfMessage())
+            return ReadBody(tuple(events), size, complete=True)
+        else:
+            raise ClientGone(f"unexpected event {event!r}")
