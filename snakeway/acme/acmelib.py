@@ -57,6 +57,21 @@ class NewOrder(messages.NewOrder):
     replaces: str | None = jose_field("replaces", omitempty=True)
 
 
+def account_binding(jwk: JWK, key_id: str, mac_key: str, client: acme_client.ClientV2) -> dict[str, object]:
+    """The ``externalAccountBinding`` of a newAccount request (RFC 8555 §7.3.4): the account key signed with
+    the CA's MAC key (base64url, as the CA hands it out) under ``key_id``."""
+    binding: dict[str, object] = messages.ExternalAccountBinding.from_data(
+        account_public_key=jwk.public_key(), kid=key_id, hmac_key=mac_key, directory=client.directory
+    )
+    return binding
+
+
+def offered_profiles(client: acme_client.ClientV2) -> dict[str, str] | None:
+    """The directory's ``meta.profiles`` (name to description), or None when it lists none."""
+    profiles = getattr(client.directory.meta, "profiles", None)
+    return dict(profiles) if isinstance(profiles, dict) else None
+
+
 class EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):
     """Serializes to ``{}``: the answer to any key-authorization challenge (RFC 8555 §7.5.1)."""
 

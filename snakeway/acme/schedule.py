@@ -225,7 +225,7 @@ class RenewalState:
 
     Attributes:
         name: The certificate's name (its first domain, see :mod:`snakeway.acme.store`).
-        failures: Consecutive failed attempts; 0 after a success.
+        failures: Consecutive failed attempts (at ``issuer``, when several are configured); 0 after a success.
         last_error: Why the last attempt failed (truncated), or None.
         last_attempt: When the last attempt ended.
         next_attempt: Not before this moment may the next attempt start; None: any time.
@@ -236,6 +236,8 @@ class RenewalState:
         ari_serial: Serial number of the certificate ``ari`` is about.
         ari_next_poll: When to ask the CA again; None: as soon as possible (never asked).
         ari_moment: The moment drawn in ``ari``'s window, kept until the window changes.
+        issuer: The directory URL of the ACME CA the next attempt goes to; None: the first configured
+            (see :mod:`snakeway.acme.issuers`).
     """
 
     name: str
@@ -250,6 +252,7 @@ class RenewalState:
     ari_serial: str | None = None
     ari_next_poll: datetime | None = None
     ari_moment: datetime | None = None
+    issuer: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
@@ -324,6 +327,15 @@ class RenewalState:
             permanent=permanent,
         )
 
+    def moved_to(self, issuer: str | None, now: datetime) -> RenewalState:
+        """The state after a failure made the next attempt go to another CA, ``issuer`` (None: the first).
+
+        That CA starts afresh, at once: the failures, back-off and ``Retry-After`` kept were the previous
+        CA's (see :mod:`snakeway.acme.issuers`). The last error stays, to be reported.
+        """
+        require_aware(now=now)
+        return replace(self, issuer=issuer, failures=0, next_attempt=now, retry_after=None, permanent=False)
+
     def succeeded(self, now: datetime) -> RenewalState:
         """The state after a certificate was obtained at ``now``.
 
@@ -384,6 +396,7 @@ class RenewalState:
             "ari_serial": self.ari_serial,
             "ari_next_poll": _iso(self.ari_next_poll),
             "ari_moment": _iso(self.ari_moment),
+            "issuer": self.issuer,
         }
 
     @classmethod
@@ -415,4 +428,5 @@ class RenewalState:
             ari_serial=_optional_str(data, "ari_serial"),
             ari_next_poll=_from_iso(data, "ari_next_poll"),
             ari_moment=_from_iso(data, "ari_moment"),
+            issuer=_optional_str(data, "issuer"),
         )
