@@ -10,6 +10,7 @@ the account key's JWK, and small readers of the library's objects. With
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import requests
@@ -68,8 +69,8 @@ def account_binding(jwk: JWK, key_id: str, mac_key: str, client: acme_client.Cli
 
 def offered_profiles(client: acme_client.ClientV2) -> dict[str, str] | None:
     """The directory's ``meta.profiles`` (name to description), or None when it lists none."""
-    profiles = getattr(client.directory.meta, "profiles", None)
-    return dict(profiles) if isinstance(profiles, dict) else None
+    profiles = getattr(client.directory.meta, "profiles", None)  # a josepy frozendict
+    return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, Mapping) else None
 
 
 class EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):

@@ -222,7 +222,8 @@ class ClientV2Backend:
             directory = acme_client.ClientV2.get_directory(self._directory_url, net)
             client = acme_client.ClientV2(directory, net)
             if client.external_account_required() and eab is None:
-                raise IssuanceError("the CA requires External Account Binding: set eab = { key_id, mac_key_file }")
+                raise IssuanceError("the CA requires External Account Binding: set eab = { key_id, mac_key_file }",
+                                    problem_type=messages.ERROR_PREFIX + "externalAccountRequired")
             binding = acmelib.account_binding(jwk, *eab, client) if eab is not None else None
             registration = messages.NewRegistration.from_data(
                 contact=contact, terms_of_service_agreed=True, external_account_binding=binding

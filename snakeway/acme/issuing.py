@@ -259,8 +259,12 @@ def transient(exc: IssuanceError) -> bool:
     """Whether a failed request is worth repeating at once: a 5xx or a lost connection, no Retry-After.
 
     A CA that asked to wait (``Retry-After``, a 429) is not asked again before; a refusal (4xx) will
-    not change; a time-out has used up the attempt's time already.
+    not change; a time-out has used up the attempt's time already; a problem without a status was
+    decided before any request (the CA's directory lacks the configured profile, or demands External
+    Account Binding): nothing was lost on the way.
     """
     if exc.retry_after is not None or exc.problem_type == RATE_LIMITED or str(exc).startswith("timed out"):
         return False
-    return exc.status is None or exc.status >= 500
+    if exc.status is None:
+        return exc.problem_type is None
+    return exc.status >= 500

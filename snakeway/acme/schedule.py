@@ -67,7 +67,7 @@ MAX_ERROR_LENGTH = 1000
 
 ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
 # Problems that retrying the same order cannot cure (RFC 8555 section 6.7).
-PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa"})
+PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa", "externalAccountRequired"})
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
 def is_permanent(problem_type: str | None, *, stage: str) -> bool:
     """Whether an ACME problem will come back however often the same order is retried.
 
-    ``rejectedIdentifier`` and ``caa`` always are. ``unauthorized`` is when it answers the order or the
+    ``rejectedIdentifier``, ``caa`` and ``externalAccountRequired`` (the account needs a binding that is
+    not configured) always are. ``unauthorized`` is when it answers the order or the
     finalize request (the account may not have these names), not when a challenge failed: the CA sends it
     for a wrong or unreachable challenge answer too, the everyday "DNS does not point here yet", which the
     ordinary back-off and the failed-validation budget handle. ``malformed`` is only when it answers the

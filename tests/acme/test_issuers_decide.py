@@ -15,7 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snakeway.acme.chains import alternate_links, choose_chain, issuer_names
-from snakeway.acme.issuers import after_failure, decode_mac_key, issuer_index, profile_refusal
+from snakeway.acme.issuers import PROFILE_UNAVAILABLE, after_failure, decode_mac_key, issuer_index, profile_refusal
+from snakeway.acme.issuing import transient
+from snakeway.acme.schedule import is_permanent
+from snakeway.errors import IssuanceError
 
 # --- which CA next --------------------------------------------------------------------------------------------
 
@@ -151,3 +154,13 @@ def test_issuer_names_are_read_leaf_first() -> None:
     assert issuer_names(chain) == ["Intermediate X", "Root Y"]
     with pytest.raises(ValueError):
         issuer_names(b"not a certificate")
+
+
+# --- refusals decided before any request are not retried within the attempt ------------------------------------
+
+
+def test_a_refusal_without_a_status_but_with_a_problem_is_not_transient() -> None:
+    assert not transient(IssuanceError("no such profile", problem_type=PROFILE_UNAVAILABLE))
+    assert not transient(IssuanceError("needs EAB", problem_type="urn:ietf:params:acme:error:externalAccountRequired"))
+    assert transient(IssuanceError("connection reset by peer"))  # a lost connection still is
+    assert is_permanent("urn:ietf:params:acme:error:externalAccountRequired", stage="order")
