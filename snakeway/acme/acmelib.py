@@ -67,10 +67,25 @@ def account_binding(jwk: JWK, key_id: str, mac_key: str, client: acme_client.Cli
     return binding
 
 
-def offered_profiles(client: acme_client.ClientV2) -> dict[str, str] | None:
+def offered_profiles(directory: messages.Directory) -> dict[str, str] | None:
     """The directory's ``meta.profiles`` (name to description), or None when it lists none."""
-    profiles = getattr(client.directory.meta, "profiles", None)  # a josepy frozendict
+    profiles = getattr(directory.meta, "profiles", None)  # a josepy frozendict
     return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, Mapping) else None
+
+
+def fetch_directory(session: requests.Session, url: str, *, verify: str | bool, timeout: float) -> messages.Directory:
+    """GET the CA's directory without an account (blocking: run it in a worker thread).
+
+    Raises:
+        requests.RequestException: The request failed or answered an error status.
+        ValueError: The answer is not a JSON directory (``jose_errors.Error`` is one too).
+    """
+    response = session.get(url, verify=verify, timeout=timeout)
+    response.raise_for_status()
+    try:
+        return messages.Directory.from_json(response.json())
+    except jose_errors.Error as exc:
+        raise ValueError(f"not an ACME directory: {exc}") from exc
 
 
 class EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):

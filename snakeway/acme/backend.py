@@ -22,10 +22,11 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   :meth:`~ClientV2Backend.resume_order` fetches an order by URL, and ``finalize``
   starts from the status it holds: a ``valid`` order is only downloaded, a
   ``processing`` one only polled, so an interrupted issuance never issues twice.
-* ``profile`` goes into every newOrder, and only to a CA whose directory offers it
-  (:func:`~snakeway.acme.issuers.profile_refusal`: otherwise the order is refused here,
-  said once in the log). ``preferred_chain`` makes the download fetch the alternate
-  chains too and keep the one :func:`~snakeway.acme.chains.choose_chain` picks.
+* ``profile`` goes into every newOrder; :meth:`~ClientV2Backend.offered_profiles` tells the
+  :class:`~snakeway.acme.issuing.Issuer` whether the CA offers it (from the directory the
+  account uses, or one fetched without an account at start-up). ``preferred_chain`` makes the
+  download fetch the alternate chains too and keep the one
+  :func:`~snakeway.acme.chains.choose_chain` picks.
 * External Account Binding (RFC 8555 §7.3.4): a new account carries the binding made
   with ``eab`` (key id, base64url MAC key); a CA that requires one refuses without.
 * ARI (RFC 9773) GETs are unauthenticated: they go through a session and a
@@ -60,7 +61,7 @@ from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import acmelib, ari_wire, chains, crypto, issuers
+from snakeway.acme import acmelib, ari_wire, chains, crypto
 from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.protocol import AccountInfo as AccountInfo
 from snakeway.acme.protocol import AcmeBackend as AcmeBackend
@@ -122,7 +123,6 @@ class ClientV2Backend:
         eab: tuple[str, str] | None = None,
     ) -> None:
         self._profile = profile
-        self._profile_refused = False  # said once in the log
         self._preferred_chain = preferred_chain
         self._eab = eab
         self.counts: dict[str, dict[str, int]] = counts if counts is not None else {}
@@ -252,20 +252,12 @@ class ClientV2Backend:
         Raises:
             IssuanceError: The CA refused; a CA that holds the certificate already
                 replaced answers ``problem_type`` ``urn:ietf:params:acme:error:alreadyReplaced``
-                (order again without ``replaces``). The CA does not offer the configured
-                profile: ``problem_type`` :data:`~snakeway.acme.issuers.PROFILE_UNAVAILABLE`, and
-                nothing was sent.
+                (order again without ``replaces``).
         """
         names = crypto.csr_names(csr_pem)
         if set(names) != set(domains):
             raise ValueError(f"CSR names {names} differ from {tuple(domains)}")
         client, _ = self._require()
-        refusal = issuers.profile_refusal(self._profile, acmelib.offered_profiles(client))
-        if refusal is not None:
-            if not self._profile_refused:
-                self._profile_refused = True
-                logger.error("ACME CA %s: %s; no certificate is ordered from it", self._directory_url, refusal)
-            raise IssuanceError(refusal, problem_type=issuers.PROFILE_UNAVAILABLE)
         if acmelib.directory_url(client, "renewalInfo") is None:
             replaces = None
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in names]
@@ -435,6 +427,25 @@ class ClientV2Backend:
         """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
         response = self._post(url, obj)
         return messages.Order.from_json(response.json()), acmelib.retry_after_seconds(response)
+
+    async def offered_profiles(self) -> dict[str, str] | None:
+        """The profiles the CA's directory offers (``meta.profiles``), None when it lists none.
+
+        Read from the account's directory once there is one; before, the directory is fetched
+        without an account, through the ARI session and limiter (never behind an order).
+
+        Raises:
+            IssuanceError: The directory could not be fetched or read.
+        """
+        if self._client is not None:
+            return acmelib.offered_profiles(self._client.directory)
+        fetch = partial(acmelib.fetch_directory, self._ari_session, self._directory_url, verify=self._verify,
+                        timeout=self._timeout)
+        try:
+            directory = await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
+        except (requests.RequestException, ValueError) as exc:
+            raise IssuanceError(f"the CA's directory {self._directory_url} cannot be read: {exc}") from exc
+        return acmelib.offered_profiles(directory)
 
     async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
         """The CA's renewal information for a certificate (ARI, RFC 9773), or None if it has no ARI.

@@ -6,6 +6,10 @@ Theory of operation
 decides nothing about *whether* to order (that is :mod:`snakeway.acme.decide`) and saves nothing but the
 order in flight. Around the steps:
 
+* **The profile** (``acme.profile``) must be one the CA's directory offers: otherwise no order goes
+  to it (:func:`snakeway.acme.issuers.profile_refusal`; a permanent failure, so with several CAs the
+  next one is tried at once), and the log says so in one line, once: at start-up
+  (:meth:`Issuer.check_profile`) or at the first order.
 * **The account** is registered once per process, under the coordinator's account lock, so several
   workers share one account (and one rate-limit budget).
 * **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
@@ -38,7 +42,7 @@ from typing import TypeVar
 
 import trio
 
-from snakeway.acme import crypto
+from snakeway.acme import crypto, issuers
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator
@@ -103,6 +107,7 @@ class Issuer:
         self.offload = offload
         self._account_lock = trio.Lock()
         self._account_ready = False
+        self._profile_said = False  # the CA lacks the profile: said once
 
     async def issue(
         self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None, serving: str | None = None
@@ -116,6 +121,9 @@ class Issuer:
           serving: the serial of the stored certificate: an order in flight that gives it again is done already
             (its record outlived it) and is not finished twice.
         """
+        refusal = await _retrying(deadline, self._profile_refusal)  # before an account is made there for nothing
+        if refusal is not None:
+            raise IssuanceError(refusal, problem_type=issuers.PROFILE_UNAVAILABLE)
         await _retrying(deadline, self.ensure_account)
         resumed = await self._resume(cert, now, deadline, serving)
         if resumed is not None:
@@ -138,6 +146,27 @@ class Issuer:
         with _stage("finalize"):
             chain_pem = await _retrying(deadline, lambda: self.backend.finalize(order, csr_pem, deadline))
         return CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
+
+    async def check_profile(self) -> None:
+        """At start-up: say (once) if the CA does not offer the configured profile; never raises."""
+        try:
+            await self._profile_refusal()
+        except IssuanceError as exc:  # the CA away: the first order will tell
+            logger.debug("ACME CA %s: profiles not checked at start-up: %s", self.acme.directory_url, exc)
+
+    async def _profile_refusal(self) -> str | None:
+        """Why no order may go to this CA for want of the configured profile (logged once); None: it may.
+
+        Raises:
+            IssuanceError: The CA's directory could not be read.
+        """
+        if self.acme.profile is None:
+            return None
+        refusal = issuers.profile_refusal(self.acme.profile, await self.backend.offered_profiles())
+        if refusal is not None and not self._profile_said:
+            self._profile_said = True
+            logger.error("ACME CA %s: %s; no certificate is ordered from it", self.acme.directory_url, refusal)
+        return refusal
 
     async def _new_order(self, cert: ManagedCert, csr_pem: bytes, replaces: str | None) -> OrderHandle:
         try:

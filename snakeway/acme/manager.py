@@ -171,6 +171,9 @@ class CertManager:
                 self._start(cert)
             if watch is not None and self.watch_interval is not None:
                 nursery.start_soon(watch.run, self.watch_interval)
+            for ca in self.renewer.cas:  # a profile the CA lacks is said at start-up, not at the next renewal
+                if ca.issuer.acme.profile is not None:
+                    nursery.start_soon(ca.issuer.check_profile)
             task_status.started()
             await trio.sleep_forever()
 

@@ -39,7 +39,8 @@ certificate per retry.
 **Several CAs** (``tls_automation.acme`` as a list): each has its own account, order lane and budget
 (:class:`~snakeway.acme.cas.Ca`); a certificate's renewal state names the CA its next attempt goes to,
 and after ``issuer_fallback_after_failures`` failures in a row there (or one permanent failure) the next
-CA is tried, at once (:mod:`snakeway.acme.issuers`). ARI is asked of the first CA.
+CA is tried, at once (:mod:`snakeway.acme.issuers`). ARI is asked of the CA that issued the certificate
+(``RenewalState.issued_by``).
 
 The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
 every worker spends from the same budget: a new order with its certificate reserved before ordering, a
@@ -50,6 +51,7 @@ the reservation released when the order ends without one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from datetime import datetime, timedelta
@@ -126,7 +128,7 @@ class Renewer:
         self.cas = open_cas((issuer, *fallback), store=store, coordinator=coordinator, clock=clock)
         self.lane, self.budget = self.cas[0].lane, self.cas[0].budget
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
-        self._ari = True  # until the CA shows it has no ARI
+        self._no_ari: set[str] = set()  # the directory URLs of the CAs that have shown they have no ARI
         # cert id -> (issued certificate the store refused, its state): served, saved again later.
         self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
         self._store_failing = False  # said once for every certificate, until the store answers again
@@ -224,7 +226,8 @@ class Renewer:
     ) -> Wait | PollAri | SaveAgain | Order:
         days = self.settings.renew_within_days
         return decide(
-            now=self.clock.now(), state=state, stored=stored(cert, bundle), ari=self._ari, periodic=periodic,
+            now=self.clock.now(), state=state, stored=stored(cert, bundle), periodic=periodic,
+            ari=self._issued_by(state).url not in self._no_ari,
             forced=forced, renew_within=timedelta(days=days) if days is not None else None,
             unsaved=cert.cert_id in self._unsaved, renew=renew,
         )
@@ -262,7 +265,8 @@ class Renewer:
     ) -> datetime:
         started = trio.current_time()
         logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), ca.url)
-        replaces = crypto.ari_cert_id(current.cert_pem) if current and renewal and self._ari else None
+        replaces = crypto.ari_cert_id(current.cert_pem) if current and renewal and ca.url not in self._no_ari \
+            else None
         try:
             with trio.fail_after(ISSUANCE_TIMEOUT):
                 bundle = await ca.issuer.issue(
@@ -274,6 +278,7 @@ class Renewer:
         self.attempts["issued"] = self.attempts.get("issued", 0) + 1
         await ca.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
+        state = dataclasses.replace(state, issued_by=ca.url if ca is not self.cas[0] else None)
         wake, kept = await self._keep(cert, bundle, state)
         if not kept:
             return wake
@@ -381,6 +386,10 @@ class Renewer:
             return state
         return state.moved_to(self.cas[following].url if following else None, now)
 
+    def _issued_by(self, state: RenewalState) -> Ca:
+        """The CA that issued the certificate ``state`` is about (the first when it is no longer configured)."""
+        return self.cas[issuers.issuer_index([ca.url for ca in self.cas], state.issued_by)]
+
     async def _save_state(self, state: RenewalState) -> None:
         try:
             await self.store.save_state(state)
@@ -402,9 +411,10 @@ class Renewer:
             if state.ari_serial == bundle.serial and state.ari_next_poll and self.clock.now() < state.ari_next_poll:
                 return True  # another worker asked meanwhile
             now, jitter = self.clock.now(), self.rng.random()
-            answered = await ask_ari(self.issuer, self.backend, cert, bundle, state, now, jitter)
+            ca = self._issued_by(state)
+            answered = await ask_ari(ca.issuer, ca.issuer.backend, cert, bundle, state, now, jitter)
             if answered is None:
-                self._ari = False  # the CA has no ARI
+                self._no_ari.add(ca.url)  # the CA has no ARI
                 return True
             await self._save_state(answered)
             if cert.cert_id in self._unsaved:

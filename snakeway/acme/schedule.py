@@ -239,6 +239,8 @@ class RenewalState:
         ari_moment: The moment drawn in ``ari``'s window, kept until the window changes.
         issuer: The directory URL of the ACME CA the next attempt goes to; None: the first configured
             (see :mod:`snakeway.acme.issuers`).
+        issued_by: The directory URL of the ACME CA that issued the certificate obtained last (its ARI is
+            asked); None: the first configured.
     """
 
     name: str
@@ -254,6 +256,7 @@ class RenewalState:
     ari_next_poll: datetime | None = None
     ari_moment: datetime | None = None
     issuer: str | None = None
+    issued_by: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
@@ -342,11 +345,13 @@ class RenewalState:
 
         Failures are cleared, and so is the ARI answer: it was about the
         previous certificate, and the new one is asked about afresh. A
-        Retry-After floor still in the future stays.
+        Retry-After floor still in the future stays, and so does ``issued_by``
+        (the caller sets it to the CA that issued the new certificate); the next
+        attempt goes to the first CA again.
         """
         require_aware(now=now)
         floor = self.retry_after if self.retry_after is not None and self.retry_after > now else None
-        return RenewalState(self.name, last_attempt=now, last_success=now, retry_after=floor)
+        return RenewalState(self.name, last_attempt=now, last_success=now, retry_after=floor, issued_by=self.issued_by)
 
     def with_ari(self, info: RenewalInfo, serial: str, now: datetime, jitter: float) -> RenewalState:
         """The state after the CA answered ``info`` about the certificate ``serial`` at ``now``.
@@ -398,6 +403,7 @@ class RenewalState:
             "ari_next_poll": _iso(self.ari_next_poll),
             "ari_moment": _iso(self.ari_moment),
             "issuer": self.issuer,
+            "issued_by": self.issued_by,
         }
 
     @classmethod
@@ -430,4 +436,5 @@ class RenewalState:
             ari_next_poll=_from_iso(data, "ari_next_poll"),
             ari_moment=_from_iso(data, "ari_moment"),
             issuer=_optional_str(data, "issuer"),
+            issued_by=_optional_str(data, "issued_by"),
         )

@@ -119,6 +119,7 @@ class FakeCA:
         records: Per name: orders, failed validations, issued certificates, ARI requests, rateLimited
             answers (:class:`~snakeway.testing.NameRecord`).
         limits: The enforced :class:`~snakeway.testing.CALimits` and their counters, or None.
+        profiles: The profiles the directory offers (``meta.profiles``), None for none (the default).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class FakeCA:
         self.serial_requests = serial_requests
         self.serial_ari = serial_ari
         self.unreachable = False
+        self.profiles: dict[str, str] | None = None  # the directory's meta.profiles
         self._gate = RequestGate(seed)
         self._book = CABook(limits)
         self.calls: list[str] = []
@@ -389,6 +391,16 @@ class FakeCA:
         if self.ari is None:
             return None
         return self.ari.answer(cert, self.clock.now())
+
+    async def offered_profiles(self) -> dict[str, str] | None:
+        """:attr:`profiles` (works without an account, as the real backend's).
+
+        Raises:
+            IssuanceError: Unreachable, or a planned failure.
+        """
+        self.calls.append("offered_profiles")
+        await self._enter("offered_profiles")
+        return dict(self.profiles) if self.profiles is not None else None
 
     async def aclose(self) -> None:
         """Forget the current account, as the real backend closes its session."""

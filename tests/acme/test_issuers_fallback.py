@@ -4,6 +4,7 @@ next renewal starts at the first again. The real-process counterpart is test_iss
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,12 +13,13 @@ import pytest
 import trio
 import trio.testing
 
+from snakeway.acme import crypto
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.manager import CertManager
-from snakeway.acme.store import MemoryStore
+from snakeway.acme.store import CertBundle, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
-from snakeway.config.model import AcmeSettings, RateLimitSettings, TlsAutomation
+from snakeway.config.model import AcmeSettings, KeyType, RateLimitSettings, TlsAutomation
 from snakeway.testing import FakeCA, TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry, Served
 
@@ -135,3 +137,56 @@ def test_a_backend_for_every_configured_ca_is_required() -> None:
             settings=automation(), certs=(A,), store=MemoryStore(), backend=FakeCA(clock), registry=CertRegistry(),
             http01=Http01Tokens(), tlsalpn=TlsAlpnChallenges(), clock=clock,
         )
+
+
+# --- profiles ----------------------------------------------------------------------------------------------------
+
+LACKS = "ACME CA https://first.test/dir: the CA offers no certificate profiles, and profile 'shortlived' is " \
+        "configured; no certificate is ordered from it"
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(record.getMessage() == text for record in caplog.records)
+
+
+async def test_a_ca_without_the_profile_is_passed_over_at_once_and_said_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    first, second = FakeCA(clock), FakeCA(clock)
+    second.profiles = {"classic": "90 days", "shortlived": "6 days"}
+    settings = dataclasses.replace(
+        automation(), acme=AcmeSettings(directory_url=FIRST, profile="shortlived"),
+        fallback_acme=(AcmeSettings(directory_url=SECOND, profile="shortlived"),),
+    )
+    store = MemoryStore()
+    took = await run_until(manager(store, first, second, clock, settings), lambda: second.issued, 86400)
+    assert took < 60
+    assert "new_order" not in first.calls and "ensure_account" not in first.calls  # nothing made there
+    assert await store.load_account(FIRST) is None
+    assert lines(caplog, LACKS) == 1
+
+
+async def test_the_start_up_log_says_the_ca_lacks_the_profile_while_nothing_is_due(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    first = FakeCA(clock)
+    store = MemoryStore()
+    key = crypto.generate_key(KeyType.ECDSA_P256)
+    chain = first.sign(A.domains, key, not_before=EPOCH)
+    await store.save(CertBundle.from_pem(A.name, A.domains, chain.encode(), key))
+    settings = TlsAutomation(acme=AcmeSettings(directory_url=FIRST, profile="shortlived"))
+    registry = CertRegistry()
+    registry.configure({"listener": Served((A.cert_id,))})
+    mgr = CertManager(
+        settings=settings, certs=(A,), store=store, backend=first, registry=registry, http01=Http01Tokens(),
+        tlsalpn=TlsAlpnChallenges(), clock=clock, rng=random.Random(3), offload=inline,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        await trio.sleep(3600)
+        nursery.cancel_scope.cancel()
+    assert lines(caplog, LACKS) == 1
+    assert first.calls[0] == "offered_profiles"  # at start-up
+    assert "new_order" not in first.calls  # no order: the certificate is not due

@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from snakeway.acme.backend import ClientV2Backend
+from snakeway.errors import IssuanceError
 from tests.acme.test_renewal_pebble import ISSUED, file_store, follow_log, handshake, stop, until_logged
 from tests.ariproxy import AriProxy
 from tests.helpers import start_upstream
@@ -154,7 +157,7 @@ async def test_a_profile_the_ca_lacks_is_said_once_and_nothing_is_ordered(
                 await stop(proc)
             payloads = list(front.new_order_payloads)
     log = bytes(proc.log)
-    line = (f"ERROR snakeway.acme.backend: ACME CA {front.directory_url}: the CA offers no certificate profiles, "
+    line = (f"ERROR snakeway.acme.issuing: ACME CA {front.directory_url}: the CA offers no certificate profiles, "
             "and profile 'shortlived' is configured; no certificate is ordered from it").encode()
     assert log.count(line) == 1, log.decode()
     assert b"failed (needs attention)" in log
@@ -265,3 +268,27 @@ async def test_a_ca_refusing_every_order_is_fallen_back_from_and_the_renewal_sta
     store = file_store(tmp_path)
     one, two = await store.load_account(refusing.directory_url), await store.load_account(second.directory_url)
     assert one is not None and two is not None and one.key_pem != two.key_pem
+
+
+async def test_the_backend_reads_the_profiles_before_and_after_it_has_an_account(tmp_path: Path) -> None:
+    async with pebble_at(tmp_path, "pebble") as pebble:
+        profiles = {"classic": "90 days", "shortlived": "6 days"}
+        with FrontedPebble(pebble, tmp_path, profiles=profiles) as front:
+            backend = ClientV2Backend(front.directory_url, ca_file=front.ca_file)
+            try:
+                assert await backend.offered_profiles() == profiles  # fetched without an account
+                await backend.ensure_account(None, ())
+                assert await backend.offered_profiles() == profiles  # the account's directory
+            finally:
+                await backend.aclose()
+        plain = ClientV2Backend(pebble.directory_url, ca_file=pebble.ca_file)
+        try:
+            assert await plain.offered_profiles() is None
+        finally:
+            await plain.aclose()
+        away = ClientV2Backend(f"https://127.0.0.1:{free_port()}/dir", ca_file=pebble.ca_file, timeout=2)
+        try:
+            with pytest.raises(IssuanceError, match="the CA's directory https://127.0.0.1:.* cannot be read"):
+                await away.offered_profiles()
+        finally:
+            await away.aclose()
