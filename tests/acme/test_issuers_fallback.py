@@ -20,7 +20,7 @@ from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertBundle, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.config.model import AcmeSettings, KeyType, RateLimitSettings, TlsAutomation
-from snakeway.testing import FakeCA, TrioLinkedClock, inline
+from snakeway.testing import AriPolicy, FakeCA, TrioLinkedClock, inline
 from snakeway.tls.registry import CertRegistry, Served
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -190,3 +190,15 @@ async def test_the_start_up_log_says_the_ca_lacks_the_profile_while_nothing_is_d
     assert lines(caplog, LACKS) == 1
     assert first.calls[0] == "offered_profiles"  # at start-up
     assert "new_order" not in first.calls  # no order: the certificate is not due
+
+
+async def test_ari_is_asked_of_the_ca_that_issued_the_certificate(autojump_clock: trio.testing.MockClock) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    first, second = FakeCA(clock, ari=AriPolicy()), FakeCA(clock, ari=AriPolicy())
+    first.fail_next(1, status=400, step="new_order", problem_type=MALFORMED)
+    store = MemoryStore()
+    await run_until(manager(store, first, second, clock, automation(threshold=1)),
+                    lambda: "renewal_info" in second.calls, 3600)
+    assert "renewal_info" not in first.calls  # it does not know the certificate
+    state = await store.load_state("a.test")
+    assert state is not None and state.issued_by == SECOND and state.ari is not None
