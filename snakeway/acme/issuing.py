@@ -25,6 +25,9 @@ order in flight. Around the steps:
   connection, a crash), the next attempt picks that order up again and downloads its certificate
   instead of ordering a new one, which would spend one of the CA's duplicate certificates for nothing.
   The record is dropped once the certificate is saved, or when the CA no longer has a usable order.
+  An order at another CA (one a certificate fell back from, see :mod:`snakeway.acme.issuers`) is
+  not resumed here: its URL is not at this CA's account's origin, and asking that CA again (down,
+  perhaps) with this CA's account would only fail.
 
 Every failure is an :class:`~snakeway.errors.IssuanceError` whose ``stage`` says which step failed:
 ``"order"``, ``"validation"`` (the CA could not validate a name: the budget counts those per name) or
@@ -39,6 +42,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import trio
 
@@ -184,6 +188,9 @@ class Issuer:
         record = await self.store.load_order(cert.name)
         if record is None:
             return None
+        account = await self.store.load_account(self.acme.directory_url)
+        if account is not None and account.uri and _origin(account.uri) != _origin(record.order_url):
+            return None  # an order at another CA: left to it (dropped once a certificate is saved)
         if now - record.created > RESUME_WITHIN:
             await self._drop_order(cert.name)
             return None
@@ -254,6 +261,11 @@ class Issuer:
             if self.share_challenges:
                 with trio.CancelScope(shield=True):
                     await self.coordinator.delete_challenge(_challenge_key(task))
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _challenge_key(task: ChallengeTask) -> str:

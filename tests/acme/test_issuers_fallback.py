@@ -202,3 +202,17 @@ async def test_ari_is_asked_of_the_ca_that_issued_the_certificate(autojump_clock
     assert "renewal_info" not in first.calls  # it does not know the certificate
     state = await store.load_state("a.test")
     assert state is not None and state.issued_by == SECOND and state.ari is not None
+
+
+async def test_an_order_in_flight_at_the_first_ca_is_not_resumed_at_the_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    first = FakeCA(clock, base_url="https://first.test/acme")
+    second = FakeCA(clock, base_url="https://second.test/acme")
+    # The first CA fails every finalize (after the order was kept for resuming), and every resumed order.
+    first.fail_next(100, status=400, step="finalize", problem_type=MALFORMED)
+    store = MemoryStore()
+    await run_until(manager(store, first, second, clock, automation(threshold=1)), lambda: second.issued, 3600)
+    assert "resume_order" not in second.calls  # the first CA's order is none of its business
+    assert await store.load_order("a.test") is None  # dropped with the certificate saved
