@@ -252,8 +252,8 @@ class Renewer:
             ca = self.cas[ca_for(self.cas, state)]
             refused = await ca.budget.spend_order(cert.domains, renewal=action.renewal)
             if refused is not None:
-                logger.warning("certificate for %s: waiting for the rate limits of %s until %s",
-                               cert.name, ca.url, refused.isoformat(timespec="seconds"))
+                logger.warning("certificate for %s: waiting for the CA's rate limits until %s (%s)",
+                               cert.name, refused.isoformat(timespec="seconds"), ca.url)
                 return refused
             try:
                 return await self._issue(cert, state, fresh, action.renewal, ca)

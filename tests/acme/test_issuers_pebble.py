@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from snakeway.acme.backend import ClientV2Backend
 from snakeway.errors import IssuanceError
 from tests.acme.test_renewal_pebble import ISSUED, file_store, follow_log, handshake, stop, until_logged
+from tests.acme.test_renewal_pebble import write_config as renewal_config
 from tests.ariproxy import AriProxy
 from tests.helpers import start_upstream
 from tests.pebble import Pebble, free_port, run_pebble
@@ -67,36 +68,10 @@ class FrontedPebble(AriProxy):
 
 
 def write_config(path: Path, *, acme: str, pebble: Pebble, upstream: int, extra: str = "") -> None:
-    """Serve :data:`NAME` on Pebble's TLS port with ``acme`` (the text of ``tls_automation.acme``)."""
-    state = path.parent / "state"
-    path.write_text(
-        f"""
-server {{
-  version   = 1
-  workers   = 1
-  state_dir = "{state}"
-  tls_automation = {{
-    check_interval_seconds = 1
-    acme = {acme}
-    {extra}
-    cert_store = {{ type = "filesystem", cert_dir = "{state}/certs" }}
-  }}
-}}
-ingress "site" {{
-  bind = {{
-    interface = "127.0.0.1"
-    port      = {pebble.tls_port}
-    tls       = {{ mode = "acme", domains = ["{NAME}"], challenge = "http-01" }}
-    redirect_http_to_https = {{ port = {pebble.http_port} }}
-  }}
-  services = [{{
-    name      = "app"
-    routes    = [{{ hosts = ["*"], path = "/" }}]
-    upstreams = [{{ endpoint = {{ host = "127.0.0.1", port = {upstream} }} }}]
-  }}]
-}}
-"""
-    )
+    """Serve :data:`NAME` on Pebble's TLS port with ``acme`` (the text of ``tls_automation.acme``), checked
+    every second."""
+    renewal_config(path, directory_url="", ca_file=Path(), pebble=pebble, upstream=upstream, names=(NAME,),
+                   check_interval=1, acme=acme, automation=extra)
 
 
 def issuer(url: str, ca_file: Path, *rest: str) -> str:
