@@ -34,13 +34,14 @@ from snakeway import logs
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, FileCoordinator, LocalCoordinator
+from snakeway.acme.issuers import decode_mac_key
 from snakeway.acme.managed import managed_certs
 from snakeway.acme.manager import CertManager
 from snakeway.acme.store import CertStore, MemoryStore, open_store
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.binder import bind, close_all
 from snakeway.clock import WallClock
-from snakeway.config.model import Config, LogFormat, StoreType
+from snakeway.config.model import AcmeSettings, Config, LogFormat, StoreType
 from snakeway.listeners import ListenerKey, ListenerSpec, cert_ids, default_name
 from snakeway.proxy.accesslog import LogFile
 from snakeway.proxy.runtime import Runtime, Shared, build_runtime
@@ -197,10 +198,10 @@ def cert_manager(
         store = open_cached(automation.cert_store, config.server.state_dir)
     elif store is None:
         store = open_store(automation.cert_store, acme.data_dir, config.server.state_dir)
+    fallback_backends: tuple[AcmeBackend, ...] = ()
     if backend is None:
-        from snakeway.acme.backend import ClientV2Backend
-
-        backend = ClientV2Backend(acme.directory_url, ca_file=acme.ca_file, counts=acme_counts)
+        backend, *more = (acme_backend(issuer, acme_counts) for issuer in automation.issuers)
+        fallback_backends = tuple(more)
     return CertManager(
         settings=automation,
         certs=managed_certs(config),
@@ -214,6 +215,22 @@ def cert_manager(
         watch_interval=WATCH_INTERVAL if is_shared(coordinator) else None,
         listening=listening,
         attempts=attempts,
+        fallback_backends=fallback_backends,
+    )
+
+
+def acme_backend(acme: AcmeSettings, counts: dict[str, dict[str, int]] | None) -> AcmeBackend:
+    """The client of one configured ACME CA (reads its External Account Binding MAC key now)."""
+    from snakeway.acme.backend import ClientV2Backend
+
+    eab = None
+    if acme.eab is not None:
+        mac_key = acme.eab.mac_key_file.read_text(encoding="ascii").strip()
+        decode_mac_key(mac_key)  # `check` verified it; a file changed since fails here, at start-up
+        eab = (acme.eab.key_id, mac_key)
+    return ClientV2Backend(
+        acme.directory_url, ca_file=acme.ca_file, counts=counts,
+        profile=acme.profile, preferred_chain=acme.preferred_chain, eab=eab,
     )
 
 

@@ -83,6 +83,10 @@ class Pebble:
         """The PEM intermediate between :meth:`roots` and issued certificates."""
         return await self._get(f"{self.management_url}/intermediates/0")
 
+    async def root(self, index: int) -> bytes:
+        """The PEM root of chain ``index`` (0: the default chain; see ``alternate_roots``)."""
+        return await self._get(f"{self.management_url}/roots/{index}")
+
     async def _get(self, url: str) -> bytes:
         return await trio.to_thread.run_sync(_https_get, url, self.ca_file)
 
@@ -137,6 +141,8 @@ async def run_pebble(
     api_port: int | None = None,
     va_sleep: int | None = None,
     validity_seconds: int | None = None,
+    eab_keys: dict[str, str] | None = None,
+    alternate_roots: int | None = None,
 ) -> AsyncIterator[Pebble]:
     """Run pebble-challtestsrv and pebble until the block exits.
 
@@ -156,6 +162,10 @@ async def run_pebble(
             bring a CA back at the same address after an outage.
         validity_seconds: ``certificateValidityPeriod``: the lifetime of the
             certificates Pebble issues (default 5 years), for short-lived ones.
+        eab_keys: ``externalAccountMACKeys`` (key id to base64url MAC key): Pebble
+            then requires External Account Binding for every new account.
+        alternate_roots: ``PEBBLE_ALTERNATE_ROOTS``: how many alternate chains (each
+            to a root of its own, ``roots/1`` ...) Pebble offers besides the default.
 
     Yields:
         The running :class:`Pebble`, once its directory answers.
@@ -186,12 +196,17 @@ async def run_pebble(
     }
     if validity_seconds is not None:
         config["certificateValidityPeriod"] = validity_seconds
+    if eab_keys is not None:
+        config["externalAccountBindingRequired"] = True
+        config["externalAccountMACKeys"] = eab_keys
     ca_file, config_file = await trio.to_thread.run_sync(_write_files, workdir, config)
     env = dict(os.environ, PEBBLE_VA_NOSLEEP="1") if va_sleep is None else dict(os.environ, PEBBLE_VA_SLEEPTIME=str(va_sleep))
     if nonce_reject is not None:
         env["PEBBLE_WFE_NONCEREJECT"] = str(nonce_reject)
     if authz_reuse is not None:
         env["PEBBLE_AUTHZREUSE"] = str(authz_reuse)
+    if alternate_roots is not None:
+        env["PEBBLE_ALTERNATE_ROOTS"] = str(alternate_roots)
     pebble = Pebble(
         directory_url=f"https://{LOOPBACK}:{api_port}/dir",
         ca_file=ca_file,

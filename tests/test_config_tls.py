@@ -224,7 +224,7 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          "must be greater than 0, got -1"),
         (_AUTOMATION, "renew_days = 30", "renew_days", "server.tls_automation.renew_days",
          'unknown key "renew_days" (did you mean "renew_within_days"?); allowed keys: renew_within_days, '
-         "check_interval_seconds, acme, cert_store"),
+         "check_interval_seconds, acme, cert_store, issuer_fallback_after_failures"),
         ('tls_automation = {\n    acme = { contact_email = "ops@example.com" }\n  }', "tls_automation = true",
          "tls_automation", "server.tls_automation",
          "expected an object, got bool true"),
@@ -254,7 +254,7 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          "server.tls_automation.acme.ca_file", "not a file: {dir}"),
         ('contact_email = "ops@example.com"', "email = 1", "email", "server.tls_automation.acme.email",
          'unknown key "email"; allowed keys: directory_url, contact_email, ca_file, data_dir, '
-         "max_concurrent_orders, rate_limits"),
+         "max_concurrent_orders, rate_limits, profile, preferred_chain, eab"),
         (_AUTOMATION, 'cert_store = { type = "memory", cert_dir = "certs" }', "cert_store",
          "server.tls_automation.cert_store.cert_dir", 'only applies with type = "filesystem", not "memory"'),
         (_AUTOMATION, 'cert_store = { type = "s3" }', "cert_store", "server.tls_automation.cert_store.type",

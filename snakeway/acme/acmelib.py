@@ -10,6 +10,7 @@ the account key's JWK, and small readers of the library's objects. With
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import requests
@@ -55,6 +56,36 @@ class NewOrder(messages.NewOrder):
     """``newOrder`` payload with RFC 9773's ``replaces`` (acme 5.x's ``NewOrder`` lacks it; None is not sent)."""
 
     replaces: str | None = jose_field("replaces", omitempty=True)
+
+
+def account_binding(jwk: JWK, key_id: str, mac_key: str, client: acme_client.ClientV2) -> dict[str, object]:
+    """The ``externalAccountBinding`` of a newAccount request (RFC 8555 §7.3.4): the account key signed with
+    the CA's MAC key (base64url, as the CA hands it out) under ``key_id``."""
+    binding: dict[str, object] = messages.ExternalAccountBinding.from_data(
+        account_public_key=jwk.public_key(), kid=key_id, hmac_key=mac_key, directory=client.directory
+    )
+    return binding
+
+
+def offered_profiles(directory: messages.Directory) -> dict[str, str] | None:
+    """The directory's ``meta.profiles`` (name to description), or None when it lists none."""
+    profiles = getattr(directory.meta, "profiles", None)  # a josepy frozendict
+    return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, Mapping) else None
+
+
+def fetch_directory(session: requests.Session, url: str, *, verify: str | bool, timeout: float) -> messages.Directory:
+    """GET the CA's directory without an account (blocking: run it in a worker thread).
+
+    Raises:
+        requests.RequestException: The request failed or answered an error status.
+        ValueError: The answer is not a JSON directory (``jose_errors.Error`` is one too).
+    """
+    response = session.get(url, verify=verify, timeout=timeout)
+    response.raise_for_status()
+    try:
+        return messages.Directory.from_json(response.json())
+    except jose_errors.Error as exc:
+        raise ValueError(f"not an ACME directory: {exc}") from exc
 
 
 class EmptyResponse(acme_challenges.KeyAuthorizationChallengeResponse):

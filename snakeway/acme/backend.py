@@ -22,6 +22,13 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   :meth:`~ClientV2Backend.resume_order` fetches an order by URL, and ``finalize``
   starts from the status it holds: a ``valid`` order is only downloaded, a
   ``processing`` one only polled, so an interrupted issuance never issues twice.
+* ``profile`` goes into every newOrder; :meth:`~ClientV2Backend.offered_profiles` tells the
+  :class:`~snakeway.acme.issuing.Issuer` whether the CA offers it (from the directory the
+  account uses, or one fetched without an account at start-up). ``preferred_chain`` makes the
+  download fetch the alternate chains too and keep the one
+  :func:`~snakeway.acme.chains.choose_chain` picks.
+* External Account Binding (RFC 8555 §7.3.4): a new account carries the binding made
+  with ``eab`` (key id, base64url MAC key); a CA that requires one refuses without.
 * ARI (RFC 9773) GETs are unauthenticated: they go through a session and a
   ``CapacityLimiter(ARI_CONCURRENCY)`` of their own (:mod:`snakeway.acme.ari_wire`),
   never behind an order holding the nonce set.
@@ -54,7 +61,7 @@ from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import acmelib, ari_wire, crypto
+from snakeway.acme import acmelib, ari_wire, chains, crypto
 from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.protocol import AccountInfo as AccountInfo
 from snakeway.acme.protocol import AcmeBackend as AcmeBackend
@@ -90,6 +97,9 @@ class ClientV2Backend:
         timeout: Seconds per HTTP request.
         counts: Calls to the CA by endpoint and outcome (``ok``, ``http_<status>`` or ``error``), incremented
             here: ``counts[endpoint][outcome]``; the admin API's figures.
+        profile: The ACME profile every order asks for (``acme.profile``); None: the CA's default.
+        preferred_chain: The issuer common name of the chain to keep (``acme.preferred_chain``).
+        eab: External Account Binding for a new account: the key id and the base64url MAC key.
 
     Resource handling:
         Call :meth:`aclose` to close the HTTP sessions.
@@ -108,7 +118,13 @@ class ClientV2Backend:
         user_agent: str = USER_AGENT,
         timeout: int = NETWORK_TIMEOUT,
         counts: dict[str, dict[str, int]] | None = None,
+        profile: str | None = None,
+        preferred_chain: str | None = None,
+        eab: tuple[str, str] | None = None,
     ) -> None:
+        self._profile = profile
+        self._preferred_chain = preferred_chain
+        self._eab = eab
         self.counts: dict[str, dict[str, int]] = counts if counts is not None else {}
         self._directory_url = directory_url
         self._verify: str | bool = str(ca_file) if ca_file is not None else True
@@ -188,10 +204,12 @@ class ClientV2Backend:
         if account_key_pem is None:
             account_key_pem = await trio.to_thread.run_sync(crypto.generate_key, KeyType.ECDSA_P256)
         jwk, alg = acmelib.jwk_for(account_key_pem)
-        uri = await self._run("newAccount", self._register, jwk, alg, contact)
+        uri = await self._run("newAccount", self._register, jwk, alg, contact, self._eab)
         return AccountInfo(key_pem=account_key_pem, uri=uri)
 
-    def _register(self, jwk: JWK, alg: JWASignature, contact: tuple[str, ...]) -> str:
+    def _register(
+        self, jwk: JWK, alg: JWASignature, contact: tuple[str, ...], eab: tuple[str, str] | None = None
+    ) -> str:
         net = acmelib.Network(
             key=jwk,
             alg=alg,
@@ -203,9 +221,13 @@ class ClientV2Backend:
         try:
             directory = acme_client.ClientV2.get_directory(self._directory_url, net)
             client = acme_client.ClientV2(directory, net)
-            if client.external_account_required():
-                raise IssuanceError("the CA requires external account binding, which snakeway does not support")
-            registration = messages.NewRegistration.from_data(contact=contact, terms_of_service_agreed=True)
+            if client.external_account_required() and eab is None:
+                raise IssuanceError("the CA requires External Account Binding: set eab = { key_id, mac_key_file }",
+                                    problem_type=messages.ERROR_PREFIX + "externalAccountRequired")
+            binding = acmelib.account_binding(jwk, *eab, client) if eab is not None else None
+            registration = messages.NewRegistration.from_data(
+                contact=contact, terms_of_service_agreed=True, external_account_binding=binding
+            )
             try:
                 regr = client.new_account(registration)
             except acme_errors.ConflictError as exists:  # 200 + Location: the key has an account
@@ -239,7 +261,7 @@ class ClientV2Backend:
         if acmelib.directory_url(client, "renewalInfo") is None:
             replaces = None
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in names]
-        payload = acmelib.NewOrder(identifiers=identifiers, replaces=replaces)
+        payload = acmelib.NewOrder(identifiers=identifiers, replaces=replaces, profile=self._profile)
         orderr = await self._run("newOrder", self._open_order, client.directory["newOrder"], payload)
         return OrderHandle(url=str(orderr.uri), domains=tuple(domains), resource=orderr)
 
@@ -368,8 +390,7 @@ class ClientV2Backend:
         delay = POLL_FIRST
         while True:
             if body.status == messages.STATUS_VALID and body.certificate is not None:
-                chain = await self._run("certificate", self._post, body.certificate, None)
-                return str(chain.text)
+                return await self._run("certificate", self._download, body.certificate)
             if body.status == messages.STATUS_INVALID:
                 error = body.error
                 detail = f": {error}" if error is not None else ""
@@ -381,10 +402,50 @@ class ClientV2Backend:
             if body.status == messages.STATUS_READY:  # we polled after orderNotReady
                 body, hint = await self._run("finalize", self._order_step, finalize_url, request)
 
+    def _download(self, url: str) -> str:
+        """The chain at ``url`` or, with ``preferred_chain``, the alternate it picks (in the worker thread)."""
+        response = self._post(url, None)
+        if self._preferred_chain is None:
+            return str(response.text)
+        served = [str(response.text)]
+        for link in chains.alternate_links([response.headers.get("Link", "")]):
+            served.append(str(self._post(link, None).text))
+        names = []
+        for pem in served:
+            try:
+                names.append(chains.issuer_names(pem.encode("ascii")))
+            except ValueError:  # an unreadable alternate is never chosen
+                names.append([])
+        chosen = chains.choose_chain(names, self._preferred_chain)
+        if chosen is None:
+            logger.warning("ACME CA %s: none of its %d chains is issued by %r; keeping its default chain",
+                           self._directory_url, len(served), self._preferred_chain)
+            return served[0]
+        return served[chosen]
+
     def _order_step(self, url: str, obj: JSONDeSerializable | None) -> tuple[messages.Order, float | None]:
         """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
         response = self._post(url, obj)
         return messages.Order.from_json(response.json()), acmelib.retry_after_seconds(response)
+
+    async def offered_profiles(self) -> dict[str, str] | None:
+        """The profiles the CA's directory offers (``meta.profiles``), None when it lists none.
+
+        Read from the account's directory once there is one; before, the directory is fetched
+        without an account, through the ARI session and limiter (never behind an order).
+
+        Raises:
+            IssuanceError: The directory could not be fetched or read.
+        """
+        if self._client is not None:
+            return acmelib.offered_profiles(self._client.directory)
+        fetch = partial(acmelib.fetch_directory, self._ari_session, self._directory_url, verify=self._verify,
+                        timeout=self._timeout)
+        try:
+            directory = await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
+        except (requests.RequestException, ValueError) as exc:
+            raise IssuanceError(f"the CA's directory {self._directory_url} cannot be read: {exc}") from exc
+        return acmelib.offered_profiles(directory)
 
     async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
         """The CA's renewal information for a certificate (ARI, RFC 9773), or None if it has no ARI.

@@ -6,6 +6,10 @@ Theory of operation
 decides nothing about *whether* to order (that is :mod:`snakeway.acme.decide`) and saves nothing but the
 order in flight. Around the steps:
 
+* **The profile** (``acme.profile``) must be one the CA's directory offers: otherwise no order goes
+  to it (:func:`snakeway.acme.issuers.profile_refusal`; a permanent failure, so with several CAs the
+  next one is tried at once), and the log says so in one line, once: at start-up
+  (:meth:`Issuer.check_profile`) or at the first order.
 * **The account** is registered once per process, under the coordinator's account lock, so several
   workers share one account (and one rate-limit budget).
 * **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
@@ -21,6 +25,9 @@ order in flight. Around the steps:
   connection, a crash), the next attempt picks that order up again and downloads its certificate
   instead of ordering a new one, which would spend one of the CA's duplicate certificates for nothing.
   The record is dropped once the certificate is saved, or when the CA no longer has a usable order.
+  An order at another CA (one a certificate fell back from, see :mod:`snakeway.acme.issuers`) is
+  not resumed here: its URL is not at this CA's account's origin, and asking that CA again (down,
+  perhaps) with this CA's account would only fail.
 
 Every failure is an :class:`~snakeway.errors.IssuanceError` whose ``stage`` says which step failed:
 ``"order"``, ``"validation"`` (the CA could not validate a name: the budget counts those per name) or
@@ -35,10 +42,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import trio
 
-from snakeway.acme import crypto
+from snakeway.acme import crypto, issuers
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator
@@ -103,6 +111,7 @@ class Issuer:
         self.offload = offload
         self._account_lock = trio.Lock()
         self._account_ready = False
+        self._profile_said = False  # the CA lacks the profile: said once
 
     async def issue(
         self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None, serving: str | None = None
@@ -116,6 +125,9 @@ class Issuer:
           serving: the serial of the stored certificate: an order in flight that gives it again is done already
             (its record outlived it) and is not finished twice.
         """
+        refusal = await _retrying(deadline, self._profile_refusal)  # before an account is made there for nothing
+        if refusal is not None:
+            raise IssuanceError(refusal, problem_type=issuers.PROFILE_UNAVAILABLE)
         await _retrying(deadline, self.ensure_account)
         resumed = await self._resume(cert, now, deadline, serving)
         if resumed is not None:
@@ -139,6 +151,27 @@ class Issuer:
             chain_pem = await _retrying(deadline, lambda: self.backend.finalize(order, csr_pem, deadline))
         return CertBundle.from_pem(cert.name, cert.domains, chain_pem.encode("ascii"), key_pem)
 
+    async def check_profile(self) -> None:
+        """At start-up: say (once) if the CA does not offer the configured profile; never raises."""
+        try:
+            await self._profile_refusal()
+        except IssuanceError as exc:  # the CA away: the first order will tell
+            logger.debug("ACME CA %s: profiles not checked at start-up: %s", self.acme.directory_url, exc)
+
+    async def _profile_refusal(self) -> str | None:
+        """Why no order may go to this CA for want of the configured profile (logged once); None: it may.
+
+        Raises:
+            IssuanceError: The CA's directory could not be read.
+        """
+        if self.acme.profile is None:
+            return None
+        refusal = issuers.profile_refusal(self.acme.profile, await self.backend.offered_profiles())
+        if refusal is not None and not self._profile_said:
+            self._profile_said = True
+            logger.error("ACME CA %s: %s; no certificate is ordered from it", self.acme.directory_url, refusal)
+        return refusal
+
     async def _new_order(self, cert: ManagedCert, csr_pem: bytes, replaces: str | None) -> OrderHandle:
         try:
             return await self.backend.new_order(cert.domains, csr_pem, replaces=replaces)
@@ -155,6 +188,9 @@ class Issuer:
         record = await self.store.load_order(cert.name)
         if record is None:
             return None
+        account = await self.store.load_account(self.acme.directory_url)
+        if account is not None and account.uri and _origin(account.uri) != _origin(record.order_url):
+            return None  # an order at another CA: left to it (dropped once a certificate is saved)
         if now - record.created > RESUME_WITHIN:
             await self._drop_order(cert.name)
             return None
@@ -227,6 +263,11 @@ class Issuer:
                     await self.coordinator.delete_challenge(_challenge_key(task))
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
 def _challenge_key(task: ChallengeTask) -> str:
     return http01_key(task.token) if task.kind is Challenge.HTTP_01 else tls_alpn_key(task.domain)
 
@@ -259,8 +300,12 @@ def transient(exc: IssuanceError) -> bool:
     """Whether a failed request is worth repeating at once: a 5xx or a lost connection, no Retry-After.
 
     A CA that asked to wait (``Retry-After``, a 429) is not asked again before; a refusal (4xx) will
-    not change; a time-out has used up the attempt's time already.
+    not change; a time-out has used up the attempt's time already; a problem without a status was
+    decided before any request (the CA's directory lacks the configured profile, or demands External
+    Account Binding): nothing was lost on the way.
     """
     if exc.retry_after is not None or exc.problem_type == RATE_LIMITED or str(exc).startswith("timed out"):
         return False
-    return exc.status is None or exc.status >= 500
+    if exc.status is None:
+        return exc.problem_type is None
+    return exc.status >= 500

@@ -32,7 +32,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 import trio
@@ -73,7 +73,8 @@ class CertManager:
       settings: ``server.tls_automation``.
       certs: what to manage.
       store: where bundles, renewal state, the budget and the account live.
-      backend: the ACME CA (``ClientV2Backend``, or ``FakeCA`` in tests).
+      backend: the ACME CA (``ClientV2Backend``, or ``FakeCA`` in tests); with several configured, the first.
+      fallback_backends: the other CAs of ``settings.fallback_acme``, in that order.
       registry: the cert map owner; issued certificates are published there.
       http01: tokens answered on plain listeners.
       tlsalpn: challenge certificates answered on TLS listeners.
@@ -108,7 +109,11 @@ class CertManager:
         listening: trio.Event | None = None,
         spread_first_checks_above: int = SPREAD_FIRST_CHECKS_ABOVE,
         attempts: dict[str, int] | None = None,
+        fallback_backends: Sequence[AcmeBackend] = (),
     ) -> None:
+        if len(fallback_backends) != len(settings.fallback_acme):
+            raise ValueError(f"{len(settings.fallback_acme)} fallback CAs configured, "
+                             f"{len(fallback_backends)} backends given")
         self.settings = settings
         self.certs = {c.cert_id: c for c in certs}
         self.store = store
@@ -121,14 +126,17 @@ class CertManager:
         self.watch_interval = watch_interval
         self.listening = listening
         self.spread_first_checks_above = spread_first_checks_above
-        issuer = Issuer(
-            acme=settings.acme, store=store, backend=backend, coordinator=self.coordinator, http01=http01,
-            tlsalpn=tlsalpn, share_challenges=watch_interval is not None, offload=self.offload,
+        issuer, *fallback = (
+            Issuer(
+                acme=acme, store=store, backend=ca, coordinator=self.coordinator, http01=http01,
+                tlsalpn=tlsalpn, share_challenges=watch_interval is not None, offload=self.offload,
+            )
+            for acme, ca in zip(settings.issuers, (backend, *fallback_backends), strict=True)
         )
         self.served = ServedCerts(registry, clock, self.offload)
         self.renewer = Renewer(
             settings=settings, store=store, backend=backend, served=self.served, clock=clock, rng=self.rng,
-            coordinator=self.coordinator, issuer=issuer, attempts=attempts,
+            coordinator=self.coordinator, issuer=issuer, attempts=attempts, fallback=tuple(fallback),
         )
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
@@ -163,6 +171,9 @@ class CertManager:
                 self._start(cert)
             if watch is not None and self.watch_interval is not None:
                 nursery.start_soon(watch.run, self.watch_interval)
+            for ca in self.renewer.cas:  # a profile the CA lacks is said at start-up, not at the next renewal
+                if ca.issuer.acme.profile is not None:
+                    nursery.start_soon(ca.issuer.check_profile)
             task_status.started()
             await trio.sleep_forever()
 

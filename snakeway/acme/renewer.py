@@ -36,6 +36,12 @@ nothing (no order, the served certificate stays) and is tried again in :data:`ST
 worker says so once when the store starts failing and once when it answers again, not once per
 certificate per retry.
 
+**Several CAs** (``tls_automation.acme`` as a list): each has its own account, order lane and budget
+(:class:`~snakeway.acme.cas.Ca`); a certificate's renewal state names the CA its next attempt goes to,
+and after ``issuer_fallback_after_failures`` failures in a row there (or one permanent failure) the next
+CA is tried, at once (:mod:`snakeway.acme.issuers`). ARI is asked of the CA that issued the certificate
+(``RenewalState.issued_by``).
+
 The budget (:class:`snakeway.acme.ledger.SharedBudget`) is one ledger per CA account in the store, so
 every worker spends from the same budget: a new order with its certificate reserved before ordering, a
 failed validation per name when the CA could not validate, the certificate settled when it is issued, and
@@ -45,19 +51,19 @@ the reservation released when the order ends without one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from datetime import datetime, timedelta
 
 import trio
 
-from snakeway.acme import crypto
+from snakeway.acme import crypto, issuers
 from snakeway.acme.backend import AcmeBackend
+from snakeway.acme.cas import Ca, ca_for, open_cas
 from snakeway.acme.coordination import Coordinator, LockLost, fenced
 from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, Stored, Wait, decide
 from snakeway.acme.issuing import Issuer
-from snakeway.acme.lanes import OrderLane
-from snakeway.acme.ledger import SharedBudget
 from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, is_permanent, next_check
 from snakeway.acme.served import ServedCerts
@@ -91,7 +97,8 @@ class Renewer:
       settings: ``server.tls_automation``.
       store, backend, clock, rng, coordinator: as the CertManager's.
       served: publishes to the cert map.
-      issuer: runs the orders.
+      issuer: runs the orders at the first CA (``settings.acme``).
+      fallback: run them at the other CAs (``settings.fallback_acme``), in that order.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class Renewer:
         coordinator: Coordinator,
         issuer: Issuer,
         attempts: dict[str, int] | None = None,
+        fallback: tuple[Issuer, ...] = (),
     ) -> None:
         self.settings = settings
         self.store = store
@@ -117,10 +125,10 @@ class Renewer:
         self.issuer = issuer
         # Orders carried out, by outcome ("issued", "failed"): what the admin API's metrics count.
         self.attempts: dict[str, int] = attempts if attempts is not None else {}
-        self.lane = OrderLane(settings.acme.max_concurrent_orders)
-        self.budget = SharedBudget(acme=settings.acme, store=store, coordinator=coordinator, clock=clock)
+        self.cas = open_cas((issuer, *fallback), store=store, coordinator=coordinator, clock=clock)
+        self.lane, self.budget = self.cas[0].lane, self.cas[0].budget
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
-        self._ari = True  # until the CA shows it has no ARI
+        self._no_ari: set[str] = set()  # the directory URLs of the CAs that have shown they have no ARI
         # cert id -> (issued certificate the store refused, its state): served, saved again later.
         self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
         self._store_failing = False  # said once for every certificate, until the store answers again
@@ -163,7 +171,7 @@ class Renewer:
             if isinstance(action, SaveAgain):
                 return await self._save_again(cert)
             if isinstance(action, Order):
-                async with self.lane.turn(action.urgency):
+                async with self.cas[ca_for(self.cas, state)].lane.turn(action.urgency):
                     return await self._order(cert, bundle, forced, renew)
             assert isinstance(action, PollAri) and bundle is not None
             if not await self._poll_ari(cert, bundle):
@@ -218,7 +226,8 @@ class Renewer:
     ) -> Wait | PollAri | SaveAgain | Order:
         days = self.settings.renew_within_days
         return decide(
-            now=self.clock.now(), state=state, stored=stored(cert, bundle), ari=self._ari, periodic=periodic,
+            now=self.clock.now(), state=state, stored=stored(cert, bundle), periodic=periodic,
+            ari=self._issued_by(state).url not in self._no_ari,
             forced=forced, renew_within=timedelta(days=days) if days is not None else None,
             unsaved=cert.cert_id in self._unsaved, renew=renew,
         )
@@ -240,33 +249,36 @@ class Renewer:
             action = self._decide(cert, state, fresh, self.periodic(), forced, renew)
             if not isinstance(action, Order):  # waiting now, or ARI first: check again then
                 return action.until if isinstance(action, Wait) else self.clock.now()
-            refused = await self.budget.spend_order(cert.domains, renewal=action.renewal)
+            ca = self.cas[ca_for(self.cas, state)]
+            refused = await ca.budget.spend_order(cert.domains, renewal=action.renewal)
             if refused is not None:
-                logger.warning("certificate for %s: waiting for the CA's rate limits until %s",
-                               cert.name, refused.isoformat(timespec="seconds"))
+                logger.warning("certificate for %s: waiting for the CA's rate limits until %s (%s)",
+                               cert.name, refused.isoformat(timespec="seconds"), ca.url)
                 return refused
             try:
-                return await self._issue(cert, state, fresh, action.renewal)
+                return await self._issue(cert, state, fresh, action.renewal, ca)
             finally:
-                await self.budget.landed(cert.domains)  # shielded, bounded, never raises
+                await ca.budget.landed(cert.domains)  # shielded, bounded, never raises
 
     async def _issue(
-        self, cert: ManagedCert, state: RenewalState, current: CertBundle | None, renewal: bool
+        self, cert: ManagedCert, state: RenewalState, current: CertBundle | None, renewal: bool, ca: Ca
     ) -> datetime:
         started = trio.current_time()
-        logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), self.settings.acme.directory_url)
-        replaces = crypto.ari_cert_id(current.cert_pem) if current and renewal and self._ari else None
+        logger.info("certificate for %s: ordering from %s", ", ".join(cert.domains), ca.url)
+        replaces = crypto.ari_cert_id(current.cert_pem) if current and renewal and ca.url not in self._no_ari \
+            else None
         try:
             with trio.fail_after(ISSUANCE_TIMEOUT):
-                bundle = await self.issuer.issue(
+                bundle = await ca.issuer.issue(
                     cert, now=self.clock.now(), deadline=started + ISSUANCE_TIMEOUT, replaces=replaces,
                     serving=current.serial if current else None,
                 )
         except (IssuanceError, trio.TooSlowError) as exc:
-            return await self._failed(cert, state, exc, current.not_after if current else None)
+            return await self._failed(cert, state, exc, current.not_after if current else None, ca)
         self.attempts["issued"] = self.attempts.get("issued", 0) + 1
-        await self.budget.issued(cert.domains, renewal=renewal)
+        await ca.budget.issued(cert.domains, renewal=renewal)
         self.served.saving(cert.cert_id, bundle.serial)
+        state = dataclasses.replace(state, issued_by=ca.url if ca is not self.cas[0] else None)
         wake, kept = await self._keep(cert, bundle, state)
         if not kept:
             return wake
@@ -334,29 +346,49 @@ class Renewer:
             return wake
 
     async def _failed(
-        self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None
+        self, cert: ManagedCert, state: RenewalState, exc: Exception, expires: datetime | None, ca: Ca
     ) -> datetime:
         now = self.clock.now()
         self.attempts["failed"] = self.attempts.get("failed", 0) + 1
         retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
         problem = exc.problem_type if isinstance(exc, IssuanceError) else None
         stage = exc.stage if isinstance(exc, IssuanceError) else None
-        permanent = is_permanent(problem, stage=stage or "order") or len(cert.domains) > MAX_NAMES
+        permanent = is_permanent(problem, stage=stage or "order") or len(cert.domains) > MAX_NAMES \
+            or problem == issuers.PROFILE_UNAVAILABLE
         if stage == "validation":
-            await self.budget.failed_validation(cert.domains)
+            await ca.budget.failed_validation(cert.domains)
         reason = str(exc) or "issuance timed out"
-        state = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent, expires=expires)
+        failed = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent, expires=expires)
+        state = self._fall_back(failed, ca, now)
         await self._save_state(state)
         assert state.next_attempt is not None
         serving = "the current certificate stays in service" if self.served.serves(cert.cert_id) \
             else "no certificate is served for it yet"
-        what = "failed (needs attention)" if permanent else "issuance failed"
+        what = "failed (needs attention)" if permanent and state is failed else "issuance failed"
         logger.error(
             "certificate for %s: %s (attempt %d): %s; %s; next attempt at %s",
-            ", ".join(cert.domains), what, state.failures, reason, serving,
+            ", ".join(cert.domains), what, failed.failures, reason, serving,
             state.next_attempt.isoformat(timespec="seconds"),
         )
+        if state is not failed:
+            logger.warning("certificate for %s: %d failed attempt(s) in a row at %s; ordering from %s next",
+                           cert.name, failed.failures, ca.url, self.cas[ca_for(self.cas, state)].url)
         return state.next_attempt
+
+    def _fall_back(self, state: RenewalState, ca: Ca, now: datetime) -> RenewalState:
+        """``state`` moved on to the next CA, if the failure just recorded at ``ca`` calls for it."""
+        current = self.cas.index(ca)
+        following = issuers.after_failure(
+            current, state.failures, len(self.cas), self.settings.issuer_fallback_after_failures,
+            hopeless=state.permanent,
+        )
+        if following is None:
+            return state
+        return state.moved_to(self.cas[following].url if following else None, now)
+
+    def _issued_by(self, state: RenewalState) -> Ca:
+        """The CA that issued the certificate ``state`` is about (the first when it is no longer configured)."""
+        return self.cas[issuers.issuer_index([ca.url for ca in self.cas], state.issued_by)]
 
     async def _save_state(self, state: RenewalState) -> None:
         try:
@@ -379,9 +411,10 @@ class Renewer:
             if state.ari_serial == bundle.serial and state.ari_next_poll and self.clock.now() < state.ari_next_poll:
                 return True  # another worker asked meanwhile
             now, jitter = self.clock.now(), self.rng.random()
-            answered = await ask_ari(self.issuer, self.backend, cert, bundle, state, now, jitter)
+            ca = self._issued_by(state)
+            answered = await ask_ari(ca.issuer, ca.issuer.backend, cert, bundle, state, now, jitter)
             if answered is None:
-                self._ari = False  # the CA has no ARI
+                self._no_ari.add(ca.url)  # the CA has no ARI
                 return True
             await self._save_state(answered)
             if cert.cert_id in self._unsaved:

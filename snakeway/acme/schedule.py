@@ -67,7 +67,7 @@ MAX_ERROR_LENGTH = 1000
 
 ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
 # Problems that retrying the same order cannot cure (RFC 8555 section 6.7).
-PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa"})
+PERMANENT_PROBLEMS = frozenset({"rejectedIdentifier", "caa", "externalAccountRequired"})
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def next_check(now: datetime, interval_seconds: float, *, jitter: float) -> date
 def is_permanent(problem_type: str | None, *, stage: str) -> bool:
     """Whether an ACME problem will come back however often the same order is retried.
 
-    ``rejectedIdentifier`` and ``caa`` always are. ``unauthorized`` is when it answers the order or the
+    ``rejectedIdentifier``, ``caa`` and ``externalAccountRequired`` (the account needs a binding that is
+    not configured) always are. ``unauthorized`` is when it answers the order or the
     finalize request (the account may not have these names), not when a challenge failed: the CA sends it
     for a wrong or unreachable challenge answer too, the everyday "DNS does not point here yet", which the
     ordinary back-off and the failed-validation budget handle. ``malformed`` is only when it answers the
@@ -225,7 +226,7 @@ class RenewalState:
 
     Attributes:
         name: The certificate's name (its first domain, see :mod:`snakeway.acme.store`).
-        failures: Consecutive failed attempts; 0 after a success.
+        failures: Consecutive failed attempts (at ``issuer``, when several are configured); 0 after a success.
         last_error: Why the last attempt failed (truncated), or None.
         last_attempt: When the last attempt ended.
         next_attempt: Not before this moment may the next attempt start; None: any time.
@@ -236,6 +237,10 @@ class RenewalState:
         ari_serial: Serial number of the certificate ``ari`` is about.
         ari_next_poll: When to ask the CA again; None: as soon as possible (never asked).
         ari_moment: The moment drawn in ``ari``'s window, kept until the window changes.
+        issuer: The directory URL of the ACME CA the next attempt goes to; None: the first configured
+            (see :mod:`snakeway.acme.issuers`).
+        issued_by: The directory URL of the ACME CA that issued the certificate obtained last (its ARI is
+            asked); None: the first configured.
     """
 
     name: str
@@ -250,6 +255,8 @@ class RenewalState:
     ari_serial: str | None = None
     ari_next_poll: datetime | None = None
     ari_moment: datetime | None = None
+    issuer: str | None = None
+    issued_by: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
@@ -324,16 +331,27 @@ class RenewalState:
             permanent=permanent,
         )
 
+    def moved_to(self, issuer: str | None, now: datetime) -> RenewalState:
+        """The state after a failure made the next attempt go to another CA, ``issuer`` (None: the first).
+
+        That CA starts afresh, at once: the failures, back-off and ``Retry-After`` kept were the previous
+        CA's (see :mod:`snakeway.acme.issuers`). The last error stays, to be reported.
+        """
+        require_aware(now=now)
+        return replace(self, issuer=issuer, failures=0, next_attempt=now, retry_after=None, permanent=False)
+
     def succeeded(self, now: datetime) -> RenewalState:
         """The state after a certificate was obtained at ``now``.
 
         Failures are cleared, and so is the ARI answer: it was about the
         previous certificate, and the new one is asked about afresh. A
-        Retry-After floor still in the future stays.
+        Retry-After floor still in the future stays, and so does ``issued_by``
+        (the caller sets it to the CA that issued the new certificate); the next
+        attempt goes to the first CA again.
         """
         require_aware(now=now)
         floor = self.retry_after if self.retry_after is not None and self.retry_after > now else None
-        return RenewalState(self.name, last_attempt=now, last_success=now, retry_after=floor)
+        return RenewalState(self.name, last_attempt=now, last_success=now, retry_after=floor, issued_by=self.issued_by)
 
     def with_ari(self, info: RenewalInfo, serial: str, now: datetime, jitter: float) -> RenewalState:
         """The state after the CA answered ``info`` about the certificate ``serial`` at ``now``.
@@ -384,6 +402,8 @@ class RenewalState:
             "ari_serial": self.ari_serial,
             "ari_next_poll": _iso(self.ari_next_poll),
             "ari_moment": _iso(self.ari_moment),
+            "issuer": self.issuer,
+            "issued_by": self.issued_by,
         }
 
     @classmethod
@@ -415,4 +435,6 @@ class RenewalState:
             ari_serial=_optional_str(data, "ari_serial"),
             ari_next_poll=_from_iso(data, "ari_next_poll"),
             ari_moment=_from_iso(data, "ari_moment"),
+            issuer=_optional_str(data, "issuer"),
+            issued_by=_optional_str(data, "issued_by"),
         )

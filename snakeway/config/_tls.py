@@ -305,6 +305,27 @@ _rate_limits = cv.schema(
     {field.name: Key(cv.integer(1)) for field in dataclasses.fields(model.RateLimitSettings)},
     model.RateLimitSettings,
 )
+
+
+def _mac_key_file(f: File, value: object, path: KeyPath) -> Path | None:
+    """An existing file holding the base64url MAC key of an External Account Binding."""
+    from snakeway.acme.issuers import decode_mac_key  # the backend's own reader: one definition of the format
+
+    resolved = cv.existing_file(f, value, path)
+    if resolved is None:
+        return None
+    try:
+        decode_mac_key(resolved.read_text(encoding="ascii"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        f.report(path, f"{resolved}: {exc}")
+        return None
+    return resolved
+
+
+_eab = cv.schema(
+    {"key_id": Key(cv.text, required=True), "mac_key_file": Key(_mac_key_file, required=True)},
+    model.ExternalAccountBinding,
+)
 _acme = cv.schema(
     {
         "directory_url": Key(_directory_url),
@@ -313,9 +334,42 @@ _acme = cv.schema(
         "data_dir": Key(cv.file_path),
         "max_concurrent_orders": Key(cv.integer(1)),
         "rate_limits": Key(_rate_limits),
+        "profile": Key(cv.text),
+        "preferred_chain": Key(cv.text),
+        "eab": Key(_eab),
     },
     model.AcmeSettings,
 )
+
+
+def _issuers(f: File, value: object, path: KeyPath) -> tuple[model.AcmeSettings, ...] | None:
+    """``acme``: one CA (an object), or several tried in order (a non-empty list of objects)."""
+    if not isinstance(value, list):
+        one = _acme(f, value, path)
+        return None if one is None else (one,)
+    issuers = cv.list_of(_acme, nonempty=True)(f, value, path)
+    if issuers is None:
+        return None
+    seen: dict[str, int] = {}
+    for index, issuer in enumerate(issuers):
+        if index and issuer.data_dir is not None:
+            f.report((*path, index, "data_dir"), "only the first issuer has data_dir (it holds every issuer's "
+                     "account, each under its directory URL)")
+        first = seen.setdefault(issuer.directory_url, index)
+        if first != index:
+            f.report((*path, index, "directory_url"), f"{quote(issuer.directory_url)} is issuer {first} already "
+                     "(one account and one rate-limit budget per CA)")
+    return issuers
+
+
+def _automation(**fields: object) -> model.TlsAutomation:
+    """The model from converted fields; the first issuer is ``acme``, the others ``fallback_acme``."""
+    build: Callable[..., model.TlsAutomation] = model.TlsAutomation
+    issuers = fields.pop("acme", None)
+    if isinstance(issuers, tuple) and issuers:
+        fields["acme"], fields["fallback_acme"] = issuers[0], issuers[1:]
+    return build(**fields)
+
 _cert_store = cv.schema(
     {
         "type": Key(cv.choice(_STORE_TYPES, "store type")),
@@ -332,8 +386,9 @@ tls_automation = cv.schema(
     {
         "renew_within_days": Key(cv.nullable(cv.number("days", positive=True))),
         "check_interval_seconds": Key(cv.seconds(positive=True)),
-        "acme": Key(_acme),
+        "acme": Key(_issuers),
         "cert_store": Key(_cert_store),
+        "issuer_fallback_after_failures": Key(cv.integer(1)),
     },
-    model.TlsAutomation,
+    _automation,
 )

@@ -243,13 +243,26 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class ExternalAccountBinding:
+    """``acme.eab``: the CA's key identifier and the file holding its base64url HMAC key (RFC 8555 §7.3.4)."""
+
+    key_id: str
+    mac_key_file: Path
+
+
+@dataclass(frozen=True)
 class AcmeSettings:
+    """One ACME CA (an *issuer*): ``tls_automation.acme``, or one item of that list."""
+
     directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
     contact_email: tuple[str, ...] = ()
     ca_file: Path | None = None        # trust root for the ACME server itself
-    data_dir: Path | None = None       # ACME state; default <state_dir>/acme
+    data_dir: Path | None = None       # ACME state; default <state_dir>/acme (first issuer only)
     max_concurrent_orders: int = 4     # orders in flight at once to this CA, across all certificates
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    profile: str | None = None         # the newOrder "profile"; a CA without it gets no order
+    preferred_chain: str | None = None  # issuer CN of the alternate chain to serve; default: the CA's default chain
+    eab: ExternalAccountBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -268,8 +281,16 @@ class TlsAutomation:
     # rule, a third of the lifetime left (half for certificates shorter than 10 days).
     renew_within_days: float | None = None
     check_interval_seconds: float = 600.0
-    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)  # the first issuer
     cert_store: CertStoreSettings = field(default_factory=CertStoreSettings)
+    fallback_acme: tuple[AcmeSettings, ...] = ()  # the issuers after the first, in order (``acme`` as a list)
+    # A certificate that failed this many attempts in a row at one issuer is ordered from the next one.
+    issuer_fallback_after_failures: int = 3
+
+    @property
+    def issuers(self) -> tuple[AcmeSettings, ...]:
+        """Every ACME CA, in the order they are tried."""
+        return (self.acme, *self.fallback_acme)
 
 
 def default_state_dir() -> Path:

@@ -103,6 +103,7 @@ class FakeCA:
         invalid_problem: The problem type of such a failure.
         limits: The CA-side rate limits to enforce (``CALimitSettings()``: Let's Encrypt's);
             ``None``: none.
+        base_url: Where the CA's accounts, orders and challenges are (their URLs start with it).
 
     All of these but ``seed`` and ``limits``, and :attr:`unreachable`, are plain attributes tests may
     change between calls.
@@ -119,6 +120,7 @@ class FakeCA:
         records: Per name: orders, failed validations, issued certificates, ARI requests, rateLimited
             answers (:class:`~snakeway.testing.NameRecord`).
         limits: The enforced :class:`~snakeway.testing.CALimits` and their counters, or None.
+        profiles: The profiles the directory offers (``meta.profiles``), None for none (the default).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class FakeCA:
         never_valid: NeverValid = (),
         invalid_problem: str = ACME_ERROR + "incorrectResponse",
         limits: CALimitSettings | None = None,
+        base_url: str = BASE_URL,
     ) -> None:
         if lifetime <= timedelta(0):
             raise ValueError(f"lifetime must be positive, got {lifetime}")
@@ -154,6 +157,8 @@ class FakeCA:
         self.serial_requests = serial_requests
         self.serial_ari = serial_ari
         self.unreachable = False
+        self.profiles: dict[str, str] | None = None  # the directory's meta.profiles
+        self.base_url = base_url
         self._gate = RequestGate(seed)
         self._book = CABook(limits)
         self.calls: list[str] = []
@@ -234,7 +239,7 @@ class FakeCA:
         """
         self.calls.append("ensure_account")
         await self._enter("ensure_account")
-        self._account = self._book.account(account_key_pem, lambda: f"{BASE_URL}/acct/{next(self._ids)}")
+        self._account = self._book.account(account_key_pem, lambda: f"{self.base_url}/acct/{next(self._ids)}")
         return self._account[0]
 
     async def new_order(self, domains: Sequence[str], csr_pem: bytes, *, replaces: str | None = None) -> OrderHandle:
@@ -257,7 +262,7 @@ class FakeCA:
         names = tuple(dict.fromkeys(domains))
         self._book.accept_order(account.uri, names, replaces, self.clock.now())
         order = Order(
-            url=f"{BASE_URL}/order/{next(self._ids)}",
+            url=f"{self.base_url}/order/{next(self._ids)}",
             account_uri=account.uri,
             domains=names,
             authorizations=[Authorization(domain) for domain in names],
@@ -295,7 +300,7 @@ class FakeCA:
         _, thumbprint = self._require()
         self._inject("challenges")
         state = unwrap(order)
-        tasks = state.tasks(kind, thumbprint, lambda: f"{BASE_URL}/chall/{next(self._ids)}")
+        tasks = state.tasks(kind, thumbprint, lambda: f"{self.base_url}/chall/{next(self._ids)}")
         for task in tasks:
             self._challenges[task.url] = task
         return tasks
@@ -389,6 +394,16 @@ class FakeCA:
         if self.ari is None:
             return None
         return self.ari.answer(cert, self.clock.now())
+
+    async def offered_profiles(self) -> dict[str, str] | None:
+        """:attr:`profiles` (works without an account, as the real backend's).
+
+        Raises:
+            IssuanceError: Unreachable, or a planned failure.
+        """
+        self.calls.append("offered_profiles")
+        await self._enter("offered_profiles")
+        return dict(self.profiles) if self.profiles is not None else None
 
     async def aclose(self) -> None:
         """Forget the current account, as the real backend closes its session."""

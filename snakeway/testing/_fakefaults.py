@@ -25,6 +25,7 @@ STEPS: Final = (
     "wait_authorizations",
     "finalize",
     "renewal_info",
+    "offered_profiles",
 )
 # The steps that send a request in the real backend: the ones an outage or a
 # step-less planned failure can hit.

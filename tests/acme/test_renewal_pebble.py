@@ -49,14 +49,25 @@ def write_config(
     check_interval: float = 600,
     certificate_per_domain: bool = False,
     rate_limits: str = "",
+    acme: str | None = None,
+    automation: str = "",
 ) -> None:
     """A configuration serving ``names`` on Pebble's TLS port, certificates from ``directory_url``.
 
-    ``renew_within_days`` is left unset: the lifetime rule decides.
+    ``renew_within_days`` is left unset: the lifetime rule decides. ``acme`` replaces the whole value of
+    ``tls_automation.acme`` (then ``directory_url``, ``ca_file`` and ``rate_limits`` are not used);
+    ``automation`` adds keys to ``tls_automation``.
     """
     state = path.parent / "state"
     domains = ", ".join(f'"{name}"' for name in names)
     limits = f"rate_limits = {{ {rate_limits} }}" if rate_limits else ""
+    if acme is None:
+        acme = f"""{{
+      directory_url = "{directory_url}"
+      ca_file       = "{ca_file}"
+      data_dir      = "{state}/acme"
+      {limits}
+    }}"""
     path.write_text(
         f"""
 server {{
@@ -65,12 +76,8 @@ server {{
   state_dir = "{state}"
   tls_automation = {{
     check_interval_seconds = {check_interval}
-    acme = {{
-      directory_url = "{directory_url}"
-      ca_file       = "{ca_file}"
-      data_dir      = "{state}/acme"
-      {limits}
-    }}
+    acme = {acme}
+    {automation}
     cert_store = {{ type = "filesystem", cert_dir = "{state}/certs" }}
   }}
 }}
