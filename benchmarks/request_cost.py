@@ -42,17 +42,19 @@ import os
 import re
 import signal
 import socket
-import socketserver
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
+
+import trio
 
 from benchmarks import cpu
 from benchmarks.certs import CA
@@ -61,6 +63,7 @@ KINDS = ("plain", "https", "tls-new", "big")
 LOOPBACK = "127.0.0.1"
 BODY = b"hello world\n"
 NATIVE_FACTOR = 5
+T = TypeVar("T")
 
 
 def request(close: bool = False) -> bytes:
@@ -105,35 +108,31 @@ ingress "bench" {{
 """
 
 
-class _Upstream(socketserver.BaseRequestHandler):
-    response = b""
-
-    def handle(self) -> None:
-        buffer = b""
-        try:
-            while chunk := self.request.recv(65536):
-                buffer += chunk
-                while b"\r\n\r\n" in buffer:
-                    _, buffer = buffer.split(b"\r\n\r\n", 1)
-                    self.request.sendall(self.response)
-        except OSError:  # snakeway closed the connection
-            pass
-
-
-@contextmanager
-def upstream(body: bytes) -> Iterator[int]:
-    """An upstream answering every request with ``body``, in threads of this process; yields its port."""
-    handler = type("Handler", (_Upstream,), {"response": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
-                                                         b"Content-Type: text/plain\r\n\r\n%s" % (len(body), body)})
-    server = socketserver.ThreadingTCPServer((LOOPBACK, 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+async def _upstream(stream: trio.SocketStream, response: bytes) -> None:
+    buffer = b""
     try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+        while chunk := await stream.receive_some(65536):
+            buffer += chunk
+            while b"\r\n\r\n" in buffer:
+                _, buffer = buffer.split(b"\r\n\r\n", 1)
+                await stream.send_all(response)
+    except trio.BrokenResourceError:
+        pass
+
+
+def with_upstream(body: bytes, fn: Callable[[int], T]) -> T:
+    """``fn(port)`` in a thread while an upstream answering every request with ``body`` listens on ``port``."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body)
+
+    async def main() -> T:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, partial(_upstream, response=response), 0,
+                                                    host=LOOPBACK))
+            result = await trio.to_thread.run_sync(fn, listeners[0].socket.getsockname()[1])
+            nursery.cancel_scope.cancel()
+        return result
+
+    return trio.run(main)
 
 
 def _free_port() -> int:
@@ -180,6 +179,12 @@ def _read_answer(sock: socket.socket, body: bytes) -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), bytes(answer[:100])
 
 
+def _no_delay(sock: socket.socket) -> socket.socket:
+    """No Nagle: the request must not wait for the ACK of the handshake's last flight (as wrk's sockets)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def client(plan: Plan, port: int, count: int) -> None:
     """Send ``count`` requests of ``plan.kind``, each answered in full before the next."""
     context = None
@@ -189,7 +194,7 @@ def client(plan: Plan, port: int, count: int) -> None:
         session = None
         for _ in range(count):
             with socket.create_connection((LOOPBACK, port)) as raw, \
-                    context.wrap_socket(raw, server_hostname="localhost", session=session) as sock:  # type: ignore[union-attr]
+                    context.wrap_socket(_no_delay(raw), server_hostname="localhost", session=session) as sock:  # type: ignore[union-attr]
                 sock.sendall(request(close=True))
                 _read_answer(sock, plan.body)
                 while sock.recv(65536):  # to the close; TLS 1.3 tickets come after the handshake
@@ -199,7 +204,7 @@ def client(plan: Plan, port: int, count: int) -> None:
                 session = sock.session
         return
     with socket.create_connection((LOOPBACK, port)) as raw:
-        sock = context.wrap_socket(raw, server_hostname="localhost") if context else raw
+        sock = context.wrap_socket(_no_delay(raw), server_hostname="localhost") if context else raw
         for _ in range(count):
             sock.sendall(request())
             _read_answer(sock, plan.body)
@@ -209,10 +214,13 @@ def client(plan: Plan, port: int, count: int) -> None:
 def instructions(plan: Plan, count: int) -> int:
     """Instructions snakeway executes for ``count`` requests, start-up and shutdown included."""
     out = plan.tmp / f"cachegrind.{count}.out"
-    with upstream(plan.body) as upstream_port, \
-            snakeway(plan, upstream_port, ["valgrind", "--tool=cachegrind", "--cache-sim=no",
-                                           f"--cachegrind-out-file={out}"]) as (_, port):
-        client(plan, port, count)
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
+
+    def run(upstream_port: int) -> None:
+        with snakeway(plan, upstream_port, valgrind) as (_, port):
+            client(plan, port, count)
+
+    with_upstream(plan.body, run)
     summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.M)
     assert summary, "no summary in cachegrind's output"
     return int(summary.group(1))
@@ -220,12 +228,26 @@ def instructions(plan: Plan, count: int) -> int:
 
 def native_us(plan: Plan, count: int) -> float:
     """Microseconds of snakeway's CPU time per request, over ``NATIVE_FACTOR * count`` after ``count`` of warm-up."""
-    with upstream(plan.body) as upstream_port, snakeway(plan, upstream_port, []) as (pid, port):
-        client(plan, port, count)
-        before = cpu.session_cpu_seconds(pid)
-        client(plan, port, NATIVE_FACTOR * count)
-        after = cpu.session_cpu_seconds(pid)
-    return cpu.per_unit_us(before, after, NATIVE_FACTOR * count) or 0.0
+
+    def run(upstream_port: int) -> float:
+        with snakeway(plan, upstream_port, []) as (pid, port):
+            client(plan, port, count)
+            before = cpu.session_cpu_seconds(pid)
+            client(plan, port, NATIVE_FACTOR * count)
+            after = cpu.session_cpu_seconds(pid)
+        return cpu.per_unit_us(before, after, NATIVE_FACTOR * count) or 0.0
+
+    return with_upstream(plan.body, run)
+
+
+def warm(plan: Plan) -> None:
+    """One unmeasured start-up: imports (and byte-compiles, in a fresh virtualenv) what this kind needs."""
+
+    def run(upstream_port: int) -> None:
+        with snakeway(plan, upstream_port, []) as (_, port):
+            client(plan, port, 2)
+
+    with_upstream(plan.body, run)
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
@@ -252,8 +274,7 @@ def main(argv: list[str]) -> int:
         plan = Plan(args.kind, body, Path(tmp))
         if plan.tls:
             plan.cert, plan.key, plan.ca = CA().write_leaf(plan.tmp, "site", ["localhost", "127.0.0.1"])
-        with upstream(plan.body) as upstream_port, snakeway(plan, upstream_port, []) as (_, port):
-            client(plan, port, 2)  # imports and byte-compiles what this kind needs, before anything is counted
+        warm(plan)
         what = f"{args.kind} request{'' if args.kind != 'big' else f' of {len(body):,} bytes of body'}"
         if args.only != "native":
             low, high = instructions(plan, args.count), instructions(plan, 3 * args.count)

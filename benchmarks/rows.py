@@ -125,7 +125,8 @@ def _wrk_value(url: str, seconds: float, cpu_seconds: Callable[[], float], *, cl
     failed = result.errors + result.non_2xx
     if result.requests and failed > 0.01 * result.requests:
         raise RuntimeError(f"{failed} of {result.requests} requests failed (socket errors or non-2xx)")
-    extra = {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": float(failed), **_cpu(before, after, result.requests * (BIG_BYTES / MiB if big else 1))}
+    units = result.requests * BIG_BYTES / MiB if big else result.requests  # MiB of body, or requests
+    extra = {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": float(failed), **_cpu(before, after, units)}
     value = result.rps * BIG_BYTES / MiB if big else result.rps
     return value, extra
 

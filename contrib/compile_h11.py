@@ -124,8 +124,8 @@ def compile_h11(dist: importlib.metadata.Distribution, package: Path) -> int:
         )
         built = sorted(work.glob(f"*{SUFFIX}"))
         if result.returncode != 0 or len(built) != len(sources):
-            last = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["no output"])[-1]
-            print(f"h11 {dist.version}: not compiled ({last[:200]}); snakeway runs on plain h11")
+            last = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["no output"])[-1].strip()
+            print(f"h11 {dist.version}: not compiled ({last[:120]}); snakeway runs on plain h11")
             return 0
         for path in built:
             shutil.copy2(path, package / path.name)
