@@ -124,7 +124,8 @@ def compile_h11(dist: importlib.metadata.Distribution, package: Path) -> int:
         )
         built = sorted(work.glob(f"*{SUFFIX}"))
         if result.returncode != 0 or len(built) != len(sources):
-            last = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["no output"])[-1].strip()
+            output = result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["no output"]
+            last = output[-1].strip()
             print(f"h11 {dist.version}: not compiled ({last[:120]}); snakeway runs on plain h11")
             return 0
         for path in built:
