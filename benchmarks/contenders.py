@@ -46,6 +46,7 @@ class Setup:
     ca: Path
     upstream_port: int = 0
     ws_port: int = 0
+    ws_proc: Proc | None = None  # the WebSocket echo server
     unavailable: dict[str, str] | None = None  # Debian package -> why missing
 
 
@@ -126,6 +127,7 @@ def start_ws_echo(group: Group, setup: Setup) -> Proc:
     proc = group.start("ws echo", [sys.executable, str(HERE / "ws_echo.py"), str(port)], setup.tmp / "ws_echo.log")
     proc.wait_port(port, START_TIMEOUT)
     setup.ws_port = port
+    setup.ws_proc = proc
     return proc
 
 

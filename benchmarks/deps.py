@@ -7,6 +7,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sysconfig
 
 # Debian package -> the binaries it must provide.
 PACKAGES = {
@@ -75,6 +76,13 @@ def versions() -> dict[str, str]:
         import trio
 
         found["trio"] = trio.__version__
+    except ImportError:
+        pass
+    try:
+        import h11
+
+        compiled = h11._connection.__file__.endswith(str(sysconfig.get_config_var("EXT_SUFFIX")))
+        found["h11"] = f"{h11.__version__} ({'compiled' if compiled else 'plain'})"  # make install compiles it
     except ImportError:
         pass
     for name, argv in (

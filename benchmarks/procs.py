@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from benchmarks import cpu
+
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
 _running: list[Proc] = []
@@ -102,18 +104,11 @@ class Proc:
 
     def session_pids(self) -> list[int]:
         """Every live process of this tree (same session id as the leader)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[3]) == self.pid:  # field 6 of stat: session id
-                pids.append(int(entry))
-        return pids
+        return [stat.pid for stat in cpu.stats() if stat.session == self.pid]
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the whole tree has used so far, reaped children included."""
+        return cpu.session_cpu_seconds(self.pid)
 
     def memory_mib(self) -> tuple[float, float]:
         """(RSS, PSS) of the whole tree in MiB; PSS does not count shared pages twice."""

@@ -6,13 +6,16 @@ import json
 import re
 from pathlib import Path
 
+from benchmarks import cpu
 from benchmarks.contenders import NAMES, ROOT
-from benchmarks.rows import Row
+from benchmarks.rows import CPU_KEY, Row
 
 HEADERS = {"upstream": "upstream direct", "snakeway": "snakeway", "caddy": "Caddy", "nginx": "nginx"}
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 CHART = ROOT / "docs" / "benchmarks.png"
 DOC = ROOT / "docs" / "benchmarks.md"
+# Rows 1-5 show the CPU time of the contender's processes per unit of work: request (or connection), MiB, message.
+CPU_UNITS = {1: "req", 2: "req", 3: "conn", 4: "MiB", 5: "msg"}
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 
 
@@ -71,6 +74,10 @@ def cell_text(row: Row, name: str) -> str:
         text = (f"RSS {value:,.0f} MiB (idle {_m(row, name, 'base_rss_mib'):,.0f} MiB, "
                 f"+{_m(row, name, 'kib_per_conn'):.1f} KiB/conn, {_m(row, name, 'held'):,.0f} held; "
                 f"PSS {_m(row, name, 'pss_mib'):,.0f} MiB)")
+    cpu_unit = CPU_UNITS.get(n)
+    if cpu_unit:
+        used = cpu.cpu_text(cell.median(CPU_KEY), cpu_unit)
+        text += f" · {used}" if used else ""
     failed = [note for note in cell.notes if note.startswith("round")]
     if failed:
         text += f" ⚠ {len(cell.by_round)} round(s) measured; {failed[0]}"
@@ -78,8 +85,12 @@ def cell_text(row: Row, name: str) -> str:
 
 
 def ratio_text(row: Row, other: str) -> str:
+    """The ratio of the rates, then, where measured, of CPU per unit (above 1: snakeway uses more)."""
     ratio = row.ratio(other)
-    return "—" if ratio is None else f"{ratio:.2f}×"
+    if ratio is None:
+        return "—"
+    used = row.ratio(other, CPU_KEY) if row.number in CPU_UNITS else None
+    return f"{ratio:.2f}×" + ("" if used is None else f" · CPU {used:.2f}×")
 
 
 def table(rows: list[Row]) -> str:
@@ -125,6 +136,8 @@ def to_json(rows: list[Row], meta: dict[str, object]) -> dict[str, object]:
             "row": row.number, "title": row.title, "unit": row.unit, "higher_is_better": row.higher_is_better,
             "note": row.note, "cells": cells,
             "ratio_snakeway_over_caddy": row.ratio("caddy"), "ratio_snakeway_over_nginx": row.ratio("nginx"),
+            "cpu_ratio_snakeway_over_caddy": row.ratio("caddy", CPU_KEY),
+            "cpu_ratio_snakeway_over_nginx": row.ratio("nginx", CPU_KEY),
         })
     return {**meta, "rows": out_rows}
 

@@ -16,10 +16,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks import clients
+from benchmarks import clients, cpu
 from benchmarks.contenders import BIG_BYTES, NAMES, Running, Setup
+from benchmarks.procs import Proc
 
 MiB = 1024 * 1024
+# The extra figure of rows 1-5: CPU microseconds of the contender's processes per request, MiB or message.
+CPU_KEY = "cpu_us_per_unit"
 
 
 @dataclass
@@ -57,9 +60,10 @@ class Row:
     def left(self) -> float:
         return self.budget_s - self.spent_s
 
-    def ratio(self, other: str) -> float | None:
-        """Median over rounds of snakeway's value divided by ``other``'s in the same round."""
-        mine, theirs = self.cells["snakeway"].by_round, self.cells[other].by_round
+    def ratio(self, other: str, key: str | None = None) -> float | None:
+        """Median over rounds of snakeway's value (or extra figure ``key``) divided by ``other``'s in the same round."""
+        mine, theirs = ((cell.extra.get(key, {}) if key else cell.by_round)
+                        for cell in (self.cells["snakeway"], self.cells[other]))
         ratios = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r]]
         return statistics.median(ratios) if ratios else None
 
@@ -113,22 +117,34 @@ def throughput_rows(seconds: float, rounds: int) -> list[Row]:
     ]
 
 
-def _wrk_value(url: str, seconds: float, *, close: bool = False, big: bool = False) -> tuple[float, dict[str, float]]:
+def _wrk_value(url: str, seconds: float, cpu_seconds: Callable[[], float], *, close: bool = False,
+               big: bool = False) -> tuple[float, dict[str, float]]:
+    before = cpu_seconds()
     result = clients.wrk(url, seconds, close=close)
+    after = cpu_seconds()
     failed = result.errors + result.non_2xx
     if result.requests and failed > 0.01 * result.requests:
         raise RuntimeError(f"{failed} of {result.requests} requests failed (socket errors or non-2xx)")
-    extra = {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": float(failed)}
+    units = result.requests * BIG_BYTES / MiB if big else result.requests  # MiB of body, or requests
+    extra = {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "errors": float(failed), **_cpu(before, after, units)}
     value = result.rps * BIG_BYTES / MiB if big else result.rps
     return value, extra
 
 
-def _ws_value(url: str, seconds: float) -> tuple[float, dict[str, float]]:
+def _ws_value(url: str, seconds: float, cpu_seconds: Callable[[], float]) -> tuple[float, dict[str, float]]:
     connections = int(os.environ.get("BENCH_WS_CONNECTIONS", "8"))
+    before = cpu_seconds()
     rate, errors = clients.ws_echo(url, seconds, connections=connections)
+    after = cpu_seconds()
     if errors:
         raise RuntimeError(f"{errors} of {connections} WebSocket connections failed")
-    return rate, {}
+    return rate, _cpu(before, after, rate * seconds)
+
+
+def _cpu(before: float, after: float, units: float) -> dict[str, float]:
+    """The extra figures of a window: CPU seconds used, and microseconds per unit (request, MiB, message)."""
+    per_unit = cpu.per_unit_us(before, after, units)
+    return {"cpu_s": after - before} if per_unit is None else {"cpu_s": after - before, CPU_KEY: per_unit}
 
 
 def sanity(run: Running, setup: Setup) -> str | None:
@@ -155,19 +171,23 @@ def _plan(row: Row, run: Running, setup: Setup, seconds: float) -> Callable[[], 
     if row.number in (2, 3) and https is None:
         row.na(run.name, "n/a: the upstream speaks plain HTTP only")
         return None
+    proc: Proc = run.proc
+    if row.number == 5 and run.name == "upstream" and setup.ws_proc is not None:
+        proc = setup.ws_proc  # "upstream direct" for WebSockets is the echo server
+    cpu_seconds = proc.cpu_seconds
     if row.number == 1:
-        return lambda: _wrk_value(http + "/", seconds)
+        return lambda: _wrk_value(http + "/", seconds, cpu_seconds)
     if row.number == 2:
-        return lambda: _wrk_value(f"{https}/", seconds)
+        return lambda: _wrk_value(f"{https}/", seconds, cpu_seconds)
     if row.number == 3:
         def handshakes() -> tuple[float, dict[str, float]]:
-            value, extra = _wrk_value(f"{https}/", seconds, close=True)
+            value, extra = _wrk_value(f"{https}/", seconds, cpu_seconds, close=True)
             return value, {**extra, "tls_resumed": clients.resumed_share(run.https_port or 0)}
         return handshakes
     if row.number == 4:
-        return lambda: _wrk_value(http + "/big", seconds, big=True)
+        return lambda: _wrk_value(http + "/big", seconds, cpu_seconds, big=True)
     ws = f"ws://127.0.0.1:{setup.ws_port}/ws" if run.name == "upstream" else f"ws://127.0.0.1:{run.http_port}/ws"
-    return lambda: _ws_value(ws, seconds)
+    return lambda: _ws_value(ws, seconds, cpu_seconds)
 
 
 def run_throughput(rows: list[Row], running: dict[str, Running], setup: Setup, rounds: int, seconds: float) -> None:

@@ -150,7 +150,8 @@ def report_and_exit(table: list[rows.Row], meta: dict[str, object], started: flo
     for note in report.row_notes(table):
         print(f"- {note}")
     print("ratios: snakeway ÷ other, computed per round, median shown; above 1 = snakeway higher "
-          "(better for throughput, worse for seconds and MiB)")
+          "(better for throughput, worse for seconds and MiB); CPU: of each contender's processes per request, "
+          "connection, MiB or message (above 1 = snakeway uses more)")
     if interrupted:
         print("interrupted: results not written")
         return 130
