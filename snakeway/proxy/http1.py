@@ -42,7 +42,7 @@ from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.runtime import Runtime, ServiceTarget
 from snakeway.proxy.static_io import serve_static
-from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+from snakeway.proxy.websocket import proxy_websocket
 from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
@@ -239,13 +239,14 @@ class Http1Connection:
 
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
-        headers = self._headers = hdr.header_list(request.headers)  # walked here, by the forwarder, the log
+        # One walk gathers what the checks, the router, the forwarder and the log read of the headers.
+        headers = self._headers = hdr.RequestHeaders.of(request.headers)
         if (
             not self.client.underscores_in_headers
             and self.scanner.head_contains(b"_")  # cheap, and false for many heads
             and hdr.has_underscored_name(headers)
         ):
-            headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
+            headers = hdr.RequestHeaders.of(hdr.without_underscored_names(headers))  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
         target = strict.request_target(request, headers, self._valid_host)
         if rejection is None and isinstance(target, strict.Rejection):
@@ -326,7 +327,7 @@ class Http1Connection:
     async def _to_service(
         self,
         request: h11.Request,
-        headers: list[hdr.Header],
+        headers: hdr.RequestHeaders,
         target: strict.Target,
         route: Route,
         svc: ServiceTarget,
@@ -334,7 +335,7 @@ class Http1Connection:
     ) -> int:
         if route.strip_prefix:
             target = stripped(target, route.path)
-        if wants_websocket(headers):
+        if headers.wants_websocket():
             if not route.enable_websocket:
                 raise RequestFailed(
                     426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import h11
 
 from snakeway.hostnames import valid_authority
+from snakeway.proxy.headers import request_headers
 from snakeway.uri import TargetError, normalize_path
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -119,12 +120,16 @@ def check_head(head: bytes | bytearray, max_fields: int) -> Rejection | None:
 
 
 def check_request(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> Rejection | None:
-    """Checks on a parsed request, before it is routed; ``headers`` are its headers as a list."""
+    """Checks on a parsed request, before it is routed.
+
+    ``headers`` are its headers as a list; a
+    :class:`~snakeway.proxy.headers.RequestHeaders` is read without a walk.
+    """
     if request.http_version not in (b"1.0", b"1.1"):
         return Rejection(505, "HTTP version not supported")
-    names = [name for name, _ in headers]
-    if b"transfer-encoding" in names:
-        if b"content-length" in names:
+    fields = request_headers(headers)
+    if fields.chunked:
+        if fields.content_length is not None:
             return Rejection(400, "both Content-Length and Transfer-Encoding")
         if request.http_version == b"1.0":
             return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
@@ -158,16 +163,14 @@ def request_target(
 
     Args:
       request: the parsed request.
-      headers: its headers, as a list.
+      headers: its headers, as a list (a
+        :class:`~snakeway.proxy.headers.RequestHeaders` is read without a walk).
       valid_host: a Host value already found valid on this connection (the
         ``host`` of its previous :class:`Target`): a client sends the same one
         on every request, and it is not checked again.
     """
     raw = request.target
-    host = b""
-    for name, value in headers:
-        if name == b"host":  # one at most: h11 refuses a second
-            host = value
+    host = request_headers(headers).host or b""  # one at most: h11 refuses a second
     if host and host != valid_host and not valid_authority(host):
         return Rejection(400, "invalid Host header")
     if b"#" in raw:
