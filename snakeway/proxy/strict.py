@@ -60,21 +60,30 @@ class HeadScanner:
         self._max = max_bytes
         self._max_fields = max_fields
         self._buf = bytearray()
-        self._end = 0  # where the head ends in _buf, once complete
+        self._head: bytes | bytearray = self._buf  # what holds the head: _buf, or a whole head's own read
+        self._end = 0  # where the head ends in _head, once complete
         self.complete = False
 
     def reset(self) -> None:
         self._buf.clear()
+        self._head = self._buf
         self.complete = False
 
     @property
     def started(self) -> bool:
         """Whether a byte of the request line has arrived (not just empty lines)."""
-        return bool(self._buf)
+        return self.complete or bool(self._buf)
 
     def feed(self, data: bytes | bytearray) -> Rejection | None:
         if self.complete:
             return None
+        if not self._buf and type(data) is bytes and data[:1] not in NEWLINES:
+            # A head's first read, which holds all of it in most requests.
+            end = data.find(b"\r\n\r\n") + 4
+            if 4 <= end <= self._max:
+                lines = data.count(b"\n", 0, end - 4)
+                if lines == data.count(b"\r\n", 0, end - 4):
+                    return self._whole(data, end, lines)
         seen = len(self._buf)
         self._buf += data
         if not seen and self._buf[:1] in NEWLINES:
@@ -94,12 +103,32 @@ class HeadScanner:
         self._end = end
         return check_head(self._buf[:end], self._max_fields)
 
+    def _whole(self, data: bytes, end: int, fields: int) -> Rejection | None:
+        """:meth:`feed` of a read that starts a head and holds all of it (``end`` bytes, no more than allowed),
+        every line ending in CRLF.
+
+        Then the first CRLF CRLF ends the head (no bare LF can end it sooner),
+        its field count is its line count before that, and ``data`` itself is
+        kept as the head, uncopied: three scans in C and one search for an
+        obs-fold, instead of the general path's regular expression, copy and
+        count. The same answers as that path (``tests/test_glue_scanner.py``).
+        """
+        self.complete = True
+        self._head = data
+        self._end = end
+        if fields > self._max_fields:
+            return Rejection(431, f"more than {self._max_fields} header fields")
+        if _OBS_FOLD.search(data, 0, end):
+            return Rejection(400, "obsolete line folding in header")
+        return None
+
     def head_contains(self, needle: bytes) -> bool:
         """Whether the head (all of it once ``complete``, else what came of it) contains ``needle``.
 
         A test of the raw bytes spares a test per parsed field when the answer is no.
         """
-        return self._buf.find(needle, 0, self._end if self.complete else len(self._buf)) >= 0
+        head = self._head
+        return head.find(needle, 0, self._end if self.complete else len(head)) >= 0
 
 
 # Bytes that may precede a request line, each one as a one-byte slice.
