@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from snakeway.proxy.strict import HeadScanner, Rejection
+from snakeway.proxy.strict import HeadScanner
 
 # Heads made of the bytes that matter to the scanner: line ends of both kinds, folds, field text.
 pieces = st.sampled_from([b"\r\n", b"\n", b"\r", b" ", b"\t", b"a", b"X-A: 1", b"Host: h", b"_", b"GET / HTTP/1.1"])
