@@ -8,6 +8,13 @@ whatever the file size; the response head goes out in the same write as the
 first chunk (and the end of the message too, when the file fits in it). A
 client that stops reading is dropped, and its file closed, within the send
 timeout, which the client's transport applies (:class:`snakeway.tcp.TcpStream`).
+
+Over plain TCP the body is not read by snakeway at all: the kernel copies it
+from the file to the socket (``sendfile``, :meth:`TcpStream.send_file`), the
+head leaving in the same segment as its first bytes. h11 still accounts for
+it: the body goes through h11's Content-Length writer as a placeholder of
+its length (h11's ``send_with_data_passthrough``), so a body that does not
+match the head's length is still refused. TLS connections read and write.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import trio
 from snakeway.config.model import StaticSite
 from snakeway.proxy.h11io import H11Stream, current_date, reason_phrase
 from snakeway.proxy.static import Reply, SendFile, error_reply, plan_static, split_target
+from snakeway.tcp import TcpStream
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +110,8 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         if head_only or plan.length == 0:
             await h11s.send(*pending, h11.EndOfMessage())
             return plan.status
+        if type(h11s.stream) is TcpStream:  # plain TCP: the kernel copies the file
+            return await _send_file_by_kernel(h11s, h11s.stream, plan, fd, pending[0])
         offset, remaining = plan.start, plan.length
         while remaining:
             chunk = await trio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, remaining), offset)
@@ -117,6 +127,39 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         return plan.status
     finally:
         os.close(fd)
+
+
+class _FileBody:
+    """Stands for ``length`` bytes of a file in an ``h11.Data`` event: h11 counts them, never reads them."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+async def _send_file_by_kernel(
+    h11s: H11Stream, tcp: TcpStream, plan: SendFile, fd: int, response: h11.Response
+) -> int:
+    """The response to ``plan``, its body copied from ``fd`` by the kernel."""
+    head = h11s.encode([response])
+    conn = h11s.conn
+    # The whole message through h11 first, the body as its length: Content-Length is checked as for bytes.
+    conn.send_with_data_passthrough(h11.Data(data=_FileBody(plan.length)))  # type: ignore[arg-type]
+    conn.send(h11.EndOfMessage())
+    h11s.sent += len(head) + plan.length
+    try:
+        sent = await tcp.send_file(head, fd, plan.start, plan.length)
+    except BaseException:
+        conn.send_failed()
+        raise
+    if sent < plan.length:
+        h11s.sent -= plan.length - sent
+        return await _file_shrank(h11s, plan, head_sent=True)
+    return plan.status
 
 
 async def _file_shrank(h11s: H11Stream, plan: SendFile, *, head_sent: bool) -> int:
