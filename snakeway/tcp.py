@@ -128,6 +128,27 @@ class TcpStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
+    async def peek_some(self, max_bytes: int) -> bytes:
+        """What :meth:`receive_some` would return, left in the kernel for the next read (``MSG_PEEK``).
+
+        A TLS listener looks at a connection's first byte so, and hands the
+        stream itself to ``trio.SSLStream``, with nothing to replay.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = self._sock.recv(max_bytes, socket.MSG_PEEK)
+                break
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_readable)
+                waited = True
+            except OSError as exc:
+                raise await self._fail(exc) from exc
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``.
 
