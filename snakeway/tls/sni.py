@@ -21,8 +21,8 @@ millisecond), once per certificate. A build that fails is refused with ``ALERT_D
 stays refused (without rebuilding) until a new certificate is published.
 
 The server never learns the SNI otherwise (Python has no server-side getter), so the callback also records its
-choice for whoever asked: :func:`recording_choice` (or :func:`start_recording`) puts a :class:`SniChoice` slot in a context variable of the
-task about to run the handshake, and the callback, which runs in that same task, fills it in.
+choice for whoever asked: :func:`recording_choice` (or :func:`start_recording`) puts a :class:`SniChoice` slot in
+a context variable of the task about to run the handshake, and the callback, which runs in that same task, fills it in.
 :func:`snakeway.tls.handshake.accept_tls` uses this to learn the SNI and the served certificate's names.
 
 :func:`listener_context` builds the base context for a TLS listener: no certificate of its own (so a map swap
