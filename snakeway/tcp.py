@@ -107,7 +107,13 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self.on_send_blocked: Callable[[], None] | None = None
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None, *, flags: int = 0) -> bytes:
+        """Receive up to ``max_bytes``; ``b""`` at end of stream.
+
+        ``flags`` go to ``recv``: with ``MSG_PEEK`` the bytes stay in the
+        kernel for the next read (a TLS listener looks at a connection's
+        first byte so, and hands the stream itself to ``trio.SSLStream``).
+        """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         if max_bytes < 1:
@@ -117,7 +123,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         waited = False
         while True:
             try:
-                data = sock.recv(max_bytes)
+                data = sock.recv(max_bytes, flags)
                 break
             except BlockingIOError:
                 await self._wait(trio.lowlevel.wait_readable)
@@ -125,27 +131,6 @@ class TcpStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise await self._fail(exc) from exc
         if not waited:  # a wait is a schedule point; the ready path still owes one
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-
-    async def peek_some(self, max_bytes: int) -> bytes:
-        """What :meth:`receive_some` would return, left in the kernel for the next read (``MSG_PEEK``).
-
-        A TLS listener looks at a connection's first byte so, and hands the
-        stream itself to ``trio.SSLStream``, with nothing to replay.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
-        while True:
-            try:
-                data = self._sock.recv(max_bytes, socket.MSG_PEEK)
-                break
-            except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_readable)
-                waited = True
-            except OSError as exc:
-                raise await self._fail(exc) from exc
-        if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 

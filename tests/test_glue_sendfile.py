@@ -6,7 +6,6 @@ Real sockets on 127.0.0.1 (sendfile needs a socket), read back by an h11 client.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from snakeway.proxy import static_io
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.static_io import serve_static
 from snakeway.tcp import SendTimeout, TcpStream
+from tests.glue_sockets import accepted_pair
 
 BIG = os.urandom(3 * 1024 * 1024 + 17)  # more than a socket buffer holds: several sendfile calls
 
@@ -32,18 +32,8 @@ def site(tmp_path: Path) -> StaticSite:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[trio.SocketStream, H11Stream]]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = trio.socket.socket()
-    await client.connect(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
-    server = H11Stream(TcpStream.accepted(accepted), h11.Connection(h11.SERVER))
-    client_stream = trio.SocketStream(client)
-    try:
-        yield client_stream, server
-    finally:
-        await client_stream.aclose()
-        await server.stream.aclose()
+    async with accepted_pair() as (client, server):
+        yield client, H11Stream(server, h11.Connection(h11.SERVER))
 
 
 async def serve_one(server: H11Stream, site: StaticSite) -> int:

@@ -18,6 +18,7 @@ from snakeway.tcp import TcpStream
 from snakeway.tls.certmap import CertMap, CertMapHolder
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, accept_tls
 from snakeway.tls.sni import listener_context
+from tests.glue_sockets import accepted_pair
 from tests.tls.helpers import client_context, make_site
 
 
@@ -34,29 +35,19 @@ def base(ca: trustme.CA) -> ssl.SSLContext:
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[trio.SocketStream, TcpStream]]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = trio.socket.socket()
-    await client.connect(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
-    server = TcpStream.accepted(accepted)
-    client_stream = trio.SocketStream(client)
-    try:
-        yield client_stream, server
-    finally:
-        await client_stream.aclose()
-        await server.aclose()
+    async with accepted_pair() as both:
+        yield both
 
 
 async def test_peeked_bytes_are_read_again(pair: tuple[trio.SocketStream, TcpStream]) -> None:
     client, server = pair
     await client.send_all(b"\x16abc")
     with trio.fail_after(10):
-        assert await server.peek_some(1) == b"\x16"
-        assert await server.peek_some(10) == b"\x16abc"
+        assert await server.receive_some(1, flags=socket.MSG_PEEK) == b"\x16"
+        assert await server.receive_some(10, flags=socket.MSG_PEEK) == b"\x16abc"
         assert await server.receive_some(10) == b"\x16abc"
         await client.send_eof()
-        assert await server.peek_some(10) == b""
+        assert await server.receive_some(10, flags=socket.MSG_PEEK) == b""
 
 
 async def test_a_tls_client_is_served_on_the_socket_itself(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
@@ -152,7 +153,7 @@ async def accept_tls(
             if (
                 type(stream) is TcpStream
                 and (challenges is None or not challenges.wants_hello())
-                and sniff.classify(await stream.peek_some(1)) is sniff.FirstBytes.TLS
+                and sniff.classify(await stream.receive_some(1, flags=socket.MSG_PEEK)) is sniff.FirstBytes.TLS
             ):
                 # The first byte, looked at where it lies: trio.SSLStream reads the socket itself.
                 hello_from: trio.abc.Stream = stream
