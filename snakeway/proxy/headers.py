@@ -258,6 +258,9 @@ class RequestHeaders(list[Header]):
     chunked: bool
     connection: list[bytes] | None
     upgrade: list[bytes] | None
+    _noted: bool  # a field some callers drop (``Expect``) is there
+    _end_to_end: list[Header]  # what goes upstream as it is, unless a Connection value names it
+    _forwarded_for: list[bytes]
 
     @classmethod
     def of(cls, headers: Iterable[Header]) -> RequestHeaders:

@@ -104,14 +104,13 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
             logger.warning("static file %s shrank between stat and open", plan.path)
             return await _send_reply(h11s, error_reply(500), head_only=head_only)
         headers = [*plan.headers, (b"date", current_date()), *h11s.own_headers]
-        pending: list[h11.Event] = [
-            h11.Response(status_code=plan.status, headers=headers, reason=reason_phrase(plan.status))
-        ]
+        response = h11.Response(status_code=plan.status, headers=headers, reason=reason_phrase(plan.status))
         if head_only or plan.length == 0:
-            await h11s.send(*pending, h11.EndOfMessage())
+            await h11s.send(response, h11.EndOfMessage())
             return plan.status
         if type(h11s.stream) is TcpStream:  # plain TCP: the kernel copies the file
-            return await _send_file_by_kernel(h11s, h11s.stream, plan, fd, pending[0])
+            return await _send_file_by_kernel(h11s, h11s.stream, plan, fd, response)
+        pending: list[h11.Event] = [response]
         offset, remaining = plan.start, plan.length
         while remaining:
             chunk = await trio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, remaining), offset)

@@ -79,11 +79,11 @@ class HeadScanner:
             return None
         if not self._buf and type(data) is bytes and data[:1] not in NEWLINES:
             # A head's first read, which holds all of it in most requests.
-            end = data.find(b"\r\n\r\n") + 4
-            if 4 <= end <= self._max:
-                lines = data.count(b"\n", 0, end - 4)
-                if lines == data.count(b"\r\n", 0, end - 4):
-                    return self._whole(data, end, lines)
+            whole = data.find(b"\r\n\r\n") + 4
+            if 4 <= whole <= self._max:
+                lines = data.count(b"\n", 0, whole - 4)
+                if lines == data.count(b"\r\n", 0, whole - 4):
+                    return self._whole(data, whole, lines)
         seen = len(self._buf)
         self._buf += data
         if not seen and self._buf[:1] in NEWLINES:
