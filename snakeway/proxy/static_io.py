@@ -1,8 +1,8 @@
 """Static files over an :class:`~snakeway.proxy.h11io.H11Stream`: the I/O half.
 
 :func:`snakeway.proxy.static.plan_static` decides; this module carries the plan
-out. Filesystem calls (planning, ``open``, ``pread``) run in worker threads via
-``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
+out. Filesystem calls (planning and ``open``, in one trip; ``pread``) run in worker
+threads via ``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
 body is streamed ``CHUNK_SIZE`` bytes at a time, so memory stays bounded
 whatever the file size; the response head goes out in the same write as the
 first chunk (and the end of the message too, when the file fits in it). A
@@ -29,6 +29,7 @@ import trio
 
 from snakeway.config.model import StaticSite
 from snakeway.proxy.h11io import H11Stream, current_date, reason_phrase
+from snakeway.proxy.headers import pairs
 from snakeway.proxy.static import Reply, SendFile, error_reply, plan_static, split_target
 from snakeway.tcp import TcpStream
 
@@ -68,13 +69,28 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, 
       The file is opened and closed here; the stream stays open.
     """
     path, query = split_target(target)
-    plan = await trio.to_thread.run_sync(
-        partial(plan_static, site, request.method, path, list(request.headers), query=query)
+    plan, opened = await trio.to_thread.run_sync(
+        partial(_plan_and_open, site, request.method, path, pairs(request.headers), query)
     )
     head_only = request.method == b"HEAD"
     if isinstance(plan, SendFile):
-        return await _send_file(h11s, plan, head_only=head_only)
+        assert opened is not None
+        return await _send_file(h11s, plan, opened, head_only=head_only)
     return await _send_reply(h11s, plan, head_only=head_only)
+
+
+def _plan_and_open(
+    site: StaticSite, method: bytes, path: str, headers: list[tuple[bytes, bytes]], query: str
+) -> tuple[Reply | SendFile, tuple[int, int] | OSError | None]:
+    """The plan and, for a file, the file opened (``(fd, size)``, or why it could not be): one trip to a
+    worker thread per request, which costs more than most small responses."""
+    plan = plan_static(site, method, path, headers, query=query)
+    if not isinstance(plan, SendFile):
+        return plan, None
+    try:
+        return plan, _open_regular(plan.path)
+    except OSError as exc:
+        return plan, exc
 
 
 async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
@@ -90,15 +106,14 @@ async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
     return reply.status
 
 
-async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int:
+async def _send_file(h11s: H11Stream, plan: SendFile, opened: tuple[int, int] | OSError, *, head_only: bool) -> int:
     # The file may have changed since planning; nothing is sent until it is open.
-    try:
-        fd, size = await trio.to_thread.run_sync(_open_regular, plan.path)
-    except PermissionError:
+    if isinstance(opened, PermissionError):
         return await _send_reply(h11s, error_reply(403), head_only=head_only)
-    except OSError as exc:
-        logger.debug("static file %s vanished before it was sent: %s", plan.path, exc)
+    if isinstance(opened, OSError):
+        logger.debug("static file %s vanished before it was sent: %s", plan.path, opened)
         return await _send_reply(h11s, error_reply(404), head_only=head_only)
+    fd, size = opened
     try:
         if size < plan.start + plan.length:
             logger.warning("static file %s shrank between stat and open", plan.path)
