@@ -78,10 +78,14 @@ class Health:
 
     def mark_ok(self, endpoint: Endpoint) -> None:
         """The endpoint answered: it is up again, whatever its cooldown said."""
-        self._down_until.pop(endpoint, None)
+        # Every request asks, and the table is nearly always empty: an Endpoint's hash is a Python call.
+        if self._down_until:
+            self._down_until.pop(endpoint, None)
 
     def is_up(self, endpoint: Endpoint, now: float) -> bool:
         """False while ``now < down_until``. Drops entries whose cooldown ended."""
+        if not self._down_until:  # as in mark_ok
+            return True
         until = self._down_until.get(endpoint)
         if until is None:
             return True

@@ -89,7 +89,7 @@ class Http1Connection:
         self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
         self._linger = False
-        self._fctx: ForwardContext | None = None
+        self._fctx: ForwardContext  # made on the first forward (_forward_context), and after a reload
         self._covered_host: str | None = None
         self._valid_host: bytes | None = None
         self._covered = False
@@ -280,7 +280,7 @@ class Http1Connection:
                 self.h.served_by = STATIC
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
-                fctx = self._forward_context(runtime, spec)
+                fctx = self._fctx if self._fctx_runtime is runtime else self._forward_context(runtime, spec)
                 self._counts = match.target.counts
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)
                 if status == 101:
@@ -292,6 +292,8 @@ class Http1Connection:
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.debug("client %s gone: %s", self.client_ip, exc)
             return 499, False
+        if self.h.conn.their_state in REQUEST_READ:  # read to its end, as most are: no call to make
+            return status, True
         return status, await self._finish_request_body()
 
     def _certificate_covers(self, handshake: HandshakeInfo, host: str) -> bool:
@@ -308,8 +310,9 @@ class Http1Connection:
         return self._covered
 
     def _forward_context(self, runtime: Runtime, spec: ListenerSpec) -> ForwardContext:
-        """The connection's ForwardContext, made again only after a reload."""
-        if self._fctx is None or self._fctx_runtime is not runtime:
+        """The connection's ForwardContext, made again only after a reload (the caller reuses it while
+        ``_fctx_runtime`` is ``runtime``)."""
+        if self._fctx_runtime is not runtime:
             self._fctx_runtime = runtime
             self._fctx = ForwardContext(
                 pool=self.ctx.shared.pool,
@@ -335,7 +338,7 @@ class Http1Connection:
     ) -> int:
         if route.strip_prefix:
             target = stripped(target, route.path)
-        if headers.wants_websocket():
+        if headers.upgrade is not None and headers.wants_websocket():
             if not route.enable_websocket:
                 raise RequestFailed(
                     426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)
