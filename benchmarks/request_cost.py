@@ -9,6 +9,12 @@ start-up and shutdown cancelled out: the figure docs/benchmarks.md quotes.
 
 ``python -m benchmarks.request_cost BYTES N`` does the same for responses of
 BYTES bytes of body (relayed in several reads from 128 KiB up), N and 3N of them.
+
+``python -m benchmarks.request_cost tls N`` counts new TLS connections instead:
+each of the N and 3N requests on a connection of its own to a TLS listener (a
+full handshake: the client resumes no session), with ``Connection: close``.
+The figure is the cost of accepting, the handshake, one small request and the
+close, in snakeway.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,10 +31,13 @@ from pathlib import Path
 
 import trio
 
+from benchmarks.certs import CA
+
 BASE = 1000
 LOOPBACK = "127.0.0.1"
 BODY = b"hello world\n"
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: request_cost\r\nAccept: */*\r\n\r\n"
+TLS_REQUEST = b"GET /bench HTTP/1.1\r\nHost: localhost\r\nUser-Agent: request_cost\r\nAccept: */*\r\nConnection: close\r\n\r\n"
 
 
 async def _upstream(stream: trio.SocketStream, response: bytes) -> None:
@@ -67,7 +77,21 @@ async def _client(port: int, count: int, body: bytes) -> None:
     await stream.aclose()
 
 
-async def _instructions(count: int, body: bytes) -> int:
+async def _tls_client(port: int, count: int, ca: Path) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    for _ in range(count):
+        stream = trio.SSLStream(
+            await trio.open_tcp_stream(LOOPBACK, port), context, server_hostname="localhost", https_compatible=True
+        )
+        await stream.send_all(TLS_REQUEST)
+        answer = bytearray()
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        await stream.aclose()
+
+
+async def _instructions(count: int, body: bytes, tls: bool = False) -> int:
     response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body)
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
@@ -77,6 +101,10 @@ async def _instructions(count: int, body: bytes) -> int:
             await probe.bind((LOOPBACK, 0))
             port = probe.getsockname()[1]
             probe.close()
+            listen = f'interface = "{LOOPBACK}", port = {port}'
+            if tls:
+                cert, key, ca = CA().write_leaf(Path(tmp), "leaf", ["localhost"])
+                listen += f', tls = {{ mode = "manual", cert = "{cert}", key = "{key}", default = "localhost" }}'
             config = Path(tmp) / "snakeway.hcl"
             config.write_text(f"""
 server {{
@@ -86,7 +114,7 @@ server {{
   state_dir  = "{tmp}/state"
 }}
 ingress "bench" {{
-  bind = {{ interface = "{LOOPBACK}", port = {port} }}
+  bind = {{ {listen} }}
   services = [{{ name = "app", routes = [{{ hosts = ["*"], path = "/" }}],
                 upstreams = [{{ endpoint = {{ host = "{LOOPBACK}", port = {upstream} }} }}] }}]
 }}
@@ -100,7 +128,10 @@ ingress "bench" {{
             )
             try:
                 await _wait_listening(port)
-                await _client(port, count, body)
+                if tls:
+                    await _tls_client(port, count, ca)
+                else:
+                    await _client(port, count, body)
             finally:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
@@ -111,12 +142,15 @@ ingress "bench" {{
 
 
 def main() -> int:
-    body, base = BODY, BASE
-    if len(sys.argv) == 3:
+    body, base, tls = BODY, BASE, False
+    if len(sys.argv) == 3 and sys.argv[1] == "tls":
+        base, tls = int(sys.argv[2]), True
+    elif len(sys.argv) == 3:
         body, base = b"x" * (int(sys.argv[1]) - len(BODY)) + BODY, int(sys.argv[2])
-    low = trio.run(_instructions, base, body)
-    high = trio.run(_instructions, 3 * base, body)
-    print(f"{(high - low) / (2 * base):,.0f} instructions per request of {len(body):,} bytes of body "
+    low = trio.run(_instructions, base, body, tls)
+    high = trio.run(_instructions, 3 * base, body, tls)
+    what = "new TLS connection with one request" if tls else "request"
+    print(f"{(high - low) / (2 * base):,.0f} instructions per {what} of {len(body):,} bytes of body "
           f"({low:,} for {base}, {high:,} for {3 * base})", flush=True)
     return 0
 
