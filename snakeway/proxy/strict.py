@@ -75,7 +75,7 @@ class HeadScanner:
         return self.complete or bool(self._buf)
 
     def feed(self, data: bytes | bytearray) -> Rejection | None:
-        if self.complete:
+        if self.complete or not data:  # nothing new (a connection feeds what the last request left, often nothing)
             return None
         if not self._buf and type(data) is bytes and data[:1] not in NEWLINES:
             # A head's first read, which holds all of it in most requests.
