@@ -162,7 +162,9 @@ async def _send_file_by_kernel(
     head = h11s.encode([response])
     conn = h11s.conn
     # The whole message through h11 first, the body as its length: Content-Length is checked as for bytes.
-    conn.send_with_data_passthrough(h11.Data(data=_FileBody(plan.length)))  # type: ignore[arg-type]
+    body = _FileBody(plan.length)
+    framed: list[object] | None = conn.send_with_data_passthrough(h11.Data(data=body))  # type: ignore[arg-type,assignment]
+    assert framed == [body], "a file's response is framed by its Content-Length: the body is written as it is"
     conn.send(h11.EndOfMessage())
     h11s.sent += len(head) + plan.length
     try:
