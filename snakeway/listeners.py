@@ -10,6 +10,7 @@ A ``bind_admin`` adds the admin listener (:mod:`snakeway.admin`), TLS or not.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from snakeway import hostnames
@@ -44,8 +45,9 @@ class ListenerSpec:
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
-    @property
+    @functools.cached_property
     def handshake_timeout(self) -> float:
+        # Read for every TLS connection: computed once per listener (a frozen dataclass keeps a cached_property).
         return min((t.handshake_timeout_seconds for t in self.tls), default=10.0)
 
     def url(self, port: int | None = None) -> str:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -50,6 +51,7 @@ from snakeway.errors import SnakewayError
 _CLOSED_ERRNOS = (errno.EBADF, errno.ENOTSOCK)
 DEFAULT_RECEIVE_SIZE = 65536
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+_MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 
 
 class SendTimeout(SnakewayError, trio.BrokenResourceError):
@@ -105,7 +107,13 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self.on_send_blocked: Callable[[], None] | None = None
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None, *, flags: int = 0) -> bytes:
+        """Receive up to ``max_bytes``; ``b""`` at end of stream.
+
+        ``flags`` go to ``recv``: with ``MSG_PEEK`` the bytes stay in the
+        kernel for the next read (a TLS listener looks at a connection's
+        first byte so, and hands the stream itself to ``trio.SSLStream``).
+        """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         if max_bytes < 1:
@@ -115,7 +123,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         waited = False
         while True:
             try:
-                data = sock.recv(max_bytes)
+                data = sock.recv(max_bytes, flags)
                 break
             except BlockingIOError:
                 await self._wait(trio.lowlevel.wait_readable)
@@ -150,17 +158,71 @@ class TcpStream(trio.abc.HalfCloseableStream):
             try:
                 view = view[sock.send(view):]
             except BlockingIOError:
-                if len(view) != blocked_at:
-                    blocked_at = len(view)
-                    deadline = trio.current_time() + self.send_timeout
-                    if self.on_send_blocked is not None:
-                        self.on_send_blocked()
-                await self._wait_writable(deadline)
+                blocked_at, deadline = await self._blocked(len(view), blocked_at, deadline)
                 waited = True
             except OSError as exc:
                 raise await self._fail(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
+        """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset``, copied by the kernel
+        (``sendfile``); returns how many bytes of the file were sent, fewer only when it ended sooner.
+
+        The head goes with ``MSG_MORE`` where the system has it, so that it
+        leaves in one segment with the first bytes of the file. Waits are
+        timed as :meth:`send_all`'s: the send timeout restarts whenever the
+        kernel takes bytes. A read of the file that misses the page cache is
+        made by the kernel in this call (as nginx's ``sendfile on`` does).
+
+        Raises:
+          SendTimeout, trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`send_all`;
+            a failed read of the file is a ``trio.BrokenResourceError`` too.
+        """
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = self._sock
+        out = sock.fileno()
+        if out == -1:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise trio.ClosedResourceError("socket was already closed")
+        view = memoryview(head)
+        end = offset + count
+        waited = False
+        blocked_at = -1  # bytes left when the clock last started
+        deadline = math.inf
+        while view or offset < end:
+            try:
+                if view:
+                    view = view[sock.send(view, _MSG_MORE):]
+                    continue
+                sent = os.sendfile(out, fd, offset, end - offset)
+                if not sent:
+                    break  # the file ended before offset + count
+                offset += sent
+            except BlockingIOError:
+                blocked_at, deadline = await self._blocked(len(view) + end - offset, blocked_at, deadline)
+                waited = True
+            except OSError as exc:
+                raise await self._fail(exc) from exc
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return count - (end - offset)
+
+    async def _blocked(self, left: int, blocked_at: int, deadline: float) -> tuple[int, float]:
+        """Wait until a write blocked with ``left`` bytes to go may go on; returns the new (blocked_at, deadline).
+
+        The send timeout's clock restarts when the kernel took bytes since the
+        last wait (``left`` is not ``blocked_at``), and ``on_send_blocked`` is
+        told then.
+        """
+        if left != blocked_at:
+            deadline = trio.current_time() + self.send_timeout
+            if self.on_send_blocked is not None:
+                self.on_send_blocked()
+        await self._wait_writable(deadline)
+        return left, deadline
 
     async def _wait_writable(self, deadline: float) -> None:
         if deadline == math.inf:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snakeway import logs
+from snakeway.proxy.headers import request_headers
 
 if TYPE_CHECKING:
     from snakeway.tls.handshake import HandshakeInfo
@@ -148,12 +149,8 @@ class AccessLog:
         fd = self._fd
         if fd is None:
             return
-        host = agent = None
-        for name, value in headers:
-            if name == b"host":
-                host = value
-            elif name == b"user-agent":
-                agent = value
+        fields = request_headers(headers)  # a connection passes a RequestHeaders: read, not searched
+        host, agent = fields.host, fields.agent
         known = self._known
         if (written_host := known.get(host)) is None:
             written_host = self._learn(host)

@@ -78,10 +78,14 @@ class Health:
 
     def mark_ok(self, endpoint: Endpoint) -> None:
         """The endpoint answered: it is up again, whatever its cooldown said."""
-        self._down_until.pop(endpoint, None)
+        # Every request asks, and the table is nearly always empty: an Endpoint's hash is a Python call.
+        if self._down_until:
+            self._down_until.pop(endpoint, None)
 
     def is_up(self, endpoint: Endpoint, now: float) -> bool:
         """False while ``now < down_until``. Drops entries whose cooldown ended."""
+        if not self._down_until:  # as in mark_ok
+            return True
         until = self._down_until.get(endpoint)
         if until is None:
             return True
@@ -113,6 +117,10 @@ class Balancer:
         # Smooth weighted round robin state, by index into service.upstreams
         # (indices, not endpoints, so a service listing one endpoint twice works).
         self._current = [0] * len(service.upstreams)
+        # A service of one upstream has one order whatever the strategy (round robin's pick leaves its
+        # state as it was; a random permutation of one draws nothing that matters): while that upstream
+        # is healthy, order() returns it without ordering anything.
+        self._only = service.upstreams[0] if len(service.upstreams) == 1 else None
 
     def order(self, now: float) -> list[Upstream]:
         """The upstreams in the order a request should try them.
@@ -121,6 +129,9 @@ class Balancer:
         the strategy, then the ones cooling down. ``ROUND_ROBIN`` advances its
         state by one pick per call (if any upstream is healthy).
         """
+        only = self._only
+        if only is not None and self.health.is_up(only.endpoint, now):
+            return [only]
         upstreams = self.service.upstreams
         up: list[int] = []
         down: list[int] = []

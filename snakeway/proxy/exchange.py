@@ -9,7 +9,7 @@ one cancel scope).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -44,11 +44,6 @@ class ForwardContext:
     via: bool = True                                   # server.via
     own_headers: tuple[tuple[bytes, bytes], ...] = ()  # the listener's (Strict-Transport-Security)
 
-
-
-def _ambiguous_framing(headers: Iterable[hdr.Header]) -> bool:
-    names = {name for name, _ in headers}
-    return b"content-length" in names and b"transfer-encoding" in names
 
 
 class StaleConnection(RequestFailed):
@@ -260,11 +255,10 @@ class Exchange:
             kind = type(event)
             if kind is h11.Response:
                 response = cast(h11.Response, event)  # once per response; mypy does not narrow through `kind`
-                headers = hdr.header_list(response.headers)
-                if _ambiguous_framing(headers):
+                relayed = hdr.relayed_response_headers(response.headers, via=self.ctx.via, own=self.ctx.own_headers)
+                if relayed is None:
                     raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
                 status = response.status_code
-                relayed = hdr.downstream_response_headers(headers, via=self.ctx.via, own=self.ctx.own_headers)
                 pending.append(relayed_response(status, relayed, response.reason))
             elif kind is h11.Data:
                 pending.append(event)  # type: ignore[arg-type]  # an h11.Data: mypy does not narrow through `kind`

@@ -56,7 +56,7 @@ DROPPED_REQUEST_HEADERS = frozenset({b"expect"})
 
 
 def content_length(headers: hdr.Headers) -> int | None:
-    value = hdr.get_header(headers, b"content-length")
+    value = hdr.request_headers(headers).content_length
     return int(value) if value is not None else None
 
 
@@ -84,7 +84,7 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
         drop=DROPPED_REQUEST_HEADERS,
         via=ctx.via,
     )
-    if hdr.get_header(headers, b"transfer-encoding") is not None:
+    if hdr.request_headers(headers).chunked:
         out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
     return relayed_request(request.method, target.target, out)
 
@@ -134,18 +134,19 @@ async def forward(
 ) -> int:
     """Forward ``request`` and relay the response; returns the status sent.
 
-    ``headers`` are the request's, as a list (see :func:`~snakeway.proxy.headers.header_list`).
+    ``headers`` are the request's, as a :class:`~snakeway.proxy.headers.RequestHeaders` (or a list).
 
     Raises:
       RequestFailed: nothing was sent to the client yet; reply with its status.
       ClientGone: the client hop broke.
     """
+    fields = headers = hdr.request_headers(headers)  # a RequestHeaders from the connection: no walk
     limit = route.max_body_bytes
-    declared = content_length(headers)
+    declared = None if fields.content_length is None else int(fields.content_length)
     if limit is not None and declared is not None and declared > limit:
         raise RequestFailed(413, f"request body of {declared} bytes is over the limit of {limit}")
     up_request = upstream_request(request, headers, target, ctx)
-    chunked = hdr.get_header(headers, b"transfer-encoding") is not None
+    chunked = fields.chunked
     with_body = chunked or (declared or 0) > 0
     body: ReadBody | None = None
     if with_body and read_first(declared, chunked, ctx.buffer_body):

@@ -51,7 +51,7 @@ from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
 from snakeway.proxy.runtime import Runtime, ServiceTarget
 from snakeway.proxy.static_io import serve_static
-from snakeway.proxy.websocket import proxy_websocket, wants_websocket
+from snakeway.proxy.websocket import proxy_websocket
 from snakeway.tcp import TcpStream
 from snakeway.tls.handshake import HANDSHAKE, HandshakeInfo, covers
 
@@ -103,7 +103,7 @@ class Http1Connection:
         self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
         self._linger = False
-        self._fctx: ForwardContext | None = None
+        self._fctx: ForwardContext  # made on the first forward (_forward_context), and after a reload
         self._covered_host: str | None = None
         self._valid_host: bytes | None = None
         self._covered = False
@@ -280,13 +280,14 @@ class Http1Connection:
 
     async def _respond(self, request: h11.Request) -> tuple[int, bool]:
         """Dispatch one request; returns (status sent, keep the connection)."""
-        headers = self._headers = hdr.header_list(request.headers)  # walked here, by the forwarder, the log
+        # One walk gathers what the checks, the router, the forwarder and the log read of the headers.
+        headers = self._headers = hdr.RequestHeaders.of(request.headers)
         if (
             not self.client.underscores_in_headers
             and self.scanner.head_contains(b"_")  # cheap, and false for many heads
             and hdr.has_underscored_name(headers)
         ):
-            headers = hdr.without_underscored_names(headers)  # dropped silently, as nginx does
+            headers = hdr.RequestHeaders.of(hdr.without_underscored_names(headers))  # dropped silently, as nginx does
         rejection = strict.check_request(request, headers)
         target = strict.request_target(request, headers, self._valid_host)
         if rejection is None and isinstance(target, strict.Rejection):
@@ -322,7 +323,7 @@ class Http1Connection:
                 self.deadlines.lift()  # a file is sent at the pace the client reads it
                 status = await serve_static(self.h, match.target, request, target.target)
             else:
-                fctx = self._forward_context(runtime, spec)
+                fctx = self._fctx if self._fctx_runtime is runtime else self._forward_context(runtime, spec)
                 self._counts = match.target.counts
                 status = await self._to_service(request, headers, target, match.route, match.target, fctx)
                 if status == 101:
@@ -334,6 +335,8 @@ class Http1Connection:
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.debug("client %s gone: %s", self.client_ip, exc)
             return 499, False
+        if self.h.conn.their_state in REQUEST_READ:  # read to its end, as most are: no call to make
+            return status, True
         return status, await self._finish_request_body()
 
     def _certificate_covers(self, handshake: HandshakeInfo, host: str) -> bool:
@@ -350,8 +353,9 @@ class Http1Connection:
         return self._covered
 
     def _forward_context(self, runtime: Runtime, spec: ListenerSpec) -> ForwardContext:
-        """The connection's ForwardContext, made again only after a reload."""
-        if self._fctx is None or self._fctx_runtime is not runtime:
+        """The connection's ForwardContext, made again only after a reload (the caller reuses it while
+        ``_fctx_runtime`` is ``runtime``)."""
+        if self._fctx_runtime is not runtime:
             self._fctx_runtime = runtime
             self._fctx = ForwardContext(
                 pool=self.ctx.shared.pool,
@@ -369,7 +373,7 @@ class Http1Connection:
     async def _to_service(
         self,
         request: h11.Request,
-        headers: list[hdr.Header],
+        headers: hdr.RequestHeaders,
         target: strict.Target,
         route: Route,
         svc: ServiceTarget,
@@ -377,7 +381,7 @@ class Http1Connection:
     ) -> int:
         if route.strip_prefix:
             target = stripped(target, route.path)
-        if wants_websocket(headers):
+        if headers.upgrade is not None and headers.wants_websocket():
             if not route.enable_websocket:
                 raise RequestFailed(
                     426, "WebSocket is not enabled on this route", headers=((b"upgrade", b"websocket"),)

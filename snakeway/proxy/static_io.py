@@ -1,13 +1,20 @@
 """Static files over an :class:`~snakeway.proxy.h11io.H11Stream`: the I/O half.
 
 :func:`snakeway.proxy.static.plan_static` decides; this module carries the plan
-out. Filesystem calls (planning, ``open``, ``pread``) run in worker threads via
-``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
+out. Filesystem calls (planning and ``open``, in one trip; ``pread``) run in worker
+threads via ``trio.to_thread.run_sync`` so a slow disk never blocks the event loop. A file
 body is streamed ``CHUNK_SIZE`` bytes at a time, so memory stays bounded
 whatever the file size; the response head goes out in the same write as the
 first chunk (and the end of the message too, when the file fits in it). A
 client that stops reading is dropped, and its file closed, within the send
 timeout, which the client's transport applies (:class:`snakeway.tcp.TcpStream`).
+
+Over plain TCP the body is not read by snakeway at all: the kernel copies it
+from the file to the socket (``sendfile``, :meth:`TcpStream.send_file`), the
+head leaving in the same segment as its first bytes. h11 still accounts for
+it: the body goes through h11's Content-Length writer as a placeholder of
+its length (h11's ``send_with_data_passthrough``), so a body that does not
+match the head's length is still refused. TLS connections read and write.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import trio
 
 from snakeway.config.model import StaticSite
 from snakeway.proxy.h11io import H11Stream, current_date, reason_phrase
+from snakeway.proxy.headers import pairs
 from snakeway.proxy.static import Reply, SendFile, error_reply, plan_static, split_target
+from snakeway.tcp import TcpStream
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +69,28 @@ async def serve_static(h11s: H11Stream, site: StaticSite, request: h11.Request, 
       The file is opened and closed here; the stream stays open.
     """
     path, query = split_target(target)
-    plan = await trio.to_thread.run_sync(
-        partial(plan_static, site, request.method, path, list(request.headers), query=query)
+    plan, opened = await trio.to_thread.run_sync(
+        partial(_plan_and_open, site, request.method, path, pairs(request.headers), query)
     )
     head_only = request.method == b"HEAD"
     if isinstance(plan, SendFile):
-        return await _send_file(h11s, plan, head_only=head_only)
+        assert opened is not None
+        return await _send_file(h11s, plan, opened, head_only=head_only)
     return await _send_reply(h11s, plan, head_only=head_only)
+
+
+def _plan_and_open(
+    site: StaticSite, method: bytes, path: str, headers: list[tuple[bytes, bytes]], query: str
+) -> tuple[Reply | SendFile, tuple[int, int] | OSError | None]:
+    """The plan and, for a file, the file opened (``(fd, size)``, or why it could not be): one trip to a
+    worker thread per request, which costs more than most small responses."""
+    plan = plan_static(site, method, path, headers, query=query)
+    if not isinstance(plan, SendFile):
+        return plan, None
+    try:
+        return plan, _open_regular(plan.path)
+    except OSError as exc:
+        return plan, exc
 
 
 async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
@@ -82,26 +106,26 @@ async def _send_reply(h11s: H11Stream, reply: Reply, *, head_only: bool) -> int:
     return reply.status
 
 
-async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int:
+async def _send_file(h11s: H11Stream, plan: SendFile, opened: tuple[int, int] | OSError, *, head_only: bool) -> int:
     # The file may have changed since planning; nothing is sent until it is open.
-    try:
-        fd, size = await trio.to_thread.run_sync(_open_regular, plan.path)
-    except PermissionError:
+    if isinstance(opened, PermissionError):
         return await _send_reply(h11s, error_reply(403), head_only=head_only)
-    except OSError as exc:
-        logger.debug("static file %s vanished before it was sent: %s", plan.path, exc)
+    if isinstance(opened, OSError):
+        logger.debug("static file %s vanished before it was sent: %s", plan.path, opened)
         return await _send_reply(h11s, error_reply(404), head_only=head_only)
+    fd, size = opened
     try:
         if size < plan.start + plan.length:
             logger.warning("static file %s shrank between stat and open", plan.path)
             return await _send_reply(h11s, error_reply(500), head_only=head_only)
         headers = [*plan.headers, (b"date", current_date()), *h11s.own_headers]
-        pending: list[h11.Event] = [
-            h11.Response(status_code=plan.status, headers=headers, reason=reason_phrase(plan.status))
-        ]
+        response = h11.Response(status_code=plan.status, headers=headers, reason=reason_phrase(plan.status))
         if head_only or plan.length == 0:
-            await h11s.send(*pending, h11.EndOfMessage())
+            await h11s.send(response, h11.EndOfMessage())
             return plan.status
+        if type(h11s.stream) is TcpStream:  # plain TCP: the kernel copies the file
+            return await _send_file_by_kernel(h11s, h11s.stream, plan, fd, response)
+        pending: list[h11.Event] = [response]
         offset, remaining = plan.start, plan.length
         while remaining:
             chunk = await trio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, remaining), offset)
@@ -117,6 +141,41 @@ async def _send_file(h11s: H11Stream, plan: SendFile, *, head_only: bool) -> int
         return plan.status
     finally:
         os.close(fd)
+
+
+class _FileBody:
+    """Stands for ``length`` bytes of a file in an ``h11.Data`` event: h11 counts them, never reads them."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+async def _send_file_by_kernel(
+    h11s: H11Stream, tcp: TcpStream, plan: SendFile, fd: int, response: h11.Response
+) -> int:
+    """The response to ``plan``, its body copied from ``fd`` by the kernel."""
+    head = h11s.encode([response])
+    conn = h11s.conn
+    # The whole message through h11 first, the body as its length: Content-Length is checked as for bytes.
+    body = _FileBody(plan.length)
+    framed: list[object] | None = conn.send_with_data_passthrough(h11.Data(data=body))  # type: ignore[arg-type,assignment]
+    assert framed == [body], "a file's response is framed by its Content-Length: the body is written as it is"
+    conn.send(h11.EndOfMessage())
+    h11s.sent += len(head) + plan.length
+    try:
+        sent = await tcp.send_file(head, fd, plan.start, plan.length)
+    except BaseException:
+        conn.send_failed()
+        raise
+    if sent < plan.length:
+        h11s.sent -= plan.length - sent
+        return await _file_shrank(h11s, plan, head_sent=True)
+    return plan.status
 
 
 async def _file_shrank(h11s: H11Stream, plan: SendFile, *, head_sent: bool) -> int:

@@ -37,7 +37,7 @@ UPGRADE_HEADERS = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 def wants_websocket(headers: hdr.Headers) -> bool:
     """``headers`` (a request's) ask for a WebSocket upgrade."""
-    return hdr.has_token(headers, b"upgrade", b"websocket") and hdr.has_token(headers, b"connection", b"upgrade")
+    return hdr.request_headers(headers).wants_websocket()
 
 
 class WebSocketSlots:

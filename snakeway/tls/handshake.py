@@ -2,15 +2,18 @@
 
 Theory of operation
 -------------------
-:func:`accept_tls` runs in the connection's own task, before any HTTP is read. Under one ``fail_after`` (the
+:func:`accept_tls` runs in the connection's own task, before any HTTP is read. Under one deadline (the
 listener's handshake timeout) it
 
-1. reads the first bytes itself and classifies them (:mod:`snakeway.tls.sniff`): a plain HTTP request line gets
+1. looks at the first bytes and classifies them (:mod:`snakeway.tls.sniff`): a plain HTTP request line gets
    a clear-text ``400`` ("this port speaks HTTPS") and the connection is closed; a client that sends nothing is
-   dropped when the deadline passes;
-2. replays those bytes to a ``trio.SSLStream`` through a :class:`~snakeway.tls.prefixed.PrefixedStream` and
-   runs the handshake, during which the SNI callback (:mod:`snakeway.tls.sni`) picks the certificate and
-   records its choice in the task's context;
+   dropped when the deadline passes. On a :class:`~snakeway.tcp.TcpStream` (every accepted connection) the
+   first byte is peeked at in the kernel's buffer: when it starts a TLS record, the handshake reads the socket
+   itself, with no stream in between for the rest of the connection. Otherwise (and while a TLS-ALPN-01
+   challenge wants the whole ClientHello) the first bytes are read, and replayed to the handshake through a
+   :class:`~snakeway.tls.prefixed.PrefixedStream`;
+2. runs the handshake in a ``trio.SSLStream``, during which the SNI callback (:mod:`snakeway.tls.sni`) picks
+   the certificate and records its choice in the task's context;
 3. sets :data:`HANDSHAKE` to a :class:`HandshakeInfo` in the current task's context, where the HTTP layer (in
    the same task, or tasks it starts later, which inherit a copy) reads it: for logs, ``X-Forwarded-Proto``,
    and the ``421 Misdirected Request`` check with :func:`covers`.
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 
 from snakeway import hostnames
+from snakeway.tcp import TcpStream
 from snakeway.tls import sni, sniff
 from snakeway.tls.clienthello import ClientHello, ClientHelloParser, NeedMore
 from snakeway.tls.prefixed import PrefixedStream
@@ -139,45 +144,64 @@ async def accept_tls(
     """
     transport: trio.abc.Stream = stream
     refused = False  # no certificate for the name the client asked for: a fatal alert was sent
+    # A cancel scope and a context variable's token handled here, where a generator-based fail_after and
+    # recording_choice() would cost more than the bookkeeping they wrap (once per TLS connection).
+    scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+    choice, recording = sni.start_recording()
     try:
-        with trio.fail_after(timeout):
-            prefix = await _read_first_bytes(stream)
-            verdict = sniff.classify(prefix)
-            if verdict is sniff.FirstBytes.PLAIN_HTTP:
-                logger.debug("TLS: plain HTTP from %s on a TLS port; answering 400", client)
-                _count(counts, "plain_http")
-                await _refuse_plain_http(stream)
-                return None
-            if not prefix:
-                logger.debug("TLS: %s closed before sending anything", client)
-                _count(counts, "closed")
-                await trio.aclose_forcefully(stream)
-                return None
-            if challenges is not None and challenges.wants_hello():
-                prefix, challenge_ctx = await _alpn_challenge(stream, prefix, challenges)
-                if challenge_ctx is not None:
-                    transport = trio.SSLStream(PrefixedStream(stream, prefix), challenge_ctx, server_side=True)
-                    await transport.do_handshake()
-                    logger.info("TLS: answered a TLS-ALPN-01 validation from %s", client)
-                    await trio.aclose_forcefully(transport)
+        with scope:
+            if (
+                type(stream) is TcpStream
+                and (challenges is None or not challenges.wants_hello())
+                and sniff.classify(await stream.receive_some(1, flags=socket.MSG_PEEK)) is sniff.FirstBytes.TLS
+            ):
+                # The first byte, looked at where it lies: trio.SSLStream reads the socket itself.
+                hello_from: trio.abc.Stream = stream
+            else:
+                prefix = await _read_first_bytes(stream)
+                verdict = sniff.classify(prefix)
+                if verdict is sniff.FirstBytes.PLAIN_HTTP:
+                    logger.debug("TLS: plain HTTP from %s on a TLS port; answering 400", client)
+                    _count(counts, "plain_http")
+                    await _refuse_plain_http(stream)
                     return None
+                if not prefix:
+                    logger.debug("TLS: %s closed before sending anything", client)
+                    _count(counts, "closed")
+                    await trio.aclose_forcefully(stream)
+                    return None
+                if challenges is not None and challenges.wants_hello():
+                    prefix, challenge_ctx = await _alpn_challenge(stream, prefix, challenges)
+                    if challenge_ctx is not None:
+                        transport = trio.SSLStream(PrefixedStream(stream, prefix), challenge_ctx, server_side=True)
+                        await transport.do_handshake()
+                        logger.info("TLS: answered a TLS-ALPN-01 validation from %s", client)
+                        await trio.aclose_forcefully(transport)
+                        return None
+                hello_from = PrefixedStream(stream, prefix)
             ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
-                PrefixedStream(stream, prefix), base_ctx, server_side=True, https_compatible=True
+                hello_from, base_ctx, server_side=True, https_compatible=True
             )
             transport = ssl_stream
-            with sni.recording_choice() as choice:
-                try:
-                    await ssl_stream.do_handshake()
-                except trio.BrokenResourceError:
-                    if choice.alert is not None:
-                        # Nothing was sent yet (the callback runs before the ServerHello): a plaintext alert is
-                        # what OpenSSL queued and trio.SSLStream dropped.
-                        refused = True
-                        await stream.send_all(fatal_alert_record(choice.alert))
-                    raise
-    except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+            try:
+                await ssl_stream.do_handshake()
+            except trio.BrokenResourceError:
+                if choice.alert is not None:
+                    # Nothing was sent yet (the callback runs before the ServerHello): a plaintext alert is
+                    # what OpenSSL queued and trio.SSLStream dropped.
+                    refused = True
+                    await stream.send_all(fatal_alert_record(choice.alert))
+                raise
+    except trio.BrokenResourceError as exc:
         logger.debug("TLS: handshake with %s failed: %r", client, exc.__cause__ or exc)
-        _count(counts, "timeout" if isinstance(exc, trio.TooSlowError) else "refused" if refused else "error")
+        _count(counts, "refused" if refused else "error")
+        await trio.aclose_forcefully(transport)
+        return None
+    finally:
+        sni.stop_recording(recording)
+    if scope.cancelled_caught:
+        logger.debug("TLS: handshake with %s failed: %r", client, trio.TooSlowError())
+        _count(counts, "timeout")
         await trio.aclose_forcefully(transport)
         return None
     cipher = ssl_stream.cipher()
@@ -239,7 +263,7 @@ async def _refuse_plain_http(stream: trio.abc.Stream) -> None:
         if isinstance(stream, trio.abc.HalfCloseableStream):
             await stream.send_eof()
         drained = 0
-        with trio.move_on_after(DRAIN_SECONDS):  # and by the caller's fail_after
+        with trio.move_on_after(DRAIN_SECONDS):  # and by accept_tls's deadline
             while drained < DRAIN_BYTES:
                 data = await stream.receive_some(FIRST_READ_BYTES)
                 if not data:

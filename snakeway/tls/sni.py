@@ -21,8 +21,8 @@ millisecond), once per certificate. A build that fails is refused with ``ALERT_D
 stays refused (without rebuilding) until a new certificate is published.
 
 The server never learns the SNI otherwise (Python has no server-side getter), so the callback also records its
-choice for whoever asked: :func:`recording_choice` puts a :class:`SniChoice` slot in a context variable of the
-task about to run the handshake, and the callback, which runs in that same task, fills it in.
+choice for whoever asked: :func:`recording_choice` (or :func:`start_recording`) puts a :class:`SniChoice` slot in
+a context variable of the task about to run the handshake, and the callback, which runs in that same task, fills it in.
 :func:`snakeway.tls.handshake.accept_tls` uses this to learn the SNI and the served certificate's names.
 
 :func:`listener_context` builds the base context for a TLS listener: no certificate of its own (so a map swap
@@ -84,12 +84,22 @@ _CHOICE: contextvars.ContextVar[SniChoice | None] = contextvars.ContextVar("snak
 @contextlib.contextmanager
 def recording_choice() -> Iterator[SniChoice]:
     """Record, in the returned slot, what the callback decides for handshakes driven by this task in the block."""
-    slot = SniChoice()
-    token = _CHOICE.set(slot)
+    slot, token = start_recording()
     try:
         yield slot
     finally:
-        _CHOICE.reset(token)
+        stop_recording(token)
+
+
+def start_recording() -> tuple[SniChoice, contextvars.Token[SniChoice | None]]:
+    """:func:`recording_choice` as two calls, for a caller that has a ``try`` of its own (one per TLS connection):
+    the slot, and the token to hand :func:`stop_recording` when the handshake is over."""
+    slot = SniChoice()
+    return slot, _CHOICE.set(slot)
+
+
+def stop_recording(token: contextvars.Token[SniChoice | None]) -> None:
+    _CHOICE.reset(token)
 
 
 def make_sni_callback(holder: CertSource) -> SniCallback:
