@@ -234,7 +234,6 @@ class UpstreamWire:
 
     def on_message_begin(self) -> None:
         if self.complete:
-            self._extra = True
             raise _Stop("bytes after the response")
 
     def on_status(self, text: bytes) -> None:
