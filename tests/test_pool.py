@@ -12,8 +12,8 @@ from snakeway.config.model import Endpoint, Route, Service, Upstream, UpstreamSe
 from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.forward import ForwardContext, RequestFailed, connect
 from snakeway.proxy.h11io import H11Stream
-from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.proxy.pool import Connect, UpstreamConnectError, UpstreamConnection, UpstreamPool
+from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.tcp import TcpStream
 
 if TYPE_CHECKING:

@@ -154,7 +154,7 @@ class UpstreamWire:
 
     # -- response --------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Parse ``data`` (not empty), read from the upstream.
 
         Raises:
@@ -175,7 +175,7 @@ class UpstreamWire:
                 parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # llhttp pauses after a 101's head: what follows belongs to the tunnel.
-            self.trailing = data[exc.args[0] :]
+            self.trailing = bytes(data[exc.args[0] :])
             self.complete = True
             return
         except httptools.HttpParserError as exc:
@@ -208,7 +208,7 @@ class UpstreamWire:
         """Both the request and the response are complete, and the connection may carry another."""
         return self.complete and self._request_done and self._keep and not self._extra
 
-    def _feed_heads(self, parser: httptools.HttpResponseParser, data: bytes) -> None:
+    def _feed_heads(self, parser: httptools.HttpResponseParser, data: bytes | bytearray) -> None:
         # A response to HEAD: llhttp gets the heads alone (see the module docstring).
         while data:
             scan = self._carry + data
@@ -259,8 +259,9 @@ class UpstreamWire:
         parser = self._parser
         assert parser is not None
         status = parser.get_status_code()
-        if parser.get_http_version() not in _VERSIONS:
-            self._refuse(f"upstream answered in HTTP/{parser.get_http_version()}")
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            self._refuse(f"upstream answered in HTTP/{version}")
         if status < 200:
             if status < 100:
                 self._refuse(f"invalid status code {status}")
@@ -286,9 +287,9 @@ class UpstreamWire:
         if self._head_only:
             # Not should_keep_alive(): llhttp, not knowing HEAD, reads a head without a length as
             # a body to the close, which it is not.
-            self._keep = parser.get_http_version() == "1.1" and not has_token(self._fields, b"connection", b"close")
+            self._keep = version == "1.1" and not has_token(self._fields, b"connection", b"close")
         else:
-            self._keep = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+            self._keep = version == "1.1" and parser.should_keep_alive()
         self._until_close = not self._framing and status not in _NO_BODY and not self._head_only
         if self._head_only:
             self.complete = True
