@@ -3,6 +3,9 @@ bodies handed to the client's h11 connection as bytes (H11Stream.encode_body).""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import h11
 import pytest
 import trio.testing
@@ -361,3 +364,15 @@ def test_body_bytes_when_no_body_is_being_sent_are_refused_by_h11() -> None:
     down = H11Stream(trio.testing.MemorySendStream(), conn)  # type: ignore[arg-type]
     with pytest.raises(h11.LocalProtocolError):
         down.encode_body([b"x"], [])
+
+
+def test_a_closed_wire_is_freed_without_waiting_for_the_cycle_collector() -> None:
+    wire = answered(SMALL)
+    ref = weakref.ref(wire)
+    gc.disable()
+    try:
+        wire.close()
+        del wire
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -126,6 +126,7 @@ class UpstreamConnection:
 
     async def aclose(self) -> None:
         """Close at once, without a graceful shutdown; never blocks."""
+        self.wire.close()
         counts, self.open_counts = self.open_counts, None
         if counts is not None:
             left = counts[self.endpoint] - 1

@@ -199,6 +199,10 @@ class UpstreamWire:
         else:
             raise BadResponse("upstream closed the connection")
 
+    def close(self) -> None:
+        """The connection is closed: drop the parser (it holds the wire's callbacks, a reference cycle)."""
+        self._parser = None
+
     def take_body(self) -> list[bytes]:
         """The body bytes parsed since the last call."""
         body, self.body = self.body, []
