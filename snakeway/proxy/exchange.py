@@ -121,7 +121,7 @@ class Exchange:
         try:
             with scope:
                 if body is not None and body.complete:
-                    await self.to_upstream(self.whole_request(up_request, body))
+                    await self.to_upstream(self._request_bytes(up_request, body))
                 else:
                     await self.send_request(up_request, body)
                 status, last = await self._relay()
@@ -190,12 +190,9 @@ class Exchange:
     async def send_request(self, up_request: UpstreamRequest, body: ReadBody | None = None) -> None:
         """Send the request, its body relayed as it arrives after what ``body`` holds of it."""
         wire = self.wire
-        out = [wire.start_request(up_request)]
-        received = 0
+        out = self._request_bytes(up_request, body)
+        received = body.size if body is not None else 0
         first = True
-        if body is not None:
-            out += [wire.request_body(e.data) for e in body.events if type(e) is h11.Data]
-            received = body.size
         if self.down.conn.they_are_waiting_for_100_continue:
             await self.to_client(self.down.encode((CONTINUE,)))
         while True:
@@ -222,12 +219,14 @@ class Exchange:
             else:  # PAUSED and the like cannot happen while a body is open
                 raise ClientGone(f"unexpected event {event!r}")
 
-    def whole_request(self, up_request: UpstreamRequest, body: ReadBody) -> list[bytes]:
-        """The request with all of its body (``body.complete``), as it goes upstream in one write."""
+    def _request_bytes(self, up_request: UpstreamRequest, body: ReadBody | None) -> list[bytes]:
+        """The request's head and what ``body`` holds of its body, ended when ``body`` is complete."""
         wire = self.wire
         out = [wire.start_request(up_request)]
-        out += [wire.request_body(e.data) for e in body.events if type(e) is h11.Data]
-        out.append(wire.end_request())
+        if body is not None:
+            out += [wire.request_body(e.data) for e in body.events if type(e) is h11.Data]
+            if body.complete:
+                out.append(wire.end_request())
         return out
 
     async def _read_client(self) -> None:

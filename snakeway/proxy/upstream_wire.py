@@ -136,10 +136,11 @@ class UpstreamWire:
         self._head_only = request.method == b"HEAD"
         self._upgrade = upgrade
         self._chunked = request.chunked
-        lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
-        lines += [name + b": " + value for name, value in request.headers]
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+        out = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers:
+            out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
 
     def request_body(self, data: bytes) -> bytes:
         """Request body bytes as they go upstream."""
