@@ -268,6 +268,8 @@ def test_a_101_is_refused_unless_an_upgrade_was_asked_for_and_named() -> None:
         pytest.param(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n", id="ctl-in-reason"),
         pytest.param(b"HTTP/1.1 199 Odd\r\nContent-Length: 2\r\n\r\nab", id="1xx-with-body"),
         pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="not-http"),
+        pytest.param(b"RTSP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", id="rtsp"),
+        pytest.param(b"HTTP/1.1 100 Continue\r\n\r\nICE/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", id="ice-after-1xx"),
     ],
 )
 def test_invalid_responses_are_refused(response: bytes) -> None:
@@ -285,6 +287,22 @@ def test_a_head_over_the_limit_is_refused_in_one_piece_or_many() -> None:
             wire.feed(big[start : start + 1000])
     with pytest.raises(BadResponse, match="over 65536 bytes"):
         answered(b"HTTP/1.1 200 OK\r\nX: " + b" " * 70_000, HEAD)  # whitespace, which llhttp drops, counts too
+
+
+def test_a_status_line_is_checked_however_it_is_split() -> None:
+    for response in (b"RTSP/1.0 200 OK\r\n\r\n", b"\r\nHTTP/1.1 100 Continue\r\n\r\n\r\nRTSP/1.0 200 OK\r\n\r\n"):
+        wire = UpstreamWire()
+        sent(wire)
+        with pytest.raises(BadResponse, match="not an HTTP"):
+            for byte in range(len(response)):
+                wire.feed(response[byte : byte + 1])
+
+
+def test_trailers_past_the_head_limit_are_refused() -> None:
+    wire = answered(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+    with pytest.raises(BadResponse, match="over 65536 bytes"):
+        for _ in range(100):
+            wire.feed(b"t" * 1000)
 
 
 def test_a_head_just_under_the_limit_is_read() -> None:

@@ -15,32 +15,40 @@ invalid header names or values, no duplicate Content-Length and never both
 Content-Length and Transfer-Encoding. Its callbacks fill :attr:`status`,
 :attr:`reason` and :attr:`headers` (lower-case names) once the final head is
 in, append body bytes to :attr:`body` (the caller takes them), and set
-:attr:`complete` at the response's end. On top of llhttp the wire refuses
-what h11 refused and llhttp lets through: a Transfer-Encoding other than one
-``chunked``, versions other than HTTP/1.x, status codes under 100, control
-characters in the reason phrase, and heads over ``max_head`` bytes (llhttp
-streams a head, so the wire counts it: the bytes fed while it is
-incomplete, and the fields' sizes once it is). A 1xx response that claims a
-body is refused as well (RFC 9110 §15.2: it has none).
+:attr:`complete` at the response's end.
+
+Heads are cut out of the input: while no final head is in, the wire looks
+for the first CRLF CRLF (strict parsing makes it the only way a head ends;
+a 3-byte carry finds one split between two reads) and feeds llhttp that
+head alone, then the rest. This gives the wire what llhttp does not: the
+exact size of each head (over ``max_head`` bytes is refused before llhttp
+buffers it), where each message starts (so a status line must begin with
+``HTTP/``: llhttp also reads ``RTSP/`` and ``ICE/``), and a way to stop at the
+end of a head, which a response to HEAD needs. llhttp cannot be told that a
+response answers HEAD (httptools does not expose its skip-body flag), so for
+HEAD it gets the heads only and its parser, left expecting a body, is
+replaced before the next exchange.
+
+On top of llhttp the wire also refuses what h11 refused and llhttp lets
+through: a Transfer-Encoding other than one ``chunked``, versions other than
+HTTP/1.x, status codes under 100, and control characters in the reason
+phrase; and a 1xx response that claims a body (RFC 9110 §15.2: it has none).
+httptools buffers a header field until it ends, trailer fields too: body
+bytes that carry no data (chunk sizes, trailers) are bounded as a head is.
 
 Framing follows RFC 9112 §6.3: a response to HEAD, a 1xx, 204 and 304 have no
 body; 1xx responses other than 101 are skipped; a 101 is a response only to a
-request that asked for an upgrade, and the bytes after its head are
-:attr:`trailing` (the tunnel's first bytes); a response with neither length
-nor chunks ends when the upstream closes (:meth:`feed_eof`).
-
-llhttp cannot be told that a response answers HEAD (httptools does not
-expose its skip-body flag): for HEAD the wire cuts the input at the end of
-each head (the first CRLF CRLF, which strict parsing makes the only way a head
-ends) and feeds llhttp the heads alone; the parser, left expecting a body, is
-replaced before the next exchange.
+request that asked for an upgrade (and named it: ``Upgrade`` and
+``Connection: upgrade``), and the bytes after its head are :attr:`trailing`
+(the tunnel's first bytes); a response with neither length nor chunks ends
+when the upstream closes (:meth:`feed_eof`).
 
 Reuse: :meth:`reusable` is true only when the request was written to its end,
 the response read to its end, the response was HTTP/1.1 without
 ``Connection: close`` (an HTTP/1.0 upstream is never reused, as h11 never
-reused one) and nothing arrived after it. Bytes past the response start a
-message llhttp would parse: the wire stops it there and the connection is
-not reused. The pool asks, and calls :meth:`next_cycle` for the next exchange.
+reused one) and nothing arrived after it. Bytes past a body start a message
+llhttp would parse: the wire stops it there (``on_message_begin``) and the
+connection is not reused. The pool asks, and calls :meth:`next_cycle` for the next exchange.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ _BAD_REASON = re.compile(rb"[^\t\x20-\x7e\x80-\xff]").search
 _VERSIONS = frozenset({"1.1", "1.0"})
 _NO_BODY = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_CRLF = (b"\r", b"\n")
 
 
 class BadResponse(Exception):
@@ -122,9 +131,11 @@ class UpstreamWire:
         self._framing = False  # the head has a Content-Length or a Transfer-Encoding
         self._codings = 0  # Transfer-Encoding fields in the head
         self._chunked_te = False  # one of them says exactly "chunked"
-        self._head_size = 0  # of the head being read: fields' sizes
-        self._fed = 0  # bytes fed while the head is incomplete
-        self._carry = b""  # HEAD: the last bytes fed, for a CRLF CRLF split between two reads
+        self._fed = 0  # bytes of the head being read
+        self._stalled = 0  # bytes of the body fed since the last that carried data
+        self._carry = b""  # the last bytes of a head fed, for a CRLF CRLF split between two reads
+        self._at_start = True  # the first bytes of a message are still to be checked
+        self._prefix = b""  # those seen so far
         self._error = ""
 
     # -- request ---------------------------------------------------------
@@ -166,26 +177,16 @@ class UpstreamWire:
             return
         parser = self._parser
         assert parser is not None, "a response before its request"
-        in_head = not self.status
-        if in_head:
-            self._fed += len(data)
         try:
-            if self._head_only:
-                self._feed_heads(parser, data)
+            if self.status:
+                self._feed_body(parser, data)
             else:
-                parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # llhttp pauses after a 101's head: what follows belongs to the tunnel.
-            self.trailing = bytes(data[exc.args[0] :])
-            self.complete = True
-            return
+                self._feed_heads(parser, data)
         except httptools.HttpParserError as exc:
             if self.complete:
                 self._extra = True  # what followed the response did not parse: it is not reused
                 return
             raise BadResponse(self._error or str(exc)) from None
-        if not self.status and self._fed > self._max_head:
-            raise BadResponse(f"response head over {self._max_head} bytes")
 
     def feed_eof(self) -> None:
         """The upstream closed the connection.
@@ -214,22 +215,64 @@ class UpstreamWire:
         return self.complete and self._request_done and self._keep and not self._extra
 
     def _feed_heads(self, parser: httptools.HttpResponseParser, data: bytes | bytearray) -> None:
-        # A response to HEAD: llhttp gets the heads alone (see the module docstring).
+        # llhttp gets each head alone, cut at its CRLF CRLF (see the module docstring), then the body.
         while data:
+            if self._at_start:
+                self._check_start(data)
             scan = self._carry + data
             end = scan.find(b"\r\n\r\n")
             if end < 0:
+                self._count_head(len(data))
                 parser.feed_data(data)
                 self._carry = scan[-3:]
                 return
             cut = end + 4 - len(self._carry)
             self._carry = b""
-            parser.feed_data(data[:cut])
-            data = data[cut:]
-            if self.complete:
+            self._count_head(cut)
+            head, data = data[:cut], data[cut:]
+            try:
+                parser.feed_data(head)
+            except httptools.HttpParserUpgrade:
+                # llhttp stops after a 101's head: what follows belongs to the tunnel.
+                self.trailing = bytes(data)
+                return
+            if self.complete:  # a response to HEAD, 204, 304 or Content-Length: 0
                 if data:
                     self._extra = True
                 return
+            if self.status:
+                if data:
+                    self._feed_body(parser, data)
+                return
+            # A skipped 1xx, or empty lines before a head: the next message starts here.
+
+    def _check_start(self, data: bytes | bytearray) -> None:
+        # llhttp also reads "RTSP/" and "ICE/" status lines; h11 read only "HTTP/".
+        if not self._prefix and data[:1] in _CRLF:
+            data = data.lstrip(b"\r\n")  # empty lines between messages, which llhttp skips
+        prefix = self._prefix + data[: 5 - len(self._prefix)]
+        if not b"HTTP/".startswith(prefix):
+            raise BadResponse("not an HTTP/1.x response")
+        self._prefix = bytes(prefix)
+        self._at_start = len(prefix) < 5
+
+    def _count_head(self, size: int) -> None:
+        self._fed += size
+        if self._fed > self._max_head:
+            raise BadResponse(f"response head over {self._max_head} bytes")
+
+    def _feed_body(self, parser: httptools.HttpResponseParser, data: bytes | bytearray) -> None:
+        body = self.body
+        before = len(body)
+        parser.feed_data(data)
+        if len(body) > before or self.complete:
+            self._stalled = 0
+            return
+        # Bytes that carry no body: chunk sizes and trailer fields, which httptools buffers
+        # until a field ends. Bounded as a head is.
+        self._stalled += len(data)
+        if self._stalled > self._max_head:
+            raise BadResponse(f"over {self._max_head} bytes of chunk framing without data")
 
     def _refuse(self, reason: str) -> None:
         self._error = reason
@@ -245,10 +288,6 @@ class UpstreamWire:
         self._status_text += text
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._head_size + len(name) + len(value) + 4
-        self._head_size = size
-        if size > self._max_head:
-            self._refuse(f"response head over {self._max_head} bytes")
         if not self._in_head:
             return  # a chunked body's trailer fields are not relayed
         name = name.lower()
@@ -282,7 +321,6 @@ class UpstreamWire:
             # Skipped: the next response starts afresh (a 1xx with framing fields was refused above).
             self._fields = []
             self._status_text = b""
-            self._head_size = 0
             return
         # llhttp refuses a second Content-Length, and Content-Length with Transfer-Encoding; h11 took
         # no coding but one "chunked" (another is read to the close by llhttp), nor does snakeway.
@@ -313,5 +351,7 @@ class UpstreamWire:
     def on_message_complete(self) -> None:
         if self.status:
             self.complete = True
-        else:  # a skipped 1xx
+        else:  # a skipped 1xx: the next message is checked and counted afresh
             self._fed = 0
+            self._at_start = True
+            self._prefix = b""
