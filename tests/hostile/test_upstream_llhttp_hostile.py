@@ -92,6 +92,7 @@ REFUSED = {
     b"/te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
     b"/huge-head": b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\nContent-Length: 3\r\n\r\nabc",
     b"/http2": b"HTTP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    b"/rtsp": b"RTSP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
     b"/reason-ctl": b"HTTP/1.1 200 O\x07K\r\nContent-Length: 3\r\n\r\nabc",
     b"/unasked-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
 }
