@@ -58,6 +58,7 @@ from typing import NamedTuple, final
 
 import httptools
 
+from snakeway.errors import SnakewayError
 from snakeway.proxy.headers import has_token
 
 Header = tuple[bytes, bytes]
@@ -73,7 +74,7 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _CRLF = (b"\r", b"\n")
 
 
-class BadResponse(Exception):
+class BadResponse(SnakewayError):
     """The upstream's response breaks HTTP/1.1 (or is one snakeway refuses): answer 502, do not reuse."""
 
 
