@@ -71,7 +71,7 @@ _BAD_REASON = re.compile(rb"[^\t\x20-\x7e\x80-\xff]").search
 _VERSIONS = frozenset({"1.1", "1.0"})
 _NO_BODY = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_CRLF = (b"\r", b"\n")
+_CRLF = b"\r\n"
 
 
 class BadResponse(SnakewayError):
@@ -217,41 +217,54 @@ class UpstreamWire:
 
     def _feed_heads(self, parser: httptools.HttpResponseParser, data: bytes | bytearray) -> None:
         # llhttp gets each head alone, cut at its CRLF CRLF (see the module docstring), then the body.
-        while data:
+        # Cut through a memoryview: the body after a head is not copied.
+        view = memoryview(data)
+        pos, size = 0, len(data)
+        while pos < size:
             if self._at_start:
-                self._check_start(data)
-            scan = self._carry + data
-            end = scan.find(b"\r\n\r\n")
+                self._check_start(data, pos)
+            end = self._head_end(data, pos)
             if end < 0:
-                self._count_head(len(data))
-                parser.feed_data(data)
-                self._carry = scan[-3:]
+                self._count_head(size - pos)
+                parser.feed_data(view[pos:])
+                self._carry = (self._carry + bytes(data[max(pos, size - 3) :]))[-3:]
                 return
-            cut = end + 4 - len(self._carry)
+            self._count_head(end - pos)
             self._carry = b""
-            self._count_head(cut)
-            head, data = data[:cut], data[cut:]
             try:
-                parser.feed_data(head)
+                parser.feed_data(view[pos:end])
             except httptools.HttpParserUpgrade:
                 # llhttp stops after a 101's head: what follows belongs to the tunnel.
-                self.trailing = bytes(data)
+                self.trailing = bytes(view[end:])
                 return
+            pos = end
             if self.complete:  # a response to HEAD, 204, 304 or Content-Length: 0
-                if data:
+                if pos < size:
                     self._extra = True
                 return
             if self.status:
-                if data:
-                    self._feed_body(parser, data)
+                if pos < size:
+                    self._feed_body(parser, view[pos:])
                 return
-            # A skipped 1xx, or empty lines before a head: the next message starts here.
+            # A skipped 1xx, or empty lines before a head: the next message starts at pos.
 
-    def _check_start(self, data: bytes | bytearray) -> None:
+    def _head_end(self, data: bytes | bytearray, pos: int) -> int:
+        """Where the head that ``data[pos:]`` continues ends (past its CRLF CRLF), or -1."""
+        carry = self._carry
+        if carry:  # pos is 0: the CRLF CRLF may have begun in the last read
+            found = (carry + bytes(data[:3])).find(b"\r\n\r\n")
+            if found >= 0:
+                return found + 4 - len(carry)
+        found = data.find(b"\r\n\r\n", pos)
+        return found + 4 if found >= 0 else -1
+
+    def _check_start(self, data: bytes | bytearray, pos: int) -> None:
         # llhttp also reads "RTSP/" and "ICE/" status lines; h11 read only "HTTP/".
-        if not self._prefix and data[:1] in _CRLF:
-            data = data.lstrip(b"\r\n")  # empty lines between messages, which llhttp skips
-        prefix = self._prefix + data[: 5 - len(self._prefix)]
+        prefix = self._prefix
+        if not prefix:
+            while pos < len(data) and data[pos] in _CRLF:  # empty lines between messages, which llhttp skips
+                pos += 1
+        prefix += data[pos : pos + 5 - len(prefix)]
         if not b"HTTP/".startswith(prefix):
             raise BadResponse("not an HTTP/1.x response")
         self._prefix = bytes(prefix)
@@ -262,7 +275,7 @@ class UpstreamWire:
         if self._fed > self._max_head:
             raise BadResponse(f"response head over {self._max_head} bytes")
 
-    def _feed_body(self, parser: httptools.HttpResponseParser, data: bytes | bytearray) -> None:
+    def _feed_body(self, parser: httptools.HttpResponseParser, data: bytes | bytearray | memoryview) -> None:
         body = self.body
         before = len(body)
         parser.feed_data(data)
