@@ -13,6 +13,7 @@ from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.forward import ForwardContext, RequestFailed, connect
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.pool import Connect, UpstreamConnectError, UpstreamConnection, UpstreamPool
+from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.tcp import TcpStream
 
 if TYPE_CHECKING:
@@ -83,15 +84,20 @@ class TinyUpstream:
             self._notify()
 
 
+REQUEST = UpstreamRequest(b"GET", b"/", [(b"host", b"up.test")])
+
+
+async def send_request(conn: UpstreamConnection) -> None:
+    await conn.stream.send_all(conn.wire.start_request(REQUEST) + conn.wire.end_request())
+
+
 async def exchange(conn: UpstreamConnection) -> tuple[int, bytes]:
-    await conn.h11.send(h11.Request(method="GET", target="/", headers=[("host", "up.test")]), h11.EndOfMessage())
-    response = await conn.h11.next_event()
-    assert isinstance(response, h11.Response)
-    body = b""
-    while not isinstance(event := await conn.h11.next_event(), h11.EndOfMessage):
-        assert isinstance(event, h11.Data)
-        body += event.data
-    return response.status_code, body
+    await send_request(conn)
+    wire = conn.wire
+    while not wire.complete:
+        data = await conn.stream.receive_some()
+        wire.feed(data) if data else wire.feed_eof()
+    return wire.status, b"".join(wire.take_body())
 
 
 async def get(pool: UpstreamPool, endpoint: Endpoint) -> UpstreamConnection:
@@ -133,8 +139,9 @@ async def test_unfinished_exchange_is_closed_on_release(nursery: trio.Nursery) -
     up = await TinyUpstream().start(nursery)
     pool = UpstreamPool(SETTINGS)
     conn = await pool.acquire(up.endpoint)
-    await conn.h11.send(h11.Request(method="GET", target="/", headers=[("host", "up.test")]), h11.EndOfMessage())
-    await conn.h11.next_event()  # the response head, but not the body
+    await send_request(conn)
+    response = await conn.stream.receive_some()
+    conn.wire.feed(response[: response.index(b"\r\n\r\n") + 4])  # the response head, but not the body
     assert not conn.reusable()
     await pool.release(conn)
     assert pool.idle_count() == 0
@@ -284,11 +291,10 @@ class FakeConnect:
 
 def finish_offline(conn: UpstreamConnection, response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") -> None:
     """Drive the client state machine through one exchange without I/O."""
-    conn.h11.conn.send(h11.Request(method="GET", target="/", headers=[("host", "up.test")]))
-    conn.h11.conn.send(h11.EndOfMessage())
-    conn.h11.conn.receive_data(response)
-    while not isinstance(conn.h11.conn.next_event(), h11.EndOfMessage):
-        pass
+    conn.wire.start_request(REQUEST)
+    conn.wire.end_request()
+    conn.wire.feed(response)
+    assert conn.wire.complete
 
 
 async def peer_closed(peer: trio.abc.Stream) -> bool:

@@ -9,7 +9,9 @@ Modules, from the bottom up:
 * :mod:`~snakeway.proxy.balance` (pure): which upstream a request tries first; passive ``Health``.
 * :mod:`~snakeway.proxy.validators` (pure): conditional requests and byte ranges.
 * :mod:`~snakeway.proxy.static` (pure) and :mod:`~snakeway.proxy.static_io`: static files.
-* :mod:`~snakeway.proxy.h11io`: an h11 connection glued to a trio stream (``H11Stream``).
+* :mod:`~snakeway.proxy.upstream_wire` (pure): the upstream hop's HTTP/1.1 client: requests as bytes,
+  responses parsed by llhttp (``UpstreamWire``).
+* :mod:`~snakeway.proxy.h11io`: the client hop: an h11 connection glued to a trio stream (``H11Stream``).
 * :mod:`~snakeway.proxy.pool`: keep-alive connections to upstreams (``UpstreamPool``).
 * :mod:`~snakeway.proxy.request_body`: small request bodies read whole before connecting.
 * :mod:`~snakeway.proxy.exchange`: one attempt's bytes between a client and an upstream connection, each wait timed.

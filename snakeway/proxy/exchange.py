@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
 
 import h11
 import trio
@@ -26,6 +25,7 @@ from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, ReadBody
+from snakeway.proxy.upstream_wire import BadResponse, UpstreamRequest
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Exchange:
     ) -> None:
         self.down = down
         self.conn = conn
-        self.up = conn.h11
+        self.wire = conn.wire
         self.ctx = ctx
         self.limit = limit
         self.response_started = False
@@ -98,7 +98,7 @@ class Exchange:
         # The scope a blocked write to the client lifts the deadline of (None: no deadline to lift).
         self._scope = None if down.deadlines is None else down.deadlines.scope
 
-    async def run(self, up_request: h11.Request, body: ReadBody | None = None) -> int:
+    async def run(self, up_request: UpstreamRequest, body: ReadBody | None = None) -> int:
         """Send the request, then relay the response; returns the status.
 
         ``body`` is what was read of the request body already: when complete,
@@ -108,11 +108,11 @@ class Exchange:
             with self.timeouts():
                 return await self.run(up_request, body)
         if body is not None and body.complete:
-            await self.to_upstream([up_request, *body.events])
+            await self.to_upstream(self._request_bytes(up_request, body))
         else:
             await self.send_request(up_request, body)
         status, last = await self._relay()
-        await self.to_client(*last)
+        await self.to_client(last)
         return status
 
     # -- timeouts --------------------------------------------------------
@@ -165,37 +165,47 @@ class Exchange:
 
     # -- request ---------------------------------------------------------
 
-    async def send_request(self, up_request: h11.Request, body: ReadBody | None = None) -> None:
+    async def send_request(self, up_request: UpstreamRequest, body: ReadBody | None = None) -> None:
         """Send the request, its body relayed as it arrives after what ``body`` holds of it."""
-        events: list[h11.Event] = [up_request]
-        received = 0
-        if body is not None:
-            events += body.events
-            received = body.size
+        wire = self.wire
+        out = self._request_bytes(up_request, body)
+        received = body.size if body is not None else 0
+        first = True
         if self.down.conn.they_are_waiting_for_100_continue:
-            await self.to_client(CONTINUE)
+            await self.to_client(self.down.encode((CONTINUE,)))
         while True:
             event = self.down.conn.next_event()
             if event is h11.NEED_DATA:
-                await self.to_upstream(events)
-                events = []
+                await self.to_upstream(out, first)
+                out = []
+                first = False
                 await self._read_client()
                 continue
             if type(event) is h11.Data:
                 received += len(event.data)
                 if self.limit is not None and received > self.limit:
                     raise RequestFailed(413, f"request body over the limit of {self.limit} bytes")
-                events.append(event)
+                out.append(wire.request_body(event.data))
             elif type(event) is h11.EndOfMessage:
                 # Request trailers are dropped, as nginx does: a trailer could
                 # carry framing or routing fields the head was checked for.
-                events.append(h11.EndOfMessage())
-                await self.to_upstream(events)
+                out.append(wire.end_request())
+                await self.to_upstream(out, first)
                 return
             elif type(event) is h11.ConnectionClosed:
                 raise ClientGone("client closed the connection mid-body")
             else:  # PAUSED and the like cannot happen while a body is open
                 raise ClientGone(f"unexpected event {event!r}")
+
+    def _request_bytes(self, up_request: UpstreamRequest, body: ReadBody | None) -> list[bytes]:
+        """The request's head and what ``body`` holds of its body, ended when ``body`` is complete."""
+        wire = self.wire
+        out = [wire.start_request(up_request)]
+        if body is not None:
+            out += [wire.request_body(e.data) for e in body.events if type(e) is h11.Data]
+            if body.complete:
+                out.append(wire.end_request())
+        return out
 
     async def _read_client(self) -> None:
         self._arm(Wait.CLIENT_READ, self.ctx.body_timeout)
@@ -208,93 +218,94 @@ class Exchange:
         except RuntimeError as exc:
             raise ClientGone(str(exc)) from exc
 
-    async def to_upstream(self, events: list[h11.Event]) -> None:
-        if not events:
+    async def to_upstream(self, out: list[bytes], first: bool = True) -> None:
+        """Write ``out`` to the upstream; ``first``: the write holds the request head."""
+        data = b"".join(out)
+        if not data:
             return
         self._arm(Wait.UPSTREAM_WRITE, self.ctx.settings.read_timeout_seconds)
         try:
-            await self.up.send(*events)
+            await self.conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if self.conn.reused and type(events[0]) is h11.Request:
+            if self.conn.reused and first:
                 raise StaleConnection() from exc
             raise RequestFailed(502, f"upstream connection failed: {exc}") from exc
 
     # -- response --------------------------------------------------------
 
-    async def next_upstream_event(self, status: int = 0) -> h11.Event:
-        """The next upstream event, reading as needed (used before relaying)."""
-        while True:
-            event = self._parse_upstream()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]  # mypy does not narrow h11 sentinels by `is`
-            await self._read_upstream(status)
+    async def read_head(self) -> int:
+        """Read until the upstream's final response head, or a 101's, is in; returns its status."""
+        wire = self.wire
+        while not wire.status:
+            await self._read_upstream(0)
+        return wire.status
 
-    def _parse_upstream(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        try:
-            return self.up.conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
-
-    async def relay_response(self, first: h11.Event | None = None) -> int:
-        """Relay the upstream's response; ``first`` is an event already parsed."""
-        status, last = await self._relay(first)
-        await self.to_client(*last)
+    async def relay_response(self) -> int:
+        """Relay the upstream's response (its head may have been read already)."""
+        status, last = await self._relay()
+        await self.to_client(last)
         return status
 
-    async def _relay(self, first: h11.Event | None = None) -> tuple[int, list[h11.Event]]:
-        """Relay the upstream's response but for its last write: (the status, that write's events)."""
+    async def _relay(self) -> tuple[int, bytes]:
+        """Relay the upstream's response but for its last write: (the status, that write's bytes).
+
+        The head goes through the client's h11 connection (which picks the
+        framing the client gets), the body as bytes (``H11Stream.encode_body``).
+        """
+        wire = self.wire
+        down = self.down
         status = 0
-        pending: list[h11.Event] = []
+        out: list[bytes] = []
         while True:
-            event, first = (first, None) if first is not None else (self._parse_upstream(), None)
-            if event is h11.NEED_DATA:
-                await self.to_client(*pending)
-                pending = []
-                await self._read_upstream(status)
-                continue
-            kind = type(event)
-            if kind is h11.Response:
-                response = cast(h11.Response, event)  # once per response; mypy does not narrow through `kind`
-                relayed = hdr.relayed_response_headers(response.headers, via=self.ctx.via, own=self.ctx.own_headers)
-                if relayed is None:
-                    raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
-                status = response.status_code
-                pending.append(relayed_response(status, relayed, response.reason))
-            elif kind is h11.Data:
-                pending.append(event)  # type: ignore[arg-type]  # an h11.Data: mypy does not narrow through `kind`
-            elif kind is h11.EndOfMessage:
-                pending.append(h11.EndOfMessage())
-                return status, pending
-            elif kind is h11.InformationalResponse:
-                continue  # 1xx from the upstream are not relayed
-            elif kind is h11.ConnectionClosed:
-                raise self._upstream_failed("upstream closed the connection")
-            else:
-                raise self._upstream_failed(f"unexpected upstream event {event!r}")
+            try:
+                if not status and wire.status:
+                    status = wire.status
+                    relayed = hdr.relayed_response_headers(wire.headers, via=self.ctx.via, own=self.ctx.own_headers)
+                    if relayed is None:  # the wire refuses it first; kept as the rule's one authority
+                        raise self._upstream_failed("upstream response has both Content-Length and Transfer-Encoding")
+                    # From here on h11's state holds the response: a failure can only close the connection.
+                    self.response_started = True
+                    out.append(down.encode((relayed_response(status, relayed, wire.reason),)))
+                if wire.body:
+                    down.encode_body(wire.take_body(), out)
+                if wire.complete:
+                    out.append(down.conn.send(_END) or b"")
+                    return status, b"".join(out)
+            except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up
+                logger.warning("response from %s cannot be relayed: %s", self.conn.endpoint, exc)
+                raise ClientGone(f"invalid upstream response: {exc}") from exc
+            if out:
+                await self.to_client(b"".join(out))
+                out = []
+            await self._read_upstream(status)
 
     async def _read_upstream(self, status: int) -> None:
         self._arm(Wait.UPSTREAM_READ, self.ctx.settings.read_timeout_seconds)
         try:
-            data = await self.up.stream.receive_some(READ_SIZE)
+            data = await self.conn.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, OSError) as exc:
             if not status and self.conn.reused:
                 raise StaleConnection() from exc
             raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
-        if not data and not status and self.conn.reused:
-            raise StaleConnection()
-        self.up.conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
+        try:
+            if data:
+                self.wire.feed(data)
+            elif not status and self.conn.reused:
+                raise StaleConnection()
+            else:
+                self.wire.feed_eof()
+        except BadResponse as exc:
+            raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
 
     def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
         if self.response_started:
             return ClientGone(f"{reason} after the response began")
         return RequestFailed(status, reason)
 
-    async def to_client(self, *events: h11.Event) -> None:
+    async def to_client(self, data: bytes) -> None:
         """Write to the client: not armed, the client's transport times it (see :class:`Exchange`)."""
-        if not events:
+        if not data:
             return
-        if type(events[0]) is h11.Response:
-            self.response_started = True
         # The hook that lifts the exchange's deadline is set for this write only: the client's
         # transport also writes on its own account (TLS records while the request body is read),
         # and such a write must leave the body read's deadline alone. The last write, made after
@@ -303,12 +314,12 @@ class Exchange:
         if tcp is not None:
             tcp.on_send_blocked = self._lift_deadline
         try:
-            await self.down.send(*events)
+            await self.down.send_raw(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(str(exc)) from exc
-        except h11.LocalProtocolError as exc:  # the upstream's framing does not hold up
-            logger.warning("response from %s cannot be relayed: %s", self.conn.endpoint, exc)
-            raise ClientGone(f"invalid upstream response: {exc}") from exc
         finally:
             if tcp is not None:
                 tcp.on_send_blocked = None
+
+
+_END = h11.EndOfMessage()

@@ -2,11 +2,15 @@
 
 Theory of operation
 -------------------
-Both hops are h11 connections: the client's (SERVER role, ``down``) and a
-pooled upstream's (CLIENT role, ``up``). Bodies are relayed event by event,
-one read of at most ``READ_SIZE`` bytes at a time, so memory stays bounded
-whatever the body size. Events that h11 can produce without more I/O are
-batched into one write (head plus a small body leave in a single segment).
+The client's hop is an h11 connection (SERVER role, ``down``): h11 is the
+only parser of what clients send. The upstream's hop is a pooled connection
+whose :class:`~snakeway.proxy.upstream_wire.UpstreamWire` writes the request
+as bytes and parses the response with llhttp. Bodies are relayed one read of
+at most ``READ_SIZE`` bytes at a time, so memory stays bounded whatever the
+body size; response bodies go to the client as bytes that h11 accounts for
+(``H11Stream.encode_body``), not as an event per read. What can be written
+without more I/O is batched into one write (head plus a small body leave in a
+single segment).
 A request body known to be small is read whole before an upstream is
 connected (:mod:`snakeway.proxy.request_body`), so that no upstream
 connection waits on a client that sends it slowly.
@@ -45,6 +49,7 @@ from snakeway.proxy.pool import UpstreamConnectError, UpstreamConnection
 from snakeway.proxy.request_body import NO_BODY, ReadBody, read_body, read_first
 from snakeway.proxy.routing import strip_prefix
 from snakeway.proxy.strict import Target
+from snakeway.proxy.upstream_wire import UpstreamRequest
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +79,9 @@ def stripped(target: Target, prefix: str) -> Target:
     return Target(host=target.host, path=path, target=path.encode("latin-1") + target.target[len(target.path) :])
 
 
-def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext) -> h11.Request:
+def upstream_request(
+    request: h11.Request, headers: hdr.Headers, target: Target, ctx: ForwardContext
+) -> UpstreamRequest:
     """The request for the upstream; ``headers`` are ``request.headers`` as a list."""
     out = hdr.upstream_request_headers(
         headers,
@@ -84,9 +91,10 @@ def upstream_request(request: h11.Request, headers: hdr.Headers, target: Target,
         drop=DROPPED_REQUEST_HEADERS,
         via=ctx.via,
     )
-    if hdr.request_headers(headers).chunked:
-        out.append((b"transfer-encoding", b"chunked"))  # h11 re-frames the body
-    return relayed_request(request.method, target.target, out)
+    chunked = hdr.request_headers(headers).chunked
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))  # the wire re-frames the body
+    return relayed_request(request.method, target.target, out, chunked=chunked)
 
 
 def connect_budget(settings: UpstreamSettings, upstreams: int) -> float:

@@ -1,8 +1,15 @@
-"""An h11 connection glued to a trio stream, after h11's own trio example.
+"""An h11 connection glued to a trio stream, after h11's own trio example: the client hop.
 
 h11 decides; this module does the I/O. Reads are bounded by ``max_read`` and
 by h11's ``max_incomplete_event_size``; a failed write tells the state
 machine (``send_failed``) before the error propagates.
+
+A relayed response body goes to the client as bytes, not as one h11 ``Data``
+event per read (:meth:`H11Stream.encode_body`): the bytes are framed as h11's
+writer would frame them and counted against its Content-Length, so the state
+machine still ends ``DONE`` (or refuses a body longer than the length). That
+reads h11's private writer: the h11 versions snakeway accepts are pinned in
+``pyproject.toml``.
 
 Writes are not timed here: a client's send timeout (nginx's ``send_timeout``)
 belongs to its transport, :class:`snakeway.tcp.TcpStream`, which times the
@@ -17,9 +24,11 @@ from http import HTTPStatus
 
 import h11
 import trio
+from h11._writers import ChunkedWriter, ContentLengthWriter, Http10Writer
 
 from snakeway.proxy.deadlines import Deadlines
 from snakeway.proxy.headers import get_header, has_token
+from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.proxy.validators import http_date
 from snakeway.tcp import TcpStream
 
@@ -51,21 +60,29 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
-def relayed_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> h11.Request:
-    """The request for the upstream, from a request h11 parsed.
+def relayed_request(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *, chunked: bool = False
+) -> UpstreamRequest:
+    """The request for the upstream, from a request h11 parsed; ``chunked``: its body is re-framed as chunks.
 
     Every part came out of h11's parser, which checked it against the
-    grammar, or is a header snakeway writes itself from checked values (a
-    host name, an IP address, ``Via``). So the per-header regular expressions
-    that building an event runs are skipped, with the flag h11 uses for the
-    events of its own parser: about 5 % of a proxied request's CPU time.
-    Framing (Content-Length, Transfer-Encoding) is still checked.
+    grammar and its framing (:mod:`snakeway.proxy.strict` refuses both
+    Content-Length and Transfer-Encoding), or is a header snakeway writes
+    itself from checked values (a host name, an IP address, ``Via``). So it
+    is written upstream as it is, without another check.
     """
-    return h11.Request(method=method, target=target, headers=headers, _parsed=True)
+    return UpstreamRequest(method, target, headers, chunked)
 
 
 def relayed_response(status: int, headers: list[tuple[bytes, bytes]], reason: bytes) -> h11.Response:
-    """The response for the client, from an upstream response h11 parsed (see :func:`relayed_request`)."""
+    """The response for the client, from an upstream response llhttp parsed.
+
+    llhttp checked the header names and values against the grammar (and
+    :mod:`snakeway.proxy.upstream_wire` what it lets through), so the
+    per-header regular expressions that building an event runs are skipped,
+    with the flag h11 uses for the events of its own parser: about 5 % of a
+    proxied request's CPU time. Framing (Content-Length) is still checked.
+    """
     return h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
 
 
@@ -171,6 +188,37 @@ class H11Stream:
             if data:
                 chunks.append(data)
         return b"".join(chunks)
+
+    def encode_body(self, chunks: list[bytes], out: list[bytes]) -> None:
+        """Append the response body ``chunks`` to ``out`` as h11 would write them as ``Data`` events.
+
+        Without an event per chunk: the bytes are framed as the writer of the
+        response in flight frames them, and counted against its
+        Content-Length, so that the state machine ends as if each had been
+        sent. Private h11 state (see the module docstring).
+
+        Raises:
+          h11.LocalProtocolError: more bytes than the response's Content-Length (h11's state is ``ERROR``).
+        """
+        conn = self.conn
+        writer = conn._writer
+        kind = type(writer)
+        if kind is ContentLengthWriter:
+            left = writer._length - sum(map(len, chunks))  # type: ignore[union-attr]  # the writer's type is known
+            if left < 0:
+                conn.send_failed()
+                raise h11.LocalProtocolError("Too much data for declared Content-Length")
+            writer._length = left  # type: ignore[union-attr]
+            out += chunks
+        elif kind is ChunkedWriter:
+            for chunk in chunks:
+                if chunk:  # an empty chunk would end the body
+                    out += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+        elif kind is Http10Writer:
+            out += chunks
+        else:  # not sending a body: let h11 say why
+            for chunk in chunks:
+                out.append(conn.send(h11.Data(data=chunk)) or b"")
 
     async def send_raw(self, data: bytes) -> None:
         if not data:

@@ -3,12 +3,15 @@
 Theory of operation
 -------------------
 A request borrows a connection with :meth:`UpstreamPool.acquire`, does one
-exchange on ``conn.h11`` and hands it back with :meth:`UpstreamPool.release`
-(or :meth:`UpstreamPool.discard` after an error). The pool, not the caller,
-decides whether the connection lives on: only when h11 says both sides are
-``DONE`` does it call ``start_next_cycle()`` and keep it idle. A response with
-``Connection: close``, an HTTP/1.0 peer, a half-read body or a cancelled
-exchange leaves h11 in another state, and the connection is closed.
+exchange on ``conn.wire`` (an :class:`~snakeway.proxy.upstream_wire.UpstreamWire`)
+and hands it back with :meth:`UpstreamPool.release` (or
+:meth:`UpstreamPool.discard` after an error). The pool, not the caller,
+decides whether the connection lives on: only when the wire says the request
+and the response are both complete, and the connection may carry another
+(:meth:`UpstreamConnection.reusable`), does it call ``next_cycle()`` and keep
+it idle. A response with ``Connection: close``, an HTTP/1.0 peer, a half-read
+body, bytes after the response or a cancelled exchange leave it unreusable,
+and the connection is closed.
 
 Idle connections are kept per endpoint in a list ordered by ``idle_since``
 (oldest first). ``acquire`` takes the most recently idled one (LIFO: the
@@ -44,11 +47,10 @@ import select
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, NoReturn, final
 
-import h11
 import trio
 
 from snakeway.errors import SnakewayError
-from snakeway.proxy.h11io import H11Stream
+from snakeway.proxy.upstream_wire import MAX_RESPONSE_HEAD, UpstreamWire
 from snakeway.tcp import TcpStream, open_tcp_stream
 
 if TYPE_CHECKING:
@@ -56,8 +58,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Largest response head (status line + headers) we buffer from an upstream.
-MAX_RESPONSE_HEAD = 64 * 1024
 # Budget for closing sockets under a shield; forceful closes take no time.
 CLOSE_TIMEOUT = 5.0
 
@@ -86,7 +86,7 @@ class UpstreamConnection:
     Attributes:
       endpoint: where it goes.
       stream: the transport (owned by the pool: use ``release``/``discard``).
-      h11: the client-side ``H11Stream`` for the exchange.
+      wire: the HTTP/1.1 client state of the exchange (requests out, the response in).
       idle_since: trio time it was last returned to the pool (or opened).
       reused: True if it served an earlier exchange, so a failure before the
         first response byte may just be a stale keep-alive: retry once, fresh.
@@ -98,12 +98,12 @@ class UpstreamConnection:
         stream: trio.abc.Stream,
         *,
         now: float,
-        max_incomplete_event_size: int = MAX_RESPONSE_HEAD,
+        max_head: int = MAX_RESPONSE_HEAD,
     ) -> None:
         self.endpoint = endpoint
         self.label = str(endpoint)  # as the access log names it: once per connection, not per request
         self.stream = stream
-        self.h11 = H11Stream(stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size))
+        self.wire = UpstreamWire(max_head)
         self.idle_since = now
         self.reused = False
         # The pool's count of open connections per endpoint, lowered once when this one closes.
@@ -114,21 +114,19 @@ class UpstreamConnection:
     def reusable(self) -> bool:
         """True when the exchange finished cleanly and the connection may carry another.
 
-        Both sides ``DONE`` (so not ``MUST_CLOSE``, ``ERROR`` or mid-message),
-        and nothing received beyond the response: unsolicited bytes or an EOF
-        would poison the next exchange.
+        The request written and the response read to their ends, a response
+        that lets the connection live (HTTP/1.1, no ``Connection: close``, a
+        known length), and nothing received beyond it: unsolicited bytes or
+        an EOF would poison the next exchange.
         """
-        conn = self.h11.conn
-        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-            return False
-        data, closed = conn.trailing_data
-        return not data and not closed
+        return self.wire.reusable()
 
     def expires_at(self, idle_seconds: float) -> float:
         return self.idle_since + idle_seconds
 
     async def aclose(self) -> None:
         """Close at once, without a graceful shutdown; never blocks."""
+        self.wire.close()
         counts, self.open_counts = self.open_counts, None
         if counts is not None:
             left = counts[self.endpoint] - 1
@@ -150,7 +148,7 @@ class UpstreamPool:
       settings: timeouts and sizes (``connection_timeout_seconds``,
         ``connection_pool_size``, ``pool_idle_seconds``).
       connect: opens a transport to ``(host, port)``; inject a fake in tests.
-      max_incomplete_event_size: h11's bound on a buffered response head.
+      max_head: the largest response head accepted, in bytes.
 
     Resource handling:
       Start :meth:`run` in a nursery to close expired connections eagerly,
@@ -163,11 +161,11 @@ class UpstreamPool:
         settings: UpstreamSettings,
         *,
         connect: Connect = open_tcp_stream,
-        max_incomplete_event_size: int = MAX_RESPONSE_HEAD,
+        max_head: int = MAX_RESPONSE_HEAD,
     ) -> None:
         self.settings = settings
         self._connect = connect
-        self._max_incomplete_event_size = max_incomplete_event_size
+        self._max_head = max_head
         # endpoint -> idle connections, oldest first. No empty lists kept.
         self._idle: dict[Endpoint, list[UpstreamConnection]] = {}
         # endpoint -> connections open, idle or in use; changed only when one opens or closes (no zeros kept).
@@ -251,7 +249,7 @@ class UpstreamPool:
             endpoint,
             stream,
             now=trio.current_time(),
-            max_incomplete_event_size=self._max_incomplete_event_size,
+            max_head=self._max_head,
         )
         conn.open_counts = self._open_counts
         self._open_counts[endpoint] = self._open_counts.get(endpoint, 0) + 1
@@ -281,7 +279,7 @@ class UpstreamPool:
         settings = self.settings
         if self._closed or not conn.reusable() or settings.pool_idle_seconds <= 0 or settings.connection_pool_size <= 0:
             return conn
-        conn.h11.conn.start_next_cycle()
+        conn.wire.next_cycle()
         conn.idle_since = now
         idle = self._idle.setdefault(conn.endpoint, [])
         idle.append(conn)

@@ -6,8 +6,8 @@ connections are joined byte for byte until either side closes, or until no
 byte has moved either way for the route's ``ws_idle_timeout_seconds``. Not
 parsing frames, snakeway sends no pings of its own: an application that
 wants a quiet tunnel kept open sends its own pings (or any message) more
-often than that. Bytes that h11 read past either head (``trailing_data``)
-are delivered first.
+often than that. Bytes read past either head (h11's ``trailing_data`` on the
+client's side, the wire's ``trailing`` on the upstream's) are delivered first.
 """
 
 from __future__ import annotations
@@ -111,33 +111,27 @@ async def proxy_websocket(
         if upgrade_read.cancelled_caught:
             raise RequestFailed(408, "client too slow sending the upgrade request")
         up_request = plain_upstream_request(request, headers, target, ctx)
-        up_request = h11.Request(
-            method=up_request.method,
-            target=up_request.target,
-            headers=[*up_request.headers, *UPGRADE_HEADERS],
-        )
+        up_request = up_request._replace(headers=[*up_request.headers, *UPGRADE_HEADERS])
         conn = await connect(balancer, ctx)
         down.served_by = conn.label
         try:
             exchange = Exchange(down, conn, ctx, limit=0)
             with exchange.timeouts():  # the handshake is timed, the tunnel is not
-                await exchange.to_upstream([up_request, h11.EndOfMessage()])
-                event = await exchange.next_upstream_event()
-                while type(event) is h11.InformationalResponse and event.status_code != 101:
-                    event = await exchange.next_upstream_event()
-                if type(event) is not h11.InformationalResponse:
-                    return await exchange.relay_response(event)
+                wire = conn.wire
+                await exchange.to_upstream([wire.start_request(up_request, upgrade=True), wire.end_request()])
+                if await exchange.read_head() != 101:  # 1xx other than 101 are skipped
+                    return await exchange.relay_response()
                 switch = h11.InformationalResponse(
                     status_code=101,
                     headers=[
-                        *hdr.downstream_response_headers(event.headers, via=ctx.via, own=ctx.own_headers),
+                        *hdr.downstream_response_headers(wire.headers, via=ctx.via, own=ctx.own_headers),
                         *UPGRADE_HEADERS,
                     ],
-                    reason=event.reason,
+                    reason=wire.reason,
                 )
-                await exchange.to_client(switch)
-            if await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.h11.stream,
-                            bytes(conn.h11.conn.trailing_data[0]), idle_timeout=route.ws_idle_timeout_seconds):
+                await exchange.to_client(down.encode((switch,)))
+            if await splice(down.stream, bytes(down.conn.trailing_data[0]), conn.stream,
+                            wire.trailing, idle_timeout=route.ws_idle_timeout_seconds):
                 logger.info("%s: WebSocket on %s closed after %g s without traffic",
                             ctx.client_ip, route.path, route.ws_idle_timeout_seconds)
             return 101
