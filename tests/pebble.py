@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -42,16 +43,38 @@ _INSTALL_HINT = "apt-get install -y pebble (Debian package, provides /usr/bin/pe
 
 
 def free_port(kind: Literal["tcp", "udp"] = "tcp") -> int:
-    """A port on 127.0.0.1 that was free a moment ago (bind to 0, read, close).
+    """A port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
 
-    Another process may take it before the caller binds it; that small race is
-    accepted in tests.
+    A port the kernel hands out for ``bind(0)`` comes from the same range as the
+    source ports of outgoing connections, and a busy suite makes hundreds of
+    those: one could take the port before a child process binds it. So a port
+    is picked at random below that range (where nothing is handed out without
+    being asked for by number) and checked by binding it. Another process may
+    still take it before the caller binds it; that small race is accepted in
+    tests.
     """
     sock_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket(socket.AF_INET, sock_type) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, sock_type) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
+        port = sock.getsockname()[1]
         return port
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass(frozen=True)
