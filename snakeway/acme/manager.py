@@ -38,6 +38,8 @@ from datetime import datetime, timedelta
 import trio
 
 from snakeway.acme.backend import AcmeBackend
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.hooks import HookRunner
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, LocalCoordinator
 from snakeway.acme.issuing import Issuer
@@ -45,11 +47,13 @@ from snakeway.acme.managed import ManagedCert
 from snakeway.acme.renewer import Renewer
 from snakeway.acme.served import ServedCerts
 from snakeway.acme.startup import load_stored
-from snakeway.acme.store import CertStore
+from snakeway.acme.revoke import revoke_stored
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.acme.watch import StoreWatch
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import TlsAutomation
+from snakeway.errors import IssuanceError
 from snakeway.tls.registry import CertRegistry
 from snakeway.tls.sources import Offload
 
@@ -125,10 +129,12 @@ class CertManager:
             acme=settings.acme, store=store, backend=backend, coordinator=self.coordinator, http01=http01,
             tlsalpn=tlsalpn, share_challenges=watch_interval is not None, offload=self.offload,
         )
+        self.issuer = issuer
         self.served = ServedCerts(registry, clock, self.offload)
+        self.hooks = HookRunner(settings.hooks, store_cert_dir=store.cert_dir if isinstance(store, FileStore) else None)
         self.renewer = Renewer(
             settings=settings, store=store, backend=backend, served=self.served, clock=clock, rng=self.rng,
-            coordinator=self.coordinator, issuer=issuer, attempts=attempts,
+            coordinator=self.coordinator, issuer=issuer, attempts=attempts, hooks=self.hooks,
         )
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
@@ -159,6 +165,8 @@ class CertManager:
         await self._load_stored(self.certs.values(), at_start=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.hooks.run)
+            nursery.start_soon(self._sync_account)
             for cert in self.certs.values():
                 self._start(cert)
             if watch is not None and self.watch_interval is not None:
@@ -166,8 +174,17 @@ class CertManager:
             task_status.started()
             await trio.sleep_forever()
 
-    async def configure(self, certs: Iterable[ManagedCert]) -> None:
-        """Apply a reloaded configuration: new certificates are loaded and checked now."""
+    async def configure(self, certs: Iterable[ManagedCert], settings: TlsAutomation | None = None) -> None:
+        """Apply a reloaded configuration: new certificates are loaded and checked now.
+
+        ``settings``: the reloaded ``tls_automation``, whose hooks and account contacts take effect (a changed
+        contact updates the account); its other keys need a restart.
+        """
+        if settings is not None:
+            self.hooks.configure(settings.hooks)
+            self.issuer.account.configure(settings.acme)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._sync_account)
         wanted = {c.cert_id: c for c in certs}
         for cert_id in list(self._tasks):
             if cert_id not in wanted or wanted[cert_id] != self.certs.get(cert_id):
@@ -177,6 +194,32 @@ class CertManager:
         await self._load_stored(added, at_start=False)
         for cert in added:
             self._start(cert)
+
+    async def _sync_account(self) -> None:
+        """Update the account's contacts at the CA if ``contact_email`` changed (once the listeners are up)."""
+        if self.listening is not None:
+            await self.listening.wait()
+        try:
+            await self.issuer.account.sync_contact()
+        except (IssuanceError, StoreError) as exc:
+            logger.warning("ACME account: could not update its contact (%s); trying again at the next start or "
+                           "reload", exc)
+
+    async def revoke(self, cert_id: str, reason: str) -> CertBundle:
+        """Revoke ``cert_id``'s stored certificate and mark it for replacement (:mod:`snakeway.acme.revoke`);
+        the caller orders the replacement with :meth:`retry_one` ``(renew=True)``.
+
+        Raises:
+          KeyError: ``cert_id`` is not a certificate this manager keeps.
+          ValueError, ActionRefused, IssuanceError, StoreError: see :func:`~snakeway.acme.revoke.revoke_stored`.
+        """
+        cert = self.certs[cert_id]
+        return await revoke_stored(name=cert.name, reason=reason, store=self.store, account=self.issuer.account,
+                                   backend=self.backend, coordinator=self.coordinator)
+
+    async def rollover_account_key(self) -> AccountRecord:
+        """Roll the ACME account key over (:meth:`~snakeway.acme.account.AccountKeeper.rollover`)."""
+        return await self.issuer.account.rollover()
 
     def retry_now(self) -> None:
         """Check every certificate at once, skipping any back-off (not a CA's Retry-After, nor the budget)."""

@@ -55,6 +55,7 @@ from snakeway.acme import crypto
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.coordination import Coordinator, LockLost, fenced
 from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, Stored, Wait, decide
+from snakeway.acme.hooks import HookRunner
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.lanes import OrderLane
 from snakeway.acme.ledger import SharedBudget
@@ -92,6 +93,7 @@ class Renewer:
       store, backend, clock, rng, coordinator: as the CertManager's.
       served: publishes to the cert map.
       issuer: runs the orders.
+      hooks: runs ``on_renewed`` after each certificate saved (None: no hooks).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Renewer:
         coordinator: Coordinator,
         issuer: Issuer,
         attempts: dict[str, int] | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -115,6 +118,7 @@ class Renewer:
         self.rng = rng
         self.coordinator = coordinator
         self.issuer = issuer
+        self.hooks = hooks  # on_renewed, run once a new certificate is saved
         # Orders carried out, by outcome ("issued", "failed"): what the admin API's metrics count.
         self.attempts: dict[str, int] = attempts if attempts is not None else {}
         self.lane = OrderLane(settings.acme.max_concurrent_orders)
@@ -314,6 +318,8 @@ class Renewer:
         with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
             await self.store.delete_order(cert.name)
         await self._save_state(state.succeeded(now))
+        if self.hooks is not None:
+            self.hooks.renewed(bundle)  # in the background: never waits for the hook
         return now, True  # ask ARI about the new certificate at once (when the CA has ARI)
 
     async def _save_again(self, cert: ManagedCert) -> datetime:

@@ -236,6 +236,8 @@ class RenewalState:
         ari_serial: Serial number of the certificate ``ari`` is about.
         ari_next_poll: When to ask the CA again; None: as soon as possible (never asked).
         ari_moment: The moment drawn in ``ari``'s window, kept until the window changes.
+        revoked_serial: Serial of a certificate revoked by the operator (``certs revoke``): while it is the
+            stored one, it is replaced as soon as the back-off allows, due or not.
     """
 
     name: str
@@ -250,6 +252,7 @@ class RenewalState:
     ari_serial: str | None = None
     ari_next_poll: datetime | None = None
     ari_moment: datetime | None = None
+    revoked_serial: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
@@ -384,6 +387,7 @@ class RenewalState:
             "ari_serial": self.ari_serial,
             "ari_next_poll": _iso(self.ari_next_poll),
             "ari_moment": _iso(self.ari_moment),
+            "revoked_serial": self.revoked_serial,
         }
 
     @classmethod
@@ -415,4 +419,5 @@ class RenewalState:
             ari_serial=_optional_str(data, "ari_serial"),
             ari_next_poll=_from_iso(data, "ari_next_poll"),
             ari_moment=_from_iso(data, "ari_moment"),
+            revoked_serial=_optional_str(data, "revoked_serial"),
         )

@@ -263,6 +263,16 @@ class CertStoreSettings:
 
 
 @dataclass(frozen=True)
+class Hooks:
+    """``tls_automation.hooks``: programs run after certificate events (see docs/automatic-https.md)."""
+
+    # argv of the program run after each certificate issued or renewed (the first item an absolute path to an
+    # executable); empty: none. Run by the process that obtained the certificate, once per issuance.
+    on_renewed: tuple[str, ...] = ()
+    timeout_seconds: float = 60.0      # then the hook is killed (and its failure logged)
+
+
+@dataclass(frozen=True)
 class TlsAutomation:
     # Renew with this many days left, but never with more than half the lifetime left. None: the lifetime
     # rule, a third of the lifetime left (half for certificates shorter than 10 days).
@@ -270,6 +280,7 @@ class TlsAutomation:
     check_interval_seconds: float = 600.0
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     cert_store: CertStoreSettings = field(default_factory=CertStoreSettings)
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def default_state_dir() -> Path:

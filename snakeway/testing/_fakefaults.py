@@ -25,6 +25,9 @@ STEPS: Final = (
     "wait_authorizations",
     "finalize",
     "renewal_info",
+    "change_key",
+    "update_contact",
+    "revoke",
 )
 # The steps that send a request in the real backend: the ones an outage or a
 # step-less planned failure can hit.
