@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "validate the configuration and exit"),
         ("reload", "make the running server read its configuration again (admin listener, else SIGHUP)"),
         ("trust", "print the local CA's root certificate (mode = \"internal\") and how to use it"),
-        ("certs", "list the ACME-managed certificates and their renewal state; `certs renew NAME` renews one, `certs revoke NAME` revokes one, `certs rollover-account-key`"),
+        ("certs", "list the ACME-managed certificates and their renewal state; also "
+                  "`certs renew|revoke NAME` and `certs rollover-account-key`"),
     ):
         cmd = sub.add_parser(name, help=text)
         _config_option(cmd, top=False)

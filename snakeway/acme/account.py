@@ -90,7 +90,8 @@ def key_change(
     ``keyChange`` URL in the protected header, and no nonce."""
     url = str(client.directory["keyChange"])
     payload = _KeyChange(account=account_url, old_key=old.public_key()).json_dumps().encode()
-    return acme_jws.JWS.sign(payload, key=new, alg=new_alg, nonce=None, url=url)
+    inner: acme_jws.JWS = acme_jws.JWS.sign(payload, key=new, alg=new_alg, nonce=None, url=url)
+    return inner
 
 
 class ContactUpdate(JSONObjectWithFields):

@@ -17,9 +17,9 @@ The rules, in order:
    (:func:`snakeway.acme.timing.renewal_moment`: the lifetime rule, or the moment drawn inside the ARI
    window, never later than the emergency time) decides: before it, wait (until the moment, the next ARI
    poll or the periodic check, whichever comes first).
-3. **Due, missing, revoked (``state.revoked_serial``) or not covering the names:** a CA's ``Retry-After`` is a floor nobody shortens, a
-   forced check (``retry_now``, SIGHUP) included. Otherwise, unless forced, the failure back-off must
-   have passed. Then: order, with an urgency for the order lane (missing or expired first, then the
+3. **Due, missing, revoked (``state.revoked_serial``) or not covering the names:** a CA's ``Retry-After`` is
+   a floor nobody shortens, a forced check (``retry_now``, SIGHUP) included. Otherwise, unless forced, the
+   failure back-off must have passed. Then: order, with an urgency for the order lane (missing or expired first, then the
    nearest renewal moment).
 
 A forced renewal (``renew``, from the admin API) skips rule 2: it orders a certificate that is not due,

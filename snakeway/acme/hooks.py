@@ -145,7 +145,7 @@ class HookRunner:
             return
         self._nursery.start_soon(self.run_hook, argv, bundle, self.hooks.timeout_seconds)
 
-    async def run_hook(self, argv: tuple[str, ...], bundle: CertBundle, timeout: float) -> bool:  # noqa: ASYNC109
+    async def run_hook(self, argv: tuple[str, ...], bundle: CertBundle, timeout: float) -> bool:  # noqa: ASYNC109 - the hook's limit, not the caller's
         """Run ``argv`` for ``bundle`` and log how it ended; whether it succeeded. Never raises (but Cancelled)."""
         async with self._limiter:
             files = await trio.to_thread.run_sync(write_files, bundle)
@@ -155,7 +155,7 @@ class HookRunner:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(shutil.rmtree, files, True)
 
-    async def _run(self, argv: tuple[str, ...], bundle: CertBundle, files: Path, timeout: float) -> bool:
+    async def _run(self, argv: tuple[str, ...], bundle: CertBundle, files: Path, timeout: float) -> bool:  # noqa: ASYNC109
         env = hook_environment(os.environ, bundle, files, self.store_cert_dir)
         started = trio.current_time()
         errors = files / ".stderr"

@@ -45,7 +45,7 @@ from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.store import AccountRecord, CertBundle, CertStore, OrderRecord, StoreError
+from snakeway.acme.store import CertBundle, CertStore, OrderRecord, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.config.model import AcmeSettings, Challenge
 from snakeway.errors import IssuanceError

@@ -38,16 +38,16 @@ from datetime import datetime, timedelta
 import trio
 
 from snakeway.acme.backend import AcmeBackend
-from snakeway.acme.filestore import FileStore
-from snakeway.acme.hooks import HookRunner
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, LocalCoordinator
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.hooks import HookRunner
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.renewer import Renewer
+from snakeway.acme.revoke import revoke_stored
 from snakeway.acme.served import ServedCerts
 from snakeway.acme.startup import load_stored
-from snakeway.acme.revoke import revoke_stored
 from snakeway.acme.store import AccountRecord, CertBundle, CertStore, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.acme.watch import StoreWatch
