@@ -19,8 +19,8 @@ The rules, in order:
    poll or the periodic check, whichever comes first).
 3. **Due, missing, revoked (``state.revoked_serial``) or not covering the names:** a CA's ``Retry-After`` is
    a floor nobody shortens, a forced check (``retry_now``, SIGHUP) included. Otherwise, unless forced, the
-   failure back-off must have passed. Then: order, with an urgency for the order lane (missing or expired first, then the
-   nearest renewal moment).
+   failure back-off must have passed. Then: order, with an urgency for the order lane (missing or expired
+   first, then the nearest renewal moment).
 
 A forced renewal (``renew``, from the admin API) skips rule 2: it orders a certificate that is not due,
 as rule 3 says (never before a ``Retry-After``, back-off skipped).
