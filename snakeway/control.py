@@ -260,8 +260,8 @@ def post(admin: Admin, path: str, state_dir: Path, body: bytes = b"{}") -> Answe
         data = response.read()
     except ssl.SSLError as exc:
         raise Unreachable(f"{url}: TLS: {exc.reason or exc}") from None
-    except ConnectionRefusedError:
-        raise NotRunning(f"nothing listens on the admin listener at {url}") from None
+    except ConnectionRefusedError as exc:
+        raise NotRunning(f"cannot reach the admin listener at {url}: {exc.strerror or exc}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise Unreachable(f"cannot reach the admin listener at {url}: {getattr(exc, 'strerror', None) or exc}") \
             from None

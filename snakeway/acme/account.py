@@ -42,7 +42,7 @@ from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway.acme import crypto
-from snakeway.acme.store import AccountRecord, CertStore
+from snakeway.acme.store import AccountRecord, CertStore, StoreError
 from snakeway.config.model import AcmeSettings, KeyType
 from snakeway.errors import IssuanceError
 
@@ -194,7 +194,14 @@ class AccountKeeper:
             await self.backend.change_key(new_key)
             self._key_pem = new_key
             rolled = replace(record, key_pem=new_key)
-            await self.store.save_account(rolled)
+            try:
+                await self.store.save_account(rolled)
+            except StoreError as exc:
+                logger.error("ACME account %s: the CA took a new key, but the store could not keep it (%s); "
+                             "the stored key is refused now: delete the account from the store to register anew",
+                             record.uri, exc)
+                raise StoreError(f"the CA took the new account key, but the store could not keep it: {exc}") \
+                    from exc
             logger.info("ACME account %s: key rolled over; the new key is stored", record.uri)
             return rolled
 
