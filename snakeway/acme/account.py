@@ -127,8 +127,9 @@ class AccountKeeper:
         self._key_pem: bytes | None = None  # the key the backend signs with; None: not set up yet
 
     def configure(self, acme: AcmeSettings) -> None:
-        """Take a reloaded ``tls_automation.acme`` (its contacts; :meth:`sync_contact` applies them)."""
-        self.acme = acme
+        """Take the contacts of a reloaded ``tls_automation.acme`` (:meth:`sync_contact` applies them); the CA
+        stays the one this process started with (its backend talks to that one)."""
+        self.acme = replace(self.acme, contact_email=acme.contact_email)
 
     async def ensure(self) -> None:
         """Have the backend sign with the stored account (registering one if the store has none).
