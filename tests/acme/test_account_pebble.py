@@ -12,12 +12,10 @@ from acme import messages
 
 from snakeway.acme import acmelib
 from snakeway.acme.store import AccountRecord
-from tests.acme.test_renewal_pebble import ISSUED, file_store, follow_log, pebble_at, until_logged, write_config
-from tests.admin.adminclient import admin_block
+from tests.acme.adminpebble import issued_with_admin
+from tests.acme.test_renewal_pebble import ISSUED, file_store, pebble_at, until_logged
 from tests.admin.test_admin_cli import cli
-from tests.helpers import start_upstream
 from tests.pebble import Pebble
-from tests.proc import snakeway
 
 NAME = "account.example.test"
 
@@ -46,90 +44,67 @@ async def stored_account(tmp_path: Path, pebble: Pebble) -> AccountRecord:
     return record
 
 
-async def started(nursery: trio.Nursery, tmp_path: Path, pebble: Pebble, *, contact: str = "") -> tuple[Path, int]:
-    """A configuration with two workers and an admin listener: (its path, the admin port); ``contact``: a
-    contact_email."""
-    upstream, _ = await start_upstream(nursery)
-    config = tmp_path / "snakeway.hcl"
-    line, admin = admin_block(tmp_path)
-    write_config(config, directory_url=pebble.directory_url, ca_file=pebble.ca_file, pebble=pebble,
-                 upstream=upstream, names=(NAME,), workers=2)
-    text = config.read_text() + line + "\n"
-    if contact:
-        text = text.replace("      ca_file ", f'      contact_email = "{contact}"\n      ca_file ', 1)
-    config.write_text(text)
-    return config, admin.port
-
-
 async def test_rollover_account_key_from_the_command_line_against_a_running_server(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    async with pebble_at(tmp_path) as pebble:
-        config, admin_port = await started(nursery, tmp_path, pebble)
-        async with snakeway(config) as proc:
-            nursery.start_soon(follow_log, proc)
-            await until_logged(proc, lambda log: ISSUED in log and log.count(
-                b"listening on http://127.0.0.1:" + str(admin_port).encode()) == 2, timeout=30)
-            before = await stored_account(tmp_path, pebble)
+    async with pebble_at(tmp_path) as pebble, issued_with_admin(nursery, tmp_path, pebble, (NAME,)) as (
+        config, _, proc,
+    ):
+        before = await stored_account(tmp_path, pebble)
 
-            status, said = await cli("certs", "rollover-account-key", "--config", str(config))
+        status, said = await cli("certs", "rollover-account-key", "--config", str(config))
+        assert status == 0, said
+
+        after = await stored_account(tmp_path, pebble)
+        assert after.uri == before.uri and after.key_pem != before.key_pem
+        assert after.contact == before.contact
+        assert before.uri is not None
+        with pytest.raises(messages.Error) as refused:  # the CA no longer takes the old key for the account
+            await as_account(pebble, before.key_pem, before.uri)
+        assert refused.value.code in ("malformed", "unauthorized", "accountDoesNotExist")
+        assert (await as_account(pebble, after.key_pem, before.uri)).body.status == "valid"
+        for _ in range(2):  # orders signed with the new key, by whichever worker takes the request
+            status, said = await cli("certs", "renew", NAME, "--config", str(config))
             assert status == 0, said
-
-            after = await stored_account(tmp_path, pebble)
-            assert after.uri == before.uri and after.key_pem != before.key_pem
-            assert after.contact == before.contact
-            assert before.uri is not None
-            with pytest.raises(messages.Error) as refused:  # the CA no longer takes the old key for the account
-                await as_account(pebble, before.key_pem, before.uri)
-            assert refused.value.code in ("malformed", "unauthorized", "accountDoesNotExist")
-            assert (await as_account(pebble, after.key_pem, before.uri)).body.status == "valid"
-            for _ in range(2):  # orders signed with the new key, by whichever worker takes the request
-                status, said = await cli("certs", "renew", NAME, "--config", str(config))
-                assert status == 0, said
-            assert proc.log.count(ISSUED) == 3, proc.log.decode()[-3000:]
-            assert (await stored_account(tmp_path, pebble)).uri == before.uri  # the same account throughout
+        assert proc.log.count(ISSUED) == 3, proc.log.decode()[-3000:]
+        assert (await stored_account(tmp_path, pebble)).uri == before.uri  # the same account throughout
 
 
 async def test_a_deactivated_account_is_registered_again_with_a_new_key(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with pebble_at(tmp_path) as pebble:
-        config, admin_port = await started(nursery, tmp_path, pebble)
-        async with snakeway(config) as proc:
-            nursery.start_soon(follow_log, proc)
-            await until_logged(proc, lambda log: ISSUED in log and log.count(
-                b"listening on http://127.0.0.1:" + str(admin_port).encode()) == 2, timeout=30)
-            lost = await stored_account(tmp_path, pebble)
-            assert lost.uri is not None
-            assert (await as_account(pebble, lost.key_pem, lost.uri, "deactivate")).body.status == "deactivated"
+    async with pebble_at(tmp_path) as pebble, issued_with_admin(nursery, tmp_path, pebble, (NAME,)) as (
+        config, _, proc,
+    ):
+        lost = await stored_account(tmp_path, pebble)
+        assert lost.uri is not None
+        assert (await as_account(pebble, lost.key_pem, lost.uri, "deactivate")).body.status == "deactivated"
 
-            status, said = await cli("certs", "renew", NAME, "--config", str(config))
-            assert status == 0, said
-            fresh = await stored_account(tmp_path, pebble)
-            assert fresh.uri != lost.uri and fresh.key_pem != lost.key_pem
-            assert fresh.uri is not None
-            assert (await as_account(pebble, fresh.key_pem, fresh.uri)).body.status == "valid"
-            assert proc.log.count(ISSUED) == 2
-            assert proc.log.count(b"registered a new account") == 1, proc.log.decode()[-3000:]
-            assert b"WARNING" in next(line for line in proc.log.splitlines() if b"registered a new account" in line)
+        status, said = await cli("certs", "renew", NAME, "--config", str(config))
+        assert status == 0, said
+        fresh = await stored_account(tmp_path, pebble)
+        assert fresh.uri != lost.uri and fresh.key_pem != lost.key_pem
+        assert fresh.uri is not None
+        assert (await as_account(pebble, fresh.key_pem, fresh.uri)).body.status == "valid"
+        assert proc.log.count(ISSUED) == 2
+        assert proc.log.count(b"registered a new account") == 1, proc.log.decode()[-3000:]
+        assert b"WARNING" in next(line for line in proc.log.splitlines() if b"registered a new account" in line)
 
 
 async def test_a_changed_contact_email_updates_the_account_at_reload(nursery: trio.Nursery, tmp_path: Path) -> None:
-    async with pebble_at(tmp_path) as pebble:
-        config, admin_port = await started(nursery, tmp_path, pebble, contact="first@example.org")
-        async with snakeway(config) as proc:
-            nursery.start_soon(follow_log, proc)
-            await until_logged(proc, lambda log: ISSUED in log and log.count(
-                b"listening on http://127.0.0.1:" + str(admin_port).encode()) == 2, timeout=30)
-            account = await stored_account(tmp_path, pebble)
-            assert account.uri is not None
-            assert (await as_account(pebble, account.key_pem, account.uri)).body.contact == ("mailto:first@example.org",)
+    contact = "      contact_email = \"first@example.org\"\n      ca_file "
+    async with pebble_at(tmp_path) as pebble, issued_with_admin(
+        nursery, tmp_path, pebble, (NAME,), edit=lambda text: text.replace("      ca_file ", contact, 1),
+    ) as (config, _, proc):
+        account = await stored_account(tmp_path, pebble)
+        assert account.uri is not None
+        assert (await as_account(pebble, account.key_pem, account.uri)).body.contact == ("mailto:first@example.org",)
 
-            config.write_text(config.read_text().replace("first@example.org", "second@example.org"))
-            status, said = await cli("reload", "--config", str(config))
-            assert status == 0, said
-            await until_logged(proc, lambda log: b"contact updated" in log, timeout=20)
+        config.write_text(config.read_text().replace("first@example.org", "second@example.org"))
+        status, said = await cli("reload", "--config", str(config))
+        assert status == 0, said
+        await until_logged(proc, lambda log: b"contact updated" in log, timeout=20)
 
-            assert (await as_account(pebble, account.key_pem, account.uri)).body.contact == (
-                "mailto:second@example.org",)
-            assert (await stored_account(tmp_path, pebble)).contact == ("mailto:second@example.org",)
-            await trio.sleep(0.5)  # the other worker's reload has ended too: it found the account up to date
-            assert proc.log.count(b"contact updated") == 1
+        assert (await as_account(pebble, account.key_pem, account.uri)).body.contact == (
+            "mailto:second@example.org",)
+        assert (await stored_account(tmp_path, pebble)).contact == ("mailto:second@example.org",)
+        await trio.sleep(0.5)  # the other worker's reload has ended too: it found the account up to date
+        assert proc.log.count(b"contact updated") == 1

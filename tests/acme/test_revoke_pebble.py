@@ -8,6 +8,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import Certificate
 
+from tests.acme.adminpebble import issued_with_admin
 from tests.acme.test_renewal_pebble import (
     ISSUED,
     file_store,
@@ -44,37 +45,29 @@ async def serial_served(pebble: Pebble, ctx: object, want_other_than: str) -> Ce
 async def test_certs_revoke_through_the_running_server_revokes_at_the_ca_and_serves_a_new_key(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, _ = await start_upstream(nursery)
-    config = tmp_path / "snakeway.hcl"
-    line, admin = admin_block(tmp_path)
-    async with pebble_at(tmp_path) as pebble:
-        write_config(config, directory_url=pebble.directory_url, ca_file=pebble.ca_file, pebble=pebble,
-                     upstream=upstream, names=(NAME,), workers=2)
-        config.write_text(config.read_text() + line + "\n")
+    async with pebble_at(tmp_path) as pebble, issued_with_admin(nursery, tmp_path, pebble, (NAME,)) as (
+        config, admin, proc,
+    ):
         ctx = client_context(await pebble.roots())
-        async with snakeway(config) as proc:
-            nursery.start_soon(follow_log, proc)
-            await until_logged(proc, lambda log: ISSUED in log and log.count(
-                b"listening on http://127.0.0.1:" + str(admin.port).encode()) == 2, timeout=30)
-            old = await handshake(pebble.tls_port, ctx, NAME)
-            old_serial = f"{old.serial_number:x}"
-            assert (await pebble.cert_status(old_serial))["Status"] == "Valid"
-            status, _, body = await admin.request("POST", f"/admin/certs/{NAME}/revoke",
-                                                  body=b'{"reason": "compromised"}')
-            assert status == 400 and "unknown revocation reason 'compromised'" in body["error"], body
-            assert (await pebble.cert_status(old_serial))["Status"] == "Valid"  # nothing revoked
+        old = await handshake(pebble.tls_port, ctx, NAME)
+        old_serial = f"{old.serial_number:x}"
+        assert (await pebble.cert_status(old_serial))["Status"] == "Valid"
+        status, _, body = await admin.request("POST", f"/admin/certs/{NAME}/revoke",
+                                              body=b'{"reason": "compromised"}')
+        assert status == 400 and "unknown revocation reason 'compromised'" in body["error"], body
+        assert (await pebble.cert_status(old_serial))["Status"] == "Valid"  # nothing revoked
 
-            status, said = await cli("certs", "revoke", NAME, "--reason", "keyCompromise", "--config", str(config))
-            assert status == 0, said
+        status, said = await cli("certs", "revoke", NAME, "--reason", "keyCompromise", "--config", str(config))
+        assert status == 0, said
 
-            revoked = await pebble.cert_status(old_serial)
-            assert (revoked["Status"], revoked["Reason"]) == ("Revoked", 1)  # keyCompromise
-            new = await eventually(lambda: serial_served(pebble, ctx, old_serial), timeout=20)
-            assert public_der(new) != public_der(old)  # a compromised key is never served again
-            assert (await pebble.cert_status(f"{new.serial_number:x}"))["Status"] == "Valid"
-            stored = await file_store(tmp_path).load(NAME)
-            assert stored is not None and stored.serial == f"{new.serial_number:x}"
-            assert b"revoked (reason keyCompromise)" in proc.log
+        revoked = await pebble.cert_status(old_serial)
+        assert (revoked["Status"], revoked["Reason"]) == ("Revoked", 1)  # keyCompromise
+        new = await eventually(lambda: serial_served(pebble, ctx, old_serial), timeout=20)
+        assert public_der(new) != public_der(old)  # a compromised key is never served again
+        assert (await pebble.cert_status(f"{new.serial_number:x}"))["Status"] == "Valid"
+        stored = await file_store(tmp_path).load(NAME)
+        assert stored is not None and stored.serial == f"{new.serial_number:x}"
+        assert b"revoked (reason keyCompromise)" in proc.log
 
 
 async def test_without_a_server_revoke_and_key_rollover_act_on_the_store_and_the_next_start_follows(
