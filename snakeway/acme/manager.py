@@ -12,6 +12,11 @@ the listeners that answer the CA's validation are up, while stored certificates 
 handshake. When other processes share the store, a :class:`~snakeway.acme.watch.StoreWatch` puts certificates
 they saved into this process's map.
 
+The manager's nursery also holds the ``on_renewed`` hooks (:mod:`snakeway.acme.hooks`: the process that
+saved a new certificate runs it, in the background) and, once the listeners are up, the update of the
+account's contacts (:mod:`snakeway.acme.account`). :meth:`CertManager.revoke` and
+:meth:`CertManager.rollover_account_key` are the admin API's operator actions.
+
 Each certificate has its own error boundary: an unexpected error is logged with its traceback and the
 certificate is checked again at the next periodic check; the certificate that was being served stays
 served.

@@ -5,7 +5,9 @@ worker's own snapshot merged with its siblings' files (:mod:`snakeway.admin.shar
 worker: a reload goes through the supervisor, which reloads every worker as on SIGHUP (this worker answers
 with its own outcome: every worker reads the same files); a renewal or retry is done by this worker, under
 the certificate's lock in the store that every worker shares, and the others pick the new certificate up
-from the store as they do any certificate another process saved.
+from the store as they do any certificate another process saved. A revocation is a renewal preceded by the
+revocation (:mod:`snakeway.acme.revoke`); a key rollover is done by this worker, and the others sign with the
+stored new key from their next request to the CA.
 """
 
 from __future__ import annotations
