@@ -138,11 +138,16 @@ class AccountKeeper:
             IssuanceError: The CA could not be reached or refused (an account it lost is replaced first).
             StoreError: The store could not be read or written.
         """
-        record = await self.store.load_account(self.acme.directory_url)
-        if record is not None and record.key_pem == self._key_pem:
+        if await self._current():
             return
         async with self._lock, self._account_lock():
-            await self._ensure_locked()
+            if not await self._current():  # another task of this process may have just set it up
+                await self._ensure_locked()
+
+    async def _current(self) -> bool:
+        """Whether the backend signs with the stored account's key (one store read)."""
+        record = await self.store.load_account(self.acme.directory_url)
+        return record is not None and record.key_pem == self._key_pem
 
     async def _ensure_locked(self) -> AccountRecord:
         record = await self.store.load_account(self.acme.directory_url)

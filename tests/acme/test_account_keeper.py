@@ -82,6 +82,15 @@ async def test_a_worker_follows_a_key_another_worker_rolled_over(autojump_clock:
     assert [a.uri for a in ca.accounts] == [before.uri]  # still the one account
 
 
+async def test_tasks_needing_the_account_at_once_register_it_once(autojump_clock: trio.testing.MockClock) -> None:
+    ca, store = FakeCA(TrioLinkedClock(EPOCH)), MemoryStore()
+    account = keeper(store, ca, LocalCoordinator())
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):  # the first orders of many certificates, together
+            nursery.start_soon(account.ensure)
+    assert ca.calls.count("ensure_account") == 1 and len(ca.accounts) == 1
+
+
 async def test_a_lost_account_is_replaced_once_among_workers(autojump_clock: trio.testing.MockClock) -> None:
     ca, store, coordinator = FakeCA(TrioLinkedClock(EPOCH)), MemoryStore(), LocalCoordinator()
     first, second = keeper(store, ca, coordinator, "ops@a.test"), keeper(store, ca, coordinator, "ops@a.test")
