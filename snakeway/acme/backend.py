@@ -27,8 +27,8 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   never behind an order holding the nonce set.
 
 Only this module and its adapters in :mod:`snakeway.acme.acmelib` and :mod:`snakeway.acme.account`
-(the account's own messages) import ``acme`` and ``josepy``. The protocol and its records live in :mod:`snakeway.acme.protocol` and are
-re-exported here.
+(the account's own messages) import ``acme`` and ``josepy``. The protocol and its records live in
+:mod:`snakeway.acme.protocol` and are re-exported here.
 """
 
 from __future__ import annotations
