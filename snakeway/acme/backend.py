@@ -33,9 +33,9 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   ``CapacityLimiter(ARI_CONCURRENCY)`` of their own (:mod:`snakeway.acme.ari_wire`),
   never behind an order holding the nonce set.
 
-Only this module and its adapters in :mod:`snakeway.acme.acmelib` import ``acme`` and
-``josepy``. The protocol and its records live in :mod:`snakeway.acme.protocol` and are
-re-exported here.
+Only this module and its adapters in :mod:`snakeway.acme.acmelib` and :mod:`snakeway.acme.account`
+(the account's own messages) import ``acme`` and ``josepy``. The protocol and its records live in
+:mod:`snakeway.acme.protocol` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import acmelib, ari_wire, chains, crypto
+from snakeway.acme import account, acmelib, ari_wire, chains, crypto
 from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.protocol import AccountInfo as AccountInfo
 from snakeway.acme.protocol import AcmeBackend as AcmeBackend
@@ -240,6 +240,38 @@ class ClientV2Backend:
             self._net.session.close()
         self._client, self._net, self._jwk = client, net, jwk
         return str(regr.uri)
+
+    async def change_key(self, new_key_pem: bytes) -> None:
+        """Roll the account key over to ``new_key_pem`` (RFC 8555 §7.3.5); later requests are signed with it.
+
+        Raises:
+            IssuanceError: The CA refused (the old key stays in use).
+        """
+        jwk, alg = acmelib.jwk_for(new_key_pem)
+        await self._run("keyChange", self._change_key, jwk, alg)
+
+    def _change_key(self, jwk: JWK, alg: JWASignature) -> None:
+        client, net = self._require()
+        assert self._jwk is not None and net.account is not None
+        url = str(client.directory["keyChange"])
+        self._post(url, account.key_change(client, str(net.account.uri), self._jwk, jwk, alg))
+        net.key, net.alg, self._jwk = jwk, alg, jwk
+
+    async def update_contact(self, contact: tuple[str, ...]) -> None:
+        """Set the account's contacts (RFC 8555 §7.3.2)."""
+        _, net = self._require()
+        assert net.account is not None
+        await self._run("account", self._post, str(net.account.uri), account.ContactUpdate(contact=contact))
+
+    async def revoke(self, cert_pem: bytes, reason: int) -> None:
+        """Revoke the leaf of ``cert_pem`` with the account key (RFC 8555 §7.6), for CRLReason ``reason``.
+
+        Raises:
+            IssuanceError: The CA refused (``alreadyRevoked`` for a certificate revoked before).
+        """
+        client, _ = self._require()
+        body = account.revocation(cert_pem, reason)
+        await self._run("revokeCert", self._post, str(client.directory["revokeCert"]), body)
 
     async def new_order(self, domains: Sequence[str], csr_pem: bytes, *, replaces: str | None = None) -> OrderHandle:
         """Open an order for the names in ``csr_pem``, which must be ``domains``.
