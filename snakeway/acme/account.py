@@ -45,7 +45,7 @@ from josepy.json_util import field as jose_field
 from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
-from snakeway.acme import crypto
+from snakeway.acme import acmelib, crypto
 from snakeway.acme.revoke import ActionRefused
 from snakeway.acme.store import AccountRecord, CertStore, StoreError
 from snakeway.config.model import AcmeSettings, KeyType
@@ -103,6 +103,23 @@ class ContactUpdate(JSONObjectWithFields):
     """The account update that sets its contacts (RFC 8555 §7.3.2); an empty list removes them."""
 
     contact: tuple[str, ...] = jose_field("contact", encoder=list)
+
+
+def registration(
+    client: acme_client.ClientV2, jwk: JWK, contact: tuple[str, ...], eab: tuple[str, str] | None
+) -> messages.NewRegistration:
+    """The ``newAccount`` payload: the terms agreed, ``contact``, and the External Account Binding of ``eab``
+    (key id, base64url MAC key; RFC 8555 §7.3.4) signed over ``jwk``.
+
+    Raises:
+        IssuanceError: The CA requires a binding and ``eab`` is None (decided before any request: permanent).
+    """
+    if client.external_account_required() and eab is None:
+        raise IssuanceError("the CA requires External Account Binding: set eab = { key_id, mac_key_file }",
+                            problem_type=messages.ERROR_PREFIX + "externalAccountRequired")
+    binding = acmelib.account_binding(jwk, *eab, client) if eab is not None else None
+    return messages.NewRegistration.from_data(contact=contact, terms_of_service_agreed=True,
+                                              external_account_binding=binding)
 
 
 def revocation(cert_pem: bytes, reason: int) -> messages.Revocation:
