@@ -265,12 +265,8 @@ class AdminApi:
             revoked = await manager.revoke(found, reason)
         except ValueError as exc:
             return 400, {"error": str(exc)}
-        except ActionRefused as exc:
-            return 409, {"error": str(exc)}
-        except IssuanceError as exc:
-            return 502, {"error": f"the CA did not revoke it: {exc}"}
-        except StoreError as exc:
-            return 503, {"error": f"the certificate store failed: {exc}"}
+        except (ActionRefused, IssuanceError, StoreError) as exc:
+            return _refused(exc, "the CA did not revoke it")
         return await self._check_now(call, found, renew=True, action="revoke",
                                      extra={"revoked": {"serial": revoked.serial, "reason": reason}})
 
@@ -282,14 +278,19 @@ class AdminApi:
             return 409, {"error": "this configuration has no tls_automation, so no ACME account"}
         try:
             records = await manager.rollover_account_key()
-        except ActionRefused as exc:
-            return 409, {"error": str(exc)}
-        except IssuanceError as exc:
-            return 502, {"error": f"the CA did not take the new key: {exc}"}
-        except StoreError as exc:
-            return 503, {"error": f"the certificate store failed: {exc}"}
+        except (ActionRefused, IssuanceError, StoreError) as exc:
+            return _refused(exc, "the CA did not take the new key")
         accounts = [{"account": record.uri, "directory_url": record.directory_url} for record in records]
         return 200, {**accounts[0], "accounts": accounts, "rolled_over": True}
+
+
+def _refused(exc: ActionRefused | IssuanceError | StoreError, ca_refused: str) -> Answer:
+    """The answer to an operator action that failed: 409 refused now, 502 ``ca_refused: …``, 503 the store."""
+    if isinstance(exc, ActionRefused):
+        return 409, {"error": str(exc)}
+    if isinstance(exc, IssuanceError):
+        return 502, {"error": f"{ca_refused}: {exc}"}
+    return 503, {"error": f"the certificate store failed: {exc}"}
 
 
 async def _manual_view(cert_id: str, read: Callable[[], bytes], now: Any) -> dict[str, Any]:

@@ -20,6 +20,12 @@ from snakeway.testing import FakeCA, TrioLinkedClock
 from tests.acme.test_issuers_fallback import EPOCH, FIRST, MALFORMED, SECOND, A, automation, manager, run_until
 
 
+def two_cas(clock: TrioLinkedClock | None = None) -> tuple[TrioLinkedClock, FakeCA, FakeCA, MemoryStore]:
+    """A clock, the first and the second CA (each with URLs of its own), and an empty store."""
+    clock = clock or TrioLinkedClock(EPOCH)
+    return clock, FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+
+
 async def issued_by_second(store: MemoryStore, first: FakeCA, second: FakeCA, clock: TrioLinkedClock) -> CertManager:
     """A manager whose certificate for A was issued by the second CA (the first refused three orders)."""
     first.fail_next(3, status=400, step="new_order", problem_type=MALFORMED)
@@ -33,8 +39,7 @@ async def issued_by_second(store: MemoryStore, first: FakeCA, second: FakeCA, cl
 async def test_revoke_is_signed_by_the_account_of_the_ca_that_issued_the_certificate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    clock = TrioLinkedClock(EPOCH)
-    first, second, store = FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+    clock, first, second, store = two_cas()
     mgr = await issued_by_second(store, first, second, clock)
     bundle = await store.load(A.name)
     assert bundle is not None
@@ -49,8 +54,7 @@ async def test_revoke_is_signed_by_the_account_of_the_ca_that_issued_the_certifi
 async def test_rollover_rolls_every_stored_account_and_skips_a_ca_without_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    clock = TrioLinkedClock(EPOCH)
-    first, second, store = FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+    clock, first, second, store = two_cas()
     mgr = manager(store, first, second, clock, automation())
     with pytest.raises(ActionRefused, match="no ACME account is stored yet"):
         await mgr.rollover_account_key()
@@ -64,7 +68,7 @@ async def test_rollover_rolls_every_stored_account_and_skips_a_ca_without_one(
     assert rolled.directory_url == FIRST and rolled.uri == before.uri and rolled.key_pem != before.key_pem
     assert await store.load_account(SECOND) is None and "ensure_account" not in second.calls
 
-    first, second, store = FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+    _, first, second, store = two_cas(clock)
     mgr = await issued_by_second(store, first, second, clock)  # both CAs have an account now
     stored = {url: await store.load_account(url) for url in (FIRST, SECOND)}
     records = await mgr.rollover_account_key()
@@ -79,8 +83,7 @@ async def test_rollover_rolls_every_stored_account_and_skips_a_ca_without_one(
 async def test_a_lost_account_at_the_second_ca_is_registered_again_there_only(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    clock = TrioLinkedClock(EPOCH)
-    first, second, store = FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+    clock, first, second, store = two_cas()
     first.fail_next(100, status=400, step="new_order", problem_type=MALFORMED)  # every order goes to the second
     mgr = manager(store, first, second, clock, automation(threshold=1))
     await run_until(mgr, lambda: second.issued, 3600)
@@ -105,8 +108,7 @@ async def test_a_lost_account_at_the_second_ca_is_registered_again_there_only(
 async def test_a_reload_updates_each_cas_account_with_its_own_contacts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    clock = TrioLinkedClock(EPOCH)
-    first, second, store = FakeCA(clock), FakeCA(clock, base_url="https://second.test"), MemoryStore()
+    clock, first, second, store = two_cas()
     mgr = await issued_by_second(store, first, second, clock)
     settings = dataclasses.replace(
         automation(),
