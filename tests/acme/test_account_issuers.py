@@ -14,6 +14,7 @@ import trio.testing
 from snakeway.acme.account import ACCOUNT_DOES_NOT_EXIST
 from snakeway.acme.manager import CertManager
 from snakeway.acme.revoke import ActionRefused
+from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import MemoryStore
 from snakeway.config.model import AcmeSettings
 from snakeway.testing import FakeCA, TrioLinkedClock
@@ -49,6 +50,7 @@ async def test_revoke_is_signed_by_the_account_of_the_ca_that_issued_the_certifi
     assert "revoke" not in first.calls
     state = await store.load_state(A.name)
     assert state is not None and state.revoked_serial == bundle.serial and state.issued_by == SECOND
+    assert RenewalState.from_json(state.to_json()) == state  # issued_by and revoked_serial both kept on disk
 
 
 async def test_rollover_rolls_every_stored_account_and_skips_a_ca_without_one(
