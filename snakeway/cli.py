@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="the revocation reason (RFC 5280); default: unspecified")
             _config_option(revoke, top=False)
             rollover = actions.add_parser("rollover-account-key",
-                                          help="replace each CA's stored ACME account key with a new one (RFC 8555 7.3.5)")
+                                          help="a new key for each CA's stored ACME account (RFC 8555 7.3.5)")
             _config_option(rollover, top=False)
     return parser
 
