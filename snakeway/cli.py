@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from snakeway import __version__, control, fatal, logs
+from snakeway.acme.revoke import REVOCATION_REASONS
 from snakeway.config.load import load_config
 from snakeway.config.model import Config
 from snakeway.errors import ConfigError, SnakewayError
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "validate the configuration and exit"),
         ("reload", "make the running server read its configuration again (admin listener, else SIGHUP)"),
         ("trust", "print the local CA's root certificate (mode = \"internal\") and how to use it"),
-        ("certs", "list the ACME-managed certificates and their renewal state; `certs renew NAME` renews one"),
+        ("certs", "list the ACME-managed certificates and their renewal state; also "
+                  "`certs renew|revoke NAME` and `certs rollover-account-key`"),
     ):
         cmd = sub.add_parser(name, help=text)
         _config_option(cmd, top=False)
@@ -68,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
             renew = actions.add_parser("renew", help="renew a certificate now, through the admin listener")
             renew.add_argument("name", metavar="NAME", help="the certificate's id or one of its names")
             _config_option(renew, top=False)
+            revoke = actions.add_parser(
+                "revoke", help="revoke a certificate at the CA, then order a new one (with a new key) at once")
+            revoke.add_argument("name", metavar="NAME", help="the certificate's id or its name")
+            revoke.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS),
+                                help="the revocation reason (RFC 5280); default: unspecified")
+            _config_option(revoke, top=False)
+            rollover = actions.add_parser("rollover-account-key",
+                                          help="a new key for each CA's stored ACME account (RFC 8555 7.3.5)")
+            _config_option(rollover, top=False)
     return parser
 
 
@@ -89,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "trust":
         return trust(config)
     if args.command == "certs":
-        if getattr(args, "certs_command", None) == "renew":
+        action = getattr(args, "certs_command", None)
+        if action == "renew":
             return control.renew(config, args.name)
+        if action == "revoke":
+            return control.revoke(config, args.name, args.reason)
+        if action == "rollover-account-key":
+            return control.rollover_account_key(config)
         return certs(config)
     if args.command == "reload":
         return control.reload(config)

@@ -1,4 +1,5 @@
-"""``reload`` and ``certs renew``: asking a running snakeway, as its configuration says to reach it.
+"""``reload``, ``certs renew``, ``certs revoke`` and ``certs rollover-account-key``: asking a running snakeway,
+as its configuration says to reach it.
 
 With ``bind_admin`` in the configuration, the command is an HTTP(S) ``POST`` to the admin listener
 (``/admin/reload``, ``/admin/certs/{id}/renew``) with ``Authorization: Bearer`` and the first token of
@@ -6,6 +7,8 @@ With ``bind_admin`` in the configuration, the command is an HTTP(S) ``POST`` to 
 ``server.pid_file`` (the supervisor's, with several workers), as ``kill -HUP`` would; the log then says
 whether the new configuration was applied. ``certs renew`` has no signal to fall back on (a signal cannot
 name a certificate, and a reload does not renew one): without ``bind_admin`` it says so and fails.
+``certs revoke`` and ``certs rollover-account-key`` do their work on the certificate store themselves when no
+server answers (no ``bind_admin``, or nothing listening on it): see :mod:`snakeway.acme.direct`.
 
 Every failure is one line on stderr, ``snakeway: <command>: <why>``, and exit status 1.
 
@@ -24,9 +27,12 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+import trio
 
 from snakeway.config.model import Admin, Config, Tls, TlsMode
 from snakeway.errors import SnakewayError
@@ -36,6 +42,10 @@ TIMEOUT_SECONDS = 180.0  # the admin listener waits up to 120 s for a reload to 
 
 class Unreachable(SnakewayError):
     """The running server cannot be asked: the message says why, in one line."""
+
+
+class NotRunning(Unreachable):
+    """Nothing listens on the admin listener's address: no server runs with this configuration."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,87 @@ def renew(config: Config, name: str) -> int:
         print(f"{cert_id}: renewal under way (not done yet); `snakeway certs` shows how it ends")
         return 0
     return _failed("certs renew", answer)
+
+
+def revoke(config: Config, name: str, reason: str) -> int:
+    """``snakeway certs revoke NAME [--reason R]``: revoke the certificate, then order a new one at once.
+
+    Through the admin listener's ``POST /admin/certs/{NAME}/revoke`` when a server answers there; with no
+    ``bind_admin``, or nothing listening on it, straight on the store (the next start, or the check of a
+    server sharing the store, orders the replacement).
+    """
+    admin = admin_of(config)
+    if admin is not None:
+        body = json.dumps({"reason": reason}).encode()
+        try:
+            answer = post(admin, f"/admin/certs/{quote(name, safe='')}/revoke", config.server.state_dir, body)
+        except NotRunning:
+            pass  # no server: do it on the store
+        except Unreachable as exc:
+            return _say("certs revoke", str(exc))
+        else:
+            if answer.status not in (200, 202):
+                return _failed("certs revoke", answer)
+            revoked = answer.body.get("revoked")
+            serial = revoked.get("serial") if isinstance(revoked, dict) else None
+            cert_id = answer.body.get("id", name)
+            print(f"{cert_id}: revoked serial {serial} ({reason})")
+            if answer.status == 200:
+                print(f"{cert_id}: replaced{_serial(answer.body)}")
+            else:
+                print(f"{cert_id}: replacement under way (not done yet); `snakeway certs` shows how it ends")
+            return 0
+    return _directly("certs revoke", lambda: _revoke_directly(config, name, reason))
+
+
+def _revoke_directly(config: Config, name: str, reason: str) -> None:
+    from snakeway.acme import direct
+
+    bundle = trio.run(direct.revoke, config, name, reason)
+    print(f"{bundle.name}: revoked serial {bundle.serial} ({reason}); no server answered, so a new certificate "
+          "is ordered when snakeway starts (or at the next check of a server sharing the store)")
+
+
+def rollover_account_key(config: Config) -> int:
+    """``snakeway certs rollover-account-key``: a new ACME account key (RFC 8555 §7.3.5), stored for every worker.
+
+    Through the admin listener's ``POST /admin/account/rollover-key`` when a server answers there, else on
+    the store directly.
+    """
+    admin = admin_of(config)
+    if admin is not None:
+        try:
+            answer = post(admin, "/admin/account/rollover-key", config.server.state_dir)
+        except NotRunning:
+            pass
+        except Unreachable as exc:
+            return _say("certs rollover-account-key", str(exc))
+        else:
+            if answer.status != 200:
+                return _failed("certs rollover-account-key", answer)
+            accounts = answer.body.get("accounts")
+            for rolled in accounts if isinstance(accounts, list) else ():
+                if isinstance(rolled, dict):
+                    print(f"account {rolled.get('account')} at {rolled.get('directory_url')}: key rolled over")
+            return 0
+    return _directly("certs rollover-account-key", lambda: _rollover_directly(config))
+
+
+def _rollover_directly(config: Config) -> None:
+    from snakeway.acme import direct
+
+    for record in trio.run(direct.rollover_account_key, config):
+        print(f"account {record.uri} at {record.directory_url}: key rolled over (no server answered: done on "
+              "the store)")
+
+
+def _directly(command: str, work: Callable[[], None]) -> int:
+    """``work()`` on the store, its failure one line."""
+    try:
+        work()
+    except (SnakewayError, ValueError, OSError) as exc:
+        return _say(command, str(exc))
+    return 0
 
 
 def _serial(body: dict[str, object]) -> str:
@@ -157,33 +248,36 @@ def token(admin: Admin) -> str:
     raise Unreachable(f"{admin.token_file} holds no token")
 
 
-def post(admin: Admin, path: str, state_dir: Path) -> Answer:
-    """``POST path`` to the admin listener with the bearer token; its status and JSON body.
+def post(admin: Admin, path: str, state_dir: Path, body: bytes = b"{}") -> Answer:
+    """``POST path`` to the admin listener with the bearer token and a JSON ``body``; its status and JSON body.
 
     Raises:
-      Unreachable: the listener cannot be reached, or did not answer JSON.
+      NotRunning: nothing listens there (connection refused).
+      Unreachable: the listener cannot be reached otherwise, or did not answer JSON.
     """
     url = url_of(admin)
     conn = _connection(admin, state_dir)
     try:
         headers = {"Authorization": f"Bearer {token(admin)}", "Content-Type": "application/json"}
-        conn.request("POST", path, body=b"{}", headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
     except ssl.SSLError as exc:
         raise Unreachable(f"{url}: TLS: {exc.reason or exc}") from None
+    except ConnectionRefusedError as exc:
+        raise NotRunning(f"cannot reach the admin listener at {url}: {exc.strerror or exc}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise Unreachable(f"cannot reach the admin listener at {url}: {getattr(exc, 'strerror', None) or exc}") \
             from None
     finally:
         conn.close()
     try:
-        body = json.loads(data) if data else {}
+        answer = json.loads(data) if data else {}
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
+        answer = None
+    if not isinstance(answer, dict):
         raise Unreachable(f"{url}{path} answered {response.status} without a JSON object")
-    return Answer(response.status, body)
+    return Answer(response.status, answer)
 
 
 def _connection(admin: Admin, state_dir: Path) -> http.client.HTTPConnection:

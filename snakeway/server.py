@@ -218,7 +218,7 @@ class Server:
         self._commit(prepared)
         logger.info("configuration reloaded")
         if self.manager is not None:
-            await self.manager.configure(managed_certs(config))
+            await self.manager.configure(managed_certs(config), config.server.tls_automation)
             self.manager.retry_now()
         elif config.server.tls_automation is not None:
             logger.warning("tls_automation was added: restart snakeway to start managing certificates")

@@ -109,6 +109,12 @@ class Pebble:
     async def root(self, index: int) -> bytes:
         """The PEM root of chain ``index`` (0: the default chain; see ``alternate_roots``)."""
         return await self._get(f"{self.management_url}/roots/{index}")
+    async def cert_status(self, serial: str) -> dict[str, object]:
+        """What Pebble says of the certificate with ``serial`` (hex): ``Status`` ("Valid" or "Revoked"),
+        ``Reason`` (the CRLReason code of a revoked one), from its management API."""
+        body = json.loads(await self._get(f"{self.management_url}/cert-status-by-serial/{serial}"))
+        assert isinstance(body, dict)
+        return body
 
     async def _get(self, url: str) -> bytes:
         return await trio.to_thread.run_sync(_https_get, url, self.ca_file)

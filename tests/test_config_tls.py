@@ -224,7 +224,7 @@ _AUTOMATION = 'acme = { contact_email = "ops@example.com" }'
          "must be greater than 0, got -1"),
         (_AUTOMATION, "renew_days = 30", "renew_days", "server.tls_automation.renew_days",
          'unknown key "renew_days" (did you mean "renew_within_days"?); allowed keys: renew_within_days, '
-         "check_interval_seconds, acme, cert_store, issuer_fallback_after_failures"),
+         "check_interval_seconds, acme, cert_store, issuer_fallback_after_failures, hooks"),
         ('tls_automation = {\n    acme = { contact_email = "ops@example.com" }\n  }', "tls_automation = true",
          "tls_automation", "server.tls_automation",
          "expected an object, got bool true"),

@@ -1,8 +1,9 @@
 """Adapters over the ``acme`` and ``josepy`` libraries, for :mod:`snakeway.acme.backend` only.
 
 Everything here runs in the backend's worker threads or is pure: the retrying
-network, the ``newOrder`` payload with ``replaces``, the generic challenge answer,
-the account key's JWK, and small readers of the library's objects. With
+network, the ``newOrder`` payload with ``replaces``, the generic challenge answer and the
+challenges' key authorizations, the account key's JWK, the translation of the libraries' errors,
+and small readers of the library's objects. With
 :mod:`snakeway.acme.backend`, this is the only module that imports ``acme`` and
 ``josepy``.
 """
@@ -10,6 +11,7 @@ the account key's JWK, and small readers of the library's objects. With
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -19,14 +21,20 @@ from acme import client as acme_client
 from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy import errors as jose_errors
+from josepy.b64 import b64encode
 from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from snakeway.acme import crypto
+from snakeway.acme.protocol import ChallengeTask
 from snakeway.acme.schedule import parse_retry_after
+from snakeway.config.model import Challenge
+from snakeway.errors import IssuanceError
 
 logger = logging.getLogger(__name__)
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")  # base64url, >= 128 bits (RFC 8555 §8.1)
 
 BAD_NONCE_ROUNDS = 8  # ClientNetwork.post tries twice per round: 16 tries in all
 
@@ -139,3 +147,58 @@ def retry_after_seconds(response: requests.Response) -> float | None:
     now = datetime.now(UTC)
     when = parse_retry_after(response.headers.get("Retry-After"), now)
     return None if when is None else max(0.0, (when - now).total_seconds())
+
+
+def translate(exc: Exception, last: requests.Response | None) -> IssuanceError:
+    """The :class:`~snakeway.errors.IssuanceError` for a library error (in the worker thread); ``last`` is the
+    response the call received last (the CA's error answer when the library raised without one)."""
+    response = exc.response if isinstance(exc, requests.RequestException) else None
+    if response is None and last is not None and not last.ok:
+        response = last  # the CA's error answer (not an earlier success)
+    status = response.status_code if response is not None else None
+    retry_after = None
+    if response is not None and status in (429, 503):
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+    problem = exc if isinstance(exc, messages.Error) else None
+    if problem is None and response is not None and not response.ok:
+        problem = problem_of(response)  # acme raises a bare ConflictError for any 409
+    problem_type = problem.typ if problem is not None else None
+    reason = problem if problem is not None else exc
+    message = f"{type(exc).__name__}: {reason}" if str(reason) else type(exc).__name__
+    return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
+
+
+def challenge_tasks(order: messages.OrderResource, kind: Challenge, jwk: JWK) -> list[ChallengeTask]:
+    """The ``kind`` challenges of ``order`` still to answer, with their key authorizations for the account key
+    ``jwk`` (RFC 8555 §8.1; computed here for every type, tls-alpn-01 included); valid authorizations are
+    skipped.
+
+    Raises:
+        IssuanceError: An authorization is not pending, or does not offer ``kind``, or a token is malformed.
+    """
+    thumbprint = b64encode(jwk.public_key().thumbprint()).decode("ascii")
+    tasks = []
+    for authzr in order.authorizations:
+        authz = authzr.body
+        domain = authz.identifier.value
+        if authz.status == messages.STATUS_VALID:
+            continue
+        if authz.status != messages.STATUS_PENDING:
+            raise IssuanceError(f"authorization for {domain} is {authz.status.name}")
+        for challb in authz.challenges:
+            jobj = challb.chall.to_partial_json()
+            if jobj.get("type") != kind.value:
+                continue
+            token = jobj.get("token")
+            if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+                raise IssuanceError(f"{kind.value} challenge for {domain} has a malformed token")
+            tasks.append(
+                ChallengeTask(
+                    domain=domain, kind=kind, token=token,
+                    key_authorization=f"{token}.{thumbprint}", url=challb.uri, body=challb,
+                )
+            )
+            break
+        else:
+            raise IssuanceError(f"the CA offers no {kind.value} challenge for {domain}")
+    return tasks

@@ -29,21 +29,19 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
   :func:`~snakeway.acme.chains.choose_chain` picks.
 * External Account Binding (RFC 8555 §7.3.4): a new account carries the binding made
   with ``eab`` (key id, base64url MAC key); a CA that requires one refuses without.
-* ARI (RFC 9773) GETs are unauthenticated: they go through a session and a
-  ``CapacityLimiter(ARI_CONCURRENCY)`` of their own (:mod:`snakeway.acme.ari_wire`),
-  never behind an order holding the nonce set.
+* ARI (RFC 9773) GETs, and the directory read before any account, are unauthenticated: they
+  go through a session and a ``CapacityLimiter`` of their own
+  (:mod:`snakeway.acme.unsigned`), never behind an order holding the nonce set.
 
-Only this module and its adapters in :mod:`snakeway.acme.acmelib` import ``acme`` and
-``josepy``. The protocol and its records live in :mod:`snakeway.acme.protocol` and are
-re-exported here.
+Only this module and its adapters in :mod:`snakeway.acme.acmelib` and :mod:`snakeway.acme.account`
+(the account's own messages) import ``acme`` and ``josepy``. The protocol and its records live in
+:mod:`snakeway.acme.protocol` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple, final
@@ -55,21 +53,19 @@ from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
 from josepy import errors as jose_errors
-from josepy.b64 import b64encode
 from josepy.interfaces import JSONDeSerializable
 from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import acmelib, ari_wire, chains, crypto
+from snakeway.acme import account, acmelib, chains, crypto
 from snakeway.acme.ari import RenewalInfo
 from snakeway.acme.protocol import AccountInfo as AccountInfo
 from snakeway.acme.protocol import AcmeBackend as AcmeBackend
 from snakeway.acme.protocol import ChallengeTask, OrderHandle
-from snakeway.acme.schedule import parse_retry_after
+from snakeway.acme.unsigned import UnsignedReads
 from snakeway.config.model import Challenge, KeyType
 from snakeway.errors import IssuanceError
-from snakeway.tls.certinfo import CertificateError
 
 __all__ = ["AccountInfo", "AcmeBackend", "ChallengeTask", "ClientV2Backend", "OrderHandle"]
 
@@ -82,8 +78,6 @@ USER_AGENT = f"snakeway/{__version__}"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
 POLL_FIRST = 0.01  # doubling: a CA that validates at once is seen at once, a slow one costs a few polls more
 POLL_MAX = 3.0
-ARI_CONCURRENCY = 4  # ARI GETs in flight at once per backend
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")  # base64url, >= 128 bits (RFC 8555 §8.1)
 
 
 @final
@@ -135,8 +129,8 @@ class ClientV2Backend:
         self._net: acmelib.Network | None = None
         self._jwk: JWK | None = None
         self._last_response: requests.Response | None = None  # of the call in progress
-        self._ari_limiter = trio.CapacityLimiter(ARI_CONCURRENCY)
-        self._ari_session = ari_wire.open_session(user_agent)
+        self._unsigned = UnsignedReads(directory_url, user_agent=user_agent, verify=self._verify, timeout=timeout,
+                                       count=self._count)
 
     async def _run(self, endpoint: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """``fn(*args)`` in the worker thread, counted as a call to ``endpoint``."""
@@ -158,29 +152,13 @@ class ClientV2Backend:
         try:
             return fn(*args)
         except (acme_errors.Error, jose_errors.Error, requests.RequestException) as exc:
-            raise self._translate(exc) from exc
+            raise acmelib.translate(exc, self._last_response) from exc
         finally:
             self._last_response = None
 
     def _remember(self, response: requests.Response, *_args: object, **_kwargs: object) -> None:
         """requests response hook: the response an error in :meth:`_call` is about."""
         self._last_response = response
-
-    def _translate(self, exc: Exception) -> IssuanceError:
-        response = exc.response if isinstance(exc, requests.RequestException) else None
-        if response is None and self._last_response is not None and not self._last_response.ok:
-            response = self._last_response  # the CA's error answer (not an earlier success)
-        status = response.status_code if response is not None else None
-        retry_after = None
-        if response is not None and status in (429, 503):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-        problem = exc if isinstance(exc, messages.Error) else None
-        if problem is None and response is not None and not response.ok:
-            problem = acmelib.problem_of(response)  # acme raises a bare ConflictError for any 409
-        problem_type = problem.typ if problem is not None else None
-        reason = problem if problem is not None else exc
-        message = f"{type(exc).__name__}: {reason}" if str(reason) else type(exc).__name__
-        return IssuanceError(message, status=status, retry_after=retry_after, problem_type=problem_type)
 
     def _require(self) -> tuple[acme_client.ClientV2, acmelib.Network]:
         if self._client is None or self._net is None:
@@ -221,15 +199,8 @@ class ClientV2Backend:
         try:
             directory = acme_client.ClientV2.get_directory(self._directory_url, net)
             client = acme_client.ClientV2(directory, net)
-            if client.external_account_required() and eab is None:
-                raise IssuanceError("the CA requires External Account Binding: set eab = { key_id, mac_key_file }",
-                                    problem_type=messages.ERROR_PREFIX + "externalAccountRequired")
-            binding = acmelib.account_binding(jwk, *eab, client) if eab is not None else None
-            registration = messages.NewRegistration.from_data(
-                contact=contact, terms_of_service_agreed=True, external_account_binding=binding
-            )
             try:
-                regr = client.new_account(registration)
+                regr = client.new_account(account.registration(client, jwk, contact, eab))
             except acme_errors.ConflictError as exists:  # 200 + Location: the key has an account
                 regr = messages.RegistrationResource(uri=exists.location, body=messages.Registration())
                 net.account = regr
@@ -240,6 +211,38 @@ class ClientV2Backend:
             self._net.session.close()
         self._client, self._net, self._jwk = client, net, jwk
         return str(regr.uri)
+
+    async def change_key(self, new_key_pem: bytes) -> None:
+        """Roll the account key over to ``new_key_pem`` (RFC 8555 §7.3.5); later requests are signed with it.
+
+        Raises:
+            IssuanceError: The CA refused (the old key stays in use).
+        """
+        jwk, alg = acmelib.jwk_for(new_key_pem)
+        await self._run("keyChange", self._change_key, jwk, alg)
+
+    def _change_key(self, jwk: JWK, alg: JWASignature) -> None:
+        client, net = self._require()
+        assert self._jwk is not None and net.account is not None
+        url = str(client.directory["keyChange"])
+        self._post(url, account.key_change(client, str(net.account.uri), self._jwk, jwk, alg))
+        net.key, net.alg, self._jwk = jwk, alg, jwk
+
+    async def update_contact(self, contact: tuple[str, ...]) -> None:
+        """Set the account's contacts (RFC 8555 §7.3.2)."""
+        _, net = self._require()
+        assert net.account is not None
+        await self._run("account", self._post, str(net.account.uri), account.ContactUpdate(contact=contact))
+
+    async def revoke(self, cert_pem: bytes, reason: int) -> None:
+        """Revoke the leaf of ``cert_pem`` with the account key (RFC 8555 §7.6), for CRLReason ``reason``.
+
+        Raises:
+            IssuanceError: The CA refused (``alreadyRevoked`` for a certificate revoked before).
+        """
+        client, _ = self._require()
+        body = account.revocation(cert_pem, reason)
+        await self._run("revokeCert", self._post, str(client.directory["revokeCert"]), body)
 
     async def new_order(self, domains: Sequence[str], csr_pem: bytes, *, replaces: str | None = None) -> OrderHandle:
         """Open an order for the names in ``csr_pem``, which must be ``domains``.
@@ -302,32 +305,7 @@ class ClientV2Backend:
         """
         if self._jwk is None:
             raise RuntimeError("call ensure_account() first")
-        thumbprint = b64encode(self._jwk.public_key().thumbprint()).decode("ascii")
-        tasks = []
-        for authzr in _order(order).authorizations:
-            authz = authzr.body
-            domain = authz.identifier.value
-            if authz.status == messages.STATUS_VALID:
-                continue
-            if authz.status != messages.STATUS_PENDING:
-                raise IssuanceError(f"authorization for {domain} is {authz.status.name}")
-            for challb in authz.challenges:
-                jobj = challb.chall.to_partial_json()
-                if jobj.get("type") != kind.value:
-                    continue
-                token = jobj.get("token")
-                if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
-                    raise IssuanceError(f"{kind.value} challenge for {domain} has a malformed token")
-                tasks.append(
-                    ChallengeTask(
-                        domain=domain, kind=kind, token=token,
-                        key_authorization=f"{token}.{thumbprint}", url=challb.uri, body=challb,
-                    )
-                )
-                break
-            else:
-                raise IssuanceError(f"the CA offers no {kind.value} challenge for {domain}")
-        return tasks
+        return acmelib.challenge_tasks(_order(order), kind, self._jwk)
 
     async def answer(self, task: ChallengeTask) -> None:
         """Tell the CA that ``task`` is ready to be validated (POST ``{}``)."""
@@ -410,13 +388,7 @@ class ClientV2Backend:
         served = [str(response.text)]
         for link in chains.alternate_links([response.headers.get("Link", "")]):
             served.append(str(self._post(link, None).text))
-        names = []
-        for pem in served:
-            try:
-                names.append(chains.issuer_names(pem.encode("ascii")))
-            except ValueError:  # an unreadable alternate is never chosen
-                names.append([])
-        chosen = chains.choose_chain(names, self._preferred_chain)
+        chosen = chains.choose_served(served, self._preferred_chain)
         if chosen is None:
             logger.warning("ACME CA %s: none of its %d chains is issued by %r; keeping its default chain",
                            self._directory_url, len(served), self._preferred_chain)
@@ -439,13 +411,7 @@ class ClientV2Backend:
         """
         if self._client is not None:
             return acmelib.offered_profiles(self._client.directory)
-        fetch = partial(acmelib.fetch_directory, self._ari_session, self._directory_url, verify=self._verify,
-                        timeout=self._timeout)
-        try:
-            directory = await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
-        except (requests.RequestException, ValueError) as exc:
-            raise IssuanceError(f"the CA's directory {self._directory_url} cannot be read: {exc}") from exc
-        return acmelib.offered_profiles(directory)
+        return await self._unsigned.offered_profiles()
 
     async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
         """The CA's renewal information for a certificate (ARI, RFC 9773), or None if it has no ARI.
@@ -460,25 +426,11 @@ class ClientV2Backend:
         """
         client, _ = self._require()
         base = acmelib.directory_url(client, "renewalInfo")
-        if base is None:
-            return None
-        try:
-            cert_id = crypto.ari_cert_id(cert_pem)
-        except (ValueError, CertificateError) as exc:
-            raise IssuanceError(f"no ARI CertID: {exc}") from exc
-        url = f"{base.rstrip('/')}/{cert_id}"
-        fetch = partial(ari_wire.fetch_renewal_info, self._ari_session, url, verify=self._verify, timeout=self._timeout)
-        try:
-            info = await trio.to_thread.run_sync(fetch, limiter=self._ari_limiter)
-        except IssuanceError as exc:
-            self._count("renewalInfo", f"http_{exc.status}" if exc.status is not None else "error")
-            raise
-        self._count("renewalInfo", "ok")
-        return info
+        return await self._unsigned.renewal_info(base, cert_pem) if base is not None else None
 
     async def aclose(self) -> None:
         """Close the HTTP sessions (waits for an order call in flight; an ARI GET in flight still completes)."""
-        self._ari_session.close()
+        self._unsigned.close()
         async with self._limiter:
             if self._net is not None:
                 self._net.session.close()

@@ -71,3 +71,14 @@ def _common_name(name: x509.Name) -> str:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = values[0].value if values else ""
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def choose_served(served: Sequence[str], preferred: str) -> int | None:
+    """:func:`choose_chain` over chains as served (PEM text); an unreadable chain is never chosen."""
+    names: list[list[str]] = []
+    for pem in served:
+        try:
+            names.append(issuer_names(pem.encode("ascii")))
+        except ValueError:
+            names.append([])
+    return choose_chain(names, preferred)

@@ -17,10 +17,10 @@ The rules, in order:
    (:func:`snakeway.acme.timing.renewal_moment`: the lifetime rule, or the moment drawn inside the ARI
    window, never later than the emergency time) decides: before it, wait (until the moment, the next ARI
    poll or the periodic check, whichever comes first).
-3. **Due, missing, or not covering the names:** a CA's ``Retry-After`` is a floor nobody shortens, a
-   forced check (``retry_now``, SIGHUP) included. Otherwise, unless forced, the failure back-off must
-   have passed. Then: order, with an urgency for the order lane (missing or expired first, then the
-   nearest renewal moment).
+3. **Due, missing, revoked (``state.revoked_serial``) or not covering the names:** a CA's ``Retry-After`` is
+   a floor nobody shortens, a forced check (``retry_now``, SIGHUP) included. Otherwise, unless forced, the
+   failure back-off must have passed. Then: order, with an urgency for the order lane (missing or expired
+   first, then the nearest renewal moment).
 
 A forced renewal (``renew``, from the admin API) skips rule 2: it orders a certificate that is not due,
 as rule 3 says (never before a ``Retry-After``, back-off skipped).
@@ -131,7 +131,8 @@ def decide(
         return SaveAgain()
     moment: datetime | None = None
     forced = forced or renew
-    if stored is not None and stored.covers and not renew:
+    revoked = stored is not None and stored.serial == state.revoked_serial
+    if stored is not None and stored.covers and not renew and not revoked:
         mine = state.ari_serial == stored.serial  # the ARI fields are about this certificate
         if ari and (not mine or state.ari_next_poll is None or now >= state.ari_next_poll):
             return PollAri()

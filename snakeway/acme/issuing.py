@@ -10,8 +10,9 @@ order in flight. Around the steps:
   to it (:func:`snakeway.acme.issuers.profile_refusal`; a permanent failure, so with several CAs the
   next one is tried at once), and the log says so in one line, once: at start-up
   (:meth:`Issuer.check_profile`) or at the first order.
-* **The account** is registered once per process, under the coordinator's account lock, so several
-  workers share one account (and one rate-limit budget).
+* **The account** is registered once, under the coordinator's account lock, so several workers share
+  one account (and one rate-limit budget); each order follows the stored account, and one the CA lost or
+  deactivated is registered anew (:mod:`snakeway.acme.account`).
 * **replaces.** A renewal's order names the certificate it replaces (its ARI CertID), so a CA can
   exempt it from its limits. A CA that answers ``alreadyReplaced`` (another order already replaced
   it) or ``malformed`` (it does not know that certificate) gets the order again without it.
@@ -47,11 +48,12 @@ from urllib.parse import urlsplit
 import trio
 
 from snakeway.acme import crypto, issuers
+from snakeway.acme.account import AccountKeeper, account_gone
 from snakeway.acme.backend import AcmeBackend, ChallengeTask, OrderHandle
 from snakeway.acme.challenges import Http01Tokens, http01_key
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.store import AccountRecord, CertBundle, CertStore, OrderRecord, StoreError
+from snakeway.acme.store import CertBundle, CertStore, OrderRecord, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges, tls_alpn_key
 from snakeway.config.model import AcmeSettings, Challenge
 from snakeway.errors import IssuanceError
@@ -61,8 +63,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The lock name under which the ACME account is registered (not a valid host name).
-ACCOUNT_LOCK = "acme-account.lock"
 # Pauses between the tries of one request the CA failed transiently (a 5xx, a lost connection): one
 # faulty answer in three must not cost the whole attempt and its back-off.
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)
@@ -109,14 +109,16 @@ class Issuer:
         self.tlsalpn = tlsalpn
         self.share_challenges = share_challenges
         self.offload = offload
-        self._account_lock = trio.Lock()
-        self._account_ready = False
         self._profile_said = False  # the CA lacks the profile: said once
+        self.account = AccountKeeper(acme=acme, store=store, backend=backend, coordinator=coordinator)
 
     async def issue(
         self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None, serving: str | None = None
     ) -> CertBundle:
         """Obtain a certificate for ``cert``: resume an order in flight, or order anew.
+
+        An account the CA no longer knows, or has deactivated, is registered again with a new key and the
+        order tried once more (:mod:`snakeway.acme.account`).
 
         Args:
           now: wall time, for the order record.
@@ -128,6 +130,17 @@ class Issuer:
         refusal = await _retrying(deadline, self._profile_refusal)  # before an account is made there for nothing
         if refusal is not None:
             raise IssuanceError(refusal, problem_type=issuers.PROFILE_UNAVAILABLE)
+        try:
+            return await self._issue(cert, now=now, deadline=deadline, replaces=replaces, serving=serving)
+        except IssuanceError as exc:
+            if not account_gone(exc):
+                raise
+            await self.account.replace_gone(exc)
+        return await self._issue(cert, now=now, deadline=deadline, replaces=replaces, serving=serving)
+
+    async def _issue(
+        self, cert: ManagedCert, *, now: datetime, deadline: float, replaces: str | None, serving: str | None
+    ) -> CertBundle:
         await _retrying(deadline, self.ensure_account)
         resumed = await self._resume(cert, now, deadline, serving)
         if resumed is not None:
@@ -226,22 +239,8 @@ class Issuer:
             logger.warning("certificate for %s: could not drop the finished order's record: %s", name, exc)
 
     async def ensure_account(self) -> None:
-        """Register (or find) the account, once per process; workers share it through the store."""
-        async with self._account_lock:
-            if self._account_ready:
-                return
-            contact = tuple(f"mailto:{e}" for e in self.acme.contact_email)
-            while True:  # with several workers, one registers and the others reuse its account
-                async with self.coordinator.lock(ACCOUNT_LOCK) as mine:
-                    if mine:
-                        record = await self.store.load_account(self.acme.directory_url)
-                        info = await self.backend.ensure_account(record.key_pem if record else None, contact)
-                        if record is None or record.uri != info.uri:
-                            account = AccountRecord(self.acme.directory_url, info.key_pem, info.uri, contact)
-                            await self.store.save_account(account)
-                        self._account_ready = True
-                        return
-                await trio.sleep(0.1)
+        """Sign with the stored account (registered if the store has none); see :mod:`snakeway.acme.account`."""
+        await self.account.ensure()
 
     async def _provision(self, tasks: list[ChallengeTask]) -> None:
         for task in tasks:

@@ -12,6 +12,13 @@ the listeners that answer the CA's validation are up, while stored certificates 
 handshake. When other processes share the store, a :class:`~snakeway.acme.watch.StoreWatch` puts certificates
 they saved into this process's map.
 
+The manager's nursery also holds the ``on_renewed`` hooks (:mod:`snakeway.acme.hooks`: the process that
+saved a new certificate runs it, in the background) and, once the listeners are up, the update of the
+account's contacts (:mod:`snakeway.acme.account`). :meth:`CertManager.revoke` and
+:meth:`CertManager.rollover_account_key` are the admin API's operator actions. With several CAs each has
+its own account: contacts are kept up to date for every one, a revocation is signed by the account of the
+CA that issued the certificate, and a rollover rolls every stored account's key.
+
 Each certificate has its own error boundary: an unexpected error is logged with its traceback and the
 certificate is checked again at the next periodic check; the certificate that was being served stays
 served.
@@ -37,19 +44,24 @@ from datetime import datetime, timedelta
 
 import trio
 
+from snakeway.acme.account import rollover_stored
 from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator, LocalCoordinator
+from snakeway.acme.filestore import FileStore
+from snakeway.acme.hooks import HookRunner
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.managed import ManagedCert
 from snakeway.acme.renewer import Renewer
+from snakeway.acme.revoke import revoke_stored
 from snakeway.acme.served import ServedCerts
 from snakeway.acme.startup import load_stored
-from snakeway.acme.store import CertStore
+from snakeway.acme.store import AccountRecord, CertBundle, CertStore, StoreError
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
 from snakeway.acme.watch import StoreWatch
 from snakeway.clock import WallClock, sleep_until
 from snakeway.config.model import TlsAutomation
+from snakeway.errors import IssuanceError
 from snakeway.tls.registry import CertRegistry
 from snakeway.tls.sources import Offload
 
@@ -133,10 +145,14 @@ class CertManager:
             )
             for acme, ca in zip(settings.issuers, (backend, *fallback_backends), strict=True)
         )
+        self.issuer = issuer
+        self.issuers: tuple[Issuer, ...] = (issuer, *fallback)  # every CA, in order; each its own account
         self.served = ServedCerts(registry, clock, self.offload)
+        self.hooks = HookRunner(settings.hooks, store_cert_dir=store.cert_dir if isinstance(store, FileStore) else None)
         self.renewer = Renewer(
             settings=settings, store=store, backend=backend, served=self.served, clock=clock, rng=self.rng,
             coordinator=self.coordinator, issuer=issuer, attempts=attempts, fallback=tuple(fallback),
+            hooks=self.hooks,
         )
         self.next_checks: dict[str, datetime] = {}
         self._tasks: dict[str, trio.CancelScope] = {}
@@ -167,6 +183,8 @@ class CertManager:
         await self._load_stored(self.certs.values(), at_start=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.hooks.run)
+            nursery.start_soon(self._sync_account)
             for cert in self.certs.values():
                 self._start(cert)
             if watch is not None and self.watch_interval is not None:
@@ -177,8 +195,21 @@ class CertManager:
             task_status.started()
             await trio.sleep_forever()
 
-    async def configure(self, certs: Iterable[ManagedCert]) -> None:
-        """Apply a reloaded configuration: new certificates are loaded and checked now."""
+    async def configure(self, certs: Iterable[ManagedCert], settings: TlsAutomation | None = None) -> None:
+        """Apply a reloaded configuration: new certificates are loaded and checked now.
+
+        ``settings``: the reloaded ``tls_automation``, whose hooks and account contacts take effect (a changed
+        contact updates the account); its other keys need a restart.
+        """
+        if settings is not None:
+            self.hooks.configure(settings.hooks)
+            reloaded = {acme.directory_url: acme for acme in settings.issuers}
+            for running in self.issuers:  # a CA no longer configured keeps its contacts until the restart
+                acme = reloaded.get(running.acme.directory_url)
+                if acme is not None:
+                    running.account.configure(acme)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._sync_account)
         wanted = {c.cert_id: c for c in certs}
         for cert_id in list(self._tasks):
             if cert_id not in wanted or wanted[cert_id] != self.certs.get(cert_id):
@@ -188,6 +219,35 @@ class CertManager:
         await self._load_stored(added, at_start=False)
         for cert in added:
             self._start(cert)
+
+    async def _sync_account(self) -> None:
+        """Update each CA's account's contacts if its ``contact_email`` changed (once the listeners are up); an
+        account not registered yet is left alone."""
+        if self.listening is not None:
+            await self.listening.wait()
+        for running in self.issuers:
+            try:
+                await running.account.sync_contact()
+            except (IssuanceError, StoreError) as exc:
+                logger.warning("ACME account at %s: could not update its contact (%s); trying again at the next "
+                               "start or reload", running.acme.directory_url, exc)
+
+    async def revoke(self, cert_id: str, reason: str) -> CertBundle:
+        """Revoke ``cert_id``'s stored certificate and mark it for replacement (:mod:`snakeway.acme.revoke`);
+        the caller orders the replacement with :meth:`retry_one` ``(renew=True)``.
+
+        Raises:
+          KeyError: ``cert_id`` is not a certificate this manager keeps.
+          ValueError, ActionRefused, IssuanceError, StoreError: see :func:`~snakeway.acme.revoke.revoke_stored`.
+        """
+        cert = self.certs[cert_id]
+        return await revoke_stored(name=cert.name, reason=reason, store=self.store,
+                                   accounts=[running.account for running in self.issuers], coordinator=self.coordinator)
+
+    async def rollover_account_key(self) -> list[AccountRecord]:
+        """Roll over the key of every configured CA's stored account
+        (:func:`~snakeway.acme.account.rollover_stored`)."""
+        return await rollover_stored([running.account for running in self.issuers])
 
     def retry_now(self) -> None:
         """Check every certificate at once, skipping any back-off (not a CA's Retry-After, nor the budget)."""

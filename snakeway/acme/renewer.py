@@ -63,6 +63,7 @@ from snakeway.acme.backend import AcmeBackend
 from snakeway.acme.cas import Ca, ca_for, open_cas
 from snakeway.acme.coordination import Coordinator, LockLost, fenced
 from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, Stored, Wait, decide
+from snakeway.acme.hooks import HookRunner
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.managed import ManagedCert, day_text
 from snakeway.acme.schedule import RenewalState, is_permanent, next_check
@@ -99,6 +100,7 @@ class Renewer:
       served: publishes to the cert map.
       issuer: runs the orders at the first CA (``settings.acme``).
       fallback: run them at the other CAs (``settings.fallback_acme``), in that order.
+      hooks: runs ``on_renewed`` after each certificate saved (None: no hooks).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Renewer:
         issuer: Issuer,
         attempts: dict[str, int] | None = None,
         fallback: tuple[Issuer, ...] = (),
+        hooks: HookRunner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -123,6 +126,7 @@ class Renewer:
         self.rng = rng
         self.coordinator = coordinator
         self.issuer = issuer
+        self.hooks = hooks  # on_renewed, run once a new certificate is saved
         # Orders carried out, by outcome ("issued", "failed"): what the admin API's metrics count.
         self.attempts: dict[str, int] = attempts if attempts is not None else {}
         self.cas = open_cas((issuer, *fallback), store=store, coordinator=coordinator, clock=clock)
@@ -326,6 +330,8 @@ class Renewer:
         with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
             await self.store.delete_order(cert.name)
         await self._save_state(state.succeeded(now))
+        if self.hooks is not None:
+            self.hooks.renewed(bundle)  # in the background: never waits for the hook
         return now, True  # ask ARI about the new certificate at once (when the CA has ARI)
 
     async def _save_again(self, cert: ManagedCert) -> datetime:

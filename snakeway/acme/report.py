@@ -49,6 +49,8 @@ def describe(
         status, next_at = ("failing" if failing else "missing"), None
     elif bundle.not_after <= now:
         status, next_at = "expired", None
+    elif state is not None and state.revoked_serial == bundle.serial:
+        status, next_at = ("revoked, replacement failing" if failing else "revoked, replacing"), None
     elif moment is not None and now >= moment:
         status, next_at = ("renewal failing" if failing else "due"), None
     else:

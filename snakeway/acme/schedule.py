@@ -241,6 +241,8 @@ class RenewalState:
             (see :mod:`snakeway.acme.issuers`).
         issued_by: The directory URL of the ACME CA that issued the certificate obtained last (its ARI is
             asked); None: the first configured.
+        revoked_serial: Serial of a certificate revoked by the operator (``certs revoke``): while it is the
+            stored one, it is replaced as soon as the back-off allows, due or not.
     """
 
     name: str
@@ -257,6 +259,7 @@ class RenewalState:
     ari_moment: datetime | None = None
     issuer: str | None = None
     issued_by: str | None = None
+    revoked_serial: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int) or self.failures < 0:
@@ -404,6 +407,7 @@ class RenewalState:
             "ari_moment": _iso(self.ari_moment),
             "issuer": self.issuer,
             "issued_by": self.issued_by,
+            "revoked_serial": self.revoked_serial,
         }
 
     @classmethod
@@ -437,4 +441,5 @@ class RenewalState:
             ari_moment=_from_iso(data, "ari_moment"),
             issuer=_optional_str(data, "issuer"),
             issued_by=_optional_str(data, "issued_by"),
+            revoked_serial=_optional_str(data, "revoked_serial"),
         )

@@ -5,7 +5,9 @@ worker's own snapshot merged with its siblings' files (:mod:`snakeway.admin.shar
 worker: a reload goes through the supervisor, which reloads every worker as on SIGHUP (this worker answers
 with its own outcome: every worker reads the same files); a renewal or retry is done by this worker, under
 the certificate's lock in the store that every worker shares, and the others pick the new certificate up
-from the store as they do any certificate another process saved.
+from the store as they do any certificate another process saved. A revocation is a renewal preceded by the
+revocation (:mod:`snakeway.acme.revoke`); a key rollover is done by this worker, and the others sign with the
+stored new key from their next request to the CA.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from snakeway.acme.revoke import DEFAULT_REASON, ActionRefused
 from snakeway.acme.store import StoreError
 from snakeway.admin import certs as views
 from snakeway.admin import errorlog, metrics
 from snakeway.admin.figures import EndpointState, Snapshot, merge, snapshot
 from snakeway.admin.routes import Call
 from snakeway.config.model import TlsMode
+from snakeway.errors import IssuanceError
 from snakeway.tls.certinfo import CertificateError, leaf_info
 
 if TYPE_CHECKING:
@@ -66,6 +70,8 @@ class AdminApi:
             "certs": self.certs,
             "renew": self.renew,
             "retry": self.retry,
+            "revoke": self.revoke,
+            "rollover_key": self.rollover_key,
             "status": self.status,
             "metrics": self.metrics,
         }
@@ -212,6 +218,13 @@ class AdminApi:
         return await self._cert_action(call, renew=False)
 
     async def _cert_action(self, call: Call, *, renew: bool) -> Answer:
+        found = self._acme_cert(call)
+        if not isinstance(found, str):
+            return found
+        return await self._check_now(call, found, renew=renew, action="renewal" if renew else "retry")
+
+    def _acme_cert(self, call: Call) -> str | Answer:
+        """The id of the ACME certificate ``call`` names, or the answer refusing it."""
         assert call.cert_id is not None
         cert_id = views.find(self._cert_ids(), call.cert_id)
         if cert_id is None:
@@ -222,16 +235,62 @@ class AdminApi:
             how = ("replace its files and reload" if kind == views.MANUAL
                    else "snakeway renews it when a third of its lifetime is left")
             return 409, {"error": f"{cert_id} is a {kind} certificate, not an ACME one: {how}"}
+        return cert_id
+
+    async def _check_now(
+        self, call: Call, cert_id: str, *, renew: bool, action: str, extra: dict[str, Any] | None = None,
+    ) -> Answer:
+        """Check ``cert_id`` now (ordering with ``renew``) and wait up to ``wait_seconds`` for the check to end."""
+        manager = self.server.manager
+        assert manager is not None
         done = manager.retry_one(cert_id, renew=renew)
         wait = float(call.body.get("wait_seconds", CERT_WAIT_SECONDS))
-        action = "renewal" if renew else "retry"
         logger.info("admin: %s of certificate %s asked for", action, cert_id)
         with trio.move_on_after(wait):
             await done.wait()
         found = await self._cert_views(only=cert_id)
         view = found[0] if found else None
-        return (200 if done.is_set() else 202), {"id": cert_id, "action": action, "done": done.is_set(),
-                                                  "certificate": view}
+        return (200 if done.is_set() else 202), {"id": cert_id, "action": action, **(extra or {}),
+                                                  "done": done.is_set(), "certificate": view}
+
+    async def revoke(self, call: Call) -> Answer:
+        """Revoke the certificate at the CA, then order its replacement at once (:mod:`snakeway.acme.revoke`)."""
+        found = self._acme_cert(call)
+        if not isinstance(found, str):
+            return found
+        manager = self.server.manager
+        assert manager is not None
+        reason = str(call.body.get("reason", DEFAULT_REASON))
+        try:
+            revoked = await manager.revoke(found, reason)
+        except ValueError as exc:
+            return 400, {"error": str(exc)}
+        except (ActionRefused, IssuanceError, StoreError) as exc:
+            return _refused(exc, "the CA did not revoke it")
+        return await self._check_now(call, found, renew=True, action="revoke",
+                                     extra={"revoked": {"serial": revoked.serial, "reason": reason}})
+
+    async def rollover_key(self, call: Call) -> Answer:
+        """Roll over the key of every configured CA's stored ACME account; every worker signs with the new keys
+        from its next request. ``account`` and ``directory_url`` name the first CA's; ``accounts`` lists all."""
+        manager = self.server.manager
+        if manager is None:
+            return 409, {"error": "this configuration has no tls_automation, so no ACME account"}
+        try:
+            records = await manager.rollover_account_key()
+        except (ActionRefused, IssuanceError, StoreError) as exc:
+            return _refused(exc, "the CA did not take the new key")
+        accounts = [{"account": record.uri, "directory_url": record.directory_url} for record in records]
+        return 200, {**accounts[0], "accounts": accounts, "rolled_over": True}
+
+
+def _refused(exc: ActionRefused | IssuanceError | StoreError, ca_refused: str) -> Answer:
+    """The answer to an operator action that failed: 409 refused now, 502 ``ca_refused: …``, 503 the store."""
+    if isinstance(exc, ActionRefused):
+        return 409, {"error": str(exc)}
+    if isinstance(exc, IssuanceError):
+        return 502, {"error": f"{ca_refused}: {exc}"}
+    return 503, {"error": f"the certificate store failed: {exc}"}
 
 
 async def _manual_view(cert_id: str, read: Callable[[], bytes], now: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ ROUTES: tuple[Route, ...] = (
     Route(("admin", "certs"), (b"GET",), "certs"),
     Route(("admin", "certs", "{id}", "renew"), (b"POST",), "renew", CERT_ACTION_KEYS),
     Route(("admin", "certs", "{id}", "retry"), (b"POST",), "retry", CERT_ACTION_KEYS),
+    Route(("admin", "certs", "{id}", "revoke"), (b"POST",), "revoke", CERT_ACTION_KEYS | {"reason"}),
+    Route(("admin", "account", "rollover-key"), (b"POST",), "rollover_key"),
     Route(("",), (b"GET",), "status"),
     Route(("login",), (b"POST",), "login"),  # form-encoded, answered without authorization
     Route(("metrics",), (b"GET",), "metrics"),
@@ -121,6 +123,8 @@ def parse_body(route: Route, body: bytes) -> dict[str, Any] | Error:
     wait = value.get("wait_seconds")
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 600):
         return Error(400, "wait_seconds must be a number from 0 to 600")
+    if "reason" in value and not isinstance(value["reason"], str):
+        return Error(400, "reason must be a string, such as \"keyCompromise\"")
     return value
 
 

@@ -14,7 +14,9 @@ converter reports the mistake.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -26,7 +28,6 @@ from snakeway.config.hcl import KeyPath, quote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 REDIRECT_STATUSES = (301, 302, 307, 308)
 # http:// is accepted only for a CA on this machine (a test CA such as pebble).
@@ -370,6 +371,7 @@ def _automation(**fields: object) -> model.TlsAutomation:
         fields["acme"], fields["fallback_acme"] = issuers[0], issuers[1:]
     return build(**fields)
 
+
 _cert_store = cv.schema(
     {
         "type": Key(cv.choice(_STORE_TYPES, "store type")),
@@ -382,6 +384,42 @@ _cert_store = cv.schema(
     model.CertStoreSettings,
     _check_store,
 )
+
+
+def _program(f: File, value: object, path: KeyPath) -> str | None:
+    """An absolute path to an executable file (a hook's program: run without a shell or a PATH search)."""
+    name = cv.text(f, value, path)
+    if name is None:
+        return None
+    program = Path(name)
+    if not program.is_absolute():
+        f.report(path, f"expected the program's absolute path, got {quote(name)}")
+    elif not program.is_file():
+        f.report(path, f"{'not a file' if program.exists() else 'program does not exist'}: {name}")
+    elif not os.access(program, os.X_OK):
+        f.report(path, f"program is not executable: {name}")
+    else:
+        return name
+    return None
+
+
+def _command(f: File, value: object, path: KeyPath) -> tuple[str, ...] | None:
+    """``["/path/prog", "arg", ...]``: a program (see :func:`_program`) and its arguments."""
+    items = cv.list_of(cv.text, nonempty=True)(f, value, path)
+    if items is None:
+        return None
+    return items if _program(f, items[0], (*path, 0)) is not None else None
+
+
+_hooks = cv.schema(
+    {
+        "on_renewed": Key(_command),
+        "timeout_seconds": Key(cv.seconds(positive=True)),
+    },
+    model.Hooks,
+)
+
+
 tls_automation = cv.schema(
     {
         "renew_within_days": Key(cv.nullable(cv.number("days", positive=True))),
@@ -389,6 +427,7 @@ tls_automation = cv.schema(
         "acme": Key(_issuers),
         "cert_store": Key(_cert_store),
         "issuer_fallback_after_failures": Key(cv.integer(1)),
+        "hooks": Key(_hooks),
     },
     _automation,
 )

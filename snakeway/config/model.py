@@ -276,6 +276,16 @@ class CertStoreSettings:
 
 
 @dataclass(frozen=True)
+class Hooks:
+    """``tls_automation.hooks``: programs run after certificate events (see docs/automatic-https.md)."""
+
+    # argv of the program run after each certificate issued or renewed (the first item an absolute path to an
+    # executable); empty: none. Run by the process that obtained the certificate, once per issuance.
+    on_renewed: tuple[str, ...] = ()
+    timeout_seconds: float = 60.0      # then the hook is killed (and its failure logged)
+
+
+@dataclass(frozen=True)
 class TlsAutomation:
     # Renew with this many days left, but never with more than half the lifetime left. None: the lifetime
     # rule, a third of the lifetime left (half for certificates shorter than 10 days).
@@ -286,6 +296,7 @@ class TlsAutomation:
     fallback_acme: tuple[AcmeSettings, ...] = ()  # the issuers after the first, in order (``acme`` as a list)
     # A certificate that failed this many attempts in a row at one issuer is ordered from the next one.
     issuer_fallback_after_failures: int = 3
+    hooks: Hooks = field(default_factory=Hooks)
 
     @property
     def issuers(self) -> tuple[AcmeSettings, ...]:

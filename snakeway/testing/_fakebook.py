@@ -63,6 +63,17 @@ class CABook:
             self.accounts.append(info)
         return AccountInfo(key_pem=key_pem, uri=known[0].uri), known[1]
 
+    def rekey(self, uri: str, new_key_pem: bytes) -> tuple[AccountInfo, str]:
+        """Move the account ``uri`` to ``new_key_pem`` (a key rollover): the old key no longer finds it."""
+        public = crypto.load_private_key(new_key_pem).public_key()
+        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for old, (info, _) in list(self._accounts_by_key.items()):
+            if info.uri == uri:
+                del self._accounts_by_key[old]
+        info = AccountInfo(key_pem=new_key_pem, uri=uri)
+        self._accounts_by_key[der] = (info, thumbprint(public))
+        return info, thumbprint(public)
+
     def record(self, name: str) -> NameRecord:
         record = self.records.get(name)
         if record is None:

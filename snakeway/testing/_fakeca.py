@@ -162,6 +162,10 @@ class FakeCA:
         self._gate = RequestGate(seed)
         self._book = CABook(limits)
         self.calls: list[str] = []
+        # Serial (lower-case hex) -> CRLReason code of every certificate revoked.
+        self.revoked: dict[str, int] = {}
+        # The contacts each account was last given by update_contact, by account URL.
+        self.contacts: dict[str, tuple[str, ...]] = {}
         self.orders: list[tuple[str, ...]] = []
         self.replaces: list[str | None] = []
         self.issued: list[int] = []
@@ -404,6 +408,31 @@ class FakeCA:
         self.calls.append("offered_profiles")
         await self._enter("offered_profiles")
         return dict(self.profiles) if self.profiles is not None else None
+
+    async def change_key(self, new_key_pem: bytes) -> None:
+        """Move the current account to ``new_key_pem`` (its old key then registers a new account)."""
+        self.calls.append("change_key")
+        await self._enter("change_key")
+        info, _ = self._require()
+        self._account = self._book.rekey(info.uri, new_key_pem)
+
+    async def update_contact(self, contact: tuple[str, ...]) -> None:
+        """Record ``contact`` for the current account (:attr:`contacts`)."""
+        self.calls.append("update_contact")
+        await self._enter("update_contact")
+        info, _ = self._require()
+        self.contacts[info.uri] = tuple(contact)
+
+    async def revoke(self, cert_pem: bytes, reason: int) -> None:
+        """Record the leaf of ``cert_pem`` as revoked (:attr:`revoked`); ``alreadyRevoked`` the second time."""
+        self.calls.append("revoke")
+        await self._enter("revoke")
+        self._require()
+        serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+        if serial in self.revoked:
+            raise IssuanceError("certificate already revoked", status=400,
+                                problem_type=ACME_ERROR + "alreadyRevoked")
+        self.revoked[serial] = reason
 
     async def aclose(self) -> None:
         """Forget the current account, as the real backend closes its session."""

@@ -26,6 +26,9 @@ STEPS: Final = (
     "finalize",
     "renewal_info",
     "offered_profiles",
+    "change_key",
+    "update_contact",
+    "revoke",
 )
 # The steps that send a request in the real backend: the ones an outage or a
 # step-less planned failure can hit.

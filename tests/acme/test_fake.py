@@ -733,7 +733,8 @@ PROTOCOL_METHODS = sorted(
 
 def test_protocol_method_list() -> None:
     expected = ["ensure_account", "new_order", "challenges", "answer", "wait_authorizations", "finalize",
-                "renewal_info", "resume_order", "offered_profiles", "aclose"]
+                "renewal_info", "resume_order", "offered_profiles", "change_key", "update_contact", "revoke",
+                "aclose"]
     assert sorted(expected) == PROTOCOL_METHODS
     assert set(STEPS) == set(PROTOCOL_METHODS) - {"aclose"}
     for step in STEPS:

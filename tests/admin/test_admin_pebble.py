@@ -7,10 +7,9 @@ from pathlib import Path
 
 import trio
 
-from tests.acme.test_renewal_pebble import ISSUED, follow_log, handshake, pebble_at, until_logged, write_config
-from tests.admin.adminclient import admin_block, eventually
-from tests.helpers import start_upstream
-from tests.proc import snakeway
+from tests.acme.adminpebble import issued_with_admin
+from tests.acme.test_renewal_pebble import handshake, pebble_at
+from tests.admin.adminclient import eventually
 from tests.tlshelpers import client_context
 
 NAME = "renew.example.test"
@@ -19,19 +18,9 @@ NAME = "renew.example.test"
 async def test_renew_orders_a_new_certificate_now_and_every_worker_serves_it(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, _ = await start_upstream(nursery)
-    config = tmp_path / "snakeway.hcl"
-    line, admin = admin_block(tmp_path)
     async with pebble_at(tmp_path) as pebble:
-        write_config(config, directory_url=pebble.directory_url, ca_file=pebble.ca_file, pebble=pebble,
-                     upstream=upstream, names=(NAME,), workers=2)
-        config.write_text(config.read_text() + line + "\n")
         ctx = client_context(await pebble.roots())
-        async with snakeway(config) as proc:
-            nursery.start_soon(follow_log, proc)
-            await until_logged(proc, lambda log: ISSUED in log and log.count(b"listening on http://127.0.0.1:"
-                                                                             + str(admin.port).encode()) == 2,
-                               timeout=30)
+        async with issued_with_admin(nursery, tmp_path, pebble, (NAME,)) as (_, admin, proc):
 
             async def served_everywhere(serial: str) -> bool:  # by both workers: one ordered, one read the store
                 try:
