@@ -102,11 +102,14 @@ def connect_budget(settings: UpstreamSettings, upstreams: int) -> float:
 
     The pool times each attempt (``connection_timeout_seconds``, then the
     next upstream is tried), so this only has to stay out of their way: time
-    for every upstream to be tried, and the lazy slack a deadline may be kept
-    early by. It is the read timeout when that is longer, the timeout of the
-    exchange's first wait: the deadline armed here then seldom has to move.
+    for every upstream to be tried, and twice the lazy slack a deadline may be
+    kept early by (twice: so that floating-point rounding can never make the
+    slack eat into the last attempt). It is the read timeout when that is
+    longer, the timeout of the exchange's first wait: the deadline armed here
+    then seldom has to move.
     """
-    return max(settings.read_timeout_seconds, upstreams * settings.connection_timeout_seconds + LAZY_DEADLINE_SECONDS)
+    tries = upstreams * settings.connection_timeout_seconds
+    return max(settings.read_timeout_seconds, tries + 2 * LAZY_DEADLINE_SECONDS)
 
 
 async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
