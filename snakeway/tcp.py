@@ -13,7 +13,17 @@ It keeps trio's stream contract (``trio.testing.check_half_closeable_stream``
 passes): every call is a checkpoint, a cancel point before the system call
 and a schedule point after it (errors included), so a client that keeps a
 socket always ready cannot starve its neighbours. The saving is in the
-plumbing: about 7% of the instructions of a small proxied request. Errors
+plumbing: about 7% of the instructions of a small proxied request.
+
+One exception, the exchange's rhythm: a read that comes right after a
+``send_all`` on the same stream, and finds its bytes ready, makes no
+schedule point of its own: the send made one (it ends with one, or waited),
+and the bytes are there because it let the peer answer (a request written
+upstream, then its response read; a response written, then the next
+request read). A read after a read still makes one, so a loop of reads
+still yields on every round, and every skipped schedule point follows one
+that was made: nothing can be starved. That halves the trips through
+trio's scheduler of a small proxied request (from four to two). Errors
 become ``trio.BrokenResourceError`` and ``trio.ClosedResourceError`` as with
 ``trio.SocketStream``. Two tasks sending at once is a bug in the caller that
 this stream does not check for: each connection has one writer.
@@ -76,7 +86,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         stream also writes while it reads (TLS alerts, key updates).
     """
 
-    __slots__ = ("socket", "send_timeout", "on_send_blocked", "_sock", "_eof_sent")
+    __slots__ = ("socket", "send_timeout", "on_send_blocked", "_sock", "_eof_sent", "_after_send")
 
     def __init__(self, stream: trio.SocketStream, *, send_timeout: float = math.inf) -> None:
         # Take the descriptor over from trio's socket object: one standard
@@ -106,6 +116,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self.socket = trio.socket.from_stdlib_socket(sock)
         self._eof_sent = False
         self.on_send_blocked: Callable[[], None] | None = None
+        self._after_send = False  # the last call was a send_all, which ended with a schedule point
 
     async def receive_some(self, max_bytes: int | None = None, *, flags: int = 0) -> bytes:
         """Receive up to ``max_bytes``; ``b""`` at end of stream.
@@ -130,8 +141,9 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 waited = True
             except OSError as exc:
                 raise await self._fail(exc) from exc
-        if not waited:  # a wait is a schedule point; the ready path still owes one
+        if not waited and not self._after_send:  # a wait is a schedule point; the ready path still owes one
             await trio.lowlevel.cancel_shielded_checkpoint()
+        self._after_send = False
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -164,6 +176,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 raise await self._fail(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+        self._after_send = True
 
     async def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
         """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset``, copied by the kernel

@@ -223,3 +223,47 @@ async def test_tls_over_the_stream_has_the_same_send_timeout() -> None:
         assert bytes(received) == payload
         with trio.fail_after(SEND_TIMEOUT + 5), pytest.raises(SendTimeout):
             await server.send_all(os.urandom(4 * 1024 * 1024))  # nobody reads now
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of one task: how often it went through trio's scheduler."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_ready_read_right_after_a_send_rides_on_the_sends_schedule_point() -> None:
+    a, b = await _pair()
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await b.send_all(b"ready")  # the peer's bytes are there before a's send: the read will not wait
+        steps.steps = 0
+        await a.send_all(b"request")
+        assert await a.receive_some(5) == b"ready"
+        assert steps.steps == 1  # one trip for the pair: the send's
+        await b.send_all(b"again")
+        steps.steps = 0
+        with trio.testing.assert_checkpoints():  # a read after a read yields, however ready its bytes
+            assert await a.receive_some(3) == b"aga"
+            assert await a.receive_some(2) == b"in"
+        assert steps.steps == 2
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_loop_of_ready_reads_yields_on_every_round() -> None:
+    a, b = await _pair()
+    await b.send_all(b"x" * 100)
+    for _ in range(10):
+        with trio.testing.assert_checkpoints():
+            assert await a.receive_some(10) == b"x" * 10
+    await a.aclose()
+    await b.aclose()

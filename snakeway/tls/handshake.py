@@ -36,6 +36,7 @@ from snakeway import hostnames
 from snakeway.tcp import TcpStream
 from snakeway.tls import sni, sniff
 from snakeway.tls.clienthello import ClientHello, ClientHelloParser, NeedMore
+from snakeway.tls.leanssl import forget_handshake, quicken
 from snakeway.tls.prefixed import PrefixedStream
 
 if TYPE_CHECKING:
@@ -182,9 +183,11 @@ async def accept_tls(
             ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
                 hello_from, base_ctx, server_side=True, https_compatible=True
             )
+            quicken(ssl_stream)
             transport = ssl_stream
             try:
                 await ssl_stream.do_handshake()
+                forget_handshake(ssl_stream)
             except trio.BrokenResourceError:
                 if choice.alert is not None:
                     # Nothing was sent yet (the callback runs before the ServerHello): a plaintext alert is
