@@ -331,6 +331,7 @@ async def relay(src: TcpStream, dst: TcpStream, traffic: Traffic) -> None:
     if dst._eof_sent:
         raise trio.ClosedResourceError("can't send data after sending EOF")
     sock_in, sock_out = src._sock, dst._sock
+    fd_in = sock_in.fileno()  # what trio's wait takes first: an int is not asked for its fileno()
     buffer = _relay_buffer()
     view = memoryview(buffer)
     size = len(buffer)
@@ -340,7 +341,7 @@ async def relay(src: TcpStream, dst: TcpStream, traffic: Traffic) -> None:
     while True:
         waited = not ready
         if waited:
-            await wait_readable(sock_in)  # the round's schedule point, and a cancel point
+            await wait_readable(fd_in)  # the round's schedule point, and a cancel point
         try:
             n = sock_in.recv_into(buffer)
         except BlockingIOError:
