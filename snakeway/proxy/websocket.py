@@ -8,6 +8,8 @@ parsing frames, snakeway sends no pings of its own: an application that
 wants a quiet tunnel kept open sends its own pings (or any message) more
 often than that. Bytes read past either head (h11's ``trailing_data`` on the
 client's side, the wire's ``trailing`` on the upstream's) are delivered first.
+With plain TCP on both sides each direction is :func:`snakeway.tcp.relay`, at
+one trip through trio's scheduler per chunk relayed.
 """
 
 from __future__ import annotations
