@@ -217,7 +217,10 @@ async def test_a_client_reading_steadily_is_served_then_cut_within_the_send_time
 async def test_bytes_pushed_at_an_upstream_that_never_reads_do_not_keep_the_tunnel_open(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, _ = await start_upstream(nursery, lambda stream: trio.sleep_forever())
+    async def never_read(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    upstream, _ = await start_upstream(nursery, never_read)
     config, port = tunnel_config(tmp_path, upstream, idle=WS_IDLE)
     async with running(config, workers=1) as proc:
         stream = await open_tunnel(port)
