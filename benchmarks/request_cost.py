@@ -11,7 +11,11 @@ route proxied to an upstream in this process. Kinds:
   each offering the session of the one before, as wrk does; the output
   says how many sessions were resumed;
 - ``big``: responses of ``--bytes`` bytes of body (1 MiB by default) on one
-  kept-alive HTTP connection, relayed in several reads.
+  kept-alive HTTP connection, relayed in several reads;
+- ``ws``: small WebSocket messages (64 bytes, as the benchmark's WebSocket
+  row) sent one after the other through one tunnel to an echo upstream,
+  each echoed back before the next; the figures are per echoed message
+  (one chunk relayed each way).
 
 Two figures per kind:
 
@@ -28,8 +32,9 @@ Before either, one unmeasured start-up imports (and byte-compiles, in a
 fresh virtualenv) every module the kind needs.
 
 The client runs in a thread of this process (blocking sockets, the
-standard library's ``ssl``), the upstream in its trio loop; neither is
-counted. ``--count N`` sets N (1,000; 100 for ``big``), ``--only
+standard library's ``ssl``), the upstream in its trio loop (trio-websocket
+for ``ws``); neither is counted. ``--count N`` sets N (1,000 requests or
+messages; 100 for ``big``), ``--only
 instructions`` or ``--only native`` skips the other figure.
 ``python -m benchmarks.request_cost BYTES N`` is ``--kind big --bytes BYTES
 --count N``.
@@ -59,11 +64,26 @@ import trio
 from benchmarks import cpu
 from benchmarks.certs import CA
 
-KINDS = ("plain", "https", "tls-new", "big")
+KINDS = ("plain", "https", "tls-new", "big", "ws")
 LOOPBACK = "127.0.0.1"
 BODY = b"hello world\n"
+WS_PAYLOAD = b"x" * 64  # the size benchmarks/clients.py's ws_echo sends
+WS_MASK = b"\x1f\x2e\x3d\x4c"
 NATIVE_FACTOR = 5
 T = TypeVar("T")
+
+
+def ws_frame(payload: bytes, mask: bytes | None) -> bytes:
+    """A final text frame of ``payload`` (under 126 bytes), masked with ``mask`` as a client's must be."""
+    if mask is None:
+        return bytes((0x81, len(payload))) + payload
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+WS_UPGRADE = (b"GET /bench HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+WS_SENT = ws_frame(WS_PAYLOAD, WS_MASK)
+WS_ECHOED = ws_frame(WS_PAYLOAD, None)
 
 
 def request(close: bool = False) -> bytes:
@@ -91,6 +111,7 @@ class Plan:
 
 def config(plan: Plan, port: int, upstream: int) -> str:
     tls = ""
+    route = ', enable_websocket = true' if plan.kind == "ws" else ""
     if plan.tls:
         tls = f', tls = {{ mode = "manual", cert = "{plan.cert}", key = "{plan.key}", default = "localhost" }}'
     return f"""
@@ -102,7 +123,7 @@ server {{
 }}
 ingress "bench" {{
   bind = {{ interface = "{LOOPBACK}", port = {port}{tls} }}
-  services = [{{ name = "app", routes = [{{ hosts = ["*"], path = "/" }}],
+  services = [{{ name = "app", routes = [{{ hosts = ["*"], path = "/"{route} }}],
                 upstreams = [{{ endpoint = {{ host = "{LOOPBACK}", port = {upstream} }} }}] }}]
 }}
 """
@@ -120,15 +141,26 @@ async def _upstream(stream: trio.SocketStream, response: bytes) -> None:
         pass
 
 
-def with_upstream(body: bytes, fn: Callable[[int], T]) -> T:
-    """``fn(port)`` in a thread while an upstream answering every request with ``body`` listens on ``port``."""
+def with_upstream(plan: Plan, fn: Callable[[int], T]) -> T:
+    """``fn(port)`` in a thread while an upstream listens on ``port``: one answering every request
+    with ``plan.body``, or for ``ws`` a WebSocket echo server."""
+    body = plan.body
     response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n%s" % (len(body), body)
 
     async def main() -> T:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, partial(_upstream, response=response), 0,
-                                                    host=LOOPBACK))
-            result = await trio.to_thread.run_sync(fn, listeners[0].socket.getsockname()[1])
+            if plan.kind == "ws":
+                from trio_websocket import serve_websocket
+
+                from benchmarks.ws_echo import echo
+
+                server = await nursery.start(partial(serve_websocket, echo, LOOPBACK, 0, ssl_context=None))
+                port = server.port
+            else:
+                listeners = await nursery.start(partial(trio.serve_tcp, partial(_upstream, response=response), 0,
+                                                        host=LOOPBACK))
+                port = listeners[0].socket.getsockname()[1]
+            result = await trio.to_thread.run_sync(fn, port)
             nursery.cancel_scope.cancel()
         return result
 
@@ -185,8 +217,38 @@ def _no_delay(sock: socket.socket) -> socket.socket:
     return sock
 
 
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "snakeway closed the connection"
+        data += chunk
+    return bytes(data)
+
+
+def ws_client(port: int, count: int) -> None:
+    """Open a WebSocket through snakeway, then send ``count`` messages, each echoed before the next."""
+    with socket.create_connection((LOOPBACK, port)) as sock:
+        _no_delay(sock).sendall(WS_UPGRADE)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "snakeway closed the connection during the upgrade"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head[:100]
+        assert head.endswith(b"\r\n\r\n"), "the echo server spoke first"
+        for _ in range(count):
+            sock.sendall(WS_SENT)
+            assert _read_exactly(sock, len(WS_ECHOED)) == WS_ECHOED
+        sock.sendall(b"\x88\x80" + WS_MASK)  # a close frame, answered by the echo server's
+        _read_exactly(sock, 2)
+
+
 def client(plan: Plan, port: int, count: int) -> None:
-    """Send ``count`` requests of ``plan.kind``, each answered in full before the next."""
+    """Send ``count`` requests (messages, for ``ws``) of ``plan.kind``, each answered in full before the next."""
+    if plan.kind == "ws":
+        ws_client(port, count)
+        return
     context = None
     if plan.tls:
         context = ssl.create_default_context(cafile=str(plan.ca))
@@ -220,7 +282,7 @@ def instructions(plan: Plan, count: int) -> int:
         with snakeway(plan, upstream_port, valgrind) as (_, port):
             client(plan, port, count)
 
-    with_upstream(plan.body, run)
+    with_upstream(plan, run)
     summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.M)
     assert summary, "no summary in cachegrind's output"
     return int(summary.group(1))
@@ -237,7 +299,7 @@ def native_us(plan: Plan, count: int) -> float:
             after = cpu.session_cpu_seconds(pid)
         return cpu.per_unit_us(before, after, NATIVE_FACTOR * count) or 0.0
 
-    return with_upstream(plan.body, run)
+    return with_upstream(plan, run)
 
 
 def warm(plan: Plan) -> None:
@@ -247,7 +309,7 @@ def warm(plan: Plan) -> None:
         with snakeway(plan, upstream_port, []) as (_, port):
             client(plan, port, 2)
 
-    with_upstream(plan.body, run)
+    with_upstream(plan, run)
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
@@ -276,13 +338,16 @@ def main(argv: list[str]) -> int:
             plan.cert, plan.key, plan.ca = CA().write_leaf(plan.tmp, "site", ["localhost", "127.0.0.1"])
         warm(plan)
         what = f"{args.kind} request{'' if args.kind != 'big' else f' of {len(body):,} bytes of body'}"
+        if args.kind == "ws":
+            what = f"echoed WebSocket message of {len(WS_PAYLOAD)} bytes"
         if args.only != "native":
             low, high = instructions(plan, args.count), instructions(plan, 3 * args.count)
             print(f"{(high - low) / (2 * args.count):,.0f} instructions per {what} "
                   f"({low:,} for {args.count}, {high:,} for {3 * args.count})", flush=True)
         if args.only != "instructions":
             us = native_us(plan, args.count)
-            print(f"{us:,.1f} µs of snakeway's CPU per {what} (native, over {NATIVE_FACTOR * args.count:,} requests "
+            units = "messages" if args.kind == "ws" else "requests"
+            print(f"{us:,.1f} µs of snakeway's CPU per {what} (native, over {NATIVE_FACTOR * args.count:,} {units} "
                   f"after {args.count:,} of warm-up)", flush=True)
         if args.kind == "tls-new":
             print(f"sessions resumed: {plan.resumed:,} of {plan.offered:,} offered", flush=True)

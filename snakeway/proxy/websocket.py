@@ -8,6 +8,8 @@ parsing frames, snakeway sends no pings of its own: an application that
 wants a quiet tunnel kept open sends its own pings (or any message) more
 often than that. Bytes read past either head (h11's ``trailing_data`` on the
 client's side, the wire's ``trailing`` on the upstream's) are delivered first.
+With plain TCP on both sides each direction is :func:`snakeway.tcp.relay`, at
+one trip through trio's scheduler per chunk relayed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from snakeway.proxy.forward import upstream_request as plain_upstream_request
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.strict import Target
 from snakeway.proxy.wscount import SharedWebSocketCounts
+from snakeway.tcp import TcpStream, Traffic, relay
 
 logger = logging.getLogger(__name__)
 
@@ -163,20 +166,26 @@ async def splice(
     """
     # When bytes last moved: noted by the pumps (a clock read per chunk), checked by a
     # watchdog that wakes once per idle period rather than a deadline moved per chunk.
-    moved = trio.current_time()
+    traffic = Traffic(trio.current_time())
+    # Plain TCP on both sides (the common case) relays at one schedule point per chunk;
+    # anything else (a trio.SSLStream side, memory streams in tests) goes through the
+    # generic stream calls.
+    direct = type(a) is TcpStream and type(b) is TcpStream
     idle = False
     async with trio.open_nursery() as nursery:
 
         async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, pending: bytes) -> None:
-            nonlocal moved
             try:
                 if pending:
                     await dst.send_all(pending)
-                    moved = trio.current_time()
-                while data := await src.receive_some(READ_SIZE):
-                    moved = trio.current_time()
-                    await dst.send_all(data)
-                    moved = trio.current_time()
+                    traffic.moved = trio.current_time()
+                if direct:
+                    await relay(src, dst, traffic)  # type: ignore[arg-type]
+                else:
+                    while data := await src.receive_some(READ_SIZE):
+                        traffic.moved = trio.current_time()
+                        await dst.send_all(data)
+                        traffic.moved = trio.current_time()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # either side going away ends the tunnel
             nursery.cancel_scope.cancel()
@@ -185,8 +194,8 @@ async def splice(
             nonlocal idle
             # The pumps move the deadline forward without waking this task: it sleeps once per idle period
             # instead of being woken for every chunk.
-            while trio.current_time() < moved + idle_timeout:  # noqa: ASYNC110
-                await trio.sleep_until(moved + idle_timeout)
+            while trio.current_time() < traffic.moved + idle_timeout:  # noqa: ASYNC110
+                await trio.sleep_until(traffic.moved + idle_timeout)
             idle = True
             nursery.cancel_scope.cancel()
 
