@@ -58,7 +58,7 @@ async def test_a_quickened_stream_serves_a_request_in_fewer_trips_through_the_sc
 
 
 async def test_a_free_quick_lock_is_taken_without_a_checkpoint_and_a_held_one_waits_its_turn() -> None:
-    lock = QuickLock(trio.StrictFIFOLock())
+    lock = QuickLock()
     with trio.testing.assert_no_checkpoints():
         async with lock:
             pass
@@ -145,3 +145,40 @@ async def test_forgetting_waits_for_the_handshake_to_be_done() -> None:
     assert fresh._handshook._afn is not None
     await server.aclose()
     await client.aclose()
+
+
+async def test_a_released_lock_goes_to_the_first_waiter_before_anyone_else() -> None:
+    lock = QuickLock()
+    order = []
+
+    async def take(name: str) -> None:
+        async with lock:
+            order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        async with lock:
+            nursery.start_soon(take, "waiter")
+            await trio.testing.wait_all_tasks_blocked()
+        # Released: handed to the waiter, which has not run yet; a newcomer waits its turn.
+        nursery.start_soon(take, "newcomer")
+    assert order == ["waiter", "newcomer"]
+
+
+async def test_a_waiter_that_gives_up_leaves_the_lock_free_for_the_next() -> None:
+    lock = QuickLock()
+    scope = trio.CancelScope()
+
+    async def wait_and_give_up() -> None:
+        with scope:
+            async with lock:
+                raise AssertionError("got the lock it gave up on")
+
+    async with trio.open_nursery() as nursery:
+        async with lock:
+            nursery.start_soon(wait_and_give_up)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+    with trio.testing.assert_no_checkpoints():
+        async with lock:  # free again
+            pass

@@ -210,12 +210,19 @@ class Http1Connection:
         if pending and pending[:1] in strict.NEWLINES:
             conn = self._skip_empty_lines(pending, closed)
         rejection = self.scanner.feed(pending)
+        # With nothing left over from the last request, h11 can only say NEED_DATA: read at once.
+        ask = bool(pending) or closed
+        event: h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
         while rejection is None:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                rejection = strict.Rejection(exc.error_status_hint, str(exc))
-                break
+            if not ask:
+                event = h11.NEED_DATA
+                ask = True
+            else:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    rejection = strict.Rejection(exc.error_status_hint, str(exc))
+                    break
             if type(event) is h11.Request:
                 self.h.request_method = event.method  # a HEAD gets no body, whoever answers
                 self.h.http10_keep_alive = event.http_version == b"1.0" and keep_http10_alive(conn, event)

@@ -13,8 +13,7 @@ its own (:class:`snakeway.tcp.TcpStream`'s calls all are). So every
 encrypted read and write paid for one trip through trio's scheduler it did
 not need: two of a small HTTPS request's six. :func:`quicken` gives a
 stream locks that take the free lock at once and wait, as trio's do, only
-when another task holds it, in the order they came (the lock underneath is
-trio's own).
+when another task holds it, in the order they came.
 
 The reference cycle
 -------------------
@@ -42,23 +41,33 @@ import trio
 
 
 class QuickLock:
-    """``async with``-compatible wrapper of a trio lock whose free acquire makes no schedule point."""
+    """An ``async with`` lock whose free acquire makes no schedule point; a held one is waited for in turn.
 
-    __slots__ = ("_lock",)
+    A release with tasks waiting hands the lock to the first of them (it
+    stays held), as trio's own locks do, so that nobody can take it in
+    between. Not reentrant, and it does not check who releases it: the
+    stream that holds it is its only user.
+    """
 
-    def __init__(self, lock: trio.Lock | trio.StrictFIFOLock) -> None:
-        self._lock = lock
+    __slots__ = ("_held", "_waiting")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting = trio.lowlevel.ParkingLot()
 
     async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()  # refused while another task holds it or waits for it
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        if self._held or self._waiting:  # behind whoever waits already
+            await self._waiting.park()  # returns holding it (see __aexit__)
+        else:
+            self._held = True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._lock.release()
+        if self._waiting:
+            self._waiting.unpark()  # handed over: still held
+        else:
+            self._held = False
 
 
 def quicken(stream: trio.SSLStream[trio.abc.Stream]) -> None:
@@ -66,8 +75,8 @@ def quicken(stream: trio.SSLStream[trio.abc.Stream]) -> None:
     send_lock = getattr(stream, "_inner_send_lock", None)
     recv_lock = getattr(stream, "_inner_recv_lock", None)
     if type(send_lock) is trio.StrictFIFOLock and type(recv_lock) is trio.Lock:
-        stream._inner_send_lock = QuickLock(send_lock)  # type: ignore[assignment]
-        stream._inner_recv_lock = QuickLock(recv_lock)  # type: ignore[assignment]
+        stream._inner_send_lock = QuickLock()  # type: ignore[assignment]
+        stream._inner_recv_lock = QuickLock()  # type: ignore[assignment]
 
 
 def forget_handshake(stream: trio.SSLStream[trio.abc.Stream]) -> None:
