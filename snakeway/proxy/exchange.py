@@ -83,7 +83,9 @@ class Exchange:
     the client (:meth:`to_client`) and only there: under TLS the transport
     also writes while the request body is read (an alert, a key update), and
     a wait of such a write must not lift the body read's deadline. A write
-    that does not wait, nearly all of them, costs nothing more.
+    that does not wait, nearly all of them, costs nothing more. A spliced body
+    (:meth:`_splice`) keeps both rules: each wait for the upstream is armed,
+    each wait for the client lifts the deadline through the same hook.
     """
 
     def __init__(
@@ -314,11 +316,12 @@ class Exchange:
         :mod:`snakeway.proxy.splice`); each wait is timed as a read or a write of the byte path."""
         conn = self.conn
         tcp = self.down.tcp
-        assert tcp is not None
+        source = conn.stream
+        assert tcp is not None and type(source) is TcpStream  # as splice_count() was told
         if self._scope is not None:  # as to_client(): the client's transport times the waits for the client
             tcp.on_send_blocked = self._lift_deadline
         try:
-            sent = await self.down.send_spliced(conn.stream, conn.pipe, count, self._arm_upstream_read)
+            sent = await self.down.send_spliced(source, conn.pipe, count, self._arm_upstream_read)
         except SpliceSourceError as exc:
             raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

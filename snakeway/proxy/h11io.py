@@ -228,7 +228,7 @@ class H11Stream:
     def length_left(self) -> int | None:
         """Bytes of the response in flight's Content-Length still to send; None if its body is framed otherwise."""
         writer = self.conn._writer
-        return writer._length if type(writer) is ContentLengthWriter else None  # type: ignore[union-attr]
+        return writer._length if type(writer) is ContentLengthWriter else None
 
     async def send_spliced(
         self, source: TcpStream, pipe: Pipe, count: int, before_read_wait: Callable[[], None]

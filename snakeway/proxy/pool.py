@@ -90,6 +90,8 @@ class UpstreamConnection:
       idle_since: trio time it was last returned to the pool (or opened).
       reused: True if it served an earlier exchange, so a failure before the
         first response byte may just be a stale keep-alive: retry once, fresh.
+      pipe: what response bodies are spliced through to a plain-TCP client
+        (:mod:`snakeway.proxy.splice`); closed with the connection.
     """
 
     def __init__(
