@@ -23,6 +23,7 @@ from tests.hostile.harness import LOOPBACK, proxy_to, running, until_logged, wri
 
 BIG = 3 * 1024 * 1024 + 11  # more than the socket buffers hold: many rounds of splicing
 BODY = os.urandom(BIG)
+MEDIUM = 768 * 1024
 SEND_TIMEOUT = 1.5
 READ_TIMEOUT = 1.5
 SLACK = 3.0  # the lazy deadline, the scheduler, two busy cores
@@ -42,12 +43,14 @@ class UpstreamLog:
     requests: list[tuple[int, bytes]] = field(default_factory=list)
     connections: int = 0
     open: int = 0
+    go_on: trio.Event = field(default_factory=trio.Event)
 
 
 async def start_upstream(nursery: trio.Nursery) -> tuple[int, UpstreamLog]:
     """An upstream whose answer depends on the target:
 
-    ``/big``: ``BODY`` with its Content-Length; ``/small``: ``small``; ``/cut``: half of ``BODY``, then
+    ``/big``: ``BODY`` with its Content-Length; ``/medium``: its first ``MEDIUM`` bytes; ``/paced``: the same,
+    the last two thirds once ``log.go_on`` is set; ``/small``: ``small``; ``/cut``: half of ``BODY``, then
     the close; ``/stall``: half of ``BODY``, then nothing until the close; ``/extra``: ``BODY`` followed, in the same
     write, by a second response nobody asked for.
     """
@@ -70,6 +73,12 @@ async def start_upstream(nursery: trio.Nursery) -> tuple[int, UpstreamLog]:
                 log.requests.append((number, target))
                 if target == b"/big":
                     await stream.send_all(big_head() + BODY)
+                elif target == b"/medium":
+                    await stream.send_all(big_head(MEDIUM) + BODY[:MEDIUM])
+                elif target == b"/paced":
+                    await stream.send_all(big_head(MEDIUM) + BODY[: MEDIUM // 3])
+                    await log.go_on.wait()
+                    await stream.send_all(BODY[MEDIUM // 3 : MEDIUM])
                 elif target == b"/small":
                     await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
                 elif target == b"/cut":
@@ -278,6 +287,37 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout(
         with trio.fail_after(5):  # the upstream connection, half read, is dropped
             while log.open:
                 await trio.sleep(0.05)
+
+
+async def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_body_however_long_it_takes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream, log = await start_upstream(nursery)
+    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
+    async with running(config) as proc:
+        for target in (b"/medium", b"/paced"):
+            client = await Client.open(port, rcvbuf=4096)
+            try:
+                await client.send(target)
+                started = trio.current_time()
+                response = bytearray()
+                with trio.fail_after(60):
+                    while not (end := response.find(b"\r\n\r\n")) > 0 or len(response) < end + 4 + MEDIUM:
+                        chunk = await client.stream.receive_some(4096)  # about 4 KiB every 20 ms at most
+                        assert chunk, "closed before the end"
+                        response += chunk
+                        if target == b"/paced" and end > 0 and len(response) >= end + 4 + MEDIUM // 3:
+                            # /paced: the upstream sends the rest only now, while snakeway waits for it.
+                            log.go_on.set()
+                        await trio.sleep(0.02)
+                took = trio.current_time() - started
+            finally:
+                await client.aclose()
+            assert response.endswith(BODY[:MEDIUM])
+            # Longer than the send timeout or the upstream's read timeout would allow a write timed whole,
+            # or a wait for the client timed by the wait for the upstream before it.
+            assert took > 2 * max(SEND_TIMEOUT, READ_TIMEOUT), took
+            await until_logged(proc, b'"GET ' + target + b' HTTP/1.1" 200')
 
 
 async def test_bytes_past_the_content_length_never_reach_the_next_request(
