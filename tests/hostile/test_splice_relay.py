@@ -101,6 +101,13 @@ async def start_upstream(nursery: trio.Nursery) -> tuple[int, UpstreamLog]:
     return listeners[0].socket.getsockname()[1], log
 
 
+async def all_closed(log: UpstreamLog) -> None:
+    """Until snakeway closed every upstream connection (none is left pooled)."""
+    with trio.fail_after(5):
+        while log.open:
+            await trio.sleep(0.05)
+
+
 class Client:
     """One kept-alive client connection, reading responses with h11."""
 
@@ -153,6 +160,15 @@ class Client:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def fetch(port: int, target: bytes, timeout: float = 10) -> tuple[int, bytes, bool]:
+    """:meth:`Client.get` on a connection of its own."""
+    client = await Client.open(port)
+    try:
+        return await client.get(target, timeout)
+    finally:
+        await client.aclose()
 
 
 def descendants(pid: int) -> list[int]:
@@ -224,19 +240,11 @@ async def test_an_upstream_that_closes_mid_body_closes_the_client_connection(
     upstream, log = await start_upstream(nursery)
     config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
     async with running(config):
-        client = await Client.open(port)
-        try:
-            status, body, clean = await client.get(b"/cut")
-        finally:
-            await client.aclose()
+        status, body, clean = await fetch(port, b"/cut")
         assert (status, clean) == (200, False)
         assert body == BODY[: len(body)] and len(body) < BIG  # what came, in order; then the close
         # The next client is served on a fresh upstream connection.
-        client = await Client.open(port)
-        try:
-            assert await client.get(b"/big") == (200, BODY, True)
-        finally:
-            await client.aclose()
+        assert await fetch(port, b"/big") == (200, BODY, True)
         assert log.requests[-1] == (1, b"/big")
 
 
@@ -246,20 +254,14 @@ async def test_an_upstream_that_stalls_mid_body_is_cut_by_the_read_timeout(
     upstream, log = await start_upstream(nursery)
     config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
     async with running(config) as proc:
-        client = await Client.open(port)
-        try:
-            started = trio.current_time()
-            status, body, clean = await client.get(b"/stall", timeout=READ_TIMEOUT + SLACK + 5)
-            waited = trio.current_time() - started
-        finally:
-            await client.aclose()
+        started = trio.current_time()
+        status, body, clean = await fetch(port, b"/stall", timeout=READ_TIMEOUT + SLACK + 5)
+        waited = trio.current_time() - started
         assert (status, clean) == (200, False)
         assert body == BODY[: BIG // 2]  # everything the upstream sent, then the close
         assert READ_TIMEOUT * 0.9 <= waited <= READ_TIMEOUT + SLACK
         await until_logged(proc, b'"GET /stall HTTP/1.1" 499')
-        with trio.fail_after(5):  # the stalled upstream connection is dropped, not pooled
-            while log.open:
-                await trio.sleep(0.05)
+        await all_closed(log)  # the stalled upstream connection is dropped, not pooled
 
 
 async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout(
@@ -284,9 +286,7 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout(
             assert read < len(big_head()) + BIG  # closed before the end
         finally:
             await client.aclose()
-        with trio.fail_after(5):  # the upstream connection, half read, is dropped
-            while log.open:
-                await trio.sleep(0.05)
+        await all_closed(log)  # the upstream connection, half read, is dropped
 
 
 async def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_body_however_long_it_takes(
@@ -331,9 +331,7 @@ async def test_bytes_past_the_content_length_never_reach_the_next_request(
             for _ in range(3):
                 assert await client.get(b"/extra") == (200, BODY, True)
                 # Closed as the response ends, as a read body with bytes after it would be: not pooled.
-                with trio.fail_after(5):
-                    while log.open:
-                        await trio.sleep(0.05)
+                await all_closed(log)
                 assert await client.get(b"/small") == (200, b"small", True)
         finally:
             await client.aclose()
@@ -352,11 +350,7 @@ async def test_no_descriptor_is_left_behind_by_spliced_responses_or_their_failur
     async with running(config, workers=1) as proc:
         pid = proc.process.pid
         before = kinds(descriptors(pid))
-        client = await Client.open(port)
-        try:
-            assert await client.get(b"/big") == (200, BODY, True)
-        finally:
-            await client.aclose()
+        assert await fetch(port, b"/big") == (200, BODY, True)
         # One kept-alive upstream connection, with the pipe its bodies are spliced through.
         after_one = dict(before)
         after_one["socket:"] = after_one.get("socket:", 0) + 1
@@ -374,11 +368,7 @@ async def test_no_descriptor_is_left_behind_by_spliced_responses_or_their_failur
 
         # Failures: the upstream ends early, stalls, the client stops reading or goes away.
         for target in (b"/cut", b"/stall", b"/cut"):
-            client = await Client.open(port)
-            try:
-                assert (await client.get(target, timeout=READ_TIMEOUT + SLACK + 5))[2] is False
-            finally:
-                await client.aclose()
+            assert (await fetch(port, target, timeout=READ_TIMEOUT + SLACK + 5))[2] is False
         for _ in range(2):
             client = await Client.open(port, rcvbuf=4096)
             await client.send(b"/big")
@@ -392,9 +382,5 @@ async def test_no_descriptor_is_left_behind_by_spliced_responses_or_their_failur
         # Every failed exchange closed its upstream connection and its pipe: back to none pooled.
         assert await settled(pid, before) == before
         # And a new exchange pools one again.
-        client = await Client.open(port)
-        try:
-            assert await client.get(b"/big") == (200, BODY, True)
-        finally:
-            await client.aclose()
+        assert await fetch(port, b"/big") == (200, BODY, True)
         assert await settled(pid, after_one) == after_one
