@@ -25,7 +25,9 @@ from snakeway.proxy.errors import ClientGone, RequestFailed
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, relayed_response
 from snakeway.proxy.pool import UpstreamConnection, UpstreamPool
 from snakeway.proxy.request_body import CONTINUE, ReadBody
+from snakeway.proxy.splice import SPLICE_MIN_BYTES, splice_count
 from snakeway.proxy.upstream_wire import BadResponse, UpstreamRequest
+from snakeway.tcp import SpliceSourceError, TcpStream
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ class Exchange:
     the client (:meth:`to_client`) and only there: under TLS the transport
     also writes while the request body is read (an alert, a key update), and
     a wait of such a write must not lift the body read's deadline. A write
-    that does not wait, nearly all of them, costs nothing more.
+    that does not wait, nearly all of them, costs nothing more. A spliced body
+    (:meth:`_splice`) keeps both rules: each wait for the upstream is armed,
+    each wait for the client lifts the deadline through the same hook.
     """
 
     def __init__(
@@ -277,6 +281,16 @@ class Exchange:
             if out:
                 await self.to_client(b"".join(out))
                 out = []
+            if wire.body_left >= SPLICE_MIN_BYTES:  # cheap first: most bodies end before here
+                count = splice_count(
+                    wire.body_left,
+                    down.length_left(),
+                    plain_client=down.tcp is down.stream,
+                    tcp_upstream=type(self.conn.stream) is TcpStream,
+                )
+                if count:
+                    await self._splice(count)
+                    continue
             await self._read_upstream(status)
 
     async def _read_upstream(self, status: int) -> None:
@@ -296,6 +310,35 @@ class Exchange:
                 self.wire.feed_eof()
         except BadResponse as exc:
             raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
+
+    async def _splice(self, count: int) -> None:
+        """Move the body's last ``count`` bytes from the upstream's socket to the client's (see
+        :mod:`snakeway.proxy.splice`); each wait is timed as a read or a write of the byte path."""
+        conn = self.conn
+        tcp = self.down.tcp
+        source = conn.stream
+        assert tcp is not None and type(source) is TcpStream  # as splice_count() was told
+        if self._scope is not None:  # as to_client(): the client's transport times the waits for the client
+            tcp.on_send_blocked = self._lift_deadline
+        try:
+            sent = await self.down.send_spliced(source, conn.pipe, count, self._arm_upstream_read)
+        except SpliceSourceError as exc:
+            raise self._upstream_failed(f"upstream connection failed: {exc}") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from exc
+        finally:
+            tcp.on_send_blocked = None
+        # Anything already readable past the body (bytes, or the close) keeps the connection from reuse.
+        poll = conn.readable_poll
+        self.wire.body_moved(sent, followed=sent == count and poll is not None and poll())
+        if sent < count:  # the upstream closed first: the wire says what that makes of the response
+            try:
+                self.wire.feed_eof()
+            except BadResponse as exc:
+                raise self._upstream_failed(f"upstream sent an invalid response: {exc}") from exc
+
+    def _arm_upstream_read(self) -> None:
+        self._arm(Wait.UPSTREAM_READ, self.ctx.settings.read_timeout_seconds)
 
     def _upstream_failed(self, reason: str, *, status: int = 502) -> Exception:
         if self.response_started:

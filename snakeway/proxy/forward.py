@@ -8,7 +8,9 @@ whose :class:`~snakeway.proxy.upstream_wire.UpstreamWire` writes the request
 as bytes and parses the response with llhttp. Bodies are relayed one read of
 at most ``READ_SIZE`` bytes at a time, so memory stays bounded whatever the
 body size; response bodies go to the client as bytes that h11 accounts for
-(``H11Stream.encode_body``), not as an event per read. What can be written
+(``H11Stream.encode_body``), not as an event per read, or, when both hops are
+plain TCP and enough of a Content-Length body is left, straight from socket to
+socket (:mod:`snakeway.proxy.splice`). What can be written
 without more I/O is batched into one write (head plus a small body leave in a
 single segment).
 A request body known to be small is read whole before an upstream is

@@ -11,6 +11,11 @@ machine still ends ``DONE`` (or refuses a body longer than the length). That
 reads h11's private writer: the h11 versions snakeway accepts are pinned in
 ``pyproject.toml``.
 
+A long enough body of known length may instead move from the upstream's
+socket to a plain-TCP client's without passing through Python
+(:meth:`H11Stream.send_spliced`); it is counted against the Content-Length
+the same way.
+
 Writes are not timed here: a client's send timeout (nginx's ``send_timeout``)
 belongs to its transport, :class:`snakeway.tcp.TcpStream`, which times the
 progress of a write rather than the whole of it.
@@ -19,7 +24,7 @@ progress of a write rather than the whole of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 
 import h11
@@ -30,7 +35,7 @@ from snakeway.proxy.deadlines import Deadlines
 from snakeway.proxy.headers import get_header, has_token
 from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.proxy.validators import http_date
-from snakeway.tcp import TcpStream
+from snakeway.tcp import Pipe, TcpStream
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what
@@ -219,6 +224,39 @@ class H11Stream:
         else:  # not sending a body: let h11 say why
             for chunk in chunks:
                 out.append(conn.send(h11.Data(data=chunk)) or b"")
+
+    def length_left(self) -> int | None:
+        """Bytes of the response in flight's Content-Length still to send; None if its body is framed otherwise."""
+        writer = self.conn._writer
+        return writer._length if type(writer) is ContentLengthWriter else None
+
+    async def send_spliced(
+        self, source: TcpStream, pipe: Pipe, count: int, before_read_wait: Callable[[], None]
+    ) -> int:
+        """Send the next ``count`` bytes of the response body straight from ``source`` (:meth:`TcpStream.send_spliced`);
+        returns how many were sent, fewer only when ``source`` ended sooner.
+
+        The transport must be a :class:`~snakeway.tcp.TcpStream` and the
+        response's body framed by a Content-Length with at least ``count``
+        bytes to go (:meth:`length_left`): the bytes sent are counted against
+        it as :meth:`encode_body` counts them.
+
+        Raises:
+          As :meth:`TcpStream.send_spliced`; h11's state is then ``ERROR``.
+        """
+        writer = self.conn._writer
+        assert type(writer) is ContentLengthWriter and writer._length >= count, "not a body of that length"
+        stream = self.stream
+        assert type(stream) is TcpStream
+        self.sent += count  # counted before the write, as send_raw counts
+        try:
+            sent = await stream.send_spliced(source, pipe, count, before_read_wait)
+        except BaseException:
+            self.conn.send_failed()
+            raise
+        writer._length -= sent
+        self.sent -= count - sent
+        return sent
 
     async def send_raw(self, data: bytes) -> None:
         if not data:

@@ -51,7 +51,7 @@ import trio
 
 from snakeway.errors import SnakewayError
 from snakeway.proxy.upstream_wire import MAX_RESPONSE_HEAD, UpstreamWire
-from snakeway.tcp import TcpStream, open_tcp_stream
+from snakeway.tcp import Pipe, TcpStream, open_tcp_stream
 
 if TYPE_CHECKING:
     from snakeway.config.model import Endpoint, UpstreamSettings
@@ -90,6 +90,8 @@ class UpstreamConnection:
       idle_since: trio time it was last returned to the pool (or opened).
       reused: True if it served an earlier exchange, so a failure before the
         first response byte may just be a stale keep-alive: retry once, fresh.
+      pipe: what response bodies are spliced through to a plain-TCP client
+        (:mod:`snakeway.proxy.splice`); closed with the connection.
     """
 
     def __init__(
@@ -110,6 +112,9 @@ class UpstreamConnection:
         self.open_counts: dict[Endpoint, int] | None = None
         # Made once: acquire() asks it on every reuse (see _peer_gone).
         self.readable_poll = _readable_poll(stream)
+        # What a response body is spliced through to a plain-TCP client: descriptors made at its first
+        # splice, closed with the connection. Per upstream connection, not per client: they are far fewer.
+        self.pipe = Pipe()
 
     def reusable(self) -> bool:
         """True when the exchange finished cleanly and the connection may carry another.
@@ -127,6 +132,7 @@ class UpstreamConnection:
     async def aclose(self) -> None:
         """Close at once, without a graceful shutdown; never blocks."""
         self.wire.close()
+        self.pipe.close()
         counts, self.open_counts = self.open_counts, None
         if counts is not None:
             left = counts[self.endpoint] - 1

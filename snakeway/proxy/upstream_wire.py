@@ -49,6 +49,14 @@ the response read to its end, the response was HTTP/1.1 without
 reused one) and nothing arrived after it. Bytes past a body start a message
 llhttp would parse: the wire stops it there (``on_message_begin``) and the
 connection is not reused. The pool asks, and calls :meth:`next_cycle` for the next exchange.
+
+Moved bodies: the rest of a body with a Content-Length (:attr:`body_left`
+bytes once the fed bytes are parsed) may go from socket to socket without
+being read (``splice``). The caller then says so with :meth:`body_moved`:
+the bytes count as parsed, the response is complete once they are all
+there, and whether anything followed them decides reuse as it does for
+bytes fed. llhttp, which never saw them, still expects them: its parser is
+replaced before the next exchange, as after a HEAD.
 """
 
 from __future__ import annotations
@@ -110,17 +118,21 @@ class UpstreamWire:
         self._upgrade = False
         self._chunked = False
         self._request_done = False
+        self._moved = False
         self.next_cycle()
 
     def next_cycle(self) -> None:
         """Forget the last exchange; the connection carries the next one."""
-        if self._head_only:
-            self._parser = None  # left waiting for a body that never comes
+        if self._head_only or self._moved:
+            self._parser = None  # left waiting for a body that never comes (or went past it)
+            self._moved = False
         self.status = 0  # the final response's (or a 101's), 0 until its head is in
         self.reason = b""
         self.headers: list[Header] = []
         self.body: list[bytes] = []  # body bytes not yet taken by the caller
         self.complete = False
+        self.body_left = -1  # bytes of a Content-Length body still to come, past those fed; negative: no such body
+        self._length = b""  # the head's Content-Length value
         self.trailing = b""  # bytes after a 101's head
         self._request_done = False
         self._keep = False
@@ -205,6 +217,23 @@ class UpstreamWire:
     def close(self) -> None:
         """The connection is closed: drop the parser (it holds the wire's callbacks, a reference cycle)."""
         self._parser = None
+
+    def body_moved(self, size: int, *, followed: bool) -> None:
+        """The next ``size`` bytes of the body went from the upstream to the client unread.
+
+        ``followed``: something came after them (the connection was
+        readable: bytes, or the close), so the connection is not reused. With
+        fewer than :attr:`body_left` bytes the response stays incomplete; the
+        caller goes on with :meth:`feed_eof` (the upstream ended it early).
+        """
+        if not 0 <= size <= self.body_left:
+            raise ValueError(f"{size} bytes moved of a body with {self.body_left} to come")
+        self._moved = True
+        self.body_left -= size
+        if not self.body_left:
+            self.complete = True
+            if followed:
+                self._extra = True
 
     def take_body(self) -> list[bytes]:
         """The body bytes parsed since the last call."""
@@ -308,7 +337,9 @@ class UpstreamWire:
         value = value.rstrip(b" \t")  # llhttp keeps the whitespace that ends a value
         if name in _FRAMING:
             self._framing = True
-            if name == b"transfer-encoding":
+            if name == b"content-length":
+                self._length = value
+            elif name == b"transfer-encoding":
                 self._codings += 1
                 self._chunked_te = value.lower() == b"chunked"
         self._fields.append((name, value))
@@ -350,6 +381,8 @@ class UpstreamWire:
         self._until_close = not self._framing and status not in _NO_BODY and not self._head_only
         if self._head_only:
             self.complete = True
+        elif self._length and status not in _NO_BODY:
+            self.body_left = int(self._length)  # digits alone: llhttp checked them
 
     def _final(self, status: int) -> None:
         if _BAD_REASON(self._status_text):
@@ -361,6 +394,7 @@ class UpstreamWire:
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
+        self.body_left -= len(data)
 
     def on_message_complete(self) -> None:
         if self.status:
