@@ -45,23 +45,6 @@ Everything that writes to the connection goes through here: relayed and
 static responses, snakeway's own replies, WebSocket tunnels, and TLS
 records when a ``trio.SSLStream`` runs over the stream.
 
-Relay
------
-:func:`relay` copies one direction of a tunnel between two streams (a
-WebSocket's, plain TCP on both sides) at one trip through trio's scheduler
-per chunk, where ``receive_some`` then ``send_all`` would cost two. A round
-waits for the source to be readable, reads, and writes what it read; a
-write the kernel takes at once (nearly all of them) needs no schedule point
-of its own, the next round's wait being one. A read that filled the buffer
-says more bytes may be waiting: the next round reads without waiting, and
-such a round that did not wait at all ends with a checkpoint, so a
-direction that is always ready still lets every other task run. A write
-the kernel does not take whole finishes as :meth:`TcpStream.send_all`,
-under the destination's send timeout. The read buffer is one per thread,
-shared by every relay: nothing is allocated per chunk, and a tunnel holds
-no buffer of its own while it waits; only the rest of a write that blocks
-is copied out of it, before the wait.
-
 Splice
 ------
 :meth:`TcpStream.send_spliced` moves bytes from another TCP stream to this
@@ -78,17 +61,15 @@ does), and each round that did not wait ends at a schedule point.
 from __future__ import annotations
 
 import errno
-import fcntl
 import math
 import os
 import socket
-import threading
 from collections.abc import Awaitable, Callable
-from typing import final
 
 import trio
 
 from snakeway.errors import SnakewayError
+from snakeway.pipe import Pipe
 
 _CLOSED_ERRNOS = (errno.EBADF, errno.ENOTSOCK)
 DEFAULT_RECEIVE_SIZE = 65536
@@ -97,12 +78,6 @@ _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 # The kernel moves pages between the sockets and the pipe; no call may block on the pipe.
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 HAVE_SPLICE = hasattr(os, "splice")
-# What a pipe made for splicing is asked to hold (its default is 64 KiB): fewer rounds per body. A 1 MiB
-# proxied body took 1.56 million instructions with 64 KiB, 1.12 with 256 KiB and 0.99 with 1 MiB; pipe
-# pages count against the user's allowance (fs.pipe-user-pages-soft, 64 MiB by default, past which every
-# new pipe of the user is small), so 256 KiB: 256 upstream connections' worth.
-PIPE_SIZE = 256 * 1024
-_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
 
 
 class SendTimeout(SnakewayError, trio.BrokenResourceError):
@@ -111,42 +86,6 @@ class SendTimeout(SnakewayError, trio.BrokenResourceError):
 
 class SpliceSourceError(SnakewayError, trio.BrokenResourceError):
     """Reading the source of :meth:`TcpStream.send_spliced` failed (this stream may still be fine)."""
-
-
-@final
-class Pipe:
-    """A kernel pipe for :meth:`TcpStream.send_spliced`: made at its first use, closed by its owner.
-
-    Resource handling:
-      Two descriptors once used, none before; :meth:`close` releases them
-      and the next use makes a new pipe. ``send_spliced`` leaves the pipe
-      empty when it returns, and closes it when it raises (bytes may be
-      left in it then), so an open pipe never holds a byte between two calls.
-    """
-
-    __slots__ = ("read_fd", "write_fd")
-
-    def __init__(self) -> None:
-        self.read_fd = self.write_fd = -1
-
-    def fds(self) -> tuple[int, int]:
-        """The (read, write) descriptors, made now if the pipe is closed."""
-        if self.read_fd < 0:
-            read_fd, write_fd = os.pipe()  # close-on-exec, as every descriptor Python makes
-            if _SETPIPE_SZ is not None:
-                try:
-                    fcntl.fcntl(write_fd, _SETPIPE_SZ, PIPE_SIZE)
-                except OSError:
-                    pass  # over the user's pipe allowance: the default size works, in more rounds
-            self.read_fd, self.write_fd = read_fd, write_fd
-        return self.read_fd, self.write_fd
-
-    def close(self) -> None:
-        read_fd, write_fd = self.read_fd, self.write_fd
-        if read_fd >= 0:
-            self.read_fd = self.write_fd = -1
-            os.close(read_fd)
-            os.close(write_fd)
 
 
 class TcpStream(trio.abc.HalfCloseableStream):
@@ -433,78 +372,3 @@ class TcpStream(trio.abc.HalfCloseableStream):
 async def open_tcp_stream(host: str, port: int) -> TcpStream:
     """``trio.open_tcp_stream`` (happy eyeballs and all), as a :class:`TcpStream`."""
     return TcpStream(await trio.open_tcp_stream(host, port))
-
-
-class Traffic:
-    """When bytes last moved through a tunnel (trio's clock), noted by :func:`relay` once per chunk.
-
-    Attributes:
-      moved: the time of the last chunk read from one side or written to the other.
-    """
-
-    __slots__ = ("moved",)
-
-    def __init__(self, moved: float) -> None:
-        self.moved = moved
-
-
-RELAY_BUFFER_SIZE = 128 * 1024
-_relay_buffers = threading.local()
-
-
-def _relay_buffer() -> bytearray:
-    """This thread's read buffer for :func:`relay` (trio runs a loop in one thread)."""
-    buffer: bytearray | None = getattr(_relay_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _relay_buffers.buffer = bytearray(RELAY_BUFFER_SIZE)
-    return buffer
-
-
-async def relay(src: TcpStream, dst: TcpStream, traffic: Traffic) -> None:
-    """Copy bytes from ``src`` to ``dst`` until ``src`` ends; notes each chunk in ``traffic``.
-
-    Returns at ``src``'s end of stream, having sent ``dst`` everything before it
-    (and no EOF: what to do next is the caller's choice). The streams stay open.
-
-    Raises:
-      SendTimeout: ``dst`` took no byte for its send timeout.
-      trio.BrokenResourceError: either connection failed.
-      trio.ClosedResourceError: either stream was closed, or ``dst`` had sent EOF.
-    """
-    if dst._eof_sent:
-        raise trio.ClosedResourceError("can't send data after sending EOF")
-    sock_in, sock_out = src._sock, dst._sock
-    fd_in = sock_in.fileno()  # what trio's wait takes first: an int is not asked for its fileno()
-    buffer = _relay_buffer()
-    view = memoryview(buffer)
-    size = len(buffer)
-    clock = trio.lowlevel.current_clock()
-    wait_readable = trio.lowlevel.wait_readable
-    ready = True  # bytes may be waiting: read before waiting
-    while True:
-        waited = not ready
-        if waited:
-            await wait_readable(fd_in)  # the round's schedule point, and a cancel point
-        try:
-            n = sock_in.recv_into(buffer)
-        except BlockingIOError:
-            ready = False
-            continue
-        except OSError as exc:
-            raise src._translate(exc) from exc
-        if not n:
-            return
-        try:
-            sent = sock_out.send(view[:n] if n < size else view)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise dst._translate(exc) from exc
-        if sent < n:
-            traffic.moved = clock.current_time()
-            await dst.send_all(view[sent:n].tobytes())  # copied first: other relays share the buffer
-            waited = True
-        traffic.moved = clock.current_time()
-        ready = n == size
-        if not waited:
-            await trio.lowlevel.checkpoint()

@@ -13,10 +13,11 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from snakeway.pipe import Pipe
 from snakeway.proxy.h11io import H11Stream
 from snakeway.proxy.splice import SPLICE_MIN_BYTES, splice_count
 from snakeway.proxy.upstream_wire import BadResponse, UpstreamRequest, UpstreamWire
-from snakeway.tcp import Pipe, SendTimeout, SpliceSourceError, TcpStream, open_tcp_stream
+from snakeway.tcp import SendTimeout, SpliceSourceError, TcpStream, open_tcp_stream
 
 GET = UpstreamRequest(b"GET", b"/big", [(b"host", b"up.test")])
 SEND_TIMEOUT = 1.0

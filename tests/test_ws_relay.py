@@ -1,4 +1,4 @@
-"""tcp.relay, one direction of a WebSocket tunnel between two TcpStreams: bytes exact however
+"""tcprelay.relay, one direction of a WebSocket tunnel between two TcpStreams: bytes exact however
 the writes block, the end of the source, errors, the destination's send timeout, and a
 checkpoint per round for a source that is always ready. Real 127.0.0.1 sockets, real time."""
 
@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from snakeway.tcp import RELAY_BUFFER_SIZE, SendTimeout, TcpStream, Traffic, relay
+from snakeway.tcp import SendTimeout, TcpStream
+from snakeway.tcprelay import RELAY_BUFFER_SIZE, Traffic, relay
 
 SEND_TIMEOUT = 1.0
 

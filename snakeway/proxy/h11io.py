@@ -31,11 +31,12 @@ import h11
 import trio
 from h11._writers import ChunkedWriter, ContentLengthWriter, Http10Writer
 
+from snakeway.pipe import Pipe
 from snakeway.proxy.deadlines import Deadlines
 from snakeway.proxy.headers import get_header, has_token
 from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.proxy.validators import http_date
-from snakeway.tcp import Pipe, TcpStream
+from snakeway.tcp import TcpStream
 
 # Largest read: what a body relay moves per round. 128 KiB relays 1 MiB bodies about 45 % faster than 64 KiB
 # (fewer rounds through h11 and trio per byte) and costs nothing while a connection is idle; it bounds what

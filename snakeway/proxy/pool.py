@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, NoReturn, final
 import trio
 
 from snakeway.errors import SnakewayError
+from snakeway.pipe import Pipe
 from snakeway.proxy.upstream_wire import MAX_RESPONSE_HEAD, UpstreamWire
-from snakeway.tcp import Pipe, TcpStream, open_tcp_stream
+from snakeway.tcp import TcpStream, open_tcp_stream
 
 if TYPE_CHECKING:
     from snakeway.config.model import Endpoint, UpstreamSettings

@@ -8,7 +8,7 @@ parsing frames, snakeway sends no pings of its own: an application that
 wants a quiet tunnel kept open sends its own pings (or any message) more
 often than that. Bytes read past either head (h11's ``trailing_data`` on the
 client's side, the wire's ``trailing`` on the upstream's) are delivered first.
-With plain TCP on both sides each direction is :func:`snakeway.tcp.relay`, at
+With plain TCP on both sides each direction is :func:`snakeway.tcprelay.relay`, at
 one trip through trio's scheduler per chunk relayed.
 """
 
@@ -31,7 +31,8 @@ from snakeway.proxy.forward import upstream_request as plain_upstream_request
 from snakeway.proxy.h11io import READ_SIZE, H11Stream
 from snakeway.proxy.strict import Target
 from snakeway.proxy.wscount import SharedWebSocketCounts
-from snakeway.tcp import TcpStream, Traffic, relay
+from snakeway.tcp import TcpStream
+from snakeway.tcprelay import Traffic, relay
 
 logger = logging.getLogger(__name__)
 
