@@ -9,8 +9,8 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
 * Only single-step calls are used (``new_account``, ``new_order``, ``poll``,
   ``answer_challenge``, ``ClientNetwork.post``), never the library's sleepers
   (``poll_and_finalize``, ``poll_authorizations``, ``finalize_order`` with its
-  naive ``datetime.now()`` deadline). Waits happen in trio between polls
-  (0.01 s doubling to ``POLL_MAX``, or the CA's ``Retry-After``): cancellable.
+  naive ``datetime.now()`` deadline). Waits happen in trio between polls:
+  cancellable (:mod:`snakeway.acme.completion`, the order after its challenges).
 * ``badNonce`` is retried per request (:class:`~snakeway.acme.acmelib.Network`).
 * acme, josepy and requests errors become :class:`~snakeway.errors.IssuanceError`
   in the worker thread, where the failed response (status, ``Retry-After``) is at hand.
@@ -20,22 +20,21 @@ Theory of operation: ``acme.client.ClientV2`` speaks ACME (RFC 8555) with
 * Orders are opened and fetched here, not by ``ClientV2.new_order``: its payload has
   no ``replaces`` (RFC 9773 §5), sent only when the directory offers ``renewalInfo``.
   :meth:`~ClientV2Backend.resume_order` fetches an order by URL, and ``finalize``
-  starts from the status it holds: a ``valid`` order is only downloaded, a
-  ``processing`` one only polled, so an interrupted issuance never issues twice.
+  starts from the status it holds, so an interrupted issuance never issues twice.
 * ``profile`` goes into every newOrder; :meth:`~ClientV2Backend.offered_profiles` tells the
   :class:`~snakeway.acme.issuing.Issuer` whether the CA offers it (from the directory the
-  account uses, or one fetched without an account at start-up). ``preferred_chain`` makes the
-  download fetch the alternate chains too and keep the one
-  :func:`~snakeway.acme.chains.choose_chain` picks.
+  account uses, or one fetched without an account at start-up). ``preferred_chain`` picks
+  among the CA's chains at the download.
 * External Account Binding (RFC 8555 §7.3.4): a new account carries the binding made
   with ``eab`` (key id, base64url MAC key); a CA that requires one refuses without.
 * ARI (RFC 9773) GETs, and the directory read before any account, are unauthenticated: they
   go through a session and a ``CapacityLimiter`` of their own
   (:mod:`snakeway.acme.unsigned`), never behind an order holding the nonce set.
 
-Only this module and its adapters in :mod:`snakeway.acme.acmelib` and :mod:`snakeway.acme.account`
-(the account's own messages) import ``acme`` and ``josepy``. The protocol and its records live in
-:mod:`snakeway.acme.protocol` and are re-exported here.
+Only this module and its adapters in :mod:`snakeway.acme.acmelib`, :mod:`snakeway.acme.account`
+(the account's own messages) and :mod:`snakeway.acme.completion` (the order after its challenges)
+import ``acme`` and ``josepy``. The protocol and its records live in :mod:`snakeway.acme.protocol`
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -51,15 +50,15 @@ import trio
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
-from cryptography import x509
 from josepy import errors as jose_errors
 from josepy.interfaces import JSONDeSerializable
 from josepy.jwa import JWASignature
 from josepy.jwk import JWK
 
 from snakeway import __version__
-from snakeway.acme import account, acmelib, chains, crypto
+from snakeway.acme import account, acmelib, crypto
 from snakeway.acme.ari import RenewalInfo
+from snakeway.acme.completion import Completion
 from snakeway.acme.protocol import AccountInfo as AccountInfo
 from snakeway.acme.protocol import AcmeBackend as AcmeBackend
 from snakeway.acme.protocol import ChallengeTask, OrderHandle
@@ -76,8 +75,6 @@ Ts = TypeVarTuple("Ts")
 
 USER_AGENT = f"snakeway/{__version__}"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request; a cancelled call waits for at most this
-POLL_FIRST = 0.01  # doubling: a CA that validates at once is seen at once, a slow one costs a few polls more
-POLL_MAX = 3.0
 
 
 @final
@@ -117,7 +114,6 @@ class ClientV2Backend:
         eab: tuple[str, str] | None = None,
     ) -> None:
         self._profile = profile
-        self._preferred_chain = preferred_chain
         self._eab = eab
         self.counts: dict[str, dict[str, int]] = counts if counts is not None else {}
         self._directory_url = directory_url
@@ -131,6 +127,8 @@ class ClientV2Backend:
         self._last_response: requests.Response | None = None  # of the call in progress
         self._unsigned = UnsignedReads(directory_url, user_agent=user_agent, verify=self._verify, timeout=timeout,
                                        count=self._count)
+        self._completion = Completion(self._run, self._post, directory_url=directory_url,
+                                      preferred_chain=preferred_chain)
 
     async def _run(self, endpoint: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """``fn(*args)`` in the worker thread, counted as a call to ``endpoint``."""
@@ -321,25 +319,7 @@ class ClientV2Backend:
                 deadline passed.
         """
         client, _ = self._require()
-        pending = list(_order(order).authorizations)
-        delay = POLL_FIRST
-        while True:
-            still: list[messages.AuthorizationResource] = []
-            hint: float | None = None
-            for authzr in pending:
-                fresh, response = await self._run("authorization", client.poll, authzr)
-                status = fresh.body.status
-                if status == messages.STATUS_VALID:
-                    continue
-                if status != messages.STATUS_PENDING:
-                    raise IssuanceError(acmelib.authz_failure(fresh))
-                still.append(fresh)
-                hint = acmelib.retry_after_seconds(response) if hint is None else hint
-            if not still:
-                return
-            pending = still
-            await _nap(deadline, hint if hint is not None else delay, "authorizations")
-            delay = min(delay * 2, POLL_MAX)
+        await self._completion.wait_authorizations(client.poll, _order(order).authorizations, deadline)
 
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
         """Send the CSR, poll the order until valid, and download the chain.
@@ -354,51 +334,7 @@ class ClientV2Backend:
             IssuanceError: The order became invalid, or the deadline passed.
         """
         self._require()
-        request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem))
-        body: messages.Order = _order(order).body
-        finalize_url = body.finalize
-        hint: float | None = None
-        if body.status not in acmelib.FINALIZED:  # pending (as new_order saw it) or ready: send the CSR
-            try:
-                body, hint = await self._run("finalize", self._order_step, finalize_url, request)
-            except IssuanceError as exc:
-                if exc.problem_type != messages.ERROR_PREFIX + "orderNotReady":
-                    raise
-                body, hint = await self._run("order", self._order_step, order.url, None)
-        delay = POLL_FIRST
-        while True:
-            if body.status == messages.STATUS_VALID and body.certificate is not None:
-                return await self._run("certificate", self._download, body.certificate)
-            if body.status == messages.STATUS_INVALID:
-                error = body.error
-                detail = f": {error}" if error is not None else ""
-                problem = error.typ if error is not None else None
-                raise IssuanceError(f"order {order.url} is invalid{detail}", problem_type=problem)
-            await _nap(deadline, hint if hint is not None else delay, "the order")
-            delay = min(delay * 2, POLL_MAX)
-            body, hint = await self._run("order", self._order_step, order.url, None)
-            if body.status == messages.STATUS_READY:  # we polled after orderNotReady
-                body, hint = await self._run("finalize", self._order_step, finalize_url, request)
-
-    def _download(self, url: str) -> str:
-        """The chain at ``url`` or, with ``preferred_chain``, the alternate it picks (in the worker thread)."""
-        response = self._post(url, None)
-        if self._preferred_chain is None:
-            return str(response.text)
-        served = [str(response.text)]
-        for link in chains.alternate_links([response.headers.get("Link", "")]):
-            served.append(str(self._post(link, None).text))
-        chosen = chains.choose_served(served, self._preferred_chain)
-        if chosen is None:
-            logger.warning("ACME CA %s: none of its %d chains is issued by %r; keeping its default chain",
-                           self._directory_url, len(served), self._preferred_chain)
-            return served[0]
-        return served[chosen]
-
-    def _order_step(self, url: str, obj: JSONDeSerializable | None) -> tuple[messages.Order, float | None]:
-        """POST to an order URL (in the worker thread): the order and the Retry-After seconds."""
-        response = self._post(url, obj)
-        return messages.Order.from_json(response.json()), acmelib.retry_after_seconds(response)
+        return await self._completion.finalize(order.url, _order(order).body, csr_pem, deadline)
 
     async def offered_profiles(self) -> dict[str, str] | None:
         """The profiles the CA's directory offers (``meta.profiles``), None when it lists none.
@@ -450,10 +386,3 @@ def _unwrap(value: object, cls: type[T]) -> T:
         raise TypeError(f"expected {cls.__name__} from ClientV2Backend, got {type(value).__name__}")
     return value
 
-
-async def _nap(deadline: float, delay: float, what: str) -> None:
-    """Sleep ``delay`` (but not past ``deadline``); raise if the deadline has passed."""
-    remaining = deadline - trio.current_time()
-    if remaining <= 0:
-        raise IssuanceError(f"timed out waiting for {what}")
-    await trio.sleep(min(delay, remaining))

@@ -14,10 +14,9 @@ certificate waiting to be saved), asks :func:`~snakeway.acme.decide.decide`, and
   in this order, read the state again and decide again (another worker may have just renewed it), spend
   one order from the rate-limit budget (refused: wait until it allows), order
   (:class:`~snakeway.acme.issuing.Issuer`), write the state.
-* **Save again** a certificate the store refused after issuance: it is served from memory meanwhile, and
-  the write is retried on the failure back-off; it is never ordered again, and dropped if another process
-  has saved a newer certificate meanwhile. (Serving it builds a TLS context from temporary files: if even
-  those cannot be written, it is served at the first check after the store has taken it.)
+* **Save again** a certificate the store refused after issuance (:class:`~snakeway.acme.setbacks.Unsaved`).
+  (Serving it builds a TLS context from temporary files: if even those cannot be written, it is served at
+  the first check after the store has taken it.)
 
 Another process can take a certificate over while this one works on it, when this one's lock is a lease
 that ran out during a pause (see "Fences" in :mod:`snakeway.acme.coordination`):
@@ -32,9 +31,10 @@ that ran out during a pause (see "Fences" in :mod:`snakeway.acme.coordination`):
   kept in memory to be saved again, which would overwrite the newer one), and the store's is served.
 
 **The store away** (a Redis that cannot be reached): a check that cannot read or write the store changes
-nothing (no order, the served certificate stays) and is tried again in :data:`STORE_RETRY_SECONDS`. The
-worker says so once when the store starts failing and once when it answers again, not once per
-certificate per retry.
+nothing (no order, the served certificate stays) and is tried again shortly
+(:class:`~snakeway.acme.setbacks.StoreOutage`).
+
+A failed order is recorded as a :class:`~snakeway.acme.setbacks.Failure`, which sets the back-off.
 
 **Several CAs** (``tls_automation.acme`` as a list): each has its own account, order lane and budget
 (:class:`~snakeway.acme.cas.Ca`); a certificate's renewal state names the CA its next attempt goes to,
@@ -66,8 +66,12 @@ from snakeway.acme.decide import CA_ASKED, NOT_DUE, Order, PollAri, SaveAgain, S
 from snakeway.acme.hooks import HookRunner
 from snakeway.acme.issuing import Issuer
 from snakeway.acme.managed import ManagedCert, day_text
-from snakeway.acme.schedule import RenewalState, is_permanent, next_check
+from snakeway.acme.schedule import RenewalState, next_check
 from snakeway.acme.served import ServedCerts
+from snakeway.acme.setbacks import MAX_NAMES as MAX_NAMES
+from snakeway.acme.setbacks import STORE_RETRY_JITTER as STORE_RETRY_JITTER
+from snakeway.acme.setbacks import STORE_RETRY_SECONDS as STORE_RETRY_SECONDS
+from snakeway.acme.setbacks import Failure, StoreOutage, Unsaved, fall_back
 from snakeway.acme.store import CertBundle, CertStore, FencedOut, StoreError
 from snakeway.clock import WallClock
 from snakeway.config.model import TlsAutomation
@@ -80,15 +84,8 @@ logger = logging.getLogger("snakeway.acme.manager")
 ISSUANCE_TIMEOUT = 300.0
 # When another worker holds a certificate's lock, look again this soon.
 LOCKED_RECHECK_SECONDS = 30.0
-# When the store cannot be reached, check a certificate again after this many seconds, jittered up to half as
-# much again: renewals resume within seconds of the store's return, while the retries of many certificates
-# spread out rather than arriving at a recovering Redis together.
-STORE_RETRY_SECONDS = 10.0
-STORE_RETRY_JITTER = 0.5
 # ARI polls at the CA at once (their own lane: an order never waits for them).
 ARI_CONCURRENCY = 4
-# Let's Encrypt's limit of names in one certificate.
-MAX_NAMES = 100
 
 
 class Renewer:
@@ -133,9 +130,8 @@ class Renewer:
         self.lane, self.budget = self.cas[0].lane, self.cas[0].budget
         self._ari_lane = trio.CapacityLimiter(ARI_CONCURRENCY)
         self._no_ari: set[str] = set()  # the directory URLs of the CAs that have shown they have no ARI
-        # cert id -> (issued certificate the store refused, its state): served, saved again later.
-        self._unsaved: dict[str, tuple[CertBundle, RenewalState]] = {}
-        self._store_failing = False  # said once for every certificate, until the store answers again
+        self._unsaved = Unsaved()  # issued certificates the store refused: served, saved again later
+        self._store = StoreOutage()  # said once for every certificate, until the store answers again
 
     def periodic(self) -> datetime:
         """The next periodic check: ``check_interval_seconds`` from now, jittered."""
@@ -157,8 +153,8 @@ class Renewer:
                 return await self._lost(cert, lost)
         except FencedOut:  # a write under a lock another process has taken over since (the store logged it)
             return self._soon()
-        except StoreError as exc:
-            return self._store_away(exc)
+        except StoreError as exc:  # nothing changes; check again shortly
+            return self._store.away(exc, self.clock.now(), self.rng.random())
 
     async def _check(self, cert: ManagedCert, forced: bool, renew: bool = False) -> datetime:
         periodic = self.periodic()
@@ -186,22 +182,6 @@ class Renewer:
         """When to look again at a certificate another process holds (or has just taken over)."""
         return min(self.periodic(), self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS))
 
-    def _store_away(self, exc: StoreError) -> datetime:
-        """The store failed during a check: nothing changes; say so once, and check again shortly."""
-        if not self._store_failing:
-            self._store_failing = True
-            logger.warning(
-                "certificate store unreachable (%s): renewals wait until it is back; checking every %g-%g s",
-                exc, STORE_RETRY_SECONDS, STORE_RETRY_SECONDS * (1 + STORE_RETRY_JITTER),
-            )
-        delay = STORE_RETRY_SECONDS * (1 + STORE_RETRY_JITTER * self.rng.random())
-        return self.clock.now() + timedelta(seconds=delay)
-
-    def _store_back(self) -> None:
-        if self._store_failing:
-            self._store_failing = False
-            logger.info("certificate store reachable again: renewals resume")
-
     async def _lost(self, cert: ManagedCert, lost: LockLost) -> datetime:
         """Record the attempt a lost lock cancelled as failed, under the lost fence; check again soon.
 
@@ -221,7 +201,7 @@ class Renewer:
             return unsaved[1], unsaved[0]
         state = await self.store.load_state(cert.name) or RenewalState(name=cert.name)
         bundle = await self.store.load(cert.name)
-        self._store_back()
+        self._store.back()
         return state, bundle
 
     def _decide(
@@ -309,7 +289,7 @@ class Renewer:
         try:
             await self.store.save(bundle)
         except FencedOut:  # saving it later would overwrite the newer holder's certificate
-            self._unsaved.pop(cert.cert_id, None)
+            self._unsaved.drop(cert.cert_id)
             logger.warning("certificate for %s: the new certificate (serial %s) is dropped: another process has "
                            "taken the certificate over; serving the store's", cert.name, bundle.serial)
             current = await self.store.load(cert.name)
@@ -318,14 +298,14 @@ class Renewer:
             return self._soon(), False
         except StoreError as exc:
             state = state.failed(now, f"the new certificate could not be saved: {exc}", None, self.rng.random())
-            self._unsaved[cert.cert_id] = (bundle, state)
+            self._unsaved.keep(cert.cert_id, bundle, state)
             assert state.next_attempt is not None
             logger.error(
                 "certificate for %s: issued but not saved (%s); serving it from memory, saving again at %s",
                 cert.name, exc, state.next_attempt.isoformat(timespec="seconds"),
             )
             return state.next_attempt, True
-        if self._unsaved.pop(cert.cert_id, None) is not None:
+        if self._unsaved.drop(cert.cert_id):
             logger.info("certificate for %s: saved to the store now", cert.name)
         with contextlib.suppress(StoreError):  # a record left behind is dropped when it gives this one again
             await self.store.delete_order(cert.name)
@@ -335,7 +315,9 @@ class Renewer:
         return now, True  # ask ARI about the new certificate at once (when the CA has ARI)
 
     async def _save_again(self, cert: ManagedCert) -> datetime:
-        bundle, state = self._unsaved[cert.cert_id]
+        unsaved = self._unsaved.get(cert.cert_id)
+        assert unsaved is not None  # decide() says SaveAgain only for an unsaved certificate
+        bundle, state = unsaved
         async with self.coordinator.lock(cert.name) as mine:
             if not mine:
                 return self.clock.now() + timedelta(seconds=LOCKED_RECHECK_SECONDS)
@@ -343,7 +325,7 @@ class Renewer:
             if stored is not None and stored.not_before > bundle.not_before:
                 # Another process renewed it meanwhile (it took the work over after this one lost its lock, say):
                 # saving the older certificate now would replace the newer one.
-                del self._unsaved[cert.cert_id]
+                self._unsaved.drop(cert.cert_id)
                 logger.info("certificate for %s: another process has saved a newer certificate meanwhile; dropping "
                             "the unsaved one (serial %s) and serving the store's", cert.name, bundle.serial)
                 await self.served.rebuild_if_unservable(cert, stored)
@@ -356,41 +338,26 @@ class Renewer:
     ) -> datetime:
         now = self.clock.now()
         self.attempts["failed"] = self.attempts.get("failed", 0) + 1
-        retry_after = exc.retry_after if isinstance(exc, IssuanceError) else None
-        problem = exc.problem_type if isinstance(exc, IssuanceError) else None
-        stage = exc.stage if isinstance(exc, IssuanceError) else None
-        permanent = is_permanent(problem, stage=stage or "order") or len(cert.domains) > MAX_NAMES \
-            or problem == issuers.PROFILE_UNAVAILABLE
-        if stage == "validation":
+        failure = Failure.of(exc, cert.domains)
+        if failure.stage == "validation":
             await ca.budget.failed_validation(cert.domains)
-        reason = str(exc) or "issuance timed out"
-        failed = state.failed(now, reason, retry_after, self.rng.random(), permanent=permanent, expires=expires)
-        state = self._fall_back(failed, ca, now)
+        failed = failure.recorded(state, now, self.rng.random(), expires)
+        state = fall_back(failed, self.cas.index(ca), [each.url for each in self.cas],
+                          self.settings.issuer_fallback_after_failures, now)
         await self._save_state(state)
         assert state.next_attempt is not None
         serving = "the current certificate stays in service" if self.served.serves(cert.cert_id) \
             else "no certificate is served for it yet"
-        what = "failed (needs attention)" if permanent and state is failed else "issuance failed"
+        what = "failed (needs attention)" if failure.permanent and state is failed else "issuance failed"
         logger.error(
             "certificate for %s: %s (attempt %d): %s; %s; next attempt at %s",
-            ", ".join(cert.domains), what, failed.failures, reason, serving,
+            ", ".join(cert.domains), what, failed.failures, failure.reason, serving,
             state.next_attempt.isoformat(timespec="seconds"),
         )
         if state is not failed:
             logger.warning("certificate for %s: %d failed attempt(s) in a row at %s; ordering from %s next",
                            cert.name, failed.failures, ca.url, self.cas[ca_for(self.cas, state)].url)
         return state.next_attempt
-
-    def _fall_back(self, state: RenewalState, ca: Ca, now: datetime) -> RenewalState:
-        """``state`` moved on to the next CA, if the failure just recorded at ``ca`` calls for it."""
-        current = self.cas.index(ca)
-        following = issuers.after_failure(
-            current, state.failures, len(self.cas), self.settings.issuer_fallback_after_failures,
-            hopeless=state.permanent,
-        )
-        if following is None:
-            return state
-        return state.moved_to(self.cas[following].url if following else None, now)
 
     def _issued_by(self, state: RenewalState) -> Ca:
         """The CA that issued the certificate ``state`` is about (the first when it is no longer configured)."""
@@ -423,8 +390,7 @@ class Renewer:
                 self._no_ari.add(ca.url)  # the CA has no ARI
                 return True
             await self._save_state(answered)
-            if cert.cert_id in self._unsaved:
-                self._unsaved[cert.cert_id] = (self._unsaved[cert.cert_id][0], answered)
+            self._unsaved.restate(cert.cert_id, answered)
             return True
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from http import HTTPStatus
 
 import h11
 import trio
@@ -41,14 +40,15 @@ import trio
 from snakeway import hostnames
 from snakeway.admin.figures import DURATION_BUCKETS, Counters, ServiceCounts
 from snakeway.config.model import Route, StaticSite
-from snakeway.listeners import ListenerSpec, Role, redirect_location
+from snakeway.listeners import ListenerSpec, Role
 from snakeway.proxy import headers as hdr
 from snakeway.proxy import strict
-from snakeway.proxy.accesslog import NOBODY, REDIRECT, STATIC, escape
+from snakeway.proxy.accesslog import NOBODY, STATIC
 from snakeway.proxy.deadlines import Deadlines, Wait
 from snakeway.proxy.forward import ClientGone, ForwardContext, RequestFailed, forward, stripped
 from snakeway.proxy.h11io import READ_SIZE, H11Stream, keep_http10_alive
 from snakeway.proxy.listener import ListenerContext
+from snakeway.proxy.replies import REQUEST_READ, Replies
 from snakeway.proxy.runtime import Runtime, ServiceTarget
 from snakeway.proxy.static_io import serve_static
 from snakeway.proxy.websocket import proxy_websocket
@@ -59,25 +59,7 @@ ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
 logger = logging.getLogger(__name__)
 
-# A response sent before the request body was read drains at most this much.
-DRAIN_LIMIT = 1024 * 1024
 LINGER_SECONDS = 1.0
-# Client states in which the request has been read to its end.
-REQUEST_READ = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
-
-# What a client is told for server-side failures; the details go to the log.
-PUBLIC_REASONS = {
-    502: "the upstream server could not be reached or sent an invalid response",
-    504: "the upstream server did not answer in time",
-    503: "the service is at its connection limit",
-}
-
-
-def error_body(status: int, reason: str) -> bytes:
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    detail = PUBLIC_REASONS.get(status, reason) if status >= 500 else reason
-    return f"{status} {phrase}: {detail}\n".encode()
-
 
 class Http1Connection:
     """Serves one client connection until it closes."""
@@ -100,9 +82,9 @@ class Http1Connection:
         # The request in flight (None between two) and when it was read: for its log line, should it be cut.
         self._request: h11.Request | None = None
         self._started = 0.0
+        self.replies = Replies(self.h, self.deadlines, client_ip, self.client.header_timeout_seconds)
         self.scanner = strict.HeadScanner(self.client.max_header_bytes, self.client.max_header_count)
         self.requests = 0
-        self._linger = False
         self._fctx: ForwardContext  # made on the first forward (_forward_context), and after a reload
         self._covered_host: str | None = None
         self._valid_host: bytes | None = None
@@ -180,14 +162,14 @@ class Http1Connection:
         request = self._request
         if request is None:  # between two requests, or in a head
             if wait is Wait.HEAD:
-                await self._reject(strict.Rejection(wait.status, wait.reason))
+                await self.replies.reject(strict.Rejection(wait.status, wait.reason))
             elif self.requests == 0 and not self.scanner.started:
                 logger.debug("client %s sent nothing in time; closing", self.client_ip)
             return
         status = 499
         if wait.status and self.h.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status = wait.status
-            await self._error(status, wait.reason, request, close=True)
+            await self.replies.error(status, wait.reason, request, close=True)
         else:
             logger.debug("client %s: %s; closing", self.client_ip, wait.reason)
         self._account(request, status)
@@ -247,7 +229,7 @@ class Http1Connection:
                 data = await self._receive()
                 rejection = self.scanner.feed(data)
             conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
-        await self._reject(rejection)
+        await self.replies.reject(rejection)
         return None
 
     def _skip_empty_lines(self, pending: bytes, closed: bool) -> h11.Connection:
@@ -300,7 +282,7 @@ class Http1Connection:
         if rejection is None and isinstance(target, strict.Rejection):
             rejection = target
         if rejection is not None:
-            await self._reject(rejection)
+            await self.replies.reject(rejection)
             return rejection.status, False
         assert isinstance(target, strict.Target)
         self._valid_host = target.host  # found valid: the next request's Host is not checked again
@@ -310,16 +292,16 @@ class Http1Connection:
         host = target.host.decode("latin-1")
         if target.path.startswith(ACME_CHALLENGE_PREFIX) and spec.role is not Role.HTTPS:
             self.deadlines.lift()
-            answered = await self._acme_challenge(
+            answered = await self.replies.acme_challenge(self.ctx.challenges,
                 target.path[len(ACME_CHALLENGE_PREFIX) :], known_only=spec.role is Role.HTTP
             )
             if answered is not None:
                 return answered
         if spec.role is Role.REDIRECT:
-            return await self._redirect(spec, host, target)
+            return await self.replies.redirect(spec, host, target)
         handshake = HANDSHAKE.get()
         if handshake is not None and host and not self._certificate_covers(handshake, host):
-            await self._error(421, f"this connection's certificate does not cover {host!r}", request)
+            await self.replies.error(421, f"this connection's certificate does not cover {host!r}", request)
             return 421, False
         match = runtime.router(self.ctx.key).match(host, target.path)
         try:
@@ -336,15 +318,15 @@ class Http1Connection:
                 if status == 101:
                     return status, False
         except RequestFailed as exc:
-            return exc.status, await self._error(exc.status, exc.reason, request, exc.headers)
+            return exc.status, await self.replies.error(exc.status, exc.reason, request, exc.headers)
         except h11.RemoteProtocolError as exc:
-            return exc.error_status_hint, await self._error(exc.error_status_hint, str(exc), request)
+            return exc.error_status_hint, await self.replies.error(exc.error_status_hint, str(exc), request)
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             logger.debug("client %s gone: %s", self.client_ip, exc)
             return 499, False
         if self.h.conn.their_state in REQUEST_READ:  # read to its end, as most are: no call to make
             return status, True
-        return status, await self._finish_request_body()
+        return status, await self.replies.finish_request_body()
 
     def _certificate_covers(self, handshake: HandshakeInfo, host: str) -> bool:
         """Whether this connection's certificate covers ``host`` (else 421).
@@ -404,101 +386,8 @@ class Http1Connection:
                 svc.counts.websockets_open -= 1
         return await forward(self.h, request, headers, target, route, svc.balancer, fctx)
 
-    async def _acme_challenge(self, token: str, *, known_only: bool) -> tuple[int, bool] | None:
-        """ACME HTTP-01 (RFC 8555 section 8.3): the key authorization for a pending token.
-
-        On a listener with routes, an unknown token is left to the routes
-        (None), so a site may serve its own ``/.well-known/acme-challenge/``.
-        """
-        answer = await self.ctx.challenges.key_authorization(token)
-        if answer is None and known_only:
-            return None
-        if answer is None:
-            await self.h.send_response(404, [(b"content-type", b"text/plain")], b"404 Not Found\n")
-            return 404, await self._finish_request_body()
-        logger.info("answered the ACME HTTP-01 challenge for token %s", token)
-        await self.h.send_response(200, [(b"content-type", b"application/octet-stream")], answer.encode("ascii"))
-        return 200, await self._finish_request_body()
-
-    async def _redirect(self, spec: ListenerSpec, host: str, target: strict.Target) -> tuple[int, bool]:
-        assert spec.redirect_port is not None
-        self.deadlines.lift()
-        if hostnames.route_host(host) is None:  # a Location may repeat a host name or IP address only
-            await self._error(400, "a redirect needs a valid Host header", None)
-            return 400, False
-        location = redirect_location(host, target.target.decode("latin-1"), spec.redirect_port)
-        self.h.served_by = REDIRECT
-        headers = [(b"location", location.encode("latin-1")), (b"content-type", b"text/plain")]
-        await self.h.send_response(spec.redirect_status, headers, f"Redirecting to {location}\n".encode("latin-1"))
-        return spec.redirect_status, await self._finish_request_body()
-
-    async def _error(
-        self,
-        status: int,
-        reason: str,
-        request: h11.Request | None,
-        extra: tuple[tuple[bytes, bytes], ...] = (),
-        *,
-        close: bool = False,
-    ) -> bool:
-        """Send an error response (``Connection: close`` if ``close``); returns whether the connection may be kept."""
-        what = f'"{escape(request.method)} {escape(request.target)}"' if request else "-"
-        logger.warning("%s %s -> %d: %s", self.client_ip, what, status, reason)
-        if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return False  # the response had begun: closing is all that is left
-        self.deadlines.lift()
-        close = close or self.h.conn.their_state not in REQUEST_READ and (
-            self.h.conn.they_are_waiting_for_100_continue or status in (408, 413)
-        )
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), *extra]
-        if close:
-            headers.append((b"connection", b"close"))
-        try:
-            await self.h.send_response(status, headers, error_body(status, reason))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            return False
-        return not close and await self._finish_request_body()
-
-    async def _reject(self, rejection: strict.Rejection) -> None:
-        """Answer a request that is not to be served, then close."""
-        self._linger = True
-        logger.warning("%s rejected -> %d: %s", self.client_ip, rejection.status, rejection.reason)
-        if self.h.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        self.deadlines.lift()
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
-        try:
-            await self.h.send_response(
-                rejection.status, headers, error_body(rejection.status, rejection.reason)
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            pass
-
-    async def _finish_request_body(self) -> bool:
-        """Read and drop what is left of the request body; False to close instead."""
-        conn = self.h.conn
-        if conn.their_state in REQUEST_READ:
-            return True
-        if conn.they_are_waiting_for_100_continue:
-            return False
-        self.deadlines.lift()  # the drain below has a time limit of its own
-        dropped = 0
-        with trio.move_on_after(self.client.header_timeout_seconds):
-            while dropped <= DRAIN_LIMIT:
-                try:
-                    event = await self.h.next_event()
-                except (h11.RemoteProtocolError, trio.BrokenResourceError):
-                    return False
-                if type(event) is h11.Data:
-                    dropped += len(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    return True
-                else:
-                    return False
-        return False
-
     async def _close(self) -> None:
-        if self._linger and isinstance(self.stream, trio.abc.HalfCloseableStream):
+        if self.replies.linger and isinstance(self.stream, trio.abc.HalfCloseableStream):
             # Let the client read our error before the kernel resets the
             # connection over bytes it sent that we will never read.
             with trio.move_on_after(LINGER_SECONDS):

@@ -27,7 +27,8 @@ certificate issuance and renewal in-process, on trio's ``MockClock``.
   snakeway.testing.simulate``).
 
 Private modules: :mod:`~snakeway.testing._fakeca` (the CA),
-:mod:`~snakeway.testing._fakeorders` (orders, validation, request latency and faults),
+:mod:`~snakeway.testing._fakedesk` (its orders from newOrder to chain, and its signing root),
+:mod:`~snakeway.testing._fakeorders` (order records, validation, request latency and faults),
 :mod:`~snakeway.testing._fakebook` (accounts, issued certificates, records),
 :mod:`~snakeway.testing._fakeari` (ARI answers), :mod:`~snakeway.testing._fakelimits` (rate limits),
 :mod:`~snakeway.testing._fakecrypto` (its root, leaves and JWK thumbprints),

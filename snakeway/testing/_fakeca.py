@@ -8,7 +8,8 @@ the same method names, signatures and error behaviour as
 :class:`~snakeway.acme.backend.ClientV2Backend`, and adds:
 
 * a real signing CA (an ECDSA P-256 root made with ``cryptography``, see
-  :mod:`snakeway.testing._fakecrypto`) whose leaf certificates are valid from
+  :mod:`snakeway.testing._fakecrypto`, kept with the orders in
+  :mod:`snakeway.testing._fakedesk`) whose leaf certificates are valid from
   ``clock.now()`` for ``lifetime``. With a :class:`~snakeway.testing.TrioLinkedClock`
   the dates follow trio's ``MockClock``;
 * scripted faults: :meth:`FakeCA.fail_next` (or :attr:`FakeCA.planned`, a queue
@@ -50,14 +51,12 @@ Fidelity notes, where the real backend decides what the fake does:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Final, final
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from snakeway.acme import crypto
 from snakeway.acme.ari import RenewalInfo
@@ -67,17 +66,15 @@ from snakeway.config.model import Challenge
 from snakeway.errors import IssuanceError
 from snakeway.testing._fakeari import AriPolicy, NameRecord
 from snakeway.testing._fakebook import CABook
-from snakeway.testing._fakecrypto import make_root, sign_leaf
+from snakeway.testing._fakedesk import NeverValid as NeverValid
+from snakeway.testing._fakedesk import OrderDesk
+from snakeway.testing._fakedesk import Validator as Validator
 from snakeway.testing._fakefaults import ACME_ERROR, PlannedFailure
 from snakeway.testing._fakelimits import CALimits, CALimitSettings
-from snakeway.testing._fakeorders import Authorization, Order, RequestGate, unwrap, validate
+from snakeway.testing._fakeorders import RequestGate, unwrap
 
 DEFAULT_LIFETIME: Final = timedelta(days=90)
 BASE_URL: Final = "https://fake-ca.test/acme"
-
-Validator = Callable[[ChallengeTask], Awaitable[bool]]
-# Names whose authorizations always fail: a set of names, or a predicate.
-NeverValid = Collection[str] | Callable[[str], bool]
 
 
 @final
@@ -166,21 +163,17 @@ class FakeCA:
         self.revoked: dict[str, int] = {}
         # The contacts each account was last given by update_contact, by account URL.
         self.contacts: dict[str, tuple[str, ...]] = {}
-        self.orders: list[tuple[str, ...]] = []
-        self.replaces: list[str | None] = []
-        self.issued: list[int] = []
+        self._desk = OrderDesk(self._book)  # the orders between requests, and the root that signs
+        self.orders = self._desk.orders
+        self.replaces = self._desk.replaces
+        self.issued = self._desk.issued
         self.accounts = self._book.accounts
         self.records: dict[str, NameRecord] = self._book.records
         self.limits: CALimits | None = self._book.limits  # with their counters (``peak``, ``used``)
-        self.answered: list[ChallengeTask] = []
-        self._answered: set[str] = set()  # their urls
+        self.answered = self._desk.answered
         self.planned: list[PlannedFailure] = []
         self._ids = itertools.count(1)
         self._account: tuple[AccountInfo, str] | None = None  # the current one, as the real backend's session
-        self._orders_by_url: dict[str, Order] = {}
-        self._challenges: dict[str, ChallengeTask] = {}  # by url
-        self._root_key = ec.generate_private_key(ec.SECP256R1())
-        self._root = make_root(self._root_key)
 
     # --- counters and controls --------------------------------------------------------------------
 
@@ -197,7 +190,7 @@ class FakeCA:
     @property
     def root_pem(self) -> bytes:
         """The root certificate (PEM) every chain from this CA verifies to."""
-        return self._root.public_bytes(serialization.Encoding.PEM)
+        return self._desk.root_pem
 
     def fail_next(
         self,
@@ -224,13 +217,7 @@ class FakeCA:
         For filling a store before a test or simulation starts: the certificate is known to
         :meth:`renewal_info` and ``replaces``, but counts in no record or rate limit.
         """
-        public = crypto.load_private_key(key_pem).public_key()
-        assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-        names = tuple(dict.fromkeys(domains))
-        leaf = sign_leaf(self._root_key, self._root, public, names, not_before=not_before, lifetime=self.lifetime)
-        chain = self._chain(leaf)
-        self._book.certificate_issued(chain, names, leaf, replaces=None, order_url="", now=not_before, count=False)
-        return chain
+        return self._desk.sign(domains, key_pem, not_before=not_before, lifetime=self.lifetime)
 
     # --- AcmeBackend ------------------------------------------------------------------------------
 
@@ -263,18 +250,8 @@ class FakeCA:
             raise ValueError(f"CSR names {csr_names} differ from {tuple(domains)}")
         account, _ = self._require()
         await self._enter("new_order")
-        names = tuple(dict.fromkeys(domains))
-        self._book.accept_order(account.uri, names, replaces, self.clock.now())
-        order = Order(
-            url=f"{self.base_url}/order/{next(self._ids)}",
-            account_uri=account.uri,
-            domains=names,
-            authorizations=[Authorization(domain) for domain in names],
-            replaces=replaces,
-        )
-        self._orders_by_url[order.url] = order
-        self.orders.append(names)
-        self.replaces.append(replaces)
+        order = self._desk.open(account.uri, domains, replaces, self.clock.now(),
+                                lambda: f"{self.base_url}/order/{next(self._ids)}")
         return OrderHandle(url=order.url, domains=tuple(domains), resource=order)
 
     async def resume_order(self, order_url: str) -> OrderHandle:
@@ -287,9 +264,7 @@ class FakeCA:
         self.calls.append("resume_order")
         account, _ = self._require()
         await self._enter("resume_order")
-        order = self._orders_by_url.get(order_url)
-        if order is None or order.account_uri != account.uri:
-            raise IssuanceError(f"no such order {order_url}", status=404, problem_type=ACME_ERROR + "malformed")
+        order = self._desk.find(order_url, account.uri)
         return OrderHandle(url=order.url, domains=order.domains, resource=order)
 
     def challenges(self, order: OrderHandle, kind: Challenge) -> list[ChallengeTask]:
@@ -303,11 +278,7 @@ class FakeCA:
         self.calls.append("challenges")
         _, thumbprint = self._require()
         self._inject("challenges")
-        state = unwrap(order)
-        tasks = state.tasks(kind, thumbprint, lambda: f"{self.base_url}/chall/{next(self._ids)}")
-        for task in tasks:
-            self._challenges[task.url] = task
-        return tasks
+        return self._desk.hand_out(unwrap(order), kind, thumbprint, lambda: f"{self.base_url}/chall/{next(self._ids)}")
 
     async def answer(self, task: ChallengeTask) -> None:
         """Record that ``task`` is ready; it is validated in :meth:`wait_authorizations`.
@@ -318,10 +289,7 @@ class FakeCA:
         self.calls.append("answer")
         self._require()
         await self._enter("answer")
-        if task.url not in self._challenges:
-            raise IssuanceError(f"no such challenge {task.url}", status=404, problem_type=ACME_ERROR + "malformed")
-        self.answered.append(task)
-        self._answered.add(task.url)
+        self._desk.answer(task)
 
     async def wait_authorizations(self, order: OrderHandle, deadline: float) -> None:
         """Validate the order's answered challenges (with ``validator``, if any).
@@ -334,15 +302,8 @@ class FakeCA:
         self.calls.append("wait_authorizations")
         self._require()
         await self._enter("wait_authorizations", deadline=deadline, what="authorizations")
-        state = unwrap(order)
-        for authz in state.authorizations:
-            if authz.status == "pending":
-                await self._validate(state, authz, self._answered, deadline)
-            if authz.status != "valid":
-                raise IssuanceError(f"authorization for {authz.domain} is {authz.status}: {authz.error}",
-                                    problem_type=authz.problem)
-        if state.status == "pending":
-            state.status = "ready"
+        await self._desk.validate(unwrap(order), deadline, validator=self.validator, never_valid=self.never_valid,
+                                  invalid_problem=self.invalid_problem, clock=self.clock)
 
     async def finalize(self, order: OrderHandle, csr_pem: bytes, deadline: float) -> str:
         """Issue the certificate for a ready order; for an order already valid, download its chain.
@@ -358,30 +319,7 @@ class FakeCA:
         self.calls.append("finalize")
         self._require()
         await self._enter("finalize", deadline=deadline, what="the order")
-        state = unwrap(order)
-        if state.status == "valid" and state.chain_pem is not None:
-            return state.chain_pem
-        if state.status == "invalid":
-            raise IssuanceError(f"order {state.url} is invalid: {state.error}")
-        if state.status != "ready":
-            raise IssuanceError(
-                f"order {state.url} is {state.status}, not ready",
-                status=403, problem_type=ACME_ERROR + "orderNotReady",
-            )
-        csr = x509.load_pem_x509_csr(csr_pem)
-        names = crypto.csr_names(csr_pem)
-        if not csr.is_signature_valid or set(names) != set(state.domains):
-            raise IssuanceError(
-                f"CSR for {names} does not match order {state.url} for {state.domains}",
-                status=400, problem_type=ACME_ERROR + "badCSR",
-            )
-        leaf = self._sign(csr, names)
-        chain = self._chain(leaf)
-        self._book.certificate_issued(chain, state.domains, leaf, replaces=state.replaces, order_url=state.url,
-                                      now=self.clock.now())
-        self.issued.append(leaf.serial_number)
-        state.status, state.chain_pem = "valid", chain
-        return chain
+        return self._desk.finalize(unwrap(order), csr_pem, clock=self.clock, lifetime=self.lifetime)
 
     async def renewal_info(self, cert_pem: bytes) -> RenewalInfo | None:
         """The ARI answer for ``cert_pem`` per :attr:`ari`; None when the CA has no ARI.
@@ -461,23 +399,3 @@ class FakeCA:
             if failure.matches(step):
                 del self.planned[index]
                 raise failure.error(step, self.clock.now())
-
-    async def _validate(self, order: Order, authz: Authorization, answered: set[str], deadline: float) -> None:
-        never = self.never_valid
-        never_valid = never(authz.domain) if callable(never) else authz.domain in never
-        failure = await validate(authz, answered, self.validator if not never_valid else None, deadline,
-                                 never_valid=self.invalid_problem if never_valid else None)
-        if failure:
-            order.status, order.error = "invalid", f"authorization for {authz.domain} failed"
-            self._book.validation_failed(authz.domain, self.clock.now())
-
-    def _sign(self, csr: x509.CertificateSigningRequest, names: tuple[str, ...]) -> x509.Certificate:
-        public = csr.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-            raise IssuanceError(f"unsupported CSR key {type(public).__name__}", status=400,
-                                problem_type=ACME_ERROR + "badCSR")
-        not_before = self.clock.now().astimezone(UTC).replace(microsecond=0)
-        return sign_leaf(self._root_key, self._root, public, names, not_before=not_before, lifetime=self.lifetime)
-
-    def _chain(self, leaf: x509.Certificate) -> str:
-        return (leaf.public_bytes(serialization.Encoding.PEM) + self.root_pem).decode("ascii")
