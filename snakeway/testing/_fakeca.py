@@ -53,7 +53,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Final, final
+from typing import Final
 
 import trio
 from cryptography import x509
@@ -77,7 +77,6 @@ DEFAULT_LIFETIME: Final = timedelta(days=90)
 BASE_URL: Final = "https://fake-ca.test/acme"
 
 
-@final
 class FakeCA:
     """An ACME CA in the test process, with the :class:`~snakeway.acme.backend.AcmeBackend` API.
 
