@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +199,36 @@ def statuses(data: bytes) -> list[int]:
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+Behaviour = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def start_websocket_upstream(nursery: trio.Nursery, behaviour: Behaviour) -> tuple[int, list[float]]:
+    """An upstream that answers any upgrade with 101, then runs ``behaviour`` on the connection.
+    Returns (its port, when each connection's behaviour ended on a broken connection)."""
+    broken: list[float] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            head += chunk
+        try:
+            await stream.send_all(SWITCH)
+            await behaviour(stream)
+        except trio.BrokenResourceError:
+            broken.append(trio.current_time())
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    return listeners[0].socket.getsockname()[1], broken
+
+
 __all__ = [
     "LOOPBACK", "ByteLog", "Received", "exchange", "proxy_to", "running", "start_logging_upstream",
-    "statuses", "until_logged", "write_config",
+    "start_websocket_upstream", "statuses", "until_logged", "write_config",
 ]
+

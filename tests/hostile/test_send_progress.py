@@ -23,6 +23,7 @@ from tests.hostile.harness import (
     proxy_to,
     running,
     start_logging_upstream,
+    start_websocket_upstream,
     statuses,
     until_logged,
     write_config,
@@ -140,25 +141,12 @@ async def test_steady_slow_readers_get_whole_static_and_relayed_responses(
 async def flooding_websocket(nursery: trio.Nursery) -> tuple[int, list[float]]:
     """An upstream that accepts any upgrade, then sends bytes as fast as they are taken. Returns
     (its port, when each of its connections failed: snakeway closed it)."""
-    closed: list[float] = []
 
-    async def serve(stream: trio.SocketStream) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += await stream.receive_some(4096)
-        try:
-            await stream.send_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-            )
-            while True:
-                await stream.send_all(b"\x82\x7e\x40\x00" + b"w" * 0x4000)  # binary frames of 16 KiB
-        except trio.BrokenResourceError:
-            closed.append(trio.current_time())
-        finally:
-            await trio.aclose_forcefully(stream)
+    async def flood(stream: trio.SocketStream) -> None:
+        while True:
+            await stream.send_all(b"\x82\x7e\x40\x00" + b"w" * 0x4000)  # binary frames of 16 KiB
 
-    listeners = await nursery.start(trio.serve_tcp, serve, 0)
-    return listeners[0].socket.getsockname()[1], closed
+    return await start_websocket_upstream(nursery, flood)
 
 
 async def test_a_websocket_client_that_stops_reading_is_cut_after_the_send_timeout(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,15 @@ import trio
 import trio_websocket
 
 from tests.e2e.test_websocket import echo_server
-from tests.hostile.harness import LOOPBACK, proxy_to, running, statuses, until_logged, write_config
+from tests.hostile.harness import (
+    LOOPBACK,
+    proxy_to,
+    running,
+    start_websocket_upstream,
+    statuses,
+    until_logged,
+    write_config,
+)
 
 SEND_TIMEOUT = 1.0
 WS_IDLE = 1.0
@@ -24,7 +31,6 @@ DRAIN = 2.0
 SLACK = 3.0
 UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 MASK = b"\x5a\xa5\x3c\xc3"
 
 
@@ -36,33 +42,6 @@ def frame(payload: bytes, *, masked: bool) -> bytes:
     key = (MASK * (len(payload) // 4 + 1))[: len(payload)]
     body = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(len(payload), "big")
     return head + MASK + body
-
-
-Behaviour = Callable[[trio.SocketStream], Awaitable[None]]
-
-
-async def start_upstream(nursery: trio.Nursery, behaviour: Behaviour) -> tuple[int, list[float]]:
-    """An upstream that answers any upgrade with 101, then runs ``behaviour`` on the connection.
-    Returns (its port, when each connection's behaviour ended on a broken connection)."""
-    broken: list[float] = []
-
-    async def serve(stream: trio.SocketStream) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return
-            head += chunk
-        try:
-            await stream.send_all(SWITCH)
-            await behaviour(stream)
-        except trio.BrokenResourceError:
-            broken.append(trio.current_time())
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    listeners = await nursery.start(trio.serve_tcp, serve, 0)
-    return listeners[0].socket.getsockname()[1], broken
 
 
 async def open_tunnel(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
@@ -124,7 +103,7 @@ async def test_megabytes_of_frames_both_ways_at_once_arrive_byte_exact(nursery: 
             await stream.send_all(to_client)
         await trio.sleep_forever()
 
-    upstream, _ = await start_upstream(nursery, talk)
+    upstream, _ = await start_websocket_upstream(nursery, talk)
     config, port = tunnel_config(tmp_path, upstream)
     async with running(config, workers=1):
         client_got: list[bytes] = []
@@ -154,7 +133,7 @@ async def test_an_upstream_that_hangs_up_ends_the_tunnel_after_its_last_bytes(
         await stream.send_all(last_words)
         await stream.aclose()
 
-    upstream, _ = await start_upstream(nursery, say_and_go)
+    upstream, _ = await start_websocket_upstream(nursery, say_and_go)
     config, port = tunnel_config(tmp_path, upstream)
     async with running(config, workers=1):
         stream = await open_tunnel(port)
@@ -171,7 +150,7 @@ async def test_a_client_that_hangs_up_ends_the_tunnel_after_its_last_bytes(
     async def listen(stream: trio.SocketStream) -> None:
         got.append(await receive_to_end(stream))
 
-    upstream, _ = await start_upstream(nursery, listen)
+    upstream, _ = await start_websocket_upstream(nursery, listen)
     config, port = tunnel_config(tmp_path, upstream)
     last_words = frame(os.urandom(3 << 20), masked=True) + b"\x88\x82" + MASK + b"\x59\x4d"
     async with running(config, workers=1):
@@ -191,7 +170,7 @@ async def test_a_client_reading_steadily_is_served_then_cut_within_the_send_time
         while True:
             await stream.send_all(frame(b"w" * 0x4000, masked=False))
 
-    upstream, broken = await start_upstream(nursery, flood)
+    upstream, broken = await start_websocket_upstream(nursery, flood)
     config, port = tunnel_config(tmp_path, upstream, server=f"client = {{ send_timeout_seconds = {SEND_TIMEOUT} }}")
     async with running(config, workers=1):
         stream = await open_tunnel(port, rcvbuf=4096)
@@ -220,7 +199,7 @@ async def test_bytes_pushed_at_an_upstream_that_never_reads_do_not_keep_the_tunn
     async def never_read(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
-    upstream, _ = await start_upstream(nursery, never_read)
+    upstream, _ = await start_websocket_upstream(nursery, never_read)
     config, port = tunnel_config(tmp_path, upstream, idle=WS_IDLE)
     async with running(config, workers=1) as proc:
         stream = await open_tunnel(port)
