@@ -2,8 +2,8 @@
 
 ``python contrib/compile_h11.py`` (``make install`` runs it once the
 virtualenv holds snakeway) compiles each module of the h11 that this
-interpreter imports, unchanged, with Cython in pure-Python mode, and puts
-the extension modules beside the sources: Python's import system prefers
+interpreter imports with Cython in pure-Python mode, and puts the extension
+modules beside the sources: Python's import system prefers
 ``_connection.cpython-311-x86_64-linux-gnu.so`` to ``_connection.py``. The
 code is h11's own, so its behaviour is too; what changes is the interpreter
 overhead of running it (h11's server side of a small exchange costs about a
@@ -11,6 +11,13 @@ quarter less CPU). docs/benchmarks.md has the measurements.
 
 Theory of operation:
 
+- The sources are compiled with two changes that leave every result as it
+  was (:func:`speed_up`): a ``typing.cast(T, x)`` call becomes ``(x)``
+  (``cast`` returns ``x``, but building ``T`` costs a ``typing`` cache
+  look-up per call: a ``Union`` built on every event), and ``Headers``
+  gets an ``__iter__`` that walks its list, where the one inherited from
+  ``Sequence`` calls ``__getitem__`` until an ``IndexError``. Line numbers
+  are kept, so a traceback points at h11's own source.
 - Type annotations are not used for C typing (``annotation_typing=False``):
   h11 annotates ``bytes`` where it passes ``bytearray``, and compiled code
   would enforce the annotation.
@@ -32,6 +39,7 @@ it is plain.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import shutil
 import subprocess
@@ -49,10 +57,13 @@ import sys, h11
 modules = [m for name, m in sys.modules.items() if name == "h11" or name.startswith("h11.")]
 plain = [m.__name__ for m in modules if not m.__file__.endswith(sys.argv[1])]
 assert not plain, f"not compiled: {plain}"
+assert "_headers_iter" in vars(sys.modules["h11._headers"]), "compiled by an older contrib/compile_h11.py"
 conn = h11.Connection(h11.SERVER)
 conn.receive_data(b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
 request = conn.next_event()
 assert type(request) is h11.Request and request.http_version == b"1.0", request
+assert list(request.headers) == [(b"host", b"x"), (b"connection", b"keep-alive")], request.headers
+assert request.headers == [(b"host", b"x"), (b"connection", b"keep-alive")]
 conn._cstate.keep_alive = True
 assert type(conn.next_event()) is h11.EndOfMessage
 head = conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"2")], reason=b"OK", _parsed=True))
@@ -70,6 +81,51 @@ except h11.LocalProtocolError:
 else:
     raise AssertionError("an HTTP/1.1 request without Host was accepted")
 """
+
+
+# Appended to h11/_headers.py: after the last line, so no line moves.
+HEADERS_ITER = """
+
+def _headers_iter(self):  # added by snakeway's contrib/compile_h11.py: Sequence's __iter__ without the IndexError
+    for _, name, value in self._full_items:
+        yield (name, value)
+
+
+Headers.__iter__ = _headers_iter
+"""
+
+
+def speed_up(name: str, source: str) -> str:
+    """``source`` of h11's module ``name`` as compiled: casts unwrapped, ``Headers.__iter__`` added.
+
+    Same lines: an unwrapped cast keeps its line breaks inside the parentheses.
+    """
+    while (call := _first_cast(source)) is not None:
+        start, end, inner = call
+        breaks = source.count("\n", start, end) - inner.count("\n")
+        source = source[:start] + "(" + inner + "\n" * breaks + ")" + source[end:]
+    if name == "_headers.py":
+        source += HEADERS_ITER
+    return source
+
+
+def _first_cast(source: str) -> tuple[int, int, str] | None:
+    """(start, end, source of x) of the first ``cast(T, x)`` call in ``source``, or None."""
+    starts = [0]
+    for line in source.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cast"
+                and len(node.args) == 2 and not node.keywords and node.end_lineno is not None
+                and node.end_col_offset is not None):
+            inner = ast.get_source_segment(source, node.args[1])
+            if inner is None:
+                continue
+            # h11's sources are ASCII: column offsets (UTF-8 bytes) are character offsets.
+            start = starts[node.lineno - 1] + node.col_offset
+            end = starts[node.end_lineno - 1] + node.end_col_offset
+            return start, end, inner
+    return None
 
 
 def _package() -> tuple[importlib.metadata.Distribution, Path]:
@@ -117,7 +173,7 @@ def compile_h11(dist: importlib.metadata.Distribution, package: Path) -> int:
         work = Path(tmp) / "h11"
         work.mkdir()
         for source in sources:
-            shutil.copy2(source, work / source.name)
+            (work / source.name).write_text(speed_up(source.name, source.read_text()))
         result = subprocess.run(
             [sys.executable, "-m", "Cython.Build.Cythonize", *CYTHON_OPTIONS, *(str(work / s.name) for s in sources)],
             capture_output=True, text=True, cwd=tmp,

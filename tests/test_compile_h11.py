@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 
 import h11
 
@@ -20,3 +22,37 @@ def test_check_tells_compiled_from_plain_h11_and_runs_what_snakeway_relies_on() 
     result = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=60)
     assert result.stdout.startswith(f"h11 {h11.__version__}: " + ("compiled" if compiled else "plain (")), result
     assert result.returncode == (0 if compiled else 1), result
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compile_h11", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_up_unwraps_casts_and_keeps_every_line_where_it_was() -> None:
+    # A traceback from compiled h11 points at h11's source on disk: the lines must not move.
+    source = (
+        "from typing import Union, cast\n"
+        "x = cast(Union[int, str],\n"
+        "         y)\n"
+        "z = cast(int, cast(str, w)).real\n"
+        "after = 1\n"
+    )
+    out = _script().speed_up("_connection.py", source)
+    assert "cast(" not in out.removeprefix("from typing import Union, cast\n")
+    assert out.splitlines()[4] == "after = 1"
+    namespace: dict[str, object] = {"y": 3, "w": 4}
+    exec(compile(out, "speed_up", "exec"), namespace)
+    assert (namespace["x"], namespace["z"]) == (3, 4)
+
+
+def test_speed_up_gives_headers_an_iterator_after_the_last_line() -> None:
+    source = (Path(h11._headers.__file__).parent / "_headers.py").read_text()
+    out = _script().speed_up("_headers.py", source)
+    assert out.startswith(source) and "Headers.__iter__ = _headers_iter" in out
+    # Iterating gives what indexing gives, as Sequence's own __iter__ did.
+    headers = h11.Request(method="GET", target="/", headers=[("Host", "a"), ("X-A", "1")]).headers
+    assert list(headers) == [headers[0], headers[1]] == [(b"host", b"a"), (b"x-a", b"1")]
