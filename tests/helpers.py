@@ -228,6 +228,18 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def closed_ports(count: int) -> list[int]:
+    """``count`` different ports on 127.0.0.1 where nothing listens (one by one, two could be the same)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))  # all bound at once: the kernel gives each its own port
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 

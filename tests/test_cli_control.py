@@ -24,7 +24,7 @@ from snakeway.cli import build_parser, curl_commands
 from snakeway.config.load import load_config
 from snakeway.config.model import Admin, Config
 from tests.e2e.test_cli import write_config
-from tests.helpers import closed_port, get, start_upstream
+from tests.helpers import closed_port, closed_ports, get, start_upstream
 from tests.proc import PYTHON, snakeway
 
 TOKEN = "t" * 40
@@ -203,7 +203,7 @@ def test_config_is_accepted_before_or_after_the_command() -> None:
 
 def test_trust_shows_curl_for_the_configured_listeners(tmp_path: Path) -> None:
     config = tmp_path / "snakeway.hcl"
-    port, other, ip = closed_port(), closed_port(), closed_port()
+    port, other, ip = closed_ports(3)
     config.write_text(f"""
 server {{
   version   = 1

@@ -19,6 +19,7 @@ from tests.helpers import (
     LOOPBACK,
     Client,
     closed_port,
+    closed_ports,
     get,
     raw,
     service_config,
@@ -207,7 +208,7 @@ async def test_a_failed_reload_changes_nothing(nursery: trio.Nursery) -> None:
 
 async def test_redirect_refuses_a_host_that_would_forge_the_location(nursery: trio.Nursery, tmp_path: Path) -> None:
     port, _ = await start_upstream(nursery)
-    tls_port, plain_port = closed_port(), closed_port()
+    tls_port, plain_port = closed_ports(2)
     tls = manual(write_leaf(trustme.CA(), tmp_path, "a.test"))
     config = with_tls(service_config([port]), tls, port=tls_port, redirect=Redirect(port=plain_port))
     await start_snakeway(nursery, config)

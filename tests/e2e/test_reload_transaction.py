@@ -15,7 +15,7 @@ import snakeway.tls.sources
 from snakeway.config.model import Bind, Config, ServerSettings, Tls, TlsMode
 from snakeway.errors import ConfigError
 from snakeway.server import Server
-from tests.helpers import LOOPBACK, closed_port, get, refuses, service_config, start_upstream
+from tests.helpers import LOOPBACK, closed_port, closed_ports, get, refuses, service_config, start_upstream
 from tests.tlshelpers import client_context, manual, tls_request, write_leaf
 
 STEPS = ["config load", "runtime build", "manual certificate", "internal certificate", "access log", "bind"]
@@ -47,7 +47,7 @@ async def test_a_reload_that_fails_at_any_step_leaves_the_running_state_intact(
     # The new configuration changes everything a reload applies: a new certificate for the TLS
     # listener, a new access log, a new plain listener and a new internal-certificate listener.
     new_files = write_leaf(ca, tmp_path / "new", "a.test")
-    plain, internal = closed_port(), closed_port()
+    plain, internal = closed_ports(2)
     new = with_listeners(
         service_config([upstream], server=replace(settings, access_log=new_log)),
         replace(tls_bind, tls=manual(new_files)),

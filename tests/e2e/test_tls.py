@@ -11,7 +11,7 @@ import trio
 import trustme
 
 from snakeway.config.model import Bind, Redirect, ServerSettings, Tls, TlsMode
-from tests.helpers import closed_port, raw, service_config, start_snakeway, start_upstream, status_of
+from tests.helpers import closed_ports, raw, service_config, start_snakeway, start_upstream, status_of
 from tests.tlshelpers import client_context, manual, tls_request, write_leaf
 
 
@@ -120,7 +120,7 @@ async def test_silent_client_is_dropped_after_the_handshake_timeout(
 
 async def test_redirect_listener(nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA) -> None:
     port, _ = await start_upstream(nursery)
-    tls_port, plain_port = closed_port(), closed_port()
+    tls_port, plain_port = closed_ports(2)
     config = with_tls(
         service_config([port]),
         manual(write_leaf(ca, tmp_path, "a.test")),

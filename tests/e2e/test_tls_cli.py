@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 import trustme
 
-from tests.helpers import closed_port, start_upstream
+from tests.helpers import closed_ports, start_upstream
 from tests.proc import snakeway
 from tests.tlshelpers import client_context, tls_request, write_leaf
 
@@ -54,7 +54,7 @@ async def test_real_clients_and_sighup_swap(nursery: trio.Nursery, tmp_path: Pat
     write_leaf(ca, tmp_path, "a.test")
     write_leaf(ca, tmp_path, "b.test")
     upstream, _ = await start_upstream(nursery)
-    tls_port, plain_port = closed_port(), closed_port()
+    tls_port, plain_port = closed_ports(2)
     config = tmp_path / "snakeway.hcl"
     write_config(config, tls_port, plain_port, upstream, tmp_path / "a.test", tmp_path / "b.test")
     async with snakeway(config, ready=f"listening on http://127.0.0.1:{plain_port}".encode()) as proc:
