@@ -214,7 +214,7 @@ class Exchange:
     async def _read_client(self) -> None:
         self._arm(Wait.CLIENT_READ, self.ctx.body_timeout)
         try:
-            data = await self.down.stream.receive_some(READ_SIZE)
+            data = await self.down.receive()
         except trio.BrokenResourceError as exc:
             raise ClientGone(str(exc)) from exc
         try:

@@ -261,7 +261,7 @@ class Http1Connection:
 
     async def _receive(self) -> bytes | bytearray:
         try:
-            return await self.stream.receive_some(READ_SIZE)
+            return await self.h.receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 

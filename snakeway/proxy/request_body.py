@@ -27,7 +27,7 @@ import trio
 
 from snakeway.proxy.deadlines import Deadlines, Wait
 from snakeway.proxy.errors import ClientGone, RequestFailed
-from snakeway.proxy.h11io import READ_SIZE, H11Stream
+from snakeway.proxy.h11io import H11Stream
 
 CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
@@ -108,7 +108,7 @@ async def _read(
         event = conn.next_event()
         if event is h11.NEED_DATA:
             deadlines.arm(Wait.CLIENT_READ, timeout)
-            data = await down.stream.receive_some(READ_SIZE)
+            data = await down.receive()
             if not data and conn.their_state is h11.SEND_BODY:
                 raise ClientGone("client closed the connection mid-body")
             conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes a bytearray too
