@@ -182,7 +182,21 @@ class TcpStream(trio.abc.HalfCloseableStream):
         if not data and sock.fileno() == -1:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise trio.ClosedResourceError("socket was already closed")
-        view = memoryview(data)
+        try:
+            sent = sock.send(data)  # nearly always all of it: then no memoryview is made
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise await self._fail(exc) from exc
+        if sent < len(data):
+            await self._send_rest(memoryview(data)[sent:])
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._after_send = True
+
+    async def _send_rest(self, view: memoryview) -> None:
+        """The rest of :meth:`send_all`, once the kernel did not take everything at once."""
+        sock = self._sock
         waited = False
         blocked_at = -1  # len(view) when the clock last started: it restarts once the kernel took bytes
         deadline = math.inf
@@ -196,7 +210,6 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 raise await self._fail(exc) from exc
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        self._after_send = True
 
     async def send_file(self, head: bytes, fd: int, offset: int, count: int) -> int:
         """Send ``head``, then ``count`` bytes of the file ``fd`` from ``offset``, copied by the kernel

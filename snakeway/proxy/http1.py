@@ -119,7 +119,7 @@ class Http1Connection:
         if request is None:
             return False
         self.requests += 1
-        self._started = trio.current_time()
+        self._started = self.deadlines.clock.current_time()
         self._request = request
         h = self.h
         h.sent = 0
@@ -139,7 +139,7 @@ class Http1Connection:
         h = self.h
         # Increments only: see snakeway/admin/figures.py. The duration costs a clock read and a bisection of
         # a 12-entry tuple (the access log below reuses the value).
-        elapsed = trio.current_time() - self._started
+        elapsed = self.deadlines.clock.current_time() - self._started
         self._totals[status // 100] += 1
         self._durations[bisect_left(DURATION_BUCKETS, elapsed)] += 1
         self._counters.duration_sum += elapsed
