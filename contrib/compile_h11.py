@@ -11,12 +11,17 @@ quarter less CPU). docs/benchmarks.md has the measurements.
 
 Theory of operation:
 
-- The sources are compiled with two changes that leave every result as it
-  was (:func:`speed_up`): a ``typing.cast(T, x)`` call becomes ``(x)``
+- The sources are compiled with four changes that leave every result as
+  it was (:func:`speed_up`): a ``typing.cast(T, x)`` call becomes ``(x)``
   (``cast`` returns ``x``, but building ``T`` costs a ``typing`` cache
-  look-up per call: a ``Union`` built on every event), and ``Headers``
-  gets an ``__iter__`` that walks its list, where the one inherited from
-  ``Sequence`` calls ``__getitem__`` until an ``IndexError``. Line numbers
+  look-up per call: a ``Union`` built on every event); ``Headers`` gets an
+  ``__iter__`` that walks its list, where the one inherited from
+  ``Sequence`` calls ``__getitem__`` until an ``IndexError``; and
+  ``next_event`` tells an event from its two sentinels by identity rather
+  than with ``not in`` a list, which calls the event's ``__eq__`` twice;
+  an event's constructor tells a list of headers from a ``Headers`` by
+  type before it asks ``isinstance`` (``Headers`` is an abstract base
+  class, so ``isinstance`` of a list is a call into ``abc``). Line numbers
   are kept, so a traceback points at h11's own source.
 - Type annotations are not used for C typing (``annotation_typing=False``):
   h11 annotates ``bytes`` where it passes ``bytearray``, and compiled code
@@ -57,7 +62,8 @@ import sys, h11
 modules = [m for name, m in sys.modules.items() if name == "h11" or name.startswith("h11.")]
 plain = [m.__name__ for m in modules if not m.__file__.endswith(sys.argv[1])]
 assert not plain, f"not compiled: {plain}"
-assert "_headers_iter" in vars(sys.modules["h11._headers"]), "compiled by an older contrib/compile_h11.py"
+marked = getattr(sys.modules["h11._headers"], "SNAKEWAY_SPEED_UP", None)
+assert marked == int(sys.argv[2]), f"compiled with speed-ups {marked}, not {sys.argv[2]} (another compile_h11.py)"
 conn = h11.Connection(h11.SERVER)
 conn.receive_data(b"GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
 request = conn.next_event()
@@ -83,8 +89,14 @@ else:
 """
 
 
+# Which changes speed_up() makes: the check (SMOKE) recompiles an h11 compiled with others.
+SPEED_UP_VERSION = 3
+
 # Appended to h11/_headers.py: after the last line, so no line moves.
-HEADERS_ITER = """
+HEADERS_ITER = f"""
+
+SNAKEWAY_SPEED_UP = {SPEED_UP_VERSION}  # added by snakeway's contrib/compile_h11.py
+
 
 def _headers_iter(self):  # added by snakeway's contrib/compile_h11.py: Sequence's __iter__ without the IndexError
     for _, name, value in self._full_items:
@@ -95,8 +107,22 @@ Headers.__iter__ = _headers_iter
 """
 
 
+# Line for line: an event tested against the two sentinels by identity, where ``not in`` a list calls each
+# event's dataclass ``__eq__`` twice (it can only say "not equal": events are never sentinels).
+SENTINEL_TEST = ("if event not in [NEED_DATA, PAUSED]:", "if event is not NEED_DATA and event is not PAUSED:")
+
+# Line for line: an event's headers are a list (from h11's parser, or snakeway's) or a Headers nearly always;
+# those two are told apart by their type, anything else as before (``Headers`` is an ABC: ``isinstance`` of
+# a list goes through ``ABCMeta.__instancecheck__``).
+HEADERS_TEST = (
+    "isinstance(headers, Headers)",
+    "(type(headers) is Headers or (type(headers) is not list and isinstance(headers, Headers)))",
+)
+
+
 def speed_up(name: str, source: str) -> str:
-    """``source`` of h11's module ``name`` as compiled: casts unwrapped, ``Headers.__iter__`` added.
+    """``source`` of h11's module ``name`` as compiled: casts unwrapped, ``Headers.__iter__`` added, the
+    sentinel and the headers tests by identity first.
 
     Same lines: an unwrapped cast keeps its line breaks inside the parentheses.
     """
@@ -106,6 +132,10 @@ def speed_up(name: str, source: str) -> str:
         source = source[:start] + "(" + inner + "\n" * breaks + ")" + source[end:]
     if name == "_headers.py":
         source += HEADERS_ITER
+    if name == "_connection.py":
+        source = source.replace(*SENTINEL_TEST)
+    if name == "_events.py":
+        source = source.replace(*HEADERS_TEST)
     return source
 
 
@@ -140,7 +170,9 @@ def _compiled(package: Path) -> list[Path]:
 
 def _smoke() -> str | None:
     """Why the imported h11 is not a working compiled h11, or None."""
-    result = subprocess.run([sys.executable, "-c", SMOKE, SUFFIX], capture_output=True, text=True, cwd="/")
+    result = subprocess.run(
+        [sys.executable, "-c", SMOKE, SUFFIX, str(SPEED_UP_VERSION)], capture_output=True, text=True, cwd="/"
+    )
     if result.returncode == 0:
         return None
     return (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -56,3 +56,26 @@ def test_speed_up_gives_headers_an_iterator_after_the_last_line() -> None:
     # Iterating gives what indexing gives, as Sequence's own __iter__ did.
     headers = h11.Request(method="GET", target="/", headers=[("Host", "a"), ("X-A", "1")]).headers
     assert list(headers) == [headers[0], headers[1]] == [(b"host", b"a"), (b"x-a", b"1")]
+
+
+def test_speed_up_tests_events_against_the_sentinels_by_identity_on_the_same_line() -> None:
+    source = (Path(h11._connection.__file__).parent / "_connection.py").read_text()
+    out = _script().speed_up("_connection.py", source)
+    before, after = source.splitlines(), out.splitlines()
+    assert len(before) == len(after)
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert any("not in [NEED_DATA, PAUSED]" in old and "is not NEED_DATA and event is not PAUSED" in new
+               for old, new in changed), changed
+    # An event is never equal to a sentinel, which is what makes the two tests agree.
+    assert h11.EndOfMessage() != h11.NEED_DATA and h11.EndOfMessage() != h11.PAUSED
+
+
+def test_speed_up_tells_a_list_of_headers_by_its_type_first_on_the_same_lines() -> None:
+    source = (Path(h11._events.__file__).parent / "_events.py").read_text()
+    out = _script().speed_up("_events.py", source)
+    assert len(source.splitlines()) == len(out.splitlines())
+    assert source.count("isinstance(headers, Headers)") == out.count("type(headers) is Headers or") >= 2
+    # Whatever the headers come as, the event holds the same ones (raw casing kept).
+    for given in ([(b"Host", b"a")], h11.Request(method="GET", target="/", headers=[(b"Host", b"a")]).headers):
+        request = h11.Request(method="GET", target="/", headers=given)
+        assert request.headers.raw_items() == [(b"Host", b"a")] and list(request.headers) == [(b"host", b"a")]
