@@ -67,58 +67,56 @@ async def test_the_lean_paths_take_no_more_trips_through_the_scheduler_than_trio
     assert await steps(lean=True) <= await steps(lean=False)
 
 
+class _Holding:
+    """Stands in for the client's socket: keeps what its TLS layer sends, for the test to send as it likes."""
+
+    def __init__(self) -> None:
+        self.wire = bytearray()
+
+    async def send_all(self, data: bytes) -> None:
+        self.wire.extend(data)
+
+
+async def _records(client: trio.SSLStream[TcpStream], *messages: bytes) -> bytes:
+    """The TLS records ``client`` would send for ``messages``, held back from its socket."""
+    raw = client.transport_stream
+    holding = _Holding()
+    client.transport_stream = holding  # type: ignore[assignment]
+    try:
+        for message in messages:
+            await client.send_all(message)
+    finally:
+        client.transport_stream = raw
+    return bytes(holding.wire)
+
+
+async def _read_at_least(server: trio.SSLStream[TcpStream], size: int, got: bytearray) -> None:
+    while len(got) < size:
+        chunk = await leanssl.receive(server, READ)
+        assert chunk, "an empty read says the stream ended"
+        got.extend(chunk)
+
+
 async def test_a_record_cut_across_reads_is_read_whole() -> None:
     client, server = await _lean_pair()
     message = b"x" * 3000
-    raw: TcpStream = client.transport_stream
-    wire = bytearray()
-
-    class Holding:
-        """Keeps what the client's TLS layer sends, for the test to send in pieces."""
-
-        async def send_all(self, data: bytes) -> None:
-            wire.extend(data)
-
-    client.transport_stream = Holding()  # type: ignore[assignment]
-    await client.send_all(message)
-    client.transport_stream = raw
+    wire = await _records(client, message)
     got = bytearray()
     async with trio.open_nursery() as nursery:
-
-        async def read() -> None:
-            while len(got) < len(message):
-                chunk = await leanssl.receive(server, READ)
-                assert chunk, "an empty read says the stream ended"
-                got.extend(chunk)
-
-        nursery.start_soon(read)
-        await raw.send_all(wire[:100])  # the header and a little of the record
+        nursery.start_soon(_read_at_least, server, len(message), got)
+        await client.transport_stream.send_all(wire[:100])  # the header and a little of the record
         await trio.testing.wait_all_tasks_blocked()
         assert not got  # nothing can be decrypted from part of a record
-        await raw.send_all(wire[100:])
+        await client.transport_stream.send_all(wire[100:])
     assert bytes(got) == message
     await _close(client, server)
 
 
 async def test_two_records_in_one_read_come_out_in_order() -> None:
     client, server = await _lean_pair()
-    raw: TcpStream = client.transport_stream
-    wire = bytearray()
-
-    class Holding:
-        async def send_all(self, data: bytes) -> None:
-            wire.extend(data)
-
-    client.transport_stream = Holding()  # type: ignore[assignment]
-    await client.send_all(b"first request;")
-    await client.send_all(b"second request")
-    client.transport_stream = raw
-    await raw.send_all(wire)  # both records at once: one read takes both
-    got = bytearray()
-    while len(got) < len(b"first request;second request"):
-        chunk = await leanssl.receive(server, READ)
-        assert chunk, "an empty read says the stream ended"
-        got.extend(chunk)
+    await client.transport_stream.send_all(await _records(client, b"first request;", b"second request"))
+    got = bytearray()  # both records arrived at once: the first read takes both
+    await _read_at_least(server, len(b"first request;second request"), got)
     assert bytes(got) == b"first request;second request"
     await _close(client, server)
 
