@@ -7,6 +7,8 @@ The server side reads and writes through :func:`leanssl.receive` and
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 import trio
 import trio.testing
@@ -171,3 +173,10 @@ async def test_a_stream_trio_was_left_to_run_alone_is_not_lean() -> None:
     assert not leanssl.is_lean(server)
     assert not leanssl.is_lean(client.transport_stream)
     await _close(client, server)
+
+
+def test_only_an_eof_without_close_notify_counts_as_the_end() -> None:
+    assert leanssl._is_eof(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    assert leanssl._is_eof(ssl.SSLError(1, "[SSL: UNEXPECTED_EOF_WHILE_READING] unexpected eof while reading"))
+    assert not leanssl._is_eof(ssl.SSLError("no errno, no reason"))  # strerror is None: not an EOF, no TypeError
+    assert not leanssl._is_eof(ssl.CertificateError("hostname mismatch"))

@@ -43,9 +43,10 @@ socket, hands the bytes to OpenSSL and takes what it decrypts; a write
 encrypts and sends (after the session tickets trio held back from the
 handshake, as trio would). Any other case (a record cut across reads,
 bytes already buffered, an error state, a second task) goes to trio's own
-method, so the two paths never both own a step. Errors are what trio gives: a TLS error breaks the stream
-(``trio.BrokenResourceError``), and an EOF without ``close_notify`` is an
-end of stream, as with ``https_compatible=True``.
+method, so the two paths never both own a step. Errors are what trio
+gives: a TLS error breaks the stream (``trio.BrokenResourceError``), and an
+EOF without ``close_notify`` is an end of stream, as with
+``https_compatible=True``.
 
 All of this touches private attributes of ``trio.SSLStream``: a stream
 whose attributes are not what is expected is left as it is (and read and
@@ -125,6 +126,13 @@ def forget_handshake(stream: trio.SSLStream[trio.abc.Stream]) -> None:
         once._afn = None
 
 
+# What receive() and send_all() use of a trio.SSLStream besides its quickened locks.
+_PRIVATE = (
+    "_state", "_ssl_object", "_incoming", "_outgoing", "_delayed_outgoing", "_handshook",
+    "_inner_recv_count", "_outer_recv_conflict_detector", "_outer_send_conflict_detector", "_https_compatible",
+)
+
+
 def is_lean(stream: object) -> bool:
     """Whether :func:`receive` and :func:`send_all` can take ``stream``'s common case themselves."""
     return (
@@ -134,11 +142,6 @@ def is_lean(stream: object) -> bool:
         and type(getattr(stream, "_inner_send_lock", None)) is QuickLock
         and all(hasattr(stream, name) for name in _PRIVATE)
     )
-
-
-_PRIVATE = ("_state", "_ssl_object", "_incoming", "_outgoing", "_delayed_outgoing", "_handshook",
-            "_inner_recv_count", "_outer_recv_conflict_detector", "_outer_send_conflict_detector",
-            "_https_compatible")
 
 
 async def receive(stream: trio.SSLStream[trio.abc.Stream], max_bytes: int) -> bytes | bytearray:
@@ -226,4 +229,5 @@ def _break(stream: trio.SSLStream[trio.abc.Stream]) -> None:
 
 def _is_eof(exc: BaseException) -> bool:
     """An EOF without ``close_notify``, as trio tells it (the error's text, for OpenSSL builds that say no more)."""
-    return isinstance(exc, ssl.SSLEOFError) or "UNEXPECTED_EOF_WHILE_READING" in getattr(exc, "strerror", "")
+    reason = getattr(exc, "strerror", None)
+    return isinstance(exc, ssl.SSLEOFError) or (isinstance(reason, str) and "UNEXPECTED_EOF_WHILE_READING" in reason)
