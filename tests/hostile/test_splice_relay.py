@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import h11
 import trio
 
 from tests.hostile.harness import LOOPBACK, proxy_to, running, until_logged, write_config
+from tests.proc import Running
 
 BIG = 3 * 1024 * 1024 + 11  # more than the socket buffers hold: many rounds of splicing
 BODY = os.urandom(BIG)
@@ -106,6 +109,16 @@ async def all_closed(log: UpstreamLog) -> None:
     with trio.fail_after(5):
         while log.open:
             await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def spliced_proxy(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[tuple[int, UpstreamLog, Running]]:
+    """snakeway (two workers, :data:`SETTINGS`) in front of a fresh :func:`start_upstream`: its port, the
+    upstream's log and the process, until the block ends."""
+    upstream, log = await start_upstream(nursery)
+    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
+    async with running(config) as proc:
+        yield port, log, proc
 
 
 class Client:
@@ -213,9 +226,7 @@ async def settled(pid: int, expected: dict[str, int], timeout: float = 10) -> di
 async def test_big_bodies_arrive_byte_exact_and_both_connections_carry_the_next_request(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, log = await start_upstream(nursery)
-    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
-    async with running(config) as proc:
+    async with spliced_proxy(nursery, tmp_path) as (port, log, proc):
         client = await Client.open(port)
         sizes = []
         try:
@@ -237,9 +248,7 @@ async def test_big_bodies_arrive_byte_exact_and_both_connections_carry_the_next_
 async def test_an_upstream_that_closes_mid_body_closes_the_client_connection(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, log = await start_upstream(nursery)
-    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
-    async with running(config):
+    async with spliced_proxy(nursery, tmp_path) as (port, log, proc):
         status, body, clean = await fetch(port, b"/cut")
         assert (status, clean) == (200, False)
         assert body == BODY[: len(body)] and len(body) < BIG  # what came, in order; then the close
@@ -251,9 +260,7 @@ async def test_an_upstream_that_closes_mid_body_closes_the_client_connection(
 async def test_an_upstream_that_stalls_mid_body_is_cut_by_the_read_timeout(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, log = await start_upstream(nursery)
-    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
-    async with running(config) as proc:
+    async with spliced_proxy(nursery, tmp_path) as (port, log, proc):
         started = trio.current_time()
         status, body, clean = await fetch(port, b"/stall", timeout=READ_TIMEOUT + SLACK + 5)
         waited = trio.current_time() - started
@@ -267,9 +274,7 @@ async def test_an_upstream_that_stalls_mid_body_is_cut_by_the_read_timeout(
 async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, log = await start_upstream(nursery)
-    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
-    async with running(config) as proc:
+    async with spliced_proxy(nursery, tmp_path) as (port, log, proc):
         client = await Client.open(port, rcvbuf=4096)
         try:
             await client.send(b"/big")
@@ -292,9 +297,7 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout(
 async def test_a_client_that_reads_slowly_but_steadily_gets_the_whole_body_however_long_it_takes(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    upstream, log = await start_upstream(nursery)
-    config, port = write_config(tmp_path, proxy_to(upstream), server=SETTINGS)
-    async with running(config) as proc:
+    async with spliced_proxy(nursery, tmp_path) as (port, log, proc):
         for target in (b"/medium", b"/paced"):
             client = await Client.open(port, rcvbuf=4096)
             try:
