@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import ssl
@@ -161,24 +162,45 @@ def run_trio(fn, *args):  # noqa: ANN001, ANN201
 # --- WebSocket echo -----------------------------------------------------------------------------
 
 
-async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tuple[int, int]:
+@dataclass
+class EchoResult:
+    """What the WebSocket echo client measured: echoed messages per second, and each echo's round trip."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def percentile_ms(seconds: list[float], fraction: float) -> float:
+    """The ``fraction`` percentile (nearest rank) of round trips in seconds, in milliseconds; NaN without any."""
+    if not seconds:
+        return float("nan")
+    ordered = sorted(seconds)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1] * 1000.0
+
+
+async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tuple[list[float], int]:
     from trio_websocket import open_websocket_url
 
     payload = "x" * size
-    counts, errors = [0] * connections, [0]
+    trips: list[float] = []  # every echo's round trip, send to answer, in seconds
+    errors = [0]
 
-    async def one(index: int, ready: trio.Event, go: trio.Event) -> None:
+    async def one(ready: trio.Event, go: trio.Event) -> None:
         try:
             async with open_websocket_url(url) as ws:
                 ready.set()
                 await go.wait()
                 with trio.move_on_at(end[0]):
                     while True:
+                        sent = trio.current_time()
                         await ws.send_message(payload)
                         if await ws.get_message() != payload:
                             errors[0] += 1
                             return
-                        counts[index] += 1
+                        trips.append(trio.current_time() - sent)
         except Exception:  # noqa: BLE001 - counted, reported by the caller
             ready.set()
             errors[0] += 1
@@ -187,22 +209,22 @@ async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tup
     go = trio.Event()
     async with trio.open_nursery() as nursery:
         readies = []
-        for i in range(connections):
+        for _ in range(connections):
             ready = trio.Event()
             readies.append(ready)
-            nursery.start_soon(one, i, ready, go)
+            nursery.start_soon(one, ready, go)
         with trio.move_on_after(10):
             for ready in readies:
                 await ready.wait()
         end[0] = trio.current_time() + seconds
         go.set()
-    return sum(counts), errors[0]
+    return trips, errors[0]
 
 
-def ws_echo(url: str, seconds: float, *, connections: int = 8, size: int = 64) -> tuple[float, int]:
-    """(echoed messages per second, errors) over ``connections`` WebSockets sending ``size``-byte messages."""
-    total, errors = run_trio(_ws_echo, url, seconds, connections, size)
-    return total / seconds, errors
+def ws_echo(url: str, seconds: float, *, connections: int = 8, size: int = 64) -> EchoResult:
+    """``connections`` WebSockets sending ``size``-byte messages, each waiting for its echo, for ``seconds``."""
+    trips, errors = run_trio(_ws_echo, url, seconds, connections, size)
+    return EchoResult(len(trips) / seconds, percentile_ms(trips, 0.5), percentile_ms(trips, 0.99), errors)
 
 
 # --- idle keep-alive connections ----------------------------------------------------------------

@@ -61,9 +61,9 @@ def cell_text(row: Row, name: str) -> str:
         kind = "" if resumed is None else f" · {resumed:.0%} of sessions resumed"
         text = f"{value:,.0f}/s · p99 {_m(row, name, 'p99_ms'):.1f} ms{kind}"
     elif n == 4:
-        text = f"{value:,.0f} MiB/s"
+        text = f"{value:,.0f} MiB/s · p99 {_m(row, name, 'p99_ms'):.1f} ms"
     elif n == 5:
-        text = f"{value:,.0f} msg/s"
+        text = f"{value:,.0f} msg/s · p99 {_m(row, name, 'p99_ms'):.2f} ms"
     elif n == 6:
         text = f"{value:.2f} s"
     elif n == 7:
@@ -85,12 +85,17 @@ def cell_text(row: Row, name: str) -> str:
 
 
 def ratio_text(row: Row, other: str) -> str:
-    """The ratio of the rates, then, where measured, of CPU per unit (above 1: snakeway uses more)."""
+    """The ratio of the rates, then, where measured, of CPU per unit and of p99 latency (above 1: snakeway's is more)."""
     ratio = row.ratio(other)
     if ratio is None:
         return "—"
-    used = row.ratio(other, CPU_KEY) if row.number in CPU_UNITS else None
-    return f"{ratio:.2f}×" + ("" if used is None else f" · CPU {used:.2f}×")
+    text = f"{ratio:.2f}×"
+    if row.number in CPU_UNITS:
+        for key, label in ((CPU_KEY, "CPU"), ("p99_ms", "p99")):
+            more = row.ratio(other, key)
+            if more is not None:
+                text += f" · {label} {more:.2f}×"
+    return text
 
 
 def table(rows: list[Row]) -> str:
@@ -138,6 +143,8 @@ def to_json(rows: list[Row], meta: dict[str, object]) -> dict[str, object]:
             "ratio_snakeway_over_caddy": row.ratio("caddy"), "ratio_snakeway_over_nginx": row.ratio("nginx"),
             "cpu_ratio_snakeway_over_caddy": row.ratio("caddy", CPU_KEY),
             "cpu_ratio_snakeway_over_nginx": row.ratio("nginx", CPU_KEY),
+            "p99_ratio_snakeway_over_caddy": row.ratio("caddy", "p99_ms"),
+            "p99_ratio_snakeway_over_nginx": row.ratio("nginx", "p99_ms"),
         })
     return {**meta, "rows": out_rows}
 

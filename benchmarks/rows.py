@@ -134,11 +134,12 @@ def _wrk_value(url: str, seconds: float, cpu_seconds: Callable[[], float], *, cl
 def _ws_value(url: str, seconds: float, cpu_seconds: Callable[[], float]) -> tuple[float, dict[str, float]]:
     connections = int(os.environ.get("BENCH_WS_CONNECTIONS", "8"))
     before = cpu_seconds()
-    rate, errors = clients.ws_echo(url, seconds, connections=connections)
+    result = clients.ws_echo(url, seconds, connections=connections)
     after = cpu_seconds()
-    if errors:
-        raise RuntimeError(f"{errors} of {connections} WebSocket connections failed")
-    return rate, _cpu(before, after, rate * seconds)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} of {connections} WebSocket connections failed")
+    return result.rate, {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+                         **_cpu(before, after, result.rate * seconds)}
 
 
 def _cpu(before: float, after: float, units: float) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cpu, report
+from benchmarks import clients, cpu, report
 from benchmarks.procs import Proc
 from benchmarks.rows import CPU_KEY, Row
+from tests.helpers import closed_ports
 
 # A real line's shape (proc(5)), with a command name that holds spaces and parentheses.
 STAT = ("4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 1190 0 0 0 "
@@ -103,7 +105,7 @@ def test_table_shows_cpu_per_unit_and_its_ratio() -> None:
     assert "6,000 req/s · p50 1.00 ms · p99 2.0 ms · CPU 150 µs/req" in text
     assert "16,000 req/s · p50 1.00 ms · p99 2.0 ms · CPU 70 µs/req" in text
     # Per round: 150/60, 160/80, 140/70 -> 2.5, 2.0, 2.0; the median is shown.
-    assert "| 0.38× · CPU 2.00× |" in text
+    assert "| 0.38× · CPU 2.00× · p99 1.00× |" in text
     assert report.ratio_text(row, "nginx") == "—"
 
 
@@ -111,8 +113,8 @@ def test_table_units_of_the_other_rows() -> None:
     big = _row(4, "MiB/s", {"snakeway": [(800, 1300.0)]})
     ws = _row(5, "messages/s", {"snakeway": [(6000, 45.0)]})
     new = _row(3, "handshakes/s", {"snakeway": [(900, 1100.0)]})
-    assert report.cell_text(big, "snakeway") == "800 MiB/s · CPU 1.30 ms/MiB"
-    assert report.cell_text(ws, "snakeway") == "6,000 msg/s · CPU 45 µs/msg"
+    assert report.cell_text(big, "snakeway") == "800 MiB/s · p99 2.0 ms · CPU 1.30 ms/MiB"
+    assert report.cell_text(ws, "snakeway") == "6,000 msg/s · p99 2.00 ms · CPU 45 µs/msg"
     assert report.cell_text(new, "snakeway").endswith("· CPU 1.10 ms/conn")
 
 
@@ -131,3 +133,41 @@ def test_json_keeps_cpu_figures() -> None:
     assert data["rows"][0]["cpu_ratio_snakeway_over_nginx"] == pytest.approx((200 / 25 + 220 / 22) / 2)
     assert data["rows"][0]["cpu_ratio_snakeway_over_caddy"] is None
 
+
+
+def test_ratio_shows_p99_per_round_median() -> None:
+    row = Row(5, "WebSocket", "messages/s", True, 100.0)
+    for round_no, (mine, theirs) in enumerate([(3.0, 2.0), (4.0, 2.0), (2.0, 2.0)]):
+        row.cells["snakeway"].add(round_no, 1000, p99_ms=mine, **{CPU_KEY: 40.0})
+        row.cells["caddy"].add(round_no, 1000, p99_ms=theirs, **{CPU_KEY: 40.0})
+    # Per round 1.5, 2.0, 1.0: the median is 1.5.
+    assert report.ratio_text(row, "caddy") == "1.00× · CPU 1.00× · p99 1.50×"
+    data = report.to_json([row], {"machine": {}})
+    assert data["rows"][0]["p99_ratio_snakeway_over_caddy"] == 1.5
+
+
+@pytest.mark.parametrize(("trips", "fraction", "expected"), [
+    ([0.001] * 99 + [0.5], 0.99, 1.0),  # nearest rank: the 99th of 100
+    ([0.001] * 98 + [0.5, 0.5], 0.99, 500.0),
+    ([0.003, 0.001, 0.002], 0.5, 2.0),
+    ([0.004], 0.99, 4.0),
+])
+def test_percentile_of_round_trips(trips: list[float], fraction: float, expected: float) -> None:
+    assert clients.percentile_ms(trips, fraction) == pytest.approx(expected)
+
+
+def test_percentile_without_round_trips_is_nan() -> None:
+    assert math.isnan(clients.percentile_ms([], 0.99))
+
+
+def test_websocket_echo_client_times_each_round_trip(tmp_path: Path) -> None:
+    port = closed_ports(1)[0]
+    echo = Proc("ws-echo", [sys.executable, "-m", "benchmarks.ws_echo", str(port)], tmp_path / "echo.log")
+    try:
+        echo.wait_port(port, 30)
+        result = clients.ws_echo(f"ws://127.0.0.1:{port}/", 0.5, connections=2)
+    finally:
+        echo.stop()
+    assert result.errors == 0
+    assert result.rate > 50  # two connections echoing for half a second on loopback
+    assert 0 < result.p50_ms <= result.p99_ms < 500
