@@ -12,14 +12,7 @@ from snakeway.config.model import Endpoint, Route, Service, Upstream, UpstreamSe
 from snakeway.proxy.balance import Balancer, Health
 from snakeway.proxy.forward import ForwardContext, RequestFailed, connect
 from snakeway.proxy.h11io import H11Stream
-from snakeway.proxy.pool import (
-    UNCHECKED_IDLE_SECONDS,
-    Connect,
-    UpstreamConnectError,
-    UpstreamConnection,
-    UpstreamPool,
-    worth_checking,
-)
+from snakeway.proxy.pool import Connect, UpstreamConnectError, UpstreamConnection, UpstreamPool
 from snakeway.proxy.upstream_wire import UpstreamRequest
 from snakeway.tcp import TcpStream
 
@@ -214,34 +207,6 @@ async def test_peer_closed_idle_connection_is_not_reused(nursery: trio.Nursery) 
     assert second is not first
     assert not second.reused
     assert up.accepted == 2
-
-
-async def test_a_caller_that_retries_takes_a_recently_idled_connection_unchecked(nursery: trio.Nursery) -> None:
-    up = await TinyUpstream(close_after=1).start(nursery)
-    pool = UpstreamPool(SETTINGS)
-    first = await get(pool, up.endpoint)
-    await up.wait_for(lambda u: u.closed == 1)
-    assert isinstance(first.stream, TcpStream)
-    with trio.fail_after(5):
-        await trio.lowlevel.wait_readable(first.stream.socket)  # the FIN has arrived
-    # Idle for less than UNCHECKED_IDLE_SECONDS: handed out as it is; the caller's retry covers it.
-    assert await pool.acquire(up.endpoint, can_retry=True) is first
-    assert first.reused
-    await pool.release(first)  # the exchange never ran: h11 still takes it for reusable
-    await trio.sleep(UNCHECKED_IDLE_SECONDS + 0.05)
-    second = await pool.acquire(up.endpoint, can_retry=True)  # idle long enough: checked, and dropped
-    assert second is not first
-    assert not second.reused
-    assert up.accepted == 2
-
-
-@pytest.mark.parametrize(("idle_for", "can_retry", "checked"), [
-    (0.0, False, True), (10.0, False, True),
-    (0.0, True, False), (UNCHECKED_IDLE_SECONDS - 0.01, True, False),
-    (UNCHECKED_IDLE_SECONDS, True, True), (10.0, True, True),
-])
-def test_which_idle_connections_are_checked(idle_for: float, can_retry: bool, checked: bool) -> None:
-    assert worth_checking(idle_for, can_retry) is checked
 
 
 async def test_connect_refused_raises_quickly() -> None:

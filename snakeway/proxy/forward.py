@@ -114,10 +114,8 @@ def connect_budget(settings: UpstreamSettings, upstreams: int) -> float:
     return max(settings.read_timeout_seconds, tries + 2 * LAZY_DEADLINE_SECONDS)
 
 
-async def connect(balancer: Balancer, ctx: ForwardContext, *, can_retry: bool = False) -> UpstreamConnection:
+async def connect(balancer: Balancer, ctx: ForwardContext) -> UpstreamConnection:
     """A connection to the first upstream, in the balancer's order, that accepts one.
-
-    ``can_retry``: the caller retries on a stale connection (:meth:`UpstreamPool.acquire`).
 
     Raises:
       RequestFailed: none did: 504 if the last attempt timed out (as nginx answers), else 502.
@@ -126,7 +124,7 @@ async def connect(balancer: Balancer, ctx: ForwardContext, *, can_retry: bool = 
     status = 502
     for upstream in balancer.order(trio.current_time()):
         try:
-            conn = await ctx.pool.acquire(upstream.endpoint, can_retry=can_retry)
+            conn = await ctx.pool.acquire(upstream.endpoint)
         except UpstreamConnectError as exc:
             ctx.health.mark_failed(upstream.endpoint, trio.current_time())
             logger.warning("upstream %s: %s", upstream.endpoint, exc.reason)
@@ -172,7 +170,7 @@ async def forward(
     while True:
         if deadlines is not None:
             deadlines.arm(Wait.UPSTREAM_CONNECT, connect_budget(ctx.settings, len(balancer.service.upstreams)))
-        conn = await connect(balancer, ctx, can_retry=retry_allowed and not retrying)
+        conn = await connect(balancer, ctx)
         down.served_by = conn.label
         exchange = Exchange(down, conn, ctx, limit)
         try:

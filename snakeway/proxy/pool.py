@@ -34,13 +34,6 @@ it if so, as httpcore does. That narrows the race but cannot close it: the
 FIN may be in flight. So a connection carries ``reused``; when a request on a
 reused connection fails before any response byte arrived, the caller retries
 once on a fresh connection (only the caller knows whether that is safe).
-A caller that will retry says so (``acquire(..., can_retry=True)``), and a
-connection idle for less than ``UNCHECKED_IDLE_SECONDS`` is then taken
-without the check: the retry covers a peer that hung up that soon, and the
-check's system call is a few per cent of a busy proxy's CPU. Unsolicited
-bytes (some servers answer 408 as they time a connection out) come only
-after the peer's keep-alive timeout, and a connection idle that long is
-always checked.
 
 The pool caps *idle* connections per endpoint (``connection_pool_size``); it
 does not cap connections in use, which is bounded by downstream concurrency.
@@ -65,10 +58,6 @@ if TYPE_CHECKING:
     from snakeway.config.model import Endpoint, UpstreamSettings
 
 logger = logging.getLogger(__name__)
-
-# Idle for less than this, a connection is reused without the readiness check when the caller
-# retries a stale one: keep-alive timeouts are seconds, not a fraction of one.
-UNCHECKED_IDLE_SECONDS = 0.25
 
 # Budget for closing sockets under a shield; forceful closes take no time.
 CLOSE_TIMEOUT = 5.0
@@ -192,12 +181,8 @@ class UpstreamPool:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    async def acquire(self, endpoint: Endpoint, *, can_retry: bool = False) -> UpstreamConnection:
+    async def acquire(self, endpoint: Endpoint) -> UpstreamConnection:
         """A connection to ``endpoint``: the most recently idled live one, else a new one.
-
-        ``can_retry``: the caller retries once, on another connection, if this
-        one turns out stale; a recently idled one is then not checked (see the
-        module docstring).
 
         Raises:
           UpstreamConnectError: a new connection could not be opened within
@@ -211,9 +196,8 @@ class UpstreamPool:
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("upstream pool is closed")
-            now = trio.current_time()
-            conn, stale = self._take_idle(endpoint, now)
-            gone = conn is not None and worth_checking(now - conn.idle_since, can_retry) and _peer_gone(conn)
+            conn, stale = self._take_idle(endpoint, trio.current_time())
+            gone = conn is not None and _peer_gone(conn)
             if conn is not None and gone:
                 stale.append(conn)
                 conn = None
@@ -368,11 +352,6 @@ def _readable_poll(stream: trio.abc.Stream) -> Callable[[], bool] | None:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return lambda: bool(poller.poll(0))
-
-
-def worth_checking(idle_for: float, can_retry: bool) -> bool:
-    """Whether a connection idle for ``idle_for`` seconds is checked for a peer that hung up before reuse."""
-    return not can_retry or idle_for >= UNCHECKED_IDLE_SECONDS
 
 
 def _peer_gone(conn: UpstreamConnection) -> bool:
