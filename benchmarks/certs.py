@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import os
 from pathlib import Path
 
@@ -92,18 +91,17 @@ def fill_store(cert_dir: Path, names: list[str], ca: CA) -> None:
 
     ``cert_dir/<name>/{cert.pem,key.pem,meta.json}`` as plain directories (the
     store accepts them and would move them aside only when it saves a new
-    version). meta.json is filled from :class:`snakeway.acme.store.CertBundle`,
-    exactly as :class:`snakeway.acme.filestore.FileStore` writes it, so the
+    version). meta.json is the record the stores write (``snakeway.acme.entries.bundle_meta``), so the
     store's load-time checks pass. One leaf key is shared by all certificates:
     this is a benchmark of loading, not of key generation.
     """
-    from snakeway.acme.filestore import META_VERSION
+    from snakeway.acme.entries import bundle_meta, dump_json
     from snakeway.acme.store import CertBundle, name_to_path_part
 
     cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     shared = new_key()
     shared_pem = key_pem(shared)
-    saved_at = _now().isoformat()
+    saved_at = _now()
     for name in names:
         cert_pem, _ = ca.issue([name], key=shared, days=365)
         chain = cert_pem + ca.cert_pem
@@ -114,14 +112,4 @@ def fill_store(cert_dir: Path, names: list[str], ca: CA) -> None:
         fd = os.open(folder / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(shared_pem)
-        meta = {
-            "version": META_VERSION,
-            "name": name,
-            "domains": [name],
-            "not_before": bundle.not_before.isoformat(),
-            "not_after": bundle.not_after.isoformat(),
-            "issuer": bundle.issuer,
-            "serial": bundle.serial,
-            "saved_at": saved_at,
-        }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (folder / "meta.json").write_bytes(dump_json(bundle_meta(bundle, saved_at)))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from tests.helpers import LOOPBACK
 from tests.hostile.harness import exchange, proxy_to, running, start_logging_upstream, statuses, write_config
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -141,6 +143,52 @@ async def test_head_responses_have_no_body_and_a_body_sent_anyway_poisons_nothin
     assert liar.endswith(b"\r\n\r\n/after.")
     # The connection carried on after a response to HEAD, but not after one with a body.
     assert up.targets() == [[b"/head", b"/next", b"/liar"], [b"/after"]]
+
+
+async def test_a_late_extra_response_on_an_idle_connection_answers_no_one(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """An upstream that sends a second, unasked-for response a moment after the first: the pool must
+    not hand that connection to the next request, even one that comes right after (the pool checks
+    every idle connection before reuse), or the extra response would be its answer."""
+    heads: list[list[bytes]] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        mine: list[bytes] = []
+        heads.append(mine)
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                mine.append(head.split(b" ", 2)[1])
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n" + mine[-1][1:7].ljust(6, b"."))
+                await trio.sleep(0.02)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON")
+        except trio.BrokenResourceError:
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, serve, 0, host=LOOPBACK))
+    config, port = write_config(tmp_path, proxy_to(listener.socket.getsockname()[1]), workers=1)
+    async with running(config, workers=1):
+        client = await trio.open_tcp_stream(LOOPBACK, port)
+        seen = b""
+        with trio.fail_after(5):
+            await client.send_all(get(b"/first"))
+            while not seen.endswith(b"first."):
+                seen += await client.receive_some(65536)
+            await trio.sleep(0.06)  # the extra response has reached snakeway; the connection idled 60 ms
+            await client.send_all(get(b"/second"))
+            while not seen.endswith((b"second", b"POISON")):
+                seen += await client.receive_some(65536)
+        await client.aclose()
+    assert statuses(seen) == [200, 200]
+    assert seen.endswith(b"second")
+    assert heads == [[b"/first"], [b"/second"]]  # the second request went on a new connection
 
 
 async def test_1xx_are_skipped_and_204_304_are_bodiless_whatever_they_claim(
