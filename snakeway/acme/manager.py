@@ -29,8 +29,10 @@ Stored certificates are loaded by :mod:`snakeway.acme.startup`, from the store's
 10,000 certificates serve well under a second after start. With more than ``SPREAD_FIRST_CHECKS_ABOVE``
 certificates, the first check of each one that is not due waits a random delay (see there), and its task
 is only started then (one task, ``_start_deferred``, starts them): 10,000 tasks starting together would
-hold up the first handshakes for most of a second. Certificates missing at start-up are spread over a few
-seconds too (:func:`missing_spread`). ``retry_now`` starts them all at once.
+hold up the first handshakes for most of a second. More than ``SPREAD_FIRST_CHECKS_ABOVE`` certificates
+missing at start-up have their first orders spread over a few seconds too (:func:`missing_spread`); fewer
+are ordered at once, the order lanes keeping at most ``max_concurrent_orders`` at the CA, and processes
+sharing the store take them in turn by their locks. ``retry_now`` starts them all at once.
 """
 
 from __future__ import annotations
@@ -69,13 +71,18 @@ logger = logging.getLogger(__name__)
 
 # With more certificates than this, the first checks of stored ones are spread out (see acme/startup.py).
 SPREAD_FIRST_CHECKS_ABOVE = 100
-# Certificates missing at start-up are spread over up to this many seconds (a quarter second each).
+# Many certificates missing at start-up are spread over up to this many seconds (a quarter second each).
 MISSING_SPREAD_SECONDS = 30.0
 
 
-def missing_spread(missing: int) -> float:
-    """Over how many seconds the first orders of ``missing`` certificates at start-up are spread."""
-    return 0.0 if missing <= 1 else min(MISSING_SPREAD_SECONDS, 0.25 * missing)
+def missing_spread(missing: int, above: int) -> float:
+    """Over how many seconds the first orders of ``missing`` certificates at start-up are spread.
+
+    Not at all for ``above`` or fewer: they are ordered at once (a few dozen names are served within
+    seconds). More are spread a quarter second each, up to ``MISSING_SPREAD_SECONDS``, so that thousands
+    of first checks do not start together.
+    """
+    return 0.0 if missing <= above else min(MISSING_SPREAD_SECONDS, 0.25 * missing)
 
 
 class CertManager:
@@ -331,7 +338,7 @@ class CertManager:
         )
         self._first_checks.update(loaded.first_checks)
         missing = [c for c in certs if c.cert_id not in loaded.serials]
-        spread = missing_spread(len(missing)) if at_start else 0.0
+        spread = missing_spread(len(missing), self.spread_first_checks_above) if at_start else 0.0
         for cert in missing if spread else ():
             self._first_checks[cert.cert_id] = now + timedelta(seconds=spread * self.rng.random())
         self.served.loaded(loaded.entries, loaded.serials)

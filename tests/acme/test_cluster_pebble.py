@@ -30,7 +30,13 @@ async def test_three_nodes_order_twenty_certificates_once_each_serve_all_and_ren
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     upstream, _ = await start_upstream(nursery)
-    async with run_cluster(tmp_path, NAMES, upstream=upstream, validity_seconds=LIFETIME, check_interval=2) as cluster:
+    async with run_cluster(tmp_path, NAMES, upstream=upstream, validity_seconds=LIFETIME, check_interval=2,
+                           start=False) as cluster:
+        # The first node orders every name the moment it is up: validations wait until all three are.
+        cluster.hold_validations()
+        for node in cluster.nodes:
+            await cluster.start(node)
+        cluster.release_validations()
         first = await cluster.until_served(NAMES, timeout=LIFETIME / 2)
         assert cluster.orders() == len(NAMES)
         # Validations went through the balancer, were all answered, and reached every node.

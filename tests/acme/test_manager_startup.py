@@ -21,7 +21,7 @@ from snakeway.acme.challenges import Http01Tokens
 from snakeway.acme.coordination import Coordinator
 from snakeway.acme.filestore import FileStore
 from snakeway.acme.managed import ManagedCert
-from snakeway.acme.manager import SPREAD_FIRST_CHECKS_ABOVE, CertManager
+from snakeway.acme.manager import SPREAD_FIRST_CHECKS_ABOVE, CertManager, missing_spread
 from snakeway.acme.schedule import RenewalState
 from snakeway.acme.store import CertBundle, CertStore, MemoryStore
 from snakeway.acme.tlsalpn import TlsAlpnChallenges
@@ -298,6 +298,31 @@ async def test_first_checks_of_stored_certificates_are_spread_only_when_many(
         await trio.sleep(60)
         assert all(manager.next_checks[c.cert_id] > start + timedelta(seconds=300) for c in (A, B, C))
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("many", [True, False])
+async def test_missing_certificates_are_ordered_at_once_unless_many(
+    autojump_clock: trio.testing.MockClock, many: bool
+) -> None:
+    clock = TrioLinkedClock(EPOCH)
+    fake = FakeCA(clock)
+    spread_above = 2 if many else SPREAD_FIRST_CHECKS_ABOVE
+    manager, _ = make_manager((A, B, C), MemoryStore(), clock, fake, spread_above=spread_above, offload=inline)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(0.01)
+        if many:  # three spread over 0.75 s: not all ordered yet
+            assert len(fake.orders) < 3
+            await trio.sleep(1)
+        assert sorted(fake.orders) == sorted([A.domains, B.domains, C.domains])
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("missing", "above", "seconds"), [
+    (1, 0, 0.25), (1, 100, 0.0), (50, 100, 0.0), (100, 100, 0.0), (101, 100, 25.25), (10_000, 100, 30.0),
+])
+def test_how_long_missing_certificates_are_spread(missing: int, above: int, seconds: float) -> None:
+    assert missing_spread(missing, above) == seconds
 
 
 async def test_due_stored_certificates_are_checked_at_once_even_when_many(
