@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import trio
@@ -40,9 +39,10 @@ class RawUpstream:
 Answer = Callable[[bytes, bytes], "bytes | tuple[bytes, bool]"]
 
 
-async def start_raw_upstream(nursery: trio.Nursery, answer: Answer) -> RawUpstream:
+async def start_raw_upstream(nursery: trio.Nursery, answer: Answer, *, unsolicited: bytes = b"") -> RawUpstream:
     """An upstream on 127.0.0.1 that sends ``answer(method, target)`` for each request head (requests
-    without bodies); an answer given as ``(bytes, True)`` closes the connection after it."""
+    without bodies); an answer given as ``(bytes, True)`` closes the connection after it. ``unsolicited``
+    is sent, unasked, 20 ms after every answer."""
     up = RawUpstream()
 
     async def serve(stream: trio.SocketStream) -> None:
@@ -64,6 +64,9 @@ async def start_raw_upstream(nursery: trio.Nursery, answer: Answer) -> RawUpstre
                 await stream.send_all(data)
                 if close:
                     return
+                if unsolicited:
+                    await trio.sleep(0.02)
+                    await stream.send_all(unsolicited)
         except trio.BrokenResourceError:
             return
         finally:
@@ -149,31 +152,10 @@ async def test_a_late_extra_response_on_an_idle_connection_answers_no_one(nurser
     """An upstream that sends a second, unasked-for response a moment after the first: the pool must
     not hand that connection to the next request, even one that comes right after (the pool checks
     every idle connection before reuse), or the extra response would be its answer."""
-    heads: list[list[bytes]] = []
-
-    async def serve(stream: trio.SocketStream) -> None:
-        mine: list[bytes] = []
-        heads.append(mine)
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                mine.append(head.split(b" ", 2)[1])
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n" + mine[-1][1:7].ljust(6, b"."))
-                await trio.sleep(0.02)
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON")
-        except trio.BrokenResourceError:
-            return
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    (listener,) = await nursery.start(partial(trio.serve_tcp, serve, 0, host=LOOPBACK))
-    config, port = write_config(tmp_path, proxy_to(listener.socket.getsockname()[1]), workers=1)
+    up = await start_raw_upstream(nursery, lambda _, target: b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"
+                                  + target[1:7].ljust(6, b"."),
+                                  unsolicited=b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON")
+    config, port = write_config(tmp_path, proxy_to(up.port), workers=1)
     async with running(config, workers=1):
         client = await trio.open_tcp_stream(LOOPBACK, port)
         seen = b""
@@ -188,7 +170,7 @@ async def test_a_late_extra_response_on_an_idle_connection_answers_no_one(nurser
         await client.aclose()
     assert statuses(seen) == [200, 200]
     assert seen.endswith(b"second")
-    assert heads == [[b"/first"], [b"/second"]]  # the second request went on a new connection
+    assert up.targets() == [[b"/first"], [b"/second"]]  # the second request went on a new connection
 
 
 async def test_1xx_are_skipped_and_204_304_are_bodiless_whatever_they_claim(
