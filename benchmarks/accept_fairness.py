@@ -64,10 +64,7 @@ class Outcome:
     note: str = ""
 
     def quantile(self, q: float) -> float | None:
-        if not self.first_byte_ms:
-            return None
-        ordered = sorted(self.first_byte_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return clients.quantile(self.first_byte_ms, q)
 
     def summary(self) -> dict[str, object]:
         data = asdict(self)

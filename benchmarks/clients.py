@@ -172,13 +172,13 @@ class EchoResult:
     errors: int
 
 
-def percentile_ms(seconds: list[float], fraction: float) -> float:
-    """The ``fraction`` percentile (nearest rank) of round trips in seconds, in milliseconds; NaN without any."""
-    if not seconds:
-        return float("nan")
-    ordered = sorted(seconds)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1] * 1000.0
+def quantile(values: list[float], fraction: float) -> float | None:
+    """The ``fraction`` quantile of ``values`` by nearest rank (0.99: the smallest value at or above 99 % of
+    them); None without any."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
 async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tuple[list[float], int]:
@@ -224,7 +224,9 @@ async def _ws_echo(url: str, seconds: float, connections: int, size: int) -> tup
 def ws_echo(url: str, seconds: float, *, connections: int = 8, size: int = 64) -> EchoResult:
     """``connections`` WebSockets sending ``size``-byte messages, each waiting for its echo, for ``seconds``."""
     trips, errors = run_trio(_ws_echo, url, seconds, connections, size)
-    return EchoResult(len(trips) / seconds, percentile_ms(trips, 0.5), percentile_ms(trips, 0.99), errors)
+    p50, p99 = (quantile(trips, q) for q in (0.5, 0.99))
+    nan = float("nan")
+    return EchoResult(len(trips) / seconds, nan if p50 is None else p50 * 1000, nan if p99 is None else p99 * 1000, errors)
 
 
 # --- idle keep-alive connections ----------------------------------------------------------------

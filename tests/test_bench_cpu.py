@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -146,18 +145,15 @@ def test_ratio_shows_p99_per_round_median() -> None:
     assert data["rows"][0]["p99_ratio_snakeway_over_caddy"] == 1.5
 
 
-@pytest.mark.parametrize(("trips", "fraction", "expected"), [
-    ([0.001] * 99 + [0.5], 0.99, 1.0),  # nearest rank: the 99th of 100
-    ([0.001] * 98 + [0.5, 0.5], 0.99, 500.0),
-    ([0.003, 0.001, 0.002], 0.5, 2.0),
-    ([0.004], 0.99, 4.0),
+@pytest.mark.parametrize(("values", "fraction", "expected"), [
+    ([1.0] * 99 + [500.0], 0.99, 1.0),  # nearest rank: the 99th of 100
+    ([1.0] * 98 + [500.0, 500.0], 0.99, 500.0),
+    ([3.0, 1.0, 2.0], 0.5, 2.0),
+    ([4.0], 0.99, 4.0),
+    ([], 0.99, None),
 ])
-def test_percentile_of_round_trips(trips: list[float], fraction: float, expected: float) -> None:
-    assert clients.percentile_ms(trips, fraction) == pytest.approx(expected)
-
-
-def test_percentile_without_round_trips_is_nan() -> None:
-    assert math.isnan(clients.percentile_ms([], 0.99))
+def test_quantile_by_nearest_rank(values: list[float], fraction: float, expected: float | None) -> None:
+    assert clients.quantile(values, fraction) == expected
 
 
 def test_websocket_echo_client_times_each_round_trip(tmp_path: Path) -> None:

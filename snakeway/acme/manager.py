@@ -107,7 +107,8 @@ class CertManager:
       listening: set once the listeners that answer challenges are bound;
         no certificate is checked (so none ordered) before. None: at once.
       spread_first_checks_above: with more certificates than this, the first
-        checks of stored ones that are not due are spread out (see above).
+        checks of stored ones that are not due are spread out, and with more
+        missing than this, their first orders (see above).
     """
 
     def __init__(
